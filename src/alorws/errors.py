@@ -1,0 +1,242 @@
+"""Every exception alorws raises, under one base class.
+
+The tree::
+
+    AlorError
+    ├── ProtocolError                   the ALOR wire protocol was not followed
+    │   ├── LocalProtocolError          we were asked to build something invalid
+    │   │   └── InvalidArgumentError    (also ValueError) a request argument is wrong; names the field
+    │   └── RemoteProtocolError         the server sent something we cannot understand
+    │       └── FrameError              one frame is junk (bad JSON, wrong types, no guid, ...)
+    ├── ServerRejected                  the server answered httpCode != 200 (http_code, message)
+    │   ├── TokenRejected               (also AuthError) 401: the JWT is invalid or expired
+    │   ├── ServerLimitExceeded         (also LimitError) 429: a server-side limit was hit
+    │   └── OrderRejected               a /cws or HTTP order command was refused
+    ├── AuthError                       cannot obtain or use an access token
+    │   └── InvalidTokenError           (also ValueError) a JWT cannot be read
+    ├── LimitError                      a client-side budget would be exceeded
+    │   ├── SubscriptionLimitError      more than the allowed subscriptions per connection
+    │   └── ConnectionLimitError        more than the allowed connections per account
+    ├── TransportError                  the network failed
+    │   ├── ConnectError                a connection could not be opened
+    │   ├── ConnectionClosed            an open connection was closed (code, reason)
+    │   └── TransportTimeout            (also TimeoutError) no answer in time
+    ├── OrderStatusUnknown              an order command got no reply; its outcome is unknown
+    └── InvalidState                    (also AssertionError) an object was used in the wrong state
+
+Each message says what was wrong and what to do about it. No message ever contains an access or
+refresh token: use :func:`redact` when a token must be mentioned.
+"""
+
+from __future__ import annotations
+
+
+__all__ = [
+    "AlorError",
+    "AuthError",
+    "ConnectError",
+    "ConnectionClosed",
+    "ConnectionLimitError",
+    "FrameError",
+    "InvalidArgumentError",
+    "InvalidState",
+    "InvalidTokenError",
+    "LimitError",
+    "LocalProtocolError",
+    "OrderRejected",
+    "OrderStatusUnknown",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ServerLimitExceeded",
+    "ServerRejected",
+    "SubscriptionLimitError",
+    "TokenRejected",
+    "TransportError",
+    "TransportTimeout",
+    "redact",
+    "rejection_for",
+]
+
+
+def redact(token: str | None) -> str:
+    """Return a harmless stand-in for a secret token, safe to log.
+
+    Shows only its length and last 4 characters, e.g. ``'<token …f3a9 (812 chars)>'``.
+    """
+    if not token:
+        return "<no token>"
+    tail = token[-4:] if len(token) >= 16 else ""
+    return f"<token …{tail} ({len(token)} chars)>"
+
+
+class AlorError(Exception):
+    """Base class of every exception raised by alorws."""
+
+
+# -- protocol ---------------------------------------------------------------------------------
+
+
+class ProtocolError(AlorError):
+    """The ALOR wire protocol was not followed, by us or by the server."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to build or send something the protocol does not allow."""
+
+
+class InvalidArgumentError(LocalProtocolError, ValueError):
+    """A request argument is invalid. ``field`` names the offending argument."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class RemoteProtocolError(ProtocolError):
+    """The server sent something that does not follow the protocol."""
+
+
+class FrameError(RemoteProtocolError):
+    """A received frame could not be routed or decoded.
+
+    ``frame`` holds the first 200 characters of the offending frame (for logs), ``reason`` what
+    was wrong with it. The connection that received it stays usable.
+    """
+
+    def __init__(self, reason: str, frame: bytes | str | None = None) -> None:
+        self.reason = reason
+        if isinstance(frame, bytes | bytearray | memoryview):
+            text = bytes(frame[:200]).decode("utf-8", "replace")
+        else:
+            text = (frame or "")[:200]
+        self.frame = text
+        hint = "; the frame was skipped, other messages are unaffected"
+        super().__init__(f"{reason}{hint}" + (f" (frame starts: {text!r})" if text else ""))
+
+
+# -- server rejections ------------------------------------------------------------------------
+
+
+class ServerRejected(AlorError):
+    """The server answered a request with ``httpCode != 200``.
+
+    Attributes:
+        http_code: the HTTP-style status the server sent.
+        message: the server's text, verbatim (never match on it: it is free text).
+        request_guid: the guid of the rejected request, when known.
+    """
+
+    def __init__(self, http_code: int, message: str, request_guid: str | None = None) -> None:
+        self.http_code = http_code
+        self.message = message
+        self.request_guid = request_guid
+        where = f" for request {request_guid!r}" if request_guid else ""
+        super().__init__(f"server rejected the request{where}: {http_code} {message}{self._hint()}")
+
+    def _hint(self) -> str:
+        if 400 <= self.http_code < 500:
+            return " (check the request's arguments)"
+        if self.http_code >= 500:
+            return " (server-side failure; retry later)"
+        return ""
+
+
+class AuthError(AlorError):
+    """An access token could not be obtained or was refused."""
+
+
+class TokenRejected(ServerRejected, AuthError):
+    """The server refused the access token (401): it is invalid, expired or from another
+    environment. Refresh the token and send the request again."""
+
+    def _hint(self) -> str:
+        return " (refresh the access token and resend; check the token matches the environment)"
+
+
+class InvalidTokenError(AuthError, ValueError):
+    """A JWT could not be read (it is not three base64url parts with a JSON payload)."""
+
+
+class LimitError(AlorError):
+    """A limit of the ALOR API would be (or was) exceeded."""
+
+
+class ServerLimitExceeded(ServerRejected, LimitError):
+    """The server refused a request because a limit was hit (429)."""
+
+    def _hint(self) -> str:
+        return " (a server-side limit was hit; slow down or spread the load)"
+
+
+class SubscriptionLimitError(LimitError):
+    """A new subscription would exceed the subscriptions allowed per connection or account.
+
+    Nothing was sent. Unsubscribe from something first, or raise the budget if the server allows.
+    """
+
+
+class ConnectionLimitError(LimitError):
+    """A new connection would exceed the connections allowed per account (ALOR allows 10)."""
+
+
+class OrderRejected(ServerRejected):
+    """An order command was refused by the server or the exchange."""
+
+    def _hint(self) -> str:
+        return " (the order was not executed)"
+
+
+# -- transport --------------------------------------------------------------------------------
+
+
+class TransportError(AlorError):
+    """The network failed."""
+
+
+class ConnectError(TransportError):
+    """A connection could not be opened."""
+
+
+class ConnectionClosed(TransportError):
+    """An open connection was closed. ``code`` and ``reason`` are the WebSocket close frame's."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"connection closed (code={code}, reason={reason!r})")
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """No answer arrived within the allowed time."""
+
+
+# -- outcomes and misuse ----------------------------------------------------------------------
+
+
+class OrderStatusUnknown(AlorError):
+    """An order command got no reply in time; it may or may not have executed.
+
+    Look the order up by ``guid`` (or in the orders stream) before sending it again. Re-sending
+    with the same guid and ``checkDuplicates`` is safe: the server executes a guid once.
+    """
+
+    def __init__(self, guid: str, detail: str = "") -> None:
+        self.guid = guid
+        extra = f": {detail}" if detail else ""
+        super().__init__(
+            f"no reply to order command {guid!r}{extra}; its outcome is unknown, "
+            "check the orders stream or resend with the same guid"
+        )
+
+
+class InvalidState(AlorError, AssertionError):
+    """An object was used in a state that does not allow the call (a bug in the caller)."""
+
+
+def rejection_for(http_code: int, message: str, request_guid: str | None = None) -> ServerRejected:
+    """Build the most specific :class:`ServerRejected` for a status reply."""
+    if http_code == 401:
+        return TokenRejected(http_code, message, request_guid)
+    if http_code == 429:
+        return ServerLimitExceeded(http_code, message, request_guid)
+    return ServerRejected(http_code, message, request_guid)

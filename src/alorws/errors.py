@@ -103,7 +103,9 @@ class FrameError(RemoteProtocolError):
     was wrong with it. The connection that received it stays usable.
     """
 
-    def __init__(self, reason: str, frame: bytes | str | None = None) -> None:
+    def __init__(
+        self, reason: str, frame: bytes | bytearray | memoryview | str | None = None
+    ) -> None:
         self.reason = reason
         if isinstance(frame, bytes | bytearray | memoryview):
             text = bytes(frame[:200]).decode("utf-8", "replace")

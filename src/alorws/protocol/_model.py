@@ -99,7 +99,9 @@ def formats(
                 key = overrides.get(info.name, camel(info.name))
                 if key is None:
                     if info.required:
-                        raise TypeError(f"{cls.__name__}.{info.name} is required but absent in {fmt}")
+                        raise TypeError(
+                            f"{cls.__name__}.{info.name} is required but absent in {fmt}"
+                        )
                     continue
                 keys[info.name] = key
             if len(set(keys.values())) != len(keys):
@@ -107,22 +109,20 @@ def formats(
             wire[fmt] = keys
             # Absent fields keep a key no payload will carry, so they take their default.
             rename = {info.name: keys.get(info.name, f"~absent~{info.name}") for info in infos}
-            fields = [
-                (
-                    info.name,
-                    _substitute(info.type, fmt),
-                    msgspec.field(
-                        default=info.default,
-                        default_factory=info.default_factory,
+            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+            for info in infos:
+                tp = _substitute(info.type, fmt)
+                if info.required:
+                    fields.append((info.name, tp))
+                elif info.default_factory is not msgspec.NODEFAULT:
+                    fields.append(
+                        (info.name, tp, msgspec.field(default_factory=info.default_factory))
                     )
-                    if not info.required
-                    else msgspec.NODEFAULT,
-                )
-                for info in infos
-            ]
-            decode[fmt] = msgspec.defstruct(
+                else:
+                    fields.append((info.name, tp, info.default))
+            decode[fmt] = msgspec.defstruct(  # type: ignore[assignment]
                 f"{cls.__name__}{fmt.value}",
-                [(n, t) if d is msgspec.NODEFAULT else (n, t, d) for n, t, d in fields],
+                fields,
                 bases=(cls,),
                 rename=rename,
                 module=cls.__module__,

@@ -82,12 +82,13 @@ _UnsetStr = str | None | msgspec.UnsetType
     heavy={"yield_": "yield"},
     simple_extras={"accruedInt": lambda q: q.accrued_interest},
 )
-class Quote(Model):
+class Quote(Model, frozen=True):
     """Quote / ticker summary of one instrument (``QuotesSubscribe``, §4.2). Full state each time.
 
     ``ask``/``bid`` are ``None`` when that side of the book is empty. Volumes are in lots.
     """
 
+    # Declared in Simple's wire order (TV-07): msgspec decodes fastest when keys come in order.
     symbol: str
     exchange: str | None = None
     description: str | None = None
@@ -95,24 +96,24 @@ class Quote(Model):
     prev_close_price: float | None = None  # not in Slim
     last_price: float | None = None
     last_price_timestamp: int | None = None  # Unix seconds
-    open_price: float | None = None
     high_price: float | None = None
     low_price: float | None = None
     volume: int | None = None
-    accrued_interest: float | None = None
     open_interest: int | None = None
-    yield_: float | None = None
     ask: float | None = None
     bid: float | None = None
     ask_vol: int | None = None
     bid_vol: int | None = None
-    total_ask_vol: int | None = None
-    total_bid_vol: int | None = None
     ob_ms_timestamp: int | None = None  # Unix milliseconds
+    open_price: float | None = None
+    yield_: float | None = None
     lot_size: float | None = None
     lot_value: float | None = None
     face_value: float | None = None
     type: str | None = None
+    total_bid_vol: int | None = None
+    total_ask_vol: int | None = None
+    accrued_interest: float | None = None
     change: float | None = None  # not in Slim
     change_percent: float | None = None  # not in Slim
 
@@ -129,7 +130,7 @@ class Quote(Model):
     slim={"price": "p", "volume": "v", "yield_": "y"},
     heavy={"yield_": None},
 )
-class BookLevel(Model):
+class BookLevel(Model, frozen=True):
     """One price level of an order book: price and volume in lots (Slim bonds add ``yield_``)."""
 
     price: float
@@ -146,7 +147,7 @@ class BookLevel(Model):
         "timestamp": lambda b: None if b.ms_timestamp is None else b.ms_timestamp // 1000,
     },
 )
-class OrderBook(Model):
+class OrderBook(Model, frozen=True):
     """The whole top-``depth`` order book (``OrderBookGetAndSubscribe``, §4.1).
 
     Every message replaces the previous book (§12.5). Bids run best (highest) first, asks best
@@ -170,7 +171,7 @@ class OrderBook(Model):
 
 
 @formats(slim={"time": "t", "open": "o", "high": "h", "low": "l", "close": "c", "volume": "v"})
-class Bar(Model):
+class Bar(Model, frozen=True):
     """One candle (``BarsGetAndSubscribe``, §4.3). ``time`` is the candle's open, Unix seconds.
 
     The forming candle is re-sent with the same ``time``; a later ``time`` starts a new candle.
@@ -199,7 +200,7 @@ class Bar(Model):
     },
     heavy={"order_no": None},
 )
-class Trade(Model):
+class Trade(Model, frozen=True):
     """One anonymous trade from the tape (``AllTradesGetAndSubscribe``, §4.4).
 
     ``timestamp`` is Unix milliseconds; ``time`` the ISO string Simple/Heavy also send. ``side``
@@ -238,7 +239,7 @@ class Trade(Model):
     simple={"margin_synthetic": "marginSyntetic"},
     heavy={"margin_synthetic": "marginSyntetic"},
 )
-class InstrumentPatch(Model):
+class InstrumentPatch(Model, frozen=True):
     """One ``InstrumentsGetAndSubscribeV2`` message (§4.5).
 
     The first message is complete; later ones carry only what changed (plus the ticker). Fields
@@ -300,7 +301,7 @@ _PATCH_FIELDS = tuple(f.name for f in msgspec.structs.fields(InstrumentPatch) if
 
 
 @formats(heavy={"buy_qty": "buyQty", "sell_qty": "sellQty"})
-class Cluster(Model):
+class Cluster(Model, frozen=True):
     """Traded volume at one price within a cluster period."""
 
     price: float
@@ -309,7 +310,7 @@ class Cluster(Model):
 
 
 @formats()
-class ClusterSnapshot(Model):
+class ClusterSnapshot(Model, frozen=True):
     """Trade clusters of one period (``ClustersGetAndSubscribe``, UI-only opcode, §4.13)."""
 
     timestamp: int

@@ -1,0 +1,489 @@
+"""Normalized models of the account (portfolio) streams (§4.6–§4.12).
+
+One model per stream, the same snake_case field names in every format (named after the Heavy
+keys, §3.5). Ids of orders, own trades and stop orders are strings, as on the wire. Money, prices
+and quantities in pieces ("units") are ``float``; quantities in lots (``*_batch``) are ``int``.
+ISO-8601 times stay strings; see :mod:`alorws.protocol.timeutil` for conversions.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._model import Model, formats
+from .enums import ClientType, Condition, OrderStatus, OrderType, RiskStatus, Side, TimeInForce
+
+
+__all__ = [
+    "CurrencyBuyingPower",
+    "Iceberg",
+    "Order",
+    "OwnTrade",
+    "Position",
+    "RepoFields",
+    "Risk",
+    "SpectraRisk",
+    "StopOrder",
+    "Summary",
+]
+
+
+@formats(
+    slim={
+        "symbol": "sym",
+        "broker_symbol": "tic",
+        "portfolio": "p",
+        "exchange": "ex",
+        "short_name": "n",
+        "volume": "v",
+        "current_volume": "cv",
+        "avg_price": "pxavg",
+        "qty_units": "q",
+        "open_units": "o",
+        "lot_size": "lot",
+        "qty_t0": "q0",
+        "qty_t1": "q1",
+        "qty_t2": "q2",
+        "qty_t_future": "qf",
+        "qty_t0_batch": None,
+        "qty_t1_batch": None,
+        "qty_t2_batch": None,
+        "qty_t_future_batch": None,
+        "qty_batch": None,
+        "open_qty_batch": None,
+        "daily_unrealised_pl": "upd",
+        "unrealised_pl": "up",
+        "is_currency": "cur",
+        "existing": "h",
+    },
+    heavy={"qty_batch": None},
+    simple_extras={"qty": lambda p: p.qty_batch, "open": lambda p: p.open_qty_batch},
+)
+class Position(Model, frozen=True):
+    """One position of a portfolio (``PositionsGetAndSubscribeV2``, §4.6).
+
+    Money balances are positions with ``is_currency`` set (e.g. symbol ``RUB``). A position that
+    drops to zero arrives with zero quantities. Slim carries no quantities in lots at all;
+    ``qty_batch`` is Simple-only (Heavy dropped it; Simple also repeats it as ``qty``, and
+    ``open_qty_batch`` as ``open``). ``existing`` marks the initial snapshot.
+    """
+
+    # Wire order of TV-11 (msgspec decodes in-order keys fastest), the required `symbol` first.
+    symbol: str
+    volume: float | None = None  # value at average price
+    current_volume: float | None = None  # value at current price
+    broker_symbol: str | None = None  # "EXCHANGE:TICKER"
+    portfolio: str | None = None
+    exchange: str | None = None
+    avg_price: float | None = None
+    qty_units: float | None = None
+    open_units: float | None = None  # at session open
+    lot_size: float | None = None
+    short_name: str | None = None
+    qty_t0: float | None = None
+    qty_t1: float | None = None
+    qty_t2: float | None = None
+    qty_t_future: float | None = None
+    qty_t0_batch: int | None = None  # not in Slim
+    qty_t1_batch: int | None = None  # not in Slim
+    qty_t2_batch: int | None = None  # not in Slim
+    qty_t_future_batch: int | None = None  # not in Slim
+    qty_batch: int | None = None  # Simple only
+    open_qty_batch: int | None = None  # not in Slim
+    daily_unrealised_pl: float | None = None
+    unrealised_pl: float | None = None
+    is_currency: bool | None = None
+    existing: bool = False
+
+
+@formats(slim={"currency": "cr", "buying_power": "bp"})
+class CurrencyBuyingPower(Model, frozen=True):
+    """Buying power in one currency, an item of :attr:`Summary.buying_power_by_currency` (§4.7)."""
+
+    currency: str
+    buying_power: float | None = None
+
+
+@formats(
+    simple={"buying_power_by_currency_alt": None},
+    slim={
+        "buying_power_at_morning": "bpm",
+        "buying_power": "bp",
+        "profit": "p",
+        "profit_rate": "pr",
+        "portfolio_evaluation": "pe",
+        "portfolio_liquidation_value": "plv",
+        "initial_margin": "im",
+        "corrected_margin": "mgc",
+        "risk_before_force_position_closing": "r",
+        "commission": "cms",
+        "buying_power_by_currency": "bpv2",
+        "buying_power_by_currency_alt": "bp2v",
+    },
+    heavy={"buying_power_by_currency_alt": None},
+)
+class Summary(Model, frozen=True):
+    """Portfolio summary (``SummariesGetAndSubscribeV2``, §4.7). A full snapshot each time.
+
+    Slim's per-currency list is uncertain [U]: SPEC's schema names it ``bpv2`` and SPEC's example
+    ``bp2v``. ``buying_power_by_currency`` holds ``bpv2`` (and the Simple/Heavy key);
+    ``buying_power_by_currency_alt`` exists only to catch Slim ``bp2v`` and is ``UNSET`` unless
+    that key came. Read :attr:`currency_buying_power`, which returns whichever one is set.
+    """
+
+    buying_power_at_morning: float | None = None
+    buying_power: float | None = None
+    profit: float | None = None  # today
+    profit_rate: float | None = None  # percent
+    portfolio_evaluation: float | None = None
+    portfolio_liquidation_value: float | None = None
+    initial_margin: float | None = None
+    corrected_margin: float | None = None
+    risk_before_force_position_closing: float | None = None
+    commission: float | None = None  # null on FORTS
+    buying_power_by_currency: list[CurrencyBuyingPower] | None = None
+    # Slim `bp2v` (SPEC example's spelling); never sent in Simple/Heavy. See the class docstring.
+    buying_power_by_currency_alt: list[CurrencyBuyingPower] | msgspec.UnsetType = msgspec.UNSET
+    # The UI also knows an optional `derivativesDebt`, absent from SPEC [U]; not modelled.
+
+    @property
+    def currency_buying_power(self) -> list[CurrencyBuyingPower]:
+        """Buying power per currency, from ``bpv2`` or ``bp2v`` in Slim (§4.7); ``[]`` if none."""
+        if self.buying_power_by_currency is not None:
+            return self.buying_power_by_currency
+        if isinstance(self.buying_power_by_currency_alt, list):
+            return self.buying_power_by_currency_alt
+        return []
+
+    def buying_power_in(self, currency: str) -> float | None:
+        """Buying power in ``currency`` (e.g. ``"RUB"``), or ``None`` if not listed (§4.7).
+
+        Args:
+            currency: Currency code, compared exactly.
+        """
+        for item in self.currency_buying_power:
+            if item.currency == currency:
+                return item.buying_power
+        return None
+
+
+@formats(
+    slim={
+        "portfolio": "p",
+        "exchange": "ex",
+        "portfolio_evaluation": "pe",
+        "portfolio_liquidation_value": "plv",
+        "initial_margin": "mgi",
+        "minimal_margin": "mgmn",
+        "corrected_margin": "mgc",
+        "risk_coverage_ratio_one": "r1",
+        "risk_coverage_ratio_two": "r2",
+        "risk_category_id": "rid",
+        "client_type": "ct",
+        "has_forbidden_positions": "fpos",
+        "has_negative_quantity": "nq",
+        "risk_status": "rst",
+        "calculation_time": "t",
+    },
+)
+class Risk(Model, frozen=True):
+    """Portfolio risks (``RisksGetAndSubscribe``, §4.8). A full snapshot each time.
+
+    ``risk_coverage_ratio_one``/``_two`` are НПР1/НПР2; ``risk_status`` summarises them.
+    """
+
+    portfolio: str
+    exchange: str | None = None
+    portfolio_evaluation: float | None = None
+    portfolio_liquidation_value: float | None = None
+    initial_margin: float | None = None
+    minimal_margin: float | None = None
+    corrected_margin: float | None = None
+    risk_coverage_ratio_one: float | None = None
+    risk_coverage_ratio_two: float | None = None
+    risk_category_id: int | None = None
+    client_type: ClientType | None = None
+    has_forbidden_positions: bool | None = None
+    has_negative_quantity: bool | None = None
+    risk_status: RiskStatus | None = None
+    calculation_time: str | None = None  # ISO-8601 UTC
+
+
+@formats(
+    slim={
+        "portfolio": "p",
+        "money_free": "f",
+        "money_blocked": "b",
+        "money_old": "o",
+        "money_amount": "a",
+        "money_pledge_amount": "pa",
+        "vm_inter_cl": "mgc",
+        "vm_current_positions": "mgp",
+        "var_margin": None,
+        "indicative_var_margin": "ivm",
+        "net_option_value": "nov",
+        "pos_risk": "pr",
+        "is_limits_set": "lim",
+        "balance_money": None,
+    },
+    heavy={"balance_money": None},
+)
+class SpectraRisk(Model, frozen=True):
+    """FORTS (derivatives) risks (``SpectraRisksGetAndSubscribe``, §4.9). A full snapshot each time.
+
+    Slim has no ``var_margin``; use :attr:`variation_margin`, which computes it when absent.
+    ``balance_money`` is a deprecated Simple-only field.
+    """
+
+    portfolio: str
+    balance_money: float | None = None  # Simple only, deprecated
+    money_free: float | None = None
+    money_blocked: float | None = None  # blocked as initial margin
+    fee: float | None = None
+    money_old: float | None = None  # at session start
+    money_amount: float | None = None
+    money_pledge_amount: float | None = None
+    vm_inter_cl: float | None = None  # from intermediate clearing
+    vm_current_positions: float | None = None
+    var_margin: float | None = None  # not in Slim
+    indicative_var_margin: float | None = None
+    net_option_value: float | None = None
+    pos_risk: float | None = None
+    is_limits_set: bool | None = None
+
+    @property
+    def variation_margin(self) -> float | None:
+        """``var_margin``, or ``vm_inter_cl + vm_current_positions`` when absent (§4.9, TV-20).
+
+        ``None`` if neither is known.
+        """
+        if self.var_margin is not None:
+            return self.var_margin
+        if self.vm_inter_cl is None or self.vm_current_positions is None:
+            return None
+        return self.vm_inter_cl + self.vm_current_positions
+
+
+@formats(
+    slim={
+        "repo_rate": "r",
+        "ext_ref": "exr",
+        "repo_term": "tm",
+        "account": "a",
+        "trade_type_info": "t",
+        "value": "v",
+        "yield_": "y",
+    },
+)
+class RepoFields(Model, frozen=True):
+    """REPO-specific details of an own trade (``repoSpecificFields`` / Slim ``r``, §4.10)."""
+
+    repo_rate: float | None = None
+    ext_ref: str | None = None
+    repo_term: int | None = None  # SDK types it as int
+    account: str | None = None
+    trade_type_info: str | None = None
+    value: float | None = None
+    yield_: float | None = None
+
+
+@formats(
+    simple={"order_no": "orderno", "settle_date": None},
+    slim={
+        "order_no": "eid",
+        "comment": "cmt",
+        "symbol": "sym",
+        "broker_symbol": "tic",
+        "exchange": "ex",
+        "date": "d",
+        "board": "b",
+        "qty_units": "q",
+        "qty_batch": "qb",
+        "price": "px",
+        "accrued_int": "ai",
+        "side": "s",
+        "existing": "h",
+        "commission": "cms",
+        "repo_specific_fields": "r",
+        "volume": "v",
+        "settle_date": None,
+    },
+    simple_extras={"qty": lambda t: t.qty_batch},
+)
+class OwnTrade(Model, frozen=True):
+    """One own trade / fill (``TradesGetAndSubscribeV2``, §4.10).
+
+    ``order_no`` is the parent order id: Simple ``orderno``, Slim ``eid``, Heavy ``orderNo``.
+    ``repo_specific_fields`` is set for REPO trades only. ``existing`` marks replayed trades.
+    """
+
+    id: str
+    order_no: str | None = None
+    comment: str | None = None
+    symbol: str | None = None
+    broker_symbol: str | None = None
+    exchange: str | None = None
+    date: str | None = None  # ISO-8601 UTC
+    board: str | None = None  # Slim `b` here, `bd` in orders
+    qty_units: float | None = None
+    qty_batch: int | None = None
+    price: float | None = None
+    accrued_int: float | None = None
+    side: Side | None = None
+    existing: bool = False
+    commission: float | None = None
+    repo_specific_fields: RepoFields | None = None
+    volume: float | None = None  # money value
+    settle_date: str | None = None  # Heavy only
+
+
+@formats(
+    slim={
+        "creation_fixed_quantity": "cf",
+        "creation_variance_quantity": "cv",
+        "visible_quantity": "v",
+        "visible_quantity_batch": "vb",
+        "visible_filled_quantity": "vf",
+        "visible_filled_quantity_batch": "vfb",
+    },
+)
+class Iceberg(Model, frozen=True):
+    """Iceberg parameters of an order or stop order (``iceberg`` / Slim ``i``, §4.11).
+
+    The ``*_batch`` fields are lots. The unit of the other fields is not documented [U]: the
+    visible ones are taken as pieces, the creation ones as lots (what ``/cws`` creates with).
+    """
+
+    creation_fixed_quantity: int | None = None
+    creation_variance_quantity: int | None = None
+    visible_quantity: float | None = None
+    visible_quantity_batch: int | None = None
+    visible_filled_quantity: float | None = None
+    visible_filled_quantity_batch: int | None = None
+
+
+@formats(
+    slim={
+        "symbol": "sym",
+        "board": "bd",
+        "broker_symbol": "tic",
+        "portfolio": "p",
+        "exchange": "ex",
+        "comment": "cmt",
+        "type": "t",
+        "side": "s",
+        "status": "st",
+        "trans_time": "tt",
+        "update_time": "ut",
+        "end_time": "et",
+        "qty_units": "q",
+        "qty_batch": "qb",
+        "filled_qty_units": "fq",
+        "filled_qty_batch": "fqb",
+        "price": "px",
+        "existing": "h",
+        "time_in_force": "tf",
+        "iceberg": "i",
+        "volume": "v",
+    },
+    simple_extras={"qty": lambda o: o.qty_batch, "filled": lambda o: o.filled_qty_batch},
+)
+class Order(Model, frozen=True):
+    """One own market or limit order (``OrdersGetAndSubscribeV2``, §4.11).
+
+    Every change arrives as a full copy of the order: upsert it by ``id``. ``iceberg`` is
+    ``None`` for ordinary orders, ``volume`` for market orders.
+    """
+
+    id: str
+    symbol: str | None = None
+    board: str | None = None
+    broker_symbol: str | None = None
+    portfolio: str | None = None
+    exchange: str | None = None
+    comment: str | None = None
+    type: OrderType | None = None  # limit / market
+    side: Side | None = None
+    status: OrderStatus | None = None
+    trans_time: str | None = None  # placed, ISO-8601 UTC
+    update_time: str | None = None  # last status change
+    end_time: str | None = None  # expiry (SPEC's Slim example lacks the `Z`)
+    qty_units: float | None = None
+    qty_batch: int | None = None
+    filled_qty_units: float | None = None
+    filled_qty_batch: int | None = None
+    price: float | None = None
+    existing: bool = False
+    time_in_force: TimeInForce | None = None
+    iceberg: Iceberg | None = None
+    volume: float | None = None
+
+
+@formats(
+    simple={"avg_price": "avg_price"},
+    slim={
+        "exchange_order_id": "eid",
+        "symbol": "sym",
+        "broker_symbol": "tic",
+        "portfolio": "p",
+        "exchange": "ex",
+        "comment": "cmt",
+        "board": "bd",
+        "type": "t",
+        "side": "s",
+        "condition": "cnd",
+        "status": "st",
+        "trans_time": "tt",
+        "update_time": "ut",
+        "end_time": "et",
+        "error": "err",
+        "qty_units": "q",
+        "qty_batch": "qb",
+        "filled_qty_units": "fq",
+        "filled_qty_batch": "fqb",
+        "price": "px",
+        "avg_price": "pxavg",
+        "stop_price": "pxs",
+        "existing": "h",
+        "time_in_force": "tf",
+        "iceberg": "i",
+        "volume": "v",
+        "protecting_seconds": "psec",
+    },
+    simple_extras={"qty": lambda o: o.qty_batch, "filled": lambda o: o.filled_qty_batch},
+)
+class StopOrder(Model, frozen=True):
+    """One own stop / stop-limit order (``StopOrdersGetAndSubscribeV2``, §4.12).
+
+    ``stop_price`` is the trigger, ``price`` the limit of the order it places (0 for a stop-market);
+    ``exchange_order_id`` is ``None`` until it fires. ``condition`` arrives in any casing.
+    """
+
+    id: str
+    exchange_order_id: str | None = None
+    symbol: str | None = None
+    broker_symbol: str | None = None
+    portfolio: str | None = None
+    exchange: str | None = None
+    comment: str | None = None
+    board: str | None = None
+    type: OrderType | None = None  # stop / stoplimit
+    side: Side | None = None
+    condition: Condition | None = None
+    status: OrderStatus | None = None
+    trans_time: str | None = None
+    update_time: str | None = None
+    end_time: str | None = None
+    error: str | None = None  # why it was cancelled
+    qty_units: float | None = None
+    qty_batch: int | None = None
+    filled_qty_units: float | None = None
+    filled_qty_batch: int | None = None
+    price: float | None = None
+    avg_price: float | None = None  # Simple spells it `avg_price`
+    stop_price: float | None = None
+    existing: bool = False
+    time_in_force: TimeInForce | None = None
+    iceberg: Iceberg | None = None
+    volume: float | None = None
+    protecting_seconds: int | None = None  # 1-300

@@ -1,0 +1,190 @@
+"""Route raw frames first, decode payloads later.
+
+Every frame on ``/ws`` and ``/cws`` is one JSON object (§3.1), either
+
+* a **data message** ``{"data": {...}, "guid": "<subscription guid>"}`` (§3.4), or
+* a **status reply** ``{"requestGuid": "...", "httpCode": 200, "message": "...",
+  "orderNumber": "..."}`` (§3.3, §5; ``orderNumber`` only on ``/cws``).
+
+:func:`route` tells them apart in one pass without building the payload: ``data`` is kept as
+``msgspec.Raw`` bytes, so a connection can find the subscription by guid, throw away data nobody
+wants (unknown guid, a ``latest`` buffer that will be overwritten) and decode the rest lazily with
+:func:`decode_payload` into the stream's normalized model.
+
+Anything else is junk and raises :class:`~alorws.errors.FrameError`; nothing here raises any
+other exception for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypeVar, cast
+
+import msgspec
+
+from ..errors import FrameError, ServerRejected, rejection_for
+from ._model import Model, format_class
+from .account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from .enums import Format, SubscriptionOpcode
+from .market import Bar, ClusterSnapshot, InstrumentPatch, OrderBook, Quote, Trade
+
+
+__all__ = [
+    "STREAM_MODELS",
+    "DataMessage",
+    "StatusReply",
+    "decode_payload",
+    "decode_status",
+    "decoder_for",
+    "model_for",
+    "route",
+]
+
+M = TypeVar("M", bound=Model)
+
+#: The normalized model each subscription opcode streams (§4).
+STREAM_MODELS: Final[dict[SubscriptionOpcode, type[Model]]] = {
+    SubscriptionOpcode.ORDER_BOOK: OrderBook,
+    SubscriptionOpcode.QUOTES: Quote,
+    SubscriptionOpcode.BARS: Bar,
+    SubscriptionOpcode.ALL_TRADES: Trade,
+    SubscriptionOpcode.INSTRUMENT: InstrumentPatch,
+    SubscriptionOpcode.POSITIONS: Position,
+    SubscriptionOpcode.SUMMARIES: Summary,
+    SubscriptionOpcode.RISKS: Risk,
+    SubscriptionOpcode.SPECTRA_RISKS: SpectraRisk,
+    SubscriptionOpcode.TRADES: OwnTrade,
+    SubscriptionOpcode.ORDERS: Order,
+    SubscriptionOpcode.STOP_ORDERS: StopOrder,
+    SubscriptionOpcode.CLUSTERS: ClusterSnapshot,
+}
+
+
+class StatusReply(msgspec.Struct, frozen=True, gc=False):
+    """The server's answer to one request (§3.3, §5).
+
+    ``request_guid`` is the request's guid (for ``unsubscribe``, the subscription's guid).
+    ``order_number`` is set by ``/cws`` order commands. Never match on ``message``: it is free text.
+    """
+
+    request_guid: str
+    http_code: int
+    message: str = ""
+    order_number: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the server accepted the request (``httpCode == 200``)."""
+        return self.http_code == 200
+
+    def error(self) -> ServerRejected | None:
+        """The matching :class:`~alorws.errors.ServerRejected` if the request failed, else None."""
+        if self.http_code == 200:
+            return None
+        return rejection_for(self.http_code, self.message, self.request_guid)
+
+
+class DataMessage(msgspec.Struct, frozen=True, gc=False):
+    """A routed, not yet decoded data message: the subscription ``guid`` and the raw ``data``.
+
+    Pass ``data`` to :func:`decode_payload` (or a decoder from :func:`decoder_for`).
+    """
+
+    guid: str
+    data: msgspec.Raw
+
+
+_NO_DATA: Final = msgspec.Raw()
+_NULL: Final = msgspec.Raw(b"null")
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    # Every key either message shape can carry, in wire order (msgspec is fastest that way).
+    # ``data`` stays raw JSON: routing never pays for building the payload. Types are checked by
+    # hand below, so that a wrong type gives a precise FrameError.
+    data: msgspec.Raw = _NO_DATA
+    guid: Any = None
+    requestGuid: Any = None
+    httpCode: Any = None
+    message: Any = None
+    orderNumber: Any = None
+
+
+_decode_envelope: Final = msgspec.json.Decoder(_Envelope).decode
+
+
+def route(frame: bytes | bytearray | memoryview | str) -> DataMessage | StatusReply:
+    """Classify one received frame without decoding its payload.
+
+    Returns a :class:`DataMessage` (``guid`` + raw ``data``) or a :class:`StatusReply`.
+    Raises :class:`~alorws.errors.FrameError` for anything else: invalid JSON or UTF-8, a
+    non-object, a data message without a string guid, a status reply without a string
+    ``requestGuid`` or an integer ``httpCode``.
+    """
+    try:
+        env = _decode_envelope(frame)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
+        raise FrameError(f"unreadable frame: {exc}", frame) from None
+    # Hot path first: a data message. ``len > 4`` settles it without comparing bytes unless the
+    # payload is tiny (``{}``, ``null``, or absent).
+    guid = env.guid
+    data = env.data
+    if len(data) > 4 or (data is not _NO_DATA and data != _NULL):
+        if type(guid) is str and guid:
+            return DataMessage(guid, data)
+        raise FrameError("data message without a string 'guid'", frame)
+    request_guid = env.requestGuid
+    if request_guid is None:
+        raise FrameError("neither a data message nor a status reply", frame)
+    code = env.httpCode
+    if type(request_guid) is not str or type(code) is not int:
+        raise FrameError("status reply needs a string 'requestGuid' and an int 'httpCode'", frame)
+    message = env.message
+    number = env.orderNumber
+    return StatusReply(
+        request_guid,
+        code,
+        message if isinstance(message, str) else "",
+        None if number is None else str(number),
+    )
+
+
+def decode_status(frame: bytes | str) -> StatusReply:
+    """Route ``frame`` and require a status reply (``/cws`` sends nothing else)."""
+    msg = route(frame)
+    if not isinstance(msg, StatusReply):
+        raise FrameError("expected a status reply, got a data message", frame)
+    return msg
+
+
+_DECODERS: dict[tuple[type[Model], Format], msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(model: type[M], fmt: Format | str) -> msgspec.json.Decoder[M]:
+    """The (cached) msgspec decoder turning ``fmt`` payloads into ``model`` instances.
+
+    Use it directly on hot paths; :func:`decode_payload` wraps it with error translation.
+    """
+    fmt = Format(fmt)
+    try:
+        return cast("msgspec.json.Decoder[M]", _DECODERS[model, fmt])
+    except KeyError:
+        dec = msgspec.json.Decoder(format_class(model, fmt))
+        _DECODERS[model, fmt] = dec
+        return dec
+
+
+def model_for(opcode: SubscriptionOpcode | str) -> type[Model]:
+    """The normalized model a subscription ``opcode`` streams."""
+    return STREAM_MODELS[SubscriptionOpcode(opcode)]
+
+
+def decode_payload(data: msgspec.Raw | bytes | str, model: type[M], fmt: Format | str) -> M:
+    """Decode a routed ``data`` payload into ``model``, as sent in format ``fmt``.
+
+    Raises :class:`~alorws.errors.FrameError` (naming the bad field) if it does not fit.
+    """
+    try:
+        return decoder_for(model, fmt).decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        frame = data if isinstance(data, str | bytes) else bytes(data)
+        raise FrameError(f"bad {model.__name__} payload ({Format(fmt)}): {exc}", frame) from None

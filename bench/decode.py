@@ -9,6 +9,7 @@ message, read a few fields. Measured side by side in one run; the ratio is what 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import timeit
 from collections.abc import Callable
@@ -123,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         our_subs = {guid: decoder}
         assert ours(frame, our_subs, py_fields) is not None
         assert baseline(frame, base_subs, keys) is not None
-        t_base = best_us(lambda: baseline(frame, base_subs, keys), args.number, args.repeat)
-        t_ours = best_us(lambda: ours(frame, our_subs, py_fields), args.number, args.repeat)
+        run_base = functools.partial(baseline, frame, base_subs, keys)
+        run_ours = functools.partial(ours, frame, our_subs, py_fields)
+        t_base = best_us(run_base, args.number, args.repeat)
+        t_ours = best_us(run_ours, args.number, args.repeat)
         ratio = t_base / t_ours
         mark = ""
         if goal is not None:

@@ -5,7 +5,7 @@ The tree::
     AlorError
     ├── ProtocolError                   the ALOR wire protocol was not followed
     │   ├── LocalProtocolError          we were asked to build something invalid
-    │   │   └── InvalidArgumentError    (also ValueError) a request argument is wrong; names the field
+    │   │   └── InvalidArgumentError    (also ValueError) a bad request argument; names it
     │   └── RemoteProtocolError         the server sent something we cannot understand
     │       └── FrameError              one frame is junk (bad JSON, wrong types, no guid, ...)
     ├── ServerRejected                  the server answered httpCode != 200 (http_code, message)

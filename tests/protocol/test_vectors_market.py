@@ -18,9 +18,9 @@ TV05 = '{"data":{"b":[{"p":312.47,"v":95}],"a":[],"t":1750663563412,"h":false},"
 TV06 = '{"data":{"b":[{"p":91.215,"v":40,"y":17.84}],"a":[{"p":91.390,"v":15,"y":17.61}],"t":1750663600250,"h":false},"guid":"ob-su26238"}'  # noqa: E501
 TV07 = '{"data":{"symbol":"LKOH","exchange":"MOEX","description":"ЛУКОЙЛ","prev_close_price":6980.0,"last_price":7013.0,"last_price_timestamp":1750663601,"high_price":7040.5,"low_price":6971.0,"accruedInt":0,"volume":412890,"open_interest":null,"ask":null,"bid":7012.5,"ask_vol":0,"bid_vol":14,"ob_ms_timestamp":1750663601402,"open_price":6990.0,"yield":null,"lotsize":1,"lotvalue":7013.0,"facevalue":0,"type":"CS","total_bid_vol":18211,"total_ask_vol":20990,"accrued_interest":0,"change":33.0,"change_percent":0.47},"guid":"q-lkoh"}'  # noqa: E501
 TV08 = [
-    '{"data":{"time":1750663500,"open":129.10,"high":129.22,"low":129.05,"close":129.18,"volume":5510},"guid":"bars-gazp-60"}',  # noqa: E501
-    '{"data":{"time":1750663500,"open":129.10,"high":129.25,"low":129.05,"close":129.24,"volume":6020},"guid":"bars-gazp-60"}',  # noqa: E501
-    '{"data":{"time":1750663560,"open":129.24,"high":129.24,"low":129.20,"close":129.21,"volume":310},"guid":"bars-gazp-60"}',  # noqa: E501
+    '{"data":{"time":1750663500,"open":129.10,"high":129.22,"low":129.05,"close":129.18,"volume":5510},"guid":"bars-gazp-60"}',
+    '{"data":{"time":1750663500,"open":129.10,"high":129.25,"low":129.05,"close":129.24,"volume":6020},"guid":"bars-gazp-60"}',
+    '{"data":{"time":1750663560,"open":129.24,"high":129.24,"low":129.20,"close":129.21,"volume":310},"guid":"bars-gazp-60"}',
 ]
 TV09 = '{"data":{"id":11482203391,"sym":"SBER","bd":"TQBR","q":25,"px":312.48,"t":1750663603557,"oi":0,"h":false,"s":"buy"},"guid":"at-sber"}'  # noqa: E501
 TV10 = [

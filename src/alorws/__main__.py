@@ -1,0 +1,6 @@
+"""``python -m alorws``: the command line."""
+
+from .cli import main
+
+
+raise SystemExit(main())

@@ -1,0 +1,442 @@
+"""``/ws`` subscription requests as hashable value objects, and their wire encoding.
+
+A request says *what* is subscribed (§4); it holds no ``guid`` and no ``token`` (§3.2). Two equal
+requests mean one server subscription, so they can key a de-duplicating registry. The full frame
+is built at send time by :func:`encode_subscribe`, which splices the guid and the current token
+into the request's JSON (§2.5: every ``/ws`` request carries the token).
+
+Every request validates itself on construction and on decoding (the simulator decodes client
+frames with :data:`AnySubscriptionRequest`), raising :class:`~alorws.errors.InvalidArgumentError`
+(wrapped by msgspec into ``msgspec.ValidationError`` when decoding) that names the field.
+Enum-like values are accepted in any casing and always sent in their documented spelling (§3.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeVar
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..errors import InvalidArgumentError
+from .enums import Exchange, Format, OrderStatus, SubscriptionOpcode
+
+
+__all__ = [
+    "REQUEST_TYPES",
+    "AllTradesRequest",
+    "AnySubscriptionRequest",
+    "BarsRequest",
+    "ClustersRequest",
+    "InstrumentRequest",
+    "OrderBookRequest",
+    "OrdersRequest",
+    "OwnTradesRequest",
+    "PositionsRequest",
+    "QuotesRequest",
+    "RisksRequest",
+    "SpectraRisksRequest",
+    "StopOrdersRequest",
+    "SubscriptionRequest",
+    "SummariesRequest",
+    "encode_ping",
+    "encode_subscribe",
+    "encode_unsubscribe",
+    "validate_guid",
+]
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+GUID_MAX_LEN: Final = 50  # §3.2: RDH caps guids at 50 characters [U]; we keep to it.
+_TF_LETTERS: Final = frozenset("DWMY")  # §4.3: day, week, month, year
+
+
+# -- shared checks (also used by commands.py) ------------------------------------------------
+
+
+def validate_guid(guid: object) -> str:
+    """Check a client guid: 1..50 printable ASCII characters without ``"`` or ``\\``."""
+    if type(guid) is not str:
+        raise InvalidArgumentError("guid", f"must be a str, got {type(guid).__name__}")
+    if not guid:
+        raise InvalidArgumentError("guid", "must not be empty; use e.g. a uuid4 string")
+    if len(guid) > GUID_MAX_LEN:
+        raise InvalidArgumentError(
+            "guid", f"is {len(guid)} characters; use at most {GUID_MAX_LEN} (e.g. a uuid4)"
+        )
+    # Printable ASCII without quote/backslash: the guid can be spliced into JSON verbatim.
+    if not guid.isascii() or not guid.isprintable() or '"' in guid or "\\" in guid:
+        raise InvalidArgumentError(
+            "guid", f"{guid!r} has characters other than printable ASCII (no quotes/backslashes)"
+        )
+    return guid
+
+
+def _text(field: str, value: object) -> str:
+    """A required, non-blank string."""
+    if type(value) is not str:
+        raise InvalidArgumentError(field, f"must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidArgumentError(field, "must not be empty")
+    return value
+
+
+def _flag(field: str, value: object) -> bool:
+    """A bool (not an int posing as one)."""
+    if type(value) is not bool:
+        raise InvalidArgumentError(field, f"must be True or False, got {value!r}")
+    return value
+
+
+def _int(field: str, value: object, low: int, high: int | None = None) -> int:
+    """An int (not a bool) in ``low..high``."""
+    if type(value) is not int:
+        raise InvalidArgumentError(field, f"must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        if high is not None:
+            bounds = f"{low}..{high}"
+        else:
+            bounds = "> 0" if low == 1 else f">= {low}"
+        raise InvalidArgumentError(field, f"must be {bounds}, got {value}")
+    return value
+
+
+def _positive_number(field: str, value: object) -> float:
+    """A finite number > 0, normalized to float (ints and Decimals are accepted)."""
+    if isinstance(value, bool | str | bytes):  # float() would take "1.5" and True
+        raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)  # type: ignore[arg-type]  # int, float, Decimal, Fraction, numpy
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise InvalidArgumentError(field, f"must be a finite number > 0, got {value!r}")
+    return number
+
+
+def _enum(field: str, cls: type[E], value: object) -> E:
+    """Coerce ``value`` (a member or any-case string) to a member of ``cls``."""
+    if type(value) is cls:
+        return value
+    allowed = ", ".join(m.value for m in cls)
+    if not isinstance(value, str):
+        raise InvalidArgumentError(field, f"must be one of {allowed}, got {type(value).__name__}")
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidArgumentError(field, f"{value!r} is not one of {allowed}") from None
+
+
+def _token_json(token: object) -> bytes:
+    """The token as a JSON string; its value never appears in an error message."""
+    if type(token) is not str or not token:
+        raise InvalidArgumentError("token", "must be a non-empty str (the access JWT, §2.5)")
+    return _ENCODER.encode(token)
+
+
+def _tf(value: object) -> str:
+    """§4.3: seconds as a positive integer, or D/W/M/Y; normalized to the wire string."""
+    if type(value) is int:
+        if value > 0:
+            return str(value)
+    elif type(value) is str:
+        text = value.strip().upper()
+        if text in _TF_LETTERS:
+            return text
+        if text.isascii() and text.isdigit() and int(text) > 0:
+            return str(int(text))
+    raise InvalidArgumentError(
+        "tf", f"{value!r} is not a timeframe; use seconds (e.g. 60 or '300') or 'D', 'W', 'M', 'Y'"
+    )
+
+
+def _statuses(value: object) -> tuple[OrderStatus, ...]:
+    """§4.11: a tuple of order statuses (any iterable of members or strings is accepted)."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise InvalidArgumentError(
+            "order_statuses", f"must be a tuple of statuses, got {type(value).__name__}"
+        )
+    return tuple(_enum("order_statuses", OrderStatus, v) for v in value)
+
+
+# field name -> check returning the normalized value. UNSET values are never checked.
+_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
+    "exchange": lambda v: _enum("exchange", Exchange, v),
+    "format": lambda v: _enum("format", Format, v),
+    "code": lambda v: _text("code", v),  # §4: ticker, required
+    "portfolio": lambda v: _text("portfolio", v),  # §4.6-§4.12: required
+    "instrument_group": lambda v: _text("instrument_group", v),  # §3.6: board
+    # §3.6: ms; the server clamps it up to ``Format.min_frequency_ms`` (§12.4) — we do not.
+    "frequency": lambda v: _int("frequency", v, 0),
+    "skip_history": lambda v: _flag("skip_history", v),  # §3.6
+    "split_adjust": lambda v: _flag("split_adjust", v),  # §4.3
+    "include_virtual_trades": lambda v: _flag("include_virtual_trades", v),  # §4.4
+    "slice_mode": lambda v: _text("slice_mode", v),  # §4.3: not in SPEC [O]
+    "tf": _tf,  # §4.3, §4.13
+    "from_": lambda v: _int("from_", v, 0),  # §4.3: UTC Unix seconds
+    "order_statuses": _statuses,  # §4.11, §4.12
+}
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class SubscriptionRequest(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    rename="camel",
+    tag_field="opcode",
+    gc=False,
+    repr_omit_defaults=True,
+):
+    """Base of every ``/ws`` subscription request (§3.2 envelope without guid/token)."""
+
+    opcode: ClassVar[SubscriptionOpcode]
+    # §4.1 depth bounds (low, high) for requests that have a ``depth`` field.
+    _depth_range: ClassVar[tuple[int, int]] = (1, 50)
+
+    exchange: Exchange = Exchange.MOEX  # §3.2
+    format: Format = Format.SIMPLE  # §3.2, §3.5: also sets the minimum frequency
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if value is UNSET:
+                continue
+            if name == "depth":
+                low, high = self._depth_range
+                new = _int("depth", value, low, high)
+            else:
+                check = _CHECKS.get(name)
+                if check is None:
+                    continue
+                new = check(value)
+            if new is not value:
+                msgspec.structs.force_setattr(self, name, new)
+
+
+class OrderBookRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="OrderBookGetAndSubscribe"
+):
+    """§4.1: order book (Level 2), the whole top-``depth`` book per message."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDER_BOOK
+
+    code: str
+    instrument_group: str | UnsetType = UNSET
+    depth: int = 20  # §4.1: levels per side, 1..50 [V]
+    frequency: int | UnsetType = UNSET
+
+
+class QuotesRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="QuotesSubscribe"):
+    """§4.2: quotes / ticker summary."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.QUOTES
+
+    code: str
+    instrument_group: str | UnsetType = UNSET
+    frequency: int | UnsetType = UNSET
+
+
+class BarsRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="BarsGetAndSubscribe"):
+    """§4.3: candles; ``tf`` is normalized to its wire string (60 -> "60", "d" -> "D")."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.BARS
+
+    code: str
+    tf: str | int
+    from_: int = msgspec.field(name="from")  # §4.3: UTC Unix seconds of the first candle
+    skip_history: bool | UnsetType = UNSET
+    split_adjust: bool | UnsetType = UNSET
+    instrument_group: str | UnsetType = UNSET
+    frequency: int | UnsetType = UNSET
+    slice_mode: str | UnsetType = UNSET  # §4.3: SDK-only, meaning unknown [U]
+
+
+class AllTradesRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="AllTradesGetAndSubscribe"
+):
+    """§4.4: anonymous tape (all trades), optionally preceded by the last ``depth`` trades."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ALL_TRADES
+    _depth_range: ClassVar[tuple[int, int]] = (1, 5000)  # §4.4: max 5000 [V]
+
+    code: str
+    instrument_group: str | UnsetType = UNSET
+    depth: int | UnsetType = UNSET
+    include_virtual_trades: bool | UnsetType = UNSET
+
+
+class InstrumentRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="InstrumentsGetAndSubscribeV2"
+):
+    """§4.5: instrument status and limits (full first message, then patches)."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.INSTRUMENT
+
+    code: str
+    instrument_group: str | UnsetType = UNSET
+
+
+class PositionsRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="PositionsGetAndSubscribeV2"
+):
+    """§4.6: positions (securities and money) of one portfolio."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.POSITIONS
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+
+
+class SummariesRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="SummariesGetAndSubscribeV2"
+):
+    """§4.7: portfolio summary."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SUMMARIES
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+
+
+class RisksRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="RisksGetAndSubscribe"):
+    """§4.8: portfolio risks."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.RISKS
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+
+
+class SpectraRisksRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="SpectraRisksGetAndSubscribe"
+):
+    """§4.9: FORTS (derivatives) risks."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SPECTRA_RISKS
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+
+
+class OwnTradesRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="TradesGetAndSubscribeV2"
+):
+    """§4.10: own trades (fills) of one portfolio."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.TRADES
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+
+
+class OrdersRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="OrdersGetAndSubscribeV2"):
+    """§4.11: own market and limit orders; ``order_statuses`` filters the history replay only."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDERS
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+    order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
+
+
+class StopOrdersRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="StopOrdersGetAndSubscribeV2"
+):
+    """§4.12: own stop / stop-limit orders; ``order_statuses`` filters the history replay only."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.STOP_ORDERS
+
+    portfolio: str
+    skip_history: bool | UnsetType = UNSET
+    order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
+
+
+class ClustersRequest(
+    SubscriptionRequest, frozen=True, kw_only=True, tag="ClustersGetAndSubscribe"
+):
+    """§4.13: trade clusters (UI-only opcode [O]); ``tf`` as in :class:`BarsRequest`."""
+
+    opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.CLUSTERS
+
+    code: str
+    tf: str | int
+    from_: int = msgspec.field(name="from")  # §4.13: UTC Unix seconds
+
+
+AnySubscriptionRequest = (
+    OrderBookRequest
+    | QuotesRequest
+    | BarsRequest
+    | AllTradesRequest
+    | InstrumentRequest
+    | PositionsRequest
+    | SummariesRequest
+    | RisksRequest
+    | SpectraRisksRequest
+    | OwnTradesRequest
+    | OrdersRequest
+    | StopOrdersRequest
+    | ClustersRequest
+)
+"""Tagged union of every request: ``msgspec.json.decode(frame, type=AnySubscriptionRequest)``."""
+
+#: The request class of each subscription opcode.
+REQUEST_TYPES: Final[dict[SubscriptionOpcode, type[SubscriptionRequest]]] = {
+    cls.opcode: cls
+    for cls in (
+        OrderBookRequest,
+        QuotesRequest,
+        BarsRequest,
+        AllTradesRequest,
+        InstrumentRequest,
+        PositionsRequest,
+        SummariesRequest,
+        RisksRequest,
+        SpectraRisksRequest,
+        OwnTradesRequest,
+        OrdersRequest,
+        StopOrdersRequest,
+        ClustersRequest,
+    )
+}
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def encode_subscribe(request: SubscriptionRequest, *, guid: str, token: str) -> bytes:
+    """The full subscribe frame: ``request``'s fields plus ``guid`` and ``token`` (§3.2)."""
+    if not isinstance(request, SubscriptionRequest):
+        raise InvalidArgumentError(
+            "request", f"expected a SubscriptionRequest, got {type(request).__name__}"
+        )
+    guid_bytes = validate_guid(guid).encode("ascii")
+    token_json = _token_json(token)
+    body = _ENCODER.encode(request)  # b'{"opcode":...}'; never empty, so "," is right
+    return b"".join((body[:-1], b',"guid":"', guid_bytes, b'","token":', token_json, b"}"))
+
+
+def encode_unsubscribe(guid: str, token: str) -> bytes:
+    """``{"opcode":"unsubscribe","guid":…,"token":…}``: cancel subscription ``guid`` (§3.8)."""
+    guid_bytes = validate_guid(guid).encode("ascii")
+    token_json = _token_json(token)
+    return b"".join(
+        (b'{"opcode":"unsubscribe","guid":"', guid_bytes, b'","token":', token_json, b"}")
+    )
+
+
+def encode_ping(guid: str, token: str) -> bytes:
+    """``{"opcode":"ping","guid":…,"confirm":true,"token":…}``: application keep-alive (§3.7)."""
+    guid_bytes = validate_guid(guid).encode("ascii")
+    token_json = _token_json(token)
+    return b"".join(
+        (b'{"opcode":"ping","guid":"', guid_bytes, b'","confirm":true,"token":', token_json, b"}")
+    )

@@ -43,8 +43,12 @@ def test_protocol_exports_its_modules() -> None:
 
 
 def test_top_level_exports() -> None:
-    """alorws exports errors, enums, models, requests and commands, each once."""
-    combined = _names(TOP_MODULES) + ["DataMessage", "StatusReply", "__version__"]
+    """alorws exports the client, errors, enums, models, requests and commands, each once."""
+    combined = _names([*TOP_MODULES, "alorws.client"]) + [
+        "DataMessage",
+        "StatusReply",
+        "__version__",
+    ]
     assert len(combined) == len(set(combined))
     assert set(alorws.__all__) == set(combined)
     assert all(hasattr(alorws, n) for n in alorws.__all__)

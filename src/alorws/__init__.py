@@ -1,15 +1,21 @@
 """alorws: a fast, safe, typed asyncio toolkit for the ALOR Broker WebSocket API.
 
-The top level re-exports the public names of :mod:`alorws.errors` and the protocol's enums,
-models, requests and commands. The sans-I/O machinery (router, registry, JWT helpers) lives in
-:mod:`alorws.protocol`; importing this package loads no asyncio or network module.
+The top level re-exports :class:`AlorClient` and its stream types, the public names of
+:mod:`alorws.errors`, and the protocol's enums, models, requests and commands. The sans-I/O
+machinery (router, registry, JWT helpers) lives in :mod:`alorws.protocol`. The client is loaded
+lazily, so ``import alorws.protocol`` loads no asyncio or network module.
 """
+
+from typing import TYPE_CHECKING, Any
+
 
 __version__ = "0.1.0"
 
 from .errors import (
     AlorError as AlorError,
     AuthError as AuthError,
+    BufferOverflowError as BufferOverflowError,
+    ConfigurationError as ConfigurationError,
     ConnectError as ConnectError,
     ConnectionClosed as ConnectionClosed,
     ConnectionLimitError as ConnectionLimitError,
@@ -25,6 +31,8 @@ from .errors import (
     RemoteProtocolError as RemoteProtocolError,
     ServerLimitExceeded as ServerLimitExceeded,
     ServerRejected as ServerRejected,
+    StreamClosed as StreamClosed,
+    StreamError as StreamError,
     SubscriptionLimitError as SubscriptionLimitError,
     TokenRejected as TokenRejected,
     TransportError as TransportError,
@@ -117,8 +125,43 @@ from .protocol.requests import (
 )
 
 
+if TYPE_CHECKING:
+    from .client import (
+        AlorClient as AlorClient,
+        LaneEvent as LaneEvent,
+        LaneKind as LaneKind,
+        LaneState as LaneState,
+        Policy as Policy,
+        Stream as Stream,
+        StreamBuffer as StreamBuffer,
+    )
+
+
+_CLIENT_NAMES = frozenset(
+    {
+        "AlorClient",
+        "LaneEvent",
+        "LaneKind",
+        "LaneState",
+        "Policy",
+        "Stream",
+        "StreamBuffer",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio client is imported on first use, keeping the protocol core I/O-free.
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'alorws' has no attribute {name!r}")
+
+
 __all__ = [
     "AllTradesRequest",
+    "AlorClient",
     "AlorError",
     "AnyCommand",
     "AnySubscriptionRequest",
@@ -126,6 +169,7 @@ __all__ = [
     "Bar",
     "BarsRequest",
     "BookLevel",
+    "BufferOverflowError",
     "COMMAND_TYPES",
     "ClientType",
     "Cluster",
@@ -135,6 +179,7 @@ __all__ = [
     "CommandFrameError",
     "CommandOpcode",
     "Condition",
+    "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
     "ConnectionLimitError",
@@ -159,6 +204,9 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidState",
     "InvalidTokenError",
+    "LaneEvent",
+    "LaneKind",
+    "LaneState",
     "LimitError",
     "LocalProtocolError",
     "Order",
@@ -171,6 +219,7 @@ __all__ = [
     "OrdersRequest",
     "OwnTrade",
     "OwnTradesRequest",
+    "Policy",
     "Position",
     "PositionsRequest",
     "ProtocolError",
@@ -190,6 +239,10 @@ __all__ = [
     "StatusReply",
     "StopOrder",
     "StopOrdersRequest",
+    "Stream",
+    "StreamBuffer",
+    "StreamClosed",
+    "StreamError",
     "SubscriptionLimitError",
     "SubscriptionOpcode",
     "SubscriptionRequest",

@@ -124,9 +124,7 @@ def run(print_line: Callable[[str], None] = print) -> int:
             frame = msgspec.json.encode({"data": _model.to_wire(obj, fmt), "guid": guid})
             decoder = decoder_for(model, fmt)
 
-            def work(
-                frame: bytes = frame, decoder: msgspec.json.Decoder[object] = decoder
-            ) -> object:
+            def work(frame: bytes = frame, decoder: msgspec.json.Decoder[Any] = decoder) -> object:
                 msg = route(frame)
                 assert isinstance(msg, DataMessage)
                 return decoder.decode(msg.data)

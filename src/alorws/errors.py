@@ -21,6 +21,10 @@ The tree::
     │   ├── ConnectError                a connection could not be opened
     │   ├── ConnectionClosed            an open connection was closed (code, reason)
     │   └── TransportTimeout            (also TimeoutError) no answer in time
+    ├── StreamError                     a subscription stream cannot deliver normally
+    │   ├── BufferOverflowError         a lossless buffer was full: messages were dropped (counted)
+    │   └── StreamClosed                the stream ended (unsubscribed, client closed, or failed)
+    ├── ConfigurationError              (also ValueError) the client was set up wrongly
     ├── OrderStatusUnknown              an order command got no reply; its outcome is unknown
     └── InvalidState                    (also AssertionError) an object was used in the wrong state
 
@@ -34,6 +38,8 @@ from __future__ import annotations
 __all__ = [
     "AlorError",
     "AuthError",
+    "BufferOverflowError",
+    "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
     "ConnectionLimitError",
@@ -49,6 +55,8 @@ __all__ = [
     "RemoteProtocolError",
     "ServerLimitExceeded",
     "ServerRejected",
+    "StreamClosed",
+    "StreamError",
     "SubscriptionLimitError",
     "TokenRejected",
     "TransportError",
@@ -210,6 +218,39 @@ class ConnectionClosed(TransportError):
 
 class TransportTimeout(TransportError, TimeoutError):
     """No answer arrived within the allowed time."""
+
+
+# -- streams and configuration ----------------------------------------------------------------
+
+
+class StreamError(AlorError):
+    """A subscription stream cannot deliver messages normally."""
+
+
+class BufferOverflowError(StreamError):
+    """A lossless (``queue``) stream buffer was full, so ``dropped`` messages were lost.
+
+    Raised to the consumer at the point of the loss, after everything received before it. The
+    stream goes on afterwards. Consume faster, raise the buffer bound, or use the ``latest``
+    policy for state streams.
+    """
+
+    def __init__(self, dropped: int, bound: int, stream: str = "") -> None:
+        self.dropped = dropped
+        self.bound = bound
+        where = f" of {stream}" if stream else ""
+        super().__init__(
+            f"the buffer{where} was full ({bound} messages): {dropped} message(s) were dropped; "
+            "consume faster or raise max_buffer"
+        )
+
+
+class StreamClosed(StreamError):
+    """The stream has ended: it was unsubscribed, the client closed, or the server refused it."""
+
+
+class ConfigurationError(AlorError, ValueError):
+    """The client was configured wrongly (bad URL, plain HTTP to a remote host, bad limit)."""
 
 
 # -- outcomes and misuse ----------------------------------------------------------------------

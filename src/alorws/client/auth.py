@@ -1,0 +1,562 @@
+"""The access-token manager: exchanges the refresh token for short-lived JWTs, ahead of time.
+
+ALOR access tokens live about 30 minutes, but only the token's own ``exp`` is authoritative
+(§2.3). :class:`TokenManager` refreshes *ahead of* ``exp`` (by
+:func:`~alorws.protocol.jwt.refresh_margin`: 180 s for a 30-minute token), never on a fixed
+period, and in two ways:
+
+* **proactively**: after :meth:`TokenManager.start`, a background task sleeps until
+  ``exp - margin`` and refreshes, so callers normally never wait;
+* **on demand**: :meth:`TokenManager.token` refreshes first when the token is missing or due.
+
+Refreshes are single-flight: however many callers ask at once, one ``POST {oauth}/refresh``
+is made and they all get its result. Network failures, timeouts and 5xx replies are retried
+with a :class:`~alorws.protocol.backoff.Backoff`; a 403 (the refresh token is invalid or
+expired, §2.2) is final and raises :class:`~alorws.errors.AuthError` at once.
+
+The refresh token travels in the JSON body, never in the URL, so it cannot leak into logs or
+exception messages; neither token is ever logged (``repr`` uses :func:`~alorws.errors.redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from ssl import SSLContext
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+
+from ..errors import (
+    AuthError,
+    ConfigurationError,
+    ConnectError,
+    InvalidState,
+    InvalidTokenError,
+    TransportError,
+    TransportTimeout,
+    redact,
+)
+from ..protocol.backoff import Backoff
+from ..protocol.jwt import (
+    JwtClaims,
+    decode_claims,
+    expires_in as _expires_in,
+    refresh_margin,
+    should_refresh,
+)
+from .endpoints import _check_oauth_url
+
+
+__all__ = ["DEFAULT_RETRY", "TokenManager"]
+
+log = logging.getLogger("alorws.auth")
+
+#: Retries of one refresh: 8 jittered delays (≤ 0.2, 0.4, … capped at 10 s), then give up.
+DEFAULT_RETRY: Final = Backoff(base=0.2, cap=10.0, max_attempts=8)
+
+#: Never refresh because a token is "due" more often than this (seconds). It stops a refresh
+#: storm when every new token already looks due (a margin longer than the lifetime, a token
+#: that arrives expired). Forced refreshes are not limited.
+_MIN_INTERVAL: Final = 1.0
+#: If the auth server's clock (the token's ``iat``) differs from ours by more than this, all
+#: timing is done in the server's time instead (see ``_adopt``).
+_SKEW_TOLERANCE: Final = 5.0
+#: The background task re-reads the wall clock at least this often (the monotonic clock that
+#: ``asyncio.sleep`` uses stops while the machine is suspended).
+_MAX_SLEEP: Final = 60.0
+#: On-demand refresh failed but the old token has this many seconds left: hand it out.
+_STILL_VALID: Final = 1.0
+#: HTTP statuses worth retrying: the server is overloaded or failing, not refusing us.
+_RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class _Retryable(Exception):
+    """One refresh attempt failed in a way that another attempt may fix."""
+
+    def __init__(self, detail: str, *, timeout: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.timeout = timeout
+
+
+class TokenManager:
+    """Keeps a valid ALOR access token (JWT) at hand, refreshing it ahead of its ``exp``.
+
+    Use it as ``async with TokenManager(refresh_token, "https://oauth.alor.ru") as tm:`` (which
+    fetches the first token and starts the proactive refresh), then ``await tm.token()`` before
+    each request that needs a token. All methods must be called from one event loop: the one
+    the manager is first used in.
+
+    Args:
+        refresh_token: the long-lived refresh token from the ALOR developer portal (§2.1).
+        oauth_url: the auth server's base URL (``Endpoints.oauth``); ``/refresh`` is appended.
+            Plain ``http`` only for loopback hosts.
+        ssl: the TLS context for ``https`` (see :func:`~alorws.client.endpoints.ssl_context_for`);
+            ``None`` means the default, verifying context.
+        allowed_portfolios: narrow the token to these portfolios (``allowedPortfolios``, §2.2).
+        margin: refresh this many seconds before ``exp``; ``None`` uses
+            :func:`~alorws.protocol.jwt.refresh_margin` (10% of the lifetime, at least 30 s).
+        retry: delays between the attempts of one refresh; it gives up when they run out.
+        http_timeout: seconds allowed for one refresh request.
+        clock: the wall clock, Unix seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        refresh_token: str,
+        oauth_url: str,
+        *,
+        ssl: SSLContext | None = None,
+        allowed_portfolios: Sequence[str] | None = None,
+        margin: float | None = None,
+        retry: Backoff = DEFAULT_RETRY,
+        http_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(refresh_token, str) or not refresh_token.strip():
+            raise ConfigurationError(
+                "refresh_token is empty: pass the refresh token from the ALOR developer portal"
+            )
+        if margin is not None and not (margin >= 0 and math.isfinite(margin)):
+            raise ConfigurationError(f"margin must be a finite number >= 0, got {margin}")
+        if not (http_timeout > 0 and math.isfinite(http_timeout)):
+            raise ConfigurationError(f"http_timeout must be > 0 seconds, got {http_timeout}")
+        body: dict[str, Any] = {"token": refresh_token.strip()}
+        if allowed_portfolios is not None:
+            if isinstance(allowed_portfolios, str) or not all(
+                isinstance(p, str) and p for p in allowed_portfolios
+            ):
+                raise ConfigurationError(
+                    "allowed_portfolios must be a sequence of portfolio ids, e.g. ['D12345']"
+                )
+            body["allowedPortfolios"] = list(allowed_portfolios)
+        self._oauth = _check_oauth_url(oauth_url)
+        self._url = f"{self._oauth}/refresh"
+        # §2.2: the body form keeps the refresh token out of URLs (and so out of every log).
+        self._body = msgspec.json.encode(body)
+        self._ssl: SSLContext | bool = ssl if ssl is not None else True  # True: verify
+        self._margin = margin
+        self._retry = retry
+        self._http_timeout = http_timeout
+        self._clock = clock
+
+        self._token: str | None = None
+        self._claims: JwtClaims | None = None
+        self._fetched_at = -math.inf  # our clock, when the current token arrived
+        self._skew = 0.0  # the auth server's clock minus ours (0 unless beyond tolerance)
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: asyncio.Task[str] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[Callable[[str], object]] = []
+        self._error_listeners: list[Callable[[Exception], object]] = []
+        self._closed = False
+
+        self.last_error: Exception | None = None
+        """The last failed refresh (after its retries), or ``None``; cleared by a success."""
+        self._refreshes = 0
+        self._failures = 0
+        self._requests = 0
+        self._last_refresh_at: float | None = None
+
+    # -- state, no I/O ---------------------------------------------------------------------------
+
+    @property
+    def current(self) -> str | None:
+        """The access token held now (possibly due for refresh), or ``None``; does no I/O."""
+        return self._token
+
+    @property
+    def claims(self) -> JwtClaims | None:
+        """The claims of :attr:`current` (§2.4), or ``None``."""
+        return self._claims
+
+    @property
+    def portfolios(self) -> tuple[str, ...]:
+        """The portfolio ids the current token grants (§2.4); empty before the first token."""
+        return self._claims.portfolios if self._claims is not None else ()
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds until the current token expires (by the auth server's clock), or ``None``."""
+        if self._claims is None:
+            return None
+        return _expires_in(self._claims, self._server_now())
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: successful ``refreshes``, failed refreshes (``failures``, after retries),
+        HTTP ``requests`` made, ``last_refresh_at`` (Unix s) and ``expires_in`` (s)."""
+        return {
+            "refreshes": self._refreshes,
+            "failures": self._failures,
+            "requests": self._requests,
+            "last_refresh_at": self._last_refresh_at,
+            "expires_in": self.expires_in,
+            "last_error": None if self.last_error is None else str(self.last_error),
+        }
+
+    def __repr__(self) -> str:
+        left = self.expires_in
+        if self._closed:
+            state = "closed"
+        elif self._task is None:
+            state = "idle"
+        else:
+            state = "stopped" if self._task.done() else "running"
+        expiry = f" expires_in={left:.0f}s" if left is not None else ""
+        return f"<TokenManager {self._url} {state} token={redact(self._token)}{expiry}>"
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(new_token)`` after every successful refresh (the first one too).
+
+        ``callback`` may be a plain function or return an awaitable (an ``async def``), which
+        then runs as a task owned by the manager. Exceptions are logged, never propagated.
+        Returns a function that removes the listener.
+        """
+        self._listeners.append(callback)
+        return lambda: self._remove(self._listeners, callback)
+
+    def add_error_listener(self, callback: Callable[[Exception], object]) -> Callable[[], None]:
+        """Call ``callback(error)`` when a refresh fails for good (after its retries).
+
+        Same rules as :meth:`add_listener`. Returns a function that removes the listener.
+        """
+        self._error_listeners.append(callback)
+        return lambda: self._remove(self._error_listeners, callback)
+
+    @staticmethod
+    def _remove(listeners: list[Any], callback: object) -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(callback)
+
+    def _notify(self, listeners: Sequence[Callable[[Any], object]], arg: object) -> None:
+        for callback in list(listeners):
+            try:
+                result = callback(arg)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._callback_tasks.add(task)
+                    task.add_done_callback(self._callback_done)
+            except Exception:
+                log.exception("token listener %r failed", callback)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callback_tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("token listener failed", exc_info=exc)
+
+    # -- the public async API ----------------------------------------------------------------
+
+    async def token(self) -> str:
+        """The current access token, refreshed first if missing or due (ahead of ``exp``).
+
+        When the refresh fails with a network error but the held token has not expired yet,
+        that token is returned (and the failure is in :attr:`last_error`).
+
+        Raises:
+            AuthError: the refresh token was refused (403) or the server's answer is unusable.
+            ConnectError, TransportTimeout: the auth server could not be reached, after retries.
+            InvalidState: the manager is closed.
+        """
+        self._check_usable()
+        token = self._token
+        if token is not None and not self._due():
+            return token
+        try:
+            return await self.refresh()
+        except TransportError:
+            token, left = self._token, self.expires_in
+            if token is not None and left is not None and left > _STILL_VALID:
+                log.warning("token refresh failed; using the current token (%.0f s left)", left)
+                return token
+            raise
+
+    async def refresh(self, *, force: bool = False) -> str:
+        """Fetch a new access token if the current one is missing or due, or always if ``force``.
+
+        Single-flight: callers that arrive while a refresh is running share its result (a
+        forced call too: that refresh started after its reason to force one).
+
+        Raises:
+            The same as :meth:`token`, without its fallback to a still-valid token.
+        """
+        self._check_usable()
+        task = self._inflight
+        if task is None:
+            token = self._token
+            if not force and token is not None and not self._due():
+                return token
+            task = self._inflight = asyncio.get_running_loop().create_task(
+                self._refresh_with_retries(), name="alorws-token-refresh"
+            )
+            task.add_done_callback(self._refresh_done)
+        try:
+            # Shielded: a cancelled caller must not cancel the refresh the others wait for.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and self._closed and not (current and current.cancelling()):
+                raise InvalidState("the TokenManager was closed during the refresh") from None
+            raise
+
+    async def start(self) -> None:
+        """Fetch the first token (raising if that fails) and start the proactive refresh.
+
+        Calling it again while running does nothing.
+        """
+        self._check_usable()
+        if self._task is not None:
+            return
+        await self.token()
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._refresh_loop(), name="alorws-token-keeper"
+            )
+
+    async def aclose(self) -> None:
+        """Stop the background refresh, cancel a running one, close the HTTP session.
+
+        Idempotent. The manager cannot be used afterwards.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        me = asyncio.current_task()
+        tasks = [
+            t
+            for t in (self._task, self._inflight, *self._callback_tasks)
+            if t is not None and t is not me
+        ]
+        for task in tasks:
+            task.cancel()
+        # return_exceptions: collect the cancellations without raising them here.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._inflight = None
+        self._callback_tasks.clear()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> TokenManager:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- timing --------------------------------------------------------------------------------
+
+    def _server_now(self) -> float:
+        return self._clock() + self._skew
+
+    def _margin_for(self, claims: JwtClaims) -> float:
+        return self._margin if self._margin is not None else refresh_margin(claims)
+
+    def _due(self) -> bool:
+        """Whether the held token should be replaced now."""
+        claims = self._claims
+        if claims is None:
+            return True
+        now = self._clock()
+        if now - self._fetched_at < _MIN_INTERVAL:
+            return False
+        return should_refresh(claims, now + self._skew, self._margin_for(claims))
+
+    def _seconds_until_due(self) -> float:
+        claims = self._claims
+        if claims is None:
+            return 0.0
+        now = self._clock()
+        until = _expires_in(claims, now + self._skew) - self._margin_for(claims)
+        return max(until, self._fetched_at + _MIN_INTERVAL - now, 0.0)
+
+    def _adopt(self, token: str, claims: JwtClaims) -> None:
+        """Make ``token`` current; learn the auth server's clock skew from its ``iat``."""
+        received = self._clock()
+        skew = 0.0
+        if claims.iat is not None and abs(claims.iat - received) > _SKEW_TOLERANCE:
+            # Our clock is off: judge ``exp`` by the server's. ``iat`` is whole seconds and
+            # the server's "now" at receipt is a little past it: +1 s errs towards refreshing
+            # early. Without this, a clock running ahead makes every token look due at once.
+            skew = claims.iat + 1.0 - received
+            if abs(skew - self._skew) > _SKEW_TOLERANCE:
+                log.warning(
+                    "the local clock differs from the auth server's by %+.0f s; compensating",
+                    -skew,
+                )
+        self._token, self._claims, self._skew = token, claims, skew
+        self._fetched_at = received
+        self._last_refresh_at = received
+        self._refreshes += 1
+        self.last_error = None
+
+    # -- the refresh itself --------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InvalidState("the TokenManager is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise InvalidState(
+                "the TokenManager is bound to the event loop it was first used in; "
+                "use it only from that loop"
+            )
+
+    def _refresh_done(self, task: asyncio.Task[str]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # mark it retrieved even if every waiter was cancelled
+
+    async def _refresh_with_retries(self) -> str:
+        delays = self._retry.delays()
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                token, claims = await self._request_once()
+            except _Retryable as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    elapsed = time.monotonic() - started
+                    final: TransportError = (TransportTimeout if exc.timeout else ConnectError)(
+                        f"could not refresh the access token at {self._url}: {attempts} "
+                        f"attempt(s) failed in {elapsed:.1f} s, the last with: {exc.detail}. "
+                        "Check the network and oauth_url (env)"
+                    )
+                    self._record_failure(final)
+                    raise final from None
+                log.info("token refresh attempt %d failed (%s); retrying", attempts, exc.detail)
+                await asyncio.sleep(delay)
+                continue
+            except (AuthError, TransportError) as exc:  # final: 403, bad answer, TLS failure
+                self._record_failure(exc)
+                raise
+            self._adopt(token, claims)
+            log.info("access token refreshed; it expires in %.0f s", self.expires_in or 0.0)
+            self._notify(self._listeners, token)
+            return token
+
+    def _record_failure(self, exc: Exception) -> None:
+        self._failures += 1
+        self.last_error = exc
+        log.warning("token refresh failed: %s", exc)
+        self._notify(self._error_listeners, exc)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Created lazily: a session belongs to the running loop.
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._http_timeout),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+        return self._session
+
+    async def _request_once(self) -> tuple[str, JwtClaims]:
+        """One ``POST {oauth}/refresh`` (§2.2). Raises _Retryable or AuthError."""
+        session = self._get_session()
+        self._requests += 1
+        try:
+            async with asyncio.timeout(self._http_timeout):
+                async with session.post(self._url, data=self._body, ssl=self._ssl) as response:
+                    status = response.status
+                    payload = await response.read()
+        except TimeoutError:
+            raise _Retryable(f"no answer within {self._http_timeout} s", timeout=True) from None
+        except aiohttp.ClientSSLError as exc:
+            # A certificate problem does not fix itself: retrying only delays the message.
+            raise ConnectError(
+                f"TLS failed talking to {self._url}: {exc}. Check the certificate "
+                "(pass cafile= for a private CA)"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        if status in (401, 403):
+            raise AuthError(
+                f"the refresh token was refused by {self._url} (HTTP {status}): it is invalid "
+                "or expired, or belongs to the other environment (prod/dev). Get a new one on "
+                "the ALOR developer portal (alor.dev, 'API access tokens')"
+            )
+        if status in _RETRY_STATUSES or status >= 500:
+            raise _Retryable(f"HTTP {status}")
+        if status != 200:
+            raise AuthError(f"unexpected HTTP {status} from {self._url}; check oauth_url (env)")
+        return self._parse(payload)
+
+    def _parse(self, payload: bytes) -> tuple[str, JwtClaims]:
+        try:
+            data = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            data = None
+        token: object = None
+        if isinstance(data, dict):
+            # §2.2: the key is "AccessToken"; accept other spellings of it too.
+            token = data.get("AccessToken")
+            if token is None:
+                token = next((v for k, v in data.items() if str(k).lower() == "accesstoken"), None)
+        if not isinstance(token, str) or not token:
+            raise AuthError(
+                f"the auth server at {self._url} answered 200 without an access token "
+                "(expected a JSON object with 'AccessToken'); check oauth_url (env)"
+            )
+        try:
+            claims = decode_claims(token)
+        except InvalidTokenError as exc:
+            raise AuthError(
+                f"the auth server at {self._url} sent an access token that cannot be read: {exc}"
+            ) from None
+        return token, claims
+
+    # -- proactive refresh -------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        """Refresh ahead of ``exp``, forever; failures are recorded and retried, never raised."""
+        # Between failed refreshes: the same policy, but never giving up.
+        pauses = replace(self._retry, max_attempts=None).delays()
+        while True:
+            wait = self._seconds_until_due()
+            if wait > 0:
+                await asyncio.sleep(min(wait, _MAX_SLEEP))
+                continue
+            try:
+                # force: due by our reckoning (a non-forced call could return at once, and a
+                # loop that never awaits would starve the event loop).
+                await self.refresh(force=True)
+            except AuthError as exc:
+                # 403: the refresh token is dead; asking again will not revive it. token()
+                # still tries on demand (and raises), so callers see the error.
+                log.error("proactive token refresh stopped: %s", exc)
+                return
+            except TransportError:
+                await asyncio.sleep(next(pauses))  # recorded in last_error already
+            except Exception:
+                log.exception("proactive token refresh failed unexpectedly")
+                await asyncio.sleep(next(pauses))
+            else:
+                pauses = replace(self._retry, max_attempts=None).delays()

@@ -1,0 +1,706 @@
+"""``AlorClient``: the asyncio entry point.
+
+::
+
+    async with AlorClient(refresh_token, base_url="http://127.0.0.1:8765") as client:
+        async with client.quotes("SBER") as quotes:
+            async for q in quotes:
+                print(q.last_price)
+
+The client owns an I/O thread (:mod:`alorws.client.runtime`) where every connection is read and
+written, a token manager that refreshes the JWT ahead of its ``exp``, and a pool of *lanes*
+(connections): market data and account events never share one, market data is sharded over as
+many connections as it needs, and the account's budget (10 connections, 5000 subscriptions per
+connection, §7) is enforced before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..errors import (
+    ConfigurationError,
+    InvalidState,
+    SubscriptionLimitError,
+    TransportTimeout,
+    redact,
+)
+from ..protocol import requests as rq
+from ..protocol._model import Model
+from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.backoff import Backoff
+from ..protocol.enums import Exchange, Format, OrderStatus
+from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
+from ..protocol.registry import SubscriptionRegistry, SubscriptionState
+from .auth import TokenManager
+from .buffer import Policy, StreamBuffer
+from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
+from .lane import Lane, LaneKind
+from .runtime import IORuntime
+from .streams import Stream
+from .whole import filter_for
+
+
+__all__ = ["AlorClient"]
+
+log = logging.getLogger("alorws.client")
+
+M = TypeVar("M", bound=Model)
+
+#: Default buffer policy per stream (issue: ``latest`` for state, ``queue`` for events).
+_STATE_MODELS = (Quote, OrderBook, InstrumentPatch, Summary, Risk, SpectraRisk)
+
+
+class AlorClient:
+    """A connection to one ALOR account: typed streams, limits, reconnect-and-restore.
+
+    Args:
+        refresh_token: the long-lived token from the ALOR developer portal (never logged).
+        env: ``"prod"`` or ``"dev"`` (ALOR's test environment); ignored with ``base_url``.
+        base_url: one base serving HTTP, ``/ws``, ``/cws`` and ``/refresh`` (the simulator:
+            ``"http://127.0.0.1:8765"``). Plain http is accepted only for loopback hosts.
+        oauth_url: overrides where ``/refresh`` is called.
+        cafile: a CA bundle to trust (e.g. the simulator's self-signed certificate).
+        format: wire format for streams (default Simple; Slim is smaller, Heavy richest).
+        max_connections: connections allowed for the account (ALOR: 10), /cws included.
+        max_subscriptions_per_connection: ALOR: 5000.
+        reserve_connections: connections market data may not take, kept for the account
+            lane and the order connection.
+        backoff: reconnect delays (exponential, full jitter, unlimited by default).
+        ping_interval, ping_timeout: liveness of silent connections (seconds).
+        io_thread: run the network in a dedicated thread (default), so a consumer that blocks
+            its loop cannot stall the readers.
+        subscribe_timeout: how long ``await stream`` waits for the server's confirmation.
+        max_buffer: default bound of lossless (``queue``) stream buffers.
+    """
+
+    def __init__(
+        self,
+        refresh_token: str,
+        *,
+        env: str = "prod",
+        base_url: str | None = None,
+        oauth_url: str | None = None,
+        cafile: str | None = None,
+        format: Format | str = Format.SIMPLE,
+        max_connections: int = 10,
+        max_subscriptions_per_connection: int = 5000,
+        reserve_connections: int = 2,
+        backoff: Backoff | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 5.0,
+        io_thread: bool = True,
+        subscribe_timeout: float = 15.0,
+        max_buffer: int = 100_000,
+    ) -> None:
+        if not refresh_token:
+            raise ConfigurationError("refresh_token is empty: pass the token from the ALOR portal")
+        if not 1 <= max_connections:
+            raise ConfigurationError("max_connections must be at least 1")
+        if not 0 <= reserve_connections < max_connections:
+            raise ConfigurationError("reserve_connections must be in 0..max_connections-1")
+        if not 1 <= max_subscriptions_per_connection:
+            raise ConfigurationError("max_subscriptions_per_connection must be at least 1")
+        self._refresh_token = refresh_token
+        self.endpoints: Endpoints = resolve_endpoints(env, base_url, oauth_url)
+        self._cafile = cafile
+        self.format = Format(format)
+        self.max_connections = max_connections
+        self.max_subscriptions_per_connection = max_subscriptions_per_connection
+        self.reserve_connections = reserve_connections
+        self._backoff = backoff or Backoff()
+        self._ping = (ping_interval, ping_timeout)
+        self._subscribe_timeout = subscribe_timeout
+        self._max_buffer = max_buffer
+        self._runtime = IORuntime(threaded=io_thread)
+        self._registry: SubscriptionRegistry[rq.SubscriptionRequest, int] = SubscriptionRegistry(
+            max_per_connection=max_subscriptions_per_connection
+        )
+        self._lanes: dict[int, Lane] = {}
+        self._next_lane = 1
+        self._tokens: TokenManager | None = None
+        self._state = "new"
+        self._streams: set[Stream[Any]] = set()
+        self._started_at: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<AlorClient {self.endpoints.http} {self._state} "
+            f"refresh_token={redact(self._refresh_token)}>"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AlorClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the I/O thread and get the first access token (fails fast on a bad token)."""
+        if self._state != "new":
+            raise InvalidState(f"cannot start a client that is {self._state}")
+        self._state = "starting"
+        await self._runtime.start()
+        try:
+            await self._runtime.call(self._io_start)
+        except BaseException:
+            await self._runtime.stop(self._io_shutdown)
+            self._state = "closed"
+            raise
+        self._started_at = time.monotonic()
+        self._state = "open"
+
+    async def _io_start(self) -> None:
+        self._tokens = TokenManager(
+            self._refresh_token,
+            self.endpoints.oauth,
+            ssl=ssl_context_for(self.endpoints.oauth, cafile=self._cafile),
+        )
+        await self._tokens.start()
+
+    async def aclose(self) -> None:
+        """Unsubscribe every stream, close every connection, stop the I/O thread."""
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return
+        self._state = "closing"
+        for stream in list(self._streams):
+            stream._buffer.close()
+        await self._runtime.stop(self._io_shutdown)
+        self._state = "closed"
+
+    async def _io_shutdown(self) -> None:
+        lanes = list(self._lanes.values())
+        await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+        if self._tokens is not None:
+            await self._tokens.aclose()
+
+    # -- account facts ------------------------------------------------------------------------
+
+    @property
+    def portfolios(self) -> tuple[str, ...]:
+        """Portfolio ids from the access token's ``portfolios`` claim (§2.4)."""
+        tokens = self._require_tokens()
+        return tokens.portfolios
+
+    def _require_tokens(self) -> TokenManager:
+        if self._tokens is None or self._state not in ("open", "closing"):
+            raise InvalidState("the client is not started: use `async with AlorClient(...)`")
+        return self._tokens
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def _stream(
+        self,
+        request: rq.SubscriptionRequest,
+        model: type[M],
+        *,
+        policy: Policy | str | None,
+        max_buffer: int | None,
+        account: bool,
+        skip_history: bool = False,
+        name: str,
+    ) -> Stream[M]:
+        if self._state != "open":
+            raise InvalidState("the client is not open: use `async with AlorClient(...)`")
+        chosen = (
+            Policy(policy)
+            if policy is not None
+            else (Policy.LATEST if issubclass(model, _STATE_MODELS) else Policy.QUEUE)
+        )
+        return Stream(
+            self,
+            request,
+            model,
+            policy=chosen,
+            account=account,
+            max_buffer=max_buffer or self._max_buffer,
+            filter=filter_for(model, skip_history=skip_history),
+            name=name,
+        )
+
+    def quotes(
+        self,
+        code: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Quote]:
+        """Quotes of one instrument (``QuotesSubscribe``, §4.2); ``latest`` policy by default."""
+        req = rq.QuotesRequest(
+            code=code,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            **_opt(instrument_group=board, frequency=frequency),
+        )
+        return self._stream(
+            req, Quote, policy=policy, max_buffer=max_buffer, account=False, name=f"quotes {code}"
+        )
+
+    def order_book(
+        self,
+        code: str,
+        *,
+        depth: int = 20,
+        exchange: Exchange | str = Exchange.MOEX,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[OrderBook]:
+        """The order book of one instrument, ``depth`` levels a side (§4.1); ``latest`` policy."""
+        req = rq.OrderBookRequest(
+            code=code,
+            depth=depth,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            **_opt(instrument_group=board, frequency=frequency),
+        )
+        return self._stream(
+            req, OrderBook, policy=policy, max_buffer=max_buffer, account=False, name=f"book {code}"
+        )
+
+    def bars(
+        self,
+        code: str,
+        tf: int | str,
+        *,
+        from_: int | None = None,
+        skip_history: bool = False,
+        exchange: Exchange | str = Exchange.MOEX,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Bar]:
+        """Candles of timeframe ``tf`` (seconds or D/W/M/Y) from ``from_`` (Unix s; default:
+        now, i.e. only the forming candle), §4.3. Lossless by default."""
+        req = rq.BarsRequest(
+            code=code,
+            tf=tf,
+            from_=int(time.time()) if from_ is None else from_,
+            skip_history=skip_history,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            **_opt(instrument_group=board, frequency=frequency),
+        )
+        return self._stream(
+            req, Bar, policy=policy, max_buffer=max_buffer, account=False, name=f"bars {code} {tf}"
+        )
+
+    def all_trades(
+        self,
+        code: str,
+        *,
+        depth: int | None = None,
+        include_virtual_trades: bool | None = None,
+        exchange: Exchange | str = Exchange.MOEX,
+        board: str | None = None,
+        format: Format | str | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Trade]:
+        """The anonymous tape (§4.4); ``depth`` replays the last N trades first. Lossless."""
+        req = rq.AllTradesRequest(
+            code=code,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            **_opt(
+                instrument_group=board, depth=depth, include_virtual_trades=include_virtual_trades
+            ),
+        )
+        return self._stream(
+            req, Trade, policy=policy, max_buffer=max_buffer, account=False, name=f"trades {code}"
+        )
+
+    def instrument(
+        self,
+        code: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        board: str | None = None,
+        format: Format | str | None = None,
+        policy: Policy | str | None = Policy.QUEUE,
+        max_buffer: int | None = None,
+    ) -> Stream[InstrumentPatch]:
+        """Trading status and limits of an instrument (§4.5): a full message, then patches.
+
+        Patches must all be seen to fold them (``InstrumentState.apply``), so the default
+        policy is ``queue``."""
+        req = rq.InstrumentRequest(
+            code=code,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            **_opt(instrument_group=board),
+        )
+        return self._stream(
+            req,
+            InstrumentPatch,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=False,
+            name=f"instrument {code}",
+        )
+
+    def _portfolio_stream(
+        self,
+        cls: Callable[..., rq.SubscriptionRequest],
+        model: type[M],
+        portfolio: str,
+        *,
+        exchange: Exchange | str,
+        format: Format | str | None,
+        skip_history: bool,
+        policy: Policy | str | None,
+        max_buffer: int | None,
+        name: str,
+        **extra: Any,
+    ) -> Stream[M]:
+        whole = model in (Order, StopOrder, OwnTrade, Position)
+        req = cls(
+            portfolio=portfolio,
+            exchange=Exchange(exchange),
+            format=Format(format or self.format),
+            # Event streams are always replayed from the server so a restore can fill the gap;
+            # the consumer's skip_history is applied client-side (alorws.client.whole).
+            skip_history=False if whole else skip_history,
+            **extra,
+        )
+        return self._stream(
+            req,
+            model,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=True,
+            skip_history=skip_history,
+            name=f"{name} {portfolio}",
+        )
+
+    def positions(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Position]:
+        """Positions (securities and money) of a portfolio (§4.6); each change once."""
+        return self._portfolio_stream(
+            rq.PositionsRequest,
+            Position,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="positions",
+        )
+
+    def summaries(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Summary]:
+        """Portfolio summary snapshots (§4.7); ``latest`` policy by default."""
+        return self._portfolio_stream(
+            rq.SummariesRequest,
+            Summary,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="summaries",
+        )
+
+    def risks(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Risk]:
+        """Portfolio risk snapshots (§4.8); ``latest`` policy by default."""
+        return self._portfolio_stream(
+            rq.RisksRequest,
+            Risk,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="risks",
+        )
+
+    def spectra_risks(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[SpectraRisk]:
+        """FORTS risk snapshots of a derivatives portfolio (§4.9); ``latest`` by default."""
+        return self._portfolio_stream(
+            rq.SpectraRisksRequest,
+            SpectraRisk,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="spectra risks",
+        )
+
+    def own_trades(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[OwnTrade]:
+        """The portfolio's fills (§4.10); each trade exactly once, across reconnects."""
+        return self._portfolio_stream(
+            rq.OwnTradesRequest,
+            OwnTrade,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="own trades",
+        )
+
+    def orders(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        statuses: Sequence[OrderStatus | str] | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Order]:
+        """The portfolio's orders (§4.11); each state change once, across reconnects.
+
+        ``statuses`` filters only the initial replay (a server rule)."""
+        extra = (
+            {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
+        )
+        return self._portfolio_stream(
+            rq.OrdersRequest,
+            Order,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="orders",
+            **extra,
+        )
+
+    def stop_orders(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        statuses: Sequence[OrderStatus | str] | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[StopOrder]:
+        """The portfolio's stop and stop-limit orders (§4.12); each state change once."""
+        extra = (
+            {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
+        )
+        return self._portfolio_stream(
+            rq.StopOrdersRequest,
+            StopOrder,
+            portfolio,
+            exchange=exchange,
+            format=format,
+            skip_history=skip_history,
+            policy=policy,
+            max_buffer=max_buffer,
+            name="stop orders",
+            **extra,
+        )
+
+    # -- subscribe / unsubscribe (consumer side -> I/O loop) ----------------------------------
+
+    async def _subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
+        self._streams.add(stream)
+        try:
+            return await self._runtime.call(self._io_subscribe, stream)
+        except BaseException:
+            self._streams.discard(stream)
+            raise
+
+    async def _unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
+        self._streams = {s for s in self._streams if s._buffer is not buffer}
+        if self._state != "open":
+            return  # closing: the connections go away anyway
+        await self._runtime.call(self._io_unsubscribe, guid, lane_id, buffer)
+
+    async def _io_subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
+        request = stream.request
+        existing = self._registry.find(request)
+        if existing is not None and existing.is_live:
+            result = self._registry.subscribe(request, existing.connection_id)
+            sub = result.subscription
+            lane = self._lanes[sub.connection_id]
+            lane.attach(sub.guid, stream._buffer)
+            waiter = lane._waiters.get(sub.guid)
+            if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
+                await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+            return sub.guid, lane.id
+        kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
+        lane = self._pick_lane(kind)
+        result = self._registry.subscribe(request, lane.id)
+        sub = result.subscription
+        waiter = await lane.add(sub, stream._buffer)
+        await self._confirm(waiter, sub.guid, lane, stream)
+        return sub.guid, lane.id
+
+    async def _confirm(self, waiter: Any, guid: str, lane: Lane, stream: Stream[Any]) -> None:
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await waiter
+        except TimeoutError:
+            await self._io_unsubscribe(guid, lane.id, stream._buffer)
+            raise TransportTimeout(
+                f"{stream.name}: no confirmation within {self._subscribe_timeout} s "
+                f"({lane.last_error or 'connection not open'}); check the network or the URL"
+            ) from None
+        except BaseException:
+            lane.detach(guid, stream._buffer)
+            sub = self._registry.get(guid)
+            if sub is not None and sub.state is SubscriptionState.FAILED:
+                self._registry.unsubscribe(guid)
+            raise
+
+    async def _io_unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
+        lane = self._lanes.get(lane_id)
+        if lane is None:
+            return
+        lane.detach(guid, buffer)
+        sub = self._registry.get(guid)
+        if sub is None or sub.state in (SubscriptionState.CLOSED, SubscriptionState.CLOSING):
+            return
+        if self._registry.unsubscribe(guid):
+            await lane.remove(guid)
+
+    def _pick_lane(self, kind: LaneKind) -> Lane:
+        """A lane of ``kind`` with room, opening a new one if the budget allows."""
+        lanes = [lane for lane in self._lanes.values() if lane.kind is kind]
+        for lane in lanes:
+            if self._registry.room(lane.id) > 0:
+                return lane
+        total = len(self._lanes)
+        market = sum(1 for lane in self._lanes.values() if lane.kind is LaneKind.MARKET)
+        if kind is LaneKind.MARKET:
+            allowed = self.max_connections - self.reserve_connections - (total - market)
+            can_open = market < allowed and total < self.max_connections
+        else:
+            can_open = total < self.max_connections
+        if not can_open:
+            used = sum(self._registry.count(lane.id) for lane in lanes)
+            raise SubscriptionLimitError(
+                f"no room for another {kind.value} subscription: {len(lanes)} {kind.value} "
+                f"connection(s) hold {used} subscriptions (limit "
+                f"{self.max_subscriptions_per_connection} each) and the account's budget of "
+                f"{self.max_connections} connections (reserve {self.reserve_connections}) is used; "
+                "unsubscribe something or raise the budget. Nothing was sent."
+            )
+        lane_id = self._next_lane
+        self._next_lane += 1
+        lane = Lane(
+            lane_id,
+            kind,
+            self.endpoints.ws,
+            self._registry,
+            self._io_token,
+            self._io_refresh,
+            ssl_context=ssl_context_for(self.endpoints.ws, cafile=self._cafile),
+            backoff=self._backoff,
+            ping_interval=self._ping[0],
+            ping_timeout=self._ping[1],
+        )
+        self._lanes[lane_id] = lane
+        lane.ensure_started()
+        return lane
+
+    async def _io_token(self) -> str:
+        assert self._tokens is not None
+        return await self._tokens.token()
+
+    async def _io_refresh(self) -> str:
+        assert self._tokens is not None
+        return await self._tokens.refresh(force=True)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Connections, subscriptions, counters and buffer depths (safe to call any time)."""
+        lanes = [lane.stats() for lane in list(self._lanes.values())]
+        return {
+            "state": self._state,
+            "connections": len(lanes),
+            "lanes": lanes,
+            "subscriptions": self._registry.total(),
+            "messages": sum(lane["messages"] for lane in lanes),
+            "bytes": sum(lane["bytes"] for lane in lanes),
+            "reconnects": sum(lane["reconnects"] for lane in lanes),
+            "streams": [s.stats() for s in list(self._streams)],
+            "tokens": self._tokens.stats if self._tokens is not None else {},
+            "uptime": None if self._started_at is None else time.monotonic() - self._started_at,
+        }
+
+    async def drop_connections(self) -> None:
+        """Close every connection now (they reconnect and restore): for tests and drills."""
+        await self._runtime.call(self._io_drop)
+
+    async def _io_drop(self) -> None:
+        for lane in self._lanes.values():
+            lane.drop("dropped on request")
+
+
+def _opt(**kwargs: Any) -> dict[str, Any]:
+    """Only the keyword arguments that are set (request fields default to UNSET)."""
+    return {k: v for k, v in kwargs.items() if v is not None}

@@ -1,0 +1,580 @@
+"""A lane: one ``/ws`` connection that reconnects forever and restores its subscriptions.
+
+Everything here runs in the I/O loop (:mod:`alorws.client.runtime`). The reader is a picows
+listener whose only work per frame is: route it (:func:`alorws.protocol.route`, no payload
+decoding), look the guid up, push the raw payload into that subscription's buffer. Consumers
+decode later, in their own loop. Status replies drive the shared
+:class:`~alorws.protocol.registry.SubscriptionRegistry`.
+
+On any close or error the lane marks its subscriptions ``RESTORING``, waits a jittered
+exponential delay, reconnects with a fresh token and re-sends every subscription with its
+original guid in one pipelined burst (§9.5), without waiting for each reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+import picows
+
+from ..errors import AlorError, ConnectionClosed, FrameError, ServerRejected, TokenRejected
+from ..protocol.backoff import Backoff
+from ..protocol.codec import DataMessage, StatusReply, route
+from ..protocol.registry import StatusKind, Subscription, SubscriptionRegistry, SubscriptionState
+from ..protocol.requests import (
+    SubscriptionRequest,
+    encode_ping,
+    encode_subscribe,
+    encode_unsubscribe,
+)
+
+
+__all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink"]
+
+log = logging.getLogger("alorws.lane")
+
+_TEXT = picows.WSMsgType.TEXT
+_BINARY = picows.WSMsgType.BINARY
+_CONT = picows.WSMsgType.CONTINUATION
+_CLOSE = picows.WSMsgType.CLOSE
+_PONG = picows.WSMsgType.PONG
+
+#: 401 replies retried with a fresh token before the rejection reaches the consumer.
+_AUTH_RETRIES = 2
+
+
+class LaneKind(enum.StrEnum):
+    """What a lane carries: market data and account events never share a connection."""
+
+    MARKET = "market"
+    ACCOUNT = "account"
+
+
+class LaneState(enum.StrEnum):
+    """Connection state of a lane."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    BACKOFF = "backoff"
+    CLOSED = "closed"
+
+
+class Sink(Protocol):
+    """Where a subscription's raw payloads go (a buffer, or a fan-out to several)."""
+
+    def push(self, item: msgspec.Raw) -> None: ...
+
+    def push_event(self, event: object) -> None: ...
+
+    def close(self, exc: BaseException | None = None) -> None: ...
+
+
+class LaneEvent(msgspec.Struct, frozen=True):
+    """A connection event delivered in-band to every stream of a lane.
+
+    ``kind`` is ``"disconnected"`` (data may be missing from now on; ``reason`` says why) or
+    ``"restored"`` (subscriptions were re-sent; ``downtime`` is seconds since the disconnect).
+    """
+
+    kind: str
+    lane: int
+    reason: str = ""
+    downtime: float = 0.0
+
+
+class Fanout:
+    """Delivers one server subscription to several consumers (de-duplicated requests)."""
+
+    __slots__ = ("sinks",)
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks: list[Sink] = list(sinks)
+
+    def push(self, item: msgspec.Raw) -> None:
+        """Push to every consumer."""
+        for sink in self.sinks:
+            sink.push(item)
+
+    def push_event(self, event: object) -> None:
+        """Push an event to every consumer."""
+        for sink in self.sinks:
+            sink.push_event(event)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Close every consumer."""
+        for sink in self.sinks:
+            sink.close(exc)
+
+
+class _Listener(picows.WSListener):
+    """picows callbacks: hand every complete text frame to the lane, nothing else."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.parts: list[bytes] | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.lane._transport = transport
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _TEXT or kind is _BINARY:
+            if frame.fin:
+                self.lane._on_frame(frame.get_payload_as_bytes())
+            else:
+                self.parts = [frame.get_payload_as_bytes()]
+        elif kind is _CONT:
+            if self.parts is not None:
+                self.parts.append(frame.get_payload_as_bytes())
+                if frame.fin:
+                    payload = b"".join(self.parts)
+                    self.parts = None
+                    self.lane._on_frame(payload)
+        elif kind is _PONG:
+            self.lane._last_pong = time.monotonic()
+        elif kind is _CLOSE:
+            code = frame.get_close_code()
+            self.lane._close_info = (getattr(code, "value", None), frame.get_close_reason() or "")
+            with contextlib.suppress(Exception):
+                if code is picows.WSCloseCode.NO_INFO:
+                    transport.send_close()
+                else:
+                    transport.send_close(code)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self.lane._on_disconnected()
+
+
+class Lane:
+    """One reconnecting ``/ws`` connection and the subscriptions living on it.
+
+    Created and driven by the client's lane pool; every method runs in the I/O loop.
+    """
+
+    def __init__(
+        self,
+        lane_id: int,
+        kind: LaneKind,
+        url: str,
+        registry: SubscriptionRegistry[SubscriptionRequest, int],
+        token: Callable[[], Any],
+        refresh_token: Callable[[], Any],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 5.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.id = lane_id
+        self.kind = kind
+        self.url = url
+        self._registry = registry
+        self._token = token  # async () -> current access token
+        self._refresh = refresh_token  # async () -> force a refresh, returns the new token
+        self._ssl = ssl_context
+        self._backoff = backoff or Backoff()
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._connect_timeout = connect_timeout
+
+        self.state = LaneState.IDLE
+        self._transport: picows.WSTransport | None = None
+        self._sinks: dict[str, Sink] = {}
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._close_waiters: dict[str, asyncio.Future[None]] = {}
+        self._unsent: dict[str, SubscriptionRequest] = {}
+        self._auth_retries: dict[str, int] = {}
+        self._disconnected = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._close_info: tuple[int | None, str] | None = None
+        self._last_rx = time.monotonic()
+        self._last_pong = 0.0
+        self._ping_guid: str | None = None
+        self._app_pong: asyncio.Event = asyncio.Event()
+        self._app_ping_works: bool | None = None  # learned: does the server answer opcode ping?
+        # Counters (read by stats(); plain ints: the reader is the only writer).
+        self.messages = 0
+        self.bytes = 0
+        self.bad_frames = 0
+        self.unrouted = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.last_restore_seconds: float | None = None
+        self.last_error: str | None = None
+
+    # -- reader hot path ------------------------------------------------------------------
+
+    def _on_frame(self, payload: bytes) -> None:
+        self.messages += 1
+        self.bytes += len(payload)
+        self._last_rx = time.monotonic()
+        try:
+            msg = route(payload)
+        except FrameError as exc:
+            self.bad_frames += 1
+            if self.bad_frames <= 10 or self.bad_frames % 1000 == 0:
+                log.warning("lane %d: %s (%d bad frames so far)", self.id, exc, self.bad_frames)
+            return
+        if type(msg) is DataMessage:
+            sink = self._sinks.get(msg.guid)
+            if sink is None:
+                self.unrouted += 1  # §3.4: data in flight after an unsubscribe; drop it
+            else:
+                sink.push(msg.data)
+        else:
+            assert isinstance(msg, StatusReply)
+            self._on_status(msg)
+
+    def _on_status(self, reply: StatusReply) -> None:
+        guid = reply.request_guid
+        if guid == self._ping_guid:
+            self._app_pong.set()
+            return
+        sub = self._registry.get(guid)
+        if (
+            reply.http_code == 401
+            and sub is not None
+            and sub.state is SubscriptionState.PENDING
+            and self._auth_retries.get(guid, 0) < _AUTH_RETRIES
+        ):
+            # The token expired under us (§2.6): refresh and resend with the same guid.
+            self._auth_retries[guid] = self._auth_retries.get(guid, 0) + 1
+            asyncio.get_running_loop().create_task(self._resend_with_fresh_token(sub))
+            return
+        outcome = self._registry.on_status(guid, reply.http_code, reply.message)
+        waiter = self._waiters.pop(guid, None) if outcome.kind is not StatusKind.IGNORED else None
+        if outcome.kind is StatusKind.CONFIRMED:
+            self._auth_retries.pop(guid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif outcome.kind is StatusKind.REJECTED:
+            err: ServerRejected = outcome.error or ServerRejected(
+                reply.http_code, reply.message, guid
+            )
+            sink = self._sinks.pop(guid, None)
+            if sink is not None:
+                sink.close(err)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(err)
+        elif outcome.kind is StatusKind.CLOSED:
+            self._sinks.pop(guid, None)
+            closed = self._close_waiters.pop(guid, None)
+            if closed is not None and not closed.done():
+                closed.set_result(None)
+        elif outcome.kind is StatusKind.IGNORED:
+            log.debug("lane %d: status %s for %s ignored", self.id, reply.http_code, guid)
+
+    async def _resend_with_fresh_token(self, sub: Subscription[SubscriptionRequest, int]) -> None:
+        try:
+            token = await self._refresh()
+        except AlorError as exc:
+            self._fail_pending(sub.guid, exc)
+            return
+        if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
+            return
+        self._unsent[sub.guid] = sub.request  # connection gone: goes out with the restore
+
+    def _fail_pending(self, guid: str, exc: AlorError) -> None:
+        outcome = self._registry.on_status(guid, 401, str(exc))
+        err = outcome.error or TokenRejected(401, str(exc), guid)
+        sink = self._sinks.pop(guid, None)
+        if sink is not None:
+            sink.close(err)
+        waiter = self._waiters.pop(guid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+
+    # -- subscribe / unsubscribe (called by the pool) ---------------------------------------
+
+    def count(self) -> int:
+        """Subscriptions the registry places on this lane (the server's 5000 limit counts them)."""
+        return self._registry.count(self.id)
+
+    async def add(
+        self, sub: Subscription[SubscriptionRequest, int], sink: Sink
+    ) -> asyncio.Future[None]:
+        """Start delivering a new subscription to ``sink`` and send it (or queue it until open).
+
+        Returns a future that completes when the server confirms it (or fails with the
+        server's rejection).
+        """
+        self._sinks[sub.guid] = sink
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[sub.guid] = waiter
+        if self.state is LaneState.OPEN:
+            token = await self._token()
+            if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
+                return waiter
+        self._unsent[sub.guid] = sub.request
+        self.ensure_started()
+        return waiter
+
+    def attach(self, guid: str, sink: Sink) -> None:
+        """Deliver an existing subscription to one more consumer (a de-duplicated request)."""
+        current = self._sinks.get(guid)
+        if current is None:
+            self._sinks[guid] = sink
+        elif isinstance(current, Fanout):
+            current.sinks.append(sink)
+        else:
+            self._sinks[guid] = Fanout(current, sink)
+
+    def detach(self, guid: str, sink: Sink) -> None:
+        """Stop delivering to ``sink``; the subscription itself stays if others hold it."""
+        current = self._sinks.get(guid)
+        if isinstance(current, Fanout):
+            with contextlib.suppress(ValueError):
+                current.sinks.remove(sink)
+            if len(current.sinks) == 1:
+                self._sinks[guid] = current.sinks[0]
+            elif not current.sinks:
+                self._sinks.pop(guid, None)
+        elif current is sink:
+            self._sinks.pop(guid, None)
+
+    async def remove(self, guid: str, wait: float = 5.0) -> None:
+        """The last holder left: send the unsubscribe (the registry already said so) and wait
+        up to ``wait`` s for the server's reply (a lost connection forgets it anyway)."""
+        self._sinks.pop(guid, None)
+        self._unsent.pop(guid, None)
+        waiter = self._waiters.pop(guid, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        if self.state is not LaneState.OPEN:
+            return
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._close_waiters[guid] = closed
+        token = await self._token()
+        if self._send(encode_unsubscribe(guid, token)):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await asyncio.shield(closed)
+        self._close_waiters.pop(guid, None)
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Start the connect/restore loop if it is not running."""
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"alorws-lane-{self.id}"
+            )
+
+    async def wait_open(self) -> None:
+        """Wait until the lane is connected (and its subscriptions re-sent)."""
+        await self._opened.wait()
+
+    def _send(self, frame: bytes) -> bool:
+        transport = self._transport
+        if transport is None or self.state is not LaneState.OPEN:
+            return False
+        try:
+            transport.send(_TEXT, frame)
+        except Exception as exc:  # a transport that died under us: the run loop notices
+            log.debug("lane %d: send failed: %r", self.id, exc)
+            return False
+        return True
+
+    def _on_disconnected(self) -> None:
+        self._transport = None
+        self._disconnected.set()
+
+    def drop(self, reason: str = "dropped by the client") -> None:
+        """Close the current connection; the lane reconnects and restores (liveness, tests)."""
+        transport = self._transport
+        self.last_error = reason
+        if transport is not None:
+            transport.disconnect(graceful=False)
+
+    async def _connect(self) -> picows.WSTransport:
+        self._disconnected.clear()
+        self._close_info = None
+        transport, _ = await asyncio.wait_for(
+            picows.ws_connect(
+                lambda: _Listener(self),
+                self.url,
+                ssl_context=self._ssl,
+                websocket_handshake_timeout=self._connect_timeout,
+                enable_auto_pong=True,
+                max_frame_size=64 * 1024 * 1024,
+                logger_name=f"alorws.lane{self.id}",
+            ),
+            self._connect_timeout,
+        )
+        return transport
+
+    async def _run(self) -> None:
+        delays = self._backoff.delays()
+        down_since: float | None = None
+        while not self._closing:
+            self.state = LaneState.CONNECTING
+            try:
+                transport = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connect_failures += 1
+                self.last_error = f"connect failed: {exc!r}"
+                log.info("lane %d: %s", self.id, self.last_error)
+                delay = next(delays, None)
+                if delay is None:
+                    self._fail_all(ConnectionClosed(None, self.last_error))
+                    return
+                self.state = LaneState.BACKOFF
+                await asyncio.sleep(delay)
+                continue
+            self._transport = transport
+            self.state = LaneState.OPEN
+            started = time.monotonic()
+            await self._restore()
+            self.last_restore_seconds = time.monotonic() - started
+            if down_since is not None:
+                self.reconnects += 1
+                self._broadcast(
+                    LaneEvent("restored", self.id, downtime=time.monotonic() - down_since)
+                )
+            delays = self._backoff.delays()  # a successful open resets the backoff
+            self._opened.set()
+            watchdog = asyncio.get_running_loop().create_task(self._watchdog(transport))
+            try:
+                await self._disconnected.wait()
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            self._opened.clear()
+            self._transport = None
+            if self._closing:
+                break
+            down_since = time.monotonic()
+            code, reason = self._close_info or (None, "connection lost")
+            self.last_error = f"closed (code={code}, reason={reason!r})"
+            log.info("lane %d: %s; restoring", self.id, self.last_error)
+            self._registry.connection_lost(self.id)
+            for closed in self._close_waiters.values():
+                if not closed.done():
+                    closed.set_result(None)  # the server forgot the subscription with the socket
+            self._close_waiters.clear()
+            self._broadcast(LaneEvent("disconnected", self.id, reason=self.last_error))
+            self.state = LaneState.BACKOFF
+            delay = next(delays, None)
+            if delay is None:
+                self._fail_all(ConnectionClosed(code, reason))
+                return
+            await asyncio.sleep(delay)
+        self.state = LaneState.CLOSED
+
+    async def _restore(self) -> None:
+        """Re-send every subscription of this lane with its original guid, pipelined."""
+        token = await self._token()
+        frames: list[bytes] = []
+        for sub in self._registry.restore_plan(self.id):
+            frames.append(encode_subscribe(sub.request, guid=sub.guid, token=token))
+            self._registry.mark_resent(sub.guid)
+            self._unsent.pop(sub.guid, None)
+        for guid, request in list(self._unsent.items()):
+            pending = self._registry.get(guid)
+            if pending is not None and pending.state is SubscriptionState.PENDING:
+                frames.append(encode_subscribe(request, guid=guid, token=token))
+        self._unsent.clear()
+        for frame in frames:
+            if not self._send(frame):
+                break
+
+    async def _watchdog(self, transport: picows.WSTransport) -> None:
+        """Liveness: when the lane is silent, ping; no answer within the timeout = dead."""
+        interval, timeout = self._ping_interval, self._ping_timeout
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._last_rx < interval:
+                continue
+            # §3.7: the UI pings with opcode "ping" and matches the reply by requestGuid; the
+            # real server's answer is unverified (§12.3), so learn whether it answers, and fall
+            # back to WebSocket ping frames if it does not.
+            sent_at = time.monotonic()
+            self._app_pong.clear()
+            if self._app_ping_works is not False:
+                self._ping_guid = self._registry.new_guid()
+                self._send(encode_ping(self._ping_guid, await self._token()))
+            with contextlib.suppress(Exception):
+                transport.send_ping()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._app_pong.wait()
+            if self._app_pong.is_set():
+                self._app_ping_works = True
+                continue
+            if self._app_ping_works is None and self._last_pong >= sent_at:
+                self._app_ping_works = False  # the server ignores opcode ping: use WS pings
+                continue
+            if self._app_ping_works is False and self._last_pong >= sent_at:
+                continue
+            if time.monotonic() - self._last_rx < timeout:
+                continue  # data arrived meanwhile
+            self.drop(f"no answer to ping within {timeout} s")
+            return
+
+    def _broadcast(self, event: LaneEvent) -> None:
+        for sink in list(self._sinks.values()):
+            sink.push_event(event)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.state = LaneState.CLOSED
+        for guid, sink in list(self._sinks.items()):
+            sink.close(exc)
+            waiter = self._waiters.pop(guid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+        self._sinks.clear()
+
+    async def aclose(self) -> None:
+        """Unsubscribe nothing (the server forgets on close), close the socket, stop the loop."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.send_close(picows.WSCloseCode.OK)
+            transport.disconnect()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await transport.wait_disconnected()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters.clear()
+        self.state = LaneState.CLOSED
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state of this lane."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "subscriptions": self.count(),
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "bad_frames": self.bad_frames,
+            "unrouted": self.unrouted,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "last_restore_seconds": self.last_restore_seconds,
+            "last_error": self.last_error,
+        }

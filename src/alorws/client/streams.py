@@ -1,0 +1,200 @@
+"""Typed subscription streams: what ``client.quotes("SBER")`` and friends return.
+
+A :class:`Stream` is
+
+* **awaitable**: ``await stream`` subscribes and returns once the server confirmed it, or
+  raises the server's rejection (:class:`~alorws.errors.ServerRejected`, with ``http_code``
+  and ``message``);
+* an **async iterator** of normalized models (``Quote``, ``OrderBook``, ``Order``, …), decoded
+  in the consumer's loop, never in the reader;
+* an **async context manager** that subscribes on entry and unsubscribes on exit.
+
+Iteration survives reconnects: the stream keeps its place while the client restores the
+subscription, and account streams are de-duplicated (:mod:`alorws.client.whole`). Connection
+events (``disconnected``/``restored``, with the downtime) are kept in :attr:`Stream.events`
+and passed to ``on_event`` callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+
+from ..errors import FrameError, InvalidState, StreamClosed
+from ..protocol._model import Model
+from ..protocol.codec import decode_payload, decoder_for
+from ..protocol.enums import Format
+from ..protocol.requests import SubscriptionRequest
+from .buffer import Policy, StreamBuffer
+from .lane import LaneEvent
+from .whole import StreamFilter
+
+
+if TYPE_CHECKING:
+    from .client import AlorClient
+
+__all__ = ["Stream"]
+
+log = logging.getLogger("alorws.stream")
+
+M = TypeVar("M", bound=Model)
+
+
+class Stream(Generic[M], AsyncIterator[M]):
+    """One subscription as a typed async stream. Create it with the client's methods."""
+
+    def __init__(
+        self,
+        client: AlorClient,
+        request: SubscriptionRequest,
+        model: type[M],
+        *,
+        policy: Policy,
+        account: bool,
+        max_buffer: int,
+        filter: StreamFilter | None = None,
+        name: str = "",
+    ) -> None:
+        self._client = client
+        self.request = request
+        self.model = model
+        self.policy = policy
+        self.account = account
+        self.name = name or f"{type(request).__name__}"
+        self._format = Format(getattr(request, "format", Format.SIMPLE))
+        self._decoder = decoder_for(model, self._format)
+        self._filter = filter
+        self._buffer: StreamBuffer[Any] = StreamBuffer(policy, maxsize=max_buffer, name=self.name)
+        self._guid: str | None = None
+        self._lane: int | None = None
+        self._state = "new"  # new -> subscribing -> open -> closed
+        self.events: list[LaneEvent] = []
+        self._callbacks: list[Callable[[LaneEvent], object]] = []
+        self.bad_payloads = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def guid(self) -> str | None:
+        """The server subscription's guid (shared by de-duplicated streams)."""
+        return self._guid
+
+    @property
+    def is_open(self) -> bool:
+        """True between a confirmed subscribe and the unsubscribe."""
+        return self._state == "open"
+
+    def __await__(self) -> Generator[Any, None, Stream[M]]:
+        return self.subscribe().__await__()
+
+    async def subscribe(self) -> Stream[M]:
+        """Subscribe (once) and wait for the server's confirmation; returns the stream."""
+        if self._state == "open":
+            return self
+        if self._state != "new":
+            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
+        self._state = "subscribing"
+        try:
+            self._guid, self._lane = await self._client._subscribe(self)
+        except BaseException:
+            self._state = "closed"
+            self._buffer.close()
+            raise
+        self._state = "open"
+        return self
+
+    async def aclose(self) -> None:
+        """Unsubscribe (the server subscription ends when its last stream closes)."""
+        if self._state == "closed":
+            return
+        was_open = self._state == "open"
+        self._state = "closed"
+        self._buffer.close()
+        if was_open and self._guid is not None and self._lane is not None:
+            await self._client._unsubscribe(self._guid, self._lane, self._buffer)
+
+    async def __aenter__(self) -> Stream[M]:
+        return await self.subscribe()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def on_event(self, callback: Callable[[LaneEvent], object]) -> None:
+        """Call ``callback(event)`` (in the consumer's loop) on every disconnect/restore."""
+        self._callbacks.append(callback)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def __aiter__(self) -> Stream[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        try:
+            return await self.get()
+        except StreamClosed:  # a normal end; failures raise their own exception instead
+            raise StopAsyncIteration from None
+
+    async def get(self) -> M:
+        """The next message (waiting for it). Raises StreamClosed at the end of the stream,
+        the server's rejection if it failed, BufferOverflowError where messages were lost."""
+        if self._state == "new":
+            await self.subscribe()
+        while True:
+            item = await self._buffer.get()
+            obj = self._handle(item)
+            if obj is not None:
+                return obj
+
+    async def get_batch(self, max_items: int = 1000) -> list[M]:
+        """Everything available now (at least one message, at most ``max_items``)."""
+        if self._state == "new":
+            await self.subscribe()
+        while True:
+            items = await self._buffer.get_batch(max_items)
+            out = [obj for item in items if (obj := self._handle(item)) is not None]
+            if out:
+                return out
+
+    def _handle(self, item: Any) -> M | None:
+        if isinstance(item, LaneEvent):
+            self.events.append(item)
+            if item.kind == "restored" and self._filter is not None:
+                self._filter.restored()
+            for cb in self._callbacks:
+                try:
+                    cb(item)
+                except Exception:
+                    log.exception("%s: on_event callback failed", self.name)
+            return None
+        try:
+            obj: M = self._decoder.decode(item)
+        except (msgspec.DecodeError, ValueError):
+            self.bad_payloads += 1
+            try:
+                decode_payload(item, self.model, self._format)  # for the precise message
+            except FrameError as exc:
+                log.warning("%s: %s", self.name, exc)
+            return None
+        if self._filter is not None and not self._filter.accept(obj):
+            return None
+        return obj
+
+    def stats(self) -> dict[str, Any]:
+        """Buffer counters, bad payloads, duplicates filtered, connection events."""
+        out: dict[str, Any] = dict(self._buffer.stats())
+        out.update(
+            name=self.name,
+            guid=self._guid,
+            lane=self._lane,
+            policy=self.policy.value,
+            bad_payloads=self.bad_payloads,
+            duplicates=self._filter.duplicates if self._filter is not None else 0,
+            events=len(self.events),
+        )
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name} guid={self._guid} {self._state}>"

@@ -1,0 +1,419 @@
+"""Run the simulator in-process (:class:`Simulator`) or as ``alorws sim`` (:func:`main`).
+
+In tests::
+
+    async with Simulator(port=0, seed=1, max_unread=200) as sim:
+        token = sim.access_token()          # or POST {sim.url}/refresh with sim.demo_refresh_token
+        ...                                 # ws://127.0.0.1:PORT/ws, sim.faults.drop(1006), ...
+
+From a shell, ``alorws sim --port 8765`` prints ``url: http://127.0.0.1:8765`` and
+``refresh_token: <token>`` (plus ``cert: <path>`` with ``--tls``) and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from .auth import TokenService
+from .engine import Account, TradingEngine
+from .faults import Faults
+from .market import SyntheticMarket, TradePrinted
+from .server import SimServer
+from .subscriptions import Limits
+
+
+__all__ = ["Simulator", "main", "make_self_signed_cert"]
+
+
+class Simulator:
+    """The whole simulator on one port; ``async with`` starts and stops it.
+
+    Args:
+        host, port: where to listen (port 0 picks a free one; see :attr:`url`).
+        seed: seeds the synthetic market (deterministic) and the random faults.
+        max_connections, max_subscriptions, max_unread: the limits of §12.9.
+        token_lifetime: access JWT lifetime in seconds (§12.1).
+        rate: market events per second.
+        admin: serve the ``/sim/*`` fault endpoints.
+        tls: serve https/wss with a self-signed certificate (see :attr:`cert_path`).
+        http_rate: HTTP requests per second per account (§12.10).
+        send_buffer: kernel send buffer (SO_SNDBUF) per connection, bytes; None = the OS's
+            (tests pass a small one so that a client that stops reading overflows quickly).
+        history_days: days of synthetic history before now.
+        ground_truth_path: also append the ground-truth log to this JSONL file.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 1,
+        max_connections: int = 10,
+        max_subscriptions: int = 5000,
+        max_unread: int = 5000,
+        token_lifetime: float = 1800.0,
+        rate: float = 20.0,
+        admin: bool = False,
+        tls: bool = False,
+        http_rate: int = 100,
+        send_buffer: int | None = None,
+        history_days: int = 5,
+        ground_truth_path: str | None = None,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.seed = seed
+        self.tls = tls
+        self.admin = admin
+        now_ms = int(time.time() * 1000)
+        self.market = SyntheticMarket(
+            seed=seed, start_ms=now_ms, history_days=history_days, events_per_second=rate
+        )
+        self.engine = TradingEngine(self.market, ground_truth_path=ground_truth_path)
+        self.tokens = TokenService(token_lifetime)
+        self.limits = Limits(
+            max_connections=max_connections,
+            max_subscriptions=max_subscriptions,
+            max_unread=max_unread,
+        )
+        self.server = SimServer(
+            self.market,
+            self.engine,
+            self.tokens,
+            self.limits,
+            http_rate=http_rate,
+            admin=admin,
+            send_buffer=send_buffer,
+            close_timeout=close_timeout,
+        )
+        self.faults = Faults(self.server, seed)
+        self.server.faults = self.faults
+        self.demo = self.engine.add_account("demo")
+        self.cert_path: str | None = None
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Listen and start the market loop."""
+        ssl_context = None
+        if self.tls:
+            self._cert_dir = tempfile.TemporaryDirectory(prefix="alorws-sim-")
+            cert, key = await asyncio.to_thread(make_self_signed_cert, self._cert_dir.name)
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(cert, key)
+            self.cert_path = cert
+        runner = web.AppRunner(self.server.app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context)
+        await site.start()
+        self._runner = runner
+        for address in runner.addresses:
+            if isinstance(address, tuple):
+                self.port = int(address[1])
+                break
+        self.server.start()
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+        await self.faults.aclose()
+        await self.server.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self._cert_dir is not None:
+            self._cert_dir.cleanup()
+            self._cert_dir = None
+
+    # -- what tests use -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8765`` (``https`` with TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port/ws`` (``wss`` with TLS)."""
+        return self.url.replace("http", "ws", 1) + "/ws"
+
+    @property
+    def cws_url(self) -> str:
+        """``ws://host:port/cws`` (``wss`` with TLS)."""
+        return self.url.replace("http", "ws", 1) + "/cws"
+
+    @property
+    def demo_refresh_token(self) -> str:
+        """Refresh token of the demo account created at start-up."""
+        return str(self.demo.refresh_token)
+
+    def add_account(self, login: str | None = None, **kwargs: Any) -> Account:
+        """Add an account (see ``TradingEngine.add_account``); returns it with its portfolios."""
+        if login is None:
+            login = f"user{len(self.engine_accounts()) + 1}"
+        return self.engine.add_account(login, **kwargs)
+
+    def engine_accounts(self) -> list[Account]:
+        """Every account the engine knows."""
+        accounts = getattr(self.engine, "accounts", None)
+        if isinstance(accounts, dict):
+            return list(accounts.values())
+        return list(accounts or [])
+
+    def access_token(self, account: Account | None = None, lifetime: float | None = None) -> str:
+        """A fresh access JWT for ``account`` (default: the demo account), without HTTP.
+
+        ``lifetime`` overrides the configured one (negative: an already expired token).
+        """
+        account = account or self.demo
+        agreements = account.agreements
+        ids = [str(a) for a in agreements] if isinstance(agreements, list | tuple) else []
+        return self.tokens.issue(account.login, account.portfolios, ids, lifetime=lifetime)
+
+    def burst(self, symbol: str, n: int) -> int:
+        """Make ``n`` market events on ``symbol`` happen now and publish them at once.
+
+        Returns how many of them were trades. For tests and benchmarks: the market loop's
+        own pace is ``rate``.
+        """
+        events = self.market.burst(symbol, n)
+        now_ms = int(time.time() * 1000)
+        account_events = self.engine.on_market(events, now_ms)
+        hub = self.server.hub
+        hub.publish_market(events)
+        if account_events:
+            hub.publish_account(account_events)
+        return sum(1 for e in events if isinstance(e, TradePrinted))
+
+    def stats(self) -> dict[str, Any]:
+        """Connections and subscriptions per account, and counters."""
+        return self.server.stats()
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+def make_self_signed_cert(directory: str) -> tuple[str, str]:
+    """Write a self-signed certificate for ``localhost`` and ``127.0.0.1``; return (cert, key).
+
+    Uses the ``cryptography`` package when installed, else the ``openssl`` command.
+    """
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    try:
+        _cert_with_cryptography(cert_path, key_path)
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RuntimeError(
+                "--tls needs the 'cryptography' package or the 'openssl' command"
+            ) from None
+        subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                key_path,
+                "-out",
+                cert_path,
+                "-days",
+                "30",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    return cert_path, key_path
+
+
+def _cert_with_cryptography(cert_path: str, key_path: str) -> None:
+    from cryptography import x509  # type: ignore[import-not-found, unused-ignore]
+    from cryptography.hazmat.primitives import (  # type: ignore[import-not-found, unused-ignore]
+        hashes,
+        serialization,
+    )
+    from cryptography.hazmat.primitives.asymmetric import (  # type: ignore[import-not-found, unused-ignore]
+        ec,
+    )
+    from cryptography.x509.oid import NameOID  # type: ignore[import-not-found, unused-ignore]
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with open(key_path, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alorws sim",
+        description="A local ALOR-compatible server: synthetic market, limits, faults.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", type=float, default=20.0, help="market events per second")
+    p.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="LOGIN[:REFRESH_TOKEN[:AGREEMENTS]]",
+        help="add an account (repeatable)",
+    )
+    p.add_argument("--max-connections", type=int, default=10)
+    p.add_argument("--max-subscriptions", type=int, default=5000)
+    p.add_argument("--max-unread", type=int, default=5000)
+    p.add_argument("--token-lifetime", type=float, default=1800.0, help="JWT lifetime, seconds")
+    p.add_argument("--http-rate", type=int, default=100, help="HTTP requests/s per account")
+    p.add_argument(
+        "--send-buffer", type=int, default=None, help="kernel send buffer per connection, bytes"
+    )
+    p.add_argument("--admin", action="store_true", help="serve the /sim/* fault endpoints")
+    p.add_argument("--tls", action="store_true", help="https/wss with a self-signed cert")
+    p.add_argument("--drop-every", type=float, default=0.0, help="drop a connection every ~N s")
+    p.add_argument(
+        "--drop-codes", default="1000,1006,1011,1012", help="close codes for --drop-every"
+    )
+    p.add_argument("--reply-delay", type=float, default=0.0, help="delay every reply, seconds")
+    p.add_argument("--ground-truth", default=None, metavar="PATH", help="append JSONL here")
+    return p
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    sim = Simulator(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        max_connections=args.max_connections,
+        max_subscriptions=args.max_subscriptions,
+        max_unread=args.max_unread,
+        token_lifetime=args.token_lifetime,
+        rate=args.rate,
+        admin=args.admin,
+        tls=args.tls,
+        http_rate=args.http_rate,
+        send_buffer=args.send_buffer,
+        ground_truth_path=args.ground_truth,
+    )
+    extra = []
+    for spec in args.account:
+        login, _, rest = spec.partition(":")
+        token, _, agreements = rest.partition(":")
+        kwargs: dict[str, Any] = {}
+        if token:
+            kwargs["refresh_token"] = token
+        if agreements:
+            kwargs["agreements"] = int(agreements)
+        extra.append(sim.add_account(login, **kwargs))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with sim:
+        if args.drop_every > 0:
+            codes = [int(c) for c in args.drop_codes.split(",") if c.strip()]
+            sim.faults.random_drops(args.drop_every, codes)
+        if args.reply_delay > 0:
+            sim.faults.delay(args.reply_delay)
+        _out(f"url: {sim.url}")
+        _out(f"refresh_token: {sim.demo_refresh_token}")
+        _out(f"portfolios: {' '.join(sim.demo.portfolios)}")
+        for account in extra:
+            _out(f"account: {account.login} {account.refresh_token} {' '.join(account.portfolios)}")
+        if sim.cert_path:
+            _out(f"cert: {sim.cert_path}")
+        if args.admin:
+            _out(f"admin: {sim.url}/sim/")
+        await stop.wait()
+    _out("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``alorws sim``: serve until Ctrl-C; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        return 130
+    except OSError as exc:  # e.g. the port is taken
+        sys.stderr.write(f"alorws sim: {exc}\n")
+        return 1
+    return 0

@@ -1,0 +1,1326 @@
+"""A seeded, deterministic synthetic MOEX market for the simulator (issue 4, points 3 and 8).
+
+Pure: no asyncio, no I/O and no wall clock. Time comes in as Unix milliseconds, so the same seed
+and the same sequence of calls (``step`` times, ``take``, ``burst``) give the same output.
+
+What it models, per instrument:
+
+* a **limit order book** of 50 contiguous price levels a side on the instrument's price grid
+  (integer ticks internally, so prices are always exact multiples of ``price_step``);
+* **activity** arriving as a Poisson process (``events_per_second`` per instrument): book changes
+  (orders added, cancelled, improving the spread) and anonymous **trades** that eat the best
+  levels. The mid price random-walks out of these, gently pulled back to its start price;
+* **trading status** changes: now and then a short break (status 2), then normal trading (17)
+  again, published as partial :class:`InstrumentPatch` updates (§4.5);
+* **history**: ``history_days`` of one-minute candles generated backwards from the start price,
+  so the first live trade continues the chart; candles of every timeframe (§4.3) are aggregated
+  from that history plus the live trades;
+* the quirks of issue 4 point 8: some prints arrive **out of time order**, and one instrument
+  (FEES, a penny stock) has day and longer candle volumes and a day volume above ``2**32``.
+
+The engine trades against the book with :meth:`SyntheticMarket.take`; the server reads snapshots
+(:meth:`~SyntheticMarket.quote`, :meth:`~SyntheticMarket.order_book`, ...) after each
+:meth:`~SyntheticMarket.step`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from ..protocol.enums import Format, Side, TradingStatus
+from ..protocol.market import (
+    Bar,
+    BookLevel,
+    Cluster,
+    ClusterSnapshot,
+    InstrumentPatch,
+    OrderBook,
+    Quote,
+    Trade,
+)
+
+
+__all__ = [
+    "DEFAULT_START_MS",
+    "TIMEFRAMES",
+    "BookUpdated",
+    "InstrumentInfo",
+    "MarketEvent",
+    "StatusChanged",
+    "SyntheticMarket",
+    "TradePrinted",
+    "bucket_start",
+    "iso_time",
+    "symbols_of",
+]
+
+#: 2025-06-23 07:00:00 UTC (10:00 MSK, a Monday), the default "now" of a new market.
+DEFAULT_START_MS: Final = 1_750_662_000_000
+#: §4.3: the letter timeframes in seconds (day, week, month, year).
+TIMEFRAMES: Final[dict[str, int]] = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
+
+BOOK_LEVELS: Final = 50  # §4.1: depth 1..50
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY: Final = 86_400
+_STATUS_INFO: Final[dict[int, str]] = {
+    TradingStatus.NORMAL_TRADING: "нормальный период торгов",
+    TradingStatus.BREAK: "перерыв в торгах",
+}
+_FIRST_TRADE_ID: Final = 11_482_200_000  # int64 ids, as ALOR's (TV-09)
+_RECENT_TRADES: Final = 10_000  # per instrument: replay depth (≤5000, §4.4) and clusters
+_MAX_GAP_MS: Final = 60_000  # a longer silence between steps is skipped, not replayed
+_WARMUP_MS: Final = 15_000  # live trading simulated before start_ms, so the tape is not empty
+_WARMUP_EVENTS: Final = 100  # ... but at most this many events per instrument
+_LATE_PRINT_P: Final = 0.02  # share of prints stamped earlier than the one before (point 8)
+_TRADE_P: Final = 0.3  # share of activity events that are trades
+
+
+def iso_time(ms: int) -> str:
+    """Unix ms -> ALOR's ISO-8601 UTC text with 7 fraction digits (``…T07:26:01.4410000Z``)."""
+    seconds, milli = divmod(ms, 1000)
+    return f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}.{milli:03d}0000Z"
+
+
+def _unix(dt: datetime) -> int:
+    return int((dt - _EPOCH).total_seconds())
+
+
+def bucket_start(t: int, tf: int) -> int:
+    """The open time (Unix s) of the ``tf``-second candle holding second ``t`` (§4.3).
+
+    Days start at 00:00 UTC, weeks on Monday, months (``2592000``) and years (``31536000``) on
+    the calendar; any other timeframe is aligned to the epoch.
+    """
+    if tf == TIMEFRAMES["D"]:
+        return t - t % _DAY
+    if tf == TIMEFRAMES["W"]:
+        days = t // _DAY
+        return (days - (days + 3) % 7) * _DAY  # 1970-01-01 was a Thursday
+    if tf == TIMEFRAMES["M"]:
+        d = _EPOCH + timedelta(seconds=t)
+        return _unix(datetime(d.year, d.month, 1, tzinfo=UTC))
+    if tf == TIMEFRAMES["Y"]:
+        d = _EPOCH + timedelta(seconds=t)
+        return _unix(datetime(d.year, 1, 1, tzinfo=UTC))
+    return t - t % tf
+
+
+def _bucket_end(start: int, tf: int) -> int:
+    if tf == TIMEFRAMES["M"]:
+        d = _EPOCH + timedelta(seconds=start)
+        year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        return _unix(datetime(year, month, 1, tzinfo=UTC))
+    if tf == TIMEFRAMES["Y"]:
+        d = _EPOCH + timedelta(seconds=start)
+        return _unix(datetime(d.year + 1, 1, 1, tzinfo=UTC))
+    return start + tf
+
+
+# -- reference data ----------------------------------------------------------------------------
+
+# The /md/v2/Securities object (§8): field -> (Simple key, Slim key, Heavy key); None = absent.
+_SECURITY_KEYS: Final[tuple[tuple[str, str | None, str | None, str], ...]] = (
+    ("symbol", "symbol", "sym", "symbol"),
+    ("short_name", "shortname", "n", "shortName"),
+    ("description", "description", "desc", "description"),
+    ("exchange", "exchange", "ex", "exchange"),
+    ("market", "market", None, "market"),
+    ("type", "type", "t", "type"),
+    ("lot_size", "lotsize", "lot", "lotSize"),
+    ("face_value", "facevalue", "fv", "faceValue"),
+    ("cfi_code", "cfiCode", "cfi", "cfiCode"),
+    ("cancellation", "cancellation", "cncl", "cancellation"),
+    ("price_step", "minstep", "stp", "minStep"),
+    ("round_to", None, None, "roundTo"),
+    ("rating", "rating", "rt", "rating"),
+    ("margin_buy", "marginbuy", "mgb", "marginBuy"),
+    ("margin_sell", "marginsell", "mgs", "marginSell"),
+    ("margin_rate", "marginrate", "mgrt", "marginRate"),
+    ("step_price", "pricestep", "stppx", "priceStep"),
+    ("price_max", "priceMax", "pxmx", "priceMax"),
+    ("price_min", "priceMin", "pxmn", "priceMin"),
+    ("theor_price", "theorPrice", "pxt", "theorPrice"),
+    ("theor_price_limit", "theorPriceLimit", "pxtl", "theorPriceLimit"),
+    ("volatility", "volatility", "vl", "volatility"),
+    ("currency", "currency", "cur", "currency"),
+    ("isin", "ISIN", "isin", "ISIN"),
+    ("yield", "yield", "yld", "yield"),
+    ("board", "board", "bd", "board"),
+    ("primary_board", "primary_board", "pbd", "primaryBoard"),
+    ("trading_status", "tradingStatus", "st", "tradingStatus"),
+    ("trading_status_info", "tradingStatusInfo", "sti", "tradingStatusInfo"),
+    ("complex_product_category", "complexProductCategory", "cpct", "complexProductCategory"),
+    ("price_multiplier", "priceMultiplier", "pxmu", "priceMultiplier"),
+    ("price_shown_units", "priceShownUnits", "pxu", "priceShownUnits"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentInfo:
+    """Reference data of one instrument, as ``/md/v2/Securities`` describes it (§8).
+
+    ``price_step`` is the minimum price step (``minstep``), ``step_price`` the money value of one
+    step (``pricestep``). Bond prices are percent of ``face_value``. ``margin_buy``/``margin_sell``
+    (initial margin per contract) are set on FORTS only.
+    """
+
+    symbol: str
+    exchange: str
+    board: str
+    primary_board: str
+    market: str  # FOND | FORTS | CURR
+    type: str
+    short_name: str
+    description: str
+    lot_size: int
+    price_step: float
+    step_price: float
+    face_value: float
+    currency: str
+    isin: str | None
+    cfi_code: str
+    is_bond: bool
+    price_min: float
+    price_max: float
+    margin_buy: float | None = None
+    margin_sell: float | None = None
+    decimals: int = 2  # digits after the point of a price on the grid (Heavy ``roundTo``)
+    cancellation: str = "2099-01-01T00:00:00.0000000"  # delisting / expiry / maturity
+    coupon_rate: float = 0.0  # bonds: percent of face per year
+    coupon_period_days: int = 182
+
+    @property
+    def broker_symbol(self) -> str:
+        """``EXCHANGE:TICKER``, as positions and orders carry it (§4.6)."""
+        return f"{self.exchange}:{self.symbol}"
+
+    def to_ticks(self, price: float) -> int:
+        """The nearest grid index of ``price``."""
+        return round(price / self.price_step)
+
+    def price_of(self, ticks: int) -> float:
+        """The price of grid index ``ticks``, rounded to the instrument's decimals."""
+        return round(ticks * self.price_step, self.decimals)
+
+    def on_grid(self, price: float) -> bool:
+        """True when ``price`` is a multiple of ``price_step`` (to float precision)."""
+        q = price / self.price_step
+        return abs(q - round(q)) < 1e-6
+
+    def value(self, price: float, units: float) -> float:
+        """Money value (in ``currency``) of ``units`` pieces at ``price``.
+
+        Bonds are quoted in percent of face; futures in points worth ``step_price`` per step.
+        """
+        if self.is_bond:
+            return price / 100.0 * self.face_value * units
+        if self.market == "FORTS":
+            return price / self.price_step * self.step_price * units
+        return price * units
+
+    def security(
+        self,
+        fmt: Format | str = Format.SIMPLE,
+        *,
+        trading_status: int = TradingStatus.NORMAL_TRADING,
+        trading_status_info: str | None = None,
+        yield_: float | None = None,
+    ) -> dict[str, Any]:
+        """The ``/md/v2/Securities`` object of this instrument in ``fmt`` (§8).
+
+        The live fields (status, yield) are arguments; :meth:`SyntheticMarket.security` fills
+        them from the market's current state.
+        """
+        fmt = Format(fmt)
+        if trading_status_info is None:
+            trading_status_info = _STATUS_INFO.get(trading_status, "")
+        values: dict[str, Any] = {
+            "symbol": self.symbol,
+            "short_name": self.short_name,
+            "description": self.description,
+            "exchange": self.exchange,
+            "market": self.market,
+            "type": self.type,
+            "lot_size": self.lot_size,
+            "face_value": self.face_value,
+            "cfi_code": self.cfi_code,
+            "cancellation": self.cancellation,
+            "price_step": self.price_step,
+            "round_to": self.decimals,
+            "rating": 0,
+            "margin_buy": self.margin_buy,
+            "margin_sell": self.margin_sell,
+            "margin_rate": 0,
+            "step_price": self.step_price,
+            "price_max": self.price_max,
+            "price_min": self.price_min,
+            "theor_price": 0,
+            "theor_price_limit": 0,
+            "volatility": 0,
+            "currency": self.currency,
+            "isin": self.isin,
+            "yield": yield_,
+            "board": self.board,
+            "primary_board": self.primary_board,
+            "trading_status": trading_status,
+            "trading_status_info": trading_status_info,
+            "complex_product_category": "",
+            "price_multiplier": 1,
+            "price_shown_units": 1,
+        }
+        column = {Format.SIMPLE: 1, Format.SLIM: 2, Format.HEAVY: 3}[fmt]
+        out: dict[str, Any] = {}
+        for row in _SECURITY_KEYS:
+            key = row[column]
+            if key is not None:
+                out[key] = values[row[0]]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How an instrument behaves in the generator (not part of its reference data)."""
+
+    price: float  # start price
+    level_size: float  # mean lots on a book level near the top
+    trade_size: float  # mean lots of an anonymous trade
+    minute_volume: float  # mean lots traded per history minute
+    daily_vol: float  # volatility of the history, fraction per day
+    band: float  # price band half-width, fraction of the start price
+    open_interest: int = 0  # FORTS only
+
+
+def _catalogue() -> list[tuple[InstrumentInfo, _Spec]]:
+    def stock(
+        symbol: str,
+        short: str,
+        desc: str,
+        *,
+        lot: int,
+        step: float,
+        face: float,
+        isin: str,
+        price: float,
+        level: float,
+        trade: float,
+        minute: float,
+        kind: str = "CS",
+        cfi: str = "ESVUFR",
+        decimals: int = 2,
+        daily_vol: float = 0.02,
+    ) -> tuple[InstrumentInfo, _Spec]:
+        band = 0.15
+        info = InstrumentInfo(
+            symbol=symbol,
+            exchange="MOEX",
+            board="TQBR",
+            primary_board="TQBR",
+            market="FOND",
+            type=kind,
+            short_name=short,
+            description=desc,
+            lot_size=lot,
+            price_step=step,
+            step_price=step,
+            face_value=face,
+            currency="RUB",
+            isin=isin,
+            cfi_code=cfi,
+            is_bond=False,
+            price_min=_on_grid(price * (1 - band), step, decimals),
+            price_max=_on_grid(price * (1 + band), step, decimals),
+            decimals=decimals,
+        )
+        return info, _Spec(price, level, trade, minute, daily_vol, band)
+
+    items = [
+        stock("SBER", "Сбербанк", "Сбербанк России ПАО ао", lot=10, step=0.01, face=3,
+              isin="RU0009029540", price=312.41, level=400, trade=30, minute=30_000),
+        stock("SBERP", "Сбербанк-п", "Сбербанк России ПАО ап", lot=10, step=0.01, face=3,
+              isin="RU0009029557", price=311.95, level=150, trade=10, minute=6_000, kind="PS",
+              cfi="EPNXAR"),
+        stock("GAZP", "Газпром", "Газпром ПАО ао", lot=10, step=0.01, face=5,
+              isin="RU0007661625", price=129.02, level=500, trade=40, minute=35_000),
+        stock("LKOH", "ЛУКОЙЛ", "НК ЛУКОЙЛ ПАО ао", lot=1, step=0.5, face=0.025,
+              isin="RU0009024277", price=7013.0, level=40, trade=3, minute=1_500, decimals=1),
+        stock("GMKN", "ГМК НорНик", "ГМК Норильский никель ПАО ао", lot=10, step=0.02,
+              face=0.01, isin="RU0007288411", price=118.5, level=300, trade=20, minute=8_000),
+        stock("ROSN", "Роснефть", "НК Роснефть ПАО ао", lot=1, step=0.05, face=0.01,
+              isin="RU000A0J2Q06", price=440.15, level=60, trade=5, minute=2_500),
+        stock("YDEX", "Яндекс", "МКПАО Яндекс ао", lot=1, step=0.5, face=0.01,
+              isin="RU000A107T19", price=4125.0, level=30, trade=3, minute=1_500, decimals=1),
+        stock("MGNT", "Магнит", "Магнит ПАО ао", lot=1, step=0.5, face=0.01,
+              isin="RU000A0JKQU8", price=4570.0, level=15, trade=2, minute=700, decimals=1),
+        stock("VTBR", "ВТБ", "Банк ВТБ ПАО ао", lot=1, step=0.01, face=50,
+              isin="RU000A0JP5V6", price=75.62, level=800, trade=60, minute=20_000),
+        # Issue 4 point 8: a penny stock whose day (and longer) volumes exceed 2**32 lots.
+        stock("FEES", "Россети", "ПАО Россети ао", lot=10_000, step=0.000002, face=0.5,
+              isin="RU000A0JPNN9", price=0.0745, level=2_000_000, trade=150_000,
+              minute=30_000_000, decimals=6, daily_vol=0.025),
+    ]  # fmt: skip
+
+    bond_price, bond_band = 58.25, 0.05
+    items.append(
+        (
+            InstrumentInfo(
+                symbol="SU26238RMFS4",
+                exchange="MOEX",
+                board="TQOB",
+                primary_board="TQOB",
+                market="FOND",
+                type="OFZ",
+                short_name="ОФЗ 26238",
+                description="ОФЗ-ПД 26238 15/05/41",
+                lot_size=1,
+                price_step=0.001,
+                step_price=0.01,  # 0.001% of 1000 RUB
+                face_value=1000.0,
+                currency="RUB",
+                isin="RU000A1038V6",
+                cfi_code="DBFTFB",
+                is_bond=True,
+                price_min=_on_grid(bond_price * (1 - bond_band), 0.001, 3),
+                price_max=_on_grid(bond_price * (1 + bond_band), 0.001, 3),
+                decimals=3,
+                cancellation="2041-05-15T00:00:00.0000000",
+                coupon_rate=7.1,
+            ),
+            _Spec(bond_price, 200, 20, 800, 0.006, bond_band),
+        )
+    )
+    si_price, si_band, si_margin = 91_500.0, 0.07, 10_980.0
+    items.append(
+        (
+            InstrumentInfo(
+                symbol="SiZ6",
+                exchange="MOEX",
+                board="RFUD",
+                primary_board="RFUD",
+                market="FORTS",
+                type="FUT",
+                short_name="Si-12.26",
+                description="Фьючерсный контракт Si-12.26",
+                lot_size=1,
+                price_step=1.0,
+                step_price=1.0,
+                face_value=1.0,
+                currency="RUB",
+                isin=None,
+                cfi_code="FFXCSX",
+                is_bond=False,
+                price_min=_on_grid(si_price * (1 - si_band), 1.0, 0),
+                price_max=_on_grid(si_price * (1 + si_band), 1.0, 0),
+                margin_buy=si_margin,
+                margin_sell=si_margin,
+                decimals=0,
+                cancellation="2026-12-17T00:00:00.0000000",
+            ),
+            _Spec(si_price, 200, 8, 12_000, 0.008, si_band, open_interest=1_850_000),
+        )
+    )
+    usd_price, usd_band = 78.5, 0.1
+    items.append(
+        (
+            InstrumentInfo(
+                symbol="USD000UTSTOM",
+                exchange="MOEX",
+                board="CETS",
+                primary_board="CETS",
+                market="CURR",
+                type="CUR",
+                short_name="USDRUB_TOM",
+                description="Доллар США / Российский рубль (TOM)",
+                lot_size=1000,
+                price_step=0.0025,
+                step_price=0.0025,
+                face_value=1.0,
+                currency="RUB",
+                isin=None,
+                cfi_code="MRCXXX",
+                is_bond=False,
+                price_min=_on_grid(usd_price * (1 - usd_band), 0.0025, 4),
+                price_max=_on_grid(usd_price * (1 + usd_band), 0.0025, 4),
+                decimals=4,
+            ),
+            _Spec(usd_price, 300, 20, 3_000, 0.008, usd_band),
+        )
+    )
+    return items
+
+
+def _aggregate(
+    candles: list[tuple[int, int, int, int, int, int]], tf: int
+) -> list[tuple[int, int, int, int, int, int]]:
+    """Fold time-ordered ``(t, o, h, l, c, v)`` tick candles into ``tf`` candles."""
+    out: list[tuple[int, int, int, int, int, int]] = []
+    if not candles:
+        return out
+    lo = hi = -1
+    bt = bo = bh = bl = bc = bv = 0
+    for t, o, h, low, c, v in candles:
+        if not lo <= t < hi:
+            if hi != -1:
+                out.append((bt, bo, bh, bl, bc, bv))
+            lo = bucket_start(t, tf)
+            hi = _bucket_end(lo, tf)
+            bt, bo, bh, bl, bc, bv = lo, o, h, low, c, v
+            continue
+        if h > bh:
+            bh = h
+        if low < bl:
+            bl = low
+        bc = c
+        bv += v
+    out.append((bt, bo, bh, bl, bc, bv))
+    return out
+
+
+def _on_grid(price: float, step: float, decimals: int) -> float:
+    return round(round(price / step) * step, decimals)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookUpdated:
+    """The order book (and so the quote) of ``symbol`` changed; read :meth:`order_book`."""
+
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class TradePrinted:
+    """An anonymous trade was printed on the tape (§4.4). ``trade.existing`` is False."""
+
+    trade: Trade
+
+    @property
+    def symbol(self) -> str:
+        """The traded instrument's ticker."""
+        return self.trade.symbol or ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """The trading status changed; ``patch`` carries the ticker and the changed fields only."""
+
+    patch: InstrumentPatch
+
+    @property
+    def symbol(self) -> str:
+        """The instrument's ticker."""
+        return self.patch.symbol
+
+
+MarketEvent = BookUpdated | TradePrinted | StatusChanged
+
+
+# -- candles -----------------------------------------------------------------------------------
+
+
+class _Candle:
+    __slots__ = ("c", "h", "l", "o", "v")
+
+    def __init__(self, o: float, h: float, low: float, c: float, v: int) -> None:
+        self.o, self.h, self.l, self.c, self.v = o, h, low, c, v
+
+    def bar(self, t: int) -> Bar:
+        return Bar(time=t, open=self.o, high=self.h, low=self.l, close=self.c, volume=self.v)
+
+
+class _Series:
+    """Candles of one timeframe, kept sorted by open time and updated trade by trade."""
+
+    __slots__ = ("_hi", "_lo", "candles", "tf", "times")
+
+    def __init__(self, tf: int) -> None:
+        self.tf = tf
+        self.times: list[int] = []
+        self.candles: dict[int, _Candle] = {}
+        self._lo = 0
+        self._hi = 0  # cached bounds of the last bucket looked up
+
+    def bucket(self, t: int) -> int:
+        if self._lo <= t < self._hi:
+            return self._lo
+        lo = bucket_start(t, self.tf)
+        self._lo, self._hi = lo, _bucket_end(lo, self.tf)
+        return lo
+
+    def _new(self, t: int, candle: _Candle) -> None:
+        self.candles[t] = candle
+        if not self.times or t > self.times[-1]:
+            self.times.append(t)
+        else:
+            bisect.insort(self.times, t)
+
+    def add_trade(self, ts_s: int, price: float, qty: int, late: bool) -> None:
+        """Fold one trade in. A late print (§ point 8) never becomes the close."""
+        t = self.bucket(ts_s)
+        c = self.candles.get(t)
+        if c is None:
+            self._new(t, _Candle(price, price, price, price, qty))
+            return
+        if price > c.h:
+            c.h = price
+        if price < c.l:
+            c.l = price
+        if not late:
+            c.c = price
+        c.v += qty
+
+    def merge(self, t: int, o: float, h: float, low: float, close: float, v: int) -> None:
+        """Fold a finer candle in; candles must come in time order."""
+        b = self.bucket(t)
+        c = self.candles.get(b)
+        if c is None:
+            self._new(b, _Candle(o, h, low, close, v))
+            return
+        c.h = max(c.h, h)
+        c.l = min(c.l, low)
+        c.c = close
+        c.v += v
+
+    def last(self) -> tuple[int, _Candle] | None:
+        if not self.times:
+            return None
+        t = self.times[-1]
+        return t, self.candles[t]
+
+    def before(self, t: int) -> _Candle | None:
+        """The latest candle opening before ``t``."""
+        i = bisect.bisect_left(self.times, t)
+        return self.candles[self.times[i - 1]] if i else None
+
+    def range(self, lo: int, hi: int) -> list[Bar]:
+        i = bisect.bisect_left(self.times, lo)
+        j = bisect.bisect_right(self.times, hi)
+        return [self.candles[t].bar(t) for t in self.times[i:j]]
+
+
+# -- per-instrument state ----------------------------------------------------------------------
+
+
+class _Sym:
+    """Everything the generator knows about one instrument."""
+
+    __slots__ = (
+        "anchor",
+        "ask",
+        "asks",
+        "bid",
+        "bids",
+        "book_ms",
+        "history",
+        "history15",
+        "index",
+        "info",
+        "last_price",
+        "last_ts",
+        "live15",
+        "max_ts",
+        "min_ticks",
+        "max_ticks",
+        "oi",
+        "recent",
+        "rng",
+        "series",
+        "spec",
+        "status",
+        "status_info",
+    )
+
+    def __init__(self, index: int, info: InstrumentInfo, spec: _Spec, seed: int) -> None:
+        self.index = index
+        self.info = info
+        self.spec = spec
+        self.rng = random.Random(f"alorws-sim:{seed}:{info.symbol}:live")
+        self.anchor = info.to_ticks(spec.price)
+        self.min_ticks = max(1, info.to_ticks(info.price_min))
+        self.max_ticks = info.to_ticks(info.price_max)
+        # Book: bids[i] lots at bid - i ticks, asks[i] lots at ask + i ticks.
+        self.bid = self.anchor
+        self.ask = self.anchor + 1
+        self.bids = [self.level_volume(i) for i in range(BOOK_LEVELS)]
+        self.asks = [self.level_volume(i) for i in range(BOOK_LEVELS)]
+        self.book_ms = 0
+        self.status = int(TradingStatus.NORMAL_TRADING)
+        self.status_info = _STATUS_INFO[TradingStatus.NORMAL_TRADING]
+        self.last_price = info.price_of(self.anchor)
+        self.last_ts = 0  # ms of the last in-order print
+        self.max_ts = 0  # ms of the latest print
+        self.oi = spec.open_interest
+        self.recent: deque[Trade] = deque(maxlen=_RECENT_TRADES)
+        self.live15 = _Series(15)
+        self.series: dict[int, _Series] = {}
+        self.history: list[tuple[int, int, int, int, int, int]] | None = None
+        self.history15: list[tuple[int, int, int, int, int, int]] | None = None
+
+    def level_volume(self, depth: int) -> int:
+        """Lots on a fresh level ``depth`` ticks behind the best; deeper levels are bigger."""
+        mean = self.spec.level_size * (1.0 + depth / 25.0)
+        return 1 + int(self.rng.expovariate(1.0 / mean))
+
+    def bias(self) -> float:
+        """Pull towards the start price: >0 when above it (favour sells), in [-0.3, 0.3]."""
+        mid = (self.bid + self.ask) / 2.0
+        dev = (mid - self.anchor) / (self.anchor * self.spec.band)
+        return max(-0.3, min(0.3, dev * 0.6))
+
+
+# -- the market --------------------------------------------------------------------------------
+
+_ACTIVITY: Final = 0
+_STATUS: Final = 1
+
+
+class SyntheticMarket:
+    """A dozen MOEX instruments with books, tape, candles and status changes (issue 4 point 3).
+
+    Args:
+        seed: Seeds every random choice; the same seed and calls give the same output.
+        start_ms: The market's "now" at creation (Unix ms). History ends here.
+        history_days: Days of one-minute candles generated before ``start_ms``.
+        events_per_second: Mean activity events (book changes and trades) per instrument per
+            second of market time; ``0`` freezes the market (``burst`` still works).
+        break_interval_s: Mean seconds between trading breaks of one instrument; ``None``
+            disables status changes.
+        break_seconds: Range of a break's duration in seconds.
+    """
+
+    def __init__(
+        self,
+        seed: int = 1,
+        start_ms: int = DEFAULT_START_MS,
+        history_days: int = 5,
+        *,
+        events_per_second: float = 20.0,
+        break_interval_s: float | None = 900.0,
+        break_seconds: tuple[float, float] = (3.0, 20.0),
+    ) -> None:
+        if events_per_second < 0:
+            raise ValueError(f"events_per_second must be >= 0, got {events_per_second}")
+        self.seed = seed
+        self.start_ms = start_ms
+        self.history_days = max(0, history_days)
+        self.events_per_second = events_per_second
+        self.break_interval_s = break_interval_s
+        self.break_seconds = break_seconds
+        self.instruments: dict[str, InstrumentInfo] = {}
+        self._syms: list[_Sym] = []
+        self._by_symbol: dict[str, _Sym] = {}
+        for i, (info, spec) in enumerate(_catalogue()):
+            s = _Sym(i, info, spec, seed)
+            self.instruments[info.symbol] = info
+            self._syms.append(s)
+            self._by_symbol[info.symbol.casefold()] = s
+        self._next_trade_id = _FIRST_TRADE_ID
+        self._seq = 0
+        self._heap: list[tuple[int, int, int, int]] = []  # (ms, seq, kind, instrument index)
+        self._pending: list[MarketEvent] = []
+        # Warm up: trade for a while before start_ms, so the tape and the candles are not empty.
+        warmup = _WARMUP_MS
+        if events_per_second > 0:
+            warmup = min(warmup, int(_WARMUP_EVENTS / events_per_second * 1000))
+        self._live_start_ms = start_ms - warmup
+        self._history_end_s = bucket_start(self._live_start_ms // 1000, 60)
+        self._now = self._live_start_ms
+        for s in self._syms:
+            s.book_ms = self._live_start_ms
+            self._schedule_activity(s, self._live_start_ms)
+            self._schedule_break(s, self._live_start_ms)
+        self.step(start_ms)
+        self._pending.clear()
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        """The market's clock: the latest time passed to :meth:`step` (Unix ms)."""
+        return self._now
+
+    def find(
+        self, symbol: str, exchange: str = "MOEX", board: str | None = None
+    ) -> InstrumentInfo | None:
+        """The instrument ``symbol`` (any case) on ``exchange``, or None.
+
+        ``board`` (``instrumentGroup``), when given, must be the instrument's board.
+        """
+        s = self._by_symbol.get(symbol.casefold())
+        if s is None or s.info.exchange.casefold() != exchange.casefold():
+            return None
+        if board is not None and board.casefold() != s.info.board.casefold():
+            return None
+        return s.info
+
+    def search(self, query: str = "") -> list[InstrumentInfo]:
+        """Instruments whose ticker, names or ISIN contain ``query`` (any case), by turnover.
+
+        A helper for ``GET /md/v2/Securities?query=`` (§8).
+        """
+        q = query.casefold()
+        found = [
+            s
+            for s in self._syms
+            if not q
+            or any(
+                q in (text or "").casefold()
+                for text in (s.info.symbol, s.info.short_name, s.info.description, s.info.isin)
+            )
+        ]
+        found.sort(key=lambda s: -s.spec.minute_volume * s.info.value(s.last_price, 1.0))
+        return [s.info for s in found]
+
+    def _sym(self, symbol: str) -> _Sym:
+        s = self._by_symbol.get(symbol.casefold())
+        if s is None:
+            raise KeyError(f"unknown instrument {symbol!r}")
+        return s
+
+    # -- the clock -----------------------------------------------------------------------------
+
+    def _push(self, ms: int, kind: int, s: _Sym) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (ms, self._seq, kind, s.index))
+
+    def _schedule_activity(self, s: _Sym, after: int) -> None:
+        if self.events_per_second > 0:
+            gap = s.rng.expovariate(self.events_per_second) * 1000.0
+            self._push(after + max(1, int(gap)), _ACTIVITY, s)
+
+    def _schedule_break(self, s: _Sym, after: int) -> None:
+        if self.break_interval_s is None:
+            return
+        if s.status == TradingStatus.NORMAL_TRADING:
+            gap = s.rng.expovariate(1.0 / self.break_interval_s)
+        else:
+            gap = s.rng.uniform(*self.break_seconds)
+        self._push(after + max(1, int(gap * 1000.0)), _STATUS, s)
+
+    def step(self, now_ms: int) -> list[MarketEvent]:
+        """Advance the market to ``now_ms`` and return what happened, oldest first.
+
+        Includes the trades printed by :meth:`take` since the last call. Calling with a time
+        not after the last one only drains those. A gap longer than a minute is skipped
+        (activity resumes a second before ``now_ms``) instead of being replayed.
+        """
+        out, self._pending = self._pending, []
+        if now_ms <= self._now:
+            return out
+        if now_ms - self._now > _MAX_GAP_MS:
+            cutoff = now_ms - 1000
+            self._heap = [
+                (t if t >= cutoff else cutoff + (t - self._now) % 1000, seq, kind, i)
+                for t, seq, kind, i in self._heap
+            ]
+            heapq.heapify(self._heap)
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            t, _, kind, i = heapq.heappop(heap)
+            s = self._syms[i]
+            if kind == _ACTIVITY:
+                self._activity(s, t, out)
+                self._schedule_activity(s, t)
+            else:
+                self._toggle_status(s, t, out)
+                self._schedule_break(s, t)
+        self._now = now_ms
+        return out
+
+    def burst(self, symbol: str, n: int) -> list[MarketEvent]:
+        """Make ``n`` activity events on ``symbol`` happen now and return them (benchmarks)."""
+        s = self._sym(symbol)
+        out: list[MarketEvent] = []
+        t = max(self._now, s.max_ts)
+        for _ in range(n):
+            self._activity(s, t, out)
+        return out
+
+    # -- activity ------------------------------------------------------------------------------
+
+    def _activity(self, s: _Sym, t: int, out: list[MarketEvent]) -> None:
+        rng = s.rng
+        if s.status == TradingStatus.NORMAL_TRADING and rng.random() < _TRADE_P:
+            self._random_trade(s, t, out)
+        else:
+            self._book_change(s)
+        s.book_ms = t
+        out.append(BookUpdated(s.info.symbol))
+
+    def _random_trade(self, s: _Sym, t: int, out: list[MarketEvent]) -> None:
+        rng = s.rng
+        side = Side.BUY if rng.random() < 0.5 - s.bias() else Side.SELL
+        qty = 1 + int(rng.expovariate(1.0 / s.spec.trade_size))
+        late = s.max_ts > 0 and rng.random() < _LATE_PRINT_P
+        for price_ticks, lots in self._consume(s, side, qty, None):
+            ts = t
+            if late:
+                # Stamped a little before the previous print, but inside its 15 s candle, so
+                # every candle of 15 s or more stays consistent with the tape.
+                ts = max(s.max_ts - rng.randint(1, 400), s.max_ts - s.max_ts % 15_000)
+            self._print(s, ts, price_ticks, lots, side, late=ts < s.max_ts, out=out)
+
+    def _book_change(self, s: _Sym) -> None:
+        rng = s.rng
+        bias = s.bias()
+        r = rng.random()
+        if s.ask - s.bid > 1 and r < 0.6:
+            # Someone improves the spread; above the anchor it is more often a seller.
+            if rng.random() < 0.5 + bias:
+                s.asks.insert(0, s.level_volume(0))
+                s.asks.pop()
+                s.ask -= 1
+            else:
+                s.bids.insert(0, s.level_volume(0))
+                s.bids.pop()
+                s.bid += 1
+            return
+        if r < 0.75:
+            # The best level of one side is cancelled: the spread widens, the mid moves.
+            if rng.random() < 0.5 + bias:
+                if s.bid - 1 >= s.min_ticks:
+                    self._pop_level(s, Side.SELL)
+            elif s.ask + 1 <= s.max_ticks:
+                self._pop_level(s, Side.BUY)
+            return
+        # Orders added to or cancelled from a level, more often near the top.
+        levels = s.bids if rng.random() < 0.5 else s.asks
+        depth = min(BOOK_LEVELS - 1, int(rng.expovariate(0.2)))
+        delta = 1 + int(rng.expovariate(1.0 / s.spec.level_size))
+        if rng.random() < 0.55:
+            levels[depth] += delta
+        else:
+            levels[depth] = max(1, levels[depth] - delta)
+
+    def _pop_level(self, s: _Sym, taker: Side) -> None:
+        """Remove the best level of the side ``taker`` trades against; add one at the back."""
+        if taker is Side.BUY:
+            s.asks.pop(0)
+            s.asks.append(s.level_volume(BOOK_LEVELS - 1))
+            s.ask += 1
+        else:
+            s.bids.pop(0)
+            s.bids.append(s.level_volume(BOOK_LEVELS - 1))
+            s.bid -= 1
+
+    def _consume(
+        self, s: _Sym, taker: Side, lots: int, limit_ticks: int | None
+    ) -> list[tuple[int, int]]:
+        """Take up to ``lots`` from the levels now in the book, best first. Returns fills."""
+        fills: list[tuple[int, int]] = []
+        levels = s.asks if taker is Side.BUY else s.bids
+        remaining = lots
+        for depth in range(BOOK_LEVELS):
+            if remaining <= 0:
+                break
+            ticks = s.ask + depth if taker is Side.BUY else s.bid - depth
+            if limit_ticks is not None and (
+                ticks > limit_ticks if taker is Side.BUY else ticks < limit_ticks
+            ):
+                break
+            got = min(remaining, levels[depth])
+            fills.append((ticks, got))
+            remaining -= got
+        # Take the lots out of the book: emptied levels go, fresh ones appear at the back.
+        for _, got in fills:
+            if got >= levels[0]:
+                self._pop_level(s, taker)
+            else:
+                levels[0] -= got
+        return fills
+
+    def _print(
+        self,
+        s: _Sym,
+        ts: int,
+        price_ticks: int,
+        qty: int,
+        side: Side,
+        *,
+        late: bool,
+        out: list[MarketEvent],
+    ) -> None:
+        info = s.info
+        price = info.price_of(price_ticks)
+        self._next_trade_id += 1
+        oi = 0
+        if info.market == "FORTS":
+            s.oi = max(0, s.oi + s.rng.randint(-qty, qty))
+            oi = s.oi
+        trade = Trade(
+            id=self._next_trade_id,
+            symbol=info.symbol,
+            board=info.board,
+            qty=qty,
+            price=price,
+            time=iso_time(ts),
+            timestamp=ts,
+            side=side,
+            oi=oi,
+            existing=False,
+        )
+        if not late:
+            s.last_price = price
+            s.last_ts = ts
+        s.max_ts = max(s.max_ts, ts)
+        s.recent.append(trade)
+        ts_s = ts // 1000
+        s.live15.add_trade(ts_s, price, qty, late)
+        for series in s.series.values():
+            series.add_trade(ts_s, price, qty, late)
+        out.append(TradePrinted(trade))
+
+    def _toggle_status(self, s: _Sym, t: int, out: list[MarketEvent]) -> None:
+        if s.status == TradingStatus.NORMAL_TRADING:
+            s.status = int(TradingStatus.BREAK)
+        else:
+            s.status = int(TradingStatus.NORMAL_TRADING)
+        s.status_info = _STATUS_INFO[s.status]
+        patch = InstrumentPatch(
+            symbol=s.info.symbol, trading_status=s.status, trading_status_info=s.status_info
+        )
+        out.append(StatusChanged(patch))
+
+    # -- liquidity for the engine --------------------------------------------------------------
+
+    def _limit_ticks(self, info: InstrumentInfo, side: Side, limit: float | None) -> int | None:
+        if limit is None:
+            return None
+        q = limit / info.price_step
+        # A buyer pays at most the limit, a seller receives at least it.
+        return math.floor(q + 1e-9) if side is Side.BUY else math.ceil(q - 1e-9)
+
+    def liquidity(self, symbol: str, side: Side, limit: float | None = None) -> int:
+        """Lots a ``side`` taker could get now, at prices at or better than ``limit``."""
+        s = self._sym(symbol)
+        lim = self._limit_ticks(s.info, side, limit)
+        levels = s.asks if side is Side.BUY else s.bids
+        total = 0
+        for depth in range(BOOK_LEVELS):
+            ticks = s.ask + depth if side is Side.BUY else s.bid - depth
+            if lim is not None and (ticks > lim if side is Side.BUY else ticks < lim):
+                break
+            total += levels[depth]
+        return total
+
+    def take(
+        self, symbol: str, side: Side, lots: int, limit: float | None, now_ms: int
+    ) -> list[tuple[float, int]]:
+        """Trade ``lots`` as a taker on ``side`` against the book; return the fills.
+
+        A market order (``limit`` None) takes any price among the 50 levels; a limit order only
+        prices at or better than ``limit``. Each level taken prints an anonymous trade (``side``
+        is the aggressor), delivered by the next :meth:`step`, and the book moves. Returns
+        ``[(price, lots), ...]`` best price first; the sum may be less than ``lots``.
+        """
+        s = self._sym(symbol)
+        if lots <= 0:
+            return []
+        fills = self._consume(s, side, lots, self._limit_ticks(s.info, side, limit))
+        if not fills:
+            return []
+        ts = max(now_ms, s.max_ts)
+        for ticks, got in fills:
+            self._print(s, ts, ticks, got, side, late=False, out=self._pending)
+        s.book_ms = ts
+        self._pending.append(BookUpdated(s.info.symbol))
+        return [(s.info.price_of(ticks), got) for ticks, got in fills]
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    @property
+    def last_trade_id(self) -> int:
+        """The id of the latest anonymous trade printed (ids only grow)."""
+        return self._next_trade_id
+
+    def accrued_interest(self, symbol: str) -> float:
+        """Accrued coupon per bond now (НКД); 0 for anything but a bond."""
+        s = self._sym(symbol)
+        return self._accrued(s.info, self._clock(s)) if s.info.is_bond else 0.0
+
+    def last_price(self, symbol: str) -> float:
+        """The last (in-order) trade price, or the start price before any trade."""
+        return self._sym(symbol).last_price
+
+    def best(self, symbol: str) -> tuple[float, float]:
+        """``(best bid, best ask)`` of ``symbol``."""
+        s = self._sym(symbol)
+        return s.info.price_of(s.bid), s.info.price_of(s.ask)
+
+    def trading_status(self, symbol: str) -> int:
+        """The current trading-status code (§4.5)."""
+        return self._sym(symbol).status
+
+    def order_book(self, symbol: str, depth: int = 20) -> OrderBook:
+        """The top ``depth`` (1..50) levels a side; bids best (highest) first (§4.1, §12.5).
+
+        ``existing`` is False: the server sets it on the first message of a subscription.
+        Bond levels carry their yield (Slim ``y``).
+        """
+        s = self._sym(symbol)
+        info = s.info
+        depth = max(1, min(BOOK_LEVELS, depth))
+        price_of = info.price_of
+        if info.is_bond:
+            ytm = self._yield_fn(info, s.book_ms)
+            bids = [
+                BookLevel(price=(p := price_of(s.bid - i)), volume=s.bids[i], yield_=ytm(p))
+                for i in range(depth)
+            ]
+            asks = [
+                BookLevel(price=(p := price_of(s.ask + i)), volume=s.asks[i], yield_=ytm(p))
+                for i in range(depth)
+            ]
+        else:
+            bids = [BookLevel(price=price_of(s.bid - i), volume=s.bids[i]) for i in range(depth)]
+            asks = [BookLevel(price=price_of(s.ask + i), volume=s.asks[i]) for i in range(depth)]
+        return OrderBook(bids=bids, asks=asks, ms_timestamp=s.book_ms, existing=False)
+
+    def quote(self, symbol: str) -> Quote:
+        """The full quote of ``symbol`` (§4.2): last trade, day OHLCV, best prices, book totals."""
+        s = self._sym(symbol)
+        info = s.info
+        day = self._series(s, TIMEFRAMES["D"])
+        today = bucket_start(self._clock(s) // 1000, _DAY)
+        last = day.last()
+        cur = last[1] if last is not None and last[0] == today else None
+        prev = day.before(today)
+        prev_close = prev.c if prev is not None else info.price_of(s.anchor)
+        change = round(s.last_price - prev_close, info.decimals)
+        return Quote(
+            symbol=info.symbol,
+            exchange=info.exchange,
+            description=info.short_name,
+            currency=info.currency,
+            prev_close_price=prev_close,
+            last_price=s.last_price,
+            last_price_timestamp=(s.last_ts or self._live_start_ms) // 1000,
+            open_price=cur.o if cur else None,
+            high_price=cur.h if cur else None,
+            low_price=cur.l if cur else None,
+            volume=cur.v if cur else 0,
+            accrued_interest=self._accrued(info, self._clock(s)) if info.is_bond else 0.0,
+            open_interest=s.oi if info.market == "FORTS" else None,
+            yield_=self._yield_fn(info, self._clock(s))(s.last_price) if info.is_bond else None,
+            ask=info.price_of(s.ask),
+            bid=info.price_of(s.bid),
+            ask_vol=s.asks[0],
+            bid_vol=s.bids[0],
+            total_ask_vol=sum(s.asks),
+            total_bid_vol=sum(s.bids),
+            ob_ms_timestamp=s.book_ms,
+            lot_size=float(info.lot_size),
+            lot_value=round(info.value(s.last_price, info.lot_size), 4),
+            face_value=info.face_value,
+            type=info.type,
+            change=change,
+            change_percent=round(change / prev_close * 100.0, 2) if prev_close else 0.0,
+        )
+
+    def instrument_patch(self, symbol: str) -> InstrumentPatch:
+        """The complete first ``InstrumentsGetAndSubscribeV2`` message (§4.5)."""
+        s = self._sym(symbol)
+        info = s.info
+        return InstrumentPatch(
+            symbol=info.symbol,
+            exchange=info.exchange,
+            board=info.board,
+            trading_status=s.status,
+            trading_status_info=s.status_info,
+            price_min=info.price_min,
+            price_max=info.price_max,
+            margin_buy=info.margin_buy if info.margin_buy is not None else 0.0,
+            margin_sell=info.margin_sell if info.margin_sell is not None else 0.0,
+            margin_synthetic=0.0,
+            theor_price=0.0,
+            theor_price_limit=0.0,
+            volatility=0.0,
+        )
+
+    def security(self, symbol: str, fmt: Format | str = Format.SIMPLE) -> dict[str, Any]:
+        """The ``/md/v2/Securities/{exchange}/{symbol}`` object with the live status (§8)."""
+        s = self._sym(symbol)
+        info = s.info
+        ytm = self._yield_fn(info, self._clock(s))(s.last_price) if info.is_bond else None
+        return info.security(
+            fmt, trading_status=s.status, trading_status_info=s.status_info, yield_=ytm
+        )
+
+    def last_trades(self, symbol: str, n: int) -> list[Trade]:
+        """The most recent ``n`` anonymous trades (up to 10000), oldest first (§4.4 ``depth``).
+
+        Order is print order: a late print (point 8) sits after the trades it predates.
+        """
+        s = self._sym(symbol)
+        if n <= 0:
+            return []
+        recent = s.recent
+        if n >= len(recent):
+            return list(recent)
+        return list(recent)[-n:]
+
+    # -- candles -------------------------------------------------------------------------------
+
+    def _clock(self, s: _Sym) -> int:
+        return max(self._now, s.max_ts)
+
+    def bars(self, symbol: str, tf: int, from_s: int, to_s: int) -> list[Bar]:
+        """Candles of ``tf`` seconds opening in ``[bucket(from_s), to_s]``, oldest first (§4.3).
+
+        History reaches ``history_days`` back (timeframes under a minute are split from the
+        minute candles; those not a multiple of 15 s have live candles only). The last candle
+        may be the forming one.
+        """
+        if tf <= 0:
+            raise ValueError(f"tf must be a positive number of seconds, got {tf}")
+        s = self._sym(symbol)
+        series = self._series(s, tf)
+        return series.range(bucket_start(from_s, tf), to_s)
+
+    def forming_bar(self, symbol: str, tf: int) -> Bar | None:
+        """The candle of the current ``tf`` period, or None if nothing traded in it yet."""
+        s = self._sym(symbol)
+        series = self._series(s, tf)
+        last = series.last()
+        if last is None or last[0] != series.bucket(self._clock(s) // 1000):
+            return None
+        return last[1].bar(last[0])
+
+    def _series(self, s: _Sym, tf: int) -> _Series:
+        series = s.series.get(tf)
+        if series is not None:
+            return series
+        series = _Series(tf)
+        if tf % 15 == 0:
+            history = self._history(s) if tf % 60 == 0 else self._history15(s)
+            price_of = s.info.price_of
+            for t, o, h, low, c, v in _aggregate(history, tf):
+                series.merge(t, price_of(o), price_of(h), price_of(low), price_of(c), v)
+            for t in s.live15.times:
+                k = s.live15.candles[t]
+                series.merge(t, k.o, k.h, k.l, k.c, k.v)
+        else:
+            # No finer base is kept: rebuild from the recent tape only.
+            top = 0
+            for trade in s.recent:
+                ts = trade.timestamp or 0
+                series.add_trade(ts // 1000, trade.price, trade.qty, late=ts < top)
+                top = max(top, ts)
+        s.series[tf] = series
+        return series
+
+    def _history(self, s: _Sym) -> list[tuple[int, int, int, int, int, int]]:
+        """One-minute candles ``(t, o, h, l, c, v)`` in ticks, generated backwards from the start.
+
+        Own random stream, so generating it lazily does not disturb the live one.
+        """
+        if s.history is not None:
+            return s.history
+        rng = random.Random(f"alorws-sim:{self.seed}:{s.info.symbol}:history")
+        r = rng.random
+        spec = s.spec
+        n = self.history_days * 1440
+        # (r() + r() + r() - 1.5) has a standard deviation of 0.5: a cheap bell curve.
+        sigma2 = 2.0 * spec.daily_vol / math.sqrt(1440.0) * s.anchor
+        wick = 0.8 * sigma2 / 2.0
+        busy, quiet = spec.minute_volume * 1.4, spec.minute_volume * 0.6
+        close = s.anchor
+        anchor, lo, hi = s.anchor, s.min_ticks, s.max_ticks
+        out: list[tuple[int, int, int, int, int, int]] = []
+        append = out.append
+        t = self._history_end_s
+        for _ in range(n):
+            t -= 60
+            drift = (anchor - close) * 0.002  # mean-revert towards the start going back
+            open_ = close + round((r() + r() + r() - 1.5) * sigma2 + drift)
+            open_ = lo if open_ < lo else hi if open_ > hi else open_
+            high = min(hi, (open_ if open_ > close else close) + int(r() * wick + 0.5))
+            low = max(lo, (close if open_ > close else open_) - int(r() * wick + 0.5))
+            mean = busy if 25_200 <= t % _DAY < 57_600 else quiet  # the MOEX main session
+            append((t, open_, high, low, close, 4 + int(mean * (0.4 + 1.2 * r()))))
+            close = open_
+        out.reverse()
+        s.history = out
+        return out
+
+    def _history15(self, s: _Sym) -> list[tuple[int, int, int, int, int, int]]:
+        """The minute history split into four 15 s candles each, consistently."""
+        if s.history15 is not None:
+            return s.history15
+        rng = random.Random(f"alorws-sim:{self.seed}:{s.info.symbol}:history15")
+        out: list[tuple[int, int, int, int, int, int]] = []
+        for t, o, h, low, c, v in self._history(s):
+            closes = [rng.randint(low, h) for _ in range(3)] + [c]
+            opens = [o, *closes[:3]]
+            at_high, at_low = rng.randrange(4), rng.randrange(4)
+            weights = [rng.random() + 0.2 for _ in range(4)]
+            total = sum(weights)
+            vols = [1 + int((v - 4) * w / total) for w in weights]
+            vols[3] += v - sum(vols)
+            for i in range(4):
+                sub_h = max(opens[i], closes[i], h if i == at_high else opens[i])
+                sub_l = min(opens[i], closes[i], low if i == at_low else opens[i])
+                out.append((t + 15 * i, opens[i], sub_h, sub_l, closes[i], vols[i]))
+        s.history15 = out
+        return out
+
+    def clusters(self, symbol: str, tf: int, from_s: int) -> list[ClusterSnapshot]:
+        """Traded volume per price and aggressor side per ``tf`` period since ``from_s`` (§4.13).
+
+        Built from the recent tape (the last 10000 trades).
+        """
+        s = self._sym(symbol)
+        start = bucket_start(from_s, tf)
+        periods: dict[int, dict[float, list[int]]] = {}
+        for trade in s.recent:
+            t = bucket_start((trade.timestamp or 0) // 1000, tf)
+            if t < start:
+                continue
+            cell = periods.setdefault(t, {}).setdefault(trade.price, [0, 0])
+            cell[0 if trade.side is Side.BUY else 1] += trade.qty
+        return [
+            ClusterSnapshot(
+                timestamp=t,
+                trade_clusters=[
+                    Cluster(price=p, buy_qty=b, sell_qty=q) for p, (b, q) in sorted(cells.items())
+                ],
+            )
+            for t, cells in sorted(periods.items())
+        ]
+
+    # -- bonds ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _maturity_s(info: InstrumentInfo) -> int:
+        d = datetime.fromisoformat(info.cancellation[:19]).replace(tzinfo=UTC)
+        return _unix(d)
+
+    def _accrued(self, info: InstrumentInfo, now_ms: int) -> float:
+        """Accrued coupon per bond (НКД), coupons every ``coupon_period_days`` to maturity."""
+        days_left = (self._maturity_s(info) - now_ms // 1000) // _DAY
+        into_period = info.coupon_period_days - days_left % info.coupon_period_days
+        return round(info.face_value * info.coupon_rate / 100.0 * into_period / 365.0, 2)
+
+    def _yield_fn(self, info: InstrumentInfo, now_ms: int) -> Callable[[float], float]:
+        """``price -> yield to maturity`` in percent (the usual closed-form approximation)."""
+        years = max(0.01, (self._maturity_s(info) - now_ms // 1000) / (365.25 * _DAY))
+        coupon = info.coupon_rate
+
+        def ytm(price: float) -> float:
+            return round((coupon + (100.0 - price) / years) / ((100.0 + price) / 2.0) * 100.0, 2)
+
+        return ytm
+
+
+def symbols_of(events: Iterable[MarketEvent]) -> set[str]:
+    """The tickers an event batch touches (a helper for the server and the engine)."""
+    return {e.symbol for e in events}

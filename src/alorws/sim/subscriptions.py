@@ -1,0 +1,980 @@
+"""Per-connection state of the simulator: outgoing queue, subscriptions, fan-out, throttling.
+
+* :class:`Connection` owns one socket's **outgoing queue** and the sender task that writes it.
+  Every frame the server produces for the connection goes through the queue, in order, so a
+  status reply always precedes the first data message of its guid (§12.2). The number of frames
+  queued and not yet handed to the transport is the connection's *unread* count: above
+  ``max_unread`` the connection is closed with 1008 ``Buffer overflow`` and all its subscriptions
+  are dropped (§7, §12.9). The sender writes only while the transport is below its high-water
+  mark (64 KiB, see ``server.py``), so what a client does not read backs up in the queue, after
+  the kernel's socket buffers. A history replay sits in the queue as one lazily built item:
+  a long replay to a fast reader is not "unread".
+* :class:`Hub` is the registry of every subscription, indexed by what feeds it (an instrument's
+  book, a portfolio's orders, ...). The market loop hands it events; it encodes each payload once
+  per format and fans the bytes out. State streams are conflated to one message per
+  ``frequency`` interval; event streams are never conflated (§12.4).
+* :meth:`Hub.handle_ws` answers one ``/ws`` request (§3, §4, §5, §12.2): subscribe, unsubscribe
+  (any case), ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+
+import msgspec
+
+from ..protocol._model import Model, to_wire
+from ..protocol.enums import Format, OrderStatus, SubscriptionOpcode
+from ..protocol.market import Bar, Cluster, ClusterSnapshot, InstrumentPatch, Trade
+from ..protocol.requests import (
+    AllTradesRequest,
+    AnySubscriptionRequest,
+    BarsRequest,
+    ClustersRequest,
+    InstrumentRequest,
+    OrderBookRequest,
+    OrdersRequest,
+    OwnTradesRequest,
+    PositionsRequest,
+    QuotesRequest,
+    RisksRequest,
+    SpectraRisksRequest,
+    StopOrdersRequest,
+    SubscriptionRequest,
+    SummariesRequest,
+)
+from .auth import Claims, TokenService
+
+
+if TYPE_CHECKING:
+    from .engine import AccountEvent, TradingEngine
+    from .market import MarketEvent, SyntheticMarket
+
+
+__all__ = [
+    "DEFAULT_FREQUENCY_MS",
+    "HISTORY_CAP",
+    "Connection",
+    "Hub",
+    "Limits",
+    "Wire",
+    "encode_payload",
+    "status_frame",
+]
+
+DEFAULT_FREQUENCY_MS: Final = 175  # §3.6 [V]
+HISTORY_CAP: Final = 3000  # issue point 8: ALOR caps history replays at 3000 records
+_BATCH_BYTES: Final = 256 * 1024  # bytes the sender hands the transport in one write
+_YIELD_BYTES: Final = 2 * 1024 * 1024  # bytes a sender writes before letting others run
+_REPLAY_CHUNK: Final = 256  # replayed frames built per sender turn
+_TF_LETTERS: Final = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
+
+_ENC: Final = msgspec.json.Encoder()
+_DATA: Final = b'{"data":'
+
+
+class _Status(msgspec.Struct, omit_defaults=True, gc=False):
+    requestGuid: str
+    httpCode: int
+    message: str
+    orderNumber: str | None = None
+
+
+def status_frame(guid: str, code: int, message: str, order_number: str | None = None) -> bytes:
+    """``{"requestGuid","httpCode","message"[,"orderNumber"]}`` (§3.3, §5)."""
+    return _ENC.encode(_Status(guid, code, message, order_number))
+
+
+def encode_payload(model: Model, fmt: Format) -> bytes:
+    """``model`` as the JSON object the server sends in ``fmt`` (the ``data`` of §3.4)."""
+    return _ENC.encode(to_wire(model, fmt))
+
+
+def _as_existing(model: Model) -> Model:
+    """The same item flagged as coming from the snapshot/history (§3.6 ``existing``)."""
+    if getattr(model, "existing", True):
+        return model
+    return msgspec.structs.replace(model, existing=True)
+
+
+def tf_seconds(tf: str | int) -> int:
+    """§4.3: ``"60"`` -> 60, ``"D"`` -> 86400 (requests are already validated)."""
+    text = str(tf)
+    return _TF_LETTERS.get(text) or int(text)
+
+
+# -- frames on the wire -----------------------------------------------------------------------
+
+_PACK2: Final = struct.Struct("!BBH").pack
+_PACK8: Final = struct.Struct("!BBQ").pack
+# Headers of unmasked final text frames (RFC 6455 §5.2), precomputed for the usual sizes.
+_HEADERS: Final = [bytes((0x81, n)) if n < 126 else _PACK2(0x81, 126, n) for n in range(8192)]
+
+
+def _text_header(n: int) -> bytes:
+    """RFC 6455 header of an unmasked, final text frame of ``n`` payload bytes."""
+    if n < 8192:
+        return _HEADERS[n]
+    if n < 65536:
+        return _PACK2(0x81, 126, n)
+    return _PACK8(0x81, 127, n)
+
+
+class Wire(Protocol):
+    """What the sender needs from a transport (implemented over aiohttp in ``server.py``)."""
+
+    def write(self, data: bytes) -> None:
+        """Hand bytes to the transport (never blocks)."""
+
+    def writing_paused(self) -> bool:
+        """True while the transport's buffer is above its high-water mark."""
+
+    def drain(self) -> Awaitable[None]:
+        """Wait until the transport's buffer is below its low-water mark."""
+
+
+class _Replay:
+    """A history replay queued as one item and built lazily by the sender, so a long replay
+    to a fast reader neither counts as unread nor costs memory up front."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterator[bytes]) -> None:
+        self._items = items
+
+    def take(self, n: int) -> tuple[list[bytes], bool]:
+        out = list(itertools.islice(self._items, n))
+        return out, len(out) < n
+
+
+class Connection:
+    """One ``/ws`` or ``/cws`` socket: its queue, sender task, subscriptions and account.
+
+    Args:
+        kind: ``"ws"`` or ``"cws"``.
+        wire: the transport to write to.
+        max_unread: frames the queue may hold before the connection is dropped (§12.9).
+        on_close: called once with ``(code, reason)`` when the server decides to close it.
+    """
+
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
+
+    def __init__(
+        self,
+        kind: str,
+        wire: Wire,
+        max_unread: int,
+        on_close: Callable[[int, str], None],
+    ) -> None:
+        self.id = next(self._ids)
+        self.kind = kind
+        self.wire = wire
+        self.max_unread = max_unread
+        self.on_close = on_close
+        self.subs: dict[str, Subscription] = {}
+        self.login: str | None = None  # the account it counts against (§12.9)
+        self.claims: Claims | None = None  # /cws: the authorized token's claims
+        self.closing = False
+        self.close_code: int | None = None
+        self.stalled_until = 0.0  # loop time; the sender writes nothing before it
+        self.sent = 0  # frames handed to the transport
+        self._queue: deque[bytes | _Replay] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending_close: tuple[int, str] | None = None
+        self.hub: Hub | None = None
+
+    @property
+    def unread(self) -> int:
+        """Frames produced for this connection that the transport has not taken yet."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the sender task (call from the event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._send_loop())
+
+    async def stop(self) -> None:
+        """Stop the sender and forget what is queued."""
+        self._queue.clear()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():  # we were cancelled ourselves, not just the task
+                    raise
+
+    def put(self, frame: bytes) -> None:
+        """Queue one frame; drop the connection if that makes it overflow (§12.9)."""
+        if self.closing:
+            return
+        queue = self._queue
+        queue.append(frame)
+        if len(queue) > self.max_unread:
+            self.close(1008, "Buffer overflow")
+            return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def put_replay(self, frames: Iterator[bytes]) -> None:
+        """Queue a lazily built sequence of frames (history), in order with the rest."""
+        if self.closing:
+            return
+        self._queue.append(_Replay(frames))
+        self.put_nothing()
+
+    def put_nothing(self) -> None:
+        """Wake the sender (e.g. after a stall ends or a replay was queued)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self, code: int, reason: str, *, discard: bool = True) -> None:
+        """Decide to close: nothing more is queued; subscriptions go; the server closes it.
+
+        With ``discard=False`` what is already queued (e.g. the reply explaining the close)
+        is sent first.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        if discard:
+            self._queue.clear()
+        if self.hub is not None:
+            self.hub.drop_subscriptions(self)
+        if self._queue and self._task is not None and not self._task.done():
+            self._pending_close = (code, reason)
+            self.put_nothing()
+        else:
+            self.on_close(code, reason)
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        wire = self.wire
+        header = _text_header
+        headers = _HEADERS
+        since_yield = 0
+        while True:
+            if not queue:
+                if self._pending_close is not None:
+                    code, reason = self._pending_close
+                    self._pending_close = None
+                    self.on_close(code, reason)
+                    return
+                waiter = loop.create_future()
+                self._waiter = waiter
+                await waiter
+                since_yield = 0
+                continue
+            pause = self.stalled_until - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            parts: list[bytes] = []
+            size = 0
+            count = 0
+            append = parts.append
+            while queue and size < _BATCH_BYTES:
+                item = queue.popleft()
+                if type(item) is bytes:
+                    n = len(item)
+                    append(headers[n] if n < 8192 else header(n))
+                    append(item)
+                    size += n
+                    count += 1
+                    continue
+                assert isinstance(item, _Replay)
+                frames, done = item.take(_REPLAY_CHUNK)
+                for frame in frames:
+                    parts.append(header(len(frame)))
+                    parts.append(frame)
+                    size += len(frame)
+                count += len(frames)
+                if not done:
+                    queue.appendleft(item)
+                    break
+            if parts:
+                wire.write(b"".join(parts))
+                self.sent += count
+                since_yield += size
+            try:
+                if wire.writing_paused():
+                    # The transport holds more than its high-water mark: what stays in the
+                    # queue from now on is what the client has not taken (the unread count).
+                    await wire.drain()
+                    since_yield = 0
+                elif since_yield >= _YIELD_BYTES:
+                    await asyncio.sleep(0)  # let the producers and other senders run
+                    since_yield = 0
+            except ConnectionError:  # the peer is gone; the reader side cleans up
+                self._queue.clear()
+                return
+
+
+# -- subscriptions ----------------------------------------------------------------------------
+
+
+class Subscription:
+    """One active subscription. Conflated kinds implement :meth:`flush`."""
+
+    __slots__ = (
+        "alive",
+        "conn",
+        "fmt",
+        "guid",
+        "interval",
+        "key",
+        "last_sent",
+        "scheduled",
+        "tail",
+    )
+
+    conflated: ClassVar[bool] = False
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, key: tuple[str, str], interval: float
+    ) -> None:
+        self.guid = guid
+        self.conn = conn
+        self.fmt = fmt
+        self.key = key
+        self.interval = interval
+        self.tail = b',"guid":' + _ENC.encode(guid) + b"}"
+        self.last_sent = -1e18
+        self.scheduled = False
+        self.alive = True
+
+    def frame(self, payload: bytes) -> bytes:
+        """The data message ``{"data": payload, "guid": …}`` (§3.4)."""
+        return _DATA + payload + self.tail
+
+    def flush(self, hub: Hub) -> None:
+        """Send the current state (conflated kinds only)."""
+
+
+class _BookSub(Subscription):
+    __slots__ = ("depth", "symbol")
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, depth: int
+    ) -> None:
+        super().__init__(guid, conn, fmt, ("book", symbol), interval)
+        self.symbol = symbol
+        self.depth = depth
+
+    def flush(self, hub: Hub) -> None:
+        self.conn.put(self.frame(hub.book_payload(self.symbol, self.depth, self.fmt, False)))
+
+
+class _QuoteSub(Subscription):
+    __slots__ = ("symbol",)
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str
+    ) -> None:
+        super().__init__(guid, conn, fmt, ("quote", symbol), interval)
+        self.symbol = symbol
+
+    def flush(self, hub: Hub) -> None:
+        self.conn.put(self.frame(hub.quote_payload(self.symbol, self.fmt)))
+
+
+class _BarsSub(Subscription):
+    __slots__ = ("last_time", "symbol", "tf")
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, tf: int
+    ) -> None:
+        super().__init__(guid, conn, fmt, ("bars", symbol), interval)
+        self.symbol = symbol
+        self.tf = tf
+        self.last_time: int | None = None
+
+    def flush(self, hub: Hub) -> None:
+        bar = hub.market.forming_bar(self.symbol, self.tf)
+        if bar is None:
+            return
+        last = self.last_time
+        if last is not None and bar.time > last:
+            # §12.6: the candle just closed gets its final state before the new one starts.
+            for closed in hub.market.bars(self.symbol, self.tf, last, last):
+                if closed.time == last:
+                    self.conn.put(self.frame(encode_payload(closed, self.fmt)))
+        if last is None or bar.time >= last:
+            self.last_time = bar.time
+            self.conn.put(self.frame(hub.bar_payload(self.symbol, self.tf, bar, self.fmt)))
+
+
+class _InstrumentSub(Subscription):
+    __slots__ = ("pending", "symbol")
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str
+    ) -> None:
+        super().__init__(guid, conn, fmt, ("instrument", symbol), interval)
+        self.symbol = symbol
+        self.pending: InstrumentPatch | None = None
+
+    def add(self, patch: InstrumentPatch) -> None:
+        """Merge a partial update into the one waiting to be sent (§4.5)."""
+        if self.pending is None:
+            self.pending = patch
+            return
+        changes = {
+            f: v for f in patch.__struct_fields__ if (v := getattr(patch, f)) is not msgspec.UNSET
+        }
+        self.pending = msgspec.structs.replace(self.pending, **changes)
+
+    def flush(self, hub: Hub) -> None:
+        if self.pending is not None:
+            patch, self.pending = self.pending, None
+            self.conn.put(self.frame(encode_payload(patch, self.fmt)))
+
+
+class _ClustersSub(Subscription):
+    __slots__ = ("buckets", "period", "symbol", "tf")
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, tf: int
+    ) -> None:
+        super().__init__(guid, conn, fmt, ("clusters", symbol), interval)
+        self.symbol = symbol
+        self.tf = tf
+        self.period = 0
+        self.buckets: dict[float, tuple[int, int]] = {}
+
+    def add(self, trade: Trade) -> None:
+        ts = (trade.timestamp or 0) // 1000
+        period = ts - ts % self.tf
+        if period > self.period:
+            self.period = period
+            self.buckets = {}
+        elif period < self.period:
+            return  # a late print of a finished period
+        buy, sell = self.buckets.get(trade.price, (0, 0))
+        if trade.side is not None and trade.side.value == "sell":
+            sell += trade.qty
+        else:
+            buy += trade.qty
+        self.buckets[trade.price] = (buy, sell)
+
+    def flush(self, hub: Hub) -> None:
+        snap = ClusterSnapshot(
+            timestamp=self.period,
+            trade_clusters=[
+                Cluster(price=p, buy_qty=b, sell_qty=s)
+                for p, (b, s) in sorted(self.buckets.items())
+            ],
+        )
+        self.conn.put(self.frame(encode_payload(snap, self.fmt)))
+
+
+class _StateSub(Subscription):
+    """Summaries, risks, FORTS risks: full snapshot per message, conflated (§12.4)."""
+
+    __slots__ = ("pending",)
+    conflated = True
+
+    def __init__(
+        self, guid: str, conn: Connection, fmt: Format, key: tuple[str, str], interval: float
+    ) -> None:
+        super().__init__(guid, conn, fmt, key, interval)
+        self.pending: Model | None = None
+
+    def flush(self, hub: Hub) -> None:
+        if self.pending is not None:
+            model, self.pending = self.pending, None
+            self.conn.put(self.frame(encode_payload(model, self.fmt)))
+
+
+# engine stream name -> (opcode, conflated)
+_ACCOUNT_STREAMS: Final = {
+    SubscriptionOpcode.POSITIONS: "positions",
+    SubscriptionOpcode.SUMMARIES: "summaries",
+    SubscriptionOpcode.RISKS: "risks",
+    SubscriptionOpcode.SPECTRA_RISKS: "spectra_risks",
+    SubscriptionOpcode.TRADES: "trades",
+    SubscriptionOpcode.ORDERS: "orders",
+    SubscriptionOpcode.STOP_ORDERS: "stop_orders",
+}
+_STATE_STREAMS: Final = frozenset({"summaries", "risks", "spectra_risks"})
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    """Server-side limits (§7, §12.9), all configurable."""
+
+    max_connections: int = 10
+    max_subscriptions: int = 5000
+    max_unread: int = 5000
+
+
+# -- the hub ----------------------------------------------------------------------------------
+
+
+class Hub:
+    """Every connection and subscription of one simulator, and the fan-out between them.
+
+    Connection accounting (§12.9): a ``/ws`` connection counts against the account of the first
+    valid token it presents (the handshake carries none in ALOR's protocol), a ``/cws``
+    connection against the account it authorizes as. See ``server.py`` for the handshake side.
+    """
+
+    def __init__(
+        self,
+        market: SyntheticMarket,
+        engine: TradingEngine,
+        tokens: TokenService,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.market = market
+        self.engine = engine
+        self.tokens = tokens
+        self.limits = limits
+        self._clock = clock
+        self.connections: dict[int, Connection] = {}
+        self.per_account: dict[str, set[int]] = {}
+        self._index: dict[tuple[str, str], dict[int, Subscription]] = {}
+        self._heap: list[tuple[float, int, Subscription]] = []
+        self._ready: list[Subscription] = []
+        self._seq = itertools.count()
+        self._cache: dict[tuple[Any, ...], bytes] = {}
+        self.requests_handled = 0
+
+    # -- connections --------------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        """Register a new connection (not yet counted against any account)."""
+        conn.hub = self
+        self.connections[conn.id] = conn
+
+    def attach(self, conn: Connection, login: str) -> bool:
+        """Count ``conn`` against ``login``; False if that account is at its limit (§12.9).
+
+        A connection counts against one account only: the first one it is attached to (tokens
+        of other accounts on the same ``/ws`` connection are served but not counted).
+        """
+        if conn.login is not None:
+            return True
+        ids = self.per_account.setdefault(login, set())
+        if len(ids) >= self.limits.max_connections:
+            return False
+        ids.add(conn.id)
+        conn.login = login
+        return True
+
+    def can_attach(self, login: str) -> bool:
+        """Whether one more connection of ``login`` would be within the limit."""
+        return len(self.per_account.get(login, ())) < self.limits.max_connections
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a closed connection and everything it subscribed to."""
+        self.drop_subscriptions(conn)
+        self.connections.pop(conn.id, None)
+        if conn.login is not None:
+            ids = self.per_account.get(conn.login)
+            if ids is not None:
+                ids.discard(conn.id)
+                if not ids:
+                    del self.per_account[conn.login]
+
+    def drop_subscriptions(self, conn: Connection) -> None:
+        """Remove every subscription of ``conn`` (§3.8: they last as long as the connection)."""
+        for sub in conn.subs.values():
+            self._unindex(sub)
+        conn.subs.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Connections and subscriptions, in total and per account (``GET /sim/stats``)."""
+        accounts: dict[str, dict[str, int]] = {}
+        for conn in self.connections.values():
+            entry = accounts.setdefault(
+                conn.login or "", {"connections": 0, "subscriptions": 0, "unread": 0}
+            )
+            entry["connections"] += 1
+            entry["subscriptions"] += len(conn.subs)
+            entry["unread"] += conn.unread
+        return {
+            "connections": len(self.connections),
+            "subscriptions": sum(len(c.subs) for c in self.connections.values()),
+            "requests": self.requests_handled,
+            "accounts": accounts,
+        }
+
+    # -- /ws requests -------------------------------------------------------------------------
+
+    def handle_ws(self, conn: Connection, frame: bytes | str) -> None:
+        """Answer one ``/ws`` request (§3.2, §3.8, §12.2, §12.3)."""
+        self.requests_handled += 1
+        try:
+            env = _ENVELOPE.decode(frame)
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+            conn.put(status_frame("", 400, f"Invalid JSON: {exc}"))
+            return
+        guid = env.guid
+        if type(guid) is not str or not guid:
+            conn.put(status_frame("", 400, "Missing or invalid field 'guid'"))
+            return
+        opcode = env.opcode
+        if type(opcode) is not str:
+            conn.put(status_frame(guid, 400, "Missing or invalid field 'opcode'"))
+            return
+        lowered = opcode.lower()
+        if lowered == "ping":  # §12.3: answered whatever the token
+            conn.put(status_frame(guid, 200, "Handled successfully"))
+            return
+        claims = self.tokens.verify(env.token)
+        if claims is None:  # §2.6, §12.1
+            conn.put(status_frame(guid, 401, "Invalid JWT token!"))
+            return
+        if conn.login is None and not self.attach(conn, claims.login):
+            conn.put(status_frame(guid, 429, "Connection limit exceeded"))
+            conn.close(1008, "Connection limit exceeded", discard=False)
+            return
+        if lowered == "unsubscribe":  # §3.8, §12.7: any case
+            sub = conn.subs.pop(guid, None)
+            if sub is not None:
+                self._unindex(sub)
+            conn.put(status_frame(guid, 200, "Handled successfully"))
+            return
+        try:
+            request = _REQUEST.decode(frame)
+        except msgspec.ValidationError as exc:
+            conn.put(status_frame(guid, 400, f"Invalid request: {exc}"))
+            return
+        except (msgspec.DecodeError, ValueError) as exc:  # pragma: no cover - decoded above
+            conn.put(status_frame(guid, 400, f"Invalid JSON: {exc}"))
+            return
+        if guid in conn.subs:  # §12.2: the existing subscription is untouched
+            conn.put(status_frame(guid, 400, f"Subscription with guid '{guid}' already exists"))
+            return
+        if len(conn.subs) >= self.limits.max_subscriptions:
+            conn.put(status_frame(guid, 429, "Subscription limit exceeded"))
+            return
+        self._subscribe(conn, guid, request, claims)
+
+    def _subscribe(
+        self, conn: Connection, guid: str, req: SubscriptionRequest, claims: Claims
+    ) -> None:
+        fmt = req.format
+        market = self.market
+        if hasattr(req, "code"):
+            board = getattr(req, "instrument_group", msgspec.UNSET)
+            info = market.find(
+                req.code,
+                req.exchange.value,
+                None if board is msgspec.UNSET else board,
+            )
+            if info is None:
+                where = "" if board is msgspec.UNSET else f" on board '{board}'"
+                conn.put(
+                    status_frame(
+                        guid, 400, f"Unknown instrument '{req.exchange.value}:{req.code}'{where}"
+                    )
+                )
+                return
+            symbol: str = info.symbol
+        else:
+            portfolio: str = req.portfolio  # type: ignore[attr-defined]
+            if portfolio not in claims.portfolios:
+                conn.put(status_frame(guid, 403, f"Access to portfolio '{portfolio}' is denied"))
+                return
+            symbol = portfolio
+        freq = getattr(req, "frequency", msgspec.UNSET)
+        freq_ms = DEFAULT_FREQUENCY_MS if freq is msgspec.UNSET else freq
+        # §12.4: clamped to the format's minimum; 0 means "as fast as the format allows".
+        interval = max(freq_ms, fmt.min_frequency_ms) / 1000.0
+        now = self._clock()
+        put = conn.put
+
+        def reply() -> None:
+            put(status_frame(guid, 200, "Handled successfully"))
+
+        match req:
+            case OrderBookRequest():
+                sub: Subscription = _BookSub(guid, conn, fmt, interval, symbol, req.depth)
+                reply()
+                # §12.5: the first message is the whole book flagged existing.
+                put(sub.frame(self.book_payload(symbol, req.depth, fmt, True)))
+                sub.last_sent = now
+            case QuotesRequest():
+                sub = _QuoteSub(guid, conn, fmt, interval, symbol)
+                reply()
+                put(sub.frame(self.quote_payload(symbol, fmt)))
+                sub.last_sent = now
+            case BarsRequest():
+                tf = tf_seconds(req.tf)
+                bars_sub = sub = _BarsSub(guid, conn, fmt, interval, symbol, tf)
+                reply()
+                forming = market.forming_bar(symbol, tf)
+                last_time = None
+                if req.skip_history is not True:
+                    # §12.6: every candle from `from` to now, oldest first, then the forming one.
+                    bars = market.bars(symbol, tf, req.from_, int(time.time()))
+                    if forming is not None and bars and bars[-1].time == forming.time:
+                        bars = bars[:-1]
+                    if forming is not None and forming.time >= req.from_:
+                        bars.append(forming)
+                    if bars:
+                        last_time = bars[-1].time
+                        conn.put_replay(self._frames(sub, bars))
+                    sub.last_sent = now
+                bars_sub.last_time = last_time
+            case AllTradesRequest():
+                sub = Subscription(guid, conn, fmt, ("trades", symbol), 0.0)
+                reply()
+                depth = req.depth
+                if depth is not msgspec.UNSET and depth > 0:
+                    trades = market.last_trades(symbol, min(depth, HISTORY_CAP))
+                    conn.put_replay(self._frames(sub, trades, existing=True))
+            case InstrumentRequest():
+                sub = _InstrumentSub(guid, conn, fmt, interval, symbol)
+                reply()
+                put(sub.frame(encode_payload(market.instrument_patch(symbol), fmt)))  # complete
+                sub.last_sent = now
+            case ClustersRequest():
+                tf = tf_seconds(req.tf)
+                clusters = sub = _ClustersSub(guid, conn, fmt, interval, symbol, tf)
+                reply()
+                now_s = int(time.time())
+                start = now_s - now_s % tf
+                for trade in market.last_trades(symbol, HISTORY_CAP):
+                    if (trade.timestamp or 0) // 1000 >= start:
+                        clusters.add(trade)
+                sub.flush(self)
+                sub.last_sent = now
+            case (
+                PositionsRequest()
+                | SummariesRequest()
+                | RisksRequest()
+                | SpectraRisksRequest()
+                | OwnTradesRequest()
+                | OrdersRequest()
+                | StopOrdersRequest()
+            ):
+                stream = _ACCOUNT_STREAMS[req.opcode]
+                if stream in _STATE_STREAMS:
+                    sub = _StateSub(guid, conn, fmt, (stream, symbol), interval)
+                else:
+                    sub = Subscription(guid, conn, fmt, (stream, symbol), 0.0)
+                reply()
+                if req.skip_history is not True:
+                    items = self._account_snapshot(stream, symbol, req)
+                    if items:
+                        conn.put_replay(self._frames(sub, items, existing=True))
+                    sub.last_sent = now
+            case _:  # pragma: no cover - every request class is handled above
+                put(status_frame(guid, 400, f"Unsupported opcode '{req.opcode}'"))
+                return
+        if conn.closing:  # the initial data overflowed the queue
+            return
+        conn.subs[guid] = sub
+        self._index.setdefault(sub.key, {})[id(sub)] = sub
+
+    def _account_snapshot(self, stream: str, portfolio: str, req: Any) -> list[Model]:
+        engine = self.engine
+        items: list[Model]
+        source: list[Model]
+        if stream == "positions":
+            items = list(engine.positions(portfolio))
+        elif stream == "summaries":
+            items = [m for m in (engine.summary(portfolio),) if m is not None]
+        elif stream == "risks":
+            items = [m for m in (engine.risk(portfolio),) if m is not None]
+        elif stream == "spectra_risks":
+            items = [m for m in (engine.spectra_risk(portfolio),) if m is not None]
+        elif stream == "trades":
+            trades: list[Model] = list(engine.trades(portfolio))
+            items = trades[-HISTORY_CAP:]
+        else:
+            if stream == "orders":
+                source = list(engine.orders(portfolio))
+            else:
+                source = list(engine.stop_orders(portfolio))
+            statuses: Any = getattr(req, "order_statuses", msgspec.UNSET)
+            if statuses is not msgspec.UNSET and statuses:
+                wanted = {OrderStatus(s) for s in statuses}
+                source = [o for o in source if getattr(o, "status", None) in wanted]
+            # §4.11: the status filter applies to this replay only; the cap to the newest 3000.
+            items = list(source)[-HISTORY_CAP:]
+        return items
+
+    @staticmethod
+    def _frames(
+        sub: Subscription, items: Iterable[Model], existing: bool = False
+    ) -> Iterator[bytes]:
+        fmt = sub.fmt
+        for item in items:
+            if not sub.alive:
+                return
+            yield sub.frame(encode_payload(_as_existing(item) if existing else item, fmt))
+
+    def _unindex(self, sub: Subscription) -> None:
+        sub.alive = False
+        bucket = self._index.get(sub.key)
+        if bucket is not None:
+            bucket.pop(id(sub), None)
+            if not bucket:
+                del self._index[sub.key]
+
+    # -- cached payloads (valid until the next market step) ----------------------------------
+
+    def book_payload(self, symbol: str, depth: int, fmt: Format, existing: bool) -> bytes:
+        """The encoded top-``depth`` book, shared by every subscriber in this step."""
+        key = ("book", symbol, depth, fmt, existing)
+        payload = self._cache.get(key)
+        if payload is None:
+            book = self.market.order_book(symbol, depth)
+            if book.existing != existing:
+                book = msgspec.structs.replace(book, existing=existing)
+            payload = self._cache[key] = encode_payload(book, fmt)
+        return payload
+
+    def quote_payload(self, symbol: str, fmt: Format) -> bytes:
+        """The encoded quote, shared by every subscriber in this step."""
+        key = ("quote", symbol, fmt)
+        payload = self._cache.get(key)
+        if payload is None:
+            payload = self._cache[key] = encode_payload(self.market.quote(symbol), fmt)
+        return payload
+
+    def bar_payload(self, symbol: str, tf: int, bar: Bar, fmt: Format) -> bytes:
+        """The encoded forming candle, shared by every subscriber in this step."""
+        key = ("bar", symbol, tf, fmt)
+        payload = self._cache.get(key)
+        if payload is None:
+            payload = self._cache[key] = encode_payload(bar, fmt)
+        return payload
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    def publish_market(self, events: Iterable[MarketEvent]) -> None:
+        """Fan one market step's events out (the caller then calls :meth:`flush_due`)."""
+        from .market import BookUpdated, StatusChanged, TradePrinted
+
+        self._cache.clear()
+        index = self._index
+        touch = self._touch
+        for ev in events:
+            if isinstance(ev, TradePrinted):
+                trade = ev.trade
+                symbol = trade.symbol or ""
+                subs = index.get(("trades", symbol))
+                if subs:
+                    self._send_event(subs, trade)
+                for kind in ("quote", "bars"):
+                    subs = index.get((kind, symbol))
+                    if subs:
+                        for sub in subs.values():
+                            touch(sub)
+                subs = index.get(("clusters", symbol))
+                if subs:
+                    for sub in subs.values():
+                        sub.add(trade)  # type: ignore[attr-defined]
+                        touch(sub)
+            elif isinstance(ev, BookUpdated):
+                for kind in ("book", "quote"):
+                    subs = index.get((kind, ev.symbol))
+                    if subs:
+                        for sub in subs.values():
+                            touch(sub)
+            elif isinstance(ev, StatusChanged):
+                subs = index.get(("instrument", ev.patch.symbol))
+                if subs:
+                    for sub in subs.values():
+                        sub.add(ev.patch)  # type: ignore[attr-defined]
+                        touch(sub)
+
+    def publish_account(self, events: Iterable[AccountEvent]) -> None:
+        """Fan account events out: event streams at once, state streams conflated."""
+        index = self._index
+        for ev in events:
+            subs = index.get((ev.stream, ev.portfolio))
+            if not subs:
+                continue
+            if ev.stream in _STATE_STREAMS:
+                for sub in subs.values():
+                    sub.pending = ev.payload  # type: ignore[attr-defined]
+                    self._touch(sub)
+            else:
+                self._send_event(subs, ev.payload)
+
+    @staticmethod
+    def _send_event(subs: dict[int, Subscription], item: Model) -> None:
+        # The hot path of the fan-out: one encoding per format, whatever the number of
+        # subscribers (§12.4: never conflated), and Connection.put inlined.
+        encoded: dict[Format, bytes] = {}
+        overflowed: list[Connection] = []
+        for sub in subs.values():
+            conn = sub.conn
+            if conn.closing:
+                continue
+            head = encoded.get(sub.fmt)
+            if head is None:
+                head = encoded[sub.fmt] = _DATA + encode_payload(item, sub.fmt)
+            queue = conn._queue
+            queue.append(head + sub.tail)
+            if len(queue) > conn.max_unread:
+                overflowed.append(conn)  # closed after the loop: closing edits ``subs``
+            elif conn._waiter is not None:
+                conn.put_nothing()
+        for conn in overflowed:
+            conn.close(1008, "Buffer overflow")
+
+    def _touch(self, sub: Subscription) -> None:
+        if sub.scheduled:
+            return
+        sub.scheduled = True
+        due = sub.last_sent + sub.interval
+        if due <= self._clock():
+            self._ready.append(sub)
+        else:
+            heapq.heappush(self._heap, (due, next(self._seq), sub))
+
+    def flush_due(self) -> float | None:
+        """Send every conflated subscription whose interval has passed.
+
+        Returns the time (``clock``) of the next one due, or None.
+        """
+        now = self._clock()
+        ready, self._ready = self._ready, []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            ready.append(heapq.heappop(heap)[2])
+        for sub in ready:
+            sub.scheduled = False
+            if sub.alive and not sub.conn.closing:
+                sub.last_sent = now
+                sub.flush(self)
+        return heap[0][0] if heap else None
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    # The fields every /ws request has; the rest is decoded by the request classes.
+    opcode: Any = None
+    guid: Any = None
+    token: Any = None
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
+_REQUEST: Final = msgspec.json.Decoder(AnySubscriptionRequest)

@@ -1,0 +1,303 @@
+"""Reconnect and full restore against the simulator: drops, token expiry, a blocked consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from alorws.client import AlorClient, LaneEvent, Stream
+from alorws.protocol import Order, OwnTrade, Position
+from alorws.protocol.registry import SubscriptionState
+from alorws.sim.app import Simulator
+
+from ..sim.wsclient import RawWS
+from .conftest import FAST
+
+
+async def _until(predicate: Any, what: str, wait: float = 10.0) -> None:
+    """Poll a cheap predicate (client-side counters have no event to await)."""
+    async with asyncio.timeout(wait):
+        while not predicate():  # noqa: ASYNC110 - polling counters owned by another thread
+            await asyncio.sleep(0.01)
+
+
+class Collector:
+    """Consumes a stream in a task, keeping items and connection events."""
+
+    def __init__(self, stream: Stream[Any]) -> None:
+        self.stream = stream
+        self.items: list[Any] = []
+        self.events: list[LaneEvent] = []
+        self.restored = asyncio.Event()
+        self.got = asyncio.Event()
+        stream.on_event(self._on_event)
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _on_event(self, event: LaneEvent) -> None:
+        self.events.append(event)
+        if event.kind == "restored":
+            self.restored.set()
+
+    async def _run(self) -> None:
+        async for item in self.stream:
+            self.items.append(item)
+            self.got.set()
+
+    async def next_item(self, wait: float = 10.0) -> Any:
+        """Wait for an item that arrives from now on."""
+        self.got.clear()
+        async with asyncio.timeout(wait):
+            await self.got.wait()
+        return self.items[-1]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def test_drop_restores_every_subscription_with_its_guid(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """After a drop every subscription is re-sent with its original guid and data resumes."""
+    portfolio = client.portfolios[0]
+    async with client.quotes("SBER") as q, client.positions(portfolio) as p:
+        quotes, positions = Collector(q), Collector(p)
+        await quotes.next_item()
+        guids = (q.guid, p.guid)
+        for _ in range(3):
+            quotes.restored.clear()
+            positions.restored.clear()
+            assert sim.faults.drop(code=1006) == 2
+            async with asyncio.timeout(10):
+                await quotes.restored.wait()
+                await positions.restored.wait()
+            await quotes.next_item()
+        assert (q.guid, p.guid) == guids
+        for guid in guids:
+            sub = client._registry.get(guid)
+            assert sub is not None and sub.restore_count >= 3
+        await _until(
+            lambda: all(
+                (s := client._registry.get(g)) is not None and s.state is SubscriptionState.ACTIVE
+                for g in guids
+            ),
+            "all active",
+        )
+        kinds = [e.kind for e in quotes.events]
+        assert kinds.count("disconnected") == 3 and kinds.count("restored") == 3
+        assert all(e.downtime >= 0 for e in quotes.events if e.kind == "restored")
+        assert client.stats()["reconnects"] >= 6
+        await quotes.stop()
+        await positions.stop()
+
+
+async def test_token_expiry_is_invisible(client: AlorClient, sim: Simulator) -> None:
+    """Every token expires, then the connection drops: restore and new subscriptions still work."""
+    async with client.quotes("GAZP") as q:
+        quotes = Collector(q)
+        await quotes.next_item()
+        sim.faults.expire_tokens()
+        async with client.order_book("GAZP") as book:  # new request with an expired token
+            assert (await anext(aiter(book))).bids
+        sim.faults.drop(code=1011)
+        async with asyncio.timeout(10):
+            await quotes.restored.wait()
+        await quotes.next_item()
+        assert not q._buffer.closed
+        await quotes.stop()
+
+
+async def test_close_codes_and_server_restart(client: AlorClient, sim: Simulator) -> None:
+    """Each close code, and a restart that refuses connections for a while, is recovered from."""
+    async with client.quotes("LKOH") as q:
+        quotes = Collector(q)
+        await quotes.next_item()
+        for code in (1000, 1006, 1011, 1012):
+            quotes.restored.clear()
+            sim.faults.drop(code=code)
+            async with asyncio.timeout(10):
+                await quotes.restored.wait()
+        quotes.restored.clear()
+        sim.faults.restart(seconds=0.5)
+        async with asyncio.timeout(15):
+            await quotes.restored.wait()
+        await quotes.next_item()
+        await quotes.stop()
+
+
+# -- a consumer that blocks its event loop ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sim_in_thread(**kwargs: Any) -> Iterator[tuple[Simulator, asyncio.AbstractEventLoop]]:
+    """Run a simulator in its own thread and loop, so the test's loop can block."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+    stop: asyncio.Event | None = None
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        async with Simulator(port=0, **kwargs) as sim:
+            box["sim"] = sim
+            box["loop"] = asyncio.get_running_loop()
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "simulator did not start"
+    try:
+        yield box["sim"], box["loop"]
+    finally:
+        loop = box["loop"]
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+async def _feed(sim: Simulator, symbol: str, per_second: int, seconds: float) -> int:
+    """Push `per_second` trades for `seconds` (in the simulator's loop)."""
+    sent = 0
+    start = time.monotonic()
+    tick = 0.01
+    for i in itertools.count(1):
+        target = int(per_second * min(i * tick, seconds))
+        sent += sim.burst(symbol, target - sent) if target > sent else 0
+        if i * tick >= seconds:
+            break
+        await asyncio.sleep(max(0.0, start + i * tick - time.monotonic()))
+    return sent
+
+
+async def test_blocked_consumer_is_not_disconnected() -> None:
+    """A consumer blocking its loop for 3 s at 10,000 msgs/s keeps its connection (5000 rule on)."""
+    with _sim_in_thread(seed=3, rate=5.0, max_unread=5000, send_buffer=64 * 1024) as (sim, loop):
+        async with AlorClient(sim.demo_refresh_token, base_url=sim.url, backoff=FAST) as client:
+            async with client.all_trades("SBER") as trades:
+                feed = asyncio.run_coroutine_threadsafe(_feed(sim, "SBER", 10_000, 4.0), loop)
+                await anext(aiter(trades))
+                time.sleep(3.0)  # noqa: ASYNC251 - the point: the consumer hogs its loop
+                sent = await asyncio.wrap_future(feed)
+                received = 1
+                async with asyncio.timeout(30):
+                    while received < sent:
+                        received += len(await trades.get_batch(10_000))
+                stats = client.stats()
+                assert stats["reconnects"] == 0
+                assert [lane["last_error"] for lane in stats["lanes"]] == [None]
+                assert trades.events == []
+                assert received >= sent >= 30_000
+
+
+# -- random kills while orders fill: nothing lost, nothing repeated ----------------------------
+
+KILL_SECONDS = float(os.environ.get("ALORWS_KILL_SECONDS", "30"))
+
+
+async def _trade_continuously(sim: Simulator, stop: asyncio.Event) -> int:
+    """Place alternating market orders over a raw /cws connection until `stop`."""
+    placed = 0
+    ws = await RawWS.connect(sim.cws_url)
+    try:
+        await ws.request({"opcode": "authorize", "guid": "kill-auth", "token": sim.access_token()})
+        portfolio = sim.engine_accounts()[0].portfolios[0]
+        for i in itertools.count():
+            if stop.is_set():
+                break
+            reply = await ws.request(
+                {
+                    "opcode": "create:market",
+                    "guid": f"kill-{i}",
+                    "side": "buy" if i % 3 else "sell",
+                    "quantity": 1 + i % 2,
+                    "instrument": {"symbol": "SBER", "exchange": "MOEX"},
+                    "user": {"portfolio": portfolio},
+                }
+            )
+            assert reply["httpCode"] == 200, reply
+            placed += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await stop.wait()
+    finally:
+        await ws.close()
+    return placed
+
+
+def _truth(sim: Simulator, portfolio: str, stream: str) -> list[dict[str, Any]]:
+    return [
+        r["data"]
+        for r in sim.engine.ground_truth
+        if r["portfolio"] == portfolio and r["stream"] == stream
+    ]
+
+
+@pytest.mark.timeout(KILL_SECONDS + 60)
+async def test_random_kills_lose_and_repeat_nothing(client: AlorClient, sim: Simulator) -> None:
+    """50 random kills over the run while orders fill: trades, orders and positions match truth."""
+    portfolio = client.portfolios[0]
+    async with (
+        client.orders(portfolio) as o,
+        client.own_trades(portfolio) as t,
+        client.positions(portfolio) as p,
+        client.quotes("SBER") as q,
+    ):
+        orders, trades, positions, quotes = Collector(o), Collector(t), Collector(p), Collector(q)
+        await positions.next_item()
+        stop = asyncio.Event()
+        trader = asyncio.create_task(_trade_continuously(sim, stop))
+        kills = 50
+        for _ in range(kills):
+            await asyncio.sleep(KILL_SECONDS / kills)
+            sim.faults.drop(code=1006, kind="ws")
+        stop.set()
+        placed = await trader
+        assert placed > 0
+
+        truth_trades = _truth(sim, portfolio, "trades")
+        await _until(lambda: len(trades.items) >= len(truth_trades), "all own trades")
+        truth_orders = _truth(sim, portfolio, "orders")
+        final_orders = {d["id"]: d for d in truth_orders}
+        await _until(
+            lambda: (
+                {o.id: o.status.value for o in orders.items}
+                == {k: v["status"] for k, v in final_orders.items()}
+            ),
+            "all orders final",
+        )
+        # Own trades: every one, once.
+        seen_trade_ids = [x.id for x in trades.items]
+        assert len(seen_trade_ids) == len(set(seen_trade_ids))
+        assert set(seen_trade_ids) == {d["id"] for d in truth_trades}
+        assert all(isinstance(x, OwnTrade) for x in trades.items)
+        # Orders: no state delivered twice; every state seen is a true state; finals match.
+        seen_states = [(x.id, x.status.value, x.filled_qty_batch) for x in orders.items]
+        assert len(seen_states) == len(set(seen_states))
+        true_states = {(d["id"], d["status"], d["filled_qty_batch"]) for d in truth_orders}
+        assert set(seen_states) <= true_states
+        last: dict[str, Order] = {x.id: x for x in orders.items}
+        assert {k: (v.status.value, v.filled_qty_batch) for k, v in last.items()} == {
+            k: (d["status"], d["filled_qty_batch"]) for k, d in final_orders.items()
+        }
+        # Positions: the last state per symbol equals the truth's.
+        truth_pos = {d["symbol"]: d["qty_units"] for d in _truth(sim, portfolio, "positions")}
+
+        def last_positions() -> dict[str, float | None]:
+            final: dict[str, Position] = {x.symbol: x for x in positions.items}
+            return {k: v.qty_units for k, v in final.items() if k in truth_pos}
+
+        await _until(lambda: last_positions() == truth_pos, "positions final")
+        restores = sum(1 for e in quotes.events if e.kind == "restored")
+        assert restores >= kills * 0.8  # kills landing mid-restore merge into one
+        for c in (orders, trades, positions, quotes):
+            await c.stop()

@@ -301,3 +301,22 @@ async def test_random_kills_lose_and_repeat_nothing(client: AlorClient, sim: Sim
         assert restores >= kills * 0.8  # kills landing mid-restore merge into one
         for c in (orders, trades, positions, quotes):
             await c.stop()
+
+
+async def test_a_stalled_connection_is_detected_and_restored(sim: Simulator) -> None:
+    """A connection that goes silent (no pong in time) is treated as dead and restored."""
+    async with AlorClient(
+        sim.demo_refresh_token, base_url=sim.url, backoff=FAST, ping_interval=0.3, ping_timeout=0.3
+    ) as client:
+        portfolio = client.portfolios[0]
+        async with client.risks(portfolio) as r:
+            risks = Collector(r)
+            await risks.next_item()
+            lane = client._lanes[r._lane]  # type: ignore[index]
+            await _until(lambda: lane._app_ping_works is True, "an answered app ping")
+            sim.faults.stall(seconds=5.0)
+            async with asyncio.timeout(10):
+                await risks.restored.wait()
+            reasons = [e.reason for e in risks.events if e.kind == "disconnected"]
+            assert reasons and "ping" in reasons[0]
+            await risks.stop()

@@ -131,3 +131,48 @@ async def test_subscription_limit_raises_before_sending(sim: Simulator) -> None:
         assert client.stats()["connections"] == 2
         for s in streams:
             await s.aclose()
+
+
+async def test_every_account_stream_delivers(client: AlorClient, sim: Simulator) -> None:
+    """Orders, own trades, stop orders, risks and FORTS risks deliver typed models."""
+    from alorws.protocol import Order, OwnTrade, Risk, SpectraRisk, StopOrder
+
+    from ..sim.wsclient import RawWS
+
+    stock, _, forts = client.portfolios[:3]
+    async with (
+        client.orders(stock) as orders,
+        client.own_trades(stock) as trades,
+        client.stop_orders(stock) as stops,
+        client.risks(stock) as risks,
+        client.spectra_risks(forts) as forts_risks,
+    ):
+        assert isinstance(await _first(risks), Risk)
+        assert isinstance(await _first(forts_risks), SpectraRisk)
+        ws = await RawWS.connect(sim.cws_url)
+        try:
+            await ws.request({"opcode": "authorize", "guid": "a1", "token": sim.access_token()})
+            instrument = {"symbol": "SBER", "exchange": "MOEX"}
+            user = {"portfolio": stock}
+            order = {"opcode": "create:market", "guid": "m1", "side": "buy", "quantity": 1}
+            reply = await ws.request({**order, "instrument": instrument, "user": user})
+            assert reply["httpCode"] == 200
+            stop = {
+                "opcode": "create:stop",
+                "guid": "s1",
+                "side": "sell",
+                "quantity": 1,
+                "triggerPrice": 1.0,
+                "condition": "Less",
+                "instrument": instrument,
+                "user": user,
+            }
+            assert (await ws.request(stop))["httpCode"] == 200
+        finally:
+            await ws.close()
+        o = await _first(orders)
+        assert isinstance(o, Order) and o.id == reply["orderNumber"]
+        t = await _first(trades)
+        assert isinstance(t, OwnTrade) and t.order_no == reply["orderNumber"]
+        s = await _first(stops)
+        assert isinstance(s, StopOrder) and s.stop_price == 1.0

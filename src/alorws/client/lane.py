@@ -200,6 +200,7 @@ class Lane:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._close_info: tuple[int | None, str] | None = None
+        self._drop_reason: str | None = None  # why we closed it ourselves, if we did
         self._last_rx = time.monotonic()
         self._last_pong = 0.0
         self._ping_guid: str | None = None
@@ -395,7 +396,7 @@ class Lane:
     def drop(self, reason: str = "dropped by the client") -> None:
         """Close the current connection; the lane reconnects and restores (liveness, tests)."""
         transport = self._transport
-        self.last_error = reason
+        self._drop_reason = reason
         if transport is not None:
             transport.disconnect(graceful=False)
 
@@ -461,7 +462,8 @@ class Lane:
                 break
             down_since = time.monotonic()
             code, reason = self._close_info or (None, "connection lost")
-            self.last_error = f"closed (code={code}, reason={reason!r})"
+            self.last_error = self._drop_reason or f"closed (code={code}, reason={reason!r})"
+            self._drop_reason = None
             log.info("lane %d: %s; restoring", self.id, self.last_error)
             self._registry.connection_lost(self.id)
             for closed in self._close_waiters.values():

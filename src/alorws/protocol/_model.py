@@ -39,6 +39,7 @@ class Model(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     __alor_wire__: ClassVar[dict[Format, dict[str, str]]]
     __alor_decode__: ClassVar[dict[Format, type[Model]]]
     __alor_extras__: ClassVar[dict[Format, dict[str, Callable[[Any], Any]]]]
+    __alor_omit_none__: ClassVar[frozenset[str]]
 
 
 M = TypeVar("M", bound=Model)
@@ -74,12 +75,15 @@ def formats(
     slim: Mapping[str, str | None] | None = None,
     heavy: Mapping[str, str | None] | None = None,
     simple_extras: Mapping[str, Callable[[Any], Any]] | None = None,
+    omit_none: frozenset[str] = frozenset(),
 ) -> Callable[[type[M]], type[M]]:
     """Class decorator: declare the wire keys of a model in each format.
 
     Each mapping lists only the fields whose key differs from the camelCase default; a value of
     ``None`` means the field does not exist in that format (it then decodes to its default).
     ``simple_extras`` adds deprecated keys that Simple still sends, computed from the model.
+    ``omit_none`` names fields the server leaves out rather than sending ``null`` (e.g. Slim
+    book levels carry ``y`` for bonds only).
     """
 
     def decorate(cls: type[M]) -> type[M]:
@@ -131,6 +135,7 @@ def formats(
                 kw_only=True,
             )
         cls.__alor_wire__ = wire
+        cls.__alor_omit_none__ = omit_none
         cls.__alor_decode__ = decode
         cls.__alor_extras__ = {
             Format.SIMPLE: dict(simple_extras or {}),
@@ -169,10 +174,12 @@ def to_wire(obj: Model, fmt: Format) -> dict[str, Any]:
     fmt = Format(fmt)
     cls = type(obj)
     out: dict[str, Any] = {}
+    omit_none = cls.__alor_omit_none__
     for name, key in cls.__alor_wire__[fmt].items():
         value = getattr(obj, name)
-        if value is not msgspec.UNSET:  # absent from a partial update: leave the key out
-            out[key] = _wire_value(value, fmt)
+        if value is msgspec.UNSET or (value is None and name in omit_none):
+            continue  # absent from a partial update, or a key sent only when it has a value
+        out[key] = _wire_value(value, fmt)
     for key, compute in cls.__alor_extras__[fmt].items():
         out[key] = compute(obj)
     return out

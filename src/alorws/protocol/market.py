@@ -129,6 +129,7 @@ class Quote(Model, frozen=True):
     simple={"yield_": None},
     slim={"price": "p", "volume": "v", "yield_": "y"},
     heavy={"yield_": None},
+    omit_none=frozenset({"yield_"}),
 )
 class BookLevel(Model, frozen=True):
     """One price level of an order book: price and volume in lots (Slim bonds add ``yield_``)."""

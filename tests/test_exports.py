@@ -13,6 +13,8 @@ PROTOCOL_MODULES = [
     "enums",
     "market",
     "account",
+    "http_models",
+    "backoff",
     "codec",
     "requests",
     "commands",

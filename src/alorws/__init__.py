@@ -128,24 +128,39 @@ from .protocol.requests import (
 if TYPE_CHECKING:
     from .client import (
         AlorClient as AlorClient,
+        BufferEmpty as BufferEmpty,
+        Endpoints as Endpoints,
+        HttpClient as HttpClient,
         LaneEvent as LaneEvent,
         LaneKind as LaneKind,
         LaneState as LaneState,
+        OrderAck as OrderAck,
+        OrderBookView as OrderBookView,
+        OrderClient as OrderClient,
         Policy as Policy,
         Stream as Stream,
         StreamBuffer as StreamBuffer,
+        TokenManager as TokenManager,
+        resolve_endpoints as resolve_endpoints,
     )
-
 
 _CLIENT_NAMES = frozenset(
     {
         "AlorClient",
+        "BufferEmpty",
+        "Endpoints",
+        "HttpClient",
         "LaneEvent",
         "LaneKind",
         "LaneState",
+        "OrderAck",
+        "OrderBookView",
+        "OrderClient",
         "Policy",
         "Stream",
         "StreamBuffer",
+        "TokenManager",
+        "resolve_endpoints",
     }
 )
 
@@ -169,6 +184,7 @@ __all__ = [
     "Bar",
     "BarsRequest",
     "BookLevel",
+    "BufferEmpty",
     "BufferOverflowError",
     "COMMAND_TYPES",
     "ClientType",
@@ -193,9 +209,11 @@ __all__ = [
     "DeleteMarket",
     "DeleteStop",
     "DeleteStopLimit",
+    "Endpoints",
     "Exchange",
     "Format",
     "FrameError",
+    "HttpClient",
     "Iceberg",
     "InstrumentPatch",
     "InstrumentRef",
@@ -210,8 +228,11 @@ __all__ = [
     "LimitError",
     "LocalProtocolError",
     "Order",
+    "OrderAck",
     "OrderBook",
     "OrderBookRequest",
+    "OrderBookView",
+    "OrderClient",
     "OrderRejected",
     "OrderStatus",
     "OrderStatusUnknown",
@@ -249,6 +270,7 @@ __all__ = [
     "SummariesRequest",
     "Summary",
     "TimeInForce",
+    "TokenManager",
     "TokenRejected",
     "Trade",
     "TradingStatus",
@@ -268,5 +290,6 @@ __all__ = [
     "encode_unsubscribe",
     "redact",
     "rejection_for",
+    "resolve_endpoints",
     "validate_guid",
 ]

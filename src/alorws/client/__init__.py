@@ -1,20 +1,34 @@
-"""The asyncio client: token manager, lanes, buffers, reconnect-and-restore, typed streams.
+"""The asyncio client: token manager, lanes, buffers, reconnect-and-restore, typed streams,
+orders over ``/cws``, the HTTP API and local state.
 
 Importing this package loads asyncio and the network stack; :mod:`alorws.protocol` does not.
 """
 
-from .buffer import Policy as Policy, StreamBuffer as StreamBuffer
+from .auth import TokenManager as TokenManager
+from .buffer import BufferEmpty as BufferEmpty, Policy as Policy, StreamBuffer as StreamBuffer
 from .client import AlorClient as AlorClient
+from .endpoints import Endpoints as Endpoints, resolve_endpoints as resolve_endpoints
+from .http import HttpClient as HttpClient
 from .lane import LaneEvent as LaneEvent, LaneKind as LaneKind, LaneState as LaneState
+from .orders import OrderAck as OrderAck, OrderClient as OrderClient
+from .state import OrderBookView as OrderBookView
 from .streams import Stream as Stream
 
 
 __all__ = [
     "AlorClient",
+    "BufferEmpty",
+    "Endpoints",
+    "HttpClient",
     "LaneEvent",
     "LaneKind",
     "LaneState",
+    "OrderAck",
+    "OrderBookView",
+    "OrderClient",
     "Policy",
     "Stream",
     "StreamBuffer",
+    "TokenManager",
+    "resolve_endpoints",
 ]

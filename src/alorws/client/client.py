@@ -17,6 +17,7 @@ connection, §7) is enforced before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,9 @@ from ..protocol.registry import SubscriptionRegistry, SubscriptionState
 from .auth import TokenManager
 from .buffer import Policy, StreamBuffer
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
+from .http import HttpClient
 from .lane import Lane, LaneKind
+from .orders import OrderClient
 from .runtime import IORuntime
 from .streams import Stream
 from .whole import filter_for
@@ -126,6 +129,9 @@ class AlorClient:
         self._state = "new"
         self._streams: set[Stream[Any]] = set()
         self._started_at: float | None = None
+        self._loop_tokens: _LoopTokens | None = None
+        self._http: HttpClient | None = None
+        self._trading: OrderClient | None = None
 
     def __repr__(self) -> str:
         return (
@@ -155,6 +161,8 @@ class AlorClient:
             self._state = "closed"
             raise
         self._started_at = time.monotonic()
+        assert self._tokens is not None
+        self._loop_tokens = _LoopTokens(self._tokens, self._runtime)
         self._state = "open"
 
     async def _io_start(self) -> None:
@@ -173,6 +181,14 @@ class AlorClient:
         self._state = "closing"
         for stream in list(self._streams):
             stream._buffer.close()
+        for closer in (self._trading, self._http):
+            if closer is not None:
+                try:
+                    await closer.aclose()
+                except Exception:
+                    log.exception("closing %r failed", closer)
+        if self._loop_tokens is not None:
+            self._loop_tokens.close()
         await self._runtime.stop(self._io_shutdown)
         self._state = "closed"
 
@@ -194,6 +210,44 @@ class AlorClient:
         if self._tokens is None or self._state not in ("open", "closing"):
             raise InvalidState("the client is not started: use `async with AlorClient(...)`")
         return self._tokens
+
+    # -- orders and HTTP ------------------------------------------------------------------------
+
+    @property
+    def trading(self) -> OrderClient:
+        """Orders over one ``/cws`` connection (opened on the first command, §6).
+
+        ``await client.trading.place_limit(portfolio, "SBER", "buy", 1, price=310.5)`` returns an
+        :class:`~alorws.client.orders.OrderAck` or raises :class:`~alorws.errors.OrderRejected`.
+        Runs in the caller's event loop; counts against the connection budget.
+        """
+        if self._trading is None:
+            tokens = self._require_loop_tokens()
+            self._trading = OrderClient(
+                self.endpoints.cws,
+                tokens,
+                ssl_context=ssl_context_for(self.endpoints.cws, cafile=self._cafile),
+                backoff=self._backoff,
+            )
+        return self._trading
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP API: reference data, history (paged), snapshots, portfolio views (§8)."""
+        if self._http is None:
+            tokens = self._require_loop_tokens()
+            self._http = HttpClient(
+                self.endpoints.http,
+                tokens,
+                format=self.format,
+                ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
+            )
+        return self._http
+
+    def _require_loop_tokens(self) -> _LoopTokens:
+        if self._loop_tokens is None or self._state != "open":
+            raise InvalidState("the client is not open: use `async with AlorClient(...)`")
+        return self._loop_tokens
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -632,7 +686,7 @@ class AlorClient:
         for lane in lanes:
             if self._registry.room(lane.id) > 0:
                 return lane
-        total = len(self._lanes)
+        total = len(self._lanes) + (1 if self._trading is not None else 0)  # /cws counts too
         market = sum(1 for lane in self._lanes.values() if lane.kind is LaneKind.MARKET)
         if kind is LaneKind.MARKET:
             allowed = self.max_connections - self.reserve_connections - (total - market)
@@ -699,6 +753,46 @@ class AlorClient:
     async def _io_drop(self) -> None:
         for lane in self._lanes.values():
             lane.drop("dropped on request")
+
+
+class _LoopTokens:
+    """The token manager, usable from the consumer's loop (it lives in the I/O loop)."""
+
+    def __init__(self, tokens: TokenManager, runtime: IORuntime) -> None:
+        self._tokens = tokens
+        self._runtime = runtime
+        self._removers: list[Callable[[], None]] = []
+
+    @property
+    def current(self) -> str | None:
+        """The current access token, without I/O."""
+        return self._tokens.current
+
+    async def token(self) -> str:
+        """The current access token, refreshed first if due."""
+        return await self._runtime.call(self._tokens.token)
+
+    async def refresh(self, *, force: bool = False) -> str:
+        """A fresh access token."""
+        return await self._runtime.call(functools.partial(self._tokens.refresh, force=force))
+
+    def add_listener(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(token)`` in the caller's loop on every new token."""
+        loop = asyncio.get_running_loop()
+
+        def forward(token: str) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(callback, token)
+
+        remove = self._tokens.add_listener(forward)
+        self._removers.append(remove)
+        return remove
+
+    def close(self) -> None:
+        """Stop forwarding token changes."""
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
 
 
 def _opt(**kwargs: Any) -> dict[str, Any]:

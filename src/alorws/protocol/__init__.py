@@ -23,6 +23,7 @@ from .account import (
     StopOrder as StopOrder,
     Summary as Summary,
 )
+from .backoff import NO_DELAY as NO_DELAY, Backoff as Backoff
 from .codec import (
     STREAM_MODELS as STREAM_MODELS,
     DataMessage as DataMessage,
@@ -69,6 +70,12 @@ from .enums import (
     SubscriptionOpcode as SubscriptionOpcode,
     TimeInForce as TimeInForce,
     TradingStatus as TradingStatus,
+)
+from .http_models import (
+    AllTradesPage as AllTradesPage,
+    HistoryPage as HistoryPage,
+    HttpOrderAck as HttpOrderAck,
+    Security as Security,
 )
 from .jwt import (
     MIN_REFRESH_MARGIN as MIN_REFRESH_MARGIN,
@@ -129,6 +136,12 @@ from .requests import (
 
 
 __all__ = [
+    "NO_DELAY",
+    "Backoff",
+    "AllTradesPage",
+    "HistoryPage",
+    "HttpOrderAck",
+    "Security",
     "AllTradesRequest",
     "AnyCommand",
     "AnySubscriptionRequest",

@@ -97,3 +97,18 @@ async def test_no_token_in_logs_reprs_or_errors(
     texts += [r.getMessage() for r in caplog.records]
     for secret in (refresh, access):
         assert not any(secret in t for t in texts)
+
+
+async def test_taps_see_every_frame_and_guids_are_described(client: AlorClient) -> None:
+    """A tap receives each frame with a time and connection id; describe() names the guid."""
+    seen: list[tuple[int, int, bytes]] = []
+    remove = client.add_tap(lambda ns, lane, frame: seen.append((ns, lane, frame)))
+    async with client.quotes("SBER") as q:
+        await anext(aiter(q))
+        info = client.describe(q.guid or "")
+        assert info is not None and info["opcode"] == "QuotesSubscribe"
+        assert info["params"]["code"] == "SBER" and info["connection"] == q._lane
+    remove()
+    assert seen and all(lane == q._lane and ns > 0 for ns, lane, _ in seen)
+    assert any(q.guid and q.guid.encode() in frame for _, _, frame in seen)
+    assert client.describe("nope") is None

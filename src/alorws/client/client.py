@@ -17,11 +17,14 @@ connection, §7) is enforced before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+import msgspec
 
 from ..errors import (
     ConfigurationError,
@@ -130,6 +133,7 @@ class AlorClient:
         self._streams: set[Stream[Any]] = set()
         self._started_at: float | None = None
         self._loop_tokens: _LoopTokens | None = None
+        self._taps: list[Callable[[int, int, bytes], None]] = []
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
 
@@ -716,6 +720,7 @@ class AlorClient:
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
         )
+        lane.taps.extend(self._taps)
         self._lanes[lane_id] = lane
         lane.ensure_started()
         return lane
@@ -729,6 +734,32 @@ class AlorClient:
         return await self._tokens.refresh(force=True)
 
     # -- observability -----------------------------------------------------------------------
+
+    def add_tap(self, tap: Callable[[int, int, bytes], None]) -> Callable[[], None]:
+        """Call ``tap(recv_time_ns, connection_id, frame)`` for every frame any ``/ws``
+        connection receives, now and later (the recorder uses it). It runs in the reader, in the
+        I/O thread: it must only enqueue. Returns a function that removes the tap."""
+        self._taps.append(tap)
+        for lane in list(self._lanes.values()):
+            lane.taps.append(tap)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._taps.remove(tap)
+            for lane in list(self._lanes.values()):
+                with contextlib.suppress(ValueError):
+                    lane.taps.remove(tap)
+
+        return remove
+
+    def describe(self, guid: str) -> dict[str, Any] | None:
+        """What a subscription guid is: ``{"opcode", "params", "connection"}``, or None."""
+        sub = self._registry.get(guid)
+        if sub is None:
+            return None
+        params = msgspec.to_builtins(sub.request)
+        opcode = params.pop("opcode", type(sub.request).__name__)
+        return {"opcode": opcode, "params": params, "connection": sub.connection_id}
 
     def stats(self) -> dict[str, Any]:
         """Connections, subscriptions, counters and buffer depths (safe to call any time)."""

@@ -189,6 +189,9 @@ class Lane:
         self._connect_timeout = connect_timeout
 
         self.state = LaneState.IDLE
+        #: Called as ``tap(recv_time_ns, lane_id, frame)`` for every received frame, in the
+        #: reader: a tap must only enqueue (the recorder batches its writes elsewhere).
+        self.taps: list[Callable[[int, int, bytes], None]] = []
         self._transport: picows.WSTransport | None = None
         self._sinks: dict[str, Sink] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -222,6 +225,10 @@ class Lane:
         self.messages += 1
         self.bytes += len(payload)
         self._last_rx = time.monotonic()
+        if self.taps:
+            recv_ns = time.time_ns()
+            for tap in self.taps:
+                tap(recv_ns, self.id, payload)
         try:
             msg = route(payload)
         except FrameError as exc:

@@ -320,3 +320,47 @@ async def test_a_stalled_connection_is_detected_and_restored(sim: Simulator) -> 
             reasons = [e.reason for e in risks.events if e.kind == "disconnected"]
             assert reasons and "ping" in reasons[0]
             await risks.stop()
+
+
+async def test_http_snapshot_fills_what_a_capped_replay_leaves_out(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """Orders placed while disconnected, beyond the replay cap, still reach the consumer once."""
+    sim.engine.history_cap = 5
+    portfolio = client.portfolios[0]
+    ws = await RawWS.connect(sim.cws_url)
+    try:
+        await ws.request({"opcode": "authorize", "guid": "cap-auth", "token": sim.access_token()})
+        async with (
+            client.orders(portfolio, skip_history=True) as o,
+            client.own_trades(portfolio) as t,
+        ):
+            orders, trades = Collector(o), Collector(t)
+            sim.faults.drop(code=1006, kind="ws")
+            sim.faults.refuse(1.0)  # keep the client out while orders fill
+            ids = []
+            for i in range(12):
+                reply = await ws.request(
+                    {
+                        "opcode": "create:market",
+                        "guid": f"cap-{i}",
+                        "side": "buy",
+                        "quantity": 1,
+                        "instrument": {"symbol": "SBER", "exchange": "MOEX"},
+                        "user": {"portfolio": portfolio},
+                    }
+                )
+                ids.append(reply["orderNumber"])
+            await _until(lambda: {x.id for x in orders.items} >= set(ids), "every order", wait=15)
+            await _until(
+                lambda: len({x.order_no for x in trades.items}) >= 12, "every fill", wait=15
+            )
+            assert o.stats()["backfilled"] >= 7
+            seen = [(x.id, x.status.value) for x in orders.items]
+            assert len(seen) == len(set(seen))
+            trade_ids = [x.id for x in trades.items]
+            assert len(trade_ids) == len(set(trade_ids))
+            await orders.stop()
+            await trades.stop()
+    finally:
+        await ws.close()

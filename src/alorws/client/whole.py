@@ -5,7 +5,9 @@ with ``skipHistory: false``, so the server replays the current orders, trades an
 (``existing: true``) and whatever changed during the gap arrives with them (§9.5 [I]). These
 filters pass each item on exactly once:
 
-* orders and stop orders: a new state of an order id (an unchanged replay is dropped);
+* orders and stop orders: a state of an order id that is further along than the last one
+  delivered (status working < final, then filled quantity): an unchanged replay is dropped, and
+  so is an older copy (e.g. a snapshot taken before the last update), so nothing rolls back;
 * own trades and anonymous trades: each trade id once;
 * positions: a new state of a position (portfolio, exchange, symbol);
 * bars: history older than the last bar seen is dropped; the forming bar's updates pass.
@@ -25,6 +27,7 @@ import msgspec
 
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, StopOrder
+from ..protocol.enums import OrderStatus
 from ..protocol.market import Bar, Trade
 
 
@@ -50,14 +53,20 @@ class StreamFilter:
         by_state: bool,
         skip_history: bool = False,
         memory: int | None = None,
+        progress: Callable[[Any], tuple[Any, ...]] | None = None,
     ) -> None:
         self._key = key
+        self._progress = progress
         self._by_state = by_state
         self._skip_history = skip_history
         self._initial = True  # until the first live (existing=False) item
         self._seen: OrderedDict[Hashable, tuple[Any, ...] | None] = OrderedDict()
         self._memory = memory
         self.duplicates = 0
+
+    def is_new(self, obj: Any) -> bool:
+        """True if nothing with ``obj``'s key was seen yet."""
+        return self._key(obj) not in self._seen
 
     def restored(self) -> None:
         """The connection was restored: replays from now on are not the initial history."""
@@ -66,11 +75,18 @@ class StreamFilter:
     def accept(self, obj: Any) -> bool:
         """True if ``obj`` is news to the consumer (and remember it)."""
         key = self._key(obj)
-        state = _state(obj) if self._by_state else None
-        seen = self._seen.get(key, _MISSING)
-        if seen is not _MISSING and (not self._by_state or seen == state):
-            self.duplicates += 1
-            return False
+        if self._progress is not None:
+            state: tuple[Any, ...] | None = self._progress(obj)
+            seen = self._seen.get(key, _MISSING)
+            if seen is not _MISSING and not state > seen:
+                self.duplicates += 1
+                return False
+        else:
+            state = _state(obj) if self._by_state else None
+            seen = self._seen.get(key, _MISSING)
+            if seen is not _MISSING and (not self._by_state or seen == state):
+                self.duplicates += 1
+                return False
         self._seen[key] = state
         if self._memory is not None:
             self._seen.move_to_end(key)
@@ -83,6 +99,12 @@ class StreamFilter:
 
 
 _MISSING: Any = object()
+_FINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
+
+
+def _order_progress(order: Any) -> tuple[int, int]:
+    """How far an order has got: final beats working, then more lots filled."""
+    return (1 if order.status in _FINAL else 0, order.filled_qty_batch or 0)
 
 
 class _BarFilter(StreamFilter):
@@ -110,7 +132,9 @@ def filter_for(model: type[Model], *, skip_history: bool = False) -> StreamFilte
     """The filter that keeps a stream of ``model`` whole across restores, or None (state
     streams need none: each message replaces the last)."""
     if model is Order or model is StopOrder:
-        return StreamFilter(lambda o: o.id, by_state=True, skip_history=skip_history)
+        return StreamFilter(
+            lambda o: o.id, by_state=True, skip_history=skip_history, progress=_order_progress
+        )
     if model is OwnTrade:
         return StreamFilter(lambda t: t.id, by_state=False, skip_history=skip_history)
     if model is Position:

@@ -805,7 +805,7 @@ class Hub:
             items = [m for m in (engine.spectra_risk(portfolio),) if m is not None]
         elif stream == "trades":
             trades: list[Model] = list(engine.trades(portfolio))
-            items = trades[-HISTORY_CAP:]
+            items = trades[-engine.history_cap :]
         else:
             if stream == "orders":
                 source = list(engine.orders(portfolio))
@@ -816,7 +816,7 @@ class Hub:
                 wanted = {OrderStatus(s) for s in statuses}
                 source = [o for o in source if getattr(o, "status", None) in wanted]
             # §4.11: the status filter applies to this replay only; the cap to the newest 3000.
-            items = list(source)[-HISTORY_CAP:]
+            items = list(source)[-engine.history_cap :]
         return items
 
     @staticmethod

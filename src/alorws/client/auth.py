@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 import msgspec
@@ -56,7 +56,12 @@ from ..protocol.jwt import (
 from .endpoints import _check_oauth_url
 
 
-__all__ = ["DEFAULT_RETRY", "TokenManager"]
+__all__ = [
+    "DEFAULT_RETRY",
+    "RotatingTokenSource",
+    "TokenManager",
+    "TokenSource",
+]
 
 log = logging.getLogger("alorws.auth")
 
@@ -86,6 +91,31 @@ class _Retryable(Exception):
         super().__init__(detail)
         self.detail = detail
         self.timeout = timeout
+
+
+class TokenSource(Protocol):
+    """Where a client gets bearer tokens (:class:`TokenManager` fits)."""
+
+    async def token(self) -> str:
+        """The current access token, refreshed first if it is due."""
+        ...
+
+    async def refresh(self, *, force: bool = False) -> str:
+        """A fresh access token (``force``: even if the current one is not due)."""
+        ...
+
+
+class RotatingTokenSource(TokenSource, Protocol):
+    """A token source that also tells when the token changes (``/cws`` re-authorizes)."""
+
+    @property
+    def current(self) -> str | None:
+        """The current access token, without I/O (None before the first one)."""
+        ...
+
+    def add_listener(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(token)`` on every new token; returns a remover."""
+        ...
 
 
 class TokenManager:

@@ -43,7 +43,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -85,10 +85,11 @@ from ..protocol.http_models import AllTradesPage, HistoryPage, HttpOrderAck, Sec
 from ..protocol.market import Bar, OrderBook, Quote, Trade
 from ..protocol.requests import _enum, _int, _positive_number, _text, _tf
 from ..protocol.timeutil import to_seconds
+from .auth import TokenSource
 from .endpoints import resolve_endpoints, ssl_context_for
 
 
-__all__ = ["DEFAULT_HTTP_RETRY", "HttpClient", "TokenSource"]
+__all__ = ["DEFAULT_HTTP_RETRY", "HttpClient"]
 
 log = logging.getLogger("alorws.http")
 
@@ -125,22 +126,6 @@ _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)
 
 Kind = Literal["market", "limit", "stop", "stopLimit"]
 Auth = Literal["required", "optional"]
-
-
-class TokenSource(Protocol):
-    """Where the client gets bearer tokens: :class:`~alorws.client.auth.TokenManager` fits.
-
-    ``token()`` returns the current access token (refreshing it if due); ``refresh(force=True)``
-    fetches a new one at once (after the server refused the current one with 401).
-    """
-
-    async def token(self) -> str:
-        """The current access token."""
-        ...
-
-    async def refresh(self, *, force: bool = False) -> str:
-        """A fresh access token (``force``: even if the current one is not due)."""
-        ...
 
 
 class _Failure(Exception):

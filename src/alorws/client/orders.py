@@ -59,7 +59,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 import picows
@@ -101,9 +101,10 @@ from ..protocol.commands import (
     encode_command,
 )
 from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
+from .auth import RotatingTokenSource
 
 
-__all__ = ["OrderAck", "OrderClient", "TokenSource"]
+__all__ = ["OrderAck", "OrderClient"]
 
 log = logging.getLogger("alorws.orders")
 
@@ -142,19 +143,6 @@ class OrderAck(msgspec.Struct, frozen=True, gc=False):
     http_code: int
     message: str
     guid: str
-
-
-class TokenSource(Protocol):
-    """What :class:`OrderClient` needs from a token manager (:class:`~.auth.TokenManager`)."""
-
-    @property
-    def current(self) -> str | None: ...
-
-    async def token(self) -> str: ...
-
-    async def refresh(self, *, force: bool = False) -> str: ...
-
-    def add_listener(self, callback: Callable[[str], object]) -> Callable[[], None]: ...
 
 
 class _State(enum.StrEnum):
@@ -288,7 +276,7 @@ class OrderClient:
     def __init__(
         self,
         url: str,
-        tokens: TokenSource,
+        tokens: RotatingTokenSource,
         *,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Backoff | None = None,

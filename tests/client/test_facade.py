@@ -112,3 +112,17 @@ async def test_taps_see_every_frame_and_guids_are_described(client: AlorClient) 
     assert seen and all(lane == q._lane and ns > 0 for ns, lane, _ in seen)
     assert any(q.guid and q.guid.encode() in frame for _, _, frame in seen)
     assert client.describe("nope") is None
+
+
+async def test_prices_off_the_grid_are_refused_before_sending(client: AlorClient) -> None:
+    """With reference data known, a price off the instrument's step raises naming the field."""
+    portfolio = client.portfolios[0]
+    step = (await client.http.security("SBER")).min_step
+    assert step
+    with pytest.raises(InvalidArgumentError) as info:
+        await client.trading.place_limit(portfolio, "SBER", "buy", 1, 100.0 + step / 3)
+    assert info.value.field == "price" and "step" in str(info.value)
+    assert client.trading.stats()["sent"] == 0  # refused before anything went out
+    with pytest.raises(InvalidArgumentError) as info:
+        await client.trading.place_stop(portfolio, "SBER", "sell", 1, 100.0 + step / 3, "less")
+    assert info.value.field == "trigger_price"

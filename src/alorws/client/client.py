@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..errors import (
+    AlorError,
     ConfigurationError,
     InvalidState,
     SubscriptionLimitError,
@@ -134,6 +135,7 @@ class AlorClient:
         self._started_at: float | None = None
         self._loop_tokens: _LoopTokens | None = None
         self._taps: list[Callable[[int, int, bytes], None]] = []
+        self._steps: dict[tuple[str, str], float | None] = {}
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
 
@@ -232,6 +234,7 @@ class AlorClient:
                 tokens,
                 ssl_context=ssl_context_for(self.endpoints.cws, cafile=self._cafile),
                 backoff=self._backoff,
+                price_step=self._price_step,
             )
         return self._trading
 
@@ -247,6 +250,18 @@ class AlorClient:
                 ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
             )
         return self._http
+
+    async def _price_step(self, symbol: str, exchange: str) -> float | None:
+        """An instrument's price step from reference data (cached), None if unknown."""
+        key = (symbol.upper(), exchange.upper())
+        if key not in self._steps:
+            try:
+                security = await self.http.security(symbol, exchange)
+            except AlorError as exc:
+                log.debug("no reference data for %s:%s (%s); price not checked", *key, exc)
+                return None
+            self._steps[key] = security.min_step
+        return self._steps[key]
 
     def _require_loop_tokens(self) -> _LoopTokens:
         if self._loop_tokens is None or self._state != "open":

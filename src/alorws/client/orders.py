@@ -57,7 +57,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -283,6 +283,7 @@ class OrderClient:
         reply_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         guid_factory: Callable[[], str] | None = None,
+        price_step: Callable[[str, str], Awaitable[float | None]] | None = None,
         ping_interval: float | None = 5.0,
         ping_timeout: float = 5.0,
     ) -> None:
@@ -301,6 +302,8 @@ class OrderClient:
         self._reply_timeout = reply_timeout
         self._connect_timeout = connect_timeout
         self._new_guid = guid_factory or _default_guid_factory()
+        # (symbol, exchange) -> the instrument's price step, or None if unknown (§8 minstep).
+        self._price_step = price_step
         self._ping = (ping_interval, ping_timeout)
 
         self._state = _State.IDLE
@@ -668,6 +671,28 @@ class OrderClient:
         _put(fields, comment=comment, allow_margin=allow_margin)
         return fields
 
+    async def _check_price_step(self, command: Command) -> None:
+        """Refuse prices off the instrument's price grid, when its step is known."""
+        source = self._price_step
+        instrument = getattr(command, "instrument", None)
+        if source is None or not isinstance(instrument, InstrumentRef):
+            return
+        step = await source(instrument.symbol, str(instrument.exchange))
+        if not step or step <= 0:
+            return
+        for name in ("price", "trigger_price"):
+            value = getattr(command, name, None)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                continue
+            ticks = value / step
+            if abs(ticks - round(ticks)) > 1e-6:
+                nearest = round(round(ticks) * step, 10)
+                raise InvalidArgumentError(
+                    name,
+                    f"{value} is not a multiple of {instrument.symbol}'s price step {step}; "
+                    f"use e.g. {nearest}",
+                )
+
     # -- sending ------------------------------------------------------------------------------
 
     async def send(self, command: Command) -> OrderAck:
@@ -685,6 +710,7 @@ class OrderClient:
         """
         loop = self._check_usable()
         frame = encode_command(command)  # raises InvalidArgumentError for a non-command
+        await self._check_price_step(command)
         guid = command.guid
         if guid in self._pending:
             raise InvalidArgumentError(

@@ -789,6 +789,7 @@ class AlorClient:
             "reconnects": sum(lane["reconnects"] for lane in lanes),
             "streams": [s.stats() for s in list(self._streams)],
             "tokens": self._tokens.stats if self._tokens is not None else {},
+            "orders": self._trading.stats() if self._trading is not None else None,
             "uptime": None if self._started_at is None else time.monotonic() - self._started_at,
         }
 

@@ -1,0 +1,698 @@
+"""Replay a recording as the client's own typed streams.
+
+::
+
+    async with Replay("data/", speed=10) as source:      # or: AlorClient(...) as source
+        async with source.quotes("SBER") as quotes:
+            async for q in quotes:                        # Quote, as live
+                ...
+
+A :class:`Replay` has the client's stream methods (``quotes``, ``order_book``, ``bars``,
+``all_trades``, ``instrument``, ``orders``, ``positions``, …) and they return the same
+:class:`~alorws.client.streams.Stream` objects: recorded frames go through the same router
+(:func:`~alorws.protocol.codec.route`), the same stream buffer, the same typed decoders and the
+same de-duplicating filters as live frames. A strategy written against :class:`StreamSource`
+runs unchanged on either.
+
+Matching: a call selects the recorded subscription with that opcode whose request agrees on
+every argument given (``None``/omitted = any value). No match, or several, raises
+:class:`~alorws.errors.ConfigurationError` listing what was recorded
+(:meth:`Replay.subscriptions`).
+
+Timing: one pump task feeds every open stream in ``recv_ns`` order, across partitions. It starts
+when the first stream subscribes, one loop turn later (so streams opened together all start at
+the beginning). A stream opened later starts where the pump is, as a live subscription would.
+``speed=None`` replays as fast as the consumers take it; ``speed=x`` keeps recorded gaps
+divided by ``x``. Replayed streams are lossless by default (``policy="queue"``) and the pump
+waits for a consumer whose buffer holds ``max_buffer`` items, so a stream that is opened but
+never read stalls the replay. When the recording ends, every stream ends (``async for``
+finishes).
+
+A subscription confirmed a second time with the same guid (a restore after a reconnect, §9.5)
+delivers a ``restored`` :class:`~alorws.client.lane.LaneEvent`, as live. The whole recording
+is loaded into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar, cast
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..client.buffer import Policy, StreamBuffer
+from ..client.lane import LaneEvent
+from ..client.streams import Stream
+from ..client.whole import filter_for
+from ..errors import ConfigurationError, InvalidState
+from ..protocol._model import Model
+from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.codec import STREAM_MODELS, DataMessage, route
+from ..protocol.enums import Exchange, Format, OrderStatus, SubscriptionOpcode
+from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
+from ..protocol.requests import AnySubscriptionRequest, SubscriptionRequest
+from .format import list_parts
+
+
+__all__ = ["RecordedSubscription", "Replay", "StreamSource"]
+
+M = TypeVar("M", bound=Model)
+
+_COLUMNS: Final = ["recv_ns", "connection", "guid", "kind", "frame"]
+_INDEX_COLUMNS: Final = ["guid", "opcode", "params"]
+
+
+class StreamSource(Protocol):
+    """What both :class:`~alorws.client.AlorClient` and :class:`Replay` offer a strategy.
+
+    Write a strategy against it (``async def run(source: StreamSource)``) and pass it a started
+    client or an open replay.
+    """
+
+    def quotes(self, code: str, *, format: Format | str | None = None) -> Stream[Quote]: ...
+
+    def order_book(
+        self, code: str, *, depth: int = ..., format: Format | str | None = None
+    ) -> Stream[OrderBook]: ...
+
+    def bars(
+        self, code: str, tf: int | str, *, format: Format | str | None = None
+    ) -> Stream[Bar]: ...
+
+    def all_trades(self, code: str, *, format: Format | str | None = None) -> Stream[Trade]: ...
+
+    def instrument(
+        self, code: str, *, format: Format | str | None = None
+    ) -> Stream[InstrumentPatch]: ...
+
+    def positions(self, portfolio: str, *, skip_history: bool = False) -> Stream[Position]: ...
+
+    def summaries(self, portfolio: str) -> Stream[Summary]: ...
+
+    def risks(self, portfolio: str) -> Stream[Risk]: ...
+
+    def spectra_risks(self, portfolio: str) -> Stream[SpectraRisk]: ...
+
+    def own_trades(self, portfolio: str, *, skip_history: bool = False) -> Stream[OwnTrade]: ...
+
+    def orders(self, portfolio: str, *, skip_history: bool = False) -> Stream[Order]: ...
+
+    def stop_orders(self, portfolio: str, *, skip_history: bool = False) -> Stream[StopOrder]: ...
+
+
+class RecordedSubscription(msgspec.Struct, frozen=True):
+    """One subscription in a recording: its request, and how many frames were recorded."""
+
+    request: SubscriptionRequest
+    frames: int
+    first_ns: int
+    last_ns: int
+
+    @property
+    def opcode(self) -> str:
+        """The subscription opcode (``QuotesSubscribe``, …)."""
+        return str(type(self.request).opcode)
+
+
+class _Slot:
+    """The buffers of one recorded subscription's open streams, and the guids it had."""
+
+    __slots__ = ("buffers", "confirmed")
+
+    def __init__(self) -> None:
+        self.buffers: list[StreamBuffer[Any]] = []
+        self.confirmed: set[str] = set()
+
+
+class Replay:
+    """A recording under ``root`` (see :mod:`alorws.record.format`) as typed streams.
+
+    Args:
+        root: the recording's directory.
+        speed: ``None``: as fast as the consumers go; ``x``: recorded pace times ``x``.
+        max_buffer: items a stream's buffer holds before the pump waits for its consumer.
+        clock, sleep: monotonic seconds and an async sleep (tests inject a fake pair).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        speed: float | None = None,
+        max_buffer: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if speed is not None and not speed > 0:
+            raise ConfigurationError(f"speed must be > 0 or None, got {speed!r}")
+        self.root = Path(root)
+        self.speed = speed
+        self.max_buffer = max_buffer
+        self._clock = clock
+        self._sleep = sleep
+        self._table: Any = None  # pa.Table, sorted by recv_ns
+        self._subs: dict[SubscriptionRequest, RecordedSubscription] = {}
+        self._by_guid: dict[str, SubscriptionRequest] = {}
+        self._slots: dict[SubscriptionRequest, _Slot] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self._state = "new"
+        self.frames_replayed = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Replay:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Read the recording (in a worker thread) and index its subscriptions."""
+        if self._state != "new":
+            raise InvalidState(f"cannot open a replay that is {self._state}")
+        self._table, self._subs, self._by_guid = await asyncio.to_thread(_load, self.root)
+        self._state = "open"
+
+    async def aclose(self) -> None:
+        """Stop the pump and end every stream."""
+        self._state = "closed"
+        if self._pump is not None:
+            self._pump.cancel()
+            try:
+                await self._pump
+            except asyncio.CancelledError:
+                pass
+        self._end_streams()
+
+    async def wait(self) -> None:
+        """Wait until the pump has fed the whole recording."""
+        if self._pump is not None:
+            await asyncio.shield(self._pump)
+
+    def subscriptions(self) -> list[RecordedSubscription]:
+        """What the recording holds, by opcode and first frame."""
+        self._require_open()
+        return sorted(self._subs.values(), key=lambda s: (s.opcode, s.first_ns))
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first to the last recorded frame."""
+        self._require_open()
+        if self._table.num_rows == 0:
+            return 0.0
+        ns = self._table.column("recv_ns")
+        return float(ns[-1].as_py() - ns[0].as_py()) / 1e9
+
+    def _require_open(self) -> None:
+        if self._state == "new":
+            raise InvalidState("the replay is not open: use `async with Replay(root)`")
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def quotes(
+        self,
+        code: str,
+        *,
+        exchange: Exchange | str | None = None,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Quote]:
+        """The recorded quotes of ``code`` (as :meth:`AlorClient.quotes`)."""
+        return self._stream(
+            SubscriptionOpcode.QUOTES,
+            Quote,
+            f"quotes {code}",
+            policy,
+            max_buffer,
+            code=code,
+            exchange=exchange,
+            instrument_group=board,
+            format=format,
+            frequency=frequency,
+        )
+
+    def order_book(
+        self,
+        code: str,
+        *,
+        depth: int | None = None,
+        exchange: Exchange | str | None = None,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[OrderBook]:
+        """The recorded order book of ``code`` (as :meth:`AlorClient.order_book`)."""
+        return self._stream(
+            SubscriptionOpcode.ORDER_BOOK,
+            OrderBook,
+            f"book {code}",
+            policy,
+            max_buffer,
+            code=code,
+            depth=depth,
+            exchange=exchange,
+            instrument_group=board,
+            format=format,
+            frequency=frequency,
+        )
+
+    def bars(
+        self,
+        code: str,
+        tf: int | str | None = None,
+        *,
+        from_: int | None = None,
+        skip_history: bool = False,
+        exchange: Exchange | str | None = None,
+        board: str | None = None,
+        format: Format | str | None = None,
+        frequency: int | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Bar]:
+        """The recorded candles of ``code`` (as :meth:`AlorClient.bars`; ``from_`` is matched
+        only if given, since the client's default is "now")."""
+        return self._stream(
+            SubscriptionOpcode.BARS,
+            Bar,
+            f"bars {code}",
+            policy,
+            max_buffer,
+            code=code,
+            tf=tf,
+            from_=from_,
+            skip_history=skip_history or None,
+            exchange=exchange,
+            instrument_group=board,
+            format=format,
+            frequency=frequency,
+        )
+
+    def all_trades(
+        self,
+        code: str,
+        *,
+        depth: int | None = None,
+        include_virtual_trades: bool | None = None,
+        exchange: Exchange | str | None = None,
+        board: str | None = None,
+        format: Format | str | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Trade]:
+        """The recorded tape of ``code`` (as :meth:`AlorClient.all_trades`)."""
+        return self._stream(
+            SubscriptionOpcode.ALL_TRADES,
+            Trade,
+            f"trades {code}",
+            policy,
+            max_buffer,
+            code=code,
+            depth=depth,
+            include_virtual_trades=include_virtual_trades,
+            exchange=exchange,
+            instrument_group=board,
+            format=format,
+        )
+
+    def instrument(
+        self,
+        code: str,
+        *,
+        exchange: Exchange | str | None = None,
+        board: str | None = None,
+        format: Format | str | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[InstrumentPatch]:
+        """The recorded instrument patches of ``code`` (as :meth:`AlorClient.instrument`)."""
+        return self._stream(
+            SubscriptionOpcode.INSTRUMENT,
+            InstrumentPatch,
+            f"instrument {code}",
+            policy,
+            max_buffer,
+            code=code,
+            exchange=exchange,
+            instrument_group=board,
+            format=format,
+        )
+
+    def _account(
+        self,
+        opcode: SubscriptionOpcode,
+        model: type[M],
+        portfolio: str,
+        exchange: Exchange | str | None,
+        format: Format | str | None,
+        skip_history: bool,
+        policy: Policy | str | None,
+        max_buffer: int | None,
+        statuses: Sequence[OrderStatus | str] | None = None,
+    ) -> Stream[M]:
+        # Event streams were recorded with skipHistory=false and are filtered client-side, as
+        # live (alorws.client.whole); state streams carry skip_history in the request.
+        whole = model in (Order, StopOrder, OwnTrade, Position)
+        return self._stream(
+            opcode,
+            model,
+            f"{opcode} {portfolio}",
+            policy,
+            max_buffer,
+            skip=skip_history if whole else False,
+            portfolio=portfolio,
+            exchange=exchange,
+            format=format,
+            order_statuses=None if statuses is None else tuple(statuses),
+            **({} if whole else {"skip_history": skip_history or None}),
+        )
+
+    def positions(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Position]:
+        """The recorded positions of ``portfolio`` (as :meth:`AlorClient.positions`)."""
+        return self._account(
+            SubscriptionOpcode.POSITIONS,
+            Position,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+        )
+
+    def summaries(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Summary]:
+        """The recorded summaries of ``portfolio`` (as :meth:`AlorClient.summaries`)."""
+        return self._account(
+            SubscriptionOpcode.SUMMARIES,
+            Summary,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+        )
+
+    def risks(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Risk]:
+        """The recorded risks of ``portfolio`` (as :meth:`AlorClient.risks`)."""
+        return self._account(
+            SubscriptionOpcode.RISKS,
+            Risk,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+        )
+
+    def spectra_risks(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[SpectraRisk]:
+        """The recorded FORTS risks of ``portfolio`` (as :meth:`AlorClient.spectra_risks`)."""
+        return self._account(
+            SubscriptionOpcode.SPECTRA_RISKS,
+            SpectraRisk,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+        )
+
+    def own_trades(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[OwnTrade]:
+        """The recorded fills of ``portfolio`` (as :meth:`AlorClient.own_trades`)."""
+        return self._account(
+            SubscriptionOpcode.TRADES,
+            OwnTrade,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+        )
+
+    def orders(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        statuses: Sequence[OrderStatus | str] | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[Order]:
+        """The recorded orders of ``portfolio`` (as :meth:`AlorClient.orders`)."""
+        return self._account(
+            SubscriptionOpcode.ORDERS,
+            Order,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+            statuses,
+        )
+
+    def stop_orders(
+        self,
+        portfolio: str,
+        *,
+        exchange: Exchange | str | None = None,
+        format: Format | str | None = None,
+        skip_history: bool = False,
+        statuses: Sequence[OrderStatus | str] | None = None,
+        policy: Policy | str | None = None,
+        max_buffer: int | None = None,
+    ) -> Stream[StopOrder]:
+        """The recorded stop orders of ``portfolio`` (as :meth:`AlorClient.stop_orders`)."""
+        return self._account(
+            SubscriptionOpcode.STOP_ORDERS,
+            StopOrder,
+            portfolio,
+            exchange,
+            format,
+            skip_history,
+            policy,
+            max_buffer,
+            statuses,
+        )
+
+    def _stream(
+        self,
+        opcode: SubscriptionOpcode,
+        model: type[M],
+        name: str,
+        policy: Policy | str | None,
+        max_buffer: int | None,
+        *,
+        skip: bool = False,
+        **criteria: Any,
+    ) -> Stream[M]:
+        if self._state != "open":
+            raise InvalidState("the replay is not open: use `async with Replay(root)`")
+        request = self._match(opcode, {k: v for k, v in criteria.items() if v is not None})
+        account = "portfolio" in type(request).__struct_fields__
+        # The Stream talks to its "client" through _subscribe/_unsubscribe only: this object.
+        return Stream(
+            cast(Any, self),
+            request,
+            model,
+            policy=Policy(policy or Policy.QUEUE),
+            account=account,
+            max_buffer=max_buffer or self.max_buffer,
+            filter=filter_for(model, skip_history=skip),
+            name=f"replay {name}",
+        )
+
+    def _match(self, opcode: SubscriptionOpcode, criteria: dict[str, Any]) -> SubscriptionRequest:
+        found = []
+        for request in self._subs:
+            if type(request).opcode is not opcode:
+                continue
+            try:
+                same = msgspec.structs.replace(request, **criteria) == request
+            except (TypeError, ValueError):  # InvalidArgumentError is a ValueError
+                same = False
+            if same:
+                found.append(request)
+        if len(found) == 1:
+            return found[0]
+        asked = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
+        recorded = "\n  ".join(repr(s.request) for s in self.subscriptions()) or "(nothing)"
+        what = "no recorded subscription" if not found else f"{len(found)} recorded subscriptions"
+        raise ConfigurationError(
+            f"{what} match {opcode}({asked}) in {self.root}; recorded:\n  {recorded}"
+        )
+
+    # -- the Stream's client side -----------------------------------------------------------------
+
+    async def _subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
+        if self._state != "open" or (self._pump is not None and self._pump.done()):
+            stream._buffer.close()  # the recording is over: the stream ends at once
+        else:
+            self._slots.setdefault(stream.request, _Slot()).buffers.append(stream._buffer)
+            if self._pump is None:
+                self._pump = asyncio.get_running_loop().create_task(self._run(), name="replay")
+        return f"replay:{stream.request}", 0
+
+    async def _unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
+        for slot in self._slots.values():
+            if buffer in slot.buffers:
+                slot.buffers.remove(buffer)
+
+    # -- the pump ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let streams opened together subscribe first
+            await self._feed()
+        finally:
+            self._end_streams()
+
+    async def _feed(self) -> None:
+        table = self._table
+        if table.num_rows == 0:
+            return
+        recv = table.column("recv_ns").to_pylist()
+        conns = table.column("connection").to_pylist()
+        guids = table.column("guid").to_pylist()
+        kinds = table.column("kind").to_pylist()
+        frames = table.column("frame")
+        first_ns = recv[0]
+        start = self._clock()
+        by_guid, slots, speed, high = self._by_guid, self._slots, self.speed, self.max_buffer
+        for i, guid in enumerate(guids):
+            request = by_guid.get(guid) if guid is not None else None
+            slot = slots.get(request) if request is not None else None
+            if slot is None or not slot.buffers or kinds[i] == "junk":
+                continue
+            if speed is not None:
+                delay = start + (recv[i] - first_ns) / 1e9 / speed - self._clock()
+                if delay > 0.0005:
+                    await self._sleep(delay)
+            msg = route(frames[i].as_py())  # the live router, on the recorded bytes
+            if isinstance(msg, DataMessage):
+                for buffer in slot.buffers:
+                    buffer.push(msg.data)
+            elif msg.ok:
+                if msg.request_guid in slot.confirmed:  # same guid again: a restore (§9.5)
+                    event = LaneEvent("restored", conns[i])
+                    for buffer in slot.buffers:
+                        buffer.push_event(event)
+                slot.confirmed.add(msg.request_guid)
+            self.frames_replayed += 1
+            await asyncio.sleep(0)  # consumers take their item before the next one comes
+            for buffer in slot.buffers:
+                # Backpressure: wait for this consumer (a buffer has no "drained" event to await).
+                while buffer.depth >= high and not buffer.closed:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+
+    def _end_streams(self) -> None:
+        for slot in self._slots.values():
+            for buffer in slot.buffers:
+                buffer.close()
+            slot.buffers.clear()
+
+
+def _load(
+    root: Path,
+) -> tuple[Any, dict[SubscriptionRequest, RecordedSubscription], dict[str, SubscriptionRequest]]:
+    """Every part under ``root`` as one table in ``recv_ns`` order, and its subscriptions."""
+    parts = list_parts(root)
+    if not parts:
+        raise ConfigurationError(f"no recording under {root} (no date=*/stream=*/part-*.parquet)")
+    tables = [pq.read_table(p, columns=_COLUMNS + _INDEX_COLUMNS[1:]) for p in parts]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    # Frames of one subscription live in one partition, already in order: ties keep it.
+    table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    table = table.take(pc.sort_indices(table, [("recv_ns", "ascending"), ("_row", "ascending")]))
+    by_guid: dict[str, SubscriptionRequest] = {}
+    stats: dict[SubscriptionRequest, list[int]] = {}
+    index = table.select(["guid", "opcode", "params"]).group_by(["guid", "opcode", "params"])
+    grouped = index.aggregate([]).to_pylist()
+    decoded: dict[tuple[str, str], SubscriptionRequest] = {}
+    for row in grouped:
+        guid, opcode, params = row["guid"], row["opcode"], row["params"]
+        if guid is None or opcode is None or params is None or opcode not in STREAM_MODELS:
+            continue
+        request = decoded.get((opcode, params))
+        if request is None:
+            fields = msgspec.json.decode(params)
+            request = msgspec.convert(fields | {"opcode": opcode}, AnySubscriptionRequest)
+            decoded[opcode, params] = request
+        by_guid[guid] = request
+    recv = table.column("recv_ns").to_pylist()
+    for ns, guid, kind in zip(
+        recv, table.column("guid").to_pylist(), table.column("kind").to_pylist(), strict=True
+    ):
+        request = by_guid.get(guid) if guid is not None else None
+        if request is None:
+            continue
+        entry = stats.get(request)
+        if entry is None:
+            entry = stats[request] = [0, ns, ns]
+        entry[0] += kind == "data"
+        entry[2] = ns
+    subs = {r: RecordedSubscription(r, n, first, last) for r, (n, first, last) in stats.items()}
+    return table.select(_COLUMNS), subs, by_guid

@@ -11,6 +11,7 @@ from .endpoints import Endpoints as Endpoints, resolve_endpoints as resolve_endp
 from .http import HttpClient as HttpClient
 from .lane import LaneEvent as LaneEvent, LaneKind as LaneKind, LaneState as LaneState
 from .orders import OrderAck as OrderAck, OrderClient as OrderClient
+from .portfolio import Portfolio as Portfolio
 from .state import OrderBookView as OrderBookView
 from .streams import Stream as Stream
 
@@ -27,6 +28,7 @@ __all__ = [
     "OrderBookView",
     "OrderClient",
     "Policy",
+    "Portfolio",
     "Stream",
     "StreamBuffer",
     "TokenManager",

@@ -364,3 +364,22 @@ async def test_http_snapshot_fills_what_a_capped_replay_leaves_out(
             await trades.stop()
     finally:
         await ws.close()
+
+
+async def test_a_burst_of_401s_refreshes_the_token_once(client: AlorClient, sim: Simulator) -> None:
+    """After every token expired, restoring 60 subscriptions costs one or two refreshes."""
+    streams = [await client.quotes("SBER", frequency=10_000 + i) for i in range(60)]
+    assert client._tokens is not None
+    before = client._tokens.stats["refreshes"]
+    sim.faults.expire_tokens()
+    sim.faults.drop(code=1006, kind="ws")
+    await _until(
+        lambda: (
+            sum(s.restore_count for s in client._registry.subscriptions()) >= 60
+            and all(s.state is SubscriptionState.ACTIVE for s in client._registry.subscriptions())
+        ),
+        "all restored",
+    )
+    assert 1 <= client._tokens.stats["refreshes"] - before <= 2
+    for s in streams:
+        await s.aclose()

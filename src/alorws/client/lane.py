@@ -198,6 +198,8 @@ class Lane:
         self._close_waiters: dict[str, asyncio.Future[None]] = {}
         self._unsent: dict[str, SubscriptionRequest] = {}
         self._auth_retries: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_token: str | None = None  # the token of the last frames sent
         self._disconnected = asyncio.Event()
         self._opened = asyncio.Event()
         self._closing = False
@@ -260,7 +262,9 @@ class Lane:
         ):
             # The token expired under us (§2.6): refresh and resend with the same guid.
             self._auth_retries[guid] = self._auth_retries.get(guid, 0) + 1
-            asyncio.get_running_loop().create_task(self._resend_with_fresh_token(sub))
+            task = asyncio.get_running_loop().create_task(self._resend_with_fresh_token(sub))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             return
         outcome = self._registry.on_status(guid, reply.http_code, reply.message)
         waiter = self._waiters.pop(guid, None) if outcome.kind is not StatusKind.IGNORED else None
@@ -287,10 +291,15 @@ class Lane:
 
     async def _resend_with_fresh_token(self, sub: Subscription[SubscriptionRequest, int]) -> None:
         try:
-            token = await self._refresh()
+            # A burst of 401s (every subscription of a restore) needs one refresh, not one
+            # each: force it only if nobody has replaced the refused token yet.
+            token = await self._token()
+            if token == self._last_token:
+                token = await self._refresh()
         except AlorError as exc:
             self._fail_pending(sub.guid, exc)
             return
+        self._last_token = token
         if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
             return
         self._unsent[sub.guid] = sub.request  # connection gone: goes out with the restore
@@ -324,6 +333,7 @@ class Lane:
         self._waiters[sub.guid] = waiter
         if self.state is LaneState.OPEN:
             token = await self._token()
+            self._last_token = token
             if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
                 return waiter
         self._unsent[sub.guid] = sub.request
@@ -489,6 +499,7 @@ class Lane:
     async def _restore(self) -> None:
         """Re-send every subscription of this lane with its original guid, pipelined."""
         token = await self._token()
+        self._last_token = token
         frames: list[bytes] = []
         for sub in self._registry.restore_plan(self.id):
             frames.append(encode_subscribe(sub.request, guid=sub.guid, token=token))
@@ -565,6 +576,9 @@ class Lane:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for bg in list(self._background):
+            bg.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.cancel()

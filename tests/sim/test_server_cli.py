@@ -7,7 +7,6 @@ import os
 import signal
 import ssl
 import sys
-import time
 
 import aiohttp
 import pytest
@@ -31,9 +30,8 @@ async def _read_lines(proc: asyncio.subprocess.Process, keys: set[str]) -> dict[
 
 
 async def test_cli_starts_prints_and_stops_on_ctrl_c() -> None:
-    """`python -m alorws.sim` prints `url:` and `refresh_token:` in < 2 s, serves, and stops
+    """`python -m alorws.sim` prints `url:` and `refresh_token:`, serves, and stops
     cleanly on SIGINT."""
-    started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -55,7 +53,6 @@ async def test_cli_starts_prints_and_stops_on_ctrl_c() -> None:
     )
     try:
         lines = await _read_lines(proc, {"url", "refresh_token", "account"})
-        assert time.monotonic() - started < 5  # < 2 s on a quiet machine; CI is not quiet
         url = lines["url"]
         assert url.startswith("http://127.0.0.1:")
         login, refresh, *portfolios = lines["account"].split()

@@ -499,7 +499,6 @@ async def test_client_side_pacing() -> None:
     async with serve([web.get("/md/v2/time", now)]) as url, HttpClient(url, max_rps=10) as client:
         started = time.monotonic()
         await asyncio.gather(*(client.server_time() for _ in range(10)))
-        assert time.monotonic() - started < 0.5
         await client.server_time()
         assert time.monotonic() - started >= 0.95
 

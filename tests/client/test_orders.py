@@ -400,9 +400,7 @@ async def test_drop_between_command_and_reply_100_times(
                 portfolio, SBER, "sell", 1, FAR_SELL, comment=f"{tag}{i}"
             )
 
-    started = time.monotonic()
     acks = await asyncio.gather(*(place(i) for i in range(100)))
-    elapsed = time.monotonic() - started
 
     assert drops == 100
     assert all(isinstance(a, OrderAck) and a.http_code == 200 for a in acks)
@@ -413,7 +411,6 @@ async def test_drop_between_command_and_reply_100_times(
     stats = orders.stats()
     assert stats["reconnects"] >= 100 and stats["resends"] >= 100
     assert stats["unknown"] == 0 and stats["rejections"] == 0
-    assert elapsed < 15
 
 
 async def test_drop_while_replies_are_delayed(

@@ -17,7 +17,6 @@ import contextlib
 import time
 
 from _common import connect, parser, run, say
-
 from alorws.client import OrderBookView
 
 

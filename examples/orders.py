@@ -16,7 +16,6 @@ import argparse
 import asyncio
 
 from _common import connect, parser, run, say
-
 from alorws.client import Stream
 from alorws.protocol import Order, OrderStatus, OwnTrade
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 
 from _common import connect, parser, run, say
-
 from alorws.client import AlorClient
 
 

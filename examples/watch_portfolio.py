@@ -16,7 +16,6 @@ import contextlib
 from typing import Any
 
 from _common import connect, parser, run, say
-
 from alorws.client.portfolio import Portfolio
 
 

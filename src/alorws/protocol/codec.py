@@ -112,7 +112,12 @@ class _Envelope(msgspec.Struct, gc=False):
 _decode_envelope: Final = msgspec.json.Decoder(_Envelope).decode
 
 
-def route(frame: bytes | bytearray | memoryview | str) -> DataMessage | StatusReply:
+def route(
+    frame: bytes | bytearray | memoryview | str,
+    *,
+    _decode: Any = _decode_envelope,  # bound as defaults: local lookups on the hot path
+    _data_message: Any = DataMessage,
+) -> DataMessage | StatusReply:
     """Classify one received frame without decoding its payload.
 
     Returns a :class:`DataMessage` (``guid`` + raw ``data``) or a :class:`StatusReply`.
@@ -121,7 +126,7 @@ def route(frame: bytes | bytearray | memoryview | str) -> DataMessage | StatusRe
     ``requestGuid`` or an integer ``httpCode``.
     """
     try:
-        env = _decode_envelope(frame)
+        env = _decode(frame)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
         raise FrameError(f"unreadable frame: {exc}", frame) from None
     # Hot path first: a data message. ``len > 4`` settles it without comparing bytes unless the
@@ -130,7 +135,8 @@ def route(frame: bytes | bytearray | memoryview | str) -> DataMessage | StatusRe
     data = env.data
     if len(data) > 4 or (data is not _NO_DATA and data != _NULL):
         if type(guid) is str and guid:
-            return DataMessage(guid, data)
+            msg: DataMessage = _data_message(guid, data)
+            return msg
         raise FrameError("data message without a string 'guid'", frame)
     request_guid = env.requestGuid
     if request_guid is None:

@@ -1,0 +1,10 @@
+"""The gateway: one ALOR session served to many processes over NATS (issue 8).
+
+See ``docs/scale-out.md`` for the topology, subjects and guarantees.
+"""
+
+from .gateway import Gateway as Gateway, guid_for_key as guid_for_key, open_stream as open_stream
+from .natsserver import NatsServer as NatsServer, find_nats_server as find_nats_server
+
+
+__all__ = ["Gateway", "NatsServer", "find_nats_server", "guid_for_key", "open_stream"]

@@ -1,0 +1,281 @@
+"""Gateway + BusClient over a real nats-server and the simulator (issue 8, foundation)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+
+from alorws.bus import BusClient
+from alorws.client import AlorClient
+from alorws.errors import (
+    ConnectError,
+    InvalidArgumentError,
+    OrderRejected,
+    SubscriptionLimitError,
+)
+from alorws.gateway import Gateway, NatsServer
+from alorws.protocol.account import Order, OwnTrade
+from alorws.protocol.market import OrderBook, Quote, Trade
+from alorws.sim.app import Simulator
+
+from .conftest import FAST, LEASE
+
+
+SYMBOLS = ["SBER", "GAZP", "LKOH"]
+
+
+def sim_subscriptions(sim: Simulator) -> int:
+    return int(sim.stats()["subscriptions"])
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110  # polls the simulator's counters
+            await asyncio.sleep(0.02)
+
+
+async def first(stream: Any, sim: Simulator, symbol: str, within: float = 5.0) -> Any:
+    """The first message of ``stream``, making market events on ``symbol`` while waiting."""
+
+    async def poke() -> None:
+        while True:
+            sim.burst(symbol, 5)
+            await asyncio.sleep(0.05)
+
+    poker = asyncio.ensure_future(poke())
+    try:
+        async with asyncio.timeout(within):
+            return await stream.get()
+    finally:
+        poker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poker
+
+
+async def test_overlapping_consumers_share_one_alor_subscription_each(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer
+) -> None:
+    """12 consumers, each with its own NATS connection, subscribe overlapping quotes and books:
+    the simulator sees each distinct subscription once and every consumer gets its data."""
+
+    async def consumer(i: int) -> list[Any]:
+        async with BusClient(nats_server.url) as bus:
+            quotes = [bus.quotes(SYMBOLS[i % 3]), bus.quotes(SYMBOLS[(i + 1) % 3])]
+            books = [bus.order_book(SYMBOLS[i % 2], depth=10)]
+            streams: list[Any] = [*quotes, *books]
+            for s in streams:
+                await s.subscribe()
+            got = [await first(s, sim, s.request.code) for s in streams]
+            ready.append(i)
+            await release.wait()
+            return got
+
+    ready: list[int] = []
+    release = asyncio.Event()
+    tasks = [asyncio.ensure_future(consumer(i)) for i in range(12)]
+    await eventually(lambda: len(ready) == len(tasks), within=20.0)
+    distinct = 3 + 2  # quotes of three symbols, books of two
+    assert sim_subscriptions(sim) == distinct
+    assert gateway.stats()["subscriptions"] == distinct
+    assert gateway.stats()["consumers"] == 12
+    release.set()
+    results = await asyncio.gather(*tasks)
+    for i, got in enumerate(results):
+        assert isinstance(got[0], Quote) and got[0].symbol == SYMBOLS[i % 3]
+        assert isinstance(got[1], Quote) and got[1].symbol == SYMBOLS[(i + 1) % 3]
+        assert isinstance(got[2], OrderBook)
+    # Everyone unsubscribed on exit: the gateway released every ALOR subscription.
+    await eventually(lambda: sim_subscriptions(sim) == 0)
+    assert gateway.stats()["subscriptions"] == 0
+
+
+async def test_late_consumer_starts_with_the_last_quote(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer
+) -> None:
+    """A consumer joining a running subscription gets the current value at once."""
+    async with BusClient(nats_server.url) as a, BusClient(nats_server.url) as b:
+        async with a.quotes("SBER") as qa:
+            await first(qa, sim, "SBER")
+            async with b.quotes("SBER") as qb, asyncio.timeout(2.0):
+                q = await qb.get()  # no market event needed: the snapshot
+            assert isinstance(q, Quote) and q.symbol == "SBER"
+            assert sim_subscriptions(sim) == 1
+
+
+async def test_consumer_that_vanishes_is_released_after_its_lease(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer
+) -> None:
+    """A consumer that disconnects without unsubscribing loses its subscriptions after the
+    lease; a consumer that keeps renewing keeps its own across many leases."""
+    async with BusClient(nats_server.url) as alive:
+        keep = await alive.quotes("GAZP")
+        gone = BusClient(nats_server.url)
+        await gone.start()
+        await gone.quotes("SBER")
+        await gone.order_book("SBER")
+        await gone.quotes("GAZP")  # shared with the live consumer
+        assert sim_subscriptions(sim) == 3
+        # Crash: no unsubscribe, no more renewals.
+        assert gone._renewer is not None and gone._nc is not None
+        gone._renewer.cancel()
+        await gone._nc.close()
+        await asyncio.sleep(LEASE / 2)
+        assert sim_subscriptions(sim) == 3  # not before the lease runs out
+        await eventually(lambda: sim_subscriptions(sim) == 1, within=LEASE * 4)
+        assert gateway.stats()["expired"] == 1
+        await asyncio.sleep(LEASE * 3)  # several leases: the live consumer renews
+        assert sim_subscriptions(sim) == 1
+        assert alive.renewals >= 3
+        assert isinstance(await first(keep, sim, "GAZP"), Quote)
+
+
+async def test_all_trades_and_errors_come_back_as_alorws_errors(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer, portfolio: str
+) -> None:
+    async with BusClient(nats_server.url) as bus:
+        async with bus.all_trades("SBER") as trades:
+            assert isinstance(await first(trades, sim, "SBER"), Trade)
+        with pytest.raises(OrderRejected) as info:
+            await bus.trading.place_market(portfolio, "SBER", "buy", 2_000_000)
+        assert info.value.http_code == 400
+    async with BusClient(nats_server.url, prefix="nobody") as lonely:
+        with pytest.raises(ConnectError, match="no gateway"):
+            await lonely.quotes("SBER")
+
+
+async def test_subscription_over_the_budget_is_refused_with_its_error(
+    sim: Simulator, nats_server: NatsServer
+) -> None:
+    async with (
+        AlorClient(
+            sim.demo_refresh_token,
+            base_url=sim.url,
+            backoff=FAST,
+            max_connections=3,
+            reserve_connections=2,
+            max_subscriptions_per_connection=2,
+        ) as small,
+        Gateway(small, nats_server.url, lease_seconds=LEASE),
+        BusClient(nats_server.url) as bus,
+    ):
+        await bus.quotes("SBER")
+        await bus.quotes("GAZP")
+        with pytest.raises(SubscriptionLimitError, match="Nothing was sent"):
+            await bus.quotes("LKOH")
+        assert sim_subscriptions(sim) == 2
+        with pytest.raises(InvalidArgumentError):
+            await bus.quotes("SBER", frequency=-1)
+
+
+async def test_order_retried_with_the_same_key_places_one_order(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer, portfolio: str
+) -> None:
+    before = len(sim.engine.orders(portfolio))
+    async with BusClient(nats_server.url) as a, BusClient(nats_server.url) as b:
+
+        def place(bus: BusClient) -> Awaitable[Any]:
+            return bus.trading.place_limit(portfolio, "SBER", "buy", 1, 275.0, guid="key-1")
+
+        # Three concurrent attempts from two processes, then three sequential retries.
+        acks = await asyncio.gather(place(a), place(b), place(a))
+        acks += [await place(b) for _ in range(3)]
+        assert len({ack.order_number for ack in acks}) == 1
+        assert len(sim.engine.orders(portfolio)) == before + 1
+        other = await a.trading.place_limit(portfolio, "SBER", "buy", 1, 275.0)
+        assert other.order_number != acks[0].order_number
+        assert len(sim.engine.orders(portfolio)) == before + 2
+        cancelled = await a.trading.cancel(other.order_number, portfolio, guid="cancel-1")
+        assert cancelled.order_number == other.order_number
+
+
+async def test_account_events_through_jetstream_without_duplicates(
+    sim: Simulator, gateway: Gateway, nats_server: NatsServer, portfolio: str
+) -> None:
+    """Orders and own trades reach every consumer once per change, equal to the simulator's
+    truth; a consumer that joins later replays the same history from JetStream."""
+
+    async def collect(
+        bus: BusClient, n_orders: int, n_trades: int
+    ) -> tuple[list[Order], list[OwnTrade]]:
+        orders, trades = bus.orders(portfolio), bus.own_trades(portfolio)
+        await orders.subscribe()
+        await trades.subscribe()
+        got_o: list[Order] = []
+        got_t: list[OwnTrade] = []
+        async with asyncio.timeout(10.0):
+            while len({o.id for o in got_o if o.status == "filled"}) < n_orders:
+                got_o.append(await orders.get())
+            while len(got_t) < n_trades:
+                got_t.append(await trades.get())
+        await asyncio.sleep(0.3)  # anything more would be a duplicate
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.01):
+                got_o.append(await orders.get())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.01):
+                got_t.append(await trades.get())
+        return got_o, got_t
+
+    async with BusClient(nats_server.url) as first_bus:
+        listener = asyncio.ensure_future(collect(first_bus, 3, 3))
+        await asyncio.sleep(0.5)
+        acks = [
+            await first_bus.trading.place_market(portfolio, "SBER", "buy", 1, guid=f"m{i}")
+            for i in range(3)
+        ]
+        placed = {ack.order_number for ack in acks}
+        got_o, got_t = await listener
+        truth_orders = {o.id: o for o in sim.engine.orders(portfolio)}
+        truth_trades = {t.id for t in sim.engine.trades(portfolio)}
+        assert placed <= {o.id for o in got_o}
+        states = [(o.id, o.status, o.filled_qty_batch, o.update_time) for o in got_o]
+        assert len(states) == len(set(states)), "an order state was delivered twice"
+        assert {o.id for o in got_o} <= set(truth_orders)
+        for oid in placed:
+            assert [o for o in got_o if o.id == oid][-1].status == truth_orders[oid].status
+        ids = [t.id for t in got_t]
+        assert len(ids) == len(set(ids)), "an own trade was delivered twice"
+        assert set(ids) == truth_trades
+
+        # A consumer arriving later replays the same events from the JetStream stream.
+        async with BusClient(nats_server.url) as late:
+            late_o, late_t = await collect(late, 3, 3)
+        assert [(o.id, o.status) for o in late_o] == [(o.id, o.status) for o in got_o]
+        assert [t.id for t in late_t] == ids
+        assert sim_subscriptions(sim) == 2  # one orders + one own trades upstream, shared
+
+
+async def test_restarted_gateway_republishes_nothing_twice(
+    sim: Simulator, client: AlorClient, nats_server: NatsServer, portfolio: str
+) -> None:
+    """A new gateway replays the account history from ALOR; the content-derived message ids
+    make JetStream drop every copy, and a live consumer is re-subscribed by its renewals."""
+    async with BusClient(nats_server.url) as bus:
+        async with Gateway(client, nats_server.url, lease_seconds=LEASE):
+            orders = await bus.orders(portfolio)
+            ack = await bus.trading.place_market(portfolio, "SBER", "buy", 1)
+            async with asyncio.timeout(5.0):
+                while (await orders.get()).status != "filled":
+                    pass
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            stored = (await js.stream_info("ALORWS_ACCOUNT")).state.messages
+            async with Gateway(client, nats_server.url, lease_seconds=LEASE) as second:
+                await eventually(lambda: second.stats()["subscriptions"] == 1, within=LEASE * 3)
+                await asyncio.sleep(0.5)  # the replay is published by now
+                assert (await js.stream_info("ALORWS_ACCOUNT")).state.messages == stored
+                ack2 = await bus.trading.place_market(portfolio, "SBER", "buy", 1)
+                async with asyncio.timeout(5.0):
+                    seen = await orders.get()
+                    while not (seen.id == ack2.order_number and seen.status == "filled"):
+                        assert seen.id != ack.order_number, "an old order came again"
+                        seen = await orders.get()
+                assert [e.kind for e in orders.events] == ["disconnected", "restored"]
+        finally:
+            await nc.close()

@@ -138,6 +138,19 @@ def test_status(capsys: pytest.CaptureFixture[str]) -> None:
     assert "metrics: http://127.0.0.1:" in out
 
 
+def test_gateway_with_embedded_nats(capsys: pytest.CaptureFixture[str]) -> None:
+    """`alorws gateway --embedded-nats --sim` starts NATS and the gateway, then exits cleanly."""
+    code, out, err = run(capsys, "gateway", "--embedded-nats", "--sim", "--duration", "1")
+    assert code == 0, err
+    assert "nats: nats://127.0.0.1:" in out and "consumers" in out
+
+
+def test_gateway_needs_one_nats_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """Neither or both of --nats/--embedded-nats is a usage error."""
+    code, _, err = run(capsys, "gateway", "--sim", "--duration", "1")
+    assert code == 2 and "--embedded-nats" in err
+
+
 def test_order_and_cancel_against_one_server(
     capsys: pytest.CaptureFixture[str], token_env: dict[str, str]
 ) -> None:

@@ -1169,6 +1169,58 @@ def _status_view(session: Session) -> RenderableType:
 
 
 @app.command()
+def gateway(
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="NATS server URL, e.g. nats://127.0.0.1:4222.")
+    ] = None,
+    embedded_nats: Annotated[
+        bool, typer.Option("--embedded-nats", help="Start a local nats-server with JetStream.")
+    ] = False,
+    prefix: Annotated[str, typer.Option(help="First token of every NATS subject.")] = "alorws",
+    lease: Annotated[
+        float, typer.Option(help="Seconds before a silent consumer is released.")
+    ] = 10.0,
+    sim: SimOpt = False,
+    env: EnvOpt = Env.prod,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    duration: DurationOpt = None,
+    metrics_port: MetricsOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Share this account's ALOR connections with many processes through NATS JetStream."""
+    if (nats is None) == (not embedded_nats):
+        raise typer.BadParameter("give exactly one of --nats URL or --embedded-nats")
+    target = _target(sim, env, url, token_file, debug, metrics_port)
+    console = _console()
+
+    async def body() -> None:
+        from .gateway import Gateway, NatsServer
+
+        async with contextlib.AsyncExitStack() as stack:
+            nats_url = nats
+            if embedded_nats:
+                server = await stack.enter_async_context(NatsServer())
+                nats_url = server.url
+            assert nats_url is not None
+            session = await stack.enter_async_context(_connect(target))
+            gw = await stack.enter_async_context(
+                Gateway(session.client, nats_url, prefix=prefix, lease_seconds=lease)
+            )
+            console.print(f"nats: {nats_url}")
+            console.print(f"prefix: {prefix}")
+
+            def render() -> Table:
+                return _kv_table(
+                    "Gateway", {k: v for k, v in gw.stats().items() if k != "upstream"}
+                )
+
+            await _run_live(session, console, [], render, None, duration)
+
+    _run(body())
+
+
+@app.command()
 def status(
     symbols: Annotated[
         list[str] | None, typer.Argument(help="Tickers to subscribe for the probe (SBER).")

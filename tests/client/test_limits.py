@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from alorws.client import AlorClient, LaneKind
-from alorws.errors import SubscriptionLimitError
+from alorws.errors import ServerRejected, SubscriptionLimitError
+from alorws.protocol import Quote
 from alorws.sim.app import Simulator
 
 from .conftest import FAST
@@ -30,9 +31,9 @@ def _requests(client: AlorClient, sim: Simulator, n: int) -> list[Any]:
     return [client.quotes(sym, frequency=freq) for sym, freq in pairs]
 
 
-async def _subscribe_all(streams: list[Any]) -> None:
+async def _subscribe_all(client: AlorClient, streams: list[Any]) -> None:
     async with asyncio.timeout(120):
-        await asyncio.gather(*(s.subscribe() for s in streams))
+        await client.subscribe_all(streams)
 
 
 @pytest.mark.timeout(180)
@@ -40,7 +41,7 @@ async def test_12000_subscriptions_shard_over_3_connections(quiet_sim: Simulator
     """12,000 market subscriptions spread automatically over 3 connections of 5000."""
     async with AlorClient(quiet_sim.demo_refresh_token, base_url=quiet_sim.url, backoff=FAST) as c:
         streams = _requests(c, quiet_sim, 12_000)
-        await _subscribe_all(streams)
+        await _subscribe_all(c, streams)
         lanes = c.stats()["lanes"]
         assert [lane["kind"] for lane in lanes] == [LaneKind.MARKET] * 3
         assert sorted(lane["subscriptions"] for lane in lanes) == [2000, 5000, 5000]
@@ -59,7 +60,7 @@ async def test_the_50001st_subscription_raises_without_sending(quiet_sim: Simula
         subscribe_timeout=240,
     ) as c:
         streams = _requests(c, quiet_sim, 50_001)
-        await _subscribe_all(streams[:50_000])
+        await _subscribe_all(c, streams[:50_000])
         assert c.stats()["connections"] == 10
         frames_before = [lane["messages"] for lane in c.stats()["lanes"]]
         with pytest.raises(SubscriptionLimitError, match="Nothing was sent"):
@@ -68,3 +69,17 @@ async def test_the_50001st_subscription_raises_without_sending(quiet_sim: Simula
         with pytest.raises(SubscriptionLimitError):
             await c.positions(c.portfolios[0])  # no connection left for account streams either
         assert len(frames_before) == 10
+
+
+async def test_subscribe_all_settles_every_stream_and_raises_the_first_failure(
+    quiet_sim: Simulator,
+) -> None:
+    """One bad ticker in a batch: the good streams open, the bad one closes, its error raises."""
+    async with AlorClient(quiet_sim.demo_refresh_token, base_url=quiet_sim.url, backoff=FAST) as c:
+        good = [c.quotes("SBER"), c.order_book("GAZP"), c.quotes("LKOH")]
+        bad = c.quotes("NOSUCHTICKER")
+        with pytest.raises(ServerRejected):
+            await c.subscribe_all([*good, bad])
+        assert all(s.is_open for s in good) and not bad.is_open
+        assert c.stats()["subscriptions"] == 3
+        assert isinstance(await anext(aiter(good[0])), Quote)

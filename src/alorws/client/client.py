@@ -645,6 +645,34 @@ class AlorClient:
             self._streams.discard(stream)
             raise
 
+    async def subscribe_all(self, streams: Sequence[Stream[Any]]) -> None:
+        """Subscribe many streams at once and wait for every confirmation.
+
+        One hop to the I/O thread for the whole batch instead of one per stream: thousands of
+        subscriptions go out pipelined. Streams that fail are closed; the first failure is
+        raised after the others are settled (check ``stream.is_open``).
+        """
+        batch = list(streams)
+        for stream in batch:
+            stream._begin()
+            self._streams.add(stream)
+        results = await self._runtime.call(self._io_subscribe_many, batch)
+        first: BaseException | None = None
+        for stream, result in zip(batch, results, strict=True):
+            stream._finish(result)
+            if isinstance(result, BaseException):
+                self._streams.discard(stream)
+                first = first or result
+        if first is not None:
+            raise first
+
+    async def _io_subscribe_many(
+        self, streams: list[Stream[Any]]
+    ) -> list[tuple[str, int] | BaseException]:
+        return await asyncio.gather(
+            *(self._io_subscribe(s) for s in streams), return_exceptions=True
+        )
+
     async def _unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
         self._streams = {s for s in self._streams if s._buffer is not buffer}
         if self._state != "open":

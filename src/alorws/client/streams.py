@@ -123,6 +123,21 @@ class Stream(Generic[M], AsyncIterator[M]):
         self._state = "open"
         return self
 
+    def _begin(self) -> None:
+        """new -> subscribing (used by the client's batched subscribe)."""
+        if self._state != "new":
+            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
+        self._state = "subscribing"
+
+    def _finish(self, result: tuple[str, int] | BaseException) -> None:
+        """subscribing -> open with (guid, lane), or closed on an error."""
+        if isinstance(result, BaseException):
+            self._state = "closed"
+            self._buffer.close()
+        else:
+            self._guid, self._lane = result
+            self._state = "open"
+
     async def aclose(self) -> None:
         """Unsubscribe (the server subscription ends when its last stream closes)."""
         if self._state == "closed":

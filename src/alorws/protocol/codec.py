@@ -83,40 +83,36 @@ class StatusReply(msgspec.Struct, frozen=True, gc=False):
         return rejection_for(self.http_code, self.message, self.request_guid)
 
 
-class DataMessage(msgspec.Struct, frozen=True, gc=False):
-    """A routed, not yet decoded data message: the subscription ``guid`` and the raw ``data``.
-
-    Pass ``data`` to :func:`decode_payload` (or a decoder from :func:`decoder_for`).
-    """
-
-    guid: str
-    data: msgspec.Raw
-
-
 _NO_DATA: Final = msgspec.Raw()
 _NULL: Final = msgspec.Raw(b"null")
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    # Every key either message shape can carry, in wire order (msgspec is fastest that way).
-    # ``data`` stays raw JSON: routing never pays for building the payload. Types are checked by
-    # hand below, so that a wrong type gives a precise FrameError.
+class DataMessage(msgspec.Struct, frozen=True, gc=False, repr_omit_defaults=True):
+    """A routed, not yet decoded data message: the subscription ``guid`` and the raw ``data``.
+
+    Pass ``data`` to :func:`decode_payload` (or a decoder from :func:`decoder_for`).
+
+    Every frame is decoded once, as this struct, whatever it turns out to be: it lists the keys
+    of both shapes in wire order, so a data message needs no second object and a status reply
+    is turned into a :class:`StatusReply`. Wrong types fail the decode (a ``FrameError``).
+    """
+
     data: msgspec.Raw = _NO_DATA
-    guid: Any = None
-    requestGuid: Any = None
-    httpCode: Any = None
-    message: Any = None
-    orderNumber: Any = None
+    guid: str = ""
+    # The status-reply keys (§3.3, §5); always None on a data message.
+    requestGuid: str | None = None
+    httpCode: int | None = None
+    message: str | None = None
+    orderNumber: str | int | None = None
 
 
-_decode_envelope: Final = msgspec.json.Decoder(_Envelope).decode
+_decode_envelope: Final = msgspec.json.Decoder(DataMessage).decode
 
 
 def route(
     frame: bytes | bytearray | memoryview | str,
     *,
-    _decode: Any = _decode_envelope,  # bound as defaults: local lookups on the hot path
-    _data_message: Any = DataMessage,
+    _decode: Any = _decode_envelope,  # bound as a default: a local lookup on the hot path
 ) -> DataMessage | StatusReply:
     """Classify one received frame without decoding its payload.
 
@@ -126,31 +122,25 @@ def route(
     ``requestGuid`` or an integer ``httpCode``.
     """
     try:
-        env = _decode(frame)
+        msg: DataMessage = _decode(frame)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8
         raise FrameError(f"unreadable frame: {exc}", frame) from None
     # Hot path first: a data message. ``len > 4`` settles it without comparing bytes unless the
     # payload is tiny (``{}``, ``null``, or absent).
-    guid = env.guid
-    data = env.data
+    data = msg.data
     if len(data) > 4 or (data is not _NO_DATA and data != _NULL):
-        if type(guid) is str and guid:
-            msg: DataMessage = _data_message(guid, data)
+        if msg.guid:
             return msg
-        raise FrameError("data message without a string 'guid'", frame)
-    request_guid = env.requestGuid
+        raise FrameError("data message without a 'guid'", frame)
+    request_guid = msg.requestGuid
     if request_guid is None:
         raise FrameError("neither a data message nor a status reply", frame)
-    code = env.httpCode
-    if type(request_guid) is not str or type(code) is not int:
-        raise FrameError("status reply needs a string 'requestGuid' and an int 'httpCode'", frame)
-    message = env.message
-    number = env.orderNumber
+    code = msg.httpCode
+    if code is None:
+        raise FrameError("status reply without an 'httpCode'", frame)
+    number = msg.orderNumber
     return StatusReply(
-        request_guid,
-        code,
-        message if isinstance(message, str) else "",
-        None if number is None else str(number),
+        request_guid, code, msg.message or "", None if number is None else str(number)
     )
 
 

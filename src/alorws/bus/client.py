@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 import nats
@@ -40,6 +40,7 @@ from nats.js.api import DeliverPolicy
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
 from ..client.orders import OrderAck
+from ..client.streams import default_policy, market_request, portfolio_request
 from ..client.whole import StreamFilter, filter_for
 from ..errors import (
     AlorError,
@@ -52,10 +53,10 @@ from ..errors import (
 )
 from ..protocol import requests as rq
 from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.account import Order, OwnTrade, Position, Risk, StopOrder, Summary
 from ..protocol.codec import decode_payload, decoder_for
 from ..protocol.enums import Exchange, Format, OrderStatus, OrderType, Side, TimeInForce
-from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
+from ..protocol.market import Bar, OrderBook, Quote, Trade
 from . import wire
 
 
@@ -65,8 +66,6 @@ log = logging.getLogger("alorws.bus")
 
 M = TypeVar("M", bound=Model)
 R = TypeVar("R")
-
-_STATE_MODELS: Final = (Quote, OrderBook, InstrumentPatch, Summary, Risk, SpectraRisk)
 
 
 class BusStream(Generic[M], AsyncIterator[M]):
@@ -605,16 +604,11 @@ class BusClient:
         statuses: Sequence[OrderStatus | str] | None = None,
     ) -> BusStream[M]:
         self._nats()
-        chosen = (
-            Policy(policy)
-            if policy is not None
-            else (Policy.LATEST if issubclass(model, _STATE_MODELS) else Policy.QUEUE)
-        )
         return BusStream(
             self,
             request,
             model,
-            policy=chosen,
+            policy=default_policy(model, policy),
             max_buffer=max_buffer or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
             skip_history=skip_history,
@@ -634,11 +628,13 @@ class BusClient:
         max_buffer: int | None = None,
     ) -> BusStream[Quote]:
         """Quotes of one instrument; see :meth:`alorws.client.AlorClient.quotes`."""
-        req = rq.QuotesRequest(
-            code=code,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+        req = market_request(
+            rq.QuotesRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
+            frequency=frequency,
         )
         return self._stream(req, Quote, policy=policy, max_buffer=max_buffer, name=f"quotes {code}")
 
@@ -655,12 +651,14 @@ class BusClient:
         max_buffer: int | None = None,
     ) -> BusStream[OrderBook]:
         """The order book of one instrument; see :meth:`alorws.client.AlorClient.order_book`."""
-        req = rq.OrderBookRequest(
-            code=code,
+        req = market_request(
+            rq.OrderBookRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
             depth=depth,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+            frequency=frequency,
         )
         return self._stream(
             req, OrderBook, policy=policy, max_buffer=max_buffer, name=f"book {code}"
@@ -680,13 +678,14 @@ class BusClient:
     ) -> BusStream[Trade]:
         """The anonymous tape; see :meth:`alorws.client.AlorClient.all_trades`. (``depth``'s
         replay reaches only the consumer whose request opened the gateway's subscription.)"""
-        req = rq.AllTradesRequest(
-            code=code,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(
-                instrument_group=board, depth=depth, include_virtual_trades=include_virtual_trades
-            ),
+        req = market_request(
+            rq.AllTradesRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
+            depth=depth,
+            include_virtual_trades=include_virtual_trades,
         )
         return self._stream(req, Trade, policy=policy, max_buffer=max_buffer, name=f"trades {code}")
 
@@ -707,14 +706,16 @@ class BusClient:
         """Candles; see :meth:`alorws.client.AlorClient.bars`. ``from_`` defaults to the
         current minute so that consumers asking at about the same time share a subscription."""
         start = (int(time.time()) // 60) * 60 if from_ is None else from_
-        req = rq.BarsRequest(
-            code=code,
+        req = market_request(
+            rq.BarsRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
             tf=tf,
             from_=start,
             skip_history=skip_history,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+            frequency=frequency,
         )
         return self._stream(req, Bar, policy=policy, max_buffer=max_buffer, name=f"bars {code}")
 
@@ -732,9 +733,7 @@ class BusClient:
         name: str,
         statuses: Sequence[OrderStatus | str] | None = None,
     ) -> BusStream[M]:
-        req = cls(
-            portfolio=portfolio, exchange=Exchange(exchange), format=Format(format or self.format)
-        )
+        req = portfolio_request(cls, portfolio, exchange=exchange, format=format or self.format)
         return self._stream(
             req,
             model,
@@ -899,10 +898,6 @@ class BusClient:
 
 class _ErrorOnly(msgspec.Struct):
     error: wire.ErrorInfo | None = None
-
-
-def _opt(**kwargs: Any) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 async def _close_nats(nc: NatsClient) -> None:

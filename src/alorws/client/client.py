@@ -48,7 +48,7 @@ from .http import HttpClient
 from .lane import Lane, LaneKind
 from .orders import OrderClient
 from .runtime import IORuntime
-from .streams import Stream
+from .streams import Stream, default_policy, market_request, portfolio_request
 from .whole import filter_for
 
 
@@ -57,9 +57,6 @@ __all__ = ["AlorClient"]
 log = logging.getLogger("alorws.client")
 
 M = TypeVar("M", bound=Model)
-
-#: Default buffer policy per stream (issue: ``latest`` for state, ``queue`` for events).
-_STATE_MODELS = (Quote, OrderBook, InstrumentPatch, Summary, Risk, SpectraRisk)
 
 
 class AlorClient:
@@ -283,16 +280,11 @@ class AlorClient:
     ) -> Stream[M]:
         if self._state != "open":
             raise InvalidState("the client is not open: use `async with AlorClient(...)`")
-        chosen = (
-            Policy(policy)
-            if policy is not None
-            else (Policy.LATEST if issubclass(model, _STATE_MODELS) else Policy.QUEUE)
-        )
         return Stream(
             self,
             request,
             model,
-            policy=chosen,
+            policy=default_policy(model, policy),
             account=account,
             max_buffer=max_buffer or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
@@ -311,11 +303,13 @@ class AlorClient:
         max_buffer: int | None = None,
     ) -> Stream[Quote]:
         """Quotes of one instrument (``QuotesSubscribe``, §4.2); ``latest`` policy by default."""
-        req = rq.QuotesRequest(
-            code=code,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+        req = market_request(
+            rq.QuotesRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
+            frequency=frequency,
         )
         return self._stream(
             req, Quote, policy=policy, max_buffer=max_buffer, account=False, name=f"quotes {code}"
@@ -334,12 +328,14 @@ class AlorClient:
         max_buffer: int | None = None,
     ) -> Stream[OrderBook]:
         """The order book of one instrument, ``depth`` levels a side (§4.1); ``latest`` policy."""
-        req = rq.OrderBookRequest(
-            code=code,
+        req = market_request(
+            rq.OrderBookRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
             depth=depth,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+            frequency=frequency,
         )
         return self._stream(
             req, OrderBook, policy=policy, max_buffer=max_buffer, account=False, name=f"book {code}"
@@ -361,14 +357,16 @@ class AlorClient:
     ) -> Stream[Bar]:
         """Candles of timeframe ``tf`` (seconds or D/W/M/Y) from ``from_`` (Unix s; default:
         now, i.e. only the forming candle), §4.3. Lossless by default."""
-        req = rq.BarsRequest(
-            code=code,
+        req = market_request(
+            rq.BarsRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
             tf=tf,
             from_=int(time.time()) if from_ is None else from_,
             skip_history=skip_history,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board, frequency=frequency),
+            frequency=frequency,
         )
         return self._stream(
             req, Bar, policy=policy, max_buffer=max_buffer, account=False, name=f"bars {code} {tf}"
@@ -387,13 +385,14 @@ class AlorClient:
         max_buffer: int | None = None,
     ) -> Stream[Trade]:
         """The anonymous tape (§4.4); ``depth`` replays the last N trades first. Lossless."""
-        req = rq.AllTradesRequest(
-            code=code,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(
-                instrument_group=board, depth=depth, include_virtual_trades=include_virtual_trades
-            ),
+        req = market_request(
+            rq.AllTradesRequest,
+            code,
+            exchange=exchange,
+            board=board,
+            format=format or self.format,
+            depth=depth,
+            include_virtual_trades=include_virtual_trades,
         )
         return self._stream(
             req, Trade, policy=policy, max_buffer=max_buffer, account=False, name=f"trades {code}"
@@ -413,11 +412,8 @@ class AlorClient:
 
         Patches must all be seen to fold them (``InstrumentState.apply``), so the default
         policy is ``queue``."""
-        req = rq.InstrumentRequest(
-            code=code,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
-            **_opt(instrument_group=board),
+        req = market_request(
+            rq.InstrumentRequest, code, exchange=exchange, board=board, format=format or self.format
         )
         return self._stream(
             req,
@@ -443,10 +439,11 @@ class AlorClient:
         **extra: Any,
     ) -> Stream[M]:
         whole = model in (Order, StopOrder, OwnTrade, Position)
-        req = cls(
-            portfolio=portfolio,
-            exchange=Exchange(exchange),
-            format=Format(format or self.format),
+        req = portfolio_request(
+            cls,
+            portfolio,
+            exchange=exchange,
+            format=format or self.format,
             # Event streams are always replayed from the server so a restore can fill the gap;
             # the consumer's skip_history is applied client-side (alorws.client.whole).
             skip_history=False if whole else skip_history,
@@ -868,8 +865,3 @@ class _LoopTokens:
         for remove in self._removers:
             remove()
         self._removers.clear()
-
-
-def _opt(**kwargs: Any) -> dict[str, Any]:
-    """Only the keyword arguments that are set (request fields default to UNSET)."""
-    return {k: v for k, v in kwargs.items() if v is not None}

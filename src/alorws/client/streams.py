@@ -27,9 +27,10 @@ import msgspec
 
 from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, StopOrder
+from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import decode_payload, decoder_for
-from ..protocol.enums import Format
+from ..protocol.enums import Exchange, Format
+from ..protocol.market import InstrumentPatch, OrderBook, Quote
 from ..protocol.requests import SubscriptionRequest
 from .buffer import Policy, StreamBuffer
 from .lane import LaneEvent
@@ -39,11 +40,66 @@ from .whole import StreamFilter
 if TYPE_CHECKING:
     from .client import AlorClient
 
-__all__ = ["Stream"]
+__all__ = ["STATE_MODELS", "Stream", "default_policy", "market_request", "portfolio_request"]
 
 log = logging.getLogger("alorws.stream")
 
 M = TypeVar("M", bound=Model)
+
+
+#: State streams: every message is the whole state, so only the newest matters (``latest``).
+#: Everything else is an event stream and is delivered losslessly (``queue``).
+STATE_MODELS: tuple[type[Model], ...] = (
+    Quote,
+    OrderBook,
+    InstrumentPatch,
+    Summary,
+    Risk,
+    SpectraRisk,
+)
+
+
+def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
+    """``policy`` if given, else the default for ``model``'s stream (see STATE_MODELS)."""
+    if policy is not None:
+        return Policy(policy)
+    return Policy.LATEST if issubclass(model, STATE_MODELS) else Policy.QUEUE
+
+
+def market_request(
+    cls: Callable[..., SubscriptionRequest],
+    code: str,
+    *,
+    exchange: Exchange | str,
+    board: str | None,
+    format: Format | str,
+    **fields: Any,
+) -> SubscriptionRequest:
+    """A market-data request; optional fields left as None are not sent (they stay UNSET)."""
+    return cls(
+        code=code,
+        exchange=Exchange(exchange),
+        format=Format(format),
+        **_set(instrument_group=board, **fields),
+    )
+
+
+def portfolio_request(
+    cls: Callable[..., SubscriptionRequest],
+    portfolio: str,
+    *,
+    exchange: Exchange | str,
+    format: Format | str,
+    **fields: Any,
+) -> SubscriptionRequest:
+    """An account-stream request; optional fields left as None are not sent."""
+    return cls(
+        portfolio=portfolio, exchange=Exchange(exchange), format=Format(format), **_set(**fields)
+    )
+
+
+def _set(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 class _Backfill(NamedTuple):

@@ -35,6 +35,7 @@ from ..protocol.requests import (
     encode_subscribe,
     encode_unsubscribe,
 )
+from ._ws import settle, ws_connect
 
 
 __all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink"]
@@ -199,6 +200,7 @@ class Lane:
         self._unsent: dict[str, SubscriptionRequest] = {}
         self._auth_retries: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._last_token: str | None = None  # the token of the last frames sent
         self._disconnected = asyncio.Event()
         self._opened = asyncio.Event()
@@ -418,19 +420,16 @@ class Lane:
     async def _connect(self) -> picows.WSTransport:
         self._disconnected.clear()
         self._close_info = None
-        transport, _ = await asyncio.wait_for(
-            picows.ws_connect(
-                lambda: _Listener(self),
-                self.url,
-                ssl_context=self._ssl,
-                websocket_handshake_timeout=self._connect_timeout,
-                enable_auto_pong=True,
-                max_frame_size=64 * 1024 * 1024,
-                logger_name=f"alorws.lane{self.id}",
-            ),
-            self._connect_timeout,
+        return await ws_connect(
+            lambda: _Listener(self),
+            self.url,
+            ssl_context=self._ssl,
+            step_timeout=self._connect_timeout,
+            attempts=self._attempts,
+            enable_auto_pong=True,
+            max_frame_size=64 * 1024 * 1024,
+            logger_name=f"alorws.lane{self.id}",
         )
-        return transport
 
     async def _run(self) -> None:
         delays = self._backoff.delays()
@@ -580,6 +579,7 @@ class Lane:
         for bg in list(self._background):
             bg.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await settle(self._attempts, self._connect_timeout)
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.cancel()

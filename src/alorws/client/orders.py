@@ -101,6 +101,7 @@ from ..protocol.commands import (
     encode_command,
 )
 from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
+from ._ws import settle, ws_connect
 from .auth import RotatingTokenSource
 
 
@@ -304,6 +305,7 @@ class OrderClient:
         self._new_guid = guid_factory or _default_guid_factory()
         # (symbol, exchange) -> the instrument's price step, or None if unknown (§8 minstep).
         self._price_step = price_step
+        self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._ping = (ping_interval, ping_timeout)
 
         self._state = _State.IDLE
@@ -884,21 +886,18 @@ class OrderClient:
 
     async def _connect(self, conn: _Conn) -> None:
         interval, timeout = self._ping
-        transport, _ = await asyncio.wait_for(
-            picows.ws_connect(
-                lambda: _Listener(self, conn),
-                self.url,
-                ssl_context=self._ssl,
-                websocket_handshake_timeout=self._connect_timeout,
-                enable_auto_pong=True,
-                enable_auto_ping=interval is not None,
-                auto_ping_idle_timeout=interval or 10.0,
-                auto_ping_reply_timeout=timeout,
-                logger_name="alorws.cws",
-            ),
-            self._connect_timeout,
+        conn.transport = await ws_connect(
+            lambda: _Listener(self, conn),
+            self.url,
+            ssl_context=self._ssl,
+            step_timeout=self._connect_timeout,
+            attempts=self._attempts,
+            enable_auto_pong=True,
+            enable_auto_ping=interval is not None,
+            auto_ping_idle_timeout=interval or 10.0,
+            auto_ping_reply_timeout=timeout,
+            logger_name="alorws.cws",
         )
-        conn.transport = transport
 
     async def _authorize(self, conn: _Conn, token: str) -> None:
         """Send ``authorize`` on ``conn`` and wait for its reply (§6.1).
@@ -1121,6 +1120,7 @@ class OrderClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await settle(self._attempts, self._connect_timeout)
         for pending in list(self._pending.values()):
             if _maybe_executed(pending):
                 self._unknown += 1

@@ -1,0 +1,66 @@
+"""Opening a picows connection without leaking its socket when the caller gives up.
+
+``picows.ws_connect`` aborts its transport on errors, but not when the awaiting task is
+cancelled (or times out) during the WebSocket handshake: the socket then stays open until the
+garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
+stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
+disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import picows
+
+
+__all__ = ["settle", "ws_connect"]
+
+
+async def ws_connect(
+    listener_factory: Any,
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    step_timeout: float,
+    attempts: set[asyncio.Task[Any]],
+    **options: Any,
+) -> picows.WSTransport:
+    """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport."""
+    attempt = asyncio.ensure_future(
+        picows.ws_connect(
+            listener_factory,
+            url,
+            ssl_context=ssl_context,
+            websocket_handshake_timeout=step_timeout,
+            **options,
+        )
+    )
+    attempts.add(attempt)
+    attempt.add_done_callback(attempts.discard)
+    try:
+        async with asyncio.timeout(2 * step_timeout):
+            transport, _ = await asyncio.shield(attempt)
+    except BaseException:
+        attempt.add_done_callback(_disconnect_late_success)
+        raise
+    return transport
+
+
+def _disconnect_late_success(attempt: asyncio.Future[Any]) -> None:
+    if attempt.cancelled() or attempt.exception() is not None:
+        return
+    attempt.result()[0].disconnect(graceful=False)
+
+
+async def settle(attempts: set[asyncio.Task[Any]], wait: float) -> None:
+    """Let unfinished attempts end (their late successes are disconnected), then cancel what
+    is still running after ``wait`` seconds."""
+    pending = set(attempts)
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=wait)
+    for task in still:
+        task.cancel()

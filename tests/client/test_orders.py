@@ -571,7 +571,9 @@ async def test_expired_tokens_reauthorize(
 async def test_command_401_reauthorizes_and_resends(sim: Simulator, portfolio: str) -> None:
     """A command refused with 401 (the connection's token expired) is re-sent after a
     re-authorize with a refreshed token, on the same connection."""
-    short = sim.access_token(lifetime=1)
+    # exp is whole seconds, so a 1 s token can be stale on arrival under load (the first
+    # authorize then fails instead of a command): 3 s leaves at least 2 s for the first order.
+    short = sim.access_token(lifetime=3)
     source = StaticTokens(short, fresh=sim.access_token)
     async with OrderClient(sim.cws_url, source, backoff=FAST, reply_timeout=5.0) as oc:
         await oc.place_market(portfolio, SBER, "buy", 1)

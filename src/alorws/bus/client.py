@@ -14,8 +14,10 @@ Market data arrives on core NATS subjects; account streams come from the gateway
 stream (by default everything it holds, so a consumer that was offline catches up), filtered
 like ``AlorClient``'s so that each order state and each trade is seen once. Every consumer
 holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
-(a restart, an expired lease) they are subscribed again and the stream gets a
-``disconnected``/``restored`` event pair.
+(a restart, a failover to a standby gateway, an expired lease) they are subscribed again, and
+the stream gets a ``disconnected`` event when no gateway answers (or it forgot the stream) and
+``restored`` once the stream is held again: a gap marker, never an error. A gateway that starts
+serving announces itself, and every consumer renews at once.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self.events: list[LaneEvent] = []
         self._callbacks: list[Callable[[LaneEvent], object]] = []
         self.bad_payloads = 0
+        self._in_gap = False
+        self._resubscribing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -167,15 +171,32 @@ class BusStream(Generic[M], AsyncIterator[M]):
         if len(reply.snapshot) > 0 and self._received == 0:
             self._buffer.push(bytes(reply.snapshot))
 
+    def _gap_starts(self, why: str) -> None:
+        if not self._in_gap and self._state == "open":
+            self._in_gap = True
+            self._buffer.push_event(LaneEvent("disconnected", 0, why))
+
+    def _gap_ends(self, why: str) -> None:
+        if self._in_gap and self._state == "open":
+            self._in_gap = False
+            self._buffer.push_event(LaneEvent("restored", 0, why))
+
     async def _resubscribe(self) -> None:
-        """The gateway forgot this stream (restart, lease expired): hold it again."""
-        self._buffer.push_event(LaneEvent("disconnected", 0, "the gateway lost the subscription"))
-        try:
-            await self._ask()
-        except AlorError as exc:
-            log.warning("%s: subscribing again through the gateway failed: %s", self.name, exc)
+        """The gateway forgot this stream (restart, failover, lease expired): hold it again.
+        If that fails the stream stays in its gap; the next renewal lists it again."""
+        if self._resubscribing:
             return
-        self._buffer.push_event(LaneEvent("restored", 0, "subscribed again through the gateway"))
+        self._resubscribing = True
+        try:
+            self._gap_starts("the gateway lost the subscription")
+            try:
+                await self._ask()
+            except AlorError as exc:
+                log.warning("%s: subscribing again through the gateway failed: %s", self.name, exc)
+                return
+            self._gap_ends("subscribed again through the gateway")
+        finally:
+            self._resubscribing = False
 
     async def aclose(self) -> None:
         """Unsubscribe (the gateway's ALOR subscription ends when its last holder leaves)."""
@@ -301,7 +322,8 @@ class BusTrading:
 
     ``guid`` is the idempotency key (default: a fresh uuid4): the gateway maps it to the
     ``/cws`` guid, so sending the same key again never places a second order. A request that
-    gets no answer is retried with the same key, ``attempts`` times in all.
+    gets no answer is retried with the same key, ``attempts`` times in all; while no gateway
+    serves at all (a failover), the request waits up to ``timeout`` for one.
     """
 
     def __init__(self, bus: BusClient, *, timeout: float, attempts: int) -> None:
@@ -397,14 +419,22 @@ class BusTrading:
         payload = msgspec.json.encode(ctl)
         subject = f"{self._bus.prefix}.orders.{op}"
         reached = False
-        for attempt in range(self._attempts):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout  # for a gateway to answer at all (failover)
+        attempts = absent = 0
+        while attempts < self._attempts:
             try:
                 msg = await self._bus._nats().request(subject, payload, timeout=self._timeout)
             except nats.errors.NoRespondersError:
-                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+                # Nobody got it: no gateway serves right now (a failover?); wait for one.
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(min(0.05 * 2**absent, 0.5))
+                absent += 1
                 continue
             except nats.errors.TimeoutError:
                 reached = True  # it may have reached the gateway: retry with the same key
+                attempts += 1
                 continue
             reply = msgspec.json.decode(msg.data, type=wire.OrderReply)
             wire.raise_error(reply.error)
@@ -458,12 +488,14 @@ class BusClient:
         self._js: JetStreamContext | None = None
         self._streams: dict[str, BusStream[Any]] = {}
         self._lease = 10.0
-        self._lease_changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.trading = BusTrading(self, timeout=order_timeout, attempts=order_attempts)
         self.renewals = 0
         self._renew_failing = False
+        self._wake = asyncio.Event()
+        self._leader_sub: Subscription | None = None
+        self.leaders_seen = 0
 
     def __repr__(self) -> str:
         return f"<BusClient {self.nats_url} {self.prefix} consumer={self.consumer_id}>"
@@ -491,7 +523,15 @@ class BusClient:
         except Exception as exc:
             raise ConnectError(f"cannot connect to NATS at {self.nats_url}: {exc}") from exc
         self._js = self._nc.jetstream()
+        self._leader_sub = await self._nc.subscribe(
+            wire.leader_subject(self.prefix), cb=self._on_leader
+        )
         self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _on_leader(self, msg: Msg) -> None:
+        """A gateway started serving: renew now (it may know none of our handles)."""
+        self.leaders_seen += 1
+        self._wake.set()
 
     async def aclose(self) -> None:
         """Close every stream, release everything at the gateway, disconnect."""
@@ -506,6 +546,10 @@ class BusClient:
         self._streams.clear()
         if self._renewer is not None:
             self._renewer.cancel()
+        if self._leader_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._leader_sub.unsubscribe()
+            self._leader_sub = None
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(AlorError):
@@ -554,15 +598,17 @@ class BusClient:
     def _lease_is(self, lease: float) -> None:
         if lease > 0 and lease != self._lease:
             self._lease = lease
-            self._lease_changed.set()
+            self._wake.set()  # renew now: the next renewal is due a third of it later
 
     async def _renew_loop(self) -> None:
         while True:
-            self._lease_changed.clear()
+            period = self._lease / 3
+            if self._renew_failing:  # no gateway answers: look again soon
+                period = min(period, 0.5)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._lease / 3):
-                    await self._lease_changed.wait()
-                continue  # the lease changed: wait a third of the new one
+                async with asyncio.timeout(period):
+                    await self._wake.wait()
+            self._wake.clear()
             await self.renew()
 
     async def renew(self) -> None:
@@ -577,18 +623,28 @@ class BusClient:
             if not self._renew_failing:  # once per outage, not every third of a lease
                 log.warning("bus: renewing the lease failed: %s", exc)
             self._renew_failing = True
+            if isinstance(exc, ConnectError):  # no gateway at all: data stopped for sure
+                for handle in handles:
+                    stream = self._streams.get(handle)
+                    if stream is not None:
+                        stream._gap_starts("no gateway answers")
             return
         if self._renew_failing:
             log.info("bus: the gateway answers again")
         self._renew_failing = False
         self.renewals += 1
         self._lease_is(reply.lease)
-        for handle in reply.missing:
+        missing = set(reply.missing)
+        for handle in handles:
             stream = self._streams.get(handle)
-            if stream is not None and stream.is_open:
+            if stream is None or not stream.is_open:
+                continue
+            if handle in missing:
                 task = asyncio.get_running_loop().create_task(stream._resubscribe())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            elif not stream._resubscribing:
+                stream._gap_ends("the gateway answers again")
 
     # -- streams ------------------------------------------------------------------------------
 

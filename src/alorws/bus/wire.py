@@ -7,9 +7,13 @@ is JSON (msgspec); the subscription spec is one of the request Structs of
 Subjects (``prefix`` defaults to ``alorws``)::
 
     <prefix>.ctl.subscribe | .unsubscribe | .renew      control, request/reply
+    <prefix>.ctl.leader                                 a gateway started serving (core NATS)
     <prefix>.orders.<op>                                orders, request/reply
     <prefix>.md.<exchange>.<symbol>.<stream>.<hash>     market data, core NATS
     <prefix>.acct.<portfolio>.<stream>.<exchange>       account events, JetStream <PREFIX>_ACCOUNT
+
+With failover, gateways elect the one that serves in the JetStream KV bucket
+``<PREFIX>_LEADER`` (key ``leader``, value :class:`LeaderInfo`).
 
 Payloads on data subjects are ALOR's own ``data`` objects in the subscription's wire format
 (the ``format`` of the request; JSON keys of that format), so a consumer decodes them with
@@ -35,9 +39,11 @@ __all__ = [
     "ACCOUNT_OPCODES",
     "EVENT_HEADER",
     "FORMAT_HEADER",
+    "LEADER_KEY",
     "ORDER_OPS",
     "ErrorInfo",
     "ErrorReply",
+    "LeaderInfo",
     "OrderAckWire",
     "OrderCtl",
     "OrderReply",
@@ -50,6 +56,8 @@ __all__ = [
     "account_subject",
     "encode_model",
     "error_info",
+    "leader_bucket_name",
+    "leader_subject",
     "market_subject",
     "raise_error",
     "rebuild_error",
@@ -62,6 +70,9 @@ __all__ = [
 EVENT_HEADER: Final = "Alorws-Event"
 #: Header naming the wire format of a JetStream account message.
 FORMAT_HEADER: Final = "Alorws-Format"
+
+#: The key of the leader lease in the ``<PREFIX>_LEADER`` KV bucket.
+LEADER_KEY: Final = "leader"
 
 #: Order operations served over ``<prefix>.orders.<op>``.
 ORDER_OPS: Final = frozenset({"place_limit", "place_market", "cancel"})
@@ -143,6 +154,16 @@ def account_stream_name(prefix: str) -> str:
     return f"{token(prefix).upper()}_ACCOUNT"
 
 
+def leader_bucket_name(prefix: str) -> str:
+    """The JetStream KV bucket holding the leader lease: ``<PREFIX>_LEADER``."""
+    return f"{token(prefix).upper()}_LEADER"
+
+
+def leader_subject(prefix: str) -> str:
+    """Where a gateway announces that it started serving: ``<prefix>.ctl.leader``."""
+    return f"{prefix}.ctl.leader"
+
+
 def encode_model(obj: Model, fmt: Format) -> bytes:
     """``obj`` as ALOR's ``data`` object in wire format ``fmt`` (what the server sends)."""
     return msgspec.json.encode(to_wire(obj, fmt))
@@ -157,6 +178,13 @@ class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     text: str
     attrs: dict[str, Any] = {}
+
+
+class LeaderInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The leader lease's value, and the announcement of a gateway that started serving."""
+
+    node: str
+    since: float = 0.0  # wall-clock seconds when it took the lead (informational)
 
 
 class ErrorReply(msgspec.Struct, frozen=True):

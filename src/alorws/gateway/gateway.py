@@ -20,6 +20,29 @@
 * **Orders** (request/reply on ``<prefix>.orders.<op>``): the caller's idempotency key becomes
   the ``/cws`` guid; a retry joins the command in flight or gets the cached reply, and the
   server executes a guid once anyway.
+
+**Failover** (``leader_ttl=``): any number of gateways run on one prefix; the one holding the
+leader lease (key ``leader`` of the JetStream KV bucket ``<PREFIX>_LEADER``, whose entries expire
+``leader_ttl`` seconds after they were written) is the only one that holds ALOR connections and
+answers ``ctl.*``/``orders.*``. The leader rewrites the key every ``leader_ttl / 3`` with the
+revision it last wrote (a compare-and-set: it notices at once when another gateway holds the
+key) and stops serving if it could not renew for ``leader_ttl``. A standby polls the key every
+``leader_ttl / 4``: it creates it when it is gone (expired, or deleted by a leader that stopped
+cleanly) or, if the revision has not moved for ``leader_ttl`` on its own clock, replaces it with a
+compare-and-set on that revision. Only then does it build its ``AlorClient`` (the gateway is given
+a factory, so a standby holds no connection), serve, and announce itself on
+``<prefix>.ctl.leader``.
+
+*Restoring the aggregated subscriptions* is left to the consumers, not to a subscription set kept
+in KV: every ``BusClient`` renews its lease listing the handles it holds, so the new leader, which
+starts empty, answers the first renewal (sent at once on the announcement) with every handle as
+``missing`` and each consumer subscribes them again (its streams get a ``disconnected`` /
+``restored`` pair). The consumers are the truth about what is wanted: nothing has to be written
+to KV on the subscribe path, a consumer that died during the gap is simply never restored (a KV
+copy would restore it and then wait a lease to expire it), and the same path already serves a
+restarted gateway and an expired lease. Account events replayed by the new leader's fresh ALOR
+subscriptions carry the content-derived message ids of what the old leader published, so
+JetStream drops them within its ``duplicate_window``.
 """
 
 from __future__ import annotations
@@ -28,7 +51,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
+import socket
 import time
 import weakref
 from collections import OrderedDict
@@ -42,9 +67,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from ..bus import wire
+from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
 from ..client.orders import OrderAck
@@ -66,7 +94,7 @@ from ..protocol.market import OrderBook, Quote
 from ..protocol.requests import validate_guid
 
 
-__all__ = ["Gateway", "guid_for_key", "open_stream"]
+__all__ = ["ClientFactory", "Gateway", "guid_for_key", "open_stream"]
 
 log = logging.getLogger("alorws.gateway")
 
@@ -74,6 +102,9 @@ T = TypeVar("T")
 
 _STATE_MODELS: Final = (Quote, OrderBook)
 _ORDER_CACHE: Final = 10_000
+
+#: Builds the gateway's (not yet started) ALOR client when it starts leading.
+ClientFactory = Callable[[], AlorClient]
 
 
 def guid_for_key(key: str) -> str:
@@ -105,44 +136,75 @@ class _Upstream:
 
 
 class Gateway:
-    """Serves ``client`` on the NATS server at ``nats_url``; see the module docstring.
+    """Serves an ALOR session on the NATS server at ``nats_url``; see the module docstring.
 
     Args:
-        client: a started :class:`~alorws.client.AlorClient` (its budget is the gateway's).
+        client: a started :class:`~alorws.client.AlorClient` (its budget is the gateway's; the
+            caller closes it), or a factory of a new, not started one: the gateway starts it
+            when it starts leading and closes it when it stops (required with ``leader_ttl``,
+            so that a standby holds no ALOR connection).
         nats_url: e.g. ``nats://127.0.0.1:4222``.
         prefix: the first token of every subject.
         lease_seconds: a consumer not heard from for this long is released.
         account_format: the wire format of account streams on the bus (one upstream per
             portfolio and stream, whatever format consumers ask for).
         duplicate_window: seconds JetStream remembers message ids (de-duplication horizon).
+        leader_ttl: take part in leader election with this lease (seconds): serve only while
+            holding it. None (default): serve at once, alone on the prefix.
+        node: this gateway's name in the election (default: host, pid and a random suffix);
+            must be unique among the gateways of a prefix.
+        market_policy: buffer policy of the gateway's market-data subscriptions (default: the
+            client's, ``latest`` for quotes and books: under overload consumers get the newest).
     """
 
     def __init__(
         self,
-        client: AlorClient,
+        client: AlorClient | ClientFactory,
         nats_url: str,
         *,
         prefix: str = "alorws",
         lease_seconds: float = 10.0,
         account_format: Format | str = Format.SIMPLE,
         duplicate_window: float = 6 * 3600.0,
+        leader_ttl: float | None = None,
+        node: str | None = None,
+        market_policy: Policy | str | None = None,
     ) -> None:
         if not lease_seconds > 0:
             raise ConfigurationError("lease_seconds must be > 0")
         if wire.token(prefix) != prefix:
             raise ConfigurationError(f"prefix {prefix!r} must be one subject token ([A-Za-z0-9_-])")
-        self.client = client
+        if isinstance(client, AlorClient):
+            self._client: AlorClient | None = client
+            self._factory: ClientFactory | None = None
+        else:
+            self._client = None
+            self._factory = client
+        if leader_ttl is not None:
+            if not leader_ttl > 0:
+                raise ConfigurationError("leader_ttl must be > 0")
+            if self._factory is None:
+                raise ConfigurationError(
+                    "failover (leader_ttl) needs a client factory, not a started AlorClient: "
+                    "a standby gateway must not hold ALOR connections"
+                )
         self.nats_url = nats_url
         self.prefix = prefix
         self.lease_seconds = float(lease_seconds)
         self.account_format = Format(account_format)
         self.duplicate_window = duplicate_window
+        self.leader_ttl = None if leader_ttl is None else float(leader_ttl)
+        self.node = node or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.market_policy = None if market_policy is None else Policy(market_policy)
         self.stream_name = wire.account_stream_name(prefix)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._elector: asyncio.Task[None] | None = None
+        self._holder: asyncio.Task[str] | None = None
         self._closers: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._upstreams: dict[bytes, _Upstream] = {}
         self._consumers: dict[str, dict[str, bytes]] = {}  # consumer -> handle -> upstream key
@@ -151,6 +213,14 @@ class Gateway:
         self._orders_done: OrderedDict[str, bytes] = OrderedDict()
         self._epoch = secrets.token_hex(4)
         self._running = False
+        self._serving = False
+        self.role = "stopped"  # stopped | standby | leader
+        self.leader_node: str | None = None  # the leader as last seen (with failover)
+        self._rev: int | None = None  # revision of our leader entry while leading
+        self._lease_until = 0.0
+        self._seen_rev: int | None = None  # a standby's view of the leader entry
+        self._seen_at = 0.0
+        self._saw_other = False
         self.counters = {
             "subscribe": 0,
             "unsubscribe": 0,
@@ -159,6 +229,10 @@ class Gateway:
             "orders": 0,
             "order_retries": 0,
             "errors": 0,
+            "published_market": 0,
+            "published_account": 0,
+            "leaderships": 0,
+            "takeovers": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -170,25 +244,86 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def client(self) -> AlorClient:
+        """The ALOR session being served (only while leading, with a factory)."""
+        if self._client is None:
+            raise InvalidState(f"gateway {self.node} is {self.role}: it holds no ALOR session")
+        return self._client
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this gateway serves (always, once started, without ``leader_ttl``)."""
+        return self.role == "leader"
+
     async def start(self) -> None:
-        """Connect to NATS, make sure the account stream exists, serve the control subjects."""
+        """Connect to NATS, make sure the account stream exists, then serve the control
+        subjects; with ``leader_ttl``, serve only if this gateway wins the lead (else it stays
+        a standby and keeps trying in the background)."""
         if self._running:
             raise InvalidState("the gateway is already running")
         self._nc = await nats.connect(
-            self.nats_url, name="alorws-gateway", max_reconnect_attempts=-1
+            self.nats_url, name=f"alorws-gateway-{self.node}", max_reconnect_attempts=-1
         )
-        self._js = self._nc.jetstream()
-        subjects = [f"{self.prefix}.acct.>"]
-        try:
-            await self._js.add_stream(
-                name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
-            )
-        except BadRequestError:  # exists with another config: keep the data, update it
-            await self._js.update_stream(
-                name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
-            )
-        p = self.prefix
         self._running = True
+        try:
+            self._js = self._nc.jetstream()
+            subjects = [f"{self.prefix}.acct.>"]
+            try:
+                await self._js.add_stream(
+                    name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
+                )
+            except BadRequestError:  # exists with another config: keep the data, update it
+                await self._js.update_stream(
+                    name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
+                )
+            if self.leader_ttl is None:
+                await self._take_lead(None)
+                return
+            self._kv = await self._leader_bucket(self.leader_ttl)
+            self.role = "standby"
+            rev = await self._campaign()
+            if rev is not None:
+                await self._take_lead(rev)
+            self._elector = asyncio.get_running_loop().create_task(self._elect())
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop serving (closing every ALOR subscription it holds, and the client if it made
+        it), hand the lead over, disconnect from NATS."""
+        if not self._running:
+            return
+        self._running = False
+        if self._elector is not None:
+            self._elector.cancel()
+            with contextlib.suppress(BaseException):
+                await self._elector
+            self._elector = None
+        leading = self.role == "leader"
+        await self._stop_serving()
+        if leading:
+            await self._resign()
+        self.role = "stopped"
+        if self._nc is not None:
+            await _close_nats(self._nc)
+            self._nc = None
+
+    async def _serve(self) -> None:
+        """Start the client (if ours) and answer the control and order subjects."""
+        assert self._nc is not None
+        if self._factory is not None and self._client is None:
+            client = self._factory()
+            try:
+                await client.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+                raise
+            self._client = client
+        p = self.prefix
+        self._serving = True
         for subject, handler in (
             (f"{p}.ctl.subscribe", self._on_subscribe),
             (f"{p}.ctl.unsubscribe", self._on_unsubscribe),
@@ -198,12 +333,17 @@ class Gateway:
             self._subs.append(await self._nc.subscribe(subject, cb=self._server(handler)))
         await self._nc.flush()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        announce = wire.LeaderInfo(node=self.node, since=time.time())
+        await self._nc.publish(wire.leader_subject(p), msgspec.json.encode(announce))
 
-    async def aclose(self) -> None:
-        """Stop serving, close every ALOR subscription it holds, disconnect from NATS."""
-        if not self._running:
-            return
-        self._running = False
+    async def _stop_serving(self) -> None:
+        """Stop answering, close every upstream, forget the consumers, close our client."""
+        self._serving = False
+        if self._holder is not None:
+            self._holder.cancel()
+            with contextlib.suppress(BaseException):
+                await self._holder
+            self._holder = None
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -214,6 +354,7 @@ class Gateway:
         self._upstreams.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._sweeper = None
         closing = [t for t in self._tasks if t in self._closers]
         for task in list(self._tasks):
             if task not in self._closers:
@@ -221,12 +362,171 @@ class Gateway:
         if self._tasks:  # bounded: a task that swallowed its cancellation cannot hold us
             await asyncio.wait(list(self._tasks), timeout=5.0)
         self._consumers.clear()
+        self._seen.clear()
         await asyncio.gather(
             *(self._close_upstream(up) for up in ups), *closing, return_exceptions=True
         )
-        if self._nc is not None:
-            await _close_nats(self._nc)
-            self._nc = None
+        if self._factory is not None and self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        if self.role == "leader":
+            self.role = "standby" if self._running else "stopped"
+
+    # -- leader election ------------------------------------------------------------------------
+
+    async def _leader_bucket(self, ttl: float) -> KeyValue:
+        assert self._js is not None
+        bucket = wire.leader_bucket_name(self.prefix)
+        config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+        try:
+            return await self._js.create_key_value(config)
+        except BadRequestError:  # exists with another TTL: use it as it is
+            log.warning("gateway: bucket %s exists with another configuration; using it", bucket)
+            return await self._js.key_value(bucket)
+
+    def _leader_value(self) -> bytes:
+        return msgspec.json.encode(wire.LeaderInfo(node=self.node, since=time.time()))
+
+    async def _leader_entry(self) -> tuple[int, str] | None:
+        """(revision, node) of the leader entry, or None when there is none."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(wire.LEADER_KEY)
+        except KeyNotFoundError:  # never written, expired, or deleted
+            return None
+        try:
+            node = msgspec.json.decode(entry.value or b"", type=wire.LeaderInfo).node
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            node = "?"
+        return int(entry.revision or 0), node
+
+    async def _campaign(self) -> int | None:
+        """One look at the lease: take it if it is free or stale; the revision if we did."""
+        assert self._kv is not None and self.leader_ttl is not None
+        found = await self._leader_entry()
+        now = time.monotonic()
+        if found is None:
+            try:
+                return await self._kv.create(wire.LEADER_KEY, self._leader_value())
+            except BadRequestError:  # another gateway created it first
+                return None
+        rev, node = found
+        self.leader_node = node
+        if node != self.node:
+            self._saw_other = True
+        if rev != self._seen_rev:
+            self._seen_rev, self._seen_at = rev, now
+            return None
+        if now - self._seen_at < self.leader_ttl:
+            return None
+        log.warning(
+            "gateway %s: leader %s has not renewed its lease for %.1f s; taking over",
+            self.node,
+            node,
+            now - self._seen_at,
+        )
+        try:
+            return await self._kv.update(wire.LEADER_KEY, self._leader_value(), last=rev)
+        except BadRequestError:  # renewed or taken meanwhile
+            return None
+
+    async def _take_lead(self, rev: int | None) -> None:
+        """Start serving; with election, ``rev`` is our lease, renewed in the background."""
+        self.role = "leader"
+        self.leader_node = self.node
+        self.counters["leaderships"] += 1
+        if rev is not None:
+            if self._saw_other:
+                self.counters["takeovers"] += 1
+                log.warning("gateway %s: took the lead", self.node)
+            else:
+                log.info("gateway %s: leading", self.node)
+            self._saw_other = False
+            self._rev = rev
+            self._lease_until = time.monotonic() + (self.leader_ttl or 0.0)
+            self._holder = asyncio.get_running_loop().create_task(self._hold())
+        try:
+            await self._serve()
+        except BaseException:
+            await self._stop_serving()
+            await self._resign()
+            raise
+
+    async def _hold(self) -> str:
+        """Renew the lease until it is lost; returns why."""
+        assert self._kv is not None and self.leader_ttl is not None
+        kv, ttl = self._kv, self.leader_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(ttl / 3):
+                    self._rev = await kv.update(
+                        wire.LEADER_KEY, self._leader_value(), last=self._rev
+                    )
+                self._lease_until = sent + ttl
+                continue
+            except KeyWrongLastSequenceError:
+                pass
+            except Exception as exc:  # NATS unreachable or slow: hold on until the lease ends
+                if time.monotonic() >= self._lease_until:
+                    return f"could not renew the leader lease for {ttl} s ({exc!r})"
+                continue
+            # Not the revision we wrote: an update whose reply we missed, our entry expired,
+            # or another gateway took it.
+            try:
+                found = await self._leader_entry()
+                if found is not None and found[1] == self.node:
+                    self._rev = found[0]
+                    continue
+                if found is None:
+                    self._rev = await kv.create(wire.LEADER_KEY, self._leader_value())
+                    self._lease_until = sent + ttl
+                    continue
+            except Exception as exc:
+                log.debug("gateway %s: re-reading the lease failed: %r", self.node, exc)
+                if time.monotonic() < self._lease_until:
+                    continue
+            return "another gateway holds the leader lease"
+
+    async def _elect(self) -> None:
+        """Lead while the lease holds; otherwise look at it every ``leader_ttl / 4``."""
+        assert self.leader_ttl is not None
+        ttl = self.leader_ttl
+        while self._running:
+            if self.role == "leader" and self._holder is not None:
+                try:
+                    reason = await self._holder
+                except Exception as exc:
+                    reason = repr(exc)
+                self._holder = None
+                log.error("gateway %s: stops serving: %s", self.node, reason)
+                await self._stop_serving()
+                self._seen_rev = None
+                continue
+            await asyncio.sleep(ttl / 4)
+            try:
+                rev = await self._campaign()
+            except Exception as exc:
+                log.debug("gateway %s: election round failed: %r", self.node, exc)
+                continue
+            if rev is None:
+                continue
+            try:
+                await self._take_lead(rev)
+            except Exception as exc:
+                log.error("gateway %s: won the lead but cannot serve: %s", self.node, exc)
+                await asyncio.sleep(ttl)
+
+    async def _resign(self) -> None:
+        """Delete our leader entry (a standby takes over at its next look)."""
+        kv, rev, self._rev = self._kv, self._rev, None
+        if kv is None or rev is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await kv.delete(wire.LEADER_KEY, last=rev)
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -237,7 +537,7 @@ class Gateway:
         holds up the others)."""
 
         async def callback(msg: Msg) -> None:
-            if self._running:
+            if self._serving:
                 self._spawn(self._answer(msg, handler))
 
         return callback
@@ -369,7 +669,8 @@ class Gateway:
     # -- upstream subscriptions ------------------------------------------------------------------
 
     async def _open(self, up: _Upstream) -> None:
-        stream = open_stream(self.client, up.request)
+        policy = None if up.account else self.market_policy
+        stream = open_stream(self.client, up.request, policy=policy)
         stream.on_event(up.events.append)
         await stream.subscribe()
         up.stream = stream
@@ -423,8 +724,10 @@ class Gateway:
                 payload = wire.encode_model(obj, fmt)
                 if up.account:
                     await self._publish_account(up, obj, payload, fmt)
+                    self.counters["published_account"] += 1
                 else:
                     await nc.publish(up.subject, payload)
+                    self.counters["published_market"] += 1
                     if keep_last:
                         up.last = payload
                 up.published += 1
@@ -521,10 +824,33 @@ class Gateway:
 
     # -- observability ------------------------------------------------------------------------
 
+    def budget(self) -> dict[str, int]:
+        """The connection and subscription budget of the ALOR session, and what is used now
+        (zeros on a standby)."""
+        client = self._client
+        if client is None:
+            return {"connections": 0, "subscriptions": 0, "max_connections": 0,
+                    "max_subscriptions": 0}  # fmt: skip
+        cstats = client.stats()
+        orders = cstats.get("orders") or {}
+        cws = 1 if orders.get("state") in ("connecting", "authorizing", "open") else 0
+        return {
+            "connections": int(cstats["connections"]) + cws,
+            "subscriptions": int(cstats["subscriptions"]),
+            "max_connections": client.max_connections,
+            "max_subscriptions": client.max_connections * client.max_subscriptions_per_connection,
+        }
+
     def stats(self) -> dict[str, Any]:
-        """Upstream subscriptions (with holders and messages published), consumers, counters."""
+        """Role and election, upstream subscriptions (with holders and messages published),
+        consumers, budget, counters."""
         return {
             "running": self._running,
+            "node": self.node,
+            "role": self.role,
+            "leader": self.role == "leader",
+            "leader_node": self.leader_node,
+            "budget": self.budget(),
             "consumers": len(self._consumers),
             "subscriptions": len(self._upstreams),
             "handles": sum(len(h) for h in self._consumers.values()),
@@ -555,8 +881,11 @@ def _v(value: Any) -> Any:
     return None if value is UNSET else value
 
 
-def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
-    """The :class:`~alorws.client.Stream` of ``client`` for ``req`` (not yet subscribed)."""
+def open_stream(
+    client: AlorClient, req: rq.SubscriptionRequest, *, policy: Policy | None = None
+) -> Stream[Any]:
+    """The :class:`~alorws.client.Stream` of ``client`` for ``req`` (not yet subscribed), with
+    buffer ``policy`` (default: the client's for that stream)."""
     ex, fmt = req.exchange, req.format
     if isinstance(req, rq.QuotesRequest):
         return client.quotes(
@@ -565,6 +894,7 @@ def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
             format=fmt,
             board=_v(req.instrument_group),
             frequency=_v(req.frequency),
+            policy=policy,
         )
     if isinstance(req, rq.OrderBookRequest):
         return client.order_book(
@@ -574,6 +904,7 @@ def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
             format=fmt,
             board=_v(req.instrument_group),
             frequency=_v(req.frequency),
+            policy=policy,
         )
     if isinstance(req, rq.BarsRequest):
         return client.bars(
@@ -585,6 +916,7 @@ def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
             format=fmt,
             board=_v(req.instrument_group),
             frequency=_v(req.frequency),
+            policy=policy,
         )
     if isinstance(req, rq.AllTradesRequest):
         return client.all_trades(
@@ -594,8 +926,10 @@ def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
             exchange=ex,
             format=fmt,
             board=_v(req.instrument_group),
+            policy=policy,
         )
     if isinstance(req, rq.InstrumentRequest):
+        # Patches must all be seen to fold them: always the client's default (queue).
         return client.instrument(req.code, exchange=ex, format=fmt, board=_v(req.instrument_group))
     portfolio = getattr(req, "portfolio", None)
     methods: dict[type[rq.SubscriptionRequest], Callable[..., Stream[Any]]] = {
@@ -612,7 +946,7 @@ def open_stream(client: AlorClient, req: rq.SubscriptionRequest) -> Stream[Any]:
         raise InvalidArgumentError(
             "request", f"{type(req).opcode} is not served through the gateway yet"
         )
-    return method(portfolio, exchange=ex, format=fmt)
+    return method(portfolio, exchange=ex, format=fmt, policy=policy)
 
 
 async def _close_nats(nc: NatsClient) -> None:

@@ -1180,6 +1180,18 @@ def gateway(
     lease: Annotated[
         float, typer.Option(help="Seconds before a silent consumer is released.")
     ] = 10.0,
+    leader_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--leader-ttl",
+            min=0.1,
+            help="Failover: run several gateways with this option; only the one holding the "
+            "leader lease (expiring this many seconds after its last renewal) connects to ALOR.",
+        ),
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="This gateway's unique name in the election.")
+    ] = None,
     sim: SimOpt = False,
     env: EnvOpt = Env.prod,
     url: UrlOpt = None,
@@ -1191,11 +1203,13 @@ def gateway(
     """Share this account's ALOR connections with many processes through NATS JetStream."""
     if (nats is None) == (not embedded_nats):
         raise typer.BadParameter("give exactly one of --nats URL or --embedded-nats")
-    target = _target(sim, env, url, token_file, debug, metrics_port)
+    target = _target(sim, env, url, token_file, debug)
     console = _console()
 
     async def body() -> None:
+        from .client import AlorClient
         from .gateway import Gateway, NatsServer
+        from .protocol.backoff import Backoff
 
         async with contextlib.AsyncExitStack() as stack:
             nats_url = nats
@@ -1203,19 +1217,82 @@ def gateway(
                 server = await stack.enter_async_context(NatsServer())
                 nats_url = server.url
             assert nats_url is not None
-            session = await stack.enter_async_context(_connect(target))
+            source: AlorClient | Callable[[], AlorClient]
+            if leader_ttl is None:
+                source = (await stack.enter_async_context(_connect(target))).client
+            else:  # the client is made only while this gateway leads
+                base_url: str | None
+                if target.sim:
+                    from .sim.app import Simulator
+
+                    simulator = await stack.enter_async_context(
+                        Simulator(port=0, seed=1, rate=50.0)
+                    )
+                    token, base_url = simulator.demo_refresh_token, simulator.url
+                else:
+                    token, base_url = _read_token(target), target.url
+
+                def source() -> AlorClient:
+                    return AlorClient(
+                        token,
+                        env=target.env.value,
+                        base_url=base_url,
+                        backoff=Backoff(base=0.05, cap=5.0) if target.sim else None,
+                    )
+
             gw = await stack.enter_async_context(
-                Gateway(session.client, nats_url, prefix=prefix, lease_seconds=lease)
+                Gateway(
+                    source,
+                    nats_url,
+                    prefix=prefix,
+                    lease_seconds=lease,
+                    leader_ttl=leader_ttl,
+                    node=node,
+                )
             )
+            collector = None
+            if metrics_port is not None:
+                from .metrics import start_gateway_metrics
+
+                metrics = start_gateway_metrics(gw, metrics_port)
+                stack.callback(metrics.close)
+                collector = metrics.collector
+                console.print(f"metrics: {metrics.url}")
             console.print(f"nats: {nats_url}")
             console.print(f"prefix: {prefix}")
+            console.print(f"node: {gw.node} ({gw.role})")
 
             def render() -> Table:
-                return _kv_table(
-                    "Gateway", {k: v for k, v in gw.stats().items() if k != "upstream"}
+                return _kv_table("Gateway", gw.stats())
+
+            def line() -> str:
+                st = gw.stats()
+                published = st["published_market"] + st["published_account"]
+                return (
+                    f"{st['role']}: {st['consumers']} consumers, {st['subscriptions']} "
+                    f"subscriptions, {published:,} published, {st['takeovers']} takeovers"
                 )
 
-            await _run_live(session, console, [], render, None, duration)
+            def tick() -> None:
+                if collector is not None:
+                    collector.poll()
+
+            if console.is_terminal:
+                with Live(render(), console=console, refresh_per_second=4) as live:
+
+                    def redraw() -> None:
+                        tick()
+                        live.update(render())
+
+                    await _supervise([], duration, redraw, 0.25)
+            else:
+
+                def plain() -> None:
+                    tick()
+                    console.print(f"{_stamp()} {line()}")
+
+                await _supervise([], duration, plain, 1.0)
+                console.print(render())
 
     _run(body())
 

@@ -23,6 +23,19 @@ Exported families (``alorws_`` prefix):
 * ``token_refreshes_total``, ``token_refresh_failures_total``, ``token_expires_in_seconds``;
 * ``orders_total`` (label ``result``: acked, rejected, unknown) and ``order_latency_seconds``
   (histogram of command round trips) once the client placed an order.
+
+A gateway (:func:`start_gateway_metrics`, ``alorws gateway --metrics-port N``) exports the
+families of the ALOR client it serves (none on a standby) plus ``alorws_gateway_``:
+
+* ``leader`` (1 while this gateway serves; label ``node``), ``leaderships_total``,
+  ``takeovers_total`` (leads taken over from another gateway);
+* ``consumers``, ``handles`` (consumer subscriptions), ``subscriptions`` (aggregated ALOR
+  subscriptions) and ``subscription_budget``; ``connections`` and ``connection_budget``;
+* ``published_total`` per data subject (label ``subject``, ``kind``; while the subscription
+  lives: use ``rate()``), ``holders`` per subject, ``messages_total`` by ``kind`` (market,
+  account; over the gateway's life);
+* ``requests_total`` (label ``op``: subscribe, unsubscribe, renew, order, order_retry),
+  ``expired_consumers_total``, ``errors_total``.
 """
 
 from __future__ import annotations
@@ -42,7 +55,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 
-__all__ = ["ClientCollector", "MetricsServer", "start_metrics"]
+__all__ = [
+    "ClientCollector",
+    "GatewayCollector",
+    "MetricsServer",
+    "start_gateway_metrics",
+    "start_metrics",
+]
 
 #: Restore durations (seconds): a reconnect-and-resubscribe takes from a few ms to a backoff.
 RESTORE_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -257,6 +276,130 @@ class ClientCollector(Collector):
             )
 
 
+class GatewaySource(Protocol):
+    """What the gateway collector reads: :class:`~alorws.gateway.Gateway` fits."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def active_client(self) -> Any: ...
+
+
+class _ActiveClient:
+    """The gateway's current ALOR client as a stats source (empty on a standby)."""
+
+    def __init__(self, gateway: GatewaySource) -> None:
+        self._gateway = gateway
+
+    def stats(self) -> dict[str, Any]:
+        client = self._gateway.active_client
+        return {} if client is None else dict(client.stats())
+
+    @property
+    def _trading(self) -> Any:
+        return getattr(self._gateway.active_client, "_trading", None)
+
+
+class GatewayCollector(ClientCollector):
+    """A gateway's families (``alorws_gateway_*``) and those of the client it serves."""
+
+    def __init__(self, gateway: GatewaySource) -> None:
+        super().__init__(_ActiveClient(gateway))
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._gateway.stats()
+        yield from self._gateway_families(stats)
+        yield from super().collect()
+
+    def _gateway_families(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        leader = GaugeMetricFamily(
+            "alorws_gateway_leader",
+            "1 while this gateway serves (holds the lead).",
+            labels=["node"],
+        )
+        leader.add_metric([str(stats.get("node", ""))], 1.0 if stats.get("leader") else 0.0)
+        yield leader
+        yield CounterMetricFamily(
+            "alorws_gateway_leaderships",
+            "Times this gateway started serving.",
+            value=float(stats.get("leaderships", 0)),
+        )
+        yield CounterMetricFamily(
+            "alorws_gateway_takeovers",
+            "Times this gateway took the lead over from another gateway.",
+            value=float(stats.get("takeovers", 0)),
+        )
+        gauges = (
+            ("consumers", "Consumers holding a lease.", stats.get("consumers", 0)),
+            ("handles", "Consumer subscriptions (handles).", stats.get("handles", 0)),
+            ("subscriptions", "Aggregated ALOR subscriptions.", stats.get("subscriptions", 0)),
+        )
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(f"alorws_gateway_{name}", doc, value=float(value))
+        budget = stats.get("budget") or {}
+        yield GaugeMetricFamily(
+            "alorws_gateway_subscription_budget",
+            "Subscriptions the ALOR session may hold (connections x per connection).",
+            value=float(budget.get("max_subscriptions", 0)),
+        )
+        yield GaugeMetricFamily(
+            "alorws_gateway_connections",
+            "ALOR connections of the session (/ws and /cws).",
+            value=float(budget.get("connections", 0)),
+        )
+        yield GaugeMetricFamily(
+            "alorws_gateway_connection_budget",
+            "ALOR connections the session may open.",
+            value=float(budget.get("max_connections", 0)),
+        )
+        published = CounterMetricFamily(
+            "alorws_gateway_published",
+            "Messages published per data subject (while its subscription lives).",
+            labels=["subject", "kind"],
+        )
+        holders = GaugeMetricFamily(
+            "alorws_gateway_holders",
+            "Consumer handles holding each aggregated subscription.",
+            labels=["subject"],
+        )
+        for up in stats.get("upstreams", ()):
+            subject = str(up.get("subject"))
+            kind = "account" if ".acct." in subject else "market"
+            published.add_metric([subject, kind], float(up.get("published", 0)))
+            holders.add_metric([subject], float(up.get("holders", 0)))
+        yield published
+        yield holders
+        messages = CounterMetricFamily(
+            "alorws_gateway_messages", "Messages published, by kind.", labels=["kind"]
+        )
+        messages.add_metric(["market"], float(stats.get("published_market", 0)))
+        messages.add_metric(["account"], float(stats.get("published_account", 0)))
+        yield messages
+        requests = CounterMetricFamily(
+            "alorws_gateway_requests", "Requests answered, by operation.", labels=["op"]
+        )
+        for op, key in (
+            ("subscribe", "subscribe"),
+            ("unsubscribe", "unsubscribe"),
+            ("renew", "renew"),
+            ("order", "orders"),
+            ("order_retry", "order_retries"),
+        ):
+            requests.add_metric([op], float(stats.get(key, 0)))
+        yield requests
+        yield CounterMetricFamily(
+            "alorws_gateway_expired_consumers",
+            "Consumers released because their lease ran out.",
+            value=float(stats.get("expired", 0)),
+        )
+        yield CounterMetricFamily(
+            "alorws_gateway_errors",
+            "Requests answered with an error.",
+            value=float(stats.get("errors", 0)),
+        )
+
+
 class MetricsServer:
     """A running ``/metrics`` endpoint (a daemon thread); :meth:`close` stops it."""
 
@@ -298,5 +441,15 @@ def start_metrics(client: StatsSource, port: int, addr: str = "127.0.0.1") -> Me
     """
     registry = CollectorRegistry(auto_describe=False)
     collector = ClientCollector(client)
+    registry.register(collector)
+    return MetricsServer(collector, registry, port, addr)
+
+
+def start_gateway_metrics(
+    gateway: GatewaySource, port: int, addr: str = "127.0.0.1"
+) -> MetricsServer:
+    """Serve a gateway's metrics (see the module docstring) at ``http://addr:port/metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = GatewayCollector(gateway)
     registry.register(collector)
     return MetricsServer(collector, registry, port, addr)

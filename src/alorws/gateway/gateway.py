@@ -252,6 +252,11 @@ class Gateway:
         return self._client
 
     @property
+    def active_client(self) -> AlorClient | None:
+        """The ALOR session being served, or None (a standby, or stopped with a factory)."""
+        return self._client
+
+    @property
     def is_leader(self) -> bool:
         """True while this gateway serves (always, once started, without ``leader_ttl``)."""
         return self.role == "leader"

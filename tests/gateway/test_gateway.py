@@ -26,9 +26,6 @@ from alorws.sim.app import Simulator
 from .conftest import FAST, LEASE
 
 
-SYMBOLS = ["SBER", "GAZP", "LKOH"]
-
-
 def sim_subscriptions(sim: Simulator) -> int:
     return int(sim.stats()["subscriptions"])
 
@@ -57,41 +54,125 @@ async def first(stream: Any, sim: Simulator, symbol: str, within: float = 5.0) -
             await poker
 
 
-async def test_overlapping_consumers_share_one_alor_subscription_each(
-    sim: Simulator, gateway: Gateway, nats_server: NatsServer
+QUOTED = ["SBER", "GAZP", "LKOH", "GMKN"]
+BOOKS = [("SBER", 10), ("GAZP", 10), ("SBER", 5)]
+
+
+def sim_subscription_keys(sim: Simulator) -> list[tuple[Any, ...]]:
+    """Every subscription the simulator holds, by what it serves (kind, symbol, format, depth,
+    interval): two equal keys would be one subscription made twice."""
+    return [
+        (sub.key, sub.fmt, getattr(sub, "depth", None), sub.interval)
+        for conn in list(sim.server.hub.connections.values())
+        for sub in list(conn.subs.values())
+    ]
+
+
+class BudgetWatch:
+    """Samples the simulator while a test runs: the most connections of the account, the most
+    subscriptions on one connection, and whether one subscription was ever made twice."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.max_connections = 0
+        self.max_per_connection = 0
+        self.duplicates: list[tuple[Any, ...]] = []
+        self._task = asyncio.ensure_future(self._run())
+
+    def sample(self) -> None:
+        accounts = self.sim.stats()["accounts"]
+        conns = max((a["connections"] for a in accounts.values()), default=0)
+        self.max_connections = max(self.max_connections, conns)
+        for conn in list(self.sim.server.hub.connections.values()):
+            self.max_per_connection = max(self.max_per_connection, len(conn.subs))
+        keys = sim_subscription_keys(self.sim)
+        self.duplicates += [k for k in set(keys) if keys.count(k) > 1]
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.sample()
+
+
+async def test_twenty_consumers_share_one_alor_subscription_each_within_the_budget(
+    sim: Simulator, nats_server: NatsServer
 ) -> None:
-    """12 consumers, each with its own NATS connection, subscribe overlapping quotes and books:
-    the simulator sees each distinct subscription once and every consumer gets its data."""
+    """20 consumers, each with its own NATS connection, subscribe overlapping quotes and books:
+    the simulator sees each distinct subscription once (and never one twice), every consumer
+    gets its data, and the gateway stays within a small connection and subscription budget
+    that the 7 distinct subscriptions fill to 3 connections of 3 at most."""
+    budget = {"max_connections": 4, "reserve_connections": 1, "per_connection": 3}
+    watch = BudgetWatch(sim)
 
     async def consumer(i: int) -> list[Any]:
         async with BusClient(nats_server.url) as bus:
-            quotes = [bus.quotes(SYMBOLS[i % 3]), bus.quotes(SYMBOLS[(i + 1) % 3])]
-            books = [bus.order_book(SYMBOLS[i % 2], depth=10)]
-            streams: list[Any] = [*quotes, *books]
+            symbol, depth = BOOKS[i % 3]
+            streams: list[Any] = [
+                bus.quotes(QUOTED[i % 4]),
+                bus.quotes(QUOTED[(i + 1) % 4]),
+                bus.order_book(symbol, depth=depth),
+            ]
             for s in streams:
                 await s.subscribe()
-            got = [await first(s, sim, s.request.code) for s in streams]
+            got = [await first(s, sim, s.request.code, within=15.0) for s in streams]
             ready.append(i)
             await release.wait()
             return got
 
     ready: list[int] = []
     release = asyncio.Event()
-    tasks = [asyncio.ensure_future(consumer(i)) for i in range(12)]
-    await eventually(lambda: len(ready) == len(tasks), within=20.0)
-    distinct = 3 + 2  # quotes of three symbols, books of two
-    assert sim_subscriptions(sim) == distinct
-    assert gateway.stats()["subscriptions"] == distinct
-    assert gateway.stats()["consumers"] == 12
-    release.set()
-    results = await asyncio.gather(*tasks)
-    for i, got in enumerate(results):
-        assert isinstance(got[0], Quote) and got[0].symbol == SYMBOLS[i % 3]
-        assert isinstance(got[1], Quote) and got[1].symbol == SYMBOLS[(i + 1) % 3]
-        assert isinstance(got[2], OrderBook)
-    # Everyone unsubscribed on exit: the gateway released every ALOR subscription.
-    await eventually(lambda: sim_subscriptions(sim) == 0)
-    assert gateway.stats()["subscriptions"] == 0
+    async with (
+        AlorClient(
+            sim.demo_refresh_token,
+            base_url=sim.url,
+            backoff=FAST,
+            max_connections=budget["max_connections"],
+            reserve_connections=budget["reserve_connections"],
+            max_subscriptions_per_connection=budget["per_connection"],
+        ) as small,
+        Gateway(small, nats_server.url, lease_seconds=LEASE) as gateway,
+    ):
+        tasks = [asyncio.ensure_future(consumer(i)) for i in range(20)]
+        try:
+            await eventually(
+                lambda: len(ready) == len(tasks) or any(t.done() for t in tasks), within=40.0
+            )
+            for task in tasks:
+                if task.done():
+                    task.result()  # a consumer failed: its error fails the test
+            distinct = len(QUOTED) + len(BOOKS)
+            keys = sim_subscription_keys(sim)
+            assert len(keys) == distinct and len(set(keys)) == distinct
+            stats = gateway.stats()
+            assert stats["subscriptions"] == distinct
+            assert stats["consumers"] == 20 and stats["handles"] == 60
+            assert stats["budget"]["subscriptions"] == distinct
+            assert stats["budget"]["max_connections"] == budget["max_connections"]
+            release.set()
+            results = await asyncio.gather(*tasks)
+        finally:
+            release.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for i, got in enumerate(results):
+            assert isinstance(got[0], Quote) and got[0].symbol == QUOTED[i % 4]
+            assert isinstance(got[1], Quote) and got[1].symbol == QUOTED[(i + 1) % 4]
+            assert isinstance(got[2], OrderBook)
+        # Everyone unsubscribed on exit: the gateway released every ALOR subscription.
+        await eventually(lambda: sim_subscriptions(sim) == 0)
+        assert gateway.stats()["subscriptions"] == 0
+    await watch.stop()
+    assert watch.duplicates == []
+    assert watch.max_connections <= budget["max_connections"]
+    assert watch.max_per_connection <= budget["per_connection"]
+    assert watch.max_connections >= 3  # the 7 subscriptions did need three market connections
 
 
 async def test_late_consumer_starts_with_the_last_quote(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from alorws.client.buffer import BufferEmpty, Policy, StreamBuffer
+from alorws.client.buffer import BufferEmpty, Policy, StreamBuffer, WakeBatcher
 from alorws.errors import (
     BufferOverflowError,
     ConfigurationError,
@@ -523,6 +523,114 @@ async def test_no_lost_wakeup_in_ping_pong(policy: Policy) -> None:
         t.join(10)
     s = buf.stats()
     assert s["wakeups"] <= s["parks"] and s["delivered"] == rounds
+
+
+# -- batched wake-ups ------------------------------------------------------------------------
+
+
+async def test_batcher_wakes_a_parked_consumer_once_per_loop_iteration() -> None:
+    """100 pushes in one iteration of the producer's loop cost one wake-up, delivered after
+    the iteration, and the consumer gets all 100 in one batch."""
+    batcher = WakeBatcher(asyncio.get_running_loop())
+    buf: StreamBuffer[int] = StreamBuffer(Policy.QUEUE, batcher=batcher)
+    consumer = asyncio.create_task(buf.get_batch(1000))
+    await asyncio.sleep(0)  # the consumer parks
+    assert buf.stats()["parks"] == 1
+
+    def burst() -> None:
+        for i in range(100):
+            buf.push(i)
+        assert buf.stats()["wakeups"] == 0  # not yet: after this callback
+
+    asyncio.get_running_loop().call_soon(burst)
+    async with asyncio.timeout(5):
+        assert await consumer == list(range(100))
+    assert buf.stats()["wakeups"] == 1
+
+
+@pytest.mark.parametrize("bound", ["unbound", "closed loop"])
+async def test_batcher_without_a_running_loop_wakes_at_once(bound: str) -> None:
+    """Not bound to a loop yet, or bound to a closed one: a push wakes the consumer directly."""
+    gone = asyncio.new_event_loop()
+    gone.close()
+    batcher = WakeBatcher() if bound == "unbound" else WakeBatcher(gone)
+    buf: StreamBuffer[int] = StreamBuffer(Policy.QUEUE, batcher=batcher)
+    consumer = asyncio.create_task(buf.get())
+    await asyncio.sleep(0)  # parked
+    run_thread(lambda: buf.push(1)).join()
+    async with asyncio.timeout(5):
+        assert await consumer == 1
+    assert buf.stats()["wakeups"] == 1
+
+
+@pytest.mark.parametrize("policy", [Policy.QUEUE, Policy.LATEST])
+async def test_batched_wakeups_across_threads_lose_nothing(policy: Policy) -> None:
+    """A producer loop in another thread (like the client's I/O loop) with a batcher: queue
+    delivers every item in order, latest always ends on the last one; wake-ups never exceed
+    the producer's loop iterations."""
+    batcher = WakeBatcher()
+    buf: StreamBuffer[int] = StreamBuffer(policy, maxsize=N, batcher=batcher)
+    iterations = 0
+
+    def producer() -> None:
+        async def main() -> None:
+            nonlocal iterations
+            batcher.loop = asyncio.get_running_loop()
+            for i in range(N):
+                buf.push(i)
+                if i % 500 == 499:
+                    iterations += 1
+                    await asyncio.sleep(0)
+            for _ in range(3):  # let the last flush run before the loop ends
+                await asyncio.sleep(0)
+
+        asyncio.run(main())
+
+    got: list[int] = []
+    async with asyncio.timeout(30):
+        t = run_thread(producer)
+        if policy is Policy.QUEUE:
+            while len(got) < N:
+                got += await buf.get_batch(5000)
+        else:
+            while not got or got[-1] != N - 1:
+                got.append(await buf.get())
+        await asyncio.to_thread(t.join)
+    if policy is Policy.QUEUE:
+        assert got == list(range(N))
+    else:
+        assert all(a < b for a, b in itertools.pairwise(got))
+    s = buf.stats()
+    assert s["wakeups"] <= min(s["parks"], iterations + 1)
+
+
+async def test_batched_no_lost_wakeup_in_ping_pong() -> None:
+    """Each round the consumer parks just as the producer loop pushes (with a batcher)."""
+    batcher = WakeBatcher()
+    buf: StreamBuffer[int] = StreamBuffer(Policy.QUEUE, batcher=batcher)
+    rounds = 1000
+    turn = threading.Semaphore(0)
+
+    def produce() -> None:
+        async def main() -> None:
+            batcher.loop = asyncio.get_running_loop()
+            for i in range(rounds):
+                await asyncio.to_thread(turn.acquire)
+                buf.push(i)
+
+        asyncio.run(main())
+
+    t = run_thread(produce)
+    try:
+        async with asyncio.timeout(30):
+            for i in range(rounds):
+                turn.release()
+                assert await buf.get() == i
+    finally:
+        for _ in range(rounds):
+            turn.release()
+        t.join(10)
+    assert buf.stats()["delivered"] == rounds
 
 
 # -- a property: whatever the interleaving, every item is delivered or reported once ---------

@@ -11,8 +11,10 @@ from alorws.protocol.codec import (
     STREAM_MODELS,
     DataMessage,
     StatusReply,
+    decode_frame,
     decode_payload,
     decode_status,
+    frame_guid,
     route,
 )
 from alorws.protocol.enums import Format
@@ -149,6 +151,55 @@ def test_route_fuzz_envelopes(obj: dict[str, object]) -> None:
     except FrameError:
         return
     assert isinstance(msg, DataMessage | StatusReply)
+
+
+def _compact(data: dict[str, object], middle: dict[str, object], guid: object) -> bytes:
+    """``{"data":…,<middle keys>,"guid":…}`` as a server would write it (or a twisted one)."""
+    out = b'{"data":' + msgspec.json.encode(data)
+    for key, value in middle.items():
+        out += b"," + msgspec.json.encode(key) + b":" + msgspec.json.encode(value)
+    return out + b',"guid":' + msgspec.json.encode(guid) + b"}"
+
+
+FRAMES = (
+    st.builds(
+        _compact,
+        st.dictionaries(st.sampled_from(["sym", "guid", "x"]), JSON, max_size=3),
+        st.dictionaries(ENVELOPE_KEYS, JSON, max_size=2),
+        st.text(max_size=10) | JSON,
+    )
+    | st.dictionaries(ENVELOPE_KEYS, JSON, max_size=6).map(msgspec.json.encode)
+    | st.binary(max_size=120)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(FRAMES)
+def test_frame_guid_agrees_with_route(frame: bytes) -> None:
+    """The fast path never raises, and whenever it names a guid, a valid frame is a data
+    message of that guid for the full router too."""
+    guid = frame_guid(frame)
+    if guid is None:
+        return
+    assert frame.startswith(b'{"data":{')
+    try:
+        msg = route(frame)
+    except FrameError:
+        return  # corrupt: the stream's decode reports it
+    assert isinstance(msg, DataMessage)
+    assert msg.guid.encode() == guid
+
+
+@pytest.mark.parametrize("model", [Quote])
+@settings(max_examples=200, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), JSON, max_size=6) | JSON)
+def test_decode_frame_fuzz(model: type, payload: object) -> None:
+    """Any frame decodes into the model or raises FrameError, nothing else."""
+    frame = msgspec.json.encode({"data": payload, "guid": "g"})
+    try:
+        decode_frame(frame, model, Format.SIMPLE)
+    except AlorError as exc:
+        assert isinstance(exc, FrameError)
 
 
 MODELS = sorted(set(STREAM_MODELS.values()), key=lambda m: m.__name__)

@@ -72,6 +72,16 @@ Thread safety and cost (CPython with the GIL)
     once. Several producer threads pushing at the same time stay memory-safe and lose no
     wake-up, but the counters and the bound may be off by a few; keep one producer per buffer.
     On free-threaded builds (no GIL) this reasoning needs revisiting.
+
+Batched wake-ups
+    A buffer given a :class:`WakeBatcher` (the client gives every stream the one of its I/O
+    loop) does not wake its parked consumer from ``push`` itself: it asks the batcher, which
+    wakes each buffer at most once per iteration of the producer's loop, after that iteration's
+    callbacks ran (everything one socket read delivered, say). A consumer faster than the feed
+    then takes a read's worth of items per wake-up instead of one or two, and each wake-up (a
+    self-pipe write, a thread switch) is paid once per read, not once per message. Every
+    ``push`` to such a buffer must run in the batcher's loop. Events, overflows and ``close``
+    still wake at once.
 """
 
 from __future__ import annotations
@@ -93,7 +103,7 @@ from ..errors import (
 )
 
 
-__all__ = ["BufferEmpty", "Policy", "StreamBuffer"]
+__all__ = ["BufferEmpty", "Policy", "StreamBuffer", "WakeBatcher"]
 
 T = TypeVar("T")
 
@@ -128,6 +138,39 @@ class _Empty(Enum):
 _EMPTY: Final = _Empty.EMPTY
 
 
+class WakeBatcher:
+    """Coalesces the wake-ups owed by pushes made in one event loop (see "Batched wake-ups").
+
+    ``loop`` may be set later; until it is, buffers wake their consumers directly.
+    """
+
+    __slots__ = ("_due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self._due: list[StreamBuffer[Any]] = []
+
+    def add(self, buffer: StreamBuffer[Any]) -> None:
+        """Wake ``buffer``'s consumer once this loop iteration's callbacks are done."""
+        if not self._due:
+            loop = self.loop
+            try:
+                if loop is None:
+                    raise RuntimeError("no loop yet")
+                loop.call_soon(self._flush)
+            except RuntimeError:  # no loop yet, or it is closed: wake now
+                buffer._wake_due = False
+                buffer._wake()
+                return
+        self._due.append(buffer)
+
+    def _flush(self) -> None:
+        due, self._due = self._due, []
+        for buffer in due:
+            buffer._wake_due = False
+            buffer._wake()
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     """Wake a parked consumer (runs in the consumer's loop)."""
     if not fut.done():
@@ -142,6 +185,8 @@ class StreamBuffer(Generic[T]):
         maxsize: the ``QUEUE`` bound, in entries (ignored for ``LATEST``).
         name: names the stream in errors and stats.
         loop: the consumer's event loop; by default the loop of the first ``await`` that waits.
+        batcher: coalesce the wake-ups of ``push`` (see "Batched wake-ups"); every ``push``
+            must then run in the batcher's loop.
     """
 
     __slots__ = (
@@ -155,6 +200,7 @@ class StreamBuffer(Generic[T]):
         "_ev",
         "_events",
         "_events_out",
+        "_batcher",
         "_ignored",
         "_latest",
         "_lock",
@@ -165,6 +211,7 @@ class StreamBuffer(Generic[T]):
         "_parks",
         "_pushed",
         "_waiter",
+        "_wake_due",
         "_wakeups",
         "maxsize",
         "name",
@@ -178,6 +225,7 @@ class StreamBuffer(Generic[T]):
         maxsize: int = 100_000,
         name: str = "",
         loop: asyncio.AbstractEventLoop | None = None,
+        batcher: WakeBatcher | None = None,
     ) -> None:
         self.policy = Policy(policy)
         if maxsize < 1:
@@ -197,6 +245,8 @@ class StreamBuffer(Generic[T]):
         self._loop_tid = 0
         self._closed = False
         self._close_exc: BaseException | None = None
+        self._batcher = batcher
+        self._wake_due = False  # a batched wake-up is scheduled (producer's loop only)
         # Producer-side counters (written only by the producer; wakeups under the lock).
         self._pushed = 0
         self._dropped = 0
@@ -224,7 +274,7 @@ class StreamBuffer(Generic[T]):
         dq.append(item)
         self._pushed += 1
         if self._waiter is not None:
-            self._wake()
+            self._wake_soon()
 
     def push_many(self, items: Sequence[T]) -> None:
         """Add several items in order, as cheaply as one ``push`` when they fit."""
@@ -245,7 +295,7 @@ class StreamBuffer(Generic[T]):
             return
         self._pushed += k
         if self._waiter is not None:
-            self._wake()
+            self._wake_soon()
 
     def push_event(self, event: T) -> None:
         """Add an out-of-band entry: never conflated or dropped, not counted against the bound.
@@ -289,6 +339,15 @@ class StreamBuffer(Generic[T]):
             self._dropped += 1
         if self._waiter is not None:
             self._wake()
+
+    def _wake_soon(self) -> None:
+        """Wake the parked consumer: now, or through the batcher once per loop iteration."""
+        batcher = self._batcher
+        if batcher is None:
+            self._wake()
+        elif not self._wake_due:
+            self._wake_due = True
+            batcher.add(self)
 
     def _wake(self) -> None:
         """Claim the parked consumer's waiter, if any, and wake it once."""

@@ -42,7 +42,7 @@ from ..protocol.enums import Exchange, Format, OrderStatus
 from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from ..protocol.registry import SubscriptionRegistry, SubscriptionState
 from .auth import TokenManager
-from .buffer import Policy, StreamBuffer
+from .buffer import Policy, StreamBuffer, WakeBatcher
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
 from .lane import Lane, LaneKind
@@ -121,6 +121,8 @@ class AlorClient:
         self._subscribe_timeout = subscribe_timeout
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
+        # Wake-ups of parked consumers, coalesced per iteration of the I/O loop (bound at start).
+        self._batcher = WakeBatcher()
         self._registry: SubscriptionRegistry[rq.SubscriptionRequest, int] = SubscriptionRegistry(
             max_per_connection=max_subscriptions_per_connection
         )
@@ -157,6 +159,7 @@ class AlorClient:
             raise InvalidState(f"cannot start a client that is {self._state}")
         self._state = "starting"
         await self._runtime.start()
+        self._batcher.loop = self._runtime.loop
         try:
             await self._runtime.call(self._io_start)
         except BaseException:
@@ -289,6 +292,7 @@ class AlorClient:
             max_buffer=max_buffer or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
             name=name,
+            batcher=self._batcher,
         )
 
     def quotes(

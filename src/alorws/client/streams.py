@@ -28,11 +28,11 @@ import msgspec
 from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
-from ..protocol.codec import decode_payload, decoder_for
+from ..protocol.codec import decode_frame, decode_payload, decoder_for, frame_decoder_for
 from ..protocol.enums import Exchange, Format
 from ..protocol.market import InstrumentPatch, OrderBook, Quote
 from ..protocol.requests import SubscriptionRequest
-from .buffer import Policy, StreamBuffer
+from .buffer import Policy, StreamBuffer, WakeBatcher
 from .lane import LaneEvent
 from .whole import StreamFilter
 
@@ -127,6 +127,7 @@ class Stream(Generic[M], AsyncIterator[M]):
         max_buffer: int,
         filter: StreamFilter | None = None,
         name: str = "",
+        batcher: WakeBatcher | None = None,
     ) -> None:
         self._client = client
         self.request = request
@@ -135,9 +136,14 @@ class Stream(Generic[M], AsyncIterator[M]):
         self.account = account
         self.name = name or f"{type(request).__name__}"
         self._format = Format(getattr(request, "format", Format.SIMPLE))
+        # Lanes push whole frames (bytes: envelope and payload decoded in one pass); a replay
+        # or a bus pushes payloads alone (msgspec.Raw or bytes of the data object).
+        self._frame_decoder = frame_decoder_for(model, self._format)
         self._decoder = decoder_for(model, self._format)
         self._filter = filter
-        self._buffer: StreamBuffer[Any] = StreamBuffer(policy, maxsize=max_buffer, name=self.name)
+        self._buffer: StreamBuffer[Any] = StreamBuffer(
+            policy, maxsize=max_buffer, name=self.name, batcher=batcher
+        )
         self._guid: str | None = None
         self._lane: int | None = None
         self._state = "new"  # new -> subscribing -> open -> closed
@@ -251,11 +257,35 @@ class Stream(Generic[M], AsyncIterator[M]):
             if out:
                 return out
             items = await self._buffer.get_batch(max_items)
-            out = [obj for item in items if (obj := self._handle(item)) is not None]
+            if self._filter is None:
+                # The hot path (market data): decode frames inline, the rare rest via _handle.
+                decode = self._frame_decoder.decode
+                for item in items:
+                    if type(item) is bytes:
+                        try:
+                            out.append(decode(item).data)
+                            continue
+                        except (msgspec.DecodeError, ValueError):
+                            pass
+                    obj = self._handle(item)
+                    if obj is not None:
+                        out.append(obj)
+            else:
+                out = [obj for item in items if (obj := self._handle(item)) is not None]
             if out:
                 return out
 
     def _handle(self, item: Any) -> M | None:
+        obj: M
+        if type(item) is bytes:  # a whole data frame, as a lane pushes it
+            try:
+                obj = self._frame_decoder.decode(item).data
+            except (msgspec.DecodeError, ValueError):
+                self._bad(item, decode_frame)
+                return None
+            if self._filter is not None and not self._filter.accept(obj):
+                return None
+            return obj
         if isinstance(item, _Backfill):
             self._take_backfill(item.items)
             return self._ready.popleft() if self._ready else None
@@ -271,18 +301,22 @@ class Stream(Generic[M], AsyncIterator[M]):
                 except Exception:
                     log.exception("%s: on_event callback failed", self.name)
             return None
-        try:
-            obj: M = self._decoder.decode(item)
+        try:  # a payload alone (msgspec.Raw), as a replay pushes it
+            obj = self._decoder.decode(item)
         except (msgspec.DecodeError, ValueError):
-            self.bad_payloads += 1
-            try:
-                decode_payload(item, self.model, self._format)  # for the precise message
-            except FrameError as exc:
-                log.warning("%s: %s", self.name, exc)
+            self._bad(item, decode_payload)
             return None
         if self._filter is not None and not self._filter.accept(obj):
             return None
         return obj
+
+    def _bad(self, item: Any, decode: Callable[[Any, type[M], Format], M]) -> None:
+        """Count an item that does not decode and log the precise reason (stream goes on)."""
+        self.bad_payloads += 1
+        try:
+            decode(item, self.model, self._format)
+        except FrameError as exc:
+            log.warning("%s: %s", self.name, exc)
 
     def _start_backfill(self) -> None:
         task = asyncio.get_running_loop().create_task(self._backfill())

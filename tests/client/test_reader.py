@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from alorws.client import AlorClient
 from alorws.client.buffer import Policy
+from alorws.errors import InvalidState
+from alorws.protocol.codec import decode_payload
+from alorws.protocol.enums import Format
 from alorws.protocol.market import Quote
 from alorws.sim.app import Simulator
 
@@ -81,3 +86,19 @@ async def test_deduplicated_streams_both_get_fast_path_frames(client: AlorClient
             while b.stats()["pushed"] == pushed:  # noqa: ASYNC110 - polling a counter
                 await asyncio.sleep(0.01)
         assert (await asyncio.wait_for(b.get(), 10)).symbol == "GAZP"
+
+
+async def test_payloads_pass_through_undecoded(client: AlorClient) -> None:
+    """get_payloads() gives each message's data JSON as sent, which decodes to what get()
+    gives; an account stream refuses (it must be decoded to be made whole)."""
+    async with client.quotes("SBER", policy=Policy.QUEUE) as quotes:
+        async with asyncio.timeout(10):
+            payloads = [p for p in await quotes.get_payloads(10) if isinstance(p, bytes)]
+            while not payloads:
+                payloads = [p for p in await quotes.get_payloads(10) if isinstance(p, bytes)]
+        q = decode_payload(payloads[0], Quote, Format.SIMPLE)
+        assert q.symbol == "SBER"
+        assert not payloads[0].startswith(b'{"data"')
+    async with client.orders(client.portfolios[0]) as orders:
+        with pytest.raises(InvalidState, match="undecoded"):
+            await orders.get_payloads()

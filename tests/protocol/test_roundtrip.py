@@ -15,6 +15,7 @@ from alorws.protocol.codec import (
     decode_frame,
     decode_payload,
     frame_guid,
+    frame_payload,
     route,
 )
 from alorws.protocol.enums import Format
@@ -65,6 +66,7 @@ def test_model_round_trips(model: type[Model], fmt: Format, data: st.DataObject,
     assert to_wire(back, fmt) == to_wire(obj, fmt)
     # The reader's path: the guid off the tail, envelope and payload decoded in one pass.
     assert decode_frame(frame, model, fmt) == back
+    assert decode_payload(frame_payload(frame), model, fmt) == back  # pass-through
     tail_guid = frame_guid(frame)
     if guid.isascii() and guid.isprintable() and '"' not in guid and "\\" not in guid:
         assert tail_guid == guid.encode()

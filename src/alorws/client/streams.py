@@ -28,7 +28,13 @@ import msgspec
 from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
-from ..protocol.codec import decode_frame, decode_payload, decoder_for, frame_decoder_for
+from ..protocol.codec import (
+    decode_frame,
+    decode_payload,
+    decoder_for,
+    frame_decoder_for,
+    frame_payload,
+)
 from ..protocol.enums import Exchange, Format
 from ..protocol.market import InstrumentPatch, OrderBook, Quote
 from ..protocol.requests import SubscriptionRequest
@@ -272,6 +278,31 @@ class Stream(Generic[M], AsyncIterator[M]):
                         out.append(obj)
             else:
                 out = [obj for item in items if (obj := self._handle(item)) is not None]
+            if out:
+                return out
+
+    async def get_payloads(self, max_items: int = 1000) -> list[bytes | LaneEvent]:
+        """Like :meth:`get_batch`, but undecoded: each message's ``data`` JSON as ALOR sent it
+        (in the stream's format), with connection events in place. For pass-through (the
+        gateway forwards market data without decoding and re-encoding it). Payloads are not
+        validated, and account streams refuse it: they must be decoded to be made whole."""
+        if self._filter is not None:
+            raise InvalidState(f"{self.name}: an account stream cannot be read undecoded")
+        if self._state == "new":
+            await self.subscribe()
+        while True:
+            out: list[bytes | LaneEvent] = []
+            for item in await self._buffer.get_batch(max_items):
+                if type(item) is bytes:
+                    try:
+                        out.append(frame_payload(item))
+                    except FrameError:
+                        self._bad(item, decode_frame)
+                elif isinstance(item, LaneEvent):
+                    self._handle(item)  # recorded and passed to the on_event callbacks
+                    out.append(item)
+                elif isinstance(item, msgspec.Raw):
+                    out.append(bytes(item))
             if out:
                 return out
 

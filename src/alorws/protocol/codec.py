@@ -46,6 +46,7 @@ __all__ = [
     "decoder_for",
     "frame_decoder_for",
     "frame_guid",
+    "frame_payload",
     "frame_tail",
     "model_for",
     "route",
@@ -226,6 +227,22 @@ def frame_guid(frame: bytes) -> bytes | None:
 def frame_tail(guid: str) -> bytes:
     """How a compact data frame of subscription ``guid`` ends: ``,"guid":"<guid>"}``."""
     return _GUID_KEY + guid.encode() + _TAIL
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The raw ``data`` JSON of a data frame, undecoded: what a pass-through forwards.
+
+    A compact frame (see :func:`frame_guid`) is sliced without parsing (its payload is not
+    validated: a corrupt one fails where it is decoded); any other shape goes through
+    :func:`route`. Raises :class:`~alorws.errors.FrameError` if it is not a data message.
+    """
+    guid = frame_guid(frame)
+    if guid is not None:
+        return frame[8 : len(frame) - len(guid) - 11]
+    msg = route(frame)
+    if type(msg) is not DataMessage:
+        raise FrameError("not a data message", frame)
+    return bytes(msg.data)
 
 
 V = TypeVar("V")

@@ -306,7 +306,7 @@ class TailTable(Generic[V]):
 _FRAME_DECODERS: dict[tuple[type[Model], Format], msgspec.json.Decoder[Any]] = {}
 
 
-class Frame(msgspec.Struct, Generic[M], frozen=True):
+class Frame(msgspec.Struct, Generic[M], frozen=True, gc=False):
     """A whole data message decoded in one pass: the typed ``data`` and the ``guid``."""
 
     data: M

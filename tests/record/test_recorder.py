@@ -91,3 +91,41 @@ def test_part_writer_rolls(tmp_path: Path) -> None:
     parts = list_parts(tmp_path)
     assert [p.name for p in parts] == [f"part-0000{i}.parquet" for i in range(4)]
     assert [pq.read_metadata(p).num_rows for p in parts] == [4, 4, 2, 1]
+
+
+def test_classify_agrees_with_the_router() -> None:
+    """The bulk classification gives every frame the guid and kind route() gives it."""
+    from alorws.errors import FrameError
+    from alorws.protocol.codec import DataMessage, route
+    from alorws.record.recorder import _classify
+
+    frames = [
+        b'{"data":{"symbol":"SBER","last_price":301.5},"guid":"k3Xq9a-1Z"}',
+        b'{"data":{"x":1},"guid":"c0ffee00-1111-2222-3333-444455556666"}',
+        b'{"data":{"x":1},"guid":"g"}',
+        b'{"data":[1,2],"guid":"a b"}',  # a space is printable
+        b'{"data":{"guid":"inner"},"guid":"outer"}',  # the top-level key wins
+        b'{"data":{"x":",\\"guid\\":\\"no\\"}"},"guid":"yes"}',
+        b'{"data":{},"guid":"esc\\u0041"}',  # escaped: route() decodes it to escA
+        b'{"data":{},"guid":"' + b"x" * 80 + b'"}',  # longer than the tail: route() decides
+        b'{"data":{},"guid":"\xd0\xbf"}',  # non-ASCII guid: route() decides
+        b'{"guid":"first","data":{"x":1}}',  # other key order
+        b'{"data":null,"requestGuid":"r1","httpCode":200,"message":"ok"}',
+        b'{"requestGuid":"r2","httpCode":400,"message":"bad"}',
+        b'{"data":{"x":1},"guid":""}',
+        b'{"data":{"x":1},"guid":"trailing"} ',
+        b"not json",
+        b"",
+    ]
+    frames += [b'{"data":{"n":%d},"guid":"k3Xq9a-%d"}' % (i, i) for i in range(200)]
+    guids, kinds = _classify(pa.array(frames, pa.binary()))
+    for frame, guid, kind in zip(frames, guids.to_pylist(), kinds.to_pylist(), strict=True):
+        try:
+            msg = route(frame)
+        except FrameError:
+            assert (guid, kind) == (None, "junk"), frame
+            continue
+        if isinstance(msg, DataMessage):
+            assert (guid, kind) == (msg.guid, "data"), frame
+        else:
+            assert (guid, kind) == (msg.request_guid, "status"), frame

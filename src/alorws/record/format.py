@@ -86,17 +86,22 @@ UNKNOWN_STREAM: Final = "_unknown"
 
 _PART = re.compile(r"^\.?part-(\d+)\.(?:parquet|parquet\.tmp|journal\.arrows)$")
 _IPC_OPTIONS: Final = ipc.IpcWriteOptions(compression="lz4")
-_NS_PER_DAY: Final = 86_400_000_000_000
+# The frame column is neither dictionary-encoded (frames rarely repeat: hashing each one is
+# wasted) nor given min/max statistics (nobody filters on raw bytes); the small columns are.
+_SMALL: Final = ["recv_ns", "connection", "guid", "kind", "opcode", "params"]
+_PARQUET: Final[dict[str, Any]] = {"use_dictionary": _SMALL[1:], "write_statistics": _SMALL}
+#: Nanoseconds in a (UTC) day.
+NS_PER_DAY: Final = 86_400_000_000_000
 
 
 def day_of(recv_ns: int) -> str:
     """The UTC date (``YYYY-MM-DD``) of a ``recv_ns`` timestamp."""
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=recv_ns // _NS_PER_DAY)).isoformat()
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=recv_ns // NS_PER_DAY)).isoformat()
 
 
 def last_midnight_ns(recv_ns: int) -> int:
     """The UTC midnight at or before ``recv_ns`` (nanoseconds)."""
-    return recv_ns - recv_ns % _NS_PER_DAY
+    return recv_ns - recv_ns % NS_PER_DAY
 
 
 def partition_dir(root: str | os.PathLike[str], day: str, stream: str) -> Path:
@@ -152,7 +157,7 @@ class PartWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._number = _next_part(self.directory)
         _, tmp, journal = self._paths()
-        self._writer = pq.ParquetWriter(tmp, SCHEMA, compression=self.compression)
+        self._writer = pq.ParquetWriter(tmp, SCHEMA, compression=self.compression, **_PARQUET)
         if self.journal:
             self._journal_sink = pa.OSFile(str(journal), "wb")
             self._journal = ipc.new_stream(self._journal_sink, SCHEMA, options=_IPC_OPTIONS)
@@ -213,7 +218,8 @@ def recover(root: str | os.PathLike[str], *, compression: str = "zstd") -> list[
         except (pa.ArrowInvalid, OSError) as exc:  # torn tail (or an empty journal)
             log.warning("recording journal %s ends early: %s", journal, exc)
         if batches:
-            pq.write_table(pa.Table.from_batches(batches, SCHEMA), tmp, compression=compression)
+            table = pa.Table.from_batches(batches, SCHEMA)
+            pq.write_table(table, tmp, compression=compression, **_PARQUET)
             os.replace(tmp, final)
             done.append(final)
         else:

@@ -30,13 +30,14 @@ not yet flushed: those still in the deque plus the pending batch (``flush_second
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,11 +48,11 @@ import pyarrow.compute as pc
 from ..errors import FrameError, InvalidState
 from ..protocol.codec import DataMessage, route
 from .format import (
+    NS_PER_DAY as _NS_PER_DAY,
     SCHEMA,
     UNKNOWN_STREAM,
     PartWriter,
     day_of,
-    last_midnight_ns,
     partition_dir,
     recover,
 )
@@ -65,15 +66,26 @@ __all__ = ["Recorder"]
 log = logging.getLogger("alorws.record")
 
 # The shape every ALOR data message has on the wire (§3.4): ``{"data":{…},"guid":"…"}``. Frames
-# that match are classified in C, in bulk (Arrow's regex kernels run without the GIL, so the
-# reader and the consumer keep their thread); anything else goes through route() one by one.
-# A match is exact: valid JSON ending in ``,"guid":"<printable ASCII but quote/backslash>"}``
-# has that guid as its top-level key, and ``{"data":`` not followed by ``null`` is a data
-# message for route() too. (Validity is not checked: a corrupt frame of that shape is recorded
-# as data, byte for byte, and replay's route() judges it.)
-_GUID_AT_END: Final = r',"guid":"(?P<g>[\x20\x21\x23-\x5b\x5d-\x7e]+)"\}$'
-_DATA_FIRST: Final = r'^\{"data":(?:[^n]|n[^u])'
+# of that shape are classified in C, in bulk, by a handful of Arrow kernels (which run without
+# the GIL, so the reader and the consumer keep their thread); anything else goes through route()
+# one by one. A frame is a data message of guid G here exactly when it
+#   * starts with ``{"data":`` not followed by ``nu`` (``{"data":null`` is a status-like reply), and
+#   * ends with ``,"guid":"G"}`` where G is 1-(_TAIL - 11) characters of printable ASCII other
+#     than quote and backslash (so G is the top-level key's value as JSON decodes it).
+# That is what route() finds for such a frame (validity is not checked: a corrupt frame of that
+# shape is recorded as data, byte for byte, and replay's route() judges it). Per frame the cost is
+# a few short copies and compares of its last _TAIL bytes, never a scan of the whole frame:
+# the separator is found in the reversed tail (Arrow has no "find last"), guids are cut out once
+# per distinct guid length and checked once per distinct guid.
+_TAIL: Final = 64
+_SEP_REVERSED: Final = ',"guid":"'[::-1]
+_GUID_CHARS: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]+")
+_MAX_LENGTHS: Final = 16  # more distinct guid lengths in one batch: route() decides the rest
 _ENCODE: Final = msgspec.json.Encoder().encode
+#: One queued frame, as the tap leaves it: (recv_ns, connection, frame).
+_ITEM: Final = pa.struct(
+    [("recv_ns", pa.int64()), ("connection", pa.int32()), ("frame", pa.binary())]
+)
 
 
 class _Sub(msgspec.Struct, frozen=True):
@@ -82,15 +94,48 @@ class _Sub(msgspec.Struct, frozen=True):
 
 
 _DATA: Final = pa.scalar("data")
+_NO_GUID: Final = pa.scalar(None, pa.binary())
+# Kernel arguments are Arrow scalars: a Python int costs a failed `import dateutil` per call.
+_TWO: Final = pa.scalar(2, pa.int32())
+
+
+def _fast_guids(frames: pa.Array) -> pa.Array:
+    """The guid (binary) of every frame of the data-message shape above; null for the others."""
+    tail = pc.binary_slice(frames, -_TAIL)
+    reversed_tail = pc.binary_reverse(tail)
+    # reversed_tail = '}"' + reversed guid + '":"diug",' + …: the separator's index is len(G) + 2
+    at = pc.find_substring(reversed_tail, _SEP_REVERSED)
+    head = pc.and_(
+        pc.starts_with(frames, '{"data":'), pc.invert(pc.starts_with(frames, '{"data":nu'))
+    )
+    shaped = pc.and_(head, pc.and_(pc.starts_with(reversed_tail, '}"'), pc.greater(at, _TWO)))
+    at = pc.if_else(shaped, at, pa.scalar(None, at.type))
+    lengths = pc.unique(at).drop_null().to_pylist()
+    if not lengths:
+        return pa.nulls(len(frames), pa.binary())
+    if len(lengths) > _MAX_LENGTHS:
+        lengths = lengths[:_MAX_LENGTHS]
+    guids = None
+    for n in lengths:
+        mine = pc.equal(at, pa.scalar(n, at.type))
+        cut = pc.if_else(mine, pc.binary_slice(tail, -n, -2), _NO_GUID)
+        guids = cut if guids is None else pc.coalesce(guids, cut)
+    assert guids is not None
+    # Check each distinct guid once; a guid with a quote, backslash or non-printable byte is
+    # not what JSON would decode: those frames go to route().
+    encoded = guids.dictionary_encode()
+    bad = [i for i, g in enumerate(encoded.dictionary.to_pylist()) if not _GUID_CHARS.fullmatch(g)]
+    if bad:
+        wrong = pc.is_in(encoded.indices, value_set=pa.array(bad, encoded.indices.type))
+        guids = pc.if_else(wrong, _NO_GUID, guids)
+    return guids
 
 
 def _classify(frames: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Guid and kind of every frame (string arrays): the bulk fast path, then route() for the
     few frames it does not settle (status replies, junk, other key orders)."""
-    guids = pc.cast(
-        pc.struct_field(pc.extract_regex(frames, pattern=_GUID_AT_END), [0]), pa.string()
-    )
-    fast = pc.and_(pc.is_valid(guids), pc.match_substring_regex(frames, pattern=_DATA_FIRST))
+    guids = _fast_guids(frames).cast(pa.string())  # printable ASCII: valid UTF-8
+    fast = pc.is_valid(guids)
     kinds = pc.if_else(fast, _DATA, pa.scalar(None, pa.string()))
     if pc.all(fast).as_py():
         return guids, kinds
@@ -221,10 +266,11 @@ class Recorder:
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.poll):
-                self._drain()
-                if time.monotonic() - self._last_flush >= self.flush_seconds:
+                due = time.monotonic() - self._last_flush >= self.flush_seconds
+                self._drain(everything=due)
+                if due:
                     self._flush_all()
-            self._drain()  # the tap is removed: this is the last of it
+            self._drain(everything=True)  # the tap is removed: this is the last of it
             self._flush_all()
         except BaseException as exc:  # disk full, say: stop recording, report it in aclose
             log.exception("the recorder stopped")
@@ -236,11 +282,15 @@ class Recorder:
                 except Exception:
                     log.exception("closing %s failed", writer.directory)
 
-    def _drain(self) -> None:
-        while self._queue:
-            n = min(len(self._queue), self.batch_rows)
-            pop = self._queue.popleft
-            self._add([pop() for _ in range(n)])
+    def _drain(self, *, everything: bool) -> None:
+        """Take whole batches off the queue (and the rest too if ``everything``).
+
+        Each :meth:`_add` has a fixed cost (a few dozen kernel calls) that small takes would
+        pay per frame: between flushes, frames wait in the queue until a batch is there."""
+        queue, size = self._queue, self.batch_rows
+        take = iter(queue.popleft, None)  # items are tuples, never None: popleft in a C loop
+        while len(queue) >= size or (everything and queue):
+            self._add(list(islice(take, min(len(queue), size))))
 
     def _describe(self, guid: str | None) -> _Sub | None:
         if guid is None:
@@ -257,12 +307,13 @@ class Recorder:
     def _add(self, items: list[tuple[int, int, bytes]]) -> None:
         """Classify ``items`` and append them to their partitions' pending batches.
 
-        Per frame, only C loops run here (building the arrays, the regex): the writer thread
-        holds the GIL as little as it can, so the reader and the consumer keep running."""
-        recv, conns, frames = zip(*items, strict=True)
+        Per frame, only C loops run here (one conversion of the tuples, the kernels): the
+        writer thread holds the GIL as little as it can, so the reader and the consumer keep
+        running."""
         self._frames_seen += len(items)
-        frame_arr = pa.array(frames, pa.binary())
-        guids, kinds = _classify(frame_arr)
+        columns = pa.array(items, _ITEM)  # one C loop over the tuples, three arrays
+        recv, frames = columns.field(0), columns.field(2)
+        guids, kinds = _classify(frames)
         # One describe() per distinct guid (a batch holds few), then everything by index.
         encoded = guids.dictionary_encode(null_encoding="encode")
         codes = encoded.indices
@@ -274,30 +325,29 @@ class Recorder:
         )
         params = pa.array([s.params if s else None for s in subs], pa.string()).take(codes)
         table = pa.Table.from_arrays(
-            [pa.array(recv, pa.int64()), pa.array(conns, pa.int32()), guids, kinds, opcodes,
-             params, frame_arr],
-            schema=SCHEMA,
-        )  # fmt: skip
-        first, last = day_of(recv[0]), day_of(recv[-1])
-        streams = [s.opcode if s else UNKNOWN_STREAM for s in subs]
-        if first != last:  # a batch across midnight (UTC): split it by day first
-            cut = bisect.bisect_left(recv, last_midnight_ns(recv[-1]))
-            self._split(table.slice(0, cut), first, codes.slice(0, cut), streams)
-            self._split(table.slice(cut), last, codes.slice(cut), streams)
-        else:
-            self._split(table, first, codes, streams)
-
-    def _split(self, table: pa.Table, day: str, codes: pa.Array, streams: list[str]) -> None:
-        """Pend ``table``'s rows by stream (``codes`` index ``streams``)."""
-        distinct = dict.fromkeys(streams)
-        if len(distinct) == 1:
-            self._pend((day, streams[0]), table)
+            [recv, columns.field(1), guids, kinds, opcodes, params, frames], schema=SCHEMA
+        )
+        # Partitions: (UTC day, stream). A stream per distinct guid; days differ only in a batch
+        # across midnight (or after a clock step), which is checked on the extremes.
+        names = [s.opcode if s else UNKNOWN_STREAM for s in subs]
+        streams = sorted(set(names))
+        stream_of = pa.array([streams.index(name) for name in names], pa.int32()).take(codes)
+        low, high = pc.min_max(recv).values()
+        first, last = day_of(low.as_py()), day_of(high.as_py())
+        if first == last and len(streams) == 1:
+            self._pend((first, streams[0]), table)
             return
-        for stream in distinct:
-            mine = pa.array([i for i, s in enumerate(streams) if s == stream], codes.type)
-            part = table.filter(pc.is_in(codes, value_set=mine))
-            if part.num_rows:
-                self._pend((day, stream), part)
+        days: list[str] = [first]
+        key = stream_of
+        if first != last:
+            day_number = pc.divide(recv, pa.scalar(_NS_PER_DAY, pa.int64()))
+            numbers = pc.unique(day_number).to_pylist()
+            days = [day_of(d * _NS_PER_DAY) for d in numbers]
+            day_index = pc.index_in(day_number, value_set=pa.array(numbers, pa.int64()))
+            key = pc.add(pc.multiply(day_index, pa.scalar(len(streams), pa.int32())), stream_of)
+        for k in pc.unique(key).to_pylist():
+            part = table.filter(pc.equal(key, pa.scalar(k, key.type)))
+            self._pend((days[k // len(streams)], streams[k % len(streams)]), part)
 
     def _pend(self, key: tuple[str, str], table: pa.Table) -> None:
         self._pending.setdefault(key, []).append(table)
@@ -312,7 +362,7 @@ class Recorder:
         self._pending_rows.pop(key, None)
         if not tables:
             return
-        table = pa.concat_tables(tables).combine_chunks()
+        table = pa.concat_tables(tables)  # chunked as drained: nothing is copied here
         writer = self._writers.get(key)
         if writer is None:
             writer = self._writers[key] = PartWriter(

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,15 @@ from .record import Recorder
 from .sim.app import Simulator
 
 
-__all__ = ["run"]
+__all__ = ["Observer", "run"]
+
+#: ``observe(client, streams, stack)``: called with the demo's streams before they subscribe
+#: (tests use it to open lossless twins of them, which the client de-duplicates onto the same
+#: subscriptions, and to collect what they receive); contexts it enters on ``stack`` are left
+#: after the demo's streams close and before the recorder flushes.
+Observer = Callable[
+    [AlorClient, dict[str, Stream[Any]], contextlib.AsyncExitStack], Awaitable[object]
+]
 
 SYMBOLS = ("SBER", "GAZP", "LKOH")
 BOOK_SYMBOL = "SBER"
@@ -72,13 +80,20 @@ def run(
     out: Path | str = "demo-data",
     console: Console | None = None,
     metrics_port: int | None = None,
+    observe: Observer | None = None,
 ) -> int:
     """Run the demo for about ``duration`` seconds; returns the exit code (0)."""
     console = console or Console(markup=False, highlight=False, emoji=False)
-    return asyncio.run(_demo(max(1.0, duration), Path(out), console, metrics_port))
+    return asyncio.run(_demo(max(1.0, duration), Path(out), console, metrics_port, observe))
 
 
-async def _demo(duration: float, out: Path, console: Console, metrics_port: int | None) -> int:
+async def _demo(
+    duration: float,
+    out: Path,
+    console: Console,
+    metrics_port: int | None,
+    observe: Observer | None = None,
+) -> int:
     state = _State()
     wall_start = time.time()
     interactive = console.is_terminal
@@ -111,7 +126,7 @@ async def _demo(duration: float, out: Path, console: Console, metrics_port: int 
             note(f"metrics at {server.url}")
         recorder = await _start_recorder(stack, client, out, note)
 
-        streams = await _subscribe(stack, client, portfolio, state)
+        streams = await _subscribe(stack, client, portfolio, state, observe)
         note(f"subscribed {len(streams)} streams on {client.stats()['connections']} connections")
         workers = [asyncio.create_task(_consume(name, s, state)) for name, s in streams.items()]
         workers.append(asyncio.create_task(state.book.follow(streams[f"book {BOOK_SYMBOL}"])))
@@ -140,7 +155,11 @@ async def _start_recorder(
 
 
 async def _subscribe(
-    stack: contextlib.AsyncExitStack, client: AlorClient, portfolio: str, state: _State
+    stack: contextlib.AsyncExitStack,
+    client: AlorClient,
+    portfolio: str,
+    state: _State,
+    observe: Observer | None = None,
 ) -> dict[str, Stream[Any]]:
     wanted: dict[str, Stream[Any]] = {}
     for sym in SYMBOLS:
@@ -155,6 +174,8 @@ async def _subscribe(
     wanted["positions"] = client.positions(portfolio)
     wanted["summary"] = client.summaries(portfolio)
     wanted["own trades"] = client.own_trades(portfolio)
+    if observe is not None:
+        await observe(client, wanted, stack)
     opened = await asyncio.gather(*(stack.enter_async_context(s) for s in wanted.values()))
     streams = dict(zip(wanted, opened, strict=True))
     for s in streams.values():

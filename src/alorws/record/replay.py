@@ -29,8 +29,10 @@ never read stalls the replay. When the recording ends, every stream ends (``asyn
 finishes).
 
 A subscription confirmed a second time with the same guid (a restore after a reconnect, §9.5)
-delivers a ``restored`` :class:`~alorws.client.lane.LaneEvent`, as live. The whole recording
-is loaded into memory.
+delivers a ``restored`` :class:`~alorws.client.lane.LaneEvent`, as live. After a live restore
+an orders, stop-orders or own-trades stream also fetches the HTTP snapshot and adds what it had
+never seen; a recording holds ``/ws`` frames only, so a replayed restore adds nothing (the same
+unless something was missed during the gap). The whole recording is loaded into memory.
 """
 
 from __future__ import annotations
@@ -131,6 +133,19 @@ class _Slot:
         self.confirmed: set[str] = set()
 
 
+class _NoSnapshots:
+    """What a replayed stream gets when it asks for the HTTP snapshot after a restore."""
+
+    async def orders(self, portfolio: str, exchange: Any = None) -> list[Any]:
+        return []
+
+    async def stop_orders(self, portfolio: str, exchange: Any = None) -> list[Any]:
+        return []
+
+    async def trades(self, portfolio: str, exchange: Any = None) -> list[Any]:
+        return []
+
+
 class Replay:
     """A recording under ``root`` (see :mod:`alorws.record.format`) as typed streams.
 
@@ -164,6 +179,8 @@ class Replay:
         self._pump: asyncio.Task[None] | None = None
         self._state = "new"
         self.frames_replayed = 0
+        #: Streams ask their client for HTTP snapshots after a restore: none in a recording.
+        self.http = _NoSnapshots()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

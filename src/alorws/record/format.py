@@ -20,7 +20,7 @@ Columns (:data:`SCHEMA`):
                                               for junk
 ``kind``        string                        ``"data"``, ``"status"`` or ``"junk"`` (unparsable)
 ``opcode``      dictionary<int32, string>     the subscription opcode; null if unknown
-``params``      string                        the request's params as JSON, wire names
+``params``      dictionary<int32, string>     the request's params as JSON, wire names
                                               (``{"exchange":"MOEX","format":"Simple",
                                               "code":"SBER",…}``, no guid, no token); null if
                                               unknown
@@ -75,7 +75,7 @@ SCHEMA: Final = pa.schema(
         pa.field("guid", pa.string()),
         pa.field("kind", pa.string(), nullable=False),
         pa.field("opcode", pa.dictionary(pa.int32(), pa.string())),
-        pa.field("params", pa.string()),
+        pa.field("params", pa.dictionary(pa.int32(), pa.string())),
         pa.field("frame", pa.binary(), nullable=False),
     ],
     metadata={b"alorws.record": b"1"},

@@ -318,12 +318,12 @@ class Recorder:
         encoded = guids.dictionary_encode(null_encoding="encode")
         codes = encoded.indices
         subs = [self._describe(g) for g in encoded.dictionary.to_pylist()]
-        opcodes = (
-            pa.array([s.opcode if s else None for s in subs], pa.string())
-            .take(codes)
-            .dictionary_encode()  # null opcodes as null indices, not dictionary entries
-        )
-        params = pa.array([s.params if s else None for s in subs], pa.string()).take(codes)
+        # Dictionary columns: per frame only an index is taken, no string is copied (nulls
+        # become null indices, not dictionary entries).
+        opcodes = pa.array([s.opcode if s else None for s in subs], pa.string())
+        opcodes = opcodes.dictionary_encode().take(codes)
+        params = pa.array([s.params if s else None for s in subs], pa.string())
+        params = params.dictionary_encode().take(codes)
         table = pa.Table.from_arrays(
             [recv, columns.field(1), guids, kinds, opcodes, params, frames], schema=SCHEMA
         )

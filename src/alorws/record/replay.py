@@ -672,6 +672,13 @@ class Replay:
             slot.buffers.clear()
 
 
+def _read_part(path: Path) -> pa.Table:
+    """One part's columns; ``params`` as plain strings (older recordings stored them so)."""
+    table = pq.read_table(path, columns=_COLUMNS + _INDEX_COLUMNS[1:])
+    i = table.schema.get_field_index("params")
+    return table.set_column(i, "params", pc.cast(table.column(i), pa.string()))
+
+
 def _load(
     root: Path,
 ) -> tuple[Any, dict[SubscriptionRequest, RecordedSubscription], dict[str, SubscriptionRequest]]:
@@ -679,7 +686,7 @@ def _load(
     parts = list_parts(root)
     if not parts:
         raise ConfigurationError(f"no recording under {root} (no date=*/stream=*/part-*.parquet)")
-    tables = [pq.read_table(p, columns=_COLUMNS + _INDEX_COLUMNS[1:]) for p in parts]
+    tables = [_read_part(p) for p in parts]
     table = pa.concat_tables(tables, promote_options="permissive")
     # Frames of one subscription live in one partition, already in order: ties keep it.
     table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))

@@ -1,6 +1,7 @@
 """A short recording of the simulator, made once per module, with what the live streams got.
 
-The issue asks for 60 s of the demo; the tests record ~3 s to stay fast (same code paths).
+The issue's minute of the demo is test_demo_replay.py (recorded while the suite runs); the tests
+here record ~3 s of a livelier simulator for the format, DuckDB, matching and pacing checks.
 """
 
 from __future__ import annotations

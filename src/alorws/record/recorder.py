@@ -30,6 +30,7 @@ not yet flushed: those still in the deque plus the pending batch (``flush_second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -82,6 +83,7 @@ _SEP_REVERSED: Final = ',"guid":"'[::-1]
 _GUID_CHARS: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 _MAX_LENGTHS: Final = 16  # more distinct guid lengths in one batch: route() decides the rest
 _ENCODE: Final = msgspec.json.Encoder().encode
+_NICE: Final = 10
 #: One queued frame, as the tap leaves it: (recv_ns, connection, frame).
 _ITEM: Final = pa.struct(
     [("recv_ns", pa.int64()), ("connection", pa.int32()), ("frame", pa.binary())]
@@ -264,6 +266,10 @@ class Recorder:
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        # The writer yields the CPU to the reader and the consumer when they compete for it
+        # (Linux: a thread's own nice value); the queue absorbs the lag, counted in stats().
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
         try:
             while not self._stop.wait(self.poll):
                 due = time.monotonic() - self._last_flush >= self.flush_seconds

@@ -20,6 +20,7 @@ from alorws.errors import (
 )
 from alorws.gateway import Gateway, NatsServer
 from alorws.protocol.account import Order, OwnTrade
+from alorws.protocol.codec import decoder_for
 from alorws.protocol.market import OrderBook, Quote, Trade
 from alorws.sim.app import Simulator
 
@@ -360,3 +361,98 @@ async def test_restarted_gateway_republishes_nothing_twice(
                 assert [e.kind for e in orders.events] == ["disconnected", "restored"]
         finally:
             await nc.close()
+
+
+def _contiguous(part: list[Any], whole: list[Any]) -> bool:
+    """``part`` occurs in ``whole`` as one run."""
+    n = len(part)
+    return any(whole[i : i + n] == part for i in range(len(whole) - n + 1))
+
+
+async def _pass_through(
+    sim: Simulator, client: AlorClient, nc: Any, direct: Any, stream: Any, many: int
+) -> None:
+    """Read ``direct`` (undecoded), ``stream`` (through the gateway) and the raw bus subject
+    while ALOR's connection drops once; compare."""
+    symbol, model, fmt = direct.request.code, direct.model, direct.request.format
+    on_wire: list[tuple[str | None, bytes]] = []
+    direct_payloads: list[bytes] = []
+    models: list[Any] = []
+
+    async def wire_cb(msg: Any) -> None:
+        on_wire.append(((msg.headers or {}).get("Alorws-Event"), msg.data))
+
+    async def read_direct() -> None:
+        while True:
+            direct_payloads.extend(x for x in await direct.get_payloads() if type(x) is bytes)
+
+    async def read_bus() -> None:
+        while True:
+            models.extend(await stream.get_batch())
+
+    async def poke() -> None:
+        while True:
+            sim.burst(symbol, 3)
+            await asyncio.sleep(0.02)
+
+    raw_sub = await nc.subscribe(stream.subject, cb=wire_cb)
+    await stream.subscribe()  # opens the gateway's upstream: the raw subscriber sees it all
+    tasks = [asyncio.ensure_future(c()) for c in (read_direct, read_bus, poke)]
+    try:
+        await eventually(lambda: len(models) >= many and len(on_wire) >= many, 10.0)
+        await client.drop_connections()
+        await eventually(lambda: [e.kind for e in stream.events] == ["disconnected", "restored"])
+        n_models = len(models)
+        await eventually(lambda: len(models) >= n_models + 2, 10.0)
+        tasks[-1].cancel()
+        await asyncio.sleep(0.3)  # let every side take what was sent
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await raw_sub.unsubscribe()
+    # The events are on the subject in place, between the payloads.
+    assert [k for k, _ in on_wire if k is not None] == ["disconnected", "restored"]
+    payloads = [data for k, data in on_wire if k is None]
+    # Byte for byte what ALOR sent on the shared subscription.
+    assert _contiguous(payloads, direct_payloads), (len(payloads), len(direct_payloads))
+    # The consumer's models = what the direct stream decodes (a subscribe-reply snapshot may
+    # repeat the first one).
+    dec = decoder_for(model, fmt)
+    expected = [dec.decode(p) for p in payloads]
+    got = models[1:] if models[:2] == [expected[0], expected[0]] else models
+    assert got == expected
+    assert all(isinstance(m, model) for m in got)
+
+
+@pytest.mark.parametrize("fmt", ["Simple", "Slim", "Heavy"])
+async def test_market_data_passes_through_as_alor_sent_it_with_events_in_place(
+    sim: Simulator, client: AlorClient, nats_server: NatsServer, fmt: str
+) -> None:
+    """The gateway publishes each market payload byte for byte as ALOR sent it (no re-encode),
+    consumers decode it into exactly the models a direct stream of the same ALOR subscription
+    gets, and a lost connection reaches them as ``disconnected``/``restored`` in place."""
+    many = 4 if fmt == "Heavy" else 10  # Heavy: at most 2 messages/s (frequency >= 500 ms)
+    async with Gateway(client, nats_server.url, prefix="pt", market_policy="queue") as gw:
+        nc = await nats.connect(nats_server.url)
+        try:
+            async with BusClient(nats_server.url, prefix="pt", format=fmt) as bus:
+                for direct, stream in (
+                    (
+                        client.quotes("SBER", format=fmt, policy="queue"),
+                        bus.quotes("SBER", policy="queue"),
+                    ),
+                    (
+                        client.order_book("GAZP", format=fmt, policy="queue"),
+                        bus.order_book("GAZP", policy="queue"),
+                    ),
+                ):
+                    try:
+                        await direct.subscribe()
+                        await _pass_through(sim, client, nc, direct, stream, many)
+                    finally:
+                        await stream.aclose()
+                        await direct.aclose()
+        finally:
+            await nc.close()
+        assert gw.stats()["published_market"] >= 2 * many

@@ -266,7 +266,22 @@ class BusStream(Generic[M], AsyncIterator[M]):
             await self.subscribe()
         while True:
             items = await self._buffer.get_batch(max_items)
-            out = [obj for item in items if (obj := self._handle(item)) is not None]
+            if self._filter is None and self._statuses is None:
+                # The hot path (market data): decode payloads inline, the rare rest via _handle.
+                decode = self._decoder.decode
+                out: list[M] = []
+                for item in items:
+                    if type(item) is bytes:
+                        try:
+                            out.append(decode(item))
+                            continue
+                        except (msgspec.DecodeError, ValueError):
+                            pass
+                    obj = self._handle(item)
+                    if obj is not None:
+                        out.append(obj)
+            else:
+                out = [obj for item in items if (obj := self._handle(item)) is not None]
             if out:
                 return out
 

@@ -11,8 +11,12 @@
   from for ``lease_seconds`` is dropped and its handles released. A subscription the client
   cannot make (budget, rejection, timeout) is answered with the error's class and message.
 * **Market data** goes to ``<prefix>.md.<exchange>.<symbol>.<stream>.<hash>`` (core NATS), as
-  ALOR's payload in the request's format. The last payload of quotes and books is kept and sent
-  in the subscribe reply, so a consumer joining a running subscription starts with a value.
+  ALOR's payload in the request's format: quotes, books and instruments pass through undecoded
+  (:meth:`~alorws.client.Stream.get_payloads`, the bytes ALOR sent), all trades and bars are
+  decoded and re-encoded (the client's filter keeps them whole across restores). Connection
+  events are published in place, between the payloads. The last payload of quotes and books is
+  kept and sent in the subscribe reply, so a consumer joining a running subscription starts with
+  a value.
 * **Account events** go to the JetStream stream ``<PREFIX>_ACCOUNT`` on
   ``<prefix>.acct.<portfolio>.<stream>.<exchange>`` with a ``Nats-Msg-Id`` derived from the
   content (order id + state, trade id, or a chain of states for positions and snapshots), so a
@@ -89,6 +93,7 @@ from ..errors import (
 from ..protocol import requests as rq
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, StopOrder
+from ..protocol.codec import decoder_for
 from ..protocol.enums import Format
 from ..protocol.market import OrderBook, Quote
 from ..protocol.requests import validate_guid
@@ -129,7 +134,6 @@ class _Upstream:
         self.stream: Stream[Any] | None = None
         self.pump: asyncio.Task[None] | None = None
         self.last: bytes | None = None
-        self.events: list[LaneEvent] = []
         self.prev: dict[Any, str] = {}  # state chains of account snapshots (see _msg_id)
         self.published = 0
         self.closed = False
@@ -267,8 +271,14 @@ class Gateway:
         a standby and keeps trying in the background)."""
         if self._running:
             raise InvalidState("the gateway is already running")
+        # Every subject the gateway uses is built from checked tokens (wire.token, the prefix
+        # check above) or comes from the server (reply inboxes), so nats-py's per-publish
+        # subject check (a regex search, ~0.35 µs of every market message) is skipped.
         self._nc = await nats.connect(
-            self.nats_url, name=f"alorws-gateway-{self.node}", max_reconnect_attempts=-1
+            self.nats_url,
+            name=f"alorws-gateway-{self.node}",
+            max_reconnect_attempts=-1,
+            skip_subject_validation=True,
         )
         self._running = True
         try:
@@ -619,8 +629,9 @@ class Gateway:
         reply = wire.SubscribeReply(
             subject=up.subject, format=Format(request.format), lease=self.lease_seconds
         )
-        if up.last is not None:
-            reply = msgspec.structs.replace(reply, snapshot=msgspec.Raw(up.last))
+        snapshot = _valid_snapshot(up)
+        if snapshot is not None:
+            reply = msgspec.structs.replace(reply, snapshot=msgspec.Raw(snapshot))
         return msgspec.json.encode(reply)
 
     async def _on_unsubscribe(self, msg: Msg) -> bytes:
@@ -676,7 +687,6 @@ class Gateway:
     async def _open(self, up: _Upstream) -> None:
         policy = None if up.account else self.market_policy
         stream = open_stream(self.client, up.request, policy=policy)
-        stream.on_event(up.events.append)
         await stream.subscribe()
         up.stream = stream
         if up.closed:  # every holder left while it was opening
@@ -699,32 +709,85 @@ class Gateway:
 
     async def _pump(self, up: _Upstream) -> None:
         """Publish everything the ALOR subscription delivers."""
+        if up.account or not await self._pump_payloads(up):
+            await self._pump_models(up)
+
+    async def _pump_payloads(self, up: _Upstream) -> bool:
+        """Market data passes through undecoded: each payload is published as ALOR sent it (in
+        the request's format, which is what consumers decode), connection events in place.
+
+        Returns False, having read nothing, if the stream cannot be read undecoded: all trades
+        and bars are kept whole across restores by a client-side filter, which decodes."""
+        stream = up.stream
+        assert stream is not None and self._nc is not None
+        publish = self._nc.publish
+        subject = up.subject
+        keep_last = issubclass(stream.model, _STATE_MODELS)
+        counters = self.counters
+        first = True
+        while not up.closed:
+            items: list[bytes | LaneEvent]
+            try:
+                items = await stream.get_payloads(1000)
+            except BufferOverflowError as exc:
+                log.warning("gateway: %s: %s", subject, exc)
+                items = [LaneEvent("disconnected", 0, str(exc))]
+            except StreamClosed:
+                return True
+            except InvalidState:
+                if first:
+                    return False
+                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                return True
+            except Exception:
+                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                return True
+            first = False
+            last: bytes | None = None
+            for item in items:
+                if type(item) is bytes:
+                    last = item
+                    await publish(subject, item)
+                    counters["published_market"] += 1
+                    up.published += 1
+                elif isinstance(item, LaneEvent):
+                    await self._publish_event(up, item)
+            if keep_last and last is not None:
+                up.last = last
+        return True
+
+    async def _publish_event(self, up: _Upstream, ev: LaneEvent) -> None:
+        assert self._nc is not None
+        headers = {wire.EVENT_HEADER: ev.kind}
+        await self._nc.publish(up.subject, msgspec.json.encode(ev), headers=headers)
+
+    async def _pump_models(self, up: _Upstream) -> None:
+        """Decode and re-encode: account streams (their message ids derive from the content)
+        and market streams that a client-side filter keeps whole (all trades, bars)."""
         stream = up.stream
         assert stream is not None and self._nc is not None
         nc = self._nc
         fmt = Format(up.request.format)
         keep_last = issubclass(stream.model, _STATE_MODELS)
+        events: list[LaneEvent] = []
+        stream.on_event(events.append)
         while not up.closed:
             try:
                 batch = await stream.get_batch(1000)
             except BufferOverflowError as exc:
                 log.warning("gateway: %s: %s", up.subject, exc)
-                up.events.append(LaneEvent("disconnected", 0, str(exc)))
+                events.append(LaneEvent("disconnected", 0, str(exc)))
                 batch = []
             except StreamClosed:
                 return
             except Exception:
                 log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return
-            if up.events:
-                events, up.events = up.events, []
-                if not up.account:
-                    for ev in events:
-                        await nc.publish(
-                            up.subject,
-                            msgspec.json.encode(ev),
-                            headers={wire.EVENT_HEADER: ev.kind},
-                        )
+            if events:
+                pending, events[:] = events[:], []
+                if not up.account:  # JetStream consumers see no gap: nothing is lost there
+                    for ev in pending:
+                        await self._publish_event(up, ev)
             for obj in batch:
                 payload = wire.encode_model(obj, fmt)
                 if up.account:
@@ -866,6 +929,20 @@ class Gateway:
             "orders_in_flight": len(self._orders_inflight),
             **self.counters,
         }
+
+
+def _valid_snapshot(up: _Upstream) -> bytes | None:
+    """The last payload of a quotes/book upstream if it decodes (payloads pass through
+    unvalidated, and a corrupt one must not break the subscribe reply it is embedded in)."""
+    last, stream = up.last, up.stream
+    if last is None or stream is None:
+        return None
+    try:
+        decoder_for(stream.model, Format(up.request.format)).decode(last)
+    except (msgspec.DecodeError, ValueError):
+        log.warning("gateway: %s: the last payload does not decode; no snapshot", up.subject)
+        return None
+    return last
 
 
 def _ack_reply(ack: OrderAck) -> bytes:

@@ -16,7 +16,8 @@ Two scenarios:
    client drops its connection and restores the subscription, which starts the blast; every
    consumer reads all ``--frames``. delivered/s = N x frames / (feed's first write -> the last
    consumer has its last frame); per consumer = frames / (first write -> its last frame). Also the
-   gateway process's CPU per frame (Linux ``/proc``);
+   gateway process's CPU per frame (Linux ``/proc``) and this process's (the consumers') CPU per
+   message delivered;
 2. **added latency**: ``--latency-rate`` frames/s for ``--latency-seconds``, each stamped by the
    feed with ``perf_counter_ns`` as it is written (CLOCK_MONOTONIC: one clock for every process);
    latency = the consumer has the typed quote - stamp; added = gateway - direct percentile.
@@ -183,7 +184,8 @@ async def scenario_throughput(
     feed: FeedProcess, gw: GatewayProcess, nc: Any, nats_url: str, args: argparse.Namespace
 ) -> None:
     n = args.frames
-    rows: dict[str, list[tuple[float, float, float]]] = {}  # name -> [(total/s, per/s, cpu)]
+    # name -> [(total/s, per/s, gateway CPU µs/frame, consumers' CPU µs/message)]
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
     order = [("direct AlorClient", 0)] + [
         (f"gateway -> {c} BusClient(s)", c) for c in args.consumers
     ]
@@ -195,16 +197,17 @@ async def scenario_throughput(
                 end = await direct_run(feed, n)
                 start = feed.stats()["t_first_ns"]
                 rate = n / (end - start) * 1e9
-                rows.setdefault(name, []).append((rate, rate, float("nan")))
+                rows.setdefault(name, []).append((rate, rate, float("nan"), float("nan")))
                 continue
-            cpu0 = gw.cpu_seconds()
+            cpu0, own0 = gw.cpu_seconds(), time.process_time()
             ends = await gateway_run(feed, nc, nats_url, consumers, n, {"mode": "blast"})
-            cpu1 = gw.cpu_seconds()
+            cpu1, own1 = gw.cpu_seconds(), time.process_time()
             start = feed.stats()["t_first_ns"]
             total = consumers * n / (max(ends) - start) * 1e9
             per = statistics.median(n / (e - start) * 1e9 for e in ends)
             cpu = (cpu1 - cpu0) / n * 1e6 if cpu0 is not None and cpu1 is not None else float("nan")
-            rows.setdefault(name, []).append((total, per, cpu))
+            own = (own1 - own0) / (consumers * n) * 1e6
+            rows.setdefault(name, []).append((total, per, cpu, own))
 
     def med(name: str, k: int) -> float:
         return statistics.median(r[k] for r in rows[name])
@@ -216,15 +219,16 @@ async def scenario_throughput(
     )
     head = (
         f"{'stack':<30} {'delivered/s':>12} {'x direct':>9} {'per consumer/s':>15} "
-        f"{'x direct':>9} {'gateway CPU µs/frame':>21}"
+        f"{'x direct':>9} {'gateway CPU µs/frame':>21} {'consumers CPU µs/msg':>21}"
     )
     print(head)
     print("-" * len(head))
     for name, _ in order:
-        total, per, cpu = med(name, 0), med(name, 1), med(name, 2)
+        total, per, cpu, own = (med(name, k) for k in range(4))
         print(
             f"{name:<30} {_fmt(total):>12} {total / base:>8.2f}x {_fmt(per):>15} "
-            f"{per / base:>8.2f}x {'-' if cpu != cpu else f'{cpu:.1f}':>21}"
+            f"{per / base:>8.2f}x {'-' if cpu != cpu else f'{cpu:.1f}':>21} "
+            f"{'-' if own != own else f'{own:.1f}':>21}"
         )
 
 

@@ -25,7 +25,7 @@ Both print CPU µs/msg (the whole client process, all threads, over the timed sp
 difference with and without the recorder is what recording costs per frame.
 
     python bench/record.py [--scenarios sim,feed] [--repeat 5] [--sim-seconds 3]
-                           [--sim-copies 200] [--sim-rate 2000] [--frames 200000] [--pin]
+                           [--sim-copies 120] [--sim-rate 2000] [--frames 200000] [--pin]
                            [--no-pin] [--compression zstd] [--no-journal] [--strict]
 
 Goal (issue 7): recording at the simulator's full rate costs < 15 % of throughput (judged on
@@ -281,7 +281,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sim-seconds", type=float, default=3.0, help="measured window")
     parser.add_argument("--sim-warmup", type=float, default=1.0, help="seconds before it")
-    parser.add_argument("--sim-copies", type=int, default=200, help="tapes per instrument")
+    parser.add_argument("--sim-copies", type=int, default=120, help="tapes per instrument")
     parser.add_argument("--sim-rate", type=float, default=2000.0, help="simulator --rate")
     parser.add_argument("--frames", type=int, default=200_000, help="feed: frames per run")
     parser.add_argument("--pin", action="store_true", help="sim: pin client and simulator")

@@ -34,6 +34,7 @@ from ..protocol.codec import (
     decoder_for,
     frame_decoder_for,
     frame_payload,
+    frame_tail,
 )
 from ..protocol.enums import Exchange, Format
 from ..protocol.market import InstrumentPatch, OrderBook, Quote
@@ -51,6 +52,9 @@ __all__ = ["STATE_MODELS", "Stream", "default_policy", "market_request", "portfo
 log = logging.getLogger("alorws.stream")
 
 M = TypeVar("M", bound=Model)
+
+#: How a compact data frame starts (see alorws.protocol.codec.TailTable).
+_DATA_HEAD = b'{"data":{'
 
 
 #: State streams: every message is the whole state, so only the newest matters (``latest``).
@@ -285,15 +289,24 @@ class Stream(Generic[M], AsyncIterator[M]):
         """Like :meth:`get_batch`, but undecoded: each message's ``data`` JSON as ALOR sent it
         (in the stream's format), with connection events in place. For pass-through (the
         gateway forwards market data without decoding and re-encoding it). Payloads are not
-        validated, and account streams refuse it: they must be decoded to be made whole."""
+        validated. Streams that are filtered client-side refuse it (:class:`InvalidState`):
+        account streams and the de-duplicated ``all_trades``/``bars`` must be decoded."""
         if self._filter is not None:
-            raise InvalidState(f"{self.name}: an account stream cannot be read undecoded")
+            raise InvalidState(
+                f"{self.name}: this stream is de-duplicated client-side and cannot be read "
+                "undecoded; use get_batch()"
+            )
         if self._state == "new":
             await self.subscribe()
         while True:
             out: list[bytes | LaneEvent] = []
+            tail = frame_tail(self._guid) if self._guid is not None else b"\0"
+            cut = -len(tail)
             for item in await self._buffer.get_batch(max_items):
                 if type(item) is bytes:
+                    if item[:9] == _DATA_HEAD and item[cut:] == tail:  # the reader's match
+                        out.append(item[8:cut])
+                        continue
                     try:
                         out.append(frame_payload(item))
                     except FrameError:

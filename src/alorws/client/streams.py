@@ -147,7 +147,7 @@ class Stream(Generic[M], AsyncIterator[M]):
         self.name = name or f"{type(request).__name__}"
         self._format = Format(getattr(request, "format", Format.SIMPLE))
         # Lanes push whole frames (bytes: envelope and payload decoded in one pass); a replay
-        # or a bus pushes payloads alone (msgspec.Raw or bytes of the data object).
+        # pushes payloads alone (msgspec.Raw: the data object's JSON).
         self._frame_decoder = frame_decoder_for(model, self._format)
         self._decoder = decoder_for(model, self._format)
         self._filter = filter

@@ -1,4 +1,7 @@
-"""The recorder never blocks the reader, and a crash loses at most the unflushed batch."""
+"""The recorder never blocks the reader, and a crash loses at most the unflushed batch.
+
+The recorder tests run with the writer in a process (the default) and in a thread.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,34 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from alorws.client import AlorClient
 from alorws.record import SCHEMA, Recorder, recover
 from alorws.record.format import PartWriter, list_parts, partition_dir
 
 
+process_or_thread = pytest.mark.parametrize("process", [True, False], ids=["process", "thread"])
+
+
+def assert_writer_gone(recorder: Recorder) -> None:
+    """After aclose the writer process has exited and been waited for (no zombie, no orphan)."""
+    writer = recorder._writer
+    proc = getattr(writer, "proc", None)
+    assert (proc is None) == (not recorder.process)
+    if proc is not None:
+        assert proc.returncode is not None
+        assert proc.stdout is not None and proc.stdout.closed
+        assert proc.stdin is not None and proc.stdin.closed
+
+
+@process_or_thread
 async def test_full_queue_drops_and_the_client_keeps_running(
-    client: AlorClient, tmp_path: Path
+    client: AlorClient, tmp_path: Path, process: bool
 ) -> None:
     """With a tiny queue bound and a slow writer, frames are dropped and counted, not waited on."""
-    recorder = Recorder(client, tmp_path, max_queue=2, poll=30.0)  # the writer wakes at close
+    # The writer (or the shipper) wakes at close.
+    recorder = Recorder(client, tmp_path, max_queue=2, poll=30.0, process=process)
     async with recorder:
         async with client.all_trades("SBER") as trades:
             got = 0
@@ -31,11 +51,14 @@ async def test_full_queue_drops_and_the_client_keeps_running(
     assert recorder.stats()["rows"] == 2
     assert recorder.stats()["queued"] == 0
     assert len(list_parts(tmp_path)) >= 1
+    assert_writer_gone(recorder)
 
 
-async def test_stats_while_recording(client: AlorClient, tmp_path: Path) -> None:
+@process_or_thread
+async def test_stats_while_recording(client: AlorClient, tmp_path: Path, process: bool) -> None:
     """Rows reach the disk within about flush_seconds; files, lag and pending are reported."""
-    async with Recorder(client, tmp_path, flush_seconds=0.05, poll=0.01) as recorder:
+    recorder = Recorder(client, tmp_path, flush_seconds=0.05, poll=0.01, process=process)
+    async with recorder:
         async with client.all_trades("GAZP") as trades:
             async with asyncio.timeout(10):
                 while recorder.stats()["rows"] < 5:
@@ -43,7 +66,13 @@ async def test_stats_while_recording(client: AlorClient, tmp_path: Path) -> None
             stats = recorder.stats()
             assert stats["dropped"] == 0 and stats["error"] is None
             assert stats["open_files"] >= 1
-    assert recorder.stats()["files"] >= 1
+            assert (stats["process"] is not None) == process
+    stats = recorder.stats()
+    assert stats["files"] >= 1
+    assert stats["rows"] == stats["frames"] and stats["queued"] == stats["pending"] == 0
+    table = pq.read_table(list_parts(tmp_path)[0])
+    assert set(table.column("opcode").to_pylist()) == {"AllTradesGetAndSubscribe"}
+    assert_writer_gone(recorder)
 
 
 def _table(n: int, start: int = 0) -> pa.Table:
@@ -97,7 +126,7 @@ def test_classify_agrees_with_the_router() -> None:
     """The bulk classification gives every frame the guid and kind route() gives it."""
     from alorws.errors import FrameError
     from alorws.protocol.codec import DataMessage, route
-    from alorws.record.recorder import _classify
+    from alorws.record._writer import classify
 
     frames = [
         b'{"data":{"symbol":"SBER","last_price":301.5},"guid":"k3Xq9a-1Z"}',
@@ -118,7 +147,7 @@ def test_classify_agrees_with_the_router() -> None:
         b"",
     ]
     frames += [b'{"data":{"n":%d},"guid":"k3Xq9a-%d"}' % (i, i) for i in range(200)]
-    guids, kinds = _classify(pa.array(frames, pa.binary()))
+    guids, kinds = classify(pa.array(frames, pa.binary()))
     for frame, guid, kind in zip(frames, guids.to_pylist(), kinds.to_pylist(), strict=True):
         try:
             msg = route(frame)

@@ -1,21 +1,39 @@
 """Recording every received frame to Parquet, and replaying a recording as typed streams.
 
-* :class:`Recorder` taps a client's connections and writes Parquet off the reader's path
-  (:mod:`alorws.record.recorder`);
+* :class:`Recorder` taps a client's connections and writes Parquet off the reader's path, in a
+  writer process by default (:mod:`alorws.record.recorder`, :mod:`alorws.record._writer`);
 * :class:`Replay` feeds a recording through the live router and models, as the client's own
   streams (:mod:`alorws.record.replay`); :class:`StreamSource` is what both offer a strategy;
 * :mod:`alorws.record.format` documents the files (schema, layout, crash journal).
+
+The replay names are loaded on first use (they import the client), so the writer process
+(``python -m alorws.record._writer``) starts without them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .format import SCHEMA as SCHEMA, recover as recover
-from .recorder import Recorder as Recorder
-from .replay import (
-    RecordedSubscription as RecordedSubscription,
-    Replay as Replay,
-    StreamSource as StreamSource,
-)
+from .recorder import Recorder as Recorder, RecorderError as RecorderError
+
+
+if TYPE_CHECKING:
+    from .replay import (
+        RecordedSubscription as RecordedSubscription,
+        Replay as Replay,
+        StreamSource as StreamSource,
+    )
+
+_REPLAY_NAMES = frozenset({"RecordedSubscription", "Replay", "StreamSource"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REPLAY_NAMES:
+        from . import replay
+
+        return getattr(replay, name)
+    raise AttributeError(f"module 'alorws.record' has no attribute {name!r}")
 
 
 __all__ = [
@@ -24,6 +42,7 @@ __all__ = [
     "recover",
     # .recorder
     "Recorder",
+    "RecorderError",
     # .replay
     "RecordedSubscription",
     "Replay",

@@ -131,7 +131,7 @@ def _next_part(directory: Path) -> int:
 class PartWriter:
     """Appends batches to one partition, rolling to a new part file every ``roll_rows`` rows.
 
-    Not thread-safe: the recorder's writer thread owns it.
+    Not thread-safe: the recorder's writer (thread or process) owns it.
     """
 
     def __init__(
@@ -147,6 +147,11 @@ class PartWriter:
         self._writer: Any = None  # pq.ParquetWriter
         self._journal: Any = None  # ipc.RecordBatchStreamWriter
         self._journal_sink: Any = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a part file is being written (opened, not yet finished)."""
+        return self._writer is not None
 
     def _paths(self) -> tuple[Path, Path, Path]:
         name = f"part-{self._number:05d}"

@@ -15,18 +15,25 @@ Two scenarios, each with interleaved rounds (the order inside a round alternates
   ``--pin`` puts the client on CPU 0 and the simulator on CPU 1.
 * **feed** (the harsher number): the fast raw feed (``bench/_feed.py``, another process on
   CPU 1) blasts ``--frames`` Simple quote frames (~540 bytes, all alike) at a client pinned to
-  CPU 0 with the recorder's writer thread, so every microsecond the recorder spends is taken
-  from the reader and the consumer. Consumer: typed ``Quote`` models, ``get_batch(1000)``,
-  ``policy="queue"``. messages/s = frames / (feed's first write -> consumer has the last
-  frame and the recorder has taken every frame off its queue). Only the recorder's final
-  flush (``aclose``, at most one batch) is outside the timed span; its rows are checked.
+  CPU 0. Consumer: typed ``Quote`` models, ``get_batch(1000)``, ``policy="queue"``.
+  messages/s = frames / (feed's first write -> consumer has the last frame and the recorder's
+  writer has taken every frame: off the queue, or out of the pipe to the writer process). Only
+  the writer's final work (``aclose``) is outside the timed span; its rows are checked. The
+  writer process inherits the client's CPU 0; ``--writer-cpu`` puts it on CPU 1 with the feed
+  (``other``, the default: on a real machine it would have a core of its own), leaves it on
+  CPU 0 (``same``: the writer competes with the client for one core, the harshest case) or
+  lets the OS choose (``any``).
 
-Both print CPU µs/msg (the whole client process, all threads, over the timed span): the
-difference with and without the recorder is what recording costs per frame.
+Arms (``--writers``): no recorder, ``Recorder(process=True)`` (the default: the writer in its
+own process), ``Recorder(process=False)`` (the writer thread in the client's process). Each
+prints CPU µs/msg of the client process (all threads, over the timed span: the difference with
+and without the recorder is what recording costs the client per frame) and of the writer
+process (``stats()["writer_cpu"]`` / rows recorded, over the whole recording).
 
     python bench/record.py [--scenarios sim,feed] [--repeat 5] [--sim-seconds 3]
                            [--sim-copies 120] [--sim-rate 2000] [--frames 200000] [--pin]
-                           [--no-pin] [--compression zstd] [--no-journal] [--strict]
+                           [--no-pin] [--writers process,thread] [--writer-cpu other|same|any]
+                           [--compression zstd] [--no-journal] [--strict]
 
 Goal (issue 7): recording at the simulator's full rate costs < 15 % of throughput (judged on
 the sim scenario). ``--strict`` exits 1 if it does not.

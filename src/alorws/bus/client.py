@@ -62,6 +62,10 @@ from ..protocol.market import Bar, OrderBook, Quote, Trade
 from . import wire
 
 
+#: Seconds for the first NATS connect (nats-py's default of 2 s fails on a loaded machine).
+_CONNECT_TIMEOUT = 10.0
+
+
 __all__ = ["BusClient", "BusStream", "BusTrading"]
 
 log = logging.getLogger("alorws.bus")
@@ -534,6 +538,7 @@ class BusClient:
                 name=f"alorws-bus-{self.consumer_id}",
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
+                connect_timeout=_CONNECT_TIMEOUT,
             )
         except Exception as exc:
             raise ConnectError(f"cannot connect to NATS at {self.nats_url}: {exc}") from exc

@@ -279,6 +279,7 @@ class Gateway:
             name=f"alorws-gateway-{self.node}",
             max_reconnect_attempts=-1,
             skip_subject_validation=True,
+            connect_timeout=10.0,  # nats-py's 2 s fails a loaded machine's first connect
         )
         self._running = True
         try:

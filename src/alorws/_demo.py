@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .client import AlorClient, LaneEvent, OrderBookView, Stream
+from .errors import OrderRejected
 from .protocol.account import Order, Position, Summary
 from .protocol.backoff import Backoff
 from .protocol.market import Bar, Quote, Trade
@@ -228,18 +229,26 @@ async def _script(
     bid = state.book.best_bid or (state.quotes.get("SBER") or Quote(symbol="SBER")).bid or 300.0
     price = round(bid - 1.0, 2)  # below the market: it rests in the book
     trading = client.trading
-    ack = await trading.place_limit(portfolio, "SBER", "buy", 1, price)
+    # Good till cancelled: a day order placed just before midnight UTC (the simulator's end of
+    # day) would expire under the demo's feet and its cancel be refused.
+    ack = await trading.place_limit(
+        portfolio, "SBER", "buy", 1, price, time_in_force="goodtillcancelled"
+    )
     state.order_steps.append(f"placed {ack.order_number} buy 1 SBER @ {price}")
     note(f"order {ack.order_number} placed: limit buy 1 SBER @ {price}")
     await at(0.25)
     new_price = round(price - 0.5, 2)
-    moved = await trading.modify_limit(ack.order_number, portfolio, "SBER", "buy", 1, new_price)
-    state.order_steps.append(f"modified -> {moved.order_number} @ {new_price}")
-    note(f"order {ack.order_number} modified: now {moved.order_number} @ {new_price}")
-    await at(0.35)
-    await trading.cancel(moved.order_number, portfolio)
-    state.order_steps.append(f"cancelled {moved.order_number}")
-    note(f"order {moved.order_number} cancelled")
+    try:
+        moved = await trading.modify_limit(ack.order_number, portfolio, "SBER", "buy", 1, new_price)
+        state.order_steps.append(f"modified -> {moved.order_number} @ {new_price}")
+        note(f"order {ack.order_number} modified: now {moved.order_number} @ {new_price}")
+        await at(0.35)
+        await trading.cancel(moved.order_number, portfolio)
+        state.order_steps.append(f"cancelled {moved.order_number}")
+        note(f"order {moved.order_number} cancelled")
+    except OrderRejected as exc:  # the market moved through the price and filled it first
+        state.order_steps.append(f"refused: {exc.message}")
+        note(f"order step refused by the server: {exc.message}")
     await at(0.5)
     state.dropped_lanes = {lane["id"] for lane in client.stats()["lanes"]}
     state.drop_at = time.monotonic()

@@ -42,7 +42,7 @@ from nats.js.api import DeliverPolicy
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
 from ..client.orders import OrderAck
-from ..client.streams import default_policy, market_request, portfolio_request
+from ..client.streams import decode_inline, default_policy, market_request, portfolio_request
 from ..client.whole import StreamFilter, filter_for
 from ..errors import (
     AlorError,
@@ -270,20 +270,9 @@ class BusStream(Generic[M], AsyncIterator[M]):
             await self.subscribe()
         while True:
             items = await self._buffer.get_batch(max_items)
-            if self._filter is None and self._statuses is None:
-                # The hot path (market data): decode payloads inline, the rare rest via _handle.
-                decode = self._decoder.decode
-                out: list[M] = []
-                for item in items:
-                    if type(item) is bytes:
-                        try:
-                            out.append(decode(item))
-                            continue
-                        except (msgspec.DecodeError, ValueError):
-                            pass
-                    obj = self._handle(item)
-                    if obj is not None:
-                        out.append(obj)
+            out: list[M]
+            if self._filter is None and self._statuses is None:  # the hot path (market data)
+                out = decode_inline(items, self._decoder.decode, self._handle, frames=False)
             else:
                 out = [obj for item in items if (obj := self._handle(item)) is not None]
             if out:

@@ -30,7 +30,7 @@ import picows
 
 from ..errors import AlorError, ConnectionClosed, FrameError, ServerRejected, TokenRejected
 from ..protocol.backoff import Backoff
-from ..protocol.codec import DataMessage, StatusReply, TailTable, route
+from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.registry import StatusKind, Subscription, SubscriptionRegistry, SubscriptionState
 from ..protocol.requests import (
     SubscriptionRequest,
@@ -50,9 +50,6 @@ _BINARY = picows.WSMsgType.BINARY
 _CONT = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PONG = picows.WSMsgType.PONG
-
-#: Where a compact data frame (§3.4) starts; the reader's fast path checks it.
-_DATA_HEAD = b'{"data":{'
 
 #: 401 replies retried with a fresh token before the rejection reaches the consumer.
 _AUTH_RETRIES = 2
@@ -251,7 +248,7 @@ class Lane:
         # ``,"guid":"<a guid of ours>"}``; slices and a dict lookup (bytes.startswith/rfind
         # parse their arguments: 3x slower). No match (another shape, an unknown guid) falls
         # through to route(), which decides.
-        if payload[:9] == _DATA_HEAD:
+        if payload[:9] == DATA_HEAD:
             table = self._sinks
             for n in table.tail_lens:
                 sink = table.by_tail.get(payload[-n:])

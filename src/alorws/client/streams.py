@@ -29,6 +29,7 @@ from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import (
+    DATA_HEAD,
     decode_frame,
     decode_payload,
     decoder_for,
@@ -47,14 +48,18 @@ from .whole import StreamFilter
 if TYPE_CHECKING:
     from .client import AlorClient
 
-__all__ = ["STATE_MODELS", "Stream", "default_policy", "market_request", "portfolio_request"]
+__all__ = [
+    "STATE_MODELS",
+    "Stream",
+    "decode_inline",
+    "default_policy",
+    "market_request",
+    "portfolio_request",
+]
 
 log = logging.getLogger("alorws.stream")
 
 M = TypeVar("M", bound=Model)
-
-#: How a compact data frame starts (see alorws.protocol.codec.TailTable).
-_DATA_HEAD = b'{"data":{'
 
 
 #: State streams: every message is the whole state, so only the newest matters (``latest``).
@@ -110,6 +115,30 @@ def portfolio_request(
 
 def _set(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def decode_inline(
+    items: list[Any],
+    decode: Callable[[bytes], Any],
+    handle: Callable[[Any], M | None],
+    *,
+    frames: bool,
+) -> list[M]:
+    """Decode a batch of buffered items: ``bytes`` inline with ``decode`` (whole frames when
+    ``frames``, taking their ``.data``; else payloads), everything else (events, a bytes item
+    that does not decode) through ``handle``, which returns None for what yields no model."""
+    out: list[M] = []
+    for item in items:
+        if type(item) is bytes:
+            try:
+                out.append(decode(item).data if frames else decode(item))
+                continue
+            except (msgspec.DecodeError, ValueError):
+                pass
+        obj = handle(item)
+        if obj is not None:
+            out.append(obj)
+    return out
 
 
 class _Backfill(NamedTuple):
@@ -267,19 +296,8 @@ class Stream(Generic[M], AsyncIterator[M]):
             if out:
                 return out
             items = await self._buffer.get_batch(max_items)
-            if self._filter is None:
-                # The hot path (market data): decode frames inline, the rare rest via _handle.
-                decode = self._frame_decoder.decode
-                for item in items:
-                    if type(item) is bytes:
-                        try:
-                            out.append(decode(item).data)
-                            continue
-                        except (msgspec.DecodeError, ValueError):
-                            pass
-                    obj = self._handle(item)
-                    if obj is not None:
-                        out.append(obj)
+            if self._filter is None:  # the hot path (market data)
+                out = decode_inline(items, self._frame_decoder.decode, self._handle, frames=True)
             else:
                 out = [obj for item in items if (obj := self._handle(item)) is not None]
             if out:
@@ -304,7 +322,7 @@ class Stream(Generic[M], AsyncIterator[M]):
             cut = -len(tail)
             for item in await self._buffer.get_batch(max_items):
                 if type(item) is bytes:
-                    if item[:9] == _DATA_HEAD and item[cut:] == tail:  # the reader's match
+                    if item[:9] == DATA_HEAD and item[cut:] == tail:  # the reader's match
                         out.append(item[8:cut])
                         continue
                     try:

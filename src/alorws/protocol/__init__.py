@@ -25,6 +25,7 @@ from .account import (
 )
 from .backoff import NO_DELAY as NO_DELAY, Backoff as Backoff
 from .codec import (
+    DATA_HEAD as DATA_HEAD,
     STREAM_MODELS as STREAM_MODELS,
     DataMessage as DataMessage,
     Frame as Frame,
@@ -169,6 +170,7 @@ __all__ = [
     "CreateStop",
     "CreateStopLimit",
     "CurrencyBuyingPower",
+    "DATA_HEAD",
     "DataMessage",
     "Frame",
     "DeleteLimit",

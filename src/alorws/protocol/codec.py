@@ -35,6 +35,7 @@ from .requests import validate_guid
 
 
 __all__ = [
+    "DATA_HEAD",
     "STREAM_MODELS",
     "DataMessage",
     "Frame",
@@ -199,7 +200,8 @@ def decode_payload(data: msgspec.Raw | bytes | str, model: type[M], fmt: Format 
         raise FrameError(f"bad {model.__name__} payload ({Format(fmt)}): {exc}", frame) from None
 
 
-_DATA_HEAD: Final = b'{"data":{'
+#: How a compact data frame (§3.4) starts: ``{"data":{``, 9 bytes.
+DATA_HEAD: Final = b'{"data":{'
 _GUID_KEY: Final = b',"guid":"'
 _TAIL: Final = b'"}'
 
@@ -212,7 +214,7 @@ def frame_guid(frame: bytes) -> bytes | None:
     ``data`` not an object) gives None: use :func:`route` for it. The frame is not validated:
     a corrupt payload fails later, in :func:`decode_frame`.
     """
-    if frame[:9] != _DATA_HEAD or frame[-2:] != _TAIL:  # slices: bytes methods parse args
+    if frame[:9] != DATA_HEAD or frame[-2:] != _TAIL:  # slices: bytes methods parse args
         return None
     i = frame.rfind(_GUID_KEY)
     if i < 0:
@@ -294,7 +296,7 @@ class TailTable(Generic[V]):
 
     def match(self, frame: bytes) -> V | None:
         """The value of the guid a compact data ``frame`` ends with, or None (see the class)."""
-        if frame[:9] == _DATA_HEAD:
+        if frame[:9] == DATA_HEAD:
             by_tail = self.by_tail
             for n in self.tail_lens:
                 value = by_tail.get(frame[-n:])

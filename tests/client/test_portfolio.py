@@ -167,7 +167,9 @@ async def test_twenty_random_drops_while_orders_fill(client: AlorClient, sim: Si
         stop.set()
         placed = await trader
         assert placed > 10 and dropped >= 20
-        # Cancel what still rests so that the truth stops moving, then compare exactly.
+        # Cancel what still rests so that the truth stops moving, then compare exactly. First
+        # let the portfolio catch up: the last orders may still be in flight behind a restore.
+        await _settled(pf, client)
         for order in list(pf.working_orders):
             with contextlib.suppress(OrderRejected):
                 await client.trading.cancel(order.id, portfolio)

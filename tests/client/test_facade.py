@@ -100,17 +100,27 @@ async def test_no_token_in_logs_reprs_or_errors(
 
 
 async def test_taps_see_every_frame_and_guids_are_described(client: AlorClient) -> None:
-    """A tap receives each frame with a time and connection id; describe() names the guid."""
-    seen: list[tuple[int, int, bytes]] = []
-    remove = client.add_tap(lambda ns, lane, frame: seen.append((ns, lane, frame)))
-    async with client.quotes("SBER") as q:
-        await anext(aiter(q))
+    """A tap receives each connection's frames in order, a list per read with one time, and
+    a removed tap nothing more; describe() names the guid."""
+    seen: list[tuple[int, int, list[bytes]]] = []
+    remove = client.add_tap(lambda ns, lane, frames: seen.append((ns, lane, frames)))
+    async with client.quotes("SBER", policy="queue") as q:
+        quotes = [await anext(aiter(q)) for _ in range(3)]
         info = client.describe(q.guid or "")
         assert info is not None and info["opcode"] == "QuotesSubscribe"
         assert info["params"]["code"] == "SBER" and info["connection"] == q._lane
-    remove()
-    assert seen and all(lane == q._lane and ns > 0 for ns, lane, _ in seen)
-    assert any(q.guid and q.guid.encode() in frame for _, _, frame in seen)
+        remove()
+        await client._runtime.call(asyncio.sleep, 0)  # the removal is done in the I/O loop
+        frames = [f for _, _, batch in seen for f in batch]
+        assert seen and all(lane == q._lane and ns > 0 and batch for ns, lane, batch in seen)
+        assert [ns for ns, _, _ in seen] == sorted(ns for ns, _, _ in seen)
+        # The reply first, then the data frames, in the order the stream delivered them.
+        assert b"requestGuid" in frames[0]
+        mine = [f for f in frames if q.guid and q.guid.encode() in f and b'"data"' in f]
+        assert len(mine) >= len(quotes)
+        stop = len(seen)
+        await anext(aiter(q))
+    assert len(seen) == stop  # removed: nothing more
     assert client.describe("nope") is None
 
 

@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -45,7 +45,7 @@ from .auth import TokenManager
 from .buffer import Policy, StreamBuffer, WakeBatcher
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
-from .lane import Lane, LaneKind
+from .lane import Lane, LaneKind, Tap
 from .orders import OrderClient
 from .runtime import IORuntime
 from .streams import Stream, default_policy, market_request, portfolio_request
@@ -57,6 +57,7 @@ __all__ = ["AlorClient"]
 log = logging.getLogger("alorws.client")
 
 M = TypeVar("M", bound=Model)
+T = TypeVar("T")
 
 
 class AlorClient:
@@ -133,7 +134,7 @@ class AlorClient:
         self._streams: set[Stream[Any]] = set()
         self._started_at: float | None = None
         self._loop_tokens: _LoopTokens | None = None
-        self._taps: list[Callable[[int, int, bytes], None]] = []
+        self._taps: list[Tap] = []  # I/O loop only (or before start)
         self._steps: dict[tuple[str, str], float | None] = {}
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
@@ -764,7 +765,8 @@ class AlorClient:
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
         )
-        lane.taps.extend(self._taps)
+        for tap in self._taps:
+            lane.add_tap(tap)
         self._lanes[lane_id] = lane
         lane.ensure_started()
         return lane
@@ -779,22 +781,57 @@ class AlorClient:
 
     # -- observability -----------------------------------------------------------------------
 
-    def add_tap(self, tap: Callable[[int, int, bytes], None]) -> Callable[[], None]:
-        """Call ``tap(recv_time_ns, connection_id, frame)`` for every frame any ``/ws``
-        connection receives, now and later (the recorder uses it). It runs in the reader, in the
-        I/O thread: it must only enqueue. Returns a function that removes the tap."""
-        self._taps.append(tap)
-        for lane in list(self._lanes.values()):
-            lane.taps.append(tap)
+    def add_tap(self, tap: Tap) -> Callable[[], None]:
+        """Call ``tap(recv_time_ns, connection_id, frames)`` with every frame any ``/ws``
+        connection receives, now and later (the recorder uses it); returns a function that
+        removes the tap.
+
+        ``frames`` is a list of the frames (``bytes``, as received, in order) one connection
+        received in one iteration of the I/O loop (one socket read, usually), and
+        ``recv_time_ns`` (``time.time_ns()``) when the first of them was read: one call per
+        read, not per frame, so a busy reader pays a list append per frame. The tap owns the
+        list. It runs in the I/O thread and must only enqueue. Called from another thread,
+        adding (and removing) takes effect at the I/O loop's next turn."""
+        self._in_io(self._io_add_tap, tap)
 
         def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._taps.remove(tap)
-            for lane in list(self._lanes.values()):
-                with contextlib.suppress(ValueError):
-                    lane.taps.remove(tap)
+            self._in_io(self._io_remove_tap, tap)
 
         return remove
+
+    def _in_io(self, fn: Callable[[Tap], None], tap: Tap) -> None:
+        runtime = self._runtime
+        try:
+            runtime.loop  # noqa: B018
+        except InvalidState:  # no I/O loop yet, so no lanes either
+            fn(tap)
+            return
+        if runtime.in_io_thread():
+            fn(tap)
+        else:
+            with contextlib.suppress(InvalidState, RuntimeError):  # closed: nothing to tap
+                runtime.call_soon(fn, tap)
+
+    def _io_add_tap(self, tap: Tap) -> None:
+        """:meth:`add_tap` in the I/O loop: from this frame on."""
+        if tap not in self._taps:
+            self._taps.append(tap)
+        for lane in list(self._lanes.values()):
+            lane.add_tap(tap)
+
+    def _io_remove_tap(self, tap: Tap) -> None:
+        """Remove ``tap`` in the I/O loop (after handing it what each lane holds)."""
+        with contextlib.suppress(ValueError):
+            self._taps.remove(tap)
+        for lane in list(self._lanes.values()):
+            lane.remove_tap(tap)
+
+    async def call_in_io(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run ``fn(*args)`` in the client's I/O loop and return its result (for extensions
+        that must run next to the reader, as the recorder's shipper does; keep it short).
+
+        Raises :class:`~alorws.errors.InvalidState` once the client is closed."""
+        return await self._runtime.call(fn, *args)
 
     def describe(self, guid: str) -> dict[str, Any] | None:
         """What a subscription guid is: ``{"opcode", "params", "connection"}``, or None."""

@@ -41,7 +41,7 @@ from ..protocol.requests import (
 from ._ws import settle, ws_connect
 
 
-__all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink"]
+__all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
 
 log = logging.getLogger("alorws.lane")
 
@@ -70,6 +70,10 @@ class LaneState(enum.StrEnum):
     OPEN = "open"
     BACKOFF = "backoff"
     CLOSED = "closed"
+
+
+#: ``tap(recv_time_ns, lane_id, frames)``: see :meth:`AlorClient.add_tap`.
+Tap = Callable[[int, int, list[bytes]], None]
 
 
 class Sink(Protocol):
@@ -203,9 +207,11 @@ class Lane:
         self._connect_timeout = connect_timeout
 
         self.state = LaneState.IDLE
-        #: Called as ``tap(recv_time_ns, lane_id, frame)`` for every received frame, in the
-        #: reader: a tap must only enqueue (the recorder batches its writes elsewhere).
-        self.taps: list[Callable[[int, int, bytes], None]] = []
+        # Taps (see add_tap): the frames of the current I/O-loop iteration, handed over once
+        # per iteration; None while there is no tap (the reader then skips it all).
+        self._taps: list[Tap] = []
+        self._tapped: list[bytes] | None = None
+        self._tapped_ns = 0
         self._transport: picows.WSTransport | None = None
         self._sinks: TailTable[Sink] = TailTable()
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -240,10 +246,12 @@ class Lane:
     def _on_frame(self, payload: bytes) -> None:
         self.messages += 1
         self.bytes += len(payload)
-        if self.taps:
-            recv_ns = time.time_ns()
-            for tap in self.taps:
-                tap(recv_ns, self.id, payload)
+        tapped = self._tapped
+        if tapped is not None:
+            if not tapped:  # the first frame of this loop iteration: hand them over after it
+                self._tapped_ns = time.time_ns()
+                asyncio.get_running_loop().call_soon(self._flush_taps)
+            tapped.append(payload)
         # The fast path, TailTable.match() inlined: a compact data frame ending in
         # ``,"guid":"<a guid of ours>"}``; slices and a dict lookup (bytes.startswith/rfind
         # parse their arguments: 3x slower). No match (another shape, an unknown guid) falls
@@ -256,6 +264,30 @@ class Lane:
                     sink.push(payload)
                     return
         self._route(payload)
+
+    def _flush_taps(self) -> None:
+        frames = self._tapped
+        if not frames:
+            return
+        self._tapped = []
+        recv_ns = self._tapped_ns
+        for tap in self._taps:
+            tap(recv_ns, self.id, frames)
+
+    def add_tap(self, tap: Tap) -> None:
+        """Start calling ``tap`` (see :meth:`AlorClient.add_tap`); I/O loop only."""
+        if tap not in self._taps:
+            self._taps.append(tap)
+        if self._tapped is None:
+            self._tapped = []
+
+    def remove_tap(self, tap: Tap) -> None:
+        """Stop calling ``tap``, after handing it what this iteration received; I/O loop only."""
+        self._flush_taps()
+        with contextlib.suppress(ValueError):
+            self._taps.remove(tap)
+        if not self._taps:
+            self._tapped = None
 
     def _route(self, payload: bytes) -> None:
         """Any frame the fast path did not settle: parse the envelope to classify it."""

@@ -13,7 +13,9 @@ Columns (:data:`SCHEMA`):
 
 ==============  ============================  ===================================================
 ``recv_ns``     int64                         receive time, UTC nanoseconds since the epoch
-                                              (``time.time_ns()`` in the reader, before routing)
+                                              (``time.time_ns()`` in the reader as it takes
+                                              the first frame of a socket read: the frames
+                                              of one read share it)
 ``connection``  int32                         the client's connection (lane) id
 ``guid``        string                        the subscription guid (``guid`` of a data
                                               message, ``requestGuid`` of a status reply); null

@@ -17,7 +17,7 @@ Two scenarios, each with interleaved rounds (the order inside a round alternates
   CPU 1) blasts ``--frames`` Simple quote frames (~540 bytes, all alike) at a client pinned to
   CPU 0. Consumer: typed ``Quote`` models, ``get_batch(1000)``, ``policy="queue"``.
   messages/s = frames / (feed's first write -> consumer has the last frame and the recorder's
-  writer has taken every frame: off the queue, or out of the pipe to the writer process). Only
+  writer has taken every frame: off the queue, or out of the ring/pipe to the writer process). Only
   the writer's final work (``aclose``) is outside the timed span; its rows are checked. The
   writer process inherits the client's CPU 0; ``--writer-cpu`` puts it on CPU 1 with the feed
   (``other``, the default: on a real machine it would have a core of its own), leaves it on

@@ -789,8 +789,9 @@ class AlorClient:
         ``frames`` is a list of the frames (``bytes``, as received, in order) one connection
         received in one iteration of the I/O loop (one socket read, usually), and
         ``recv_time_ns`` (``time.time_ns()``) when the first of them was read: one call per
-        read, not per frame, so a busy reader pays a list append per frame. The tap owns the
-        list. It runs in the I/O thread and must only enqueue. Called from another thread,
+        read, not per frame, so a busy reader pays a list append per frame. The client does
+        not touch the list again; every tap gets the same list, so none may change it. A tap
+        runs in the I/O thread and must only enqueue. Called from another thread,
         adding (and removing) takes effect at the I/O loop's next turn."""
         self._in_io(self._io_add_tap, tap)
 

@@ -16,6 +16,9 @@ from alorws.client import AlorClient
 from alorws.record import SCHEMA, Recorder, recorder as recorder_module, recover
 from alorws.record._writer import decode_batch, encode_batch
 from alorws.record.format import PartWriter, list_parts, partition_dir
+from alorws.sim.app import Simulator
+
+from .conftest import FAST
 
 
 process_or_thread = pytest.mark.parametrize("process", [True, False], ids=["process", "thread"])
@@ -121,6 +124,32 @@ async def test_every_frame_arrives_through_a_small_ring_or_the_pipe(
     assert set(seen) <= set(recorded)
     head = recorder._writer._head  # type: ignore[union-attr]
     assert head > 4 * ring if ring else head == 0  # it wrapped (or was not used)
+
+
+@process_or_thread
+async def test_a_recorder_closed_after_its_client_still_writes_what_it_had(
+    sim: Simulator, tmp_path: Path, process: bool
+) -> None:
+    """Closing the client first (its I/O loop is gone) leaves the recorder to finish from the
+    caller's side: what was queued is written, nothing is left running, no error."""
+    client = AlorClient(sim.demo_refresh_token, base_url=sim.url, backoff=FAST)
+    await client.start()
+    recorder = Recorder(client, tmp_path, poll=60.0, flush_seconds=60.0, process=process)
+    try:
+        await recorder.start()
+        async with client.all_trades("SBER") as trades:
+            async with asyncio.timeout(10):
+                for _ in range(20):
+                    await trades.get()
+        assert recorder.stats()["queued"] > 20  # nothing shipped yet (poll: 60 s)
+    finally:
+        await client.aclose()
+    await recorder.aclose()
+    stats = recorder.stats()
+    assert stats["error"] is None and stats["dropped"] == 0
+    assert stats["rows"] > 20 and stats["queued"] == stats["pending"] == 0
+    assert sum(pq.read_metadata(p).num_rows for p in list_parts(tmp_path)) == stats["rows"]
+    assert_writer_gone(recorder)
 
 
 def test_batches_decode_to_what_was_encoded_and_torn_ones_are_refused() -> None:

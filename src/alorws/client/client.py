@@ -802,12 +802,7 @@ class AlorClient:
 
     def _in_io(self, fn: Callable[[Tap], None], tap: Tap) -> None:
         runtime = self._runtime
-        try:
-            runtime.loop  # noqa: B018
-        except InvalidState:  # no I/O loop yet, so no lanes either
-            fn(tap)
-            return
-        if runtime.in_io_thread():
+        if not runtime.started or runtime.in_io_thread():  # not started: no lanes either
             fn(tap)
         else:
             with contextlib.suppress(InvalidState, RuntimeError):  # closed: nothing to tap

@@ -47,6 +47,11 @@ class IORuntime:
             )
         return self._loop
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run (the I/O loop exists; it may be stopped since)."""
+        return self._loop is not None
+
     def in_io_thread(self) -> bool:
         """True when called from the I/O loop's thread."""
         if self._loop is None:

@@ -587,11 +587,9 @@ class _ProcessWriter:
             at += len(view)
         frames = batch.frames
         for i in range(0, len(frames), _IOV_MAX):
-            some = frames[i : i + _IOV_MAX]
-            written = os.pwritev(self._ring_fd, some, at)
-            if written != sum(map(len, some)):  # a shared memory file: never short but on ENOSPC
-                raise OSError(f"a short write into the recorder's ring ({written} bytes)")
-            at += written
+            at += os.pwritev(self._ring_fd, frames[i : i + _IOV_MAX], at)
+        if at != start % size + n:  # a shared memory file is never written short but on ENOSPC
+            raise OSError(f"a short write into the recorder's ring ({at - start % size} of {n})")
         self._head = start + n
         return RING_REF.pack(start, n)
 

@@ -8,11 +8,14 @@ to every stack, one stack at a time, in the same run:
   ``get_batch(1000)`` and touches ``last_price`` of every typed ``Quote`` (lossless);
 * **alorws latest**: the same with ``policy="latest"``; only what the consumer takes is decoded,
   the rest is conflated undecoded (delivered vs. received is printed);
-* **AlorPy pattern**: what AlorPy does per message, emulated on aiohttp's client WebSocket in this
-  process: ``json.loads``, ``'data' in``, guid lookup in the subscription dict, the debug f-string
-  of the whole message (built even with debug logging off), the opcode if-chain and an
-  ``Event.trigger`` callback in the reader (the consumer: touch ``last_price``). The baseline of
-  the ratios;
+* **AlorPy pattern**: what AlorPy (cia76/AlorPy, ``websocket_thread``) does per message, as
+  published: websockets' sync client read in its own thread, ``json.loads``, ``'data' in``, guid
+  lookup in the subscription dict, the debug f-string of the whole message (built even with
+  debug logging off), the opcode if-chain and an ``Event.trigger`` callback in the reader (the
+  consumer: touch ``last_price``). The baseline of the ratios, as in
+  ``../shared/perf-reference.md``'s "existing-client pattern";
+* **AlorPy pattern on aiohttp**: the same per-message work on aiohttp's client, read in this
+  loop: a faster transport than AlorPy's, printed as a second, stricter ratio;
 * **picows + msgspec**: a bare picows reader doing route + typed decode in its callback (no
   buffers, no thread: the ceiling of the client's design), and **picows, no decode** (the
   feed's and transport's ceiling, showing the feed is not the bottleneck).
@@ -20,19 +23,23 @@ to every stack, one stack at a time, in the same run:
 Three scenarios:
 
 1. throughput: ``--frames`` frames blasted as fast as the socket takes them; messages/s = frames /
-   (feed's first write -> consumer has the last frame), median of ``--repeat`` round-robin runs;
+   (feed's first write -> consumer has the last frame), ``--repeat`` round-robin rounds; ratios are
+   paired (per round, against the baseline's run of the same round), median over the rounds;
 2. burst: 50,000 frames generated at 150,000 frames/s whatever the client does; the consumer
    sleeps 1 ms (``time.sleep``: synchronous work) per 100 messages. The feed reports the peak
    *unread*: frames generated but not yet accepted by the kernel (its transport write buffer is
    16 KB; socket buffers are the OS's. A small SO_SNDBUF is an option, ``--burst-sndbuf``, but on
    loopback it makes TCP stall by itself: even a reader that does nothing else falls behind);
-3. latency: 20,000 frames/s, 5 s per stack in 10 interleaved 0.5 s slices; the feed stamps every
+3. latency: 20,000 frames/s, 10 s per stack in 20 interleaved 0.5 s slices; the feed stamps every
    frame with ``perf_counter_ns`` as it writes it (CLOCK_MONOTONIC: one clock for both
    processes); latency = consumer has the typed quote - stamp. Added latency = the alorws
-   percentile - the picows + msgspec percentile of the same run. ``io_thread=False`` (network in
-   the consumer's loop) is shown to separate the thread handoff from the rest.
+   percentile - the picows + msgspec percentile, two ways: per round against the base's slice of
+   the same round, median over the rounds; and in the quiet slices (each stack's lower quartile
+   of its per-slice p99s: this VM's pauses of milliseconds land in a few slices and would
+   otherwise decide p99). The goal asks both to hold. ``io_thread=False`` (network in the
+   consumer's loop) is shown to separate the thread handoff from the rest.
 
-    python bench/throughput.py [--frames 100000] [--repeat 3] [--latency-seconds 5]
+    python bench/throughput.py [--frames 100000] [--repeat 5] [--latency-seconds 10]
                                [--only throughput,burst,latency] [--latency-alorpy] [--no-pin]
                                [--strict]
 
@@ -59,6 +66,7 @@ from typing import Any
 
 import aiohttp
 import picows
+from websockets.sync.client import ClientConnection as SyncConnection, connect as sync_connect
 
 from _feed import FeedProcess, percentile, pin, subscribe_frame
 from alorws.client import AlorClient
@@ -165,7 +173,7 @@ class _Event:
 
 
 class AlorPyPattern:
-    """The per-message work of AlorPy's ``websocket_thread`` (cia76/AlorPy), on aiohttp."""
+    """The per-message work of AlorPy's ``websocket_thread`` (cia76/AlorPy, 2026-02)."""
 
     logger = logging.getLogger("AlorPy")
 
@@ -176,36 +184,45 @@ class AlorPyPattern:
         self.on_new_quotes = _Event()
         self.on_all_trades = _Event()
 
-    async def reader(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def handle(self, response_json: str) -> None:
+        """One message, as ``websocket_thread`` handles it after ``recv()``."""
+        try:
+            response = loads(response_json)
+        except JSONDecodeError:
+            self.logger.warning(f"websocket_handler: not JSON {response_json}")  # noqa: G004
+            return
+        if "data" not in response:  # a status reply
+            return
+        guid = response["guid"]
+        if guid not in self.subscriptions:
+            self.logger.debug(f"websocket_handler: unknown subscription {guid}")  # noqa: G004
+            return
+        subscription = self.subscriptions[guid]
+        opcode = subscription["opcode"]
+        self.logger.debug(
+            f"websocket_handler: Пришли данные подписки {opcode} - {guid} - {response}"  # noqa: G004
+        )
+        if opcode == "OrderBookGetAndSubscribe":
+            self.on_change_order_book.trigger(response)
+        elif opcode == "BarsGetAndSubscribe":
+            self.on_new_bar.trigger(response)
+        elif opcode == "QuotesSubscribe":
+            self.on_new_quotes.trigger(response)
+        elif opcode == "AllTradesGetAndSubscribe":
+            self.on_all_trades.trigger(response)
+
+    def read_sync(self, ws: SyncConnection, n: int, counted: Callable[[], int]) -> None:
+        """AlorPy's loop: ``recv()`` in its own thread (websockets' sync client), until ``n``."""
+        while counted() < n:
+            self.handle(ws.recv())  # type: ignore[arg-type]
+
+    async def read_aiohttp(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """The same per-message work on aiohttp, in this event loop (a faster transport)."""
         while True:
             msg = await ws.receive()
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 return
-            response_json = msg.data
-            try:
-                response = loads(response_json)
-            except JSONDecodeError:
-                self.logger.warning(f"websocket_handler: not JSON {response_json}")  # noqa: G004
-                continue
-            if "data" not in response:  # a status reply
-                continue
-            guid = response["guid"]
-            if guid not in self.subscriptions:
-                self.logger.debug(f"websocket_handler: unknown subscription {guid}")  # noqa: G004
-                continue
-            subscription = self.subscriptions[guid]
-            opcode = subscription["opcode"]
-            self.logger.debug(
-                f"websocket_handler: Пришли данные подписки {opcode} - {guid} - {response}"  # noqa: G004
-            )
-            if opcode == "OrderBookGetAndSubscribe":
-                self.on_change_order_book.trigger(response)
-            elif opcode == "BarsGetAndSubscribe":
-                self.on_new_bar.trigger(response)
-            elif opcode == "QuotesSubscribe":
-                self.on_new_quotes.trigger(response)
-            elif opcode == "AllTradesGetAndSubscribe":
-                self.on_all_trades.trigger(response)
+            self.handle(msg.data)
 
 
 class _DictQuote:
@@ -219,43 +236,78 @@ class _DictQuote:
         self.volume = data["volume"]
 
 
-async def alorpy_stack(feed: FeedProcess, n: int, consume: Consume | None = None) -> Run:
-    """AlorPy's pattern: one connection read in this loop, callbacks inside the reader."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
+async def _token(feed: FeedProcess) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(feed.url + "/refresh", params={"token": "bench"}) as r:
+            return str((await r.json())["AccessToken"])
+
+
+def _alorpy_app(
+    n: int, consume: Consume | None, on_end: Callable[[int], None] | None = None
+) -> tuple[AlorPyPattern, list[int]]:
+    """The pattern with one quotes callback; ``state`` is [count, end_ns]."""
     app = AlorPyPattern()
-    count = 0
+    state = [0, 0]
     acc = 0.0
 
     def on_new_quotes(response: dict[str, Any]) -> None:
-        nonlocal count, acc
+        nonlocal acc
         data = response["data"]
         if consume is None:
             acc += data["last_price"]
         else:
             consume(_DictQuote(data))
-        count += 1
-        if count == n and not done.done():
-            done.set_result(time.perf_counter_ns())
+        state[0] += 1
+        if state[0] == n:
+            state[1] = time.perf_counter_ns()
+            if on_end is not None:
+                on_end(state[1])
 
     app.on_new_quotes.subscribe(on_new_quotes)
+    return app, state
+
+
+def _alorpy_subscribe(app: AlorPyPattern, token: str) -> str:
+    guid = "alorpy-1"
+    request = {"opcode": "QuotesSubscribe", "code": SYMBOL, "exchange": "MOEX"}
+    request |= {"format": "Simple", "frequency": 0, "guid": guid, "token": token}
+    app.subscriptions[guid] = request
+    return json.dumps(request)
+
+
+async def alorpy_stack(feed: FeedProcess, n: int, consume: Consume | None = None) -> Run:
+    """AlorPy as published: websockets' sync client read in its own thread, callbacks inside
+    that reader (this loop only waits for it, as AlorPy's caller does)."""
+    token = await _token(feed)
+    app, state = _alorpy_app(n, consume)
+
+    def thread() -> None:
+        with sync_connect(feed.ws_url, max_size=None) as ws:
+            ws.send(_alorpy_subscribe(app, token))
+            app.read_sync(ws, n, lambda: state[0])
+
+    await asyncio.to_thread(thread)
+    return Run(n, state[1])
+
+
+async def alorpy_aiohttp_stack(feed: FeedProcess, n: int, consume: Consume | None = None) -> Run:
+    """AlorPy's per-message work on aiohttp's client, read in this loop: a faster transport
+    than AlorPy's, shown as the stricter baseline."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    token = await _token(feed)
+    app, state = _alorpy_app(n, consume, done.set_result)
     async with aiohttp.ClientSession() as session:
-        async with session.post(feed.url + "/refresh", params={"token": "bench"}) as r:
-            token = (await r.json())["AccessToken"]
         async with session.ws_connect(feed.ws_url, max_msg_size=0, autoping=True) as ws:
-            guid = "alorpy-1"
-            request = {"opcode": "QuotesSubscribe", "code": SYMBOL, "exchange": "MOEX"}
-            request |= {"format": "Simple", "frequency": 0, "guid": guid, "token": token}
-            app.subscriptions[guid] = request
-            await ws.send_str(json.dumps(request))
-            task = loop.create_task(app.reader(ws))
-            end = await done
+            await ws.send_str(_alorpy_subscribe(app, token))
+            task = loop.create_task(app.read_aiohttp(ws))
+            await done
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
                 pass
-    return Run(n, end)
+    return Run(n, state[1])
 
 
 class _PicowsReader(picows.WSListener):  # type: ignore[misc]
@@ -310,7 +362,8 @@ async def picows_stack(
 
 Stack = Callable[[FeedProcess, int], Awaitable[Run]]
 
-ALORPY = "AlorPy pattern (aiohttp, json, callback)"
+ALORPY = "AlorPy pattern (websockets thread)"
+ALORPY_AIOHTTP = "AlorPy pattern on aiohttp (in loop)"
 
 
 def throughput_stacks() -> list[tuple[str, Stack]]:
@@ -318,6 +371,7 @@ def throughput_stacks() -> list[tuple[str, Stack]]:
         ("alorws queue (lossless, typed)", lambda f, n: alorws_stack(f, n, "queue")),
         ("alorws latest (lazy decode)", lambda f, n: alorws_stack(f, n, "latest")),
         (ALORPY, alorpy_stack),
+        (ALORPY_AIOHTTP, alorpy_aiohttp_stack),
         ("picows + msgspec in the reader", lambda f, n: picows_stack(f, n, decode=True)),
         ("picows, no decode (ceiling)", lambda f, n: picows_stack(f, n, decode=False)),
     ]
@@ -340,7 +394,9 @@ async def measure(feed: FeedProcess, stack: Stack, n: int, **cfg: Any) -> Run:
     return run
 
 
-async def scenario_throughput(feed: FeedProcess, args: argparse.Namespace) -> dict[str, float]:
+async def scenario_throughput(
+    feed: FeedProcess, args: argparse.Namespace
+) -> dict[str, tuple[float, float]]:
     stacks = throughput_stacks()
     runs: dict[str, list[Run]] = {name: [] for name, _ in stacks}
     for _ in range(args.repeat):  # round robin: drift hits every stack alike
@@ -351,15 +407,27 @@ async def scenario_throughput(feed: FeedProcess, args: argparse.Namespace) -> di
         rs = sorted(runs[name], key=lambda r: r.rate)
         return rs[len(rs) // 2]
 
-    base = med(ALORPY)
+    def paired(name: str, base: str) -> float:
+        """Median over the rounds of this stack's rate / the base's rate in the same round:
+        the machine's speed drifts between rounds, and both runs of a round see the same."""
+        return statistics.median(
+            mine.rate / theirs.rate for mine, theirs in zip(runs[name], runs[base], strict=True)
+        )
+
     print(
-        f"\n1. Throughput: {args.frames:,} frames blasted per run, median of {args.repeat} "
-        "(round robin); ratio against the AlorPy pattern"
+        f"\n1. Throughput: {args.frames:,} frames blasted per run, {args.repeat} rounds (round "
+        "robin); msgs/s: the median run. ratio: against the AlorPy pattern as published\n"
+        "(websockets' sync client in a thread); vs aiohttp: against the same work on aiohttp in "
+        "the loop (a faster transport).\nBoth ratios are paired: per round, this stack's rate "
+        "over the baseline's of the same round, median over the rounds."
     )
-    head = f"{'stack':<40} {'msgs/s':>10} {'ratio':>7} {'spread':>7} {'CPU µs/msg':>11}  notes"
+    head = (
+        f"{'stack':<40} {'msgs/s':>10} {'ratio':>7} {'vs aiohttp':>10} {'spread':>7} "
+        f"{'CPU µs/msg':>11}  notes"
+    )
     print(head)
     print("-" * (len(head) + 30))
-    rates: dict[str, float] = {}
+    ratios: dict[str, tuple[float, float]] = {}
     for name, _ in stacks:
         r = med(name)
         rs = [x.rate for x in runs[name]]
@@ -370,17 +438,17 @@ async def scenario_throughput(feed: FeedProcess, args: argparse.Namespace) -> di
                 note = f"delivered {r.delivered:,} of {r.received:,} received"
             else:
                 note = f"delivered {r.delivered:,}, max buffer depth {r.extra['max_depth']:,}"
-        rates[name] = r.rate
+        ratios[name] = (paired(name, ALORPY), paired(name, ALORPY_AIOHTTP))
         cpu = statistics.median(x.extra["cpu_us"] for x in runs[name])
         print(
-            f"{name:<40} {r.rate:>10,.0f} {r.rate / base.rate:>6.1f}x {spread:>6.0%} "
-            f"{cpu:>11.2f}  {note}"
+            f"{name:<40} {r.rate:>10,.0f} {ratios[name][0]:>6.1f}x {ratios[name][1]:>9.1f}x "
+            f"{spread:>6.0%} {cpu:>11.2f}  {note}"
         )
     print(
         "spread: (max - min) / median of the runs. CPU µs/msg: CPU time of this process (every "
         "thread) per message,\nsteadier than msgs/s when other work shares the machine."
     )
-    return {name: rate / base.rate for name, rate in rates.items()}
+    return ratios
 
 
 def _slow_consumer(every: int = 100, pause: float = 0.001) -> Consume:
@@ -446,7 +514,9 @@ async def scenario_burst(feed: FeedProcess, args: argparse.Namespace) -> tuple[f
     return statistics.median(mine), max(mine), max(peaks[stacks[0][0]])
 
 
-async def scenario_latency(feed: FeedProcess, args: argparse.Namespace) -> tuple[float, float]:
+async def scenario_latency(
+    feed: FeedProcess, args: argparse.Namespace
+) -> tuple[float, float, float]:
     # Interleaved: each stack runs ``rounds`` slices of the total time, round robin, so a burst
     # of load on the machine hits every stack alike; samples are pooled per stack.
     rounds = max(1, args.latency_rounds)
@@ -479,7 +549,7 @@ async def scenario_latency(feed: FeedProcess, args: argparse.Namespace) -> tuple
     if args.latency_alorpy:
         stacks.append(
             (
-                "AlorPy pattern (aiohttp, json, callback)",
+                ALORPY,
                 lambda out: lambda f, n: alorpy_stack(f, n, sampler(out)),
             )
         )
@@ -503,6 +573,7 @@ async def scenario_latency(feed: FeedProcess, args: argparse.Namespace) -> tuple
     print(head)
     print("-" * len(head))
     added_p99: dict[str, float] = {}
+    spreads: list[str] = []
     for name, _ in stacks:
         us = sorted(x for part in slices[name] for x in part)
         p50, p90, p99, p999 = (percentile(us, q) for q in (50, 90, 99, 99.9))
@@ -511,22 +582,41 @@ async def scenario_latency(feed: FeedProcess, args: argparse.Namespace) -> tuple
             # Per slice, minus the base's slice of the same round; the median over the rounds
             # (one slice hit by a burst of load on the machine does not decide it).
             d50, d99 = (
-                statistics.median(
+                sorted(
                     percentile(mine, q) - percentile(theirs, q)
                     for mine, theirs in zip(slices[name], slices[base_name], strict=True)
                 )
                 for q in (50, 99)
             )
-            added_p99[name] = d99
-            added = f"{d50:>+10.0f} {d99:>+10.0f}"
+            added_p99[name] = statistics.median(d99)
+            added = f"{statistics.median(d50):>+10.0f} {added_p99[name]:>+10.0f}"
+            q1, _, q3 = statistics.quantiles(d99, n=4) if len(d99) > 1 else (d99[0],) * 3
+            spreads.append(f"  {name}: {q1:+,.0f} .. {q3:+,.0f} µs")
         print(f"{name:<40} {p50:>6.0f} {p90:>6.0f} {p99:>7.0f} {p999:>7.0f} {us[-1]:>7.0f} {added}")
     base_p99 = [percentile(part, 99) for part in slices[base_name]]
     print(
         "added: alorws minus the base, per slice against the base's slice of the same round, "
         f"median over the rounds.\nThe base's own p99 ranged {min(base_p99):,.0f}-"
-        f"{max(base_p99):,.0f} µs between slices: that is this machine's noise floor for p99."
+        f"{max(base_p99):,.0f} µs between slices: that is this machine's noise floor for p99.\n"
+        "Added p99 per round, middle half of the rounds (quartiles):"
     )
-    return added_p99[stacks[1][0]], max(base_p99) - min(base_p99)
+    print("\n".join(spreads))
+    # Each stack's p99 in its quieter slices: the lowest and the lower quartile of its per-slice
+    # p99s. Pauses of the VM land in a few slices and push them up by milliseconds; the quiet
+    # slices show what the stack itself costs.
+    quiet: dict[str, tuple[float, float]] = {}
+    for name, _ in stacks:
+        p99s = sorted(percentile(part, 99) for part in slices[name])
+        quiet[name] = (p99s[0], percentile(p99s, 25))
+    print("p99 in the quiet slices, µs (lowest slice, lower quartile of slices; added: - base):")
+    for name, _ in stacks:
+        low, q1 = quiet[name]
+        added = ""
+        if name != base_name:
+            added = f"   added {low - quiet[base_name][0]:+,.0f}, {q1 - quiet[base_name][1]:+,.0f}"
+        print(f"  {name:<40} {low:>7,.0f} {q1:>7,.0f}{added}")
+    mine = stacks[1][0]
+    return added_p99[mine], quiet[mine][1] - quiet[base_name][1], max(base_p99) - min(base_p99)
 
 
 async def run(args: argparse.Namespace) -> bool:
@@ -542,22 +632,32 @@ async def run(args: argparse.Namespace) -> bool:
         latency = await scenario_latency(feed, args) if "latency" in todo else None
     goals: list[tuple[str, bool, str]] = []
     if ratios:
-        lossless = ratios["alorws queue (lossless, typed)"]
-        latest = ratios["alorws latest (lazy decode)"]
+        lossless, lossless_strict = ratios["alorws queue (lossless, typed)"]
+        latest, latest_strict = ratios["alorws latest (lazy decode)"]
         goals.append(
-            ("lossless typed quotes (alorws queue) >= 7x", lossless >= 7, f"{lossless:.1f}x")
+            (
+                "lossless typed quotes (alorws queue) >= 7x",
+                lossless >= 7,
+                f"{lossless:.1f}x ({lossless_strict:.1f}x the aiohttp variant)",
+            )
         )
-        goals.append(("latest-policy delivery >= 15x", latest >= 15, f"{latest:.1f}x"))
+        goals.append(
+            (
+                "latest-policy delivery >= 15x",
+                latest >= 15,
+                f"{latest:.1f}x ({latest_strict:.1f}x the aiohttp variant)",
+            )
+        )
     if peak is not None:
         med, worst, floor = peak
         value = f"{med:,.0f} (max {worst:,}; bare reader's max {floor:,})"
         goals.append(("burst peak unread < 1,000 (median of runs)", med < 1000, value))
     if latency is not None:
-        added, noise = latency
-        value = f"{added:+.0f} µs"
-        if noise > 150:
-            value += f" (±{noise:,.0f} noise)"
-        goals.append(("added p99 latency <= 150 µs", added <= 150, value))
+        added, quiet_added, noise = latency
+        value = f"{added:+.0f} µs per-round median (base ±{noise:,.0f}), "
+        value += f"{quiet_added:+.0f} in the quiet slices"
+        ok = added <= 150 and quiet_added <= 150  # both estimates
+        goals.append(("added p99 latency <= 150 µs (I/O thread)", ok, value))
     print("\nGoals (issue 5), ratios against the AlorPy pattern of this run:")
     for what, ok, value in goals:
         print(f"  {'ok' if ok else 'MISSED':<7} {what:<44} {value}")
@@ -567,15 +667,15 @@ async def run(args: argparse.Namespace) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--frames", type=int, default=100_000, help="frames per throughput run")
-    ap.add_argument("--repeat", type=int, default=3, help="throughput runs per stack")
+    ap.add_argument("--repeat", type=int, default=5, help="throughput rounds")
     ap.add_argument("--burst", type=int, default=50_000, help="frames in the burst")
     ap.add_argument("--burst-rate", type=float, default=150_000.0)
     ap.add_argument("--burst-repeat", type=int, default=3)
     ap.add_argument("--burst-high-water", type=int, default=16 * 1024)
     ap.add_argument("--burst-sndbuf", type=int, default=0, help="0: the OS default")
     ap.add_argument("--latency-rate", type=float, default=20_000.0)
-    ap.add_argument("--latency-seconds", type=float, default=5.0, help="per stack")
-    ap.add_argument("--latency-rounds", type=int, default=10, help="interleaved slices")
+    ap.add_argument("--latency-seconds", type=float, default=10.0, help="per stack")
+    ap.add_argument("--latency-rounds", type=int, default=20, help="interleaved slices")
     ap.add_argument("--latency-alorpy", action="store_true", help="also the AlorPy pattern")
     ap.add_argument("--no-pin", action="store_true", help="do not pin bench and feed to CPUs")
     ap.add_argument(

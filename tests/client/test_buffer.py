@@ -529,22 +529,52 @@ async def test_no_lost_wakeup_in_ping_pong(policy: Policy) -> None:
 
 
 async def test_batcher_wakes_a_parked_consumer_once_per_loop_iteration() -> None:
-    """100 pushes in one iteration of the producer's loop cost one wake-up, delivered after
-    the iteration, and the consumer gets all 100 in one batch."""
+    """100 pushes in one iteration of a producer loop in another thread cost one wake-up,
+    delivered after that iteration, and the consumer gets all 100 in one batch."""
+    loop = asyncio.new_event_loop()
+    producer = run_thread(loop.run_forever)
+    try:
+        batcher = WakeBatcher(loop)
+        buf: StreamBuffer[int] = StreamBuffer(Policy.QUEUE, batcher=batcher)
+        consumer = asyncio.create_task(buf.get_batch(1000))
+        await asyncio.sleep(0)  # the consumer parks
+        assert buf.stats()["parks"] == 1
+        during: list[int] = []
+
+        def burst() -> None:
+            for i in range(100):
+                buf.push(i)
+            during.append(buf.stats()["wakeups"])  # not yet: after this callback
+
+        loop.call_soon_threadsafe(burst)
+        async with asyncio.timeout(5):
+            assert await consumer == list(range(100))
+        assert during == [0]
+        assert buf.stats()["wakeups"] == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(producer.join)
+        loop.close()
+
+
+async def test_batched_push_in_the_consumers_own_loop_wakes_at_once() -> None:
+    """In the consumer's own loop (io_thread=False) the first push resolves the waiter
+    directly: still one wake-up, and the consumer, scheduled, still gets the whole burst."""
     batcher = WakeBatcher(asyncio.get_running_loop())
     buf: StreamBuffer[int] = StreamBuffer(Policy.QUEUE, batcher=batcher)
     consumer = asyncio.create_task(buf.get_batch(1000))
     await asyncio.sleep(0)  # the consumer parks
-    assert buf.stats()["parks"] == 1
+    during: list[int] = []
 
     def burst() -> None:
         for i in range(100):
             buf.push(i)
-        assert buf.stats()["wakeups"] == 0  # not yet: after this callback
+            during.append(buf.stats()["wakeups"])
 
     asyncio.get_running_loop().call_soon(burst)
     async with asyncio.timeout(5):
         assert await consumer == list(range(100))
+    assert during == [1] * 100  # woken by the first push, never again
     assert buf.stats()["wakeups"] == 1
 
 

@@ -81,7 +81,9 @@ Batched wake-ups
     then takes a read's worth of items per wake-up instead of one or two, and each wake-up (a
     self-pipe write, a thread switch) is paid once per read, not once per message. Every
     ``push`` to such a buffer must run in the batcher's loop. Events, overflows and ``close``
-    still wake at once.
+    still wake at once, and so does a push made in the consumer's own thread (the client with
+    ``io_thread=False``): resolving the consumer's future only schedules it, and it runs after
+    the iteration's callbacks anyway, so the batcher would add a loop iteration for nothing.
 """
 
 from __future__ import annotations
@@ -341,9 +343,10 @@ class StreamBuffer(Generic[T]):
             self._wake()
 
     def _wake_soon(self) -> None:
-        """Wake the parked consumer: now, or through the batcher once per loop iteration."""
+        """Wake the parked consumer: now (no batcher, or the consumer's own thread), or through
+        the batcher once per loop iteration (see "Batched wake-ups")."""
         batcher = self._batcher
-        if batcher is None:
+        if batcher is None or threading.get_ident() == self._loop_tid:
             self._wake()
         elif not self._wake_due:
             self._wake_due = True

@@ -19,6 +19,8 @@ import pytest
 from alorws import cli
 from alorws.sim.app import Simulator
 
+from ._sim import DAY
+
 
 Run = tuple[int, str, str]
 
@@ -39,7 +41,9 @@ def server() -> Iterator[dict[str, str]]:
 
     async def serve() -> None:
         stop.append(asyncio.Event())
-        async with Simulator(port=0, seed=3, rate=50.0, history_days=2) as sim:
+        async with Simulator(
+            port=0, day_order_lifetime=DAY, seed=3, rate=50.0, history_days=2
+        ) as sim:
             info.update(url=sim.url, token=sim.demo_refresh_token, portfolio=sim.demo.portfolios[0])
             ready.set()
             await stop[0].wait()

@@ -14,6 +14,8 @@ from alorws.metrics import start_metrics
 from alorws.protocol.backoff import Backoff
 from alorws.sim.app import Simulator
 
+from ._sim import DAY
+
 
 FAST = Backoff(base=0.01, cap=0.05)
 
@@ -36,7 +38,7 @@ EXPECTED = {
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(port=0, seed=7, rate=50.0, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=7, rate=50.0, history_days=1) as s:
         yield s
 
 

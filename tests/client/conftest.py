@@ -10,6 +10,8 @@ from alorws.client import AlorClient
 from alorws.protocol.backoff import Backoff
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
+
 
 #: Reconnect quickly in tests (full jitter below 50 ms), never give up.
 FAST = Backoff(base=0.01, cap=0.05)
@@ -18,7 +20,9 @@ FAST = Backoff(base=0.01, cap=0.05)
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A simulator with a lively market and the fault API."""
-    async with Simulator(port=0, seed=7, rate=50.0, admin=True, history_days=1) as s:
+    async with Simulator(
+        port=0, day_order_lifetime=DAY, seed=7, rate=50.0, admin=True, history_days=1
+    ) as s:
         yield s
 
 

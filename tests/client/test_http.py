@@ -39,6 +39,8 @@ from alorws.protocol.market import Bar, OrderBook, Quote, Trade
 from alorws.sim.app import Simulator
 from alorws.sim.market import DEFAULT_START_MS, SyntheticMarket
 
+from .._sim import DAY
+
 
 FORMATS = (Format.SIMPLE, Format.SLIM, Format.HEAVY)
 #: Three attempts in all (two retries), no waiting.
@@ -84,7 +86,7 @@ class FixedTokens:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(port=0, seed=11, rate=50.0, history_days=3) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=11, rate=50.0, history_days=3) as s:
         yield s
 
 
@@ -446,7 +448,9 @@ async def test_history_paging_stops_when_the_server_does_not_advance() -> None:
 async def test_rate_limit_429_with_retry_after_from_the_simulator() -> None:
     """Past the simulator's per-account rate (5/s here) every request still succeeds, after
     waiting the Retry-After it was given."""
-    async with Simulator(port=0, http_rate=5, history_days=1, rate=0) as sim:
+    async with Simulator(
+        port=0, day_order_lifetime=DAY, http_rate=5, history_days=1, rate=0
+    ) as sim:
         async with (
             TokenManager(sim.demo_refresh_token, sim.url) as tokens,
             HttpClient(sim.url, tokens) as client,

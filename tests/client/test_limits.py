@@ -14,13 +14,14 @@ from alorws.errors import ServerRejected, SubscriptionLimitError
 from alorws.protocol import Quote
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .conftest import FAST
 
 
 @pytest.fixture
 async def quiet_sim() -> AsyncIterator[Simulator]:
     """A simulator with a near-still market, so thousands of subscriptions stay cheap."""
-    async with Simulator(port=0, seed=5, rate=0.2, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1) as s:
         yield s
 
 

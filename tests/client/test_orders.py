@@ -28,6 +28,7 @@ from alorws.protocol.enums import Exchange, Side
 from alorws.protocol.jwt import decode_claims
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .conftest import FAST
 
 
@@ -43,7 +44,7 @@ _run = itertools.count(1)
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A simulator with a quiet market (orders far from it rest), faults via ``sim.faults``."""
-    async with Simulator(port=0, seed=11, rate=5.0, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=11, rate=5.0, history_days=1) as s:
         yield s
 
 
@@ -523,7 +524,9 @@ async def test_token_expiry_is_invisible() -> None:
     """With 2-second tokens, orders keep succeeding over several lifetimes: the connection is
     re-authorized ahead of each token's exp."""
     async with (
-        Simulator(port=0, seed=5, rate=5.0, history_days=1, token_lifetime=2) as sim,
+        Simulator(
+            port=0, day_order_lifetime=DAY, seed=5, rate=5.0, history_days=1, token_lifetime=2
+        ) as sim,
         TokenManager(sim.demo_refresh_token, sim.url) as tm,
         OrderClient(sim.cws_url, tm, backoff=FAST, reply_timeout=5.0) as oc,
     ):

@@ -18,6 +18,7 @@ from alorws.protocol import Order, OwnTrade, Position
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from ..sim.wsclient import RawWS
 from .conftest import FAST
 
@@ -147,7 +148,7 @@ def _sim_in_thread(**kwargs: Any) -> Iterator[tuple[Simulator, asyncio.AbstractE
     async def main() -> None:
         nonlocal stop
         stop = asyncio.Event()
-        async with Simulator(port=0, **kwargs) as sim:
+        async with Simulator(port=0, day_order_lifetime=DAY, **kwargs) as sim:
             box["sim"] = sim
             box["loop"] = asyncio.get_running_loop()
             ready.set()

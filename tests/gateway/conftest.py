@@ -11,6 +11,8 @@ from alorws.gateway import Gateway, NatsServer
 from alorws.protocol.backoff import Backoff
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
+
 
 FAST = Backoff(base=0.01, cap=0.05)
 LEASE = 1.0  # seconds: short, so that a vanished consumer is released quickly
@@ -26,7 +28,7 @@ async def nats_server() -> AsyncIterator[NatsServer]:
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A simulator with a lively market."""
-    async with Simulator(port=0, seed=5, rate=50.0, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=5, rate=50.0, history_days=1) as s:
         yield s
 
 

@@ -19,6 +19,8 @@ from alorws.protocol.backoff import Backoff
 from alorws.record import Recorder
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
+
 
 FAST = Backoff(base=0.01, cap=0.05)
 SYMBOLS = ("SBER", "GAZP")
@@ -54,7 +56,9 @@ async def collect(stream: Any, into: list[Any]) -> None:
 
 
 async def _record(root: Path) -> Recording:
-    async with Simulator(port=0, seed=11, rate=300.0, history_days=1) as sim:
+    async with Simulator(
+        port=0, day_order_lifetime=DAY, seed=11, rate=300.0, history_days=1
+    ) as sim:
         async with AlorClient(
             sim.demo_refresh_token, base_url=sim.url, backoff=FAST, ping_interval=1.0
         ) as client:
@@ -92,7 +96,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A lively simulator."""
-    async with Simulator(port=0, seed=7, rate=300.0, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, seed=7, rate=300.0, history_days=1) as s:
         yield s
 
 

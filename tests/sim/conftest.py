@@ -11,6 +11,7 @@ import pytest
 
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .wsclient import RawWS
 
 
@@ -30,7 +31,9 @@ def request(opcode: str, token: str, guid: str | None = None, **fields: Any) -> 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A simulator with the default limits, admin endpoints on, a lively market."""
-    async with Simulator(port=0, seed=1, rate=50.0, admin=True, history_days=1) as s:
+    async with Simulator(
+        port=0, day_order_lifetime=DAY, seed=1, rate=50.0, admin=True, history_days=1
+    ) as s:
         yield s
 
 

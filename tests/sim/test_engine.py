@@ -309,6 +309,20 @@ def test_oneday_orders_expire_at_the_end_of_the_day(
     assert [o.status for o in payloads(events, Order)] == [OrderStatus.CANCELED]
 
 
+def test_day_order_lifetime_replaces_the_end_of_the_day(market: SyntheticMarket) -> None:
+    """With day_order_lifetime_ms (the tests' simulators), a oneday order placed a second
+    before midnight outlives it and expires only when its lifetime has passed."""
+    e = TradingEngine(market, mark_to_market_ms=None, day_order_lifetime_ms=3_600_000)
+    e.add_account("trader", refresh_token="rt-trader")
+    midnight = market.now_ms - market.now_ms % 86_400_000 + 86_400_000
+    bid = market.best("GAZP")[0]
+    e.execute(D, limit_order("GAZP", Side.BUY, 1, round(bid - 1, 2)), midnight - 1000)
+    assert e.orders(D)[0].end_time == "2025-06-24T00:59:59.0000000Z"
+    assert e.on_market([], midnight + 1000) == []  # past midnight: still working
+    events = e.on_market([], midnight + 3_600_000)
+    assert [o.status for o in payloads(events, Order)] == [OrderStatus.CANCELED]
+
+
 # -- time in force -----------------------------------------------------------------------------
 
 

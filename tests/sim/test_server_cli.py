@@ -13,6 +13,7 @@ import pytest
 
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .conftest import new_guid, request
 from .wsclient import RawWS
 
@@ -76,7 +77,7 @@ async def test_cli_starts_prints_and_stops_on_ctrl_c() -> None:
 
 async def test_tls_serves_https_and_wss() -> None:
     """--tls: a self-signed certificate for 127.0.0.1/localhost; https and wss work with it."""
-    async with Simulator(port=0, tls=True, history_days=1) as sim:
+    async with Simulator(port=0, day_order_lifetime=DAY, tls=True, history_days=1) as sim:
         assert sim.url.startswith("https://") and sim.cert_path is not None
         context = ssl.create_default_context(cafile=sim.cert_path)
         async with aiohttp.ClientSession(

@@ -10,6 +10,7 @@ import pytest
 
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .conftest import Connect, new_guid, request
 from .test_server_ws import FORMATS, check_shape
 from .wsclient import RawWS
@@ -255,7 +256,9 @@ async def test_http_commandapi_and_views(sim: Simulator, token: str, connect: Co
 async def test_ground_truth_jsonl(tmp_path: Any) -> None:
     """Point 10: with a path, the ground-truth log is also appended there as JSONL."""
     path = tmp_path / "truth.jsonl"
-    async with Simulator(port=0, history_days=1, ground_truth_path=str(path)) as sim:
+    async with Simulator(
+        port=0, day_order_lifetime=DAY, history_days=1, ground_truth_path=str(path)
+    ) as sim:
         async with await RawWS.connect(sim.cws_url) as cws:
             auth = {"opcode": "authorize", "guid": new_guid(), "token": sim.access_token()}
             await cws.request(auth)

@@ -11,6 +11,7 @@ import pytest
 
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
 from .conftest import Connect, new_guid, request
 from .wsclient import RawWS
 
@@ -143,7 +144,7 @@ async def test_admin_endpoints(sim: Simulator, ws: RawWS, token: str) -> None:
 async def test_admin_is_off_by_default() -> None:
     """Without admin=True the /sim/* endpoints do not exist."""
     async with (
-        Simulator(port=0, history_days=1) as sim,
+        Simulator(port=0, day_order_lifetime=DAY, history_days=1) as sim,
         aiohttp.ClientSession(base_url=sim.url) as http,
     ):
         assert (await http.post("/sim/drop", json={})).status == 404

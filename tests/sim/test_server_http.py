@@ -11,6 +11,8 @@ import pytest
 from alorws.protocol.jwt import decode_claims
 from alorws.sim.app import Simulator
 
+from .._sim import DAY
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
@@ -115,7 +117,7 @@ async def test_history_paging(http: aiohttp.ClientSession) -> None:
 
 @pytest.fixture
 async def throttled() -> AsyncIterator[Simulator]:
-    async with Simulator(port=0, http_rate=5, history_days=1) as s:
+    async with Simulator(port=0, day_order_lifetime=DAY, http_rate=5, history_days=1) as s:
         yield s
 
 

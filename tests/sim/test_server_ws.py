@@ -14,6 +14,7 @@ from alorws.protocol.market import InstrumentPatch
 from alorws.sim.app import Simulator
 from alorws.sim.market import StatusChanged
 
+from .._sim import DAY
 from .conftest import new_guid, request
 from .wsclient import RawWS
 
@@ -131,7 +132,7 @@ async def test_instrument_patches_are_partial(ws: RawWS, token: str, sim: Simula
 
 async def test_state_conflated_events_never() -> None:
     """§12.4: the book is conflated per interval, every trade of the tape is delivered."""
-    async with Simulator(port=0, rate=0.0, history_days=1) as sim:
+    async with Simulator(port=0, day_order_lifetime=DAY, rate=0.0, history_days=1) as sim:
         async with await RawWS.connect(sim.ws_url) as ws:
             await _conflation(ws, sim.access_token(), sim)
 

@@ -57,6 +57,7 @@ class Simulator:
             (tests pass a small one so that a client that stops reading overflows quickly).
         history_days: days of synthetic history before now.
         ground_truth_path: also append the ground-truth log to this JSONL file.
+        day_order_lifetime: seconds a day order lives; None: until the end of its UTC day.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class Simulator:
         history_days: int = 5,
         ground_truth_path: str | None = None,
         close_timeout: float = 2.0,
+        day_order_lifetime: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -87,7 +89,13 @@ class Simulator:
         self.market = SyntheticMarket(
             seed=seed, start_ms=now_ms, history_days=history_days, events_per_second=rate
         )
-        self.engine = TradingEngine(self.market, ground_truth_path=ground_truth_path)
+        self.engine = TradingEngine(
+            self.market,
+            ground_truth_path=ground_truth_path,
+            day_order_lifetime_ms=None
+            if day_order_lifetime is None
+            else round(day_order_lifetime * 1000),
+        )
         self.tokens = TokenService(token_lifetime)
         self.limits = Limits(
             max_connections=max_connections,

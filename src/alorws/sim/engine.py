@@ -316,6 +316,9 @@ class TradingEngine:
             risks of a portfolio holding a traded instrument; ``None`` never.
         ground_truth_path: When set, each ground-truth record is also appended to this JSONL
             file.
+        day_order_lifetime_ms: How long a day order (``oneday``, the default time in force)
+            lives; ``None``: until the end of the UTC day it was placed in (23:59:59.999, as
+            TV-13). Tests set it so that an order placed just before midnight does not expire.
     """
 
     def __init__(
@@ -326,8 +329,10 @@ class TradingEngine:
         commission_rate: float = 0.0005,
         mark_to_market_ms: int | None = 1000,
         ground_truth_path: str | os.PathLike[str] | None = None,
+        day_order_lifetime_ms: int | None = None,
     ) -> None:
         self.market = market
+        self.day_order_lifetime_ms = day_order_lifetime_ms
         self.history_cap = history_cap
         self.commission_rate = commission_rate
         self.mark_to_market_ms = mark_to_market_ms
@@ -646,7 +651,12 @@ class TradingEngine:
         if oid is None:
             oid = self._new_order_id()
         stamp = iso_time(now)
-        end = now + _GTC_LIFETIME_MS if tif is TimeInForce.GOOD_TILL_CANCELLED else _end_of_day(now)
+        if tif is TimeInForce.GOOD_TILL_CANCELLED:
+            end = now + _GTC_LIFETIME_MS
+        elif self.day_order_lifetime_ms is not None:
+            end = now + self.day_order_lifetime_ms
+        else:
+            end = _end_of_day(now)
         units = lots * info.lot_size
         model = Order(
             id=oid,

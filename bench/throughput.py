@@ -41,7 +41,12 @@ Three scenarios:
 
     python bench/throughput.py [--frames 100000] [--repeat 5] [--latency-seconds 10]
                                [--only throughput,burst,latency] [--latency-alorpy] [--no-pin]
-                               [--uvloop] [--strict]
+                               [--loop uvloop|asyncio] [--strict]
+
+Every event loop of the bench (the base's, the consumer's, the client's I/O loop) runs on uvloop
+where it is installed (the dev extras install it; docs/client.md recommends it for latency), or
+on asyncio's own with ``--loop asyncio``. The AlorPy baseline reads in its own thread with
+websockets' sync client and uses no event loop.
 
 Goals (issue 5): lossless typed quotes >= 7x the AlorPy pattern, latest >= 15x, peak unread of
 the burst < 1,000, added p99 latency <= 150 us. ``--strict`` exits 1 when one is missed (the
@@ -53,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import logging
 import resource
@@ -623,7 +629,7 @@ async def run(args: argparse.Namespace) -> bool:
     with FeedProcess(cpu=None if args.no_pin else 1) as feed:
         where = "not pinned" if args.no_pin else f"bench {args.pinned}, feed on the other CPU"
         print(
-            f"Python {sys.version.split()[0]} ({'uvloop' if args.uvloop else 'asyncio'} loops); "
+            f"Python {sys.version.split()[0]} ({args.loop} loops); "
             "feed: bench/_feed.py, a raw asyncio server in its "
             f"own process ({feed.url}; {where}); one Simple quote stream per run"
         )
@@ -679,14 +685,21 @@ def main() -> int:
     ap.add_argument("--latency-rounds", type=int, default=20, help="interleaved slices")
     ap.add_argument("--latency-alorpy", action="store_true", help="also the AlorPy pattern")
     ap.add_argument("--no-pin", action="store_true", help="do not pin bench and feed to CPUs")
-    ap.add_argument("--uvloop", action="store_true", help="run every loop of the bench on uvloop")
+    ap.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default=None,
+        help="every event loop of the bench (default: uvloop where it is installed)",
+    )
     ap.add_argument(
         "--only", default="throughput,burst,latency", help="comma-separated scenarios to run"
     )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = ap.parse_args()
     args.pinned = "not pinned" if args.no_pin else pin(0)
-    if args.uvloop:
+    if args.loop is None:
+        args.loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    if args.loop == "uvloop":
         import uvloop
 
         # Every loop of the bench: the base's, the consumer's and the client's I/O thread's

@@ -111,13 +111,6 @@ class Run:
 Consume = Callable[[Any], None]
 
 
-def _touch(q: Any) -> None:
-    _touch.acc += q.last_price  # type: ignore[attr-defined]
-
-
-_touch.acc = 0.0  # type: ignore[attr-defined]
-
-
 async def alorws_stack(
     feed: FeedProcess, n: int, policy: str, consume: Consume | None = None, io_thread: bool = True
 ) -> Run:
@@ -578,6 +571,11 @@ async def scenario_latency(
     )
     print(head)
     print("-" * len(head))
+    # Each slice's p50 and p99 per stack, computed once for every estimate below.
+    per_slice = {
+        name: {q: [percentile(part, q) for part in slices[name]] for q in (50, 99)}
+        for name, _ in stacks
+    }
     added_p99: dict[str, float] = {}
     spreads: list[str] = []
     for name, _ in stacks:
@@ -587,19 +585,16 @@ async def scenario_latency(
         if name != base_name:
             # Per slice, minus the base's slice of the same round; the median over the rounds
             # (one slice hit by a burst of load on the machine does not decide it).
+            ours, base = per_slice[name], per_slice[base_name]
             d50, d99 = (
-                sorted(
-                    percentile(mine, q) - percentile(theirs, q)
-                    for mine, theirs in zip(slices[name], slices[base_name], strict=True)
-                )
-                for q in (50, 99)
+                sorted(a - b for a, b in zip(ours[q], base[q], strict=True)) for q in (50, 99)
             )
             added_p99[name] = statistics.median(d99)
             added = f"{statistics.median(d50):>+10.0f} {added_p99[name]:>+10.0f}"
             q1, _, q3 = statistics.quantiles(d99, n=4) if len(d99) > 1 else (d99[0],) * 3
             spreads.append(f"  {name}: {q1:+,.0f} .. {q3:+,.0f} µs")
         print(f"{name:<40} {p50:>6.0f} {p90:>6.0f} {p99:>7.0f} {p999:>7.0f} {us[-1]:>7.0f} {added}")
-    base_p99 = [percentile(part, 99) for part in slices[base_name]]
+    base_p99 = per_slice[base_name][99]
     print(
         "added: alorws minus the base, per slice against the base's slice of the same round, "
         f"median over the rounds.\nThe base's own p99 ranged {min(base_p99):,.0f}-"
@@ -612,7 +607,7 @@ async def scenario_latency(
     # slices show what the stack itself costs.
     quiet: dict[str, tuple[float, float]] = {}
     for name, _ in stacks:
-        p99s = sorted(percentile(part, 99) for part in slices[name])
+        p99s = sorted(per_slice[name][99])
         quiet[name] = (p99s[0], percentile(p99s, 25))
     print("p99 in the quiet slices, µs (lowest slice, lower quartile of slices; added: - base):")
     for name, _ in stacks:

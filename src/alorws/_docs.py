@@ -23,6 +23,12 @@ def _type_name(tp: Any) -> str:
         return "UNSET"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:  # a range (see the page's intro)
+        meta = next((m for m in args[1:] if isinstance(m, msgspec.Meta)), msgspec.Meta())
+        name = _type_name(args[0])
+        if meta.ge == 0:
+            return f"{name} 0…2⁶³−1" if meta.le is not None else f"{name} ≥ 0"
+        return f"{name} (64-bit)" if meta.le is not None else name
     if origin is list:
         return f"list[{_type_name(args[0])}]"
     if args:
@@ -61,7 +67,35 @@ def render() -> str:
         "",
         "Every stream decodes into one normalized model whatever the wire format. The tables give",
         "each Python field, its type and its key in each format (— : the format lacks it; the",
-        "field then keeps its default). Protocol facts: `alor-protocol.md` §4.",
+        "field then keeps its default). Protocol facts: `docs/protocol.md` §4.",
+        "",
+        "**Types and ranges.** The decoders check every number while decoding; a value outside",
+        "its range is a `FrameError` naming the field (a stream counts it as a bad payload and",
+        "goes on), never a model holding it:",
+        "",
+        "* every `float` is finite: JSON has no `inf`/`nan`, and a number that overflows a",
+        "  double (`1e400`) fails the decode;",
+        "* `≥ 0` marks what cannot be negative: quantities of orders and trades (total and",
+        "  filled), volumes, open interest, lot sizes, face values, ids, timestamps;",
+        "* lots of orders, stop orders and trades and numeric ids are also at most 2⁶³−1 (they",
+        "  are `long` on the server); volumes and timestamps are checked for their sign only,",
+        "  to keep the book decode fast (a bound costs a few ns a value, a book has 40 volumes);",
+        "* prices are signed: MOEX allows negative prices on some derivatives (commodity futures",
+        "  since 2020, calendar spreads), so a negative price is a value, not an error; money",
+        "  (P&L, margins, values, commissions) and position quantities (a short position) are",
+        "  signed too.",
+        "",
+        "Lots (`*_batch`) are `int` in orders, stop orders and own trades (an order is for whole",
+        "lots) and `float` in positions: a money position has lot size 1 and its lots are its",
+        "amount, e.g. `28692.09` roubles, which the server sends as a fractional number (its type",
+        "is `decimal`). `float` is the type of `qty_units` already (`Decimal` would slow every",
+        "decode and mix two number types in one model); a security's lots are whole numbers,",
+        "so `int(position.qty_batch)` is exact for it.",
+        "",
+        "Ids are text: a stop order's `id` and `exchange_order_id` arrive as JSON numbers too",
+        "(the server sends a fired stop order's exchange order id as a number) and are read as",
+        "their digits. An order's `qty_batch` is never `null` on the wire (`None` only means the",
+        "message left the key out).",
         "",
     ]
     for opcode, model in STREAM_MODELS.items():

@@ -39,6 +39,16 @@ def for_type(tp: Any) -> st.SearchStrategy[Any]:
         return models(tp)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:  # a range (msgspec.Meta): draw inside it
+        inner, *meta = args
+        bounds = next((m for m in meta if isinstance(m, msgspec.Meta)), msgspec.Meta())
+        if inner is int:
+            return st.integers(min_value=bounds.ge, max_value=bounds.le)
+        if inner is float:
+            return st.floats(
+                min_value=bounds.ge, max_value=bounds.le, allow_nan=False, allow_infinity=False
+            )
+        return for_type(inner)
     if origin in (types.UnionType, typing.Union):
         return st.one_of(*(for_type(a) for a in args))
     if origin is list:

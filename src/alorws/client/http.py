@@ -66,7 +66,7 @@ from ..errors import (
     redact,
     rejection_for,
 )
-from ..protocol._model import Model, format_class
+from ..protocol._model import DECIMAL_MAX, Model, format_class
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.backoff import Backoff
 from ..protocol.commands import (
@@ -83,7 +83,7 @@ from ..protocol.commands import (
 from ..protocol.enums import Exchange, Format, Side
 from ..protocol.http_models import AllTradesPage, HistoryPage, HttpOrderAck, Security
 from ..protocol.market import Bar, OrderBook, Quote, Trade
-from ..protocol.requests import _enum, _int, _positive_number, _text, _tf
+from ..protocol.requests import _enum, _int, _text, _tf
 from ..protocol.timeutil import to_seconds
 from .auth import TokenSource
 from .endpoints import resolve_endpoints, ssl_context_for
@@ -199,7 +199,23 @@ def _opt_int(field: str, value: int | None, low: int, high: int | None = None) -
 
 
 def _opt_price(field: str, value: float | None) -> str | None:
-    return None if value is None else repr(_positive_number(field, value))
+    """A price filter: any finite number in the server's range, negative included (MOEX
+    trades some derivatives at negative prices)."""
+    if value is None:
+        return None
+    if isinstance(value, bool | str | bytes):  # float() would take "1.5" and True
+        raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)  # int, float, Decimal, Fraction
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}") from None
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    if not -DECIMAL_MAX <= number <= DECIMAL_MAX:  # also false for nan
+        raise InvalidArgumentError(
+            field, f"must be a finite number within ±{DECIMAL_MAX:.4g}, got {value!r}"
+        )
+    return repr(number)
 
 
 def _opt_bool(field: str, value: bool | None) -> str | None:

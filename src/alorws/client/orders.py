@@ -687,6 +687,12 @@ class OrderClient:
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 continue
             ticks = value / step
+            if not math.isfinite(ticks):  # round() would raise OverflowError
+                raise InvalidArgumentError(
+                    name,
+                    f"{value} is too large for {instrument.symbol}'s price step {step} "
+                    "(not a price the exchange can trade)",
+                )
             if abs(ticks - round(ticks)) > 1e-6:
                 nearest = round(round(ticks) * step, 10)
                 raise InvalidArgumentError(

@@ -1,16 +1,37 @@
 """Normalized models of the account (portfolio) streams (§4.6–§4.12).
 
 One model per stream, the same snake_case field names in every format (named after the Heavy
-keys, §3.5). Ids of orders, own trades and stop orders are strings, as on the wire. Money, prices
-and quantities in pieces ("units") are ``float``; quantities in lots (``*_batch``) are ``int``.
+keys, §3.5). Ids of orders, own trades and stop orders are strings (a stop order's ids arrive as
+JSON numbers too: they are read as text). Money, prices and quantities in pieces ("units") are
+``float``. Lots (``*_batch``) are ``int`` for orders, stop orders and own trades (an order is
+for whole lots) and ``float`` for positions: a money position's lot size is 1 and its lots are
+its amount (``28692.09`` roubles), which the server sends as a fractional number.
 ISO-8601 times stay strings; see :mod:`alorws.protocol.timeutil` for conversions.
+
+Ranges, checked while decoding (a value outside fails as a ``FrameError`` naming the field; see
+:mod:`alorws.protocol._model`): prices and money are signed (negative prices exist on MOEX
+derivatives); lots of orders, stop orders and trades (total and filled) and iceberg sizes are
+``0..2**63-1``, their quantities in pieces and lot sizes ``>= 0``; position quantities are
+signed (a short position is negative). Every float is finite.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from ._model import Model, formats
+from ._model import (
+    Count,
+    Int64,
+    Model,
+    Money,
+    Price,
+    Qty,
+    Rate,
+    Size,
+    Wire,
+    formats,
+    id_text,
+)
 from .enums import ClientType, Condition, OrderStatus, OrderType, RiskStatus, Side, TimeInForce
 
 
@@ -66,32 +87,37 @@ class Position(Model, frozen=True):
     drops to zero arrives with zero quantities. Slim carries no quantities in lots at all;
     ``qty_batch`` is Simple-only (Heavy dropped it; Simple also repeats it as ``qty``, and
     ``open_qty_batch`` as ``open``). ``existing`` marks the initial snapshot.
+
+    Quantities are ``float``, lots included: a money position (lot size 1) has fractional lots,
+    e.g. ``qty_t0_batch == 28692.09`` roubles (the server's type is ``decimal``), and an ``int``
+    would refuse it. They are signed (a short position is negative); ``lot_size`` is ``>= 0``.
+    For a security the lots are whole numbers: ``int(p.qty_batch)`` is exact.
     """
 
     # Wire order of TV-11 (msgspec decodes in-order keys fastest), the required `symbol` first.
     symbol: str
-    volume: float | None = None  # value at average price
-    current_volume: float | None = None  # value at current price
+    volume: Money | None = None  # value at average price
+    current_volume: Money | None = None  # value at current price
     broker_symbol: str | None = None  # "EXCHANGE:TICKER"
     portfolio: str | None = None
     exchange: str | None = None
-    avg_price: float | None = None
-    qty_units: float | None = None
-    open_units: float | None = None  # at session open
-    lot_size: float | None = None
+    avg_price: Price | None = None
+    qty_units: Qty | None = None
+    open_units: Qty | None = None  # at session open
+    lot_size: Size | None = None
     short_name: str | None = None
-    qty_t0: float | None = None
-    qty_t1: float | None = None
-    qty_t2: float | None = None
-    qty_t_future: float | None = None
-    qty_t0_batch: int | None = None  # not in Slim
-    qty_t1_batch: int | None = None  # not in Slim
-    qty_t2_batch: int | None = None  # not in Slim
-    qty_t_future_batch: int | None = None  # not in Slim
-    qty_batch: int | None = None  # Simple only
-    open_qty_batch: int | None = None  # not in Slim
-    daily_unrealised_pl: float | None = None
-    unrealised_pl: float | None = None
+    qty_t0: Qty | None = None
+    qty_t1: Qty | None = None
+    qty_t2: Qty | None = None
+    qty_t_future: Qty | None = None
+    qty_t0_batch: Qty | None = None  # not in Slim
+    qty_t1_batch: Qty | None = None  # not in Slim
+    qty_t2_batch: Qty | None = None  # not in Slim
+    qty_t_future_batch: Qty | None = None  # not in Slim
+    qty_batch: Qty | None = None  # Simple only
+    open_qty_batch: Qty | None = None  # not in Slim
+    daily_unrealised_pl: Money | None = None
+    unrealised_pl: Money | None = None
     is_currency: bool | None = None
     existing: bool = False
 
@@ -101,7 +127,7 @@ class CurrencyBuyingPower(Model, frozen=True):
     """Buying power in one currency, an item of :attr:`Summary.buying_power_by_currency` (§4.7)."""
 
     currency: str
-    buying_power: float | None = None
+    buying_power: Money | None = None
 
 
 @formats(
@@ -131,16 +157,16 @@ class Summary(Model, frozen=True):
     that key came. Read :attr:`currency_buying_power`, which returns whichever one is set.
     """
 
-    buying_power_at_morning: float | None = None
-    buying_power: float | None = None
-    profit: float | None = None  # today
-    profit_rate: float | None = None  # percent
-    portfolio_evaluation: float | None = None
-    portfolio_liquidation_value: float | None = None
-    initial_margin: float | None = None
-    corrected_margin: float | None = None
-    risk_before_force_position_closing: float | None = None
-    commission: float | None = None  # null on FORTS
+    buying_power_at_morning: Money | None = None
+    buying_power: Money | None = None
+    profit: Money | None = None  # today
+    profit_rate: Rate | None = None  # percent
+    portfolio_evaluation: Money | None = None
+    portfolio_liquidation_value: Money | None = None
+    initial_margin: Money | None = None
+    corrected_margin: Money | None = None
+    risk_before_force_position_closing: Money | None = None
+    commission: Money | None = None  # null on FORTS
     buying_power_by_currency: list[CurrencyBuyingPower] | None = None
     # Slim `bp2v` (SPEC example's spelling); never sent in Simple/Heavy. See the class docstring.
     buying_power_by_currency_alt: list[CurrencyBuyingPower] | msgspec.UnsetType = msgspec.UNSET
@@ -194,14 +220,14 @@ class Risk(Model, frozen=True):
 
     portfolio: str
     exchange: str | None = None
-    portfolio_evaluation: float | None = None
-    portfolio_liquidation_value: float | None = None
-    initial_margin: float | None = None
-    minimal_margin: float | None = None
-    corrected_margin: float | None = None
-    risk_coverage_ratio_one: float | None = None
-    risk_coverage_ratio_two: float | None = None
-    risk_category_id: int | None = None
+    portfolio_evaluation: Money | None = None
+    portfolio_liquidation_value: Money | None = None
+    initial_margin: Money | None = None
+    minimal_margin: Money | None = None
+    corrected_margin: Money | None = None
+    risk_coverage_ratio_one: Money | None = None
+    risk_coverage_ratio_two: Money | None = None
+    risk_category_id: Int64 | None = None
     client_type: ClientType | None = None
     has_forbidden_positions: bool | None = None
     has_negative_quantity: bool | None = None
@@ -236,19 +262,19 @@ class SpectraRisk(Model, frozen=True):
     """
 
     portfolio: str
-    balance_money: float | None = None  # Simple only, deprecated
-    money_free: float | None = None
-    money_blocked: float | None = None  # blocked as initial margin
-    fee: float | None = None
-    money_old: float | None = None  # at session start
-    money_amount: float | None = None
-    money_pledge_amount: float | None = None
-    vm_inter_cl: float | None = None  # from intermediate clearing
-    vm_current_positions: float | None = None
-    var_margin: float | None = None  # not in Slim
-    indicative_var_margin: float | None = None
-    net_option_value: float | None = None
-    pos_risk: float | None = None
+    balance_money: Money | None = None  # Simple only, deprecated
+    money_free: Money | None = None
+    money_blocked: Money | None = None  # blocked as initial margin
+    fee: Money | None = None
+    money_old: Money | None = None  # at session start
+    money_amount: Money | None = None
+    money_pledge_amount: Money | None = None
+    vm_inter_cl: Money | None = None  # from intermediate clearing
+    vm_current_positions: Money | None = None
+    var_margin: Money | None = None  # not in Slim
+    indicative_var_margin: Money | None = None
+    net_option_value: Money | None = None
+    pos_risk: Money | None = None
     is_limits_set: bool | None = None
 
     @property
@@ -278,13 +304,13 @@ class SpectraRisk(Model, frozen=True):
 class RepoFields(Model, frozen=True):
     """REPO-specific details of an own trade (``repoSpecificFields`` / Slim ``r``, §4.10)."""
 
-    repo_rate: float | None = None
+    repo_rate: Rate | None = None
     ext_ref: str | None = None
-    repo_term: int | None = None  # SDK types it as int
+    repo_term: Int64 | None = None  # SDK types it as int
     account: str | None = None
     trade_type_info: str | None = None
-    value: float | None = None
-    yield_: float | None = None
+    value: Money | None = None
+    yield_: Rate | None = None
 
 
 @formats(
@@ -325,15 +351,15 @@ class OwnTrade(Model, frozen=True):
     exchange: str | None = None
     date: str | None = None  # ISO-8601 UTC
     board: str | None = None  # Slim `b` here, `bd` in orders
-    qty_units: float | None = None
-    qty_batch: int | None = None
-    price: float | None = None
-    accrued_int: float | None = None
+    qty_units: Size | None = None
+    qty_batch: Count | None = None
+    price: Price | None = None
+    accrued_int: Money | None = None
     side: Side | None = None
     existing: bool = False
-    commission: float | None = None
+    commission: Money | None = None
     repo_specific_fields: RepoFields | None = None
-    volume: float | None = None  # money value
+    volume: Money | None = None  # money value
     settle_date: str | None = None  # Heavy only
 
 
@@ -354,12 +380,16 @@ class Iceberg(Model, frozen=True):
     visible ones are taken as pieces, the creation ones as lots (what ``/cws`` creates with).
     """
 
-    creation_fixed_quantity: int | None = None
-    creation_variance_quantity: int | None = None
-    visible_quantity: float | None = None
-    visible_quantity_batch: int | None = None
-    visible_filled_quantity: float | None = None
-    visible_filled_quantity_batch: int | None = None
+    creation_fixed_quantity: Count | None = None
+    creation_variance_quantity: Count | None = None
+    visible_quantity: Size | None = None
+    visible_quantity_batch: Count | None = None
+    visible_filled_quantity: Size | None = None
+    visible_filled_quantity_batch: Count | None = None
+
+
+#: An order's quantity in lots: a message may leave the key out, but never send ``null``.
+_LOTS = Wire(Count)
 
 
 @formats(
@@ -387,12 +417,17 @@ class Iceberg(Model, frozen=True):
         "volume": "v",
     },
     simple_extras={"qty": lambda o: o.qty_batch, "filled": lambda o: o.filled_qty_batch},
+    wire={"qty_batch": _LOTS},
 )
 class Order(Model, frozen=True):
     """One own market or limit order (``OrdersGetAndSubscribeV2``, §4.11).
 
     Every change arrives as a full copy of the order: upsert it by ``id``. ``iceberg`` is
     ``None`` for ordinary orders, ``volume`` for market orders.
+
+    An order is for whole lots: ``qty_batch`` is ``>= 0``, and ``null`` is a ``FrameError``
+    (``None`` only means a message left the key out). ``price`` is signed (negative prices
+    exist on MOEX derivatives).
     """
 
     id: str
@@ -408,15 +443,15 @@ class Order(Model, frozen=True):
     trans_time: str | None = None  # placed, ISO-8601 UTC
     update_time: str | None = None  # last status change
     end_time: str | None = None  # expiry (SPEC's Slim example lacks the `Z`)
-    qty_units: float | None = None
-    qty_batch: int | None = None
-    filled_qty_units: float | None = None
-    filled_qty_batch: int | None = None
-    price: float | None = None
+    qty_units: Size | None = None
+    qty_batch: Count | None = None
+    filled_qty_units: Size | None = None
+    filled_qty_batch: Count | None = None
+    price: Price | None = None
     existing: bool = False
     time_in_force: TimeInForce | None = None
     iceberg: Iceberg | None = None
-    volume: float | None = None
+    volume: Money | None = None
 
 
 @formats(
@@ -451,12 +486,22 @@ class Order(Model, frozen=True):
         "protecting_seconds": "psec",
     },
     simple_extras={"qty": lambda o: o.qty_batch, "filled": lambda o: o.filled_qty_batch},
+    wire={
+        "id": Wire(str | Count, id_text),
+        "exchange_order_id": Wire(str | Count | None, id_text),
+        "qty_batch": _LOTS,
+    },
 )
 class StopOrder(Model, frozen=True):
     """One own stop / stop-limit order (``StopOrdersGetAndSubscribeV2``, §4.12).
 
     ``stop_price`` is the trigger, ``price`` the limit of the order it places (0 for a stop-market);
     ``exchange_order_id`` is ``None`` until it fires. ``condition`` arrives in any casing.
+
+    ``id`` and ``exchange_order_id`` are text, however they arrive: the server sends the
+    exchange order id of a fired stop order as a JSON number (the official SDK types it
+    ``long``), ALOR's HTTP examples the id too; both are read and kept as their digits.
+    ``qty_batch`` is never ``null``, as for :class:`Order`.
     """
 
     id: str
@@ -475,15 +520,15 @@ class StopOrder(Model, frozen=True):
     update_time: str | None = None
     end_time: str | None = None
     error: str | None = None  # why it was cancelled
-    qty_units: float | None = None
-    qty_batch: int | None = None
-    filled_qty_units: float | None = None
-    filled_qty_batch: int | None = None
-    price: float | None = None
-    avg_price: float | None = None  # Simple spells it `avg_price`
-    stop_price: float | None = None
+    qty_units: Size | None = None
+    qty_batch: Count | None = None
+    filled_qty_units: Size | None = None
+    filled_qty_batch: Count | None = None
+    price: Price | None = None
+    avg_price: Price | None = None  # Simple spells it `avg_price`
+    stop_price: Price | None = None
     existing: bool = False
     time_in_force: TimeInForce | None = None
     iceberg: Iceberg | None = None
-    volume: float | None = None
-    protecting_seconds: int | None = None  # 1-300
+    volume: Money | None = None
+    protecting_seconds: Int64 | None = None  # 1-300

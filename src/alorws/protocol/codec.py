@@ -27,7 +27,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 import msgspec
 
 from ..errors import FrameError, ServerRejected, rejection_for
-from ._model import Model, format_class
+from ._model import Count, Int64, Model, format_class
 from .account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from .enums import Format, SubscriptionOpcode
 from .market import Bar, ClusterSnapshot, InstrumentPatch, OrderBook, Quote, Trade
@@ -115,9 +115,9 @@ class DataMessage(msgspec.Struct, frozen=True, gc=False, repr_omit_defaults=True
     guid: str = ""
     # The status-reply keys (§3.3, §5); always None on a data message.
     requestGuid: str | None = None
-    httpCode: int | None = None
+    httpCode: Int64 | None = None
     message: str | None = None
-    orderNumber: str | int | None = None
+    orderNumber: str | Count | None = None
 
 
 _decode_envelope: Final = msgspec.json.Decoder(DataMessage).decode

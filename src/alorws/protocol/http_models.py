@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._model import Model, formats
+from ._model import Count, Int64, Model, Money, Price, Rate, Size, Time, Wire, as_list, formats
 from .market import Bar, Trade
 
 
@@ -92,32 +92,32 @@ class Security(Model, frozen=True):
     exchange: str | None = None
     market: str | None = None  # FOND | FORTS | CURR | SPBX; not in Slim
     type: str | None = None
-    lot_size: float | None = None
-    face_value: float | None = None
+    lot_size: Size | None = None
+    face_value: Size | None = None
     cfi_code: str | None = None
     cancellation: str | None = None  # ISO-8601: delisting / expiry / maturity
-    min_step: float | None = None  # minimum price increment
-    round_to: int | None = None  # Heavy only
-    rating: float | None = None
-    margin_buy: float | None = None
-    margin_sell: float | None = None
-    margin_rate: float | None = None
-    price_step: float | None = None  # money value of one min_step
-    price_max: float | None = None
-    price_min: float | None = None
-    theor_price: float | None = None
-    theor_price_limit: float | None = None
-    volatility: float | None = None
+    min_step: Size | None = None  # minimum price increment
+    round_to: Int64 | None = None  # Heavy only
+    rating: Rate | None = None
+    margin_buy: Money | None = None
+    margin_sell: Money | None = None
+    margin_rate: Rate | None = None
+    price_step: Size | None = None  # money value of one min_step
+    price_max: Price | None = None
+    price_min: Price | None = None
+    theor_price: Price | None = None
+    theor_price_limit: Price | None = None
+    volatility: Rate | None = None
     currency: str | None = None
     isin: str | None = None
-    yield_: float | None = None
+    yield_: Rate | None = None
     board: str | None = None
     primary_board: str | None = None
-    trading_status: int | None = None  # compare with enums.TradingStatus
+    trading_status: Int64 | None = None  # compare with enums.TradingStatus
     trading_status_info: str | None = None
     complex_product_category: str | None = None
-    price_multiplier: float | None = None
-    price_shown_units: float | None = None
+    price_multiplier: Rate | None = None
+    price_shown_units: Rate | None = None
 
 
 @formats(simple={"bars": "history"}, slim={"bars": "h"}, heavy={"bars": "history"})
@@ -131,19 +131,25 @@ class HistoryPage(Model, frozen=True):
     """
 
     bars: list[Bar] = msgspec.field(default_factory=list)
-    next: int | None = None
-    prev: int | None = None
+    next: Time | None = None
+    prev: Time | None = None
 
 
-@formats(simple={"trades": "list"}, slim={"trades": "list"}, heavy={"trades": "list"})
+@formats(
+    simple={"trades": "list"},
+    slim={"trades": "list"},
+    heavy={"trades": "list"},
+    wire={"trades": Wire(list[Trade] | Trade, as_list)},
+)
 class AllTradesPage(Model, frozen=True):
     """One ``/md/v2/Securities/{exchange}/{symbol}/alltrades/history`` answer (§8).
 
     ``total`` counts every trade the query matches; ``trades`` (wire ``list``, an array per
-    §12.13) is the page asked for with ``limit``/``offset``, in the §4.4 trade shape.
+    §12.13) is the page asked for with ``limit``/``offset``, in the §4.4 trade shape. ALOR's
+    own example gives ``list`` as a single trade object: that is read as a one-trade page.
     """
 
-    total: int = 0
+    total: Count = 0
     trades: list[Trade] = msgspec.field(default_factory=list)
 
 

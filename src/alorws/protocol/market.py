@@ -3,13 +3,20 @@
 One model per stream, the same field names in every format. Times keep the wire's units:
 ``*_timestamp`` fields are Unix milliseconds or seconds as named, ISO strings stay strings; see
 :mod:`alorws.protocol.timeutil` for conversions. Prices are ``float``; lots are ``int``.
+
+Ranges, checked while decoding (a value outside fails as a ``FrameError`` naming the field; see
+:mod:`alorws.protocol._model`): prices (trades, book levels, candles, quotes, price limits) are
+signed: MOEX allows negative prices on some derivatives (commodity futures since 2020, calendar
+spreads), so a negative price is a value, not an error. A trade's quantity and id are
+``0..2**63-1``; volumes, open interest, timestamps, lot sizes and face values are ``>= 0``.
+Every float is finite.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from ._model import Model, formats
+from ._model import Count, Int64, Model, Money, Price, Rate, Size, Time, Volume, formats
 from .enums import Side
 
 
@@ -25,8 +32,10 @@ __all__ = [
     "Trade",
 ]
 
-_UnsetFloat = float | None | msgspec.UnsetType
-_UnsetInt = int | None | msgspec.UnsetType
+_UnsetPrice = Price | None | msgspec.UnsetType
+_UnsetMoney = Money | None | msgspec.UnsetType
+_UnsetRate = Rate | None | msgspec.UnsetType
+_UnsetInt = Int64 | None | msgspec.UnsetType
 _UnsetStr = str | None | msgspec.UnsetType
 
 
@@ -93,29 +102,29 @@ class Quote(Model, frozen=True):
     exchange: str | None = None
     description: str | None = None
     currency: str | None = None  # Heavy only
-    prev_close_price: float | None = None  # not in Slim
-    last_price: float | None = None
-    last_price_timestamp: int | None = None  # Unix seconds
-    high_price: float | None = None
-    low_price: float | None = None
-    volume: int | None = None
-    open_interest: int | None = None
-    ask: float | None = None
-    bid: float | None = None
-    ask_vol: int | None = None
-    bid_vol: int | None = None
-    ob_ms_timestamp: int | None = None  # Unix milliseconds
-    open_price: float | None = None
-    yield_: float | None = None
-    lot_size: float | None = None
-    lot_value: float | None = None
-    face_value: float | None = None
+    prev_close_price: Price | None = None  # not in Slim
+    last_price: Price | None = None
+    last_price_timestamp: Time | None = None  # Unix seconds
+    high_price: Price | None = None
+    low_price: Price | None = None
+    volume: Volume | None = None
+    open_interest: Volume | None = None
+    ask: Price | None = None
+    bid: Price | None = None
+    ask_vol: Volume | None = None
+    bid_vol: Volume | None = None
+    ob_ms_timestamp: Time | None = None  # Unix milliseconds
+    open_price: Price | None = None
+    yield_: Rate | None = None
+    lot_size: Size | None = None
+    lot_value: Money | None = None
+    face_value: Size | None = None
     type: str | None = None
-    total_bid_vol: int | None = None
-    total_ask_vol: int | None = None
-    accrued_interest: float | None = None
-    change: float | None = None  # not in Slim
-    change_percent: float | None = None  # not in Slim
+    total_bid_vol: Volume | None = None
+    total_ask_vol: Volume | None = None
+    accrued_interest: Money | None = None
+    change: Price | None = None  # not in Slim
+    change_percent: Rate | None = None  # not in Slim
 
     @property
     def spread(self) -> float | None:
@@ -134,9 +143,9 @@ class Quote(Model, frozen=True):
 class BookLevel(Model, frozen=True):
     """One price level of an order book: price and volume in lots (Slim bonds add ``yield_``)."""
 
-    price: float
-    volume: int
-    yield_: float | None = None
+    price: Price
+    volume: Volume
+    yield_: Rate | None = None
 
 
 @formats(
@@ -157,7 +166,7 @@ class OrderBook(Model, frozen=True):
 
     bids: list[BookLevel] = msgspec.field(default_factory=list)
     asks: list[BookLevel] = msgspec.field(default_factory=list)
-    ms_timestamp: int | None = None  # Unix milliseconds
+    ms_timestamp: Time | None = None  # Unix milliseconds
     existing: bool = False
 
     @property
@@ -178,12 +187,12 @@ class Bar(Model, frozen=True):
     The forming candle is re-sent with the same ``time``; a later ``time`` starts a new candle.
     """
 
-    time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: int
+    time: Time
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: Volume
 
 
 @formats(
@@ -208,17 +217,17 @@ class Trade(Model, frozen=True):
     is the aggressor's. ``existing`` marks trades replayed from ``depth``.
     """
 
-    id: int
+    id: Count
     symbol: str | None = None
     board: str | None = None
-    qty: int = 0
-    price: float = 0.0
+    qty: Count = 0
+    price: Price = 0.0
     time: str | None = None
-    timestamp: int | None = None
+    timestamp: Time | None = None
     side: Side | None = None
-    oi: int | None = None
+    oi: Volume | None = None
     existing: bool = False
-    order_no: str | int | None = None  # Simple only
+    order_no: str | Count | None = None  # Simple only
 
 
 @formats(
@@ -252,14 +261,14 @@ class InstrumentPatch(Model, frozen=True):
     board: _UnsetStr = msgspec.UNSET
     trading_status: _UnsetInt = msgspec.UNSET
     trading_status_info: _UnsetStr = msgspec.UNSET
-    price_min: _UnsetFloat = msgspec.UNSET
-    price_max: _UnsetFloat = msgspec.UNSET
-    margin_buy: _UnsetFloat = msgspec.UNSET
-    margin_sell: _UnsetFloat = msgspec.UNSET
-    margin_synthetic: _UnsetFloat = msgspec.UNSET
-    theor_price: _UnsetFloat = msgspec.UNSET
-    theor_price_limit: _UnsetFloat = msgspec.UNSET
-    volatility: _UnsetFloat = msgspec.UNSET
+    price_min: _UnsetPrice = msgspec.UNSET
+    price_max: _UnsetPrice = msgspec.UNSET
+    margin_buy: _UnsetMoney = msgspec.UNSET
+    margin_sell: _UnsetMoney = msgspec.UNSET
+    margin_synthetic: _UnsetMoney = msgspec.UNSET
+    theor_price: _UnsetPrice = msgspec.UNSET
+    theor_price_limit: _UnsetPrice = msgspec.UNSET
+    volatility: _UnsetRate = msgspec.UNSET
 
 
 class InstrumentState(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -305,14 +314,14 @@ _PATCH_FIELDS = tuple(f.name for f in msgspec.structs.fields(InstrumentPatch) if
 class Cluster(Model, frozen=True):
     """Traded volume at one price within a cluster period."""
 
-    price: float
-    buy_qty: int = 0
-    sell_qty: int = 0
+    price: Price
+    buy_qty: Volume = 0
+    sell_qty: Volume = 0
 
 
 @formats()
 class ClusterSnapshot(Model, frozen=True):
     """Trade clusters of one period (``ClustersGetAndSubscribe``, UI-only opcode, §4.13)."""
 
-    timestamp: int
+    timestamp: Time
     trade_clusters: list[Cluster] = msgspec.field(default_factory=list)

@@ -9,6 +9,11 @@ Every request validates itself on construction and on decoding (the simulator de
 frames with :data:`AnySubscriptionRequest`), raising :class:`~alorws.errors.InvalidArgumentError`
 (wrapped by msgspec into ``msgspec.ValidationError`` when decoding) that names the field.
 Enum-like values are accepted in any casing and always sent in their documented spelling (§3.2).
+
+Decoding accepts what real clients send (§4.4, §4.13): keys a request does not have (``guid``,
+``token``, the web terminal's ``repeatCount``, AlorPy's ``prev``) are ignored; an
+``instrumentGroup`` of ``null`` or ``""`` means no board; ``depth: 0`` asks the tape for no
+history; the web terminal's older opcode ``AllTradesSubscribe`` decodes as an all-trades request.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from ..errors import InvalidArgumentError
+from ._model import DECIMAL_MAX, INT64_MAX
 from .enums import Exchange, Format, OrderStatus, SubscriptionOpcode
 
 
@@ -92,7 +98,8 @@ def _flag(field: str, value: object) -> bool:
 
 
 def _int(field: str, value: object, low: int, high: int | None = None) -> int:
-    """An int (not a bool) in ``low..high``."""
+    """An int (not a bool) in ``low..high``; without ``high``, at most ``2**63 - 1`` (the
+    server's integers are 64-bit)."""
     if type(value) is not int:
         raise InvalidArgumentError(field, f"must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
@@ -101,20 +108,38 @@ def _int(field: str, value: object, low: int, high: int | None = None) -> int:
         else:
             bounds = "> 0" if low == 1 else f">= {low}"
         raise InvalidArgumentError(field, f"must be {bounds}, got {value}")
+    if value > INT64_MAX:
+        raise InvalidArgumentError(
+            field, f"must be at most 2**63 - 1 (a 64-bit integer on the server), got {value}"
+        )
     return value
 
 
 def _positive_number(field: str, value: object) -> float:
-    """A finite number > 0, normalized to float (ints and Decimals are accepted)."""
+    """A finite number > 0 and at most ``DECIMAL_MAX`` (the server's ``decimal`` holds no
+    more), normalized to float (ints and Decimals are accepted)."""
     if isinstance(value, bool | str | bytes):  # float() would take "1.5" and True
         raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}")
     try:
         number = float(value)  # type: ignore[arg-type]  # int, float, Decimal, Fraction, numpy
     except (TypeError, ValueError):
         raise InvalidArgumentError(field, f"must be a number, got {type(value).__name__}") from None
+    except OverflowError:  # an int or Fraction beyond the float range
+        number = math.inf
     if not math.isfinite(number) or number <= 0:
         raise InvalidArgumentError(field, f"must be a finite number > 0, got {value!r}")
+    if number > DECIMAL_MAX:
+        raise InvalidArgumentError(
+            field, f"must be at most {DECIMAL_MAX:.4g} (the server's decimal range), got {value!r}"
+        )
     return number
+
+
+def _board(value: object) -> object:
+    """§3.6: a board code; ``None`` or ``""`` (what the web terminal sends) mean no board."""
+    if value is None or value == "":
+        return UNSET
+    return _text("instrument_group", value)
 
 
 def _enum(field: str, cls: type[E], value: object) -> E:
@@ -168,7 +193,7 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "format": lambda v: _enum("format", Format, v),
     "code": lambda v: _text("code", v),  # §4: ticker, required
     "portfolio": lambda v: _text("portfolio", v),  # §4.6-§4.12: required
-    "instrument_group": lambda v: _text("instrument_group", v),  # §3.6: board
+    "instrument_group": _board,  # §3.6: board
     # §3.6: ms; the server clamps it up to ``Format.min_frequency_ms`` (§12.4) — we do not.
     "frequency": lambda v: _int("frequency", v, 0),
     "skip_history": lambda v: _flag("skip_history", v),  # §3.6
@@ -227,7 +252,7 @@ class OrderBookRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDER_BOOK
 
     code: str
-    instrument_group: str | UnsetType = UNSET
+    instrument_group: str | None | UnsetType = UNSET
     depth: int = 20  # §4.1: levels per side, 1..50 [V]
     frequency: int | UnsetType = UNSET
 
@@ -238,7 +263,7 @@ class QuotesRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="QuotesS
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.QUOTES
 
     code: str
-    instrument_group: str | UnsetType = UNSET
+    instrument_group: str | None | UnsetType = UNSET
     frequency: int | UnsetType = UNSET
 
 
@@ -252,7 +277,7 @@ class BarsRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="BarsGetAn
     from_: int = msgspec.field(name="from")  # §4.3: UTC Unix seconds of the first candle
     skip_history: bool | UnsetType = UNSET
     split_adjust: bool | UnsetType = UNSET
-    instrument_group: str | UnsetType = UNSET
+    instrument_group: str | None | UnsetType = UNSET
     frequency: int | UnsetType = UNSET
     slice_mode: str | UnsetType = UNSET  # §4.3: SDK-only, meaning unknown [U]
 
@@ -260,13 +285,14 @@ class BarsRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="BarsGetAn
 class AllTradesRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="AllTradesGetAndSubscribe"
 ):
-    """§4.4: anonymous tape (all trades), optionally preceded by the last ``depth`` trades."""
+    """§4.4: anonymous tape (all trades), optionally preceded by the last ``depth`` trades
+    (``0``, AlorPy's default, asks for none)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ALL_TRADES
-    _depth_range: ClassVar[tuple[int, int]] = (1, 5000)  # §4.4: max 5000 [V]
+    _depth_range: ClassVar[tuple[int, int]] = (0, 5000)  # §4.4: max 5000 [V]; 0 = no history
 
     code: str
-    instrument_group: str | UnsetType = UNSET
+    instrument_group: str | None | UnsetType = UNSET
     depth: int | UnsetType = UNSET
     include_virtual_trades: bool | UnsetType = UNSET
 
@@ -279,7 +305,7 @@ class InstrumentRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.INSTRUMENT
 
     code: str
-    instrument_group: str | UnsetType = UNSET
+    instrument_group: str | None | UnsetType = UNSET
 
 
 class PositionsRequest(
@@ -290,6 +316,7 @@ class PositionsRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.POSITIONS
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
@@ -301,6 +328,7 @@ class SummariesRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SUMMARIES
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
@@ -310,6 +338,7 @@ class RisksRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="RisksGet
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.RISKS
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
@@ -321,6 +350,7 @@ class SpectraRisksRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SPECTRA_RISKS
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
@@ -332,6 +362,7 @@ class OwnTradesRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.TRADES
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
@@ -341,6 +372,7 @@ class OrdersRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="OrdersG
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDERS
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
     order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
 
@@ -353,6 +385,7 @@ class StopOrdersRequest(
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.STOP_ORDERS
 
     portfolio: str
+    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
     order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
 
@@ -369,11 +402,20 @@ class ClustersRequest(
     from_: int = msgspec.field(name="from")  # §4.13: UTC Unix seconds
 
 
+class _AllTradesSubscribe(AllTradesRequest, frozen=True, kw_only=True, tag="AllTradesSubscribe"):
+    """§4.4, §4.13: the web terminal's older opcode of the all-trades tape (decoding only).
+
+    An instance is an :class:`AllTradesRequest` in every respect but its class and the opcode
+    it would be re-encoded with; alorws itself always sends ``AllTradesGetAndSubscribe``.
+    """
+
+
 AnySubscriptionRequest = (
     OrderBookRequest
     | QuotesRequest
     | BarsRequest
     | AllTradesRequest
+    | _AllTradesSubscribe
     | InstrumentRequest
     | PositionsRequest
     | SummariesRequest

@@ -225,6 +225,13 @@ class Simulator:
             hub.publish_account(account_events)
         return sum(1 for e in events if isinstance(e, TradePrinted))
 
+    def set_trading_status(self, symbol: str, status: int) -> None:
+        """Change the trading status of ``symbol`` now and publish the partial update (§4.5).
+
+        ``status`` is an exchange code (2 is a break, 17 normal trading).
+        """
+        self.server.hub.publish_market(self.market.set_status(symbol, status))
+
     def stats(self) -> dict[str, Any]:
         """Connections and subscriptions per account, and counters."""
         return self.server.stats()

@@ -113,9 +113,8 @@ _DAY_MS: Final = 86_400_000
 _STOP_LIFETIME_MS: Final = 30 * _DAY_MS  # stopEndUnixTime 0 / unset (§6.3)
 _GTC_LIFETIME_MS: Final = 365 * _DAY_MS
 _MARKET_OF_PREFIX: Final = (("7500", "FORTS"), ("D", "FOND"), ("G", "CURR"))
-_RISK_RATE: Final[dict[str, float]] = {"FOND": 0.25, "CURR": 0.2}
-_BOND_RISK_RATE: Final = 0.1
 _FORTS_FEE_PER_LOT: Final = 1.0
+_PROTECTING_SECONDS: Final = 15  # a stop order's protecting time when the command has none
 
 
 # -- public value types ------------------------------------------------------------------------
@@ -299,6 +298,15 @@ def _margin(info: InstrumentInfo, side: Side) -> float | None:
 
 def _money(x: float) -> float:
     return round(x, 2)
+
+
+def _lots(x: float) -> Any:
+    """Money in lots of 1 RUB, to the kopeck: an int when whole (``1000000``, not ``1000000.0``).
+
+    Typed ``Any``: the model's lot fields are ints, money's lots are fractional (§4.6).
+    """
+    x = round(x, 2)
+    return int(x) if x.is_integer() else x
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -507,12 +515,11 @@ class TradingEngine:
         | UpdateStopLimit,
     ) -> InstrumentInfo:
         ref = command.instrument
-        board: str | None = None
-        # §12.8: instrument.instrumentGroup wins over a top-level board.
-        if ref.instrument_group is not UNSET:
-            board = ref.instrument_group
-        elif command.board is not UNSET:
-            board = command.board
+        # §12.8: instrument.instrumentGroup wins over a top-level board; an empty one names none.
+        group, top = ref.instrument_group, command.board
+        board = group if isinstance(group, str) and group else None
+        if board is None and isinstance(top, str) and top:
+            board = top
         exchange = str(ref.exchange)
         info = self.market.find(ref.symbol, exchange, board)
         if info is None:
@@ -891,8 +898,13 @@ class TradingEngine:
             existing=False,
             time_in_force=tif,
             iceberg=iceberg,
-            volume=_money(info.value(limit, units)) if limit is not None else None,
-            protecting_seconds=None if cmd.protecting_seconds is UNSET else cmd.protecting_seconds,
+            # What it would trade for: at the limit, or at the trigger for a stop-market order.
+            volume=_money(info.value(trigger if limit is None else limit, units)),
+            protecting_seconds=(
+                cmd.protecting_seconds
+                if isinstance(cmd.protecting_seconds, int)
+                else _PROTECTING_SECONDS
+            ),
         )
         stop = _Stop(p, info, model, self.market.last_trade_id)
         if cmd.activate is False:
@@ -1066,13 +1078,14 @@ class TradingEngine:
             volume=_money(at_avg),
             current_volume=_money(now_value),
             avg_price=round(pos.avg, info.decimals + 4),
-            qty_units=float(units),
-            open_units=float(pos.open_units),
-            lot_size=float(lot),
-            qty_t0=float(pos.open_units),  # T+1: today's trades settle tomorrow
-            qty_t1=float(units),
-            qty_t2=float(units),
-            qty_t_future=float(units),
+            # Pieces and lots of a security are whole: ints, so the wire has `10`, not `10.0`.
+            qty_units=units,
+            open_units=pos.open_units,
+            lot_size=lot,
+            qty_t0=pos.open_units,  # T+1: today's trades settle tomorrow
+            qty_t1=units,
+            qty_t2=units,
+            qty_t_future=units,
             qty_t0_batch=pos.open_units // lot,
             qty_t1_batch=units // lot,
             qty_t2_batch=units // lot,
@@ -1087,31 +1100,33 @@ class TradingEngine:
 
     @staticmethod
     def _money_position(p: _Portfolio) -> Position:
-        cash = _money(p.cash)
+        # As ALOR shows money (§4.6, §12): lot size 1, so the lots are the (fractional) units.
+        cash = _lots(p.cash)
+        opening = _lots(p.cash_open)
         return Position(
             symbol="RUB",
             portfolio=p.id,
             broker_symbol="MOEX:RUB",
             exchange="MOEX",
-            short_name="Рубль",
-            volume=0.0,
-            current_volume=0.0,
-            avg_price=0.0,
+            short_name="RUB",
+            volume=0,
+            current_volume=0,
+            avg_price=0,
             qty_units=cash,
-            open_units=_money(p.cash_open),
-            lot_size=0.0,
+            open_units=opening,
+            lot_size=1,
             qty_t0=cash,
             qty_t1=cash,
             qty_t2=cash,
             qty_t_future=cash,
-            qty_t0_batch=0,
-            qty_t1_batch=0,
-            qty_t2_batch=0,
-            qty_t_future_batch=0,
-            qty_batch=0,
-            open_qty_batch=0,
-            daily_unrealised_pl=0.0,
-            unrealised_pl=0.0,
+            qty_t0_batch=cash,
+            qty_t1_batch=cash,
+            qty_t2_batch=cash,
+            qty_t_future_batch=cash,
+            qty_batch=cash,
+            open_qty_batch=opening,
+            daily_unrealised_pl=0,
+            unrealised_pl=0,
             is_currency=True,
             existing=False,
         )
@@ -1144,8 +1159,7 @@ class TradingEngine:
             else:
                 value = self._value_now(pos)
                 holdings += value
-                rate = _BOND_RISK_RATE if info.is_bond else _RISK_RATE.get(info.market, 0.25)
-                initial += abs(value) * rate
+                initial += abs(value) * info.risk_rate
         evaluation = p.cash + (vm if p.market == "FORTS" else holdings)
         return evaluation, initial, vm
 

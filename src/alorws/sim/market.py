@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import msgspec
+
 from ..protocol.enums import Format, Side, TradingStatus
 from ..protocol.market import (
     Bar,
@@ -57,6 +59,7 @@ __all__ = [
     "StatusChanged",
     "SyntheticMarket",
     "TradePrinted",
+    "bucket_end",
     "bucket_start",
     "iso_time",
     "symbols_of",
@@ -74,6 +77,9 @@ _STATUS_INFO: Final[dict[int, str]] = {
     TradingStatus.NORMAL_TRADING: "нормальный период торгов",
     TradingStatus.BREAK: "перерыв в торгах",
 }
+#: Initial margin of each client risk class relative to the standard one: clients of a lower
+#: risk level put up more (the ratios of ALOR's Heavy Securities example).
+_RISK_CLASSES: Final = (("Low", 1.33), ("Standard", 1.0), ("High", 0.55), ("Special", 0.55))
 _FIRST_TRADE_ID: Final = 11_482_200_000  # int64 ids, as ALOR's (TV-09)
 _RECENT_TRADES: Final = 10_000  # per instrument: replay depth (≤5000, §4.4) and clusters
 _MAX_GAP_MS: Final = 60_000  # a longer silence between steps is skipped, not replayed
@@ -113,7 +119,8 @@ def bucket_start(t: int, tf: int) -> int:
     return t - t % tf
 
 
-def _bucket_end(start: int, tf: int) -> int:
+def bucket_end(start: int, tf: int) -> int:
+    """The open time (Unix s) of the ``tf``-second candle after the one opening at ``start``."""
     if tf == TIMEFRAMES["M"]:
         d = _EPOCH + timedelta(seconds=start)
         year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
@@ -209,6 +216,13 @@ class InstrumentInfo:
     def price_of(self, ticks: int) -> float:
         """The price of grid index ``ticks``, rounded to the instrument's decimals."""
         return round(ticks * self.price_step, self.decimals)
+
+    @property
+    def risk_rate(self) -> float:
+        """Initial margin of a standard-risk client, a fraction of the value held (not FORTS)."""
+        if self.is_bond:
+            return 0.1
+        return 0.2 if self.market == "CURR" else 0.25
 
     def on_grid(self, price: float) -> bool:
         """True when ``price`` is a multiple of ``price_step`` (to float precision)."""
@@ -470,7 +484,7 @@ def _aggregate(
             if hi != -1:
                 out.append((bt, bo, bh, bl, bc, bv))
             lo = bucket_start(t, tf)
-            hi = _bucket_end(lo, tf)
+            hi = bucket_end(lo, tf)
             bt, bo, bh, bl, bc, bv = lo, o, h, low, c, v
             continue
         if h > bh:
@@ -553,7 +567,7 @@ class _Series:
         if self._lo <= t < self._hi:
             return self._lo
         lo = bucket_start(t, self.tf)
-        self._lo, self._hi = lo, _bucket_end(lo, self.tf)
+        self._lo, self._hi = lo, bucket_end(lo, self.tf)
         return lo
 
     def _new(self, t: int, candle: _Candle) -> None:
@@ -967,6 +981,7 @@ class SyntheticMarket:
             side=side,
             oi=oi,
             existing=False,
+            order_no=0,  # Simple `orderno`: ALOR sends 0 on the anonymous tape
         )
         if not late:
             s.last_price = price
@@ -978,6 +993,19 @@ class SyntheticMarket:
         for series in s.series.values():
             series.add_trade(ts_s, price, qty, late)
         out.append(TradePrinted(trade))
+
+    def set_status(self, symbol: str, status: int) -> list[MarketEvent]:
+        """Set the trading status of ``symbol`` now and return its partial update (§4.5).
+
+        For tests and demos; the market also pauses on its own (``break_interval_s``).
+        """
+        s = self._sym(symbol)
+        s.status = int(status)
+        s.status_info = _STATUS_INFO.get(s.status, "")
+        patch = InstrumentPatch(
+            symbol=s.info.symbol, trading_status=s.status, trading_status_info=s.status_info
+        )
+        return [StatusChanged(patch)]
 
     def _toggle_status(self, s: _Sym, t: int, out: list[MarketEvent]) -> None:
         if s.status == TradingStatus.NORMAL_TRADING:
@@ -1108,7 +1136,13 @@ class SyntheticMarket:
             high_price=cur.h if cur else None,
             low_price=cur.l if cur else None,
             volume=cur.v if cur else 0,
-            accrued_interest=self._accrued(info, self._clock(s)) if info.is_bond else 0.0,
+            accrued_interest=(
+                None
+                if info.market == "FORTS"  # no coupon: null, as ALOR's futures quotes
+                else self._accrued(info, self._clock(s))
+                if info.is_bond
+                else 0.0
+            ),
             open_interest=s.oi if info.market == "FORTS" else None,
             yield_=self._yield_fn(info, self._clock(s))(s.last_price) if info.is_bond else None,
             ask=info.price_of(s.ask),
@@ -1127,10 +1161,14 @@ class SyntheticMarket:
         )
 
     def instrument_patch(self, symbol: str) -> InstrumentPatch:
-        """The complete first ``InstrumentsGetAndSubscribeV2`` message (§4.5)."""
+        """The complete first ``InstrumentsGetAndSubscribeV2`` message (§4.5).
+
+        Status and price band; FORTS instruments add their margins. The option fields
+        (synthetic margin, theoretical prices, volatility) are not sent: there are no options.
+        """
         s = self._sym(symbol)
         info = s.info
-        return InstrumentPatch(
+        patch = InstrumentPatch(
             symbol=info.symbol,
             exchange=info.exchange,
             board=info.board,
@@ -1138,22 +1176,45 @@ class SyntheticMarket:
             trading_status_info=s.status_info,
             price_min=info.price_min,
             price_max=info.price_max,
-            margin_buy=info.margin_buy if info.margin_buy is not None else 0.0,
-            margin_sell=info.margin_sell if info.margin_sell is not None else 0.0,
-            margin_synthetic=0.0,
-            theor_price=0.0,
-            theor_price_limit=0.0,
-            volatility=0.0,
         )
+        if info.market == "FORTS":
+            patch = msgspec.structs.replace(
+                patch, margin_buy=info.margin_buy, margin_sell=info.margin_sell
+            )
+        return patch
 
-    def security(self, symbol: str, fmt: Format | str = Format.SIMPLE) -> dict[str, Any]:
-        """The ``/md/v2/Securities/{exchange}/{symbol}`` object with the live status (§8)."""
+    def security(
+        self, symbol: str, fmt: Format | str = Format.SIMPLE, *, complete: bool = False
+    ) -> dict[str, Any]:
+        """The ``/md/v2/Securities/{exchange}/{symbol}`` object with the live status (§8).
+
+        With ``complete``, Heavy also has what no model field holds, as the HTTP server sends
+        it: the currencies and the initial margin per lot for each client risk class.
+        """
         s = self._sym(symbol)
         info = s.info
         ytm = self._yield_fn(info, self._clock(s))(s.last_price) if info.is_bond else None
-        return info.security(
+        out = info.security(
             fmt, trading_status=s.status, trading_status_info=s.status_info, yield_=ytm
         )
+        if not complete or Format(fmt) is not Format.HEAVY:
+            return out
+        full: dict[str, Any] = {}
+        for key, value in out.items():
+            full[key] = value
+            if key == "currency":
+                full["nominalCurrency"] = info.currency
+                full["settlementCurrency"] = None
+                full["underlyingCurrency"] = None
+        if info.market == "FORTS":
+            long = info.margin_buy or 0.0
+            short = info.margin_sell or 0.0
+        else:
+            long = short = info.value(s.last_price, info.lot_size) * info.risk_rate
+        for risk, factor in _RISK_CLASSES:
+            full[f"initialMargin{risk}RiskLong"] = round(long * factor, 2)
+            full[f"initialMargin{risk}RiskShort"] = round(short * factor, 2)
+        return full
 
     def last_trades(self, symbol: str, n: int) -> list[Trade]:
         """The most recent ``n`` anonymous trades (up to 10000), oldest first (§4.4 ``depth``).
@@ -1167,6 +1228,80 @@ class SyntheticMarket:
         if n >= len(recent):
             return list(recent)
         return list(recent)[-n:]
+
+    def trades_history(
+        self, symbol: str, from_s: int | None, to_s: int | None, offset: int, limit: int
+    ) -> tuple[int, list[Trade]]:
+        """Anonymous trades of previous sessions (before today, UTC) in ``[from_s, to_s]`` (§8).
+
+        Rebuilt from the one-minute history, so they agree with the candles: four prints a
+        minute, 15 s apart (the open, both extremes, the close), sharing the minute's volume,
+        with ids below the live tape's. Returns how many trades match and the ``limit`` of them
+        after ``offset``, oldest first.
+        """
+        s = self._sym(symbol)
+        info = s.info
+        history = self._history(s)
+        if not history:
+            return 0, []
+        first = history[0][0]
+        session = bucket_start(self._clock(s) // 1000, _DAY)
+        n = bisect.bisect_left(history, session, key=lambda c: c[0])
+        # Print j is at first + 15 j (the minutes are contiguous).
+        lo = 0 if from_s is None else max(0, -((first - from_s) // 15))
+        hi = 4 * n - 1 if to_s is None else min(4 * n - 1, (to_s - first) // 15)
+        total = max(0, hi - lo + 1)
+        start = lo + max(0, offset)
+        stop = min(hi + 1, start + max(0, limit))
+        base = _FIRST_TRADE_ID - 4 * len(history)
+        oi = s.spec.open_interest if info.market == "FORTS" else 0
+        price_of = info.price_of
+        page: list[Trade] = []
+        for j in range(start, stop):
+            t, o, h, low, c, v = history[j // 4]
+            k = j % 4
+            path = (o, low, h, c) if c >= o else (o, h, low, c)
+            ticks = path[k]
+            before = path[k - 1] if k else (history[j // 4 - 1][4] if j >= 4 else o)
+            ms = (first + 15 * j) * 1000
+            page.append(
+                Trade(
+                    id=base + j + 1,
+                    symbol=info.symbol,
+                    board=info.board,
+                    qty=v // 4 + (v % 4 if k == 3 else 0),
+                    price=price_of(ticks),
+                    time=iso_time(ms),
+                    timestamp=ms,
+                    side=Side.BUY if ticks >= before else Side.SELL,
+                    oi=oi,
+                    existing=False,
+                    order_no=0,
+                )
+            )
+        return total, page
+
+    def actual_future(self, base: str, exchange: str = "MOEX") -> InstrumentInfo | None:
+        """The nearest unexpired future of base code ``base`` (``Si`` -> Si-12.26), or None.
+
+        The catalogue is fixed while the clock is not: once every future of the base has
+        passed its expiry, the last to expire is the actual one (it still trades here).
+        """
+        now = self._now // 1000
+        found = sorted(
+            (
+                info
+                for info in self.instruments.values()
+                if info.market == "FORTS"
+                and info.exchange.casefold() == exchange.casefold()
+                and info.short_name.split("-")[0].casefold() == base.casefold()
+            ),
+            key=self._maturity_s,
+        )
+        for info in found:
+            if self._maturity_s(info) > now:
+                return info
+        return found[-1] if found else None
 
     # -- candles -------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The simulator's aiohttp application: one port, like ALOR's one host (issue point 1).
 
 Routes: ``/ws`` (subscriptions, §3-§5), ``/cws`` (order commands, §6), ``POST /refresh`` (the
-oauth service, §2.2), the HTTP subset of §8 (``/md/v2/...`` and ``/commandapi/...``) and, only
-when enabled, the admin endpoints ``/sim/*`` that inject faults.
+oauth service, §2.2), the HTTP subset of §8 (``/md/v2/...``, the own trade history under
+``/md/stats/...`` and ``/commandapi/...``) and, only when enabled, the admin endpoints
+``/sim/*`` that inject faults.
 
 Connection limit (§12.9). ALOR's ``/ws`` handshake carries no credentials: the token travels
 inside each request (§2.5). The simulator therefore attributes a connection to an account
@@ -37,12 +38,17 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import WSMsgType, web
 
-from ..protocol._model import Model, to_wire
-from ..protocol.account import Order, StopOrder
+from ..protocol._model import Model
+from ..protocol.account import Order, OwnTrade, StopOrder
 from ..protocol.commands import CommandFrameError, decode_command
-from ..protocol.enums import Format
+from ..protocol.enums import Format, Side
+from ..protocol.http_models import AllTradesPage
+from ..protocol.market import Trade
+from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
+from .market import bucket_end, bucket_start
 from .subscriptions import Connection, Hub, Limits, status_frame, tf_seconds
+from .wire import wire
 
 
 if TYPE_CHECKING:
@@ -111,6 +117,54 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"code": status, "message": message}, status)
+
+
+def _bad(name: str, what: str, text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"{name}: {what}, got {text!r}")
+
+
+def _int_arg(
+    request: web.Request, name: str, low: int | None = None, high: int | None = None
+) -> int | None:
+    """An optional integer query parameter (None when absent or empty); 400 if invalid."""
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad(name, "must be an integer", text) from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"{low}..{high}"
+        raise _bad(name, f"must be {bounds}", text)
+    return value
+
+
+def _float_arg(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise _bad(name, "must be a number", text) from None
+
+
+def _bool_arg(request: web.Request, name: str) -> bool:
+    text = request.query.get(name, "").lower()
+    if text not in ("", "true", "false"):
+        raise _bad(name, "must be true or false", text)
+    return text == "true"
+
+
+def _side_arg(request: web.Request) -> Side | None:
+    text = request.query.get("side", "")
+    if not text:
+        return None
+    try:
+        return Side(text)
+    except ValueError:
+        raise _bad("side", "must be buy or sell", text) from None
 
 
 class SimServer:
@@ -255,10 +309,17 @@ class SimServer:
         r.add_get("/md/v2/Securities/{exchange}", self._securities_exchange)
         r.add_get("/md/v2/Securities/{exchange}/{symbol}", self._security)
         r.add_get("/md/v2/Securities/{exchange}/{symbol}/availableBoards", self._boards)
+        r.add_get("/md/v2/Securities/{exchange}/{symbol}/alltrades", self._all_trades)
+        r.add_get("/md/v2/Securities/{exchange}/{symbol}/alltrades/history", self._trades_history)
+        r.add_get("/md/v2/Securities/{exchange}/{symbol}/actualFuturesQuote", self._future_quote)
         r.add_get("/md/v2/orderbooks/{exchange}/{symbol}", self._orderbook)
         r.add_get("/md/v2/history", self._history)
         r.add_get("/md/v2/Clients/{exchange}/{portfolio}/{view}", self._client_view)
         r.add_get("/md/v2/Clients/{exchange}/{portfolio}/{view}/{order_id}", self._client_item)
+        for stats in ("/md/stats", "/md/v2/Stats"):
+            trades = stats + "/{exchange}/{portfolio}/history/trades"
+            r.add_get(trades, self._trade_stats)
+            r.add_get(trades + "/{symbol}", self._trade_stats)
         base = "/commandapi/warptrans/TRADE/v2/client/orders"
         r.add_post(base + "/actions/{kind}", self._http_create)
         r.add_put(base + "/actions/{kind}/{order_id}", self._http_update)
@@ -518,7 +579,12 @@ class SimServer:
             and (not exchange or info.exchange.upper() == exchange)
             and (not board or info.board.upper() == board)
         ]
-        return _json([self.market.security(i.symbol, fmt) for i in found[offset : offset + limit]])
+        return _json(
+            [
+                self.market.security(i.symbol, fmt, complete=True)
+                for i in found[offset : offset + limit]
+            ]
+        )
 
     async def _securities_exchange(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)
@@ -527,7 +593,7 @@ class SimServer:
         market = request.query.get("market", "").upper()
         return _json(
             [
-                self.market.security(info.symbol, fmt)
+                self.market.security(info.symbol, fmt, complete=True)
                 for info in self.market.instruments.values()
                 if info.exchange.upper() == exchange and (not market or info.market == market)
             ]
@@ -545,7 +611,8 @@ class SimServer:
 
     async def _security(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)
-        return _json(self.market.security(self._find(request).symbol, self._format(request)))
+        symbol = self._find(request).symbol
+        return _json(self.market.security(symbol, self._format(request), complete=True))
 
     async def _boards(self, request: web.Request) -> web.StreamResponse:
         info = self._find(request)
@@ -558,7 +625,7 @@ class SimServer:
             exchange, _, symbol = ticker.strip().rpartition(":")
             info = self.market.find(symbol, (exchange or "MOEX").upper())
             if info is not None:
-                out.append(to_wire(self.market.quote(info.symbol), fmt))
+                out.append(wire(self.market.quote(info.symbol), fmt))
         return _json(out)
 
     async def _orderbook(self, request: web.Request) -> web.StreamResponse:
@@ -571,7 +638,7 @@ class SimServer:
             depth = 0
         if not 1 <= depth <= 50:
             return _error(400, "depth: must be 1..50")
-        return _json(to_wire(self.market.order_book(info.symbol, depth), fmt))
+        return _json(wire(self.market.order_book(info.symbol, depth), fmt))
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         """§8: candles in ``[from, to]`` with ``next``/``prev`` paging timestamps."""
@@ -608,14 +675,12 @@ class SimServer:
         after = [
             b for b in self.market.bars(symbol, tf, last + tf, last + 1000 * tf) if b.time > last
         ]
+        # The nearest candles outside the page. Where there is none, the period just outside
+        # the asked range: ALOR always sends numbers, and a client paging on stops there.
+        nxt = after[0].time if after else bucket_end(bucket_start(end, tf), tf)
+        prev = before[-1].time if before else bucket_start(bucket_start(start, tf) - 1, tf)
         key = "h" if fmt is Format.SLIM else "history"
-        return _json(
-            {
-                key: [to_wire(b, fmt) for b in bars],
-                "next": after[0].time if after else None,
-                "prev": before[-1].time if before else None,
-            }
-        )
+        return _json({key: [wire(b, fmt) for b in bars], "next": nxt, "prev": prev})
 
     # -- account views over HTTP (§8) ---------------------------------------------------------
 
@@ -649,19 +714,31 @@ class SimServer:
             elif view == "stoporders":
                 items = list(engine.stop_orders(portfolio))
             elif view == "trades":
-                items = list(engine.trades(portfolio))
+                return _json([self._own_trade(t, fmt) for t in engine.trades(portfolio)])
             else:
                 return _error(404, f"Unknown view '{view}'")
-            return _json([to_wire(i, fmt) for i in items])
+            return _json([wire(i, fmt) for i in items])
         if single is None:
             return _error(404, f"No {view} for portfolio '{portfolio}'")
-        return _json(to_wire(single, fmt))
+        return _json(wire(single, fmt))
 
     async def _client_item(self, request: web.Request) -> web.StreamResponse:
         portfolio = self._portfolio(request)
         fmt = self._format(request)
-        view = request.match_info["view"].lower()
+        view = request.match_info["view"]
         order_id = request.match_info["order_id"]
+        if order_id.lower() == "trades":  # …/{portfolio}/{symbol}/trades: one instrument's
+            symbol = view.casefold()
+            trades = self.engine.trades(portfolio)
+            return _json(
+                [self._own_trade(t, fmt) for t in trades if (t.symbol or "").casefold() == symbol]
+            )
+        view = view.lower()
+        if view == "positions":
+            for position in self.engine.positions(portfolio):
+                if position.symbol.casefold() == order_id.casefold():
+                    return _json(wire(position, fmt))
+            return _error(404, f"No position in '{order_id}'")
         items: list[Order] | list[StopOrder]
         if view == "orders":
             items = self.engine.orders(portfolio)
@@ -671,8 +748,119 @@ class SimServer:
             return _error(404, f"Unknown view '{view}'")
         for item in items:
             if item.id == order_id:
-                return _json(to_wire(item, fmt))
+                return _json(wire(item, fmt))
         return _error(404, f"Order '{order_id}' not found")
+
+    def _own_trade(self, trade: OwnTrade, fmt: Format, *, names: bool = True) -> dict[str, Any]:
+        """An own trade as the HTTP answers have it: Heavy adds ``shortName`` and ``currency``
+        (``names``; not in the ``/md/stats`` history)."""
+        out = wire(trade, fmt)
+        if fmt is not Format.HEAVY or not names:
+            return out
+        info = self.market.instruments.get(trade.symbol or "")
+        full: dict[str, Any] = {}
+        for key, value in out.items():
+            full[key] = value
+            if key == "symbol":
+                full["shortName"] = info.short_name if info else None
+            elif key == "price":
+                full["currency"] = info.currency if info else None
+        return full
+
+    async def _trade_stats(self, request: web.Request) -> web.StreamResponse:
+        """§8: own trade history; the simulator's history is the session. Filters: ``ticker``
+        (or the path's symbol), ``side``, ``from`` (trade id), ``dateFrom``; ``limit``
+        (1..1000) and ``descending`` page it."""
+        portfolio = self._portfolio(request)
+        fmt = self._format(request)
+        symbol = request.match_info.get("symbol") or request.query.get("ticker") or ""
+        side = _side_arg(request)
+        from_id = _int_arg(request, "from", 0)
+        limit = _int_arg(request, "limit", 1, 1000)
+        descending = _bool_arg(request, "descending")
+        since = request.query.get("dateFrom", "")
+        try:  # a date (midnight UTC) or an ISO-8601 time
+            day = parse_iso(since if "T" in since else since + "T00:00:00Z") if since else None
+        except ValueError:
+            raise _bad("dateFrom", "must be a date or an ISO-8601 UTC time", since) from None
+        trades = [
+            t
+            for t in self.engine.trades(portfolio)
+            if (not symbol or (t.symbol or "").casefold() == symbol.casefold())
+            and (side is None or t.side is side)
+            and (from_id is None or int(t.id) >= from_id)
+            and (day is None or t.date is None or parse_iso(t.date) >= day)
+        ]
+        if descending:
+            trades.reverse()
+        if limit is not None:
+            trades = trades[:limit]
+        names = request.path.startswith("/md/v2/")  # the v2 history has the v2 trade shape
+        return _json([self._own_trade(t, fmt, names=names) for t in trades])
+
+    async def _all_trades(self, request: web.Request) -> web.StreamResponse:
+        """§8: the session's anonymous trades (the last 10000 printed), oldest first.
+
+        Filters: ``from``/``to`` (Unix s), ``fromId``/``toId``, ``qtyFrom``/``qtyTo`` (lots),
+        ``priceFrom``/``priceTo``, ``side``; paged by ``offset``/``take``, ``descending``
+        newest first. ``includeVirtualTrades`` changes nothing: there are no virtual trades.
+        """
+        self._auth(request)
+        fmt = self._format(request)
+        info = self._find(request)
+        start, end = _int_arg(request, "from", 0), _int_arg(request, "to", 0)
+        from_id, to_id = _int_arg(request, "fromId", 0), _int_arg(request, "toId", 0)
+        qty_from, qty_to = _int_arg(request, "qtyFrom", 0), _int_arg(request, "qtyTo", 0)
+        price_from, price_to = _float_arg(request, "priceFrom"), _float_arg(request, "priceTo")
+        side = _side_arg(request)
+        offset = _int_arg(request, "offset", 0) or 0
+        take = _int_arg(request, "take", 1)
+        descending = _bool_arg(request, "descending")
+        _bool_arg(request, "includeVirtualTrades")
+
+        def wanted(t: Trade) -> bool:
+            seconds = (t.timestamp or 0) // 1000
+            return (
+                (start is None or seconds >= start)
+                and (end is None or seconds <= end)
+                and (from_id is None or t.id >= from_id)
+                and (to_id is None or t.id <= to_id)
+                and (qty_from is None or t.qty >= qty_from)
+                and (qty_to is None or t.qty <= qty_to)
+                and (price_from is None or t.price >= price_from)
+                and (price_to is None or t.price <= price_to)
+                and (side is None or t.side is side)
+            )
+
+        found = [t for t in self.market.last_trades(info.symbol, 10_000) if wanted(t)]
+        if descending:
+            found.reverse()
+        page = found[offset:] if take is None else found[offset : offset + take]
+        return _json([wire(t, fmt) for t in page])
+
+    async def _trades_history(self, request: web.Request) -> web.StreamResponse:
+        """§8: anonymous trades of previous sessions, ``{"total": N, "list": [...]}``; ``limit``
+        (1..50000) is required, ``offset`` pages, ``from``/``to`` (Unix s) filter."""
+        self._auth(request)
+        fmt = self._format(request)
+        info = self._find(request)
+        limit = _int_arg(request, "limit", 1, 50_000)
+        if limit is None:
+            raise web.HTTPBadRequest(text="limit: required, 1..50000")
+        offset = _int_arg(request, "offset", 0) or 0
+        start, end = _int_arg(request, "from", 0), _int_arg(request, "to", 0)
+        total, page = self.market.trades_history(info.symbol, start, end, offset, limit)
+        return _json(wire(AllTradesPage(total=total, trades=page), fmt))
+
+    async def _future_quote(self, request: web.Request) -> web.StreamResponse:
+        """§8: the quote of the nearest future of a base code (``Si`` -> ``SiZ6``)."""
+        self._auth(request)
+        fmt = self._format(request)
+        exchange = request.match_info["exchange"].upper()
+        info = self.market.actual_future(request.match_info["symbol"], exchange)
+        if info is None:
+            raise web.HTTPNotFound(text="No active future with this base code")
+        return _json(wire(self.market.quote(info.symbol), fmt))
 
     # -- commandapi over HTTP (§8) ------------------------------------------------------------
 
@@ -690,7 +878,7 @@ class SimServer:
             return _json(
                 {
                     "message": "Request with such X-ALOR-REQID was already handled.",
-                    "oldResponse": {"status": seen[1], "body": seen[2]},
+                    "oldResponse": {"statusCode": seen[1], "body": seen[2]},
                 },
                 400,
             )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 import msgspec
 
-from ..protocol._model import Model, to_wire
+from ..protocol._model import Model
 from ..protocol.enums import Format, OrderStatus, SubscriptionOpcode
 from ..protocol.market import Bar, Cluster, ClusterSnapshot, InstrumentPatch, Trade
 from ..protocol.requests import (
@@ -51,6 +51,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
+from .wire import encode_payload
 
 
 if TYPE_CHECKING:
@@ -90,11 +91,6 @@ class _Status(msgspec.Struct, omit_defaults=True, gc=False):
 def status_frame(guid: str, code: int, message: str, order_number: str | None = None) -> bytes:
     """``{"requestGuid","httpCode","message"[,"orderNumber"]}`` (§3.3, §5)."""
     return _ENC.encode(_Status(guid, code, message, order_number))
-
-
-def encode_payload(model: Model, fmt: Format) -> bytes:
-    """``model`` as the JSON object the server sends in ``fmt`` (the ``data`` of §3.4)."""
-    return _ENC.encode(to_wire(model, fmt))
 
 
 def _as_existing(model: Model) -> Model:
@@ -679,14 +675,11 @@ class Hub:
         fmt = req.format
         market = self.market
         if hasattr(req, "code"):
-            board = getattr(req, "instrument_group", msgspec.UNSET)
-            info = market.find(
-                req.code,
-                req.exchange.value,
-                None if board is msgspec.UNSET else board,
-            )
+            # An empty or null instrumentGroup (the web terminal sends both) names no board.
+            board = getattr(req, "instrument_group", None) or None
+            info = market.find(req.code, req.exchange.value, board)
             if info is None:
-                where = "" if board is msgspec.UNSET else f" on board '{board}'"
+                where = "" if board is None else f" on board '{board}'"
                 conn.put(
                     status_frame(
                         guid, 400, f"Unknown instrument '{req.exchange.value}:{req.code}'{where}"
@@ -700,8 +693,8 @@ class Hub:
                 conn.put(status_frame(guid, 403, f"Access to portfolio '{portfolio}' is denied"))
                 return
             symbol = portfolio
-        freq = getattr(req, "frequency", msgspec.UNSET)
-        freq_ms = DEFAULT_FREQUENCY_MS if freq is msgspec.UNSET else freq
+        freq = getattr(req, "frequency", None)
+        freq_ms = freq if isinstance(freq, int) else DEFAULT_FREQUENCY_MS
         # §12.4: clamped to the format's minimum; 0 means "as fast as the format allows".
         interval = max(freq_ms, fmt.min_frequency_ms) / 1000.0
         now = self._clock()
@@ -743,8 +736,9 @@ class Hub:
             case AllTradesRequest():
                 sub = Subscription(guid, conn, fmt, ("trades", symbol), 0.0)
                 reply()
+                # §4.4: the last `depth` trades first; none for 0 (AlorPy's default) or unset.
                 depth = req.depth
-                if depth is not msgspec.UNSET and depth > 0:
+                if isinstance(depth, int) and depth > 0:
                     trades = market.last_trades(symbol, min(depth, HISTORY_CAP))
                     conn.put_replay(self._frames(sub, trades, existing=True))
             case InstrumentRequest():

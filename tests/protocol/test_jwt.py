@@ -245,7 +245,10 @@ def test_should_refresh() -> None:
         ("G12345", "fx"),
         ("7500123", "derivatives"),
         ("E00001", "unified"),
-        ("7501234", "unknown"),
+        ("7502T0U", "derivatives"),  # recorded from production: not every firm code is 7500
+        ("7510001", "derivatives"),
+        ("75001234", "unknown"),
+        ("7500", "unknown"),
         ("", "unknown"),
         ("X1", "unknown"),
     ],

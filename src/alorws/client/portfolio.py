@@ -43,6 +43,7 @@ from ..errors import BufferOverflowError, InvalidState, StreamClosed
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.enums import Exchange, OrderStatus
+from ..protocol.jwt import portfolio_kind
 from ..protocol.timeutil import parse_iso
 from .lane import LaneEvent
 from .streams import Stream
@@ -96,7 +97,8 @@ class Portfolio:
 
     Args:
         client: an open :class:`~alorws.client.AlorClient`.
-        portfolio: the portfolio id (``D…``, ``G…`` or ``7500…``; FORTS risks only for ``7500…``).
+        portfolio: the portfolio id (``D…``, ``G…`` or a FORTS ``75…`` code; FORTS risks only
+            for FORTS).
         exchange: the exchange of the portfolio's streams and snapshots.
 
     Attributes:
@@ -104,7 +106,7 @@ class Portfolio:
         stop_orders: stop and stop-limit orders by id.
         trades: own trades by id.
         positions: positions (money included, e.g. ``RUB``) by symbol.
-        summary, risk, forts_risk: the latest of each (``forts_risk`` only for ``7500…``).
+        summary, risk, forts_risk: the latest of each (``forts_risk`` only for a FORTS portfolio).
         ready: set once the first snapshot is merged.
         snapshots: how many snapshots (of one kind each) were merged.
     """
@@ -124,7 +126,7 @@ class Portfolio:
         self.forts_risk: SpectraRisk | None = None
         self.ready = asyncio.Event()
         self.snapshots = 0
-        self._kinds = _KINDS if portfolio.startswith("7500") else _KINDS[:-1]
+        self._kinds = _KINDS if portfolio_kind(portfolio) == "derivatives" else _KINDS[:-1]
         self._state = "new"
         self._streams: dict[str, Stream[Any]] = {}
         self._consumers: list[asyncio.Task[None]] = []

@@ -211,14 +211,16 @@ def should_refresh(
 def portfolio_kind(portfolio_id: str) -> PortfolioKind:
     """The market of a portfolio, from its id (§2.4).
 
-    ``D…`` stock, ``G…`` FX, ``7500…`` FORTS derivatives, ``E…`` unified ("ЕДП"); anything
-    else ``'unknown'``.
+    ``D…`` stock, ``G…`` FX, ``E…`` unified ("ЕДП"), and FORTS derivatives: a FORTS client
+    code is seven characters, a ``75xx`` firm code plus three (``7500123``; a production
+    portfolio ``7502T0U`` shows the firm part is not always ``7500``); anything else
+    ``'unknown'``.
     """
     if portfolio_id.startswith("D"):
         return "stock"
     if portfolio_id.startswith("G"):
         return "fx"
-    if portfolio_id.startswith("7500"):
+    if len(portfolio_id) == 7 and portfolio_id.startswith("75") and portfolio_id.isalnum():
         return "derivatives"
     if portfolio_id.startswith("E"):
         return "unified"

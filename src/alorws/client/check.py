@@ -467,7 +467,6 @@ class _Watched:
     result: Result
     model: type[Model]
     fmt: Format
-    delivered: int = 0
 
 
 @dataclass(frozen=True)
@@ -817,7 +816,7 @@ class _Tour:
         """Read the stream as an application would (its own decoding and buffering)."""
         try:
             while True:
-                w.delivered += len(await w.stream.get_batch())
+                await w.stream.get_batch()
         except asyncio.CancelledError:
             raise
         except AlorError as exc:

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench live clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ format: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# A read-only tour of ALOR's test environment that checks every message decodes; needs
+# ALOR_REFRESH_TOKEN (never printed). Exit 0: all decoded, 1: some did not, 2: no connection.
+# More options: make live LIVE_ARGS="--seconds 40 --save live-check"
+LIVE_ARGS ?=
+live: setup
+	$(BIN)/python -m alorws check --env dev $(LIVE_ARGS)
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

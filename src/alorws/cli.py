@@ -1348,6 +1348,111 @@ def status(
     _run(body())
 
 
+# -- check ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    sim: SimOpt = False,
+    env: Annotated[
+        Env, typer.Option("--env", help="ALOR environment (default here: dev, ALOR's test one).")
+    ] = Env.dev,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    seconds: Annotated[
+        float,
+        typer.Option("--seconds", min=1.0, help="The tour's length; streams are read until then."),
+    ] = 20.0,
+    step_timeout: Annotated[
+        float,
+        typer.Option(
+            "--step-timeout", min=0.1, help="Most seconds one call or subscribe may take."
+        ),
+    ] = 10.0,
+    symbol: Annotated[str, typer.Option("--symbol", help="Share to look at (MOEX).")] = "SBER",
+    future: Annotated[
+        str | None,
+        typer.Option("--future", help="Future to look at (default: the nearest Si future)."),
+    ] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save", file_okay=False, help="Write the report and undecodable messages here."
+        ),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check that everything the server sends decodes: a read-only tour (no orders placed or
+    cancelled) of quotes, books, trades, bars and every portfolio's positions, summary, orders
+    and stop orders, over /ws and HTTP, in Simple, Slim and Heavy.
+
+    Exit 0: every message decoded; 1: some did not (listed); 2: could not connect or
+    authenticate."""
+    from .client.check import CheckOptions, run_check, scrub
+    from .client.endpoints import resolve_endpoints
+    from .errors import AlorError, TransportTimeout
+
+    target = _target(sim, env, url, token_file, debug)
+    if not debug:  # the report lists every failure; the log would repeat them
+        logging.getLogger("alorws").setLevel(logging.CRITICAL)
+    options = CheckOptions(
+        seconds=seconds, step_timeout=step_timeout, symbol=symbol.upper(), future=future
+    )
+    where = target.describe()
+    secrets: list[str] = []
+    code = [0]
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    def unreachable(why: str, hint: str | None) -> int:
+        why = scrub(why, secrets)
+        sys.stderr.write(f"alorws: check: could not connect or authenticate to {where}: {why}\n")
+        if hint:
+            sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.flush()
+        return 2
+
+    async def body() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            say(f"alorws check of {where}: read-only, about {seconds:g} s")
+            try:
+                if not target.sim:
+                    secrets.append(_read_token(target))  # blanked out of all the output
+                async with asyncio.timeout(step_timeout):
+                    session = await stack.enter_async_context(_connect(target))
+            except CliError as exc:
+                code[0] = unreachable(str(exc), exc.hint)
+                return
+            except TimeoutError:
+                # The token service is retried on network errors: name it, and the wait.
+                refresh = resolve_endpoints(target.env.value, target.url).refresh_url
+                source = "the simulator" if target.sim else refresh
+                why = f"no access token from {source} within {step_timeout:g} s"
+                code[0] = unreachable(why, _hint_for(TransportTimeout(why)))
+                return
+            except (AlorError, OSError) as exc:
+                message = " ".join((str(exc).strip() or type(exc).__name__).split())
+                code[0] = unreachable(f"{type(exc).__name__}: {message}", _hint_for(exc))
+                return
+            report = await run_check(session.client, options, secrets=secrets, progress=say)
+            for line in report.lines():
+                say(line)
+            if save is not None:
+                written = report.save(save)
+                say(f"saved the report and {len(written) - 1} undecodable message(s) to {save}")
+            if report.fatal is not None:
+                code[0] = unreachable(
+                    report.fatal,
+                    "check --url/--env, the network, and that the refresh token belongs to --env",
+                )
+            else:
+                code[0] = report.exit_code
+
+    _run(body())
+    raise typer.Exit(code[0])
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 

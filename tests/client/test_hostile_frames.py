@@ -1,0 +1,115 @@
+"""Hostile frames over a real socket: a frame that does not decode (nested a thousand levels
+deep, echoing a token, unreadable) is that frame's problem: it is counted, logged once per kind
+without its token, and the stream goes on with the next frame."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from alorws.client import AlorClient
+from alorws.client.streams import Stream
+from alorws.sim.app import Simulator
+
+from .._hostile import JWT, REFRESH, deep, echoed_token, good, marker_of
+
+
+async def _until_marker(stream: Stream[Any], kind: str, marker: int, *, batch: bool) -> None:
+    """Consume ``stream`` (``async for`` or ``get_batch``) until the injected ``marker``."""
+    async with asyncio.timeout(15):
+        if batch:
+            while True:
+                if any(marker_of(kind, obj) == marker for obj in await stream.get_batch(100)):
+                    return
+        async for obj in stream:
+            if marker_of(kind, obj) == marker:
+                return
+    raise AssertionError(f"{stream.name} ended before marker {marker}")
+
+
+def _streams(client: AlorClient) -> dict[str, Stream[Any]]:
+    portfolio = client.portfolios[0]
+    return {
+        # queue: a conflating buffer could replace the bad frame before it is decoded
+        "quotes": client.quotes("SBER", policy="queue"),
+        "trades": client.all_trades("SBER"),
+        "orders": client.orders(portfolio),
+    }
+
+
+async def test_deeply_nested_frames_are_skipped_and_counted(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """A data frame nested 1500 levels deep, sent to quotes, all-trades and orders streams, is
+    counted in ``bad_payloads`` and skipped; the good frame behind it arrives, whether the
+    consumer uses ``async for`` or ``get_batch``."""
+    streams = _streams(client)
+    await client.subscribe_all(list(streams.values()))
+    try:
+        marker = 0
+        for kind, stream in streams.items():
+            assert stream.guid is not None
+            for batch in (False, True):
+                marker += 1
+                assert sim.faults.inject(deep(stream.guid), kind="ws") >= 1
+                assert sim.faults.inject(good(kind, stream.guid, marker), kind="ws") >= 1
+                await _until_marker(stream, kind, marker, batch=batch)
+            assert stream.bad_payloads == 2, kind
+            assert stream.stats()["bad_payloads"] == 2
+            assert stream.is_open
+    finally:
+        for stream in streams.values():
+            await stream.aclose()
+
+
+async def test_a_flood_of_bad_frames_logs_once_per_kind(
+    client: AlorClient, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 bad frames of two kinds: every one is counted, the log gets one line per kind."""
+    caplog.set_level(logging.WARNING, logger="alorws")
+    async with client.quotes("SBER", policy="queue") as quotes:
+        assert quotes.guid is not None
+        for _ in range(100):
+            sim.faults.inject(deep(quotes.guid), kind="ws")
+            sim.faults.inject(
+                b'{"data":{"symbol":1,"pad":"' + b"x" * 200 + b'"},"guid":"'
+                + quotes.guid.encode() + b'"}',
+                kind="ws",
+            )  # fmt: skip
+        sim.faults.inject(good("quotes", quotes.guid, 7), kind="ws")
+        await _until_marker(quotes, "quotes", 7, batch=True)
+        assert quotes.bad_payloads == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "alorws.stream"]
+    assert len(lines) == 2, lines
+    assert any("RecursionError" in line for line in lines)
+    assert any("ValidationError" in line for line in lines)
+
+
+async def test_an_echoed_token_never_reaches_the_log(
+    client: AlorClient, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that echoes a request's token in a bad frame: the stream's log line (a bad
+    payload), the lane's (an unreadable frame) and /cws's carry neither the JWT, nor the part
+    of it inside the 200-character excerpt, nor the refresh token."""
+    caplog.set_level(logging.DEBUG, logger="alorws")
+    async with client.quotes("GAZP", policy="queue") as quotes:
+        assert quotes.guid is not None
+        sim.faults.inject(echoed_token(quotes.guid), kind="ws")  # reaches the stream
+        sim.faults.inject(b'{"guid":"x","token":"' + JWT.encode() + b'","data":', kind="ws")
+        sim.faults.inject(good("quotes", quotes.guid, 8), kind="ws")
+        await _until_marker(quotes, "quotes", 8, batch=False)
+        assert quotes.bad_payloads == 1
+    # /cws: the order connection gets an unreadable frame with a token in it
+    await client.trading.place_market(client.portfolios[0], "SBER", "buy", 1)
+    assert sim.faults.inject(b'{"requestGuid":"' + JWT.encode() + b'","httpCode":', kind="cws")
+    await client.trading.place_market(client.portfolios[0], "SBER", "sell", 1)
+    assert client.trading.stats()["bad_frames"] == 1
+    by_logger = {r.name for r in caplog.records if "frame starts" in r.getMessage()}
+    assert {"alorws.stream", "alorws.lane", "alorws.orders"} <= by_logger
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "<token>" in text and "<redacted>" in text
+    for secret in (JWT, JWT[:60], JWT.split(".")[1][:20], REFRESH):
+        assert secret not in text

@@ -514,7 +514,10 @@ class TokenManager:
         self._requests += 1
         try:
             async with asyncio.timeout(self._http_timeout):
-                async with session.post(self._url, data=self._body, ssl=self._ssl) as response:
+                # No redirects: one could carry the refresh token to another host in clear text.
+                async with session.post(
+                    self._url, data=self._body, ssl=self._ssl, allow_redirects=False
+                ) as response:
                     status = response.status
                     payload = await response.read()
         except TimeoutError:

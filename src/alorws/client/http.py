@@ -487,8 +487,10 @@ class HttpClient:
         self._stats["requests"] += 1
         try:
             async with asyncio.timeout(self._timeout):
+                # Redirects are not followed: one could lead a loopback request to a remote
+                # host in clear text, with the bearer token (a 3xx is answered as a refusal).
                 async with session.request(
-                    method, url, params=params, data=body, headers=headers
+                    method, url, params=params, data=body, headers=headers, allow_redirects=False
                 ) as response:
                     payload = await response.read()
                     return response.status, response.headers.get("Retry-After"), payload

@@ -47,6 +47,7 @@ from ..protocol.requests import (
 )
 from ._badframes import BadFrameLog
 from ._ws import settle, ws_connect
+from .endpoints import check_url
 
 
 __all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
@@ -204,7 +205,8 @@ class Lane:
     ) -> None:
         self.id = lane_id
         self.kind = kind
-        self.url = url
+        # Refused here, not at each reconnect (which would retry a bad URL forever).
+        self.url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
         self._registry = registry
         self._token = token  # async () -> current access token
         self._refresh = refresh_token  # async () -> force a refresh, returns the new token

@@ -105,6 +105,7 @@ from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
 from ._badframes import BadFrameLog
 from ._ws import settle, ws_connect
 from .auth import RotatingTokenSource
+from .endpoints import check_url
 
 
 __all__ = ["OrderAck", "OrderClient"]
@@ -259,7 +260,9 @@ class OrderClient:
     connection opens on the first command and then stays up, reconnecting after every drop.
 
     Args:
-        url: the ``/cws`` URL (``Endpoints.cws``; the simulator's ``sim.cws_url``).
+        url: the ``/cws`` URL (``Endpoints.cws``; the simulator's ``sim.cws_url``). ``wss://``,
+            or plain ``ws://`` to a loopback host only (else ``ConfigurationError``, raised
+            here, before anything is resolved or sent).
         tokens: the token manager (``await token()``, ``await refresh(force=True)``,
             ``add_listener``); its refreshes ahead of ``exp`` trigger re-authorization.
         ssl_context: TLS context for ``wss`` (see :func:`~.endpoints.ssl_context_for`).
@@ -298,7 +301,8 @@ class OrderClient:
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
-        self.url = url
+        # Checked before anything else: the authorize frame carries the JWT.
+        self.url = check_url(url, "OrderClient url", schemes=("wss", "ws"))
         self._tokens = tokens
         self._ssl = ssl_context
         self._backoff = backoff or Backoff()

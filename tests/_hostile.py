@@ -53,6 +53,16 @@ def frame(data: Any, guid: str) -> bytes:
 
 def good(kind: str, guid: str, marker: int) -> bytes:
     """A valid frame of ``kind`` for subscription ``guid``, told apart by ``marker``."""
+    return frame(good_data(kind, marker), guid)
+
+
+def good_payload(kind: str, marker: int) -> bytes:
+    """The ``data`` JSON of :func:`good`'s frame (what the gateway publishes)."""
+    return msgspec.json.encode(good_data(kind, marker))
+
+
+def good_data(kind: str, marker: int) -> dict[str, Any]:
+    """A valid payload of ``kind`` told apart by ``marker``."""
     data = payload(kind)
     field = _KINDS[kind][1]
     if kind == "quotes":
@@ -63,24 +73,28 @@ def good(kind: str, guid: str, marker: int) -> bytes:
         data[field] = f"9{marker:018d}"
     if kind == "orders":
         data["existing"] = False
-    return frame(data, guid)
+    return data
 
 
 def marker_of(kind: str, obj: Any) -> int | None:
     """The marker of an object :func:`good` built, or None for anything else."""
     if kind == "quotes":
-        symbol = obj.symbol
-        return int(symbol[3:]) if symbol.startswith("INJ") and symbol[3:].isdigit() else None
-    if kind == "trades":
+        digits = obj.symbol[3:] if obj.symbol.startswith("INJ") else ""
+    elif kind == "trades":
         ident = obj.id
         ok = isinstance(ident, int) and _TRADE_IDS <= ident < _TRADE_IDS + 10**9
         return ident - _TRADE_IDS if ok else None
-    ident = str(obj.id)
-    return int(ident[1:]) if len(ident) == 19 and ident.startswith("9") else None
+    else:
+        ident = str(obj.id)
+        digits = ident[1:] if len(ident) == 19 and ident.startswith("9") else ""
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
-def deep(guid: str, depth: int = 1500) -> bytes:
-    """A data frame whose payload nests ``depth`` arrays deep: valid JSON, compact shape."""
+def deep(guid: str, depth: int = 6000) -> bytes:
+    """A data frame whose payload nests ``depth`` arrays deep: valid JSON, compact shape.
+
+    Python's recursion limit is 1000 by default (a frame ~1000 deep is enough to fail a
+    decoder); the tests run under a raised limit (about 3000), hence the default depth."""
     return b'{"data":{"x":' + b"[" * depth + b"]" * depth + b'},"guid":"' + guid.encode() + b'"}'
 
 
@@ -133,6 +147,11 @@ _EDGE_STRINGS: Final = [
     '"' + JWT + '"',
 ]
 _EDGE_OTHERS: Final = ["null", "true", "false", "[]", "{}", "[1,2]", '{"a":1}']
+#: Nesting depths: shallow, or far beyond any recursion limit a test runs under (Python's
+#: default is 1000; pytest and hypothesis raise it to about 3000 while a test runs). In
+#: between, whether a decoder gives up depends on the limit of the moment and on how deep the
+#: stack already is, and a test could not say in advance what the client must make of it.
+_depths = st.one_of(st.integers(1, 200), st.integers(6000, 12000))
 
 edge_values = st.one_of(
     st.sampled_from(_EDGE_NUMBERS),
@@ -141,14 +160,17 @@ edge_values = st.one_of(
     st.integers().map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f)),
     st.text(max_size=20).map(lambda s: msgspec.json.encode(s).decode()),
-    st.integers(min_value=1, max_value=3000).map(lambda n: "[" * n + "]" * n),
-    st.integers(min_value=1, max_value=3000).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    _depths.map(lambda n: "[" * n + "]" * n),
+    _depths.map(lambda n: '{"a":' * n + "1" + "}" * n),
 )
 
 
 @st.composite
-def structured(draw: st.DrawFn, kind: str, guid: str) -> bytes:
-    """A valid envelope around a real payload with some fields changed, removed or added."""
+def structured_payload(draw: st.DrawFn, kind: str) -> bytes:
+    """A real payload of ``kind`` with some fields changed, removed or added (or replaced by
+    something that is not an object at all)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(edge_values).encode()
     data = payload(kind)
     raw: dict[str, str] = {k: msgspec.json.encode(v).decode() for k, v in data.items()}
     keys = sorted(raw)
@@ -160,19 +182,21 @@ def structured(draw: st.DrawFn, kind: str, guid: str) -> bytes:
     for _ in range(draw(st.integers(0, 2))):
         raw[draw(st.text(max_size=8))] = draw(edge_values)
     body = ",".join(f"{msgspec.json.encode(k).decode()}:{v}" for k, v in raw.items())
-    if draw(st.integers(0, 9)) == 0:  # a payload that is not an object at all
-        body_json = draw(edge_values)
-    else:
-        body_json = "{" + body + "}"
-    return ('{"data":' + body_json + ',"guid":"' + guid + '"}').encode()
+    return ("{" + body + "}").encode()
+
+
+def structured(kind: str, guid: str) -> st.SearchStrategy[bytes]:
+    """A valid envelope (compact, ``guid`` last) around a :func:`structured_payload`."""
+    return structured_payload(kind).map(
+        lambda body: b'{"data":' + body + b',"guid":"' + guid.encode() + b'"}'
+    )
 
 
 @st.composite
-def raw_bytes(draw: st.DrawFn, kind: str, guid: str) -> bytes:
-    """Byte-level damage: random bytes, a good frame cut short or with bytes flipped, invalid
-    UTF-8 inside a frame that keeps its tail (so it reaches the stream)."""
-    base = good(kind, guid, 1)
-    choice = draw(st.integers(0, 4))
+def damaged(draw: st.DrawFn, base: bytes) -> bytes:
+    """``base`` damaged at the byte level: cut short, bytes overwritten, bytes inserted, or
+    replaced by random bytes."""
+    choice = draw(st.integers(0, 3))
     if choice == 0:
         return draw(st.binary(min_size=1, max_size=300))
     if choice == 1:
@@ -183,13 +207,28 @@ def raw_bytes(draw: st.DrawFn, kind: str, guid: str) -> bytes:
             i = draw(st.integers(0, len(data) - 1))
             data[i] = draw(st.integers(0, 255))
         return bytes(data)
-    if choice == 3:
+    cut = draw(st.integers(1, len(base) - 1))
+    return base[:cut] + draw(st.binary(min_size=1, max_size=20)) + base[cut:]
+
+
+@st.composite
+def raw_bytes(draw: st.DrawFn, kind: str, guid: str) -> bytes:
+    """Byte-level damage to a frame: random bytes, a good frame cut short or with bytes
+    changed or inserted, invalid UTF-8 inside a frame that keeps its tail (so it reaches the
+    stream)."""
+    base = good(kind, guid, 0)  # marker 0: never a test's sentinel (those count from 1)
+    if draw(st.integers(0, 4)) == 0:
         junk = draw(st.binary(min_size=1, max_size=40))
         return b'{"data":{"symbol":"' + junk + b'"},"guid":"' + guid.encode() + b'"}'
-    cut = draw(st.integers(9, len(base) - 1))
-    return base[:cut] + draw(st.binary(max_size=20)) + base[cut:]
+    return draw(damaged(base))
 
 
 def hostile(kind: str, guid: str) -> st.SearchStrategy[bytes]:
     """Every kind of hostile frame for a ``kind`` stream subscribed as ``guid``."""
     return st.one_of(structured(kind, guid), raw_bytes(kind, guid))
+
+
+def hostile_payload(kind: str) -> st.SearchStrategy[bytes]:
+    """Every kind of hostile ``data`` payload of a ``kind`` stream (no envelope)."""
+    base = msgspec.json.encode(payload(kind))
+    return st.one_of(structured_payload(kind), damaged(base))

@@ -43,7 +43,7 @@ def _streams(client: AlorClient) -> dict[str, Stream[Any]]:
 async def test_deeply_nested_frames_are_skipped_and_counted(
     client: AlorClient, sim: Simulator
 ) -> None:
-    """A data frame nested 1500 levels deep, sent to quotes, all-trades and orders streams, is
+    """A data frame nested 6000 levels deep, sent to quotes, all-trades and orders streams, is
     counted in ``bad_payloads`` and skipped; the good frame behind it arrives, whether the
     consumer uses ``async for`` or ``get_batch``."""
     streams = _streams(client)

@@ -79,10 +79,12 @@ def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guard]:
             g.check("connect_ex", address[0])
         return real_connect_ex(self, address)
 
-    async def create_connection(self: Any, factory: Any, host: Any = None, *a: Any, **k: Any) -> Any:
+    async def create_connection(
+        loop: Any, factory: Any, host: Any = None, *a: Any, **k: Any
+    ) -> Any:
         if k.get("sock") is None:
             g.check("create_connection", host)
-        return await real_create(self, factory, host, *a, **k)
+        return await real_create(loop, factory, host, *a, **k)
 
     async def loop_getaddrinfo(self: Any, host: Any, *a: Any, **k: Any) -> Any:
         g.check("loop.getaddrinfo", host)

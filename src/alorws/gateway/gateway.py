@@ -686,7 +686,7 @@ class Gateway:
             deadline = time.monotonic() - self.lease_seconds
             for consumer, seen in list(self._seen.items()):
                 if seen < deadline:
-                    log.info("gateway: lease of consumer %s expired; releasing it", consumer)
+                    log.info("gateway: lease of consumer %s expired; releasing it", scrub(consumer))
                     self.counters["expired"] += 1
                     self._drop_consumer(consumer)
 

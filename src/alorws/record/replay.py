@@ -184,8 +184,9 @@ class Replay:
         self._state = "new"
         self.frames_replayed = 0
         #: Recorded frames of a replayed subscription that the router refused (skipped,
-        #: logged rate-limited); a payload that routes but does not decode is counted in its
-        #: stream's ``bad_payloads`` instead, as live.
+        #: logged rate-limited); a payload that does not decode is counted in its stream's
+        #: ``bad_payloads`` instead, as live. Rows recorded as ``junk`` belong to no
+        #: subscription (the live connection counted them) and are not replayed.
         self.bad_frames = 0
         self._bad_log = BadFrameLog(log, f"replay {self.root}")
         #: Streams ask their client for HTTP snapshots after a restore: none in a recording.

@@ -28,6 +28,9 @@ JWT: Final = (
 )
 #: A refresh token as the ALOR portal issues them (not a JWT: only its key gives it away).
 REFRESH: Final = "4f0c1a6e-8d2b-4c3a-9e1f-7b6d5a4c3b2a"
+#: What must never be seen: the tokens, and the pieces of the JWT a cut excerpt would show
+#: (its header is the same for every token; its claims and signature are not).
+SECRETS: Final = (JWT, JWT[:45], JWT.split(".")[1][:12], REFRESH)
 
 #: Trade ids of the injected trades start here (far from the simulator's).
 _TRADE_IDS: Final = 7_000_000_000_000
@@ -100,8 +103,8 @@ def deep(guid: str, depth: int = 6000) -> bytes:
 
 def echoed_token(guid: str) -> bytes:
     """A bad data frame that echoes a subscribe request with its token, the JWT cut by the
-    200-character excerpt of the log (the first ~190 characters are padding)."""
-    pad = "p" * 150
+    200-character excerpt of the log inside its claims (the JWT starts at character 138)."""
+    pad = "p" * 110
     return (
         b'{"data":{"pad":"' + pad.encode() + b'","token":"' + JWT.encode()
         + b'","refreshToken":"' + REFRESH.encode() + b'","x":},"guid":"' + guid.encode() + b'"}'

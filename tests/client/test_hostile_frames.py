@@ -9,12 +9,14 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from alorws.client import AlorClient
+from alorws.client import AlorClient, HttpClient
 from alorws.client.streams import Stream
+from alorws.errors import FrameError
 from alorws.sim.app import Simulator
 
-from .._hostile import JWT, REFRESH, deep, echoed_token, good, marker_of
+from .._hostile import JWT, REFRESH, SECRETS, deep, echoed_token, good, marker_of
 
 
 async def _until_marker(stream: Stream[Any], kind: str, marker: int, *, batch: bool) -> None:
@@ -111,5 +113,37 @@ async def test_an_echoed_token_never_reaches_the_log(
     assert {"alorws.stream", "alorws.lane", "alorws.orders"} <= by_logger
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "<token>" in text and "<redacted>" in text
-    for secret in (JWT, JWT[:60], JWT.split(".")[1][:20], REFRESH):
+    for secret in SECRETS:
         assert secret not in text
+
+
+async def test_http_answers_with_a_token_or_nested_deep_are_frame_errors_without_it() -> None:
+    """The HTTP client: an answer that echoes a token where a number belongs, or a body nested
+    thousands deep, raises FrameError (never RecursionError) whose message has no token."""
+    bodies = [
+        '{"token":"' + JWT + '","refreshToken":"' + REFRESH + '"}',
+        "[" * 6000 + "]" * 6000,
+        '"' + JWT + '"',
+    ]
+    served = iter(bodies)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=next(served), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/md/v2/time", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with HttpClient(f"http://127.0.0.1:{port}") as http:
+            for _ in bodies:
+                with pytest.raises(FrameError) as info:
+                    await http.server_time()
+                text = str(info.value) + repr(info.value)
+                for secret in SECRETS:
+                    assert secret not in text
+    finally:
+        await runner.cleanup()

@@ -59,6 +59,7 @@ from .._hostile import (
     FUZZ_EXAMPLES,
     JWT,
     REFRESH,
+    SECRETS,
     deep,
     edge_values,
     good,
@@ -140,7 +141,7 @@ class Rig:
 
     def assert_clean_log(self, since: int) -> None:
         for line in self.log.lines[since:]:
-            assert JWT not in line and JWT[:40] not in line and REFRESH not in line
+            assert not any(secret in line for secret in SECRETS)
 
 
 async def read_until(stream: Any, kind: str, marker: int, style: int = 0) -> None:
@@ -398,3 +399,28 @@ async def test_a_bad_last_payload_does_not_break_a_subscribe(rig: Rig) -> None:
         await read_until(first, "quotes", marker)
         await second.aclose()
     await first.aclose()
+
+
+async def test_tokens_in_bad_payloads_and_requests_never_reach_the_log(rig: Rig) -> None:
+    """A bus payload and a gateway request that echo tokens (one cut by the 200-character
+    excerpt): the bus stream's and the gateway's log lines and the error reply carry neither
+    the JWT nor the refresh token."""
+    lines = len(rig.log.lines)
+    stream = rig.bus.quotes("LKOH", policy="queue")  # a stream of its own: its first bad frame
+    await stream.subscribe()
+    pad = "p" * 120  # the 200-character excerpt ends inside the JWT's claims
+    await rig.nc.publish(stream.subject, f'{{"pad":"{pad}","token":"{JWT}","x":1'.encode())
+    marker = rig.next_marker()
+    await rig.nc.publish(stream.subject, good_payload("quotes", marker))
+    await read_until(stream, "quotes", marker)
+    assert stream.bad_payloads == 1
+    await stream.aclose()
+    request = f'{{"consumer":"{pad}","handle":"{JWT}","request":{{"token":"{REFRESH}"}}}}'
+    reply = await rig.nc.request(f"{rig.gateway.prefix}.ctl.subscribe", request.encode(), 10)
+    answer = reply.data.decode()
+    assert "InvalidArgumentError" in answer
+    logged = rig.log.lines[lines:]
+    assert any("quotes LKOH: bad Quote payload" in line for line in logged)
+    for text in [*logged, answer]:
+        for secret in SECRETS:
+            assert secret not in text

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from alorws.errors import FrameError
@@ -37,7 +39,15 @@ from alorws.protocol.requests import OrdersRequest, QuotesRequest, SubscriptionR
 from alorws.record import Replay
 from alorws.record._writer import Partitions, Sub, WriterConfig, classify
 
-from .._hostile import FUZZ_EXAMPLES, deep, good, hostile, marker_of
+from .._hostile import (
+    FUZZ_EXAMPLES,
+    SECRETS,
+    deep,
+    echoed_token,
+    good,
+    hostile,
+    marker_of,
+)
 
 
 GUIDS = {"quotes": "rec-quotes-1", "orders": "rec-orders-1"}
@@ -203,3 +213,25 @@ def test_an_unreadable_recorded_request_hides_only_its_frames(tmp_path: Path) ->
 
 def teardown_module() -> None:
     print(f"\nreplay fuzz: {COUNTS}")  # noqa: T201
+
+
+def test_a_recorded_token_never_reaches_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recorded frame that echoes a token (cut by the 200-character excerpt) is counted and
+    logged without it."""
+    guid = GUIDS["quotes"]
+    echoed = echoed_token(guid)
+    record(tmp_path, [_confirm(guid), echoed, good("quotes", guid, 1)])
+
+    async def run() -> tuple[list[int], int]:
+        async with Replay(tmp_path) as source:
+            stream = source.quotes("SBER")
+            got = [marker_of("quotes", q) async for q in stream]
+            return [m for m in got if m], stream.bad_payloads
+
+    with caplog.at_level(logging.WARNING, logger="alorws"):
+        assert asyncio.run(run()) == ([1], 1)
+    assert any("bad Quote" in r.getMessage() for r in caplog.records)
+    for secret in SECRETS:
+        assert secret not in caplog.text

@@ -12,7 +12,8 @@ A strategy written against ``AlorClient`` runs unchanged: same models, same defa
 policies, same errors (a gateway's error reply is rebuilt into the same alorws exception).
 Market data arrives on core NATS subjects; account streams come from the gateway's JetStream
 stream (by default everything it holds, so a consumer that was offline catches up), filtered
-like ``AlorClient``'s so that each order state and each trade is seen once. Every consumer
+like ``AlorClient``'s: each trade is seen once, an order each time it moves further along, never
+twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
 holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
 (a restart, a failover to a standby gateway, an expired lease) they are subscribed again, and
 the stream gets a ``disconnected`` event when no gateway answers (or it forgot the stream) and
@@ -832,7 +833,8 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[Order]:
-        """The portfolio's orders, each state change once (from the JetStream stream)."""
+        """The portfolio's orders (from the JetStream stream), as
+        :meth:`alorws.client.AlorClient.orders`: each state further along once."""
         return self._portfolio(
             rq.OrdersRequest,
             Order,
@@ -857,7 +859,7 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[StopOrder]:
-        """The portfolio's stop orders, each state change once."""
+        """The portfolio's stop orders, as :meth:`alorws.client.AlorClient.stop_orders`."""
         return self._portfolio(
             rq.StopOrdersRequest,
             StopOrder,
@@ -904,7 +906,7 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[Position]:
-        """The portfolio's positions, each change once."""
+        """The portfolio's positions, each new state once."""
         return self._portfolio(
             rq.PositionsRequest,
             Position,

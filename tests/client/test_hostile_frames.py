@@ -5,15 +5,16 @@ without its token, and the stream goes on with the next frame."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from alorws.client import AlorClient, HttpClient
+from alorws.client import AlorClient, HttpClient, TokenManager
 from alorws.client.streams import Stream
-from alorws.errors import FrameError
+from alorws.errors import AuthError, FrameError
 from alorws.sim.app import Simulator
 
 from .._hostile import JWT, REFRESH, SECRETS, deep, echoed_token, good, marker_of
@@ -145,5 +146,38 @@ async def test_http_answers_with_a_token_or_nested_deep_are_frame_errors_without
                 text = str(info.value) + repr(info.value)
                 for secret in SECRETS:
                     assert secret not in text
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_auth_server_answer_nested_deep_is_an_auth_error() -> None:
+    """The token refresh: an answer nested thousands deep, or an access token whose claims
+    are, is an AuthError saying the answer is unusable (never a RecursionError)."""
+    claims = base64.urlsafe_b64encode(b'{"exp":' + b"[" * 6000 + b"]" * 6000 + b"}").rstrip(b"=")
+    bodies = [
+        "[" * 6000 + "]" * 6000,
+        '{"AccessToken":"eyJhbGciOiJub25lIn0.' + claims.decode() + '.c2ln"}',
+    ]
+    served = iter(bodies)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=next(served), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/refresh", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        for _ in bodies:
+            tokens = TokenManager(REFRESH, f"http://127.0.0.1:{port}")
+            try:
+                with pytest.raises(AuthError, match="access token") as info:
+                    await tokens.start()
+                assert REFRESH not in str(info.value)
+            finally:
+                await tokens.aclose()
     finally:
         await runner.cleanup()

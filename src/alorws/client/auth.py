@@ -44,6 +44,7 @@ from ..errors import (
     TransportError,
     TransportTimeout,
     redact,
+    scrub,
 )
 from ..protocol.backoff import Backoff
 from ..protocol.jwt import (
@@ -545,7 +546,7 @@ class TokenManager:
     def _parse(self, payload: bytes) -> tuple[str, JwtClaims]:
         try:
             data = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # junk, or nested too deep to read
             data = None
         token: object = None
         if isinstance(data, dict):
@@ -560,9 +561,10 @@ class TokenManager:
             )
         try:
             claims = decode_claims(token)
-        except InvalidTokenError as exc:
+        except (InvalidTokenError, RecursionError) as exc:  # RecursionError: claims nested deep
             raise AuthError(
-                f"the auth server at {self._url} sent an access token that cannot be read: {exc}"
+                f"the auth server at {self._url} sent an access token that cannot be read: "
+                f"{scrub(str(exc))}"
             ) from None
         return token, claims
 

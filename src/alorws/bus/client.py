@@ -456,7 +456,7 @@ class BusTrading:
             except Exception as exc:
                 # It reached a gateway, so the order may have been placed: say so, not "bad".
                 raise OrderStatusUnknown(
-                    key, str(FrameError(f"unreadable reply from the gateway: {exc}", msg.data))
+                    key, f"the gateway's reply cannot be read ({type(exc).__name__}: {exc})"
                 ) from None
             wire.raise_error(reply.error)
             if reply.ack is None:

@@ -149,7 +149,13 @@ def bad_frame_error(
     if isinstance(exc, FrameError):
         return exc
     what = "frame" if frame else "payload"
-    raw = item if isinstance(item, bytes | str) else bytes(item)
+    raw: bytes | str
+    if isinstance(item, bytes | str):
+        raw = item
+    elif isinstance(item, bytearray | memoryview | msgspec.Raw):
+        raw = bytes(item)
+    else:  # not wire data at all: say what it was
+        raw = repr(item)
     return FrameError(f"bad {model.__name__} {what} ({fmt}): {type(exc).__name__}: {exc}", raw)
 
 

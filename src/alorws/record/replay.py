@@ -670,7 +670,8 @@ class Replay:
                 else:  # one bad recorded frame is skipped, counted and logged
                     self.bad_frames += 1
                     if not isinstance(exc, FrameError):
-                        exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}")
+                        raw = frame if isinstance(frame, bytes | str) else None
+                        exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", raw)
                     self._bad_log.report(exc)
                     continue
                 msg = None

@@ -9,6 +9,7 @@ import base64
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -53,13 +54,17 @@ async def test_deeply_nested_frames_are_skipped_and_counted(
     await client.subscribe_all(list(streams.values()))
     try:
         marker = 0
-        for kind, stream in streams.items():
-            assert stream.guid is not None
-            for batch in (False, True):
-                marker += 1
-                assert sim.faults.inject(deep(stream.guid), kind="ws") >= 1
-                assert sim.faults.inject(good(kind, stream.guid, marker), kind="ws") >= 1
-                await _until_marker(stream, kind, marker, batch=batch)
+        async with aiohttp.ClientSession(sim.url) as admin:
+            for kind, stream in streams.items():
+                assert stream.guid is not None
+                for batch in (False, True):
+                    marker += 1
+                    # the simulator's admin endpoint, as `alorws sim --admin` serves it
+                    frame = deep(stream.guid).decode()
+                    async with admin.post("/sim/inject", json={"frame": frame}) as reply:
+                        assert (await reply.json())["injected"] >= 1
+                    assert sim.faults.inject(good(kind, stream.guid, marker), kind="ws") >= 1
+                    await _until_marker(stream, kind, marker, batch=batch)
             assert stream.bad_payloads == 2, kind
             assert stream.stats()["bad_payloads"] == 2
             assert stream.is_open

@@ -474,8 +474,7 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Position]:
-        """Positions (securities and money) of a portfolio (§4.6); each new state once (changes
-        made while disconnected arrive merged into the state at the restore)."""
+        """Positions (securities and money) of a portfolio (§4.6); each change once."""
         return self._portfolio_stream(
             rq.PositionsRequest,
             Position,

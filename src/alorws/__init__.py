@@ -39,6 +39,7 @@ from .errors import (
     TransportTimeout as TransportTimeout,
     redact as redact,
     rejection_for as rejection_for,
+    scrub as scrub,
 )
 from .protocol.account import (
     CurrencyBuyingPower as CurrencyBuyingPower,
@@ -294,5 +295,6 @@ __all__ = [
     "redact",
     "rejection_for",
     "resolve_endpoints",
+    "scrub",
     "validate_guid",
 ]

@@ -29,10 +29,17 @@ The tree::
     └── InvalidState                    (also AssertionError) an object was used in the wrong state
 
 Each message says what was wrong and what to do about it. No message ever contains an access or
-refresh token: use :func:`redact` when a token must be mentioned.
+refresh token: use :func:`redact` when a token must be mentioned, and :func:`scrub` on any text
+that came from the network (a frame, a server's message, a close reason) before it goes into a
+message or a log. The exceptions that carry such text (:class:`FrameError`,
+:class:`ServerRejected`, :class:`ConnectionClosed`, :class:`OrderStatusUnknown`) scrub it
+themselves.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Final
 
 
 __all__ = [
@@ -63,6 +70,7 @@ __all__ = [
     "TransportTimeout",
     "redact",
     "rejection_for",
+    "scrub",
 ]
 
 
@@ -75,6 +83,36 @@ def redact(token: str | None) -> str:
         return "<no token>"
     tail = token[-4:] if len(token) >= 16 else ""
     return f"<token …{tail} ({len(token)} chars)>"
+
+
+#: A JWT, whole or cut short (a frame excerpt may end inside one): base64url of ``{"`` first.
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
+#: The value of a JSON (or escaped JSON) key that holds a secret: ``"token"``,
+#: ``"refreshToken"``, ``"AccessToken"``, ``"Authorization"``, … A string value may be cut
+#: short (no closing quote); other values run to the next delimiter.
+_SECRET_VALUE: Final = re.compile(
+    r"""(\\*"(?:[A-Za-z_-]*token|authorization|password|secret)\\*"\s*:\s*)"""
+    r"""(?:\\*"(?:[^"\\]|\\.)*(?:"|\\|$)|[^\s,}\]]+)""",
+    re.IGNORECASE,
+)
+_BEARER: Final = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+
+
+def scrub(text: str) -> str:
+    """``text`` with everything token-shaped replaced, safe to log or put in a message.
+
+    Replaced: JWTs (three base64url parts starting ``eyJ``, also cut short, as at the end of a
+    frame excerpt), the values of ``"token"``, ``"refreshToken"``, ``"AccessToken"``,
+    ``"Authorization"`` (any key ending in ``token``, and ``password``/``secret``) in JSON or
+    escaped JSON, string values cut short included, and ``Bearer <credentials>``.
+    """
+    if "eyJ" in text:
+        text = _JWT.sub("<token>", text)
+    if '"' in text:
+        text = _SECRET_VALUE.sub(r'\1"<redacted>"', text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(r"\1 <redacted>", text)
+    return text
 
 
 class AlorError(Exception):
@@ -108,17 +146,21 @@ class FrameError(RemoteProtocolError):
     """A received frame could not be routed or decoded.
 
     ``frame`` holds the first 200 characters of the offending frame (for logs), ``reason`` what
-    was wrong with it. The connection that received it stays usable.
+    was wrong with it, both :func:`scrub`-bed of anything token-shaped (a server that echoes a
+    request would otherwise put its token in the log). The connection that received it stays
+    usable.
     """
 
     def __init__(
         self, reason: str, frame: bytes | bytearray | memoryview | str | None = None
     ) -> None:
+        reason = scrub(reason)
         self.reason = reason
         if isinstance(frame, bytes | bytearray | memoryview):
             text = bytes(frame[:200]).decode("utf-8", "replace")
         else:
-            text = (frame or "")[:200]
+            text = str(frame or "")[:200]
+        text = scrub(text)  # after the cut: a token cut short is still matched
         self.frame = text
         hint = "; the frame was skipped, other messages are unaffected"
         super().__init__(f"{reason}{hint}" + (f" (frame starts: {text!r})" if text else ""))
@@ -132,12 +174,14 @@ class ServerRejected(AlorError):
 
     Attributes:
         http_code: the HTTP-style status the server sent.
-        message: the server's text, verbatim (never match on it: it is free text).
+        message: the server's text, verbatim but :func:`scrub`-bed of anything token-shaped
+            (never match on it: it is free text).
         request_guid: the guid of the rejected request, when known.
     """
 
     def __init__(self, http_code: int, message: str, request_guid: str | None = None) -> None:
         self.http_code = http_code
+        message = scrub(message)
         self.message = message
         self.request_guid = request_guid
         where = f" for request {request_guid!r}" if request_guid else ""
@@ -208,10 +252,12 @@ class ConnectError(TransportError):
 
 
 class ConnectionClosed(TransportError):
-    """An open connection was closed. ``code`` and ``reason`` are the WebSocket close frame's."""
+    """An open connection was closed. ``code`` and ``reason`` are the WebSocket close frame's
+    (``reason`` :func:`scrub`-bed)."""
 
     def __init__(self, code: int | None, reason: str = "") -> None:
         self.code = code
+        reason = scrub(reason)
         self.reason = reason
         super().__init__(f"connection closed (code={code}, reason={reason!r})")
 
@@ -265,7 +311,7 @@ class OrderStatusUnknown(AlorError):
 
     def __init__(self, guid: str, detail: str = "") -> None:
         self.guid = guid
-        extra = f": {detail}" if detail else ""
+        extra = f": {scrub(detail)}" if detail else ""
         super().__init__(
             f"no reply to order command {guid!r}{extra}; its outcome is unknown, "
             "check the orders stream or resend with the same guid"

@@ -12,7 +12,8 @@ A strategy written against ``AlorClient`` runs unchanged: same models, same defa
 policies, same errors (a gateway's error reply is rebuilt into the same alorws exception).
 Market data arrives on core NATS subjects; account streams come from the gateway's JetStream
 stream (by default everything it holds, so a consumer that was offline catches up), filtered
-like ``AlorClient``'s so that each order state and each trade is seen once. Every consumer
+like ``AlorClient``'s: each trade is seen once, an order each time it moves further along, never
+twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
 holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
 (a restart, a failover to a standby gateway, an expired lease) they are subscribed again, and
 the stream gets a ``disconnected`` event when no gateway answers (or it forgot the stream) and
@@ -39,10 +40,17 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
 from ..client.orders import OrderAck
-from ..client.streams import decode_inline, default_policy, market_request, portfolio_request
+from ..client.streams import (
+    bad_frame_error,
+    decode_inline,
+    default_policy,
+    market_request,
+    portfolio_request,
+)
 from ..client.whole import StreamFilter, filter_for
 from ..errors import (
     AlorError,
@@ -56,7 +64,7 @@ from ..errors import (
 from ..protocol import requests as rq
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, StopOrder, Summary
-from ..protocol.codec import decode_payload, decoder_for
+from ..protocol.codec import decoder_for
 from ..protocol.enums import Exchange, Format, OrderStatus, OrderType, Side, TimeInForce
 from ..protocol.market import Bar, OrderBook, Quote, Trade
 from . import wire
@@ -111,6 +119,7 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self.events: list[LaneEvent] = []
         self._callbacks: list[Callable[[LaneEvent], object]] = []
         self.bad_payloads = 0
+        self._bad_log = BadFrameLog(log, name)
         self._in_gap = False
         self._resubscribing = False
 
@@ -238,8 +247,8 @@ class BusStream(Generic[M], AsyncIterator[M]):
         if headers and wire.EVENT_HEADER in headers:
             try:
                 event = msgspec.json.decode(msg.data, type=LaneEvent)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                event = LaneEvent(headers[wire.EVENT_HEADER], 0)
+            except Exception:  # a malformed event is still the gap marker its header names
+                event = LaneEvent(str(headers[wire.EVENT_HEADER]), 0)
             self._buffer.push_event(event)
             return
         self._buffer.push(msg.data)
@@ -291,12 +300,10 @@ class BusStream(Generic[M], AsyncIterator[M]):
             return None
         try:
             obj: M = self._decoder.decode(item)
-        except (msgspec.DecodeError, ValueError):
+        except Exception as exc:  # any failure to decode (RecursionError too) skips the item
             self.bad_payloads += 1
-            try:
-                decode_payload(item, self.model, self._format)
-            except FrameError as exc:
-                log.warning("%s: %s", self.name, exc)
+            error = bad_frame_error(exc, item, self.model, self._format, frame=False)
+            self._bad_log.report(error, type(exc).__name__)
             return None
         if self._filter is not None and not self._filter.accept(obj):
             return None
@@ -444,7 +451,13 @@ class BusTrading:
                 reached = True  # it may have reached the gateway: retry with the same key
                 attempts += 1
                 continue
-            reply = msgspec.json.decode(msg.data, type=wire.OrderReply)
+            try:
+                reply = msgspec.json.decode(msg.data, type=wire.OrderReply)
+            except Exception as exc:
+                # It reached a gateway, so the order may have been placed: say so, not "bad".
+                raise OrderStatusUnknown(
+                    key, f"the gateway's reply cannot be read ({type(exc).__name__}: {exc})"
+                ) from None
             wire.raise_error(reply.error)
             if reply.ack is None:
                 raise FrameError("the gateway's order reply has neither ack nor error", msg.data)
@@ -596,12 +609,12 @@ class BusClient:
             raise TransportTimeout(f"the gateway did not answer {op} within {wait} s") from None
         try:
             error = msgspec.json.decode(msg.data, type=_ErrorOnly).error
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # RecursionError too: a bad reply is a FrameError, nothing else
             raise FrameError(f"bad gateway reply to {op}: {exc}", msg.data) from None
         wire.raise_error(error)
         try:
             return msgspec.json.decode(msg.data, type=reply_type)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:
             raise FrameError(f"bad gateway reply to {op}: {exc}", msg.data) from None
 
     def _lease_is(self, lease: float) -> None:
@@ -820,7 +833,8 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[Order]:
-        """The portfolio's orders, each state change once (from the JetStream stream)."""
+        """The portfolio's orders (from the JetStream stream), as
+        :meth:`alorws.client.AlorClient.orders`: each state further along once."""
         return self._portfolio(
             rq.OrdersRequest,
             Order,
@@ -845,7 +859,7 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[StopOrder]:
-        """The portfolio's stop orders, each state change once."""
+        """The portfolio's stop orders, as :meth:`alorws.client.AlorClient.stop_orders`."""
         return self._portfolio(
             rq.StopOrdersRequest,
             StopOrder,
@@ -892,7 +906,7 @@ class BusClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> BusStream[Position]:
-        """The portfolio's positions, each change once."""
+        """The portfolio's positions, each new state once."""
         return self._portfolio(
             rq.PositionsRequest,
             Position,

@@ -5,6 +5,11 @@ cancelled (or times out) during the WebSocket handshake: the socket then stays o
 garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
 stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
 disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+
+Every connect first passes the URL through :func:`~alorws.client.endpoints.check_url` (plain
+``ws://`` only to loopback hosts), before any name is resolved, and HTTP redirects of the
+handshake are not followed: a redirect could lead a loopback connection to a remote host in
+clear text, and ALOR's sockets do not redirect.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import ssl
 from typing import Any
 
 import picows
+
+from .endpoints import check_url
 
 
 __all__ = ["settle", "ws_connect"]
@@ -28,13 +35,19 @@ async def ws_connect(
     attempts: set[asyncio.Task[Any]],
     **options: Any,
 ) -> picows.WSTransport:
-    """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport."""
+    """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport.
+
+    Raises :class:`~alorws.errors.ConfigurationError` (nothing opened, nothing resolved) for a
+    URL :func:`~alorws.client.endpoints.check_url` refuses.
+    """
+    url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
     attempt = asyncio.ensure_future(
         picows.ws_connect(
             listener_factory,
             url,
             ssl_context=ssl_context,
             websocket_handshake_timeout=step_timeout,
+            max_redirects=0,
             **options,
         )
     )

@@ -44,6 +44,7 @@ from ..errors import (
     TransportError,
     TransportTimeout,
     redact,
+    scrub,
 )
 from ..protocol.backoff import Backoff
 from ..protocol.jwt import (
@@ -514,7 +515,10 @@ class TokenManager:
         self._requests += 1
         try:
             async with asyncio.timeout(self._http_timeout):
-                async with session.post(self._url, data=self._body, ssl=self._ssl) as response:
+                # No redirects: one could carry the refresh token to another host in clear text.
+                async with session.post(
+                    self._url, data=self._body, ssl=self._ssl, allow_redirects=False
+                ) as response:
                     status = response.status
                     payload = await response.read()
         except TimeoutError:
@@ -542,7 +546,7 @@ class TokenManager:
     def _parse(self, payload: bytes) -> tuple[str, JwtClaims]:
         try:
             data = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # junk, or nested too deep to read
             data = None
         token: object = None
         if isinstance(data, dict):
@@ -557,9 +561,10 @@ class TokenManager:
             )
         try:
             claims = decode_claims(token)
-        except InvalidTokenError as exc:
+        except (InvalidTokenError, RecursionError) as exc:  # RecursionError: claims nested deep
             raise AuthError(
-                f"the auth server at {self._url} sent an access token that cannot be read: {exc}"
+                f"the auth server at {self._url} sent an access token that cannot be read: "
+                f"{scrub(str(exc))}"
             ) from None
         return token, claims
 

@@ -580,7 +580,7 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[OwnTrade]:
-        """The portfolio's fills (§4.10); each trade exactly once, across reconnects."""
+        """The portfolio's fills (§4.10); each trade once, across reconnects, none merged."""
         return self._portfolio_stream(
             rq.OwnTradesRequest,
             OwnTrade,
@@ -606,7 +606,10 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Order]:
-        """The portfolio's orders (§4.11); each state change once, across reconnects.
+        """The portfolio's orders (§4.11): a copy whenever an order moves further along (a final
+        status, more lots filled), never twice in the same state, never rolled back. Changes
+        made while disconnected arrive merged into one, the order's state at the restore (see
+        docs/client.md, "What a restore guarantees"); count fills with :meth:`own_trades`.
 
         ``statuses`` filters only the initial replay (a server rule)."""
         extra = (
@@ -638,7 +641,8 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[StopOrder]:
-        """The portfolio's stop and stop-limit orders (§4.12); each state change once."""
+        """The portfolio's stop and stop-limit orders (§4.12), delivered as :meth:`orders`:
+        each state further along once; changes while disconnected merged into the latest."""
         extra = (
             {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
         )

@@ -6,7 +6,11 @@ a token from one does not work on the other.
 
 Safety rule: plain ``http``/``ws`` is accepted only for loopback hosts (127.0.0.0/8, ``::1``,
 ``localhost``), where nothing leaves the machine. Any other host must use TLS with certificate
-verification; ALOR itself refuses plain ``ws://`` anyway (§1, HTTP 406).
+verification; ALOR itself refuses plain ``ws://`` anyway (§1, HTTP 406). :func:`check_url` is
+the one place that decides: every class that connects (the client's lanes, ``OrderClient``,
+``HttpClient``, the token manager) runs its URL through it when it is created, before any name
+is resolved or any socket opened, and the WebSocket connector checks again before each connect.
+Error messages show a URL without its credentials or query (:func:`display_url`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 
 
-__all__ = ["Endpoints", "is_loopback_host", "resolve_endpoints", "ssl_context_for"]
+__all__ = [
+    "Endpoints",
+    "check_url",
+    "display_url",
+    "is_loopback_host",
+    "resolve_endpoints",
+    "ssl_context_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,38 +98,81 @@ def is_loopback_host(host: str | None) -> bool:
     return addr.is_loopback
 
 
+def display_url(url: object) -> str:
+    """``url`` as it may appear in a message or a log: without user, password or query
+    (either may hold a secret), e.g. ``'http://***@192.0.2.1:80/ws?…'``."""
+    if not isinstance(url, str):
+        return repr(url)
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "…" if parts.fragment else ""))
+
+
 def _parse(url: object, what: str, schemes: tuple[str, ...], *, allow_path: bool) -> SplitResult:
     """Split and check one URL; every failure is a ConfigurationError saying what to do."""
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"{what} must be a non-empty URL string, got {url!r}")
-    parts = urlsplit(url.strip())
+    shown = repr(display_url(url))
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:  # e.g. an unbalanced '[' in the host
+        raise ConfigurationError(f"{what} {shown}: {exc}") from None
     if parts.scheme not in schemes:
         raise ConfigurationError(
-            f"{what} {url!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
+            f"{what} {shown}: unsupported scheme {parts.scheme or '(none)'!r}; "
             f"use one of {', '.join(s + '://' for s in schemes)} (e.g. 'https://api.alor.ru')"
         )
     try:
         host, _ = parts.hostname, parts.port  # .port raises on a bad port
     except ValueError as exc:
-        raise ConfigurationError(f"{what} {url!r}: {exc}") from None
+        raise ConfigurationError(f"{what} {shown}: {exc}") from None
     if not host:
-        raise ConfigurationError(f"{what} {url!r} has no host; e.g. 'http://127.0.0.1:8765'")
+        raise ConfigurationError(f"{what} {shown} has no host; e.g. 'http://127.0.0.1:8765'")
     if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(f"{what} {url!r}: credentials do not belong in the URL")
+        raise ConfigurationError(f"{what} {shown}: credentials do not belong in the URL")
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"{what} {url!r}: remove the query string / fragment")
+        raise ConfigurationError(f"{what} {shown}: remove the query string / fragment")
     if not allow_path and parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"{what} {url!r} has a path {parts.path!r}; pass only scheme://host[:port] "
+            f"{what} {shown} has a path {parts.path!r}; pass only scheme://host[:port] "
             "('/ws', '/cws' and '/refresh' are added by the client)"
         )
     if not _SCHEMES[parts.scheme][0] and not is_loopback_host(host):
         secure = "https" if parts.scheme == "http" else "wss"
         raise ConfigurationError(
-            f"{what} {url!r}: plain {parts.scheme}:// is only allowed for loopback hosts "
+            f"{what} {shown}: plain {parts.scheme}:// is only allowed for loopback hosts "
             f"(127.0.0.1, ::1, localhost); use {secure}://{parts.netloc} with a valid certificate"
         )
     return parts
+
+
+def check_url(
+    url: object,
+    what: str = "url",
+    *,
+    schemes: tuple[str, ...] = ("https", "wss", "http", "ws"),
+    allow_path: bool = True,
+) -> str:
+    """Check a URL a connection is about to be made to; return it as it must be used.
+
+    The one place that decides whether plain text is allowed: ``http://`` and ``ws://`` only
+    to loopback hosts (127.0.0.0/8, ``::1``, ``localhost``); anything else must be
+    ``https://``/``wss://``. Also refused: a scheme not in ``schemes``, no host, a bad port,
+    credentials, a query string or fragment (and a path, unless ``allow_path``). Nothing is
+    resolved or opened here. The URL returned is re-assembled from the parts that were checked,
+    so every later parser sees exactly what was approved.
+
+    Raises:
+        ConfigurationError: naming ``what`` and the URL (without credentials or query), and
+            saying what to use instead (wss/https for a remote host).
+    """
+    return urlunsplit(_parse(url, what, schemes, allow_path=allow_path))
 
 
 def _check_oauth_url(url: object) -> str:
@@ -127,7 +181,7 @@ def _check_oauth_url(url: object) -> str:
     path = parts.path.rstrip("/")
     if path.endswith("/refresh"):
         raise ConfigurationError(
-            f"oauth_url {url!r} should be the auth server's base, without '/refresh' "
+            f"oauth_url {display_url(url)!r} should be the auth server's base, without '/refresh' "
             "(e.g. 'https://oauth.alor.ru'); the client appends '/refresh'"
         )
     return f"{parts.scheme}://{parts.netloc}{path}"

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 import uuid
 from collections import deque
@@ -65,6 +64,7 @@ from ..errors import (
     TransportTimeout,
     redact,
     rejection_for,
+    scrub,
 )
 from ..protocol._model import DECIMAL_MAX, Model, format_class
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
@@ -121,8 +121,6 @@ _BAD_PATH_CHARS: Final = frozenset(" /\\?#%,:;\t\r\n")
 _REQ_ID_MAX: Final = 100
 _MAX_MESSAGE: Final = 300  # characters of a server's error text kept in an exception
 _MAX_BODY: Final = 64 * 1024  # bytes of a non-JSON error body read for its text
-#: Anything that looks like a JWT (three base64url parts, the first a JSON header).
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 
 Kind = Literal["market", "limit", "stop", "stopLimit"]
 Auth = Literal["required", "optional"]
@@ -299,8 +297,7 @@ def _server_message(body: bytes, token: str | None) -> str:
     # Redact before shortening: a cut token would no longer match.
     if token and token in text:
         text = text.replace(token, redact(token))
-    text = _JWT.sub("<token>", text)
-    return text[:_MAX_MESSAGE]
+    return scrub(text)[:_MAX_MESSAGE]
 
 
 def _command_body(cmd: Command) -> dict[str, Any]:
@@ -506,8 +503,10 @@ class HttpClient:
         self._stats["requests"] += 1
         try:
             async with asyncio.timeout(self._timeout):
+                # Redirects are not followed: one could lead a loopback request to a remote
+                # host in clear text, with the bearer token (a 3xx is answered as a refusal).
                 async with session.request(
-                    method, url, params=params, data=body, headers=headers
+                    method, url, params=params, data=body, headers=headers, allow_redirects=False
                 ) as response:
                     payload = await response.read()
                     return response.status, response.headers.get("Retry-After"), payload
@@ -1333,7 +1332,7 @@ def _replayed_ack(old: Any, req_id: str) -> HttpOrderAck:
     if isinstance(body, str):
         try:
             body = msgspec.json.decode(body)
-        except (msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError, RecursionError):
             pass
     fields = body if isinstance(body, dict) else {}
     message = fields.get("message")

@@ -28,7 +28,14 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import AlorError, ConnectionClosed, FrameError, ServerRejected, TokenRejected
+from ..errors import (
+    AlorError,
+    ConnectionClosed,
+    FrameError,
+    ServerRejected,
+    TokenRejected,
+    scrub,
+)
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.registry import StatusKind, Subscription, SubscriptionRegistry, SubscriptionState
@@ -38,7 +45,9 @@ from ..protocol.requests import (
     encode_subscribe,
     encode_unsubscribe,
 )
+from ._badframes import BadFrameLog
 from ._ws import settle, ws_connect
+from .endpoints import check_url
 
 
 __all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
@@ -196,7 +205,8 @@ class Lane:
     ) -> None:
         self.id = lane_id
         self.kind = kind
-        self.url = url
+        # Refused here, not at each reconnect (which would retry a bad URL forever).
+        self.url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
         self._registry = registry
         self._token = token  # async () -> current access token
         self._refresh = refresh_token  # async () -> force a refresh, returns the new token
@@ -235,6 +245,7 @@ class Lane:
         self.messages = 0
         self.bytes = 0
         self.bad_frames = 0
+        self._bad_log = BadFrameLog(log, f"lane {lane_id}")
         self.unrouted = 0
         self.reconnects = 0
         self.connect_failures = 0
@@ -293,10 +304,11 @@ class Lane:
         """Any frame the fast path did not settle: parse the envelope to classify it."""
         try:
             msg = route(payload)
-        except FrameError as exc:
+        except Exception as exc:  # route() raises FrameError; anything else is the frame's too
             self.bad_frames += 1
-            if self.bad_frames <= 10 or self.bad_frames % 1000 == 0:
-                log.warning("lane %d: %s (%d bad frames so far)", self.id, exc, self.bad_frames)
+            if not isinstance(exc, FrameError):
+                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
+            self._bad_log.report(exc)
             return
         if type(msg) is DataMessage:
             sink = self._sinks.get(msg.guid)
@@ -502,7 +514,7 @@ class Lane:
                 raise
             except Exception as exc:
                 self.connect_failures += 1
-                self.last_error = f"connect failed: {exc!r}"
+                self.last_error = scrub(f"connect failed: {exc!r}")
                 log.info("lane %d: %s", self.id, self.last_error)
                 delay = next(delays, None)
                 if delay is None:
@@ -536,7 +548,8 @@ class Lane:
                 break
             down_since = time.monotonic()
             code, reason = self._close_info or (None, "connection lost")
-            self.last_error = self._drop_reason or f"closed (code={code}, reason={reason!r})"
+            # The close reason is the server's text: scrubbed, like every frame excerpt.
+            self.last_error = self._drop_reason or f"closed (code={code}, reason={scrub(reason)!r})"
             self._drop_reason = None
             log.info("lane %d: %s; restoring", self.id, self.last_error)
             self._registry.connection_lost(self.id)

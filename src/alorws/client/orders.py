@@ -78,6 +78,7 @@ from ..errors import (
     TokenRejected,
     TransportTimeout,
     rejection_for,
+    scrub,
 )
 from ..protocol.backoff import Backoff
 from ..protocol.codec import StatusReply, decode_status
@@ -101,8 +102,10 @@ from ..protocol.commands import (
     encode_command,
 )
 from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
+from ._badframes import BadFrameLog
 from ._ws import settle, ws_connect
 from .auth import RotatingTokenSource
+from .endpoints import check_url
 
 
 __all__ = ["OrderAck", "OrderClient"]
@@ -257,7 +260,9 @@ class OrderClient:
     connection opens on the first command and then stays up, reconnecting after every drop.
 
     Args:
-        url: the ``/cws`` URL (``Endpoints.cws``; the simulator's ``sim.cws_url``).
+        url: the ``/cws`` URL (``Endpoints.cws``; the simulator's ``sim.cws_url``). ``wss://``,
+            or plain ``ws://`` to a loopback host only (else ``ConfigurationError``, raised
+            here, before anything is resolved or sent).
         tokens: the token manager (``await token()``, ``await refresh(force=True)``,
             ``add_listener``); its refreshes ahead of ``exp`` trigger re-authorization.
         ssl_context: TLS context for ``wss`` (see :func:`~.endpoints.ssl_context_for`).
@@ -296,7 +301,8 @@ class OrderClient:
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
-        self.url = url
+        # Checked before anything else: the authorize frame carries the JWT.
+        self.url = check_url(url, "OrderClient url", schemes=("wss", "ws"))
         self._tokens = tokens
         self._ssl = ssl_context
         self._backoff = backoff or Backoff()
@@ -333,6 +339,7 @@ class OrderClient:
         self._reauthorizations = 0
         self._late_replies = 0
         self._bad_frames = 0
+        self._bad_log = BadFrameLog(log, "cws")
         self._latencies: deque[int] = deque(maxlen=_LATENCY_SAMPLES)
         self.last_error: str | None = None
 
@@ -804,10 +811,11 @@ class OrderClient:
     def _on_frame(self, conn: _Conn, payload: bytes) -> None:
         try:
             reply = decode_status(payload)  # /cws sends only status replies (§6.1)
-        except FrameError as exc:
+        except Exception as exc:  # FrameError, or anything else: the frame's fault either way
             self._bad_frames += 1
-            if self._bad_frames <= 10 or self._bad_frames % 1000 == 0:
-                log.warning("cws: %s (%d bad frames so far)", exc, self._bad_frames)
+            if not isinstance(exc, FrameError):
+                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
+            self._bad_log.report(exc)
             return
         guid = reply.request_guid
         waiter = conn.auth_waiters.get(guid)
@@ -819,7 +827,9 @@ class OrderClient:
         if pending is None:
             # The caller timed out or went away; or a reply to a command from another client.
             self._late_replies += 1
-            log.debug("cws: reply %d to unknown or abandoned command %s", reply.http_code, guid)
+            log.debug(
+                "cws: reply %d to unknown or abandoned command %s", reply.http_code, scrub(guid)
+            )
             return
         self._latencies.append((time.perf_counter_ns() - pending.sent_ns) // 1000)
         code = reply.http_code
@@ -991,7 +1001,7 @@ class OrderClient:
                     raise
                 except Exception as exc:
                     self._connect_failures += 1
-                    self.last_error = f"connect or authorize failed: {exc!r}"
+                    self.last_error = scrub(f"connect or authorize failed: {exc!r}")
                     log.info("cws: %s", self.last_error)
                     self._drop(conn)
                     await self._wait_closed(conn)
@@ -1005,7 +1015,7 @@ class OrderClient:
                     self._flush()
                     await conn.closed.wait()
                     code, reason = conn.close_info or (None, "connection lost")
-                    self.last_error = f"closed (code={code}, reason={reason!r})"
+                    self.last_error = f"closed (code={code}, reason={scrub(reason)!r})"
                     if not self._closed:
                         log.info("cws: %s; reconnecting", self.last_error)
                         self._reconnects += 1

@@ -30,8 +30,6 @@ from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import (
     DATA_HEAD,
-    decode_frame,
-    decode_payload,
     decoder_for,
     frame_decoder_for,
     frame_payload,
@@ -40,6 +38,7 @@ from ..protocol.codec import (
 from ..protocol.enums import Exchange, Format
 from ..protocol.market import InstrumentPatch, OrderBook, Quote
 from ..protocol.requests import SubscriptionRequest
+from ._badframes import BadFrameLog
 from .buffer import Policy, StreamBuffer, WakeBatcher
 from .lane import LaneEvent
 from .whole import StreamFilter
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_MODELS",
     "Stream",
+    "bad_frame_error",
     "decode_inline",
     "default_policy",
     "market_request",
@@ -133,12 +133,30 @@ def decode_inline(
             try:
                 out.append(decode(item).data if frames else decode(item))
                 continue
-            except (msgspec.DecodeError, ValueError):
+            except Exception:  # any failure (RecursionError too) is this item's: handle() says
                 pass
         obj = handle(item)
         if obj is not None:
             out.append(obj)
     return out
+
+
+def bad_frame_error(
+    exc: BaseException, item: Any, model: type[Model], fmt: Format, *, frame: bool
+) -> FrameError:
+    """The :class:`~alorws.errors.FrameError` that describes an item that failed to decode
+    with ``exc``: a whole data ``frame`` or a payload alone (its excerpt scrubbed of tokens)."""
+    if isinstance(exc, FrameError):
+        return exc
+    what = "frame" if frame else "payload"
+    raw: bytes | str
+    if isinstance(item, bytes | str):
+        raw = item
+    elif isinstance(item, bytearray | memoryview | msgspec.Raw):
+        raw = bytes(item)
+    else:  # not wire data at all: say what it was
+        raw = repr(item)
+    return FrameError(f"bad {model.__name__} {what} ({fmt}): {type(exc).__name__}: {exc}", raw)
 
 
 class _Backfill(NamedTuple):
@@ -191,6 +209,7 @@ class Stream(Generic[M], AsyncIterator[M]):
         self._ready: collections.deque[M] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.bad_payloads = 0
+        self._bad_log = BadFrameLog(log, self.name)
         self.backfilled = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -327,8 +346,8 @@ class Stream(Generic[M], AsyncIterator[M]):
                         continue
                     try:
                         out.append(frame_payload(item))
-                    except FrameError:
-                        self._bad(item, decode_frame)
+                    except Exception as exc:  # junk (even nested too deep) is the frame's fault
+                        self._bad(item, exc, frame=True)
                 elif isinstance(item, LaneEvent):
                     self._handle(item)  # recorded and passed to the on_event callbacks
                     out.append(item)
@@ -342,8 +361,8 @@ class Stream(Generic[M], AsyncIterator[M]):
         if type(item) is bytes:  # a whole data frame, as a lane pushes it
             try:
                 obj = self._frame_decoder.decode(item).data
-            except (msgspec.DecodeError, ValueError):
-                self._bad(item, decode_frame)
+            except Exception as exc:  # any failure to decode (RecursionError too) skips it
+                self._bad(item, exc, frame=True)
                 return None
             if self._filter is not None and not self._filter.accept(obj):
                 return None
@@ -365,20 +384,18 @@ class Stream(Generic[M], AsyncIterator[M]):
             return None
         try:  # a payload alone (msgspec.Raw), as a replay pushes it
             obj = self._decoder.decode(item)
-        except (msgspec.DecodeError, ValueError):
-            self._bad(item, decode_payload)
+        except Exception as exc:
+            self._bad(item, exc, frame=False)
             return None
         if self._filter is not None and not self._filter.accept(obj):
             return None
         return obj
 
-    def _bad(self, item: Any, decode: Callable[[Any, type[M], Format], M]) -> None:
-        """Count an item that does not decode and log the precise reason (stream goes on)."""
+    def _bad(self, item: Any, exc: BaseException, *, frame: bool) -> None:
+        """Count an item that does not decode and log why, rate-limited (the stream goes on)."""
         self.bad_payloads += 1
-        try:
-            decode(item, self.model, self._format)
-        except FrameError as exc:
-            log.warning("%s: %s", self.name, exc)
+        error = bad_frame_error(exc, item, self.model, self._format, frame=frame)
+        self._bad_log.report(error, type(exc).__name__)
 
     def _start_backfill(self) -> None:
         task = asyncio.get_running_loop().create_task(self._backfill())

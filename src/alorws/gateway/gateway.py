@@ -76,6 +76,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from ..bus import wire
+from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
@@ -85,10 +86,12 @@ from ..errors import (
     AlorError,
     BufferOverflowError,
     ConfigurationError,
+    FrameError,
     InvalidArgumentError,
     InvalidState,
     OrderRejected,
     StreamClosed,
+    scrub,
 )
 from ..protocol import requests as rq
 from ..protocol._model import Model
@@ -216,6 +219,7 @@ class Gateway:
         self._orders_inflight: dict[str, asyncio.Task[OrderAck]] = {}
         self._orders_done: OrderedDict[str, bytes] = OrderedDict()
         self._epoch = secrets.token_hex(4)
+        self._bad_log = BadFrameLog(log, "gateway")
         self._running = False
         self._serving = False
         self.role = "stopped"  # stopped | standby | leader
@@ -413,7 +417,7 @@ class Gateway:
             return None
         try:
             node = msgspec.json.decode(entry.value or b"", type=wire.LeaderInfo).node
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except Exception:  # an unreadable entry still holds the lead: only its name is lost
             node = "?"
         return int(entry.revision or 0), node
 
@@ -576,12 +580,15 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await msg.respond(payload)
 
-    @staticmethod
-    def _decode(data: bytes, cls: type[T]) -> T:
+    def _decode(self, data: bytes, cls: type[T]) -> T:
+        """A consumer's request, or InvalidArgumentError (answered to it, counted in
+        ``errors``, logged rate-limited): any failure to decode is the request's fault."""
         try:
             return msgspec.json.decode(data, type=cls)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise InvalidArgumentError("request", f"bad {cls.__name__}: {exc}") from None
+        except Exception as exc:  # RecursionError too: never a traceback per bad request
+            error = FrameError(f"bad {cls.__name__}: {type(exc).__name__}: {exc}", data)
+            self._bad_log.report(error, f"{cls.__name__} {type(exc).__name__}")
+            raise InvalidArgumentError("request", scrub(f"bad {cls.__name__}: {exc}")) from None
 
     def _touch(self, consumer: str) -> dict[str, bytes]:
         self._seen[consumer] = time.monotonic()
@@ -679,7 +686,7 @@ class Gateway:
             deadline = time.monotonic() - self.lease_seconds
             for consumer, seen in list(self._seen.items()):
                 if seen < deadline:
-                    log.info("gateway: lease of consumer %s expired; releasing it", consumer)
+                    log.info("gateway: lease of consumer %s expired; releasing it", scrub(consumer))
                     self.counters["expired"] += 1
                     self._drop_consumer(consumer)
 
@@ -940,8 +947,13 @@ def _valid_snapshot(up: _Upstream) -> bytes | None:
         return None
     try:
         decoder_for(stream.model, Format(up.request.format)).decode(last)
-    except (msgspec.DecodeError, ValueError):
-        log.warning("gateway: %s: the last payload does not decode; no snapshot", up.subject)
+    except Exception as exc:  # RecursionError too: the subscribe is answered, without snapshot
+        log.warning(
+            "gateway: %s: the last payload does not decode (%s); no snapshot",
+            up.subject,
+            type(exc).__name__,
+        )
+        up.last = None  # checked once, not at every subscribe
         return None
     return last
 

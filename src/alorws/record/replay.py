@@ -38,6 +38,7 @@ unless something was missed during the gap). The whole recording is loaded into 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,11 +50,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
 from ..client.streams import Stream
 from ..client.whole import filter_for
-from ..errors import ConfigurationError, InvalidState
+from ..errors import ConfigurationError, FrameError, InvalidState, scrub
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import STREAM_MODELS, DataMessage, route
@@ -64,6 +66,8 @@ from .format import list_parts
 
 
 __all__ = ["RecordedSubscription", "Replay", "StreamSource"]
+
+log = logging.getLogger("alorws.replay")
 
 M = TypeVar("M", bound=Model)
 
@@ -179,6 +183,12 @@ class Replay:
         self._pump: asyncio.Task[None] | None = None
         self._state = "new"
         self.frames_replayed = 0
+        #: Recorded frames of a replayed subscription that the router refused (skipped,
+        #: logged rate-limited); a payload that does not decode is counted in its stream's
+        #: ``bad_payloads`` instead, as live. Rows recorded as ``junk`` belong to no
+        #: subscription (the live connection counted them) and are not replayed.
+        self.bad_frames = 0
+        self._bad_log = BadFrameLog(log, f"replay {self.root}")
         #: Streams ask their client for HTTP snapshots after a restore: none in a recording.
         self.http = _NoSnapshots()
 
@@ -648,11 +658,27 @@ class Replay:
                 delay = start + (recv[i] - first_ns) / 1e9 / speed - self._clock()
                 if delay > 0.0005:
                     await self._sleep(delay)
-            msg = route(frames[i].as_py())  # the live router, on the recorded bytes
+            frame = frames[i].as_py()
+            try:
+                msg = route(frame)  # the live router, on the recorded bytes
+            except Exception as exc:
+                if kinds[i] == "data" and isinstance(frame, bytes):
+                    # Recorded as data by its tail: live, the reader handed it to the stream
+                    # whole, which counted it in bad_payloads and went on. So here too.
+                    for buffer in slot.buffers:
+                        buffer.push(frame)
+                else:  # one bad recorded frame is skipped, counted and logged
+                    self.bad_frames += 1
+                    if not isinstance(exc, FrameError):
+                        raw = frame if isinstance(frame, bytes | str) else None
+                        exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", raw)
+                    self._bad_log.report(exc)
+                    continue
+                msg = None
             if isinstance(msg, DataMessage):
                 for buffer in slot.buffers:
                     buffer.push(msg.data)
-            elif msg.ok:
+            elif msg is not None and msg.ok:
                 if msg.request_guid in slot.confirmed:  # same guid again: a restore (§9.5)
                     event = LaneEvent("restored", conns[i])
                     for buffer in slot.buffers:
@@ -702,8 +728,18 @@ def _load(
             continue
         request = decoded.get((opcode, params))
         if request is None:
-            fields = msgspec.json.decode(params)
-            request = msgspec.convert(fields | {"opcode": opcode}, AnySubscriptionRequest)
+            try:
+                fields = msgspec.json.decode(params)
+                request = msgspec.convert(fields | {"opcode": opcode}, AnySubscriptionRequest)
+            except Exception as exc:  # a corrupt index row hides its frames, not the recording
+                log.warning(
+                    "replay %s: the recorded request of %s cannot be read (%s); its frames "
+                    "are not replayed",
+                    root,
+                    opcode,
+                    scrub(str(exc)),
+                )
+                continue
             decoded[opcode, params] = request
         by_guid[guid] = request
     recv = table.column("recv_ns").to_pylist()

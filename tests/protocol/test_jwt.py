@@ -159,6 +159,10 @@ MALFORMED = {
     "iat infinite": token_with_payload(b'{"exp": 1722433536, "iat": -1e999}'),
     "portfolios a number": token_with_payload(b'{"exp": 1722433536, "portfolios": 5}'),
     "empty payload": token_with_payload(""),
+    # Deeper than any recursion limit pytest or hypothesis may have set.
+    "claim nested too deep": token_with_payload(
+        b'{"exp": 1722433536, "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    ),
 }
 
 

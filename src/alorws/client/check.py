@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
+from .. import errors
 from ..errors import (
     AlorError,
     AuthError,
@@ -93,26 +94,16 @@ HTTP_CONCURRENCY: Final = 4
 
 # -- scrubbing ---------------------------------------------------------------------------------
 
-#: Anything that looks like a JWT (three base64url parts, the first a JSON header).
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
-#: The value of a JSON key that names a token, whatever its case.
-_TOKEN_KEY: Final = re.compile(
-    r'("(?:token|jwt|refresh_?token|access_?token|authorization)"\s*:\s*)"(?:[^"\\]|\\.)*"',
-    re.IGNORECASE,
-)
-_BEARER: Final = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _REDACTED: Final = "<redacted>"
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with tokens replaced by ``<redacted>``: JWTs, bearer values, the values of
-    ``token``-like JSON keys, and every literal of ``secrets`` (e.g. the refresh token)."""
+    """:func:`alorws.errors.scrub` of ``text``, and every literal of ``secrets`` (e.g. the
+    refresh token, which is not token-shaped) replaced by ``<redacted>``."""
     for secret in secrets:
         if len(secret) >= 8:  # a short string would blank out innocent text
             text = text.replace(secret, _REDACTED)
-    text = _JWT.sub(_REDACTED, text)
-    text = _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
-    return _TOKEN_KEY.sub(lambda m: f'{m.group(1)}"{_REDACTED}"', text)
+    return errors.scrub(text)
 
 
 def _one_line(text: str, limit: int = 160) -> str:

@@ -148,7 +148,7 @@ def decode_claims(token: str) -> JwtClaims:
     except msgspec.ValidationError as exc:
         # msgspec's validation messages name the claim and the types, never the value.
         raise InvalidTokenError(f"cannot read JWT {redact(token)}: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a payload nested too deep to read
         raise InvalidTokenError(
             f"cannot read JWT {redact(token)}: its payload is not a JSON object"
         ) from None

@@ -7,8 +7,12 @@ the simulator puts on the wire. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -162,3 +166,73 @@ class RawWS:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class PipeWS:
+    """A bare WebSocket client over a raw stream: one ``write`` can carry several frames (or a
+    frame header alone), so tests control exactly what the server reads in one go."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int, path: str) -> PipeWS:
+        """Open ``ws://host:port/path`` (plain TCP) and complete the handshake."""
+        reader, writer = await asyncio.open_connection(host, port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        async with asyncio.timeout(DEFAULT_TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    @staticmethod
+    def frame(payload: Msg | bytes, declared: int | None = None) -> bytes:
+        """A masked client text frame; ``declared`` overrides the length in the header (then
+        only the header is returned: the payload that would follow is never sent)."""
+        data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        n = len(data) if declared is None else declared
+        if n < 126:
+            head = struct.pack("!BB", 0x81, 0x80 | n)
+        elif n < 65536:
+            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        else:
+            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        mask = b"\x00\x00\x00\x00"  # a zero mask leaves the payload as it is
+        return head + mask if declared is not None else head + mask + data
+
+    def write(self, *frames: bytes) -> None:
+        """Send the frames in one write."""
+        self.writer.write(b"".join(frames))
+
+    async def next(self, within: float = DEFAULT_TIMEOUT) -> tuple[int, bytes]:
+        """The next server frame as ``(opcode, payload)``: 1 text, 8 close."""
+        async with asyncio.timeout(within):
+            b0, b1 = await self.reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+            return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def recv(self, within: float = DEFAULT_TIMEOUT) -> Msg:
+        """The next frame, which must be a text frame holding a JSON object."""
+        opcode, payload = await self.next(within)
+        assert opcode == 1, (opcode, payload)
+        result = json.loads(payload)
+        assert isinstance(result, dict), result
+        return result
+
+    async def close(self) -> None:
+        """Drop the TCP connection."""
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

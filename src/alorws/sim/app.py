@@ -8,6 +8,11 @@ In tests::
 
 From a shell, ``alorws sim --port 8765`` prints ``url: http://127.0.0.1:8765`` and
 ``refresh_token: <token>`` (plus ``cert: <path>`` with ``--tls``) and serves until Ctrl-C.
+
+Refresh tokens are random per simulator (``sim.demo_refresh_token``) unless one is given. The
+admin endpoints (``admin=True``, ``--admin``) can require a token (``admin_token``,
+``--admin-token``); listening beyond loopback with them on requires one: it is generated (and
+printed by ``alorws sim``) when not given, and a warning is logged and written to stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -30,15 +37,47 @@ from typing import Any
 
 from aiohttp import web
 
+from ..errors import InvalidArgumentError
 from .auth import TokenService
 from .engine import Account, TradingEngine
-from .faults import Faults
+from .faults import MIN_DROP_EVERY, Faults, check_codes, check_seconds
 from .market import SyntheticMarket, TradePrinted
 from .server import SimServer
 from .subscriptions import Limits
 
 
-__all__ = ["Simulator", "main", "make_self_signed_cert"]
+__all__ = ["Simulator", "exposure_warning", "is_loopback", "main", "make_self_signed_cert"]
+
+log = logging.getLogger("alorws.sim")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (an empty host, ``0.0.0.0`` and
+    ``::`` listen on every interface; any other name may resolve beyond loopback)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, admin: bool) -> str | None:
+    """The warning for serving the admin endpoints beyond loopback, or None."""
+    if not admin or is_loopback(host):
+        return None
+    where = host or "every interface"
+    return (
+        f"the simulator listens on {where} (beyond loopback) with the admin endpoints on: "
+        "anyone who can reach it and has the admin token can drop connections and inject "
+        "frames. Keep the admin token secret, or listen on 127.0.0.1"
+    )
+
+
+def _random_refresh_token() -> str:
+    """A fresh refresh token, UUID-shaped like ALOR's (§2.1)."""
+    h = secrets.token_hex(16)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Simulator:
@@ -51,6 +90,10 @@ class Simulator:
         token_lifetime: access JWT lifetime in seconds (§12.1).
         rate: market events per second.
         admin: serve the ``/sim/*`` fault endpoints.
+        admin_token: require it on every ``/sim/*`` request (``Authorization: Bearer <admin
+            token>`` or ``X-Sim-Admin``). With ``admin`` on and ``host`` beyond loopback one
+            is generated when not given (see :attr:`admin_token`).
+        demo_refresh_token: the demo account's refresh token; random when not given.
         tls: serve https/wss with a self-signed certificate (see :attr:`cert_path`).
         http_rate: HTTP requests per second per account (§12.10).
         send_buffer: kernel send buffer (SO_SNDBUF) per connection, bytes; None = the OS's
@@ -72,6 +115,8 @@ class Simulator:
         token_lifetime: float = 1800.0,
         rate: float = 20.0,
         admin: bool = False,
+        admin_token: str | None = None,
+        demo_refresh_token: str | None = None,
         tls: bool = False,
         http_rate: int = 100,
         send_buffer: int | None = None,
@@ -85,6 +130,10 @@ class Simulator:
         self.seed = seed
         self.tls = tls
         self.admin = admin
+        if admin and admin_token is None and not is_loopback(host):
+            admin_token = secrets.token_urlsafe(24)
+        #: The token ``/sim/*`` requires, or None (admin off, or on loopback without one).
+        self.admin_token = admin_token
         now_ms = int(time.time() * 1000)
         self.market = SyntheticMarket(
             seed=seed, start_ms=now_ms, history_days=history_days, events_per_second=rate
@@ -109,12 +158,15 @@ class Simulator:
             self.limits,
             http_rate=http_rate,
             admin=admin,
+            admin_token=admin_token,
             send_buffer=send_buffer,
             close_timeout=close_timeout,
         )
         self.faults = Faults(self.server, seed)
         self.server.faults = self.faults
-        self.demo = self.engine.add_account("demo")
+        self.demo = self.engine.add_account(
+            "demo", refresh_token=demo_refresh_token or _random_refresh_token()
+        )
         self.cert_path: str | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
@@ -135,6 +187,9 @@ class Simulator:
 
     async def start(self) -> None:
         """Listen and start the market loop."""
+        warning = exposure_warning(self.host, self.admin)
+        if warning is not None:
+            log.warning("%s", warning)
         ssl_context = None
         if self.tls:
             self._cert_dir = tempfile.TemporaryDirectory(prefix="alorws-sim-")
@@ -188,9 +243,14 @@ class Simulator:
         return str(self.demo.refresh_token)
 
     def add_account(self, login: str | None = None, **kwargs: Any) -> Account:
-        """Add an account (see ``TradingEngine.add_account``); returns it with its portfolios."""
+        """Add an account (see ``TradingEngine.add_account``); returns it with its portfolios.
+
+        Its refresh token is random unless ``refresh_token`` is given.
+        """
         if login is None:
             login = f"user{len(self.engine_accounts()) + 1}"
+        if kwargs.get("refresh_token") is None:
+            kwargs["refresh_token"] = _random_refresh_token()
         return self.engine.add_account(login, **kwargs)
 
     def engine_accounts(self) -> list[Account]:
@@ -356,6 +416,19 @@ def _parser() -> argparse.ArgumentParser:
         "--send-buffer", type=int, default=None, help="kernel send buffer per connection, bytes"
     )
     p.add_argument("--admin", action="store_true", help="serve the /sim/* fault endpoints")
+    p.add_argument(
+        "--admin-token",
+        default=None,
+        metavar="TOKEN",
+        help="require it on /sim/* (Authorization: Bearer TOKEN or X-Sim-Admin: TOKEN); "
+        "generated and printed when --admin listens beyond loopback without one",
+    )
+    p.add_argument(
+        "--refresh-token",
+        default=None,
+        metavar="TOKEN",
+        help="the demo account's refresh token (default: random)",
+    )
     p.add_argument("--tls", action="store_true", help="https/wss with a self-signed cert")
     p.add_argument("--drop-every", type=float, default=0.0, help="drop a connection every ~N s")
     p.add_argument(
@@ -371,7 +444,24 @@ def _out(line: str) -> None:
     sys.stdout.flush()
 
 
+def _drop_codes(args: argparse.Namespace) -> list[int] | None:
+    """Check the fault flags before anything starts; the --drop-every codes, if on."""
+    if args.reply_delay > 0:
+        check_seconds("--reply-delay", args.reply_delay)
+    if args.drop_every <= 0:
+        return None
+    check_seconds("--drop-every", args.drop_every, MIN_DROP_EVERY)
+    try:
+        codes = [int(c) for c in args.drop_codes.split(",") if c.strip()]
+    except ValueError:
+        raise InvalidArgumentError(
+            "--drop-codes", f"must be close codes separated by commas, got {args.drop_codes!r}"
+        ) from None
+    return check_codes(codes)
+
+
 async def _serve(args: argparse.Namespace) -> None:
+    drop_codes = _drop_codes(args)
     sim = Simulator(
         host=args.host,
         port=args.port,
@@ -382,6 +472,8 @@ async def _serve(args: argparse.Namespace) -> None:
         token_lifetime=args.token_lifetime,
         rate=args.rate,
         admin=args.admin,
+        admin_token=args.admin_token,
+        demo_refresh_token=args.refresh_token,
         tls=args.tls,
         http_rate=args.http_rate,
         send_buffer=args.send_buffer,
@@ -395,6 +487,8 @@ async def _serve(args: argparse.Namespace) -> None:
         if token:
             kwargs["refresh_token"] = token
         if agreements:
+            if not agreements.isdigit() or int(agreements) < 1:
+                raise InvalidArgumentError("--account", f"AGREEMENTS must be >= 1 in {spec!r}")
             kwargs["agreements"] = int(agreements)
         extra.append(sim.add_account(login, **kwargs))
     stop = asyncio.Event()
@@ -402,10 +496,9 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with sim:
-        if args.drop_every > 0:
-            codes = [int(c) for c in args.drop_codes.split(",") if c.strip()]
-            sim.faults.random_drops(args.drop_every, codes)
+    async with sim:  # start() logs the exposure warning, if any (to stderr, see main)
+        if drop_codes is not None:
+            sim.faults.random_drops(args.drop_every, drop_codes)
         if args.reply_delay > 0:
             sim.faults.delay(args.reply_delay)
         _out(f"url: {sim.url}")
@@ -417,6 +510,8 @@ async def _serve(args: argparse.Namespace) -> None:
             _out(f"cert: {sim.cert_path}")
         if args.admin:
             _out(f"admin: {sim.url}/sim/")
+            if sim.admin_token is not None and args.admin_token is None:
+                _out(f"admin_token: {sim.admin_token}")  # generated: the only way to learn it
         await stop.wait()
     _out("stopped")
 
@@ -424,6 +519,9 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``alorws sim``: serve until Ctrl-C; returns the exit status."""
     args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        # The simulator's warnings and failures go to stderr (unless the caller set logging up).
+        logging.basicConfig(level=logging.WARNING, format="alorws sim: %(levelname)s: %(message)s")
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
@@ -431,4 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken
         sys.stderr.write(f"alorws sim: {exc}\n")
         return 1
+    except InvalidArgumentError as exc:  # a flag out of range
+        sys.stderr.write(f"alorws sim: {exc}\n")
+        return 2
     return 0

@@ -75,6 +75,7 @@ from ..protocol.enums import (
     TimeInForce,
 )
 from .market import (
+    MAX_TIME_S,
     BookUpdated,
     InstrumentInfo,
     MarketEvent,
@@ -547,6 +548,8 @@ class TradingEngine:
             raise _Rejected(f"{what} {price} must be greater than zero")
         if not info.on_grid(price):
             raise _Rejected(f"{what} {price} is not a multiple of the price step {info.price_step}")
+        if info.to_ticks(price) < 1:  # on the grid only as zero steps
+            raise _Rejected(f"{what} {price} is below the price step {info.price_step}")
         if band and not info.price_min <= price <= info.price_max:
             raise _Rejected(
                 f"{what} {price} is outside the price band [{info.price_min}, {info.price_max}]"
@@ -854,6 +857,11 @@ class TradingEngine:
                 tif = cmd.time_in_force
         end = now + _STOP_LIFETIME_MS
         if cmd.stop_end_unix_time is not UNSET and cmd.stop_end_unix_time != 0:
+            if cmd.stop_end_unix_time >= MAX_TIME_S:  # beyond any date the order can carry
+                raise _Rejected(
+                    f"stopEndUnixTime: must be Unix seconds below {MAX_TIME_S} (year 9999), "
+                    f"got {cmd.stop_end_unix_time}"
+                )
             end = cmd.stop_end_unix_time * 1000
             if end <= now:
                 raise _Rejected(f"stopEndUnixTime {cmd.stop_end_unix_time} is in the past")

@@ -30,7 +30,7 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -52,6 +52,8 @@ from ..protocol.market import (
 
 __all__ = [
     "DEFAULT_START_MS",
+    "MAX_TF",
+    "MAX_TIME_S",
     "TIMEFRAMES",
     "BookUpdated",
     "InstrumentInfo",
@@ -70,6 +72,12 @@ DEFAULT_START_MS: Final = 1_750_662_000_000
 #: §4.3: the letter timeframes in seconds (day, week, month, year).
 TIMEFRAMES: Final[dict[str, int]] = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
 
+#: The longest timeframe served, seconds (a year, ``Y``).
+MAX_TF: Final = TIMEFRAMES["Y"]
+#: Times (Unix s) must be below this: 9999-01-01, so that every candle of every timeframe,
+#: and the one after it, still has a calendar date.
+MAX_TIME_S: Final = 253_370_764_800
+
 BOOK_LEVELS: Final = 50  # §4.1: depth 1..50
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY: Final = 86_400
@@ -87,6 +95,11 @@ _WARMUP_MS: Final = 15_000  # live trading simulated before start_ms, so the tap
 _WARMUP_EVENTS: Final = 100  # ... but at most this many events per instrument
 _LATE_PRINT_P: Final = 0.02  # share of prints stamped earlier than the one before (point 8)
 _TRADE_P: Final = 0.3  # share of activity events that are trades
+_BUILD_CHUNK: Final = 1000  # history rows one build step handles (a few ms)
+_MAX_TIMEFRAMES: Final = 32  # candle series kept per instrument
+# Build keys besides timeframes: the one-minute and the 15-second history.
+_MINUTES: Final = -60
+_QUARTERS: Final = -15
 
 
 def iso_time(ms: int) -> str:
@@ -620,6 +633,21 @@ class _Series:
         j = bisect.bisect_right(self.times, hi)
         return [self.candles[t].bar(t) for t in self.times[i:j]]
 
+    def last_before(self, hi: int, n: int) -> list[Bar]:
+        """The last ``n`` candles opening at or before ``hi``."""
+        j = bisect.bisect_right(self.times, hi)
+        return [self.candles[t].bar(t) for t in self.times[max(0, j - n) : j]]
+
+    def time_before(self, t: int) -> int | None:
+        """The open time of the latest candle opening before ``t``."""
+        i = bisect.bisect_left(self.times, t)
+        return self.times[i - 1] if i else None
+
+    def time_after(self, t: int) -> int | None:
+        """The open time of the earliest candle opening after ``t``."""
+        i = bisect.bisect_right(self.times, t)
+        return self.times[i] if i < len(self.times) else None
+
 
 # -- per-instrument state ----------------------------------------------------------------------
 
@@ -634,6 +662,7 @@ class _Sym:
         "bid",
         "bids",
         "book_ms",
+        "builders",
         "history",
         "history15",
         "index",
@@ -645,6 +674,7 @@ class _Sym:
         "min_ticks",
         "max_ticks",
         "oi",
+        "pins",
         "recent",
         "rng",
         "series",
@@ -675,7 +705,9 @@ class _Sym:
         self.oi = spec.open_interest
         self.recent: deque[Trade] = deque(maxlen=_RECENT_TRADES)
         self.live15 = _Series(15)
-        self.series: dict[int, _Series] = {}
+        self.series: dict[int, _Series] = {}  # least recently used first
+        self.pins: dict[int, int] = {}  # timeframe -> live subscriptions using it
+        self.builders: dict[int, Iterator[None]] = {}  # builds in progress, by build key
         self.history: list[tuple[int, int, int, int, int, int]] | None = None
         self.history15: list[tuple[int, int, int, int, int, int]] | None = None
 
@@ -709,6 +741,12 @@ class SyntheticMarket:
         break_interval_s: Mean seconds between trading breaks of one instrument; ``None``
             disables status changes.
         break_seconds: Range of a break's duration in seconds.
+
+    History is built lazily, per instrument and timeframe, in bounded steps: a server calls
+    :meth:`build_series` (or :meth:`build_history`) until it returns True, yielding to its event
+    loop in between, so a first long request never blocks it; the other methods build what they
+    need at once. At most ``max_timeframes`` candle series are kept per instrument: the least
+    recently used one that no subscription has pinned (:meth:`pin`) makes room for a new one.
     """
 
     def __init__(
@@ -729,6 +767,8 @@ class SyntheticMarket:
         self.events_per_second = events_per_second
         self.break_interval_s = break_interval_s
         self.break_seconds = break_seconds
+        self.build_chunk = _BUILD_CHUNK  # history rows per build step
+        self.max_timeframes = _MAX_TIMEFRAMES
         self.instruments: dict[str, InstrumentInfo] = {}
         self._syms: list[_Sym] = []
         self._by_symbol: dict[str, _Sym] = {}
@@ -1313,13 +1353,26 @@ class SyntheticMarket:
 
         History reaches ``history_days`` back (timeframes under a minute are split from the
         minute candles; those not a multiple of 15 s have live candles only). The last candle
-        may be the forming one.
+        may be the forming one. ``from_s`` is clamped to ``0..MAX_TIME_S``: no candle lies
+        outside it.
         """
         if tf <= 0:
             raise ValueError(f"tf must be a positive number of seconds, got {tf}")
         s = self._sym(symbol)
         series = self._series(s, tf)
+        from_s = min(max(from_s, 0), MAX_TIME_S - 1)
         return series.range(bucket_start(from_s, tf), to_s)
+
+    def last_bars(self, symbol: str, tf: int, to_s: int, n: int) -> list[Bar]:
+        """The last ``n`` candles of ``tf`` seconds opening at or before ``to_s``."""
+        return self._series(self._sym(symbol), tf).last_before(to_s, max(0, n))
+
+    def neighbours(
+        self, symbol: str, tf: int, first: int, last: int
+    ) -> tuple[int | None, int | None]:
+        """Open times of the candle before ``first`` and of the one after ``last`` (or None)."""
+        series = self._series(self._sym(symbol), tf)
+        return series.time_before(first), series.time_after(last)
 
     def forming_bar(self, symbol: str, tf: int) -> Bar | None:
         """The candle of the current ``tf`` period, or None if nothing traded in it yet."""
@@ -1330,36 +1383,134 @@ class SyntheticMarket:
             return None
         return last[1].bar(last[0])
 
+    # -- building history in bounded steps -----------------------------------------------------
+
+    def series_ready(self, symbol: str, tf: int) -> bool:
+        """Whether the ``tf`` candles of ``symbol`` are built (then reading them is cheap)."""
+        return tf in self._sym(symbol).series
+
+    def build_series(self, symbol: str, tf: int) -> bool:
+        """One bounded step (about ``build_chunk`` history rows) of building the ``tf`` candles
+        of ``symbol``; True once they are built. Steps of concurrent callers share one build."""
+        if tf <= 0:
+            raise ValueError(f"tf must be a positive number of seconds, got {tf}")
+        return self._advance(self._sym(symbol), tf)
+
+    def build_history(self, symbol: str) -> bool:
+        """One bounded step of generating the minute history of ``symbol``; True once done."""
+        return self._advance(self._sym(symbol), _MINUTES)
+
+    def timeframe_available(self, symbol: str, tf: int) -> bool:
+        """Whether ``tf`` candles of ``symbol`` are kept or can be: False only when
+        ``max_timeframes`` series are kept (or being built) and every one is pinned."""
+        s = self._sym(symbol)
+        if tf in s.series or tf in s.builders:
+            return True
+        kept = len(s.series) + sum(1 for key in s.builders if key > 0)
+        return kept < self.max_timeframes or any(not s.pins.get(t) for t in s.series)
+
+    def pin(self, symbol: str, tf: int) -> None:
+        """Keep the ``tf`` candles of ``symbol`` while a subscription uses them."""
+        pins = self._sym(symbol).pins
+        pins[tf] = pins.get(tf, 0) + 1
+
+    def unpin(self, symbol: str, tf: int) -> None:
+        """Undo one :meth:`pin`."""
+        pins = self._sym(symbol).pins
+        left = pins.get(tf, 0) - 1
+        if left > 0:
+            pins[tf] = left
+        else:
+            pins.pop(tf, None)
+
     def _series(self, s: _Sym, tf: int) -> _Series:
-        series = s.series.get(tf)
-        if series is not None:
-            return series
+        series = s.series.pop(tf, None)
+        if series is None:
+            while not self._advance(s, tf):
+                pass
+            series = s.series.pop(tf)
+        s.series[tf] = series  # most recently used last
+        return series
+
+    def _advance(self, s: _Sym, key: int) -> bool:
+        """One step of the build ``key`` (a timeframe, ``_MINUTES`` or ``_QUARTERS``)."""
+        if key == _MINUTES:
+            done = s.history is not None
+        elif key == _QUARTERS:
+            done = s.history15 is not None
+        else:
+            done = key in s.series
+        if done:
+            return True
+        builder = s.builders.get(key)
+        if builder is None:
+            if key == _MINUTES:
+                builder = self._build_minutes(s)
+            elif key == _QUARTERS:
+                builder = self._build_quarters(s)
+            else:
+                builder = self._build_series(s, key)
+            s.builders[key] = builder
+        try:
+            next(builder)
+        except StopIteration:
+            s.builders.pop(key, None)
+            return True
+        except BaseException:  # a failed build starts afresh next time
+            s.builders.pop(key, None)
+            raise
+        return False
+
+    def _build_series(self, s: _Sym, tf: int) -> Iterator[None]:
         series = _Series(tf)
         if tf % 15 == 0:
-            history = self._history(s) if tf % 60 == 0 else self._history15(s)
+            base = _MINUTES if tf % 60 == 0 else _QUARTERS
+            while not self._advance(s, base):
+                yield
+            history = s.history if base == _MINUTES else s.history15
+            assert history is not None
             price_of = s.info.price_of
-            for t, o, h, low, c, v in _aggregate(history, tf):
-                series.merge(t, price_of(o), price_of(h), price_of(low), price_of(c), v)
+            step = self.build_chunk
+            for i in range(0, len(history), step):
+                if i:
+                    yield
+                # Chunks are in time order: merge() folds a period split between two.
+                for t, o, h, low, c, v in _aggregate(history[i : i + step], tf):
+                    series.merge(t, price_of(o), price_of(h), price_of(low), price_of(c), v)
+            # The live candles last, in the same step as the install: none is missed.
             for t in s.live15.times:
                 k = s.live15.candles[t]
                 series.merge(t, k.o, k.h, k.l, k.c, k.v)
         else:
-            # No finer base is kept: rebuild from the recent tape only.
+            # No finer base is kept: rebuild from the recent tape only (at most 10000 trades).
             top = 0
             for trade in s.recent:
                 ts = trade.timestamp or 0
                 series.add_trade(ts // 1000, trade.price, trade.qty, late=ts < top)
                 top = max(top, ts)
-        s.series[tf] = series
-        return series
+        series_map = s.series
+        while len(series_map) >= self.max_timeframes:
+            # Evict the least recently used series no subscription needs (never the day
+            # candles: every quote reads them).
+            victim = next(
+                (t for t in series_map if not s.pins.get(t) and t != TIMEFRAMES["D"]), None
+            )
+            if victim is None:
+                break
+            del series_map[victim]
+        series_map[tf] = series
 
     def _history(self, s: _Sym) -> list[tuple[int, int, int, int, int, int]]:
+        while not self._advance(s, _MINUTES):
+            pass
+        assert s.history is not None
+        return s.history
+
+    def _build_minutes(self, s: _Sym) -> Iterator[None]:
         """One-minute candles ``(t, o, h, l, c, v)`` in ticks, generated backwards from the start.
 
         Own random stream, so generating it lazily does not disturb the live one.
         """
-        if s.history is not None:
-            return s.history
         rng = random.Random(f"alorws-sim:{self.seed}:{s.info.symbol}:history")
         r = rng.random
         spec = s.spec
@@ -1373,7 +1524,10 @@ class SyntheticMarket:
         out: list[tuple[int, int, int, int, int, int]] = []
         append = out.append
         t = self._history_end_s
-        for _ in range(n):
+        step = self.build_chunk
+        for i in range(n):
+            if i and i % step == 0:
+                yield
             t -= 60
             drift = (anchor - close) * 0.002  # mean-revert towards the start going back
             open_ = close + round((r() + r() + r() - 1.5) * sigma2 + drift)
@@ -1385,15 +1539,18 @@ class SyntheticMarket:
             close = open_
         out.reverse()
         s.history = out
-        return out
 
-    def _history15(self, s: _Sym) -> list[tuple[int, int, int, int, int, int]]:
+    def _build_quarters(self, s: _Sym) -> Iterator[None]:
         """The minute history split into four 15 s candles each, consistently."""
-        if s.history15 is not None:
-            return s.history15
+        while not self._advance(s, _MINUTES):
+            yield
+        assert s.history is not None
         rng = random.Random(f"alorws-sim:{self.seed}:{s.info.symbol}:history15")
         out: list[tuple[int, int, int, int, int, int]] = []
-        for t, o, h, low, c, v in self._history(s):
+        step = max(1, self.build_chunk // 4)
+        for i, (t, o, h, low, c, v) in enumerate(s.history):
+            if i and i % step == 0:
+                yield
             closes = [rng.randint(low, h) for _ in range(3)] + [c]
             opens = [o, *closes[:3]]
             at_high, at_low = rng.randrange(4), rng.randrange(4)
@@ -1401,12 +1558,11 @@ class SyntheticMarket:
             total = sum(weights)
             vols = [1 + int((v - 4) * w / total) for w in weights]
             vols[3] += v - sum(vols)
-            for i in range(4):
-                sub_h = max(opens[i], closes[i], h if i == at_high else opens[i])
-                sub_l = min(opens[i], closes[i], low if i == at_low else opens[i])
-                out.append((t + 15 * i, opens[i], sub_h, sub_l, closes[i], vols[i]))
+            for j in range(4):
+                sub_h = max(opens[j], closes[j], h if j == at_high else opens[j])
+                sub_l = min(opens[j], closes[j], low if j == at_low else opens[j])
+                out.append((t + 15 * j, opens[j], sub_h, sub_l, closes[j], vols[j]))
         s.history15 = out
-        return out
 
     def clusters(self, symbol: str, tf: int, from_s: int) -> list[ClusterSnapshot]:
         """Traded volume per price and aggressor side per ``tf`` period since ``from_s`` (§4.13).

@@ -21,14 +21,26 @@ read then stay in the queue, where they are counted: more than ``max_unread`` cl
 connection with 1008. The kernel default (autotuned, up to megabytes on loopback) is kept unless
 ``send_buffer`` is given: tests set a small one so a client that stops reading overflows fast;
 a small kernel buffer also caps how much one connection can take per event-loop turn.
+
+Bad input (§12.2). Every request is answered: a bad one with a 4xx and a message naming what is
+wrong, whatever the endpoint. Frames over ``MAX_REQUEST`` (64 KiB) close the WebSocket with
+1009; bodies over it get 413. A failure inside the simulator (a bug, not bad input) answers 500
+in place of that one request or frame, is logged and counted in ``stats()["errors"]``; the
+connection it happened on carries on. Replies to ``/cws`` commands go out before any close frame
+that follows them, so an executed command never loses its reply to a later close.
+
+Admin (``/sim/*``). With an ``admin_token`` every admin request must carry it, as
+``Authorization: Bearer <admin token>`` or ``X-Sim-Admin: <admin token>``; otherwise 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import math
 import socket
 import time
 from collections import deque
@@ -38,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from aiohttp import WSMsgType, web
 
+from ..errors import InvalidArgumentError
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, StopOrder
 from ..protocol.commands import CommandFrameError, decode_command
@@ -46,8 +59,16 @@ from ..protocol.http_models import AllTradesPage
 from ..protocol.market import Trade
 from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
-from .market import bucket_end, bucket_start
-from .subscriptions import Connection, Hub, Limits, status_frame, tf_seconds
+from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start
+from .subscriptions import (
+    MAX_GUID_LEN,
+    Connection,
+    Hub,
+    Limits,
+    guid_error,
+    status_frame,
+    tf_seconds,
+)
 from .wire import wire
 
 
@@ -57,11 +78,15 @@ if TYPE_CHECKING:
     from .market import InstrumentInfo, SyntheticMarket
 
 
-__all__ = ["SimServer"]
+__all__ = ["MAX_REQUEST", "SimServer"]
 
 log = logging.getLogger("alorws.sim")
 
-MAX_FRAME: Final = 1 << 20  # frames above 1 MiB are refused with close 1009
+#: Largest WebSocket frame and HTTP body accepted, bytes: requests are small (an order with a
+#: 100-character comment is under 1 KiB). Above it: close 1009, or HTTP 413.
+MAX_REQUEST: Final = 64 * 1024
+_MAX_INJECT: Final = 1 << 20  # /sim/inject may carry a larger frame (it is sent, not parsed)
+_ENCODE_CHUNK: Final = 2000  # candles encoded per event-loop turn in an HTTP history page
 DUPLICATE_WINDOW: Final = 3600.0  # §12.11: a /cws guid is remembered for 1 hour
 _TICK: Final = 0.005  # market loop period; below the smallest frequency (Slim, 10 ms)
 _MAX_STEP_MS: Final = 20  # market time advanced per turn at most: bounds the work per turn
@@ -77,6 +102,24 @@ class _Env(msgspec.Struct, gc=False):
 
 
 _ENV: Final = msgspec.json.Decoder(_Env)
+_JSON: Final = msgspec.json.Decoder()
+
+
+class _SimWebSocket(web.WebSocketResponse):
+    """A WebSocket whose close frame follows whatever its connection has queued.
+
+    aiohttp writes a close frame itself when the client closes or sends a frame it refuses
+    (1009); the replies already queued for earlier requests, commands that have run included,
+    are written first.
+    """
+
+    conn: Connection | None = None
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        conn = self.conn
+        if conn is not None and not self.closed:
+            conn.flush_now()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class _AiohttpWire:
@@ -145,9 +188,38 @@ def _float_arg(request: web.Request, name: str) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise _bad(name, "must be a number", text) from None
+    if not math.isfinite(value):
+        raise _bad(name, "must be a finite number", text)
+    return value
+
+
+def _time_arg(request: web.Request, name: str) -> int | None:
+    """An optional time parameter, Unix seconds within ``0..MAX_TIME_S``."""
+    return _int_arg(request, name, 0, MAX_TIME_S - 1)
+
+
+async def _read_json(request: web.Request, limit: int = MAX_REQUEST) -> dict[str, Any] | None:
+    """The request's JSON object body (None without a body); 400 for anything else.
+
+    ``limit`` bounds the body (413 above it).
+    """
+    if not request.can_read_body:
+        return None
+    if limit != MAX_REQUEST:
+        request = request.clone(client_max_size=limit)
+    data = await request.read()
+    try:
+        body = _JSON.decode(data)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8
+        raise web.HTTPBadRequest(text=f"Body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(text="Body is not valid JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=f"Body must be a JSON object, got {type(body).__name__}")
+    return body
 
 
 def _bool_arg(request: web.Request, name: str) -> bool:
@@ -177,6 +249,8 @@ class SimServer:
         rate: unused here (the market generates its own events); kept for stats.
         http_rate: HTTP requests per second per account (§12.10).
         admin: serve ``/sim/*``.
+        admin_token: when set, every ``/sim/*`` request must carry it (``Authorization:
+            Bearer <admin token>`` or ``X-Sim-Admin``); 401 otherwise.
         send_buffer: kernel send buffer (SO_SNDBUF) per connection, bytes; None = the OS's.
         close_timeout: how long a server-initiated close waits for the client's close frame.
     """
@@ -190,9 +264,12 @@ class SimServer:
         *,
         http_rate: int = 100,
         admin: bool = False,
+        admin_token: str | None = None,
         send_buffer: int | None = None,
         close_timeout: float = 2.0,
     ) -> None:
+        if admin_token is not None and (type(admin_token) is not str or not admin_token):
+            raise InvalidArgumentError("admin_token", "must be a non-empty str or None")
         self.market = market
         self.engine = engine
         self.tokens = tokens
@@ -200,6 +277,7 @@ class SimServer:
         self.hub = Hub(market, engine, tokens, limits)
         self.http_rate = http_rate
         self.admin = admin
+        self.admin_token = admin_token
         self.send_buffer = send_buffer
         self.close_timeout = close_timeout
         self.refuse_until = 0.0  # loop time; new connections and HTTP get 503 before it
@@ -213,6 +291,8 @@ class SimServer:
         self._http_hits: dict[str, deque[float]] = {}
         self._http_serial = 0
         self._market_task: asyncio.Task[None] | None = None
+        # Failures inside the simulator (bugs, never bad input): a handler, a /ws or /cws
+        # message, the market loop, a background fault. Each is logged.
         self.errors = 0
         self.app = self._build_app()
 
@@ -298,7 +378,7 @@ class SimServer:
     # -- app ----------------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_FRAME)
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST)
         r = app.router
         r.add_get("/ws", self._ws_handler)
         r.add_get("/cws", self._cws_handler)
@@ -343,7 +423,17 @@ class SimServer:
     ) -> web.StreamResponse:
         path = request.path
         if path.startswith("/sim/"):
-            return await handler(request)
+            if self.admin and self.admin_token is not None and not self._admin_allowed(request):
+                return _json(
+                    {
+                        "code": 401,
+                        "message": "Admin token required: send 'Authorization: Bearer <admin "
+                        "token>' or 'X-Sim-Admin: <admin token>'",
+                    },
+                    401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await self._guarded(request, handler)
         if self.refusing():
             return web.Response(status=503, text="Service restarting", headers={"Retry-After": "1"})
         if path not in ("/ws", "/cws"):
@@ -362,14 +452,42 @@ class SimServer:
                     headers={"Retry-After": str(retry)},
                 )
             hits.append(now)
+            if len(self._http_hits) > 10_000:  # forget callers idle for a second
+                self._http_hits = {k: v for k, v in self._http_hits.items() if v}
+        return await self._guarded(request, handler)
+
+    async def _guarded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException:
             raise
+        except InvalidArgumentError as exc:  # bad input found by a shared check
+            return _error(400, str(exc))
         except Exception:  # a bug must answer 500, not kill the connection handler
             self.errors += 1
-            log.exception("handler failed for %s", path)
+            log.exception("handler failed for %s", request.path)
             return _error(500, "Internal simulator error")
+
+    def _admin_allowed(self, request: web.Request) -> bool:
+        assert self.admin_token is not None
+        given = request.headers.get("X-Sim-Admin")
+        if given is None:
+            header = request.headers.get("Authorization", "")
+            given = header[7:].strip() if header.startswith("Bearer ") else ""
+        return hmac.compare_digest(given.encode(), self.admin_token.encode())
+
+    def _failed(self, conn: Connection, frame: bytes | str, where: str) -> None:
+        """A /ws or /cws frame made the simulator fail: count it, log it, answer 500."""
+        self.errors += 1
+        log.exception("handling a %s frame failed", where)
+        try:
+            guid = _ENV.decode(frame).guid
+        except Exception:
+            guid = None
+        ok = type(guid) is str and len(guid) <= MAX_GUID_LEN
+        conn.put(status_frame(guid if ok else "", 500, "Internal simulator error"))
 
     def _bearer(self, request: web.Request) -> Claims | None:
         header = request.headers.get("Authorization", "")
@@ -386,8 +504,8 @@ class SimServer:
         # §12.9: with a bearer header the account is known at the handshake: refuse there.
         if claims is not None and not self.hub.can_attach(claims.login):
             raise web.HTTPTooManyRequests(text="Connection limit exceeded")
-        ws = web.WebSocketResponse(
-            max_msg_size=MAX_FRAME, compress=False, autoping=True, timeout=self.close_timeout
+        ws = _SimWebSocket(
+            max_msg_size=MAX_REQUEST, compress=False, autoping=True, timeout=self.close_timeout
         )
         await ws.prepare(request)
         conn = Connection(
@@ -396,6 +514,7 @@ class SimServer:
             self.limits.max_unread,
             lambda code, reason: self.close_connection(conn, code, reason),
         )
+        ws.conn = conn
         self.hub.add(conn)
         if claims is not None:
             self.hub.attach(conn, claims.login)
@@ -424,7 +543,12 @@ class SimServer:
                     break
                 if self.reply_delay > 0:
                     await asyncio.sleep(self.reply_delay)
-                hub.handle_ws(conn, msg.data)
+                try:
+                    pending = hub.handle_ws(conn, msg.data)
+                    if pending is not None:
+                        await pending  # history built in steps; this connection waits
+                except Exception:
+                    self._failed(conn, msg.data, "/ws")
                 handled += 1
                 if handled % 64 == 0:
                     await asyncio.sleep(0)  # a flood of requests must not starve the others
@@ -440,7 +564,11 @@ class SimServer:
                     continue
                 if conn.closing:
                     break
-                reply = self._cws_command(conn, msg.data)
+                try:
+                    reply = self._cws_command(conn, msg.data)
+                except Exception:
+                    self._failed(conn, msg.data, "/cws")
+                    continue
                 if reply is None:
                     continue
                 if self.reply_delay > 0:
@@ -461,6 +589,8 @@ class SimServer:
         opcode = env.opcode.lower() if type(env.opcode) is str else ""
         if not guid:
             return status_frame("", 400, "Missing or invalid field 'guid'")
+        if len(guid) > MAX_GUID_LEN:
+            return status_frame("", 400, guid_error(guid))
         if opcode == "ping":
             return status_frame(guid, 200, "Handled successfully")
         if opcode == "authorize":
@@ -505,9 +635,14 @@ class SimServer:
         if portfolio not in claims.portfolios:
             return status_frame(guid, 403, f"Access to portfolio '{portfolio}' is denied")
         result = self.engine.execute(portfolio, command, int(time.time() * 1000))
-        self.hub.publish_account(result.events)
         number = None if result.order_number is None else str(result.order_number)
-        return status_frame(guid, result.http_code, result.message, number)
+        reply = status_frame(guid, result.http_code, result.message, number)
+        try:
+            self.hub.publish_account(result.events)
+        except Exception:  # the command has run: its reply must still go out
+            self.errors += 1
+            log.exception("publishing the events of a command failed")
+        return reply
 
     # -- oauth --------------------------------------------------------------------------------
 
@@ -515,20 +650,18 @@ class SimServer:
         """§2.2: refresh token (query or JSON body, body wins, key case-insensitive) -> JWT."""
         token: Any = request.query.get("token")
         allowed: Any = request.query.get("allowedPortfolios")
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                body = None
-            if isinstance(body, dict):
-                lowered = {str(k).lower(): v for k, v in body.items()}
-                token = lowered.get("token", token)
-                allowed = lowered.get("allowedportfolios", allowed)
+        body = await _read_json(request)
+        if body is not None:
+            lowered = {str(k).lower(): v for k, v in body.items()}
+            token = lowered.get("token", token)
+            allowed = lowered.get("allowedportfolios", allowed)
         if isinstance(allowed, str):
             try:
                 allowed = json.loads(allowed)
-            except ValueError:
+            except (ValueError, RecursionError):
                 allowed = [p for p in allowed.replace(",", " ").split() if p]
+        if isinstance(allowed, list) and not all(type(p) is str for p in allowed):
+            raise web.HTTPBadRequest(text="allowedPortfolios: must be a list of portfolio names")
         account = self.engine.account_for_token(token) if isinstance(token, str) else None
         if account is None:
             return web.Response(status=403, text="Invalid or expired refresh token")
@@ -567,11 +700,9 @@ class SimServer:
         sector = q.get("sector", "").upper()
         exchange = q.get("exchange", "").upper()
         board = q.get("instrumentGroup", "").upper()
-        try:
-            limit = int(q.get("limit", "25"))
-            offset = int(q.get("offset", "0"))
-        except ValueError:
-            return _error(400, "limit/offset must be integers")
+        limit = _int_arg(request, "limit", 0)
+        limit = 25 if limit is None else limit
+        offset = _int_arg(request, "offset", 0) or 0
         found = [
             info
             for info in self.market.search(q.get("query", ""))  # sorted by turnover, as ALOR's
@@ -625,8 +756,17 @@ class SimServer:
             exchange, _, symbol = ticker.strip().rpartition(":")
             info = self.market.find(symbol, (exchange or "MOEX").upper())
             if info is not None:
+                await self._built(info.symbol, TIMEFRAMES["D"])  # a quote reads the day
                 out.append(wire(self.market.quote(info.symbol), fmt))
         return _json(out)
+
+    async def _built(self, symbol: str, tf: int | None) -> None:
+        """Build the ``tf`` candles (None: the minute history) of ``symbol`` in bounded steps,
+        yielding to the loop between them."""
+        market = self.market
+        step = market.build_history if tf is None else lambda s: market.build_series(s, tf)
+        while not step(symbol):  # noqa: ASYNC110 - doing the work in steps, not waiting
+            await asyncio.sleep(0)
 
     async def _orderbook(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)
@@ -641,7 +781,13 @@ class SimServer:
         return _json(wire(self.market.order_book(info.symbol, depth), fmt))
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
-        """§8: candles in ``[from, to]`` with ``next``/``prev`` paging timestamps."""
+        """§8: candles in ``[from, to]`` with ``next``/``prev`` paging timestamps.
+
+        ``tf`` is 1..31536000 seconds or D/W/M/Y; ``from`` and ``to`` are Unix seconds within
+        ``0..MAX_TIME_S``; ``countBack`` is >= 0. A timeframe asked for the first time is built
+        in bounded steps, and a long page is encoded in chunks, so other clients are served
+        meanwhile.
+        """
         fmt = self._format(request)
         q = request.query
         missing = [k for k in ("symbol", "exchange", "tf", "from", "to") if k not in q]
@@ -650,37 +796,53 @@ class SimServer:
         info = self.market.find(q["symbol"], q["exchange"].upper(), q.get("instrumentGroup"))
         if info is None:
             return _error(404, f"Unknown instrument '{q['exchange']}:{q['symbol']}'")
+        text = q["tf"].strip().upper()
         try:
-            tf = tf_seconds(q["tf"].upper())
-            start, end = int(q["from"]), int(q["to"])
-            count_back = int(q.get("countBack", "0"))
+            tf = tf_seconds(text)
         except ValueError:
-            return _error(400, "tf, from, to and countBack must be numbers (tf may be D/W/M/Y)")
-        if tf <= 0:
-            return _error(400, "tf: must be positive")
+            raise _bad("tf", "must be seconds or D/W/M/Y", text) from None
+        if not 0 < tf <= MAX_TF:
+            raise _bad("tf", f"must be 1..{MAX_TF} seconds or D/W/M/Y", text)
+        start, end = _time_arg(request, "from"), _time_arg(request, "to")
+        if start is None or end is None:
+            raise _bad("from" if start is None else "to", "required, Unix seconds", "")
+        count_back = _int_arg(request, "countBack", 0) or 0
         symbol = info.symbol
-        bars = self.market.bars(symbol, tf, start, end)
+        market = self.market
+        if not market.timeframe_available(symbol, tf):
+            raise _bad("tf", f"{market.max_timeframes} other timeframes are in use", text)
+        await self._built(symbol, tf)
+        bars = market.bars(symbol, tf, start, end)
         if count_back > 0 and len(bars) < count_back:
-            # §8: move `from` back until the range holds countBack candles (bounded search).
-            span = max(end - start, tf)
-            for _ in range(8):
-                span *= 4
-                bars = self.market.bars(symbol, tf, end - span, end)
-                if len(bars) >= count_back:
-                    break
-            bars = bars[-count_back:]
-        first = bars[0].time if bars else start
-        last = bars[-1].time if bars else end
-        before = self.market.bars(symbol, tf, first - 1000 * tf, first - 1)
-        after = [
-            b for b in self.market.bars(symbol, tf, last + tf, last + 1000 * tf) if b.time > last
-        ]
+            # §8: move `from` back until the range holds countBack candles.
+            bars = market.last_bars(symbol, tf, end, count_back)
+        before, after = market.neighbours(
+            symbol, tf, bars[0].time if bars else start, bars[-1].time if bars else end
+        )
         # The nearest candles outside the page. Where there is none, the period just outside
         # the asked range: ALOR always sends numbers, and a client paging on stops there.
-        nxt = after[0].time if after else bucket_end(bucket_start(end, tf), tf)
-        prev = before[-1].time if before else bucket_start(bucket_start(start, tf) - 1, tf)
-        key = "h" if fmt is Format.SLIM else "history"
-        return _json({key: [wire(b, fmt) for b in bars], "next": nxt, "prev": prev})
+        nxt = after if after is not None else bucket_end(bucket_start(end, tf), tf)
+        prev = before if before is not None else bucket_start(bucket_start(start, tf) - 1, tf)
+        parts: list[bytes] = []
+        for i in range(0, len(bars), _ENCODE_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            parts.append(_ENC.encode([wire(b, fmt) for b in bars[i : i + _ENCODE_CHUNK]])[1:-1])
+        key = b'"h"' if fmt is Format.SLIM else b'"history"'
+        body = b"".join(
+            (
+                b"{",
+                key,
+                b":[",
+                b",".join(parts),
+                b'],"next":',
+                _ENC.encode(nxt),
+                b',"prev":',
+                _ENC.encode(prev),
+                b"}",
+            )
+        )
+        return web.Response(body=body, content_type="application/json")
 
     # -- account views over HTTP (§8) ---------------------------------------------------------
 
@@ -808,7 +970,7 @@ class SimServer:
         self._auth(request)
         fmt = self._format(request)
         info = self._find(request)
-        start, end = _int_arg(request, "from", 0), _int_arg(request, "to", 0)
+        start, end = _time_arg(request, "from"), _time_arg(request, "to")
         from_id, to_id = _int_arg(request, "fromId", 0), _int_arg(request, "toId", 0)
         qty_from, qty_to = _int_arg(request, "qtyFrom", 0), _int_arg(request, "qtyTo", 0)
         price_from, price_to = _float_arg(request, "priceFrom"), _float_arg(request, "priceTo")
@@ -848,7 +1010,8 @@ class SimServer:
         if limit is None:
             raise web.HTTPBadRequest(text="limit: required, 1..50000")
         offset = _int_arg(request, "offset", 0) or 0
-        start, end = _int_arg(request, "from", 0), _int_arg(request, "to", 0)
+        start, end = _time_arg(request, "from"), _time_arg(request, "to")
+        await self._built(info.symbol, None)
         total, page = self.market.trades_history(info.symbol, start, end, offset, limit)
         return _json(wire(AllTradesPage(total=total, trades=page), fmt))
 
@@ -860,6 +1023,7 @@ class SimServer:
         info = self.market.actual_future(request.match_info["symbol"], exchange)
         if info is None:
             raise web.HTTPNotFound(text="No active future with this base code")
+        await self._built(info.symbol, TIMEFRAMES["D"])
         return _json(wire(self.market.quote(info.symbol), fmt))
 
     # -- commandapi over HTTP (§8) ------------------------------------------------------------
@@ -871,6 +1035,9 @@ class SimServer:
         reqid = request.headers.get("X-REQID") or request.headers.get("X-ALOR-REQID")
         if not reqid:
             return _error(400, "Missing header 'X-REQID'")
+        # The body first: no await may come between the duplicate check and the execution,
+        # or two requests with one X-REQID could both run.
+        body = await _read_json(request) or {}
         key = (claims.login, reqid)
         now = time.monotonic()
         seen = self._seen_http.get(key)
@@ -882,14 +1049,6 @@ class SimServer:
                 },
                 400,
             )
-        body: Any = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                return _error(400, "Body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "Body must be a JSON object")
         self._http_serial += 1
         guid = f"http-{self._http_serial}"
         frame = _ENC.encode({**body, **extra, "opcode": opcode, "guid": guid})
@@ -911,6 +1070,10 @@ class SimServer:
         self._seen_http[key] = (now, status, out)
         return _json(out, status)
 
+    def _next_serial(self) -> int:
+        self._http_serial += 1
+        return self._http_serial
+
     async def _http_create(self, request: web.Request) -> web.StreamResponse:
         kind = request.match_info["kind"]
         return await self._http_command(request, f"create:{kind}", {})
@@ -929,7 +1092,7 @@ class SimServer:
         frame = _ENC.encode(
             {
                 "opcode": "delete:stop" if stop else "delete:limit",
-                "guid": f"http-del-{request.match_info['order_id']}"[:50],
+                "guid": f"http-del-{self._next_serial()}",
                 "orderId": request.match_info["order_id"],
                 "exchange": q.get("exchange", "MOEX"),
                 "user": {"portfolio": portfolio},
@@ -947,39 +1110,31 @@ class SimServer:
 
     # -- admin (issue point 7, only with admin=True) ------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="Body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text="Body must be a JSON object")
-        return body
+    # Faults checks every argument: a bad one raises InvalidArgumentError, which the
+    # middleware answers with a 400 naming it; nothing changes.
 
     def _faults(self) -> Faults:
         assert self.faults is not None
         return self.faults
 
     async def _admin_drop(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        n = self._faults().drop(int(body.get("code", 1006)), account=body.get("account"))
+        body = await _read_json(request) or {}
+        n = self._faults().drop(body.get("code", 1006), account=body.get("account"))
         return _json({"dropped": n})
 
     async def _admin_stall(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        n = self._faults().stall(float(body.get("seconds", 1.0)), account=body.get("account"))
+        body = await _read_json(request) or {}
+        n = self._faults().stall(body.get("seconds", 1.0), account=body.get("account"))
         return _json({"stalled": n})
 
     async def _admin_refuse(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        self._faults().refuse(float(body.get("seconds", 1.0)))
+        body = await _read_json(request) or {}
+        self._faults().refuse(body.get("seconds", 1.0))
         return _json({"ok": True})
 
     async def _admin_delay(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        self._faults().delay(float(body.get("seconds", 0.0)))
+        body = await _read_json(request) or {}
+        self._faults().delay(body.get("seconds", 0.0))
         return _json({"ok": True})
 
     async def _admin_expire(self, request: web.Request) -> web.StreamResponse:
@@ -987,7 +1142,7 @@ class SimServer:
         return _json({"ok": True})
 
     async def _admin_inject(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+        body = await _read_json(request, _MAX_INJECT) or {}
         frame = body.get("frame")
         if not isinstance(frame, str):
             return _error(400, "frame: must be a string")
@@ -995,21 +1150,20 @@ class SimServer:
         return _json({"injected": n})
 
     async def _admin_restart(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
-        n = self._faults().restart(
-            float(body.get("seconds", 2.0)), code=int(body.get("code", 1006))
-        )
+        body = await _read_json(request) or {}
+        n = self._faults().restart(body.get("seconds", 2.0), code=body.get("code", 1006))
         return _json({"dropped": n})
 
     async def _admin_random_drops(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request)
+        """``{"every": s, "codes": [...], "account": login}`` starts; ``every`` null stops."""
+        body = await _read_json(request) or {}
         every = body.get("every")
         faults = self._faults()
         if every is None:
             faults.stop_random_drops()
         else:
             codes = body.get("codes", [1000, 1006, 1011, 1012])
-            faults.random_drops(float(every), codes=[int(c) for c in codes])
+            faults.random_drops(every, codes=codes, account=body.get("account"))
         return _json({"ok": True})
 
     async def _admin_ground_truth(self, request: web.Request) -> web.StreamResponse:
@@ -1019,7 +1173,15 @@ class SimServer:
         return _json(self.stats())
 
     def stats(self) -> dict[str, Any]:
-        """Connections, subscriptions and counters (``GET /sim/stats``)."""
+        """Connections, subscriptions and counters (``GET /sim/stats``).
+
+        ``errors`` counts failures inside the simulator (each also logged): a handler or a
+        ``/ws``/``/cws`` frame answered 500, a failed market step, a failed round of a
+        background fault. Bad input is answered with a 4xx and never counted. ``faults`` is the
+        state of the background faults (:meth:`Faults.stats`).
+        """
         out = self.hub.stats()
-        out["errors"] = self.errors
+        out["errors"] = self.errors + self.hub.errors
+        if self.faults is not None:
+            out["faults"] = self.faults.stats()
         return out

@@ -14,7 +14,9 @@
   per format and fans the bytes out. State streams are conflated to one message per
   ``frequency`` interval; event streams are never conflated (§12.4).
 * :meth:`Hub.handle_ws` answers one ``/ws`` request (§3, §4, §5, §12.2): subscribe, unsubscribe
-  (any case), ping.
+  (any case), ping. A request whose history is not built yet (the first candles of a timeframe,
+  the first quote of an instrument) hands back an awaitable that builds it in bounded steps,
+  so one long history never blocks the event loop for the other connections.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import struct
 import time
 from collections import deque
@@ -51,6 +54,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
+from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES
 from .wire import encode_payload
 
 
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FREQUENCY_MS",
     "HISTORY_CAP",
+    "MAX_GUID_LEN",
     "Connection",
     "Hub",
     "Limits",
@@ -72,10 +77,15 @@ __all__ = [
 
 DEFAULT_FREQUENCY_MS: Final = 175  # §3.6 [V]
 HISTORY_CAP: Final = 3000  # issue point 8: ALOR caps history replays at 3000 records
+#: §12.2: the longest guid accepted on /ws and /cws. ALOR's are UUID-like (36 characters); a
+#: guid is echoed in every data message, so a longer one is refused rather than repeated.
+MAX_GUID_LEN: Final = 128
 _BATCH_BYTES: Final = 256 * 1024  # bytes the sender hands the transport in one write
 _YIELD_BYTES: Final = 2 * 1024 * 1024  # bytes a sender writes before letting others run
 _REPLAY_CHUNK: Final = 256  # replayed frames built per sender turn
 _TF_LETTERS: Final = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
+
+log = logging.getLogger("alorws.sim")
 
 _ENC: Final = msgspec.json.Encoder()
 _DATA: Final = b'{"data":'
@@ -91,6 +101,11 @@ class _Status(msgspec.Struct, omit_defaults=True, gc=False):
 def status_frame(guid: str, code: int, message: str, order_number: str | None = None) -> bytes:
     """``{"requestGuid","httpCode","message"[,"orderNumber"]}`` (§3.3, §5)."""
     return _ENC.encode(_Status(guid, code, message, order_number))
+
+
+def guid_error(guid: str) -> str:
+    """The 400 message for a guid over :data:`MAX_GUID_LEN` (the guid itself is not quoted)."""
+    return f"guid: at most {MAX_GUID_LEN} characters, got {len(guid)}"
 
 
 def _as_existing(model: Model) -> Model:
@@ -238,6 +253,26 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def flush_now(self) -> None:
+        """Hand every queued frame to the transport now: a close frame is about to be written
+        (the client closed, or sent a frame too big), and what was queued before it, replies
+        to commands already executed included, must precede it. A stalled connection sends
+        nothing; an unfinished history replay is dropped (the connection ends)."""
+        queue = self._queue
+        if not queue or self.stalled_until > asyncio.get_running_loop().time():
+            return
+        parts: list[bytes] = []
+        count = 0
+        for item in queue:
+            if type(item) is bytes:
+                parts.append(_text_header(len(item)))
+                parts.append(item)
+                count += 1
+        queue.clear()
+        if parts:
+            self.wire.write(b"".join(parts))
+            self.sent += count
+
     def close(self, code: int, reason: str, *, discard: bool = True) -> None:
         """Decide to close: nothing more is queued; subscriptions go; the server closes it.
 
@@ -284,6 +319,7 @@ class Connection:
             parts: list[bytes] = []
             size = 0
             count = 0
+            replaying = False
             append = parts.append
             while queue and size < _BATCH_BYTES:
                 item = queue.popleft()
@@ -295,7 +331,13 @@ class Connection:
                     count += 1
                     continue
                 assert isinstance(item, _Replay)
-                frames, done = item.take(_REPLAY_CHUNK)
+                try:
+                    frames, done = item.take(_REPLAY_CHUNK)
+                except Exception:  # a bug building the replay: drop it, keep the connection
+                    log.exception("a history replay failed")
+                    if self.hub is not None:
+                        self.hub.errors += 1
+                    frames, done = [], True
                 for frame in frames:
                     parts.append(header(len(frame)))
                     parts.append(frame)
@@ -303,6 +345,7 @@ class Connection:
                 count += len(frames)
                 if not done:
                     queue.appendleft(item)
+                    replaying = True
                     break
             if parts:
                 wire.write(b"".join(parts))
@@ -314,8 +357,10 @@ class Connection:
                     # queue from now on is what the client has not taken (the unread count).
                     await wire.drain()
                     since_yield = 0
-                elif since_yield >= _YIELD_BYTES:
-                    await asyncio.sleep(0)  # let the producers and other senders run
+                elif replaying or since_yield >= _YIELD_BYTES:
+                    # Let the producers and other senders run; a replay builds its frames
+                    # here, so it yields after every chunk.
+                    await asyncio.sleep(0)
                     since_yield = 0
             except ConnectionError:  # the peer is gone; the reader side cleans up
                 self._queue.clear()
@@ -556,6 +601,7 @@ class Hub:
         self._seq = itertools.count()
         self._cache: dict[tuple[Any, ...], bytes] = {}
         self.requests_handled = 0
+        self.errors = 0  # failures in the connections' senders (logged); see SimServer.stats
 
     # -- connections --------------------------------------------------------------------------
 
@@ -619,65 +665,79 @@ class Hub:
 
     # -- /ws requests -------------------------------------------------------------------------
 
-    def handle_ws(self, conn: Connection, frame: bytes | str) -> None:
-        """Answer one ``/ws`` request (§3.2, §3.8, §12.2, §12.3)."""
+    def handle_ws(self, conn: Connection, frame: bytes | str) -> Awaitable[None] | None:
+        """Answer one ``/ws`` request (§3.2, §3.8, §12.2, §12.3).
+
+        Returns None when done, or an awaitable to await before the next request of this
+        connection: the request needs history that is built in steps first.
+        """
         self.requests_handled += 1
         try:
             env = _ENVELOPE.decode(frame)
         except (msgspec.DecodeError, ValueError, RecursionError) as exc:
             conn.put(status_frame("", 400, f"Invalid JSON: {exc}"))
-            return
+            return None
         guid = env.guid
         if type(guid) is not str or not guid:
             conn.put(status_frame("", 400, "Missing or invalid field 'guid'"))
-            return
+            return None
+        if len(guid) > MAX_GUID_LEN:
+            conn.put(status_frame("", 400, guid_error(guid)))
+            return None
         opcode = env.opcode
         if type(opcode) is not str:
             conn.put(status_frame(guid, 400, "Missing or invalid field 'opcode'"))
-            return
+            return None
         lowered = opcode.lower()
         if lowered == "ping":  # §12.3: answered whatever the token
             conn.put(status_frame(guid, 200, "Handled successfully"))
-            return
+            return None
         claims = self.tokens.verify(env.token)
         if claims is None:  # §2.6, §12.1
             conn.put(status_frame(guid, 401, "Invalid JWT token!"))
-            return
+            return None
         if conn.login is None and not self.attach(conn, claims.login):
             conn.put(status_frame(guid, 429, "Connection limit exceeded"))
             conn.close(1008, "Connection limit exceeded", discard=False)
-            return
+            return None
         if lowered == "unsubscribe":  # §3.8, §12.7: any case
             sub = conn.subs.pop(guid, None)
             if sub is not None:
                 self._unindex(sub)
             conn.put(status_frame(guid, 200, "Handled successfully"))
-            return
+            return None
         try:
             request = _REQUEST.decode(frame)
         except msgspec.ValidationError as exc:
             conn.put(status_frame(guid, 400, f"Invalid request: {exc}"))
-            return
+            return None
         except (msgspec.DecodeError, ValueError) as exc:  # pragma: no cover - decoded above
             conn.put(status_frame(guid, 400, f"Invalid JSON: {exc}"))
-            return
+            return None
         if guid in conn.subs:  # §12.2: the existing subscription is untouched
             conn.put(status_frame(guid, 400, f"Subscription with guid '{guid}' already exists"))
-            return
+            return None
         if len(conn.subs) >= self.limits.max_subscriptions:
             conn.put(status_frame(guid, 429, "Subscription limit exceeded"))
-            return
-        self._subscribe(conn, guid, request, claims)
+            return None
+        symbol = self._resolve(conn, guid, request, claims)
+        if symbol is None:
+            return None
+        needs = self._needs_history(symbol, request)
+        if needs is not None and not self.market.series_ready(symbol, needs):
+            return self._subscribe_when_built(conn, guid, request, symbol, needs)
+        self._subscribe(conn, guid, request, symbol)
+        return None
 
-    def _subscribe(
+    def _resolve(
         self, conn: Connection, guid: str, req: SubscriptionRequest, claims: Claims
-    ) -> None:
-        fmt = req.format
-        market = self.market
+    ) -> str | None:
+        """The instrument's ticker or the portfolio a request is about; None after a refusal
+        (already answered)."""
         if hasattr(req, "code"):
             # An empty or null instrumentGroup (the web terminal sends both) names no board.
             board = getattr(req, "instrument_group", None) or None
-            info = market.find(req.code, req.exchange.value, board)
+            info = self.market.find(req.code, req.exchange.value, board)
             if info is None:
                 where = "" if board is None else f" on board '{board}'"
                 conn.put(
@@ -685,14 +745,61 @@ class Hub:
                         guid, 400, f"Unknown instrument '{req.exchange.value}:{req.code}'{where}"
                     )
                 )
-                return
+                return None
             symbol: str = info.symbol
         else:
             portfolio: str = req.portfolio  # type: ignore[attr-defined]
             if portfolio not in claims.portfolios:
                 conn.put(status_frame(guid, 403, f"Access to portfolio '{portfolio}' is denied"))
+                return None
+            return portfolio
+        if isinstance(req, BarsRequest | ClustersRequest):
+            problem = self._check_candles(symbol, req)
+            if problem is not None:
+                conn.put(status_frame(guid, 400, problem))
+                return None
+        return symbol
+
+    def _check_candles(self, symbol: str, req: BarsRequest | ClustersRequest) -> str | None:
+        """What is wrong with a candle request's numbers, beyond what the model checks."""
+        tf = tf_seconds(req.tf)
+        if tf > MAX_TF:
+            return f"tf: at most {MAX_TF} seconds (Y), got {req.tf}"
+        if req.from_ >= MAX_TIME_S:
+            return f"from: must be Unix seconds below {MAX_TIME_S} (year 9999), got {req.from_}"
+        if isinstance(req, BarsRequest) and not self.market.timeframe_available(symbol, tf):
+            return (
+                f"tf: {self.market.max_timeframes} other timeframes of {symbol} are in use; "
+                "use one of them or unsubscribe"
+            )
+        return None
+
+    @staticmethod
+    def _needs_history(symbol: str, req: SubscriptionRequest) -> int | None:
+        """The timeframe whose candles must be built before ``req`` can be answered."""
+        if isinstance(req, BarsRequest):
+            return tf_seconds(req.tf)
+        if isinstance(req, QuotesRequest):
+            return TIMEFRAMES["D"]  # a quote carries the day's candle (§4.2)
+        return None
+
+    async def _subscribe_when_built(
+        self, conn: Connection, guid: str, req: SubscriptionRequest, symbol: str, tf: int
+    ) -> None:
+        market = self.market
+        while not market.build_series(symbol, tf):
+            await asyncio.sleep(0)  # one bounded step per turn of the loop
+            if conn.closing:
                 return
-            symbol = portfolio
+        if conn.closing:
+            return
+        self._subscribe(conn, guid, req, symbol)
+
+    def _subscribe(
+        self, conn: Connection, guid: str, req: SubscriptionRequest, symbol: str
+    ) -> None:
+        fmt = req.format
+        market = self.market
         freq = getattr(req, "frequency", None)
         freq_ms = freq if isinstance(freq, int) else DEFAULT_FREQUENCY_MS
         # §12.4: clamped to the format's minimum; 0 means "as fast as the format allows".
@@ -784,6 +891,8 @@ class Hub:
             return
         conn.subs[guid] = sub
         self._index.setdefault(sub.key, {})[id(sub)] = sub
+        if isinstance(sub, _BarsSub):
+            market.pin(symbol, sub.tf)  # its candles stay while it lives
 
     def _account_snapshot(self, stream: str, portfolio: str, req: Any) -> list[Model]:
         engine = self.engine
@@ -824,6 +933,8 @@ class Hub:
             yield sub.frame(encode_payload(_as_existing(item) if existing else item, fmt))
 
     def _unindex(self, sub: Subscription) -> None:
+        if sub.alive and isinstance(sub, _BarsSub):
+            self.market.unpin(sub.symbol, sub.tf)
         sub.alive = False
         bucket = self._index.get(sub.key)
         if bucket is not None:

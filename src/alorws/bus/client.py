@@ -83,6 +83,8 @@ from ._natslink import NatsLink, describe, safe_url
 
 #: Seconds for the first NATS connect (nats-py's default of 2 s fails on a loaded machine).
 _CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for the gateway to acknowledge an unsubscribe (the lease is the backstop).
+_GOODBYE_WAIT = 2.0
 
 
 __all__ = ["BusClient", "BusStream", "BusTrading"]
@@ -354,8 +356,10 @@ class BusStream(Generic[M], AsyncIterator[M]):
         await self._drop_sub()
         if was_open:
             ctl = wire.UnsubscribeCtl(consumer=self._bus.consumer_id, handle=self.handle)
+            # Bounded: a gateway that lost this request (its connection going down as it was
+            # routed to it) releases the stream when the lease runs out anyway.
             with contextlib.suppress(AlorError):
-                await self._bus._ctl("unsubscribe", ctl, wire.RenewReply)
+                await self._bus._ctl("unsubscribe", ctl, wire.RenewReply, _GOODBYE_WAIT)
 
     async def _drop_sub(self) -> None:
         sub, self._sub = self._sub, None
@@ -836,7 +840,10 @@ class BusClient:
             task.cancel()
         with contextlib.suppress(AlorError):
             await self._ctl(
-                "unsubscribe", wire.UnsubscribeCtl(consumer=self.consumer_id), wire.RenewReply, 2.0
+                "unsubscribe",
+                wire.UnsubscribeCtl(consumer=self.consumer_id),
+                wire.RenewReply,
+                _GOODBYE_WAIT,
             )
         self._nc = None
         await _close_nats(nc)

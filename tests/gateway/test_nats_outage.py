@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
 import pytest
 
 from alorws.bus import BusClient, BusStream, wire
+from alorws.bus._natslink import NatsLink
 from alorws.client import AlorClient
 from alorws.gateway import Gateway, NatsServer
 from alorws.protocol.account import Order, OwnTrade
@@ -446,3 +448,46 @@ async def test_the_gateway_alone_losing_nats_is_one_gap_marker(
             with contextlib.suppress(asyncio.CancelledError):
                 await poker
             await relay.cut()
+
+
+async def test_nats_link_logs_one_line_per_event_without_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-py's callbacks as the gateway and BusClient install them: a lost connection, a
+    hundred failed reconnect attempts and the reconnection are three lines, none with a
+    traceback or the URL's password; a repeated other error is one line."""
+    caplog.set_level(logging.DEBUG, logger="tests.natslink")
+    events: list[str] = []
+
+    async def lost() -> None:
+        events.append("lost")
+
+    async def back() -> None:
+        events.append("back")
+
+    link = NatsLink(
+        logging.getLogger("tests.natslink"),
+        "gw",
+        "nats://alice:s3cret-pw@127.0.0.1:4222",
+        on_lost=lost,
+        on_back=back,
+    )
+    await link.error_cb(nats.errors.UnexpectedEOF())  # the read loop's, before the callback
+    await link.disconnected_cb()
+    for _ in range(100):
+        await link.error_cb(ConnectionRefusedError(111, "Connect call failed"))
+    await link.reconnected_cb()
+    for _ in range(3):
+        await link.error_cb(nats.errors.SlowConsumerError("s", "", 1, None))  # type: ignore[arg-type]
+    link.closing = True
+    await link.disconnected_cb()  # closing on purpose: nothing to say
+    assert events == ["lost", "back"]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 4, lines
+    assert "lost the NATS connection" in lines[0] and "unexpected EOF" in lines[0]
+    assert "attempt 1 " in lines[1]
+    assert "reconnected" in lines[2] and "100 failed attempt(s)" in lines[2]
+    assert "slow consumer" in lines[3].lower()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "s3cret" not in caplog.text and "alice" not in caplog.text
+    assert link.stats() == {"connected": True, "disconnects": 1, "reconnects": 1, "attempts": 0}

@@ -125,7 +125,11 @@ class NatsLink:
         if self.closing:
             self._log.debug("%s: NATS error while closing: %s", self.who, describe(exc))
             return
-        network = isinstance(exc, OSError | nats.errors.StaleConnectionError | EOFError)
+        # Socket errors (connect refused, reset…) and the server going away; not nats-py's own
+        # timeouts (a flush, a JetStream request), which subclass TimeoutError too.
+        network = isinstance(exc, nats.errors.StaleConnectionError) or (
+            isinstance(exc, OSError | EOFError) and not isinstance(exc, nats.errors.Error)
+        )
         if network and self.connected:
             # The error that is about to end the connection: said by the disconnect line.
             self._last_error = describe(exc)

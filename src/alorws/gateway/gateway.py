@@ -368,8 +368,9 @@ class Gateway:
         for consumer in self._seen:
             self._seen[consumer] = now
         self._nats_up.set()
-        if self._reestablishing is None or self._reestablishing.done():
-            self._reestablishing = asyncio.get_running_loop().create_task(self._reestablish())
+        if self._reestablishing is not None:
+            self._reestablishing.cancel()  # one from an earlier reconnect, still retrying
+        self._reestablishing = asyncio.get_running_loop().create_task(self._reestablish())
 
     async def _reestablish(self) -> None:
         """After a reconnect: announce ourselves (consumers renew at once, instead of a third of

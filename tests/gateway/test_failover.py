@@ -1,4 +1,4 @@
-"""Failover between gateways (issue 8 point 3): one leader, a standby that takes over.
+"""Failover between gateways: one leader, a standby that takes over.
 
 The acceptance test kills the leading gateway (a ``python -m alorws gateway`` subprocess) with
 SIGKILL while orders are being filled and compares what every consumer saw with the simulator's

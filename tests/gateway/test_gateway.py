@@ -1,4 +1,4 @@
-"""Gateway + BusClient over a real nats-server and the simulator (issue 8, foundation)."""
+"""Gateway + BusClient over a real nats-server and the simulator."""
 
 from __future__ import annotations
 

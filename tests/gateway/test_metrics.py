@@ -1,4 +1,4 @@
-"""The gateway's Prometheus export (issue 8 point 5): publish counts per subject, consumers,
+"""The gateway's Prometheus export: publish counts per subject, consumers,
 subscriptions against the budget, leader state and takeovers, plus the client's families."""
 
 from __future__ import annotations

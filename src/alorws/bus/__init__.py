@@ -1,4 +1,4 @@
-"""The consumer side of the gateway: ``BusClient`` (issue 8), and the wire contract.
+"""The consumer side of the gateway: ``BusClient``, and the wire contract.
 
 See ``docs/scale-out.md``.
 """

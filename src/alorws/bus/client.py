@@ -15,10 +15,19 @@ stream (by default everything it holds, so a consumer that was offline catches u
 like ``AlorClient``'s: each trade is seen once, an order each time it moves further along, never
 twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
 holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
-(a restart, a failover to a standby gateway, an expired lease) they are subscribed again, and
-the stream gets a ``disconnected`` event when no gateway answers (or it forgot the stream) and
-``restored`` once the stream is held again: a gap marker, never an error. A gateway that starts
-serving announces itself, and every consumer renews at once.
+(a restart, a failover to a standby gateway, an expired lease) they are subscribed again. A
+gateway that starts serving, or reconnects to NATS, announces itself, and every consumer renews
+at once.
+
+Gaps look as they do on a direct ``AlorClient``: a stream gets one ``disconnected`` event when
+its data may stop (the consumer's NATS connection is lost, no gateway answers, the gateway
+forgot the stream, the gateway's ALOR connection dropped, or the gateway dropped data while its
+own NATS connection was down) and one ``restored``, with the downtime, once it is held again,
+however many of these causes overlap; never an error. After a lost NATS connection the gap ends
+when the gateway answers a renewal, and account streams read the JetStream stream again from
+the message after the last one taken (the server's consumer may not survive a restart), so
+nothing is lost or repeated. Orders wait for the connection, and one whose answer may have been
+lost with it is sent again with the same idempotency key.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -38,7 +48,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy, StreamBuffer
@@ -68,10 +78,13 @@ from ..protocol.codec import decoder_for
 from ..protocol.enums import Exchange, Format, OrderStatus, OrderType, Side, TimeInForce
 from ..protocol.market import Bar, OrderBook, Quote, Trade
 from . import wire
+from ._natslink import NatsLink, describe, safe_url
 
 
 #: Seconds for the first NATS connect (nats-py's default of 2 s fails on a loaded machine).
 _CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for the gateway to acknowledge an unsubscribe (the lease is the backstop).
+_GOODBYE_WAIT = 2.0
 
 
 __all__ = ["BusClient", "BusStream", "BusTrading"]
@@ -120,8 +133,15 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self._callbacks: list[Callable[[LaneEvent], object]] = []
         self.bad_payloads = 0
         self._bad_log = BadFrameLog(log, name)
-        self._in_gap = False
-        self._resubscribing = False
+        # Gap state: the consumer's own gap (its NATS connection, or no gateway holding the
+        # stream), and the gateway's ALOR subscription restoring (its in-band events).
+        self._own_gap = False
+        self._lane_down = False
+        self._gap_since = 0.0
+        self._held: deque[bytes] = deque(maxlen=max_buffer)  # data arriving in the own gap
+        self._restoring = False
+        self._last_seq = 0  # account streams: the last JetStream sequence taken (or skipped)
+        self._js_started = False  # read again from ``_last_seq + 1`` from now on
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -143,16 +163,17 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self._state = "subscribing"
         bus = self._bus
         try:
+            bus._check_connected()
             # Listen first, then ask: nothing published after the gateway's answer is missed.
             if self.account:
-                policy = DeliverPolicy.NEW if self._skip_history else DeliverPolicy.ALL
-                self._sub = await bus._jetstream().subscribe(
-                    self.subject,
-                    cb=self._on_msg,
-                    stream=wire.account_stream_name(bus.prefix),
-                    ordered_consumer=True,
-                    deliver_policy=policy,
-                )
+                psub = await self._read_jetstream()
+                self._sub = psub
+                if self._skip_history:
+                    # Where "new" began: the point to read again from after an outage.
+                    delivered = (await psub.consumer_info()).delivered
+                    start = 0 if delivered is None else delivered.stream_seq or 0
+                    self._last_seq = max(self._last_seq, start)
+                self._js_started = True
             else:
                 self._sub = await bus._nats().subscribe(self.subject, cb=self._on_msg)
             bus._streams[self.handle] = self
@@ -165,6 +186,31 @@ class BusStream(Generic[M], AsyncIterator[M]):
             raise
         self._state = "open"
         return self
+
+    async def _read_jetstream(self) -> JetStreamContext.PushSubscription:
+        """An ordered consumer of the account stream from the message after the last one
+        taken (at first: everything, or only new messages with ``skip_history``)."""
+        bus = self._bus
+        config: ConsumerConfig | None = None
+        if self._js_started:
+            policy = DeliverPolicy.BY_START_SEQUENCE
+            config = ConsumerConfig(opt_start_seq=self._last_seq + 1)
+        else:
+            policy = DeliverPolicy.NEW if self._skip_history else DeliverPolicy.ALL
+        try:
+            return await bus._jetstream().subscribe(
+                self.subject,
+                cb=self._on_msg,
+                stream=wire.account_stream_name(bus.prefix),
+                ordered_consumer=True,
+                deliver_policy=policy,
+                config=config,
+            )
+        except nats.errors.Error as exc:
+            raise ConnectError(
+                f"{self.name}: cannot read the account stream "
+                f"{wire.account_stream_name(bus.prefix)}: {describe(exc)}"
+            ) from None
 
     async def _ask(self) -> None:
         ctl = wire.SubscribeCtl(
@@ -182,34 +228,122 @@ class BusStream(Generic[M], AsyncIterator[M]):
             self._decoder = decoder_for(self.model, self._format)
         self._bus._lease_is(reply.lease)
         if len(reply.snapshot) > 0 and self._received == 0:
-            self._buffer.push(bytes(reply.snapshot))
+            self._deliver(bytes(reply.snapshot))
+
+    # -- gaps ---------------------------------------------------------------------------------
+    #
+    # One ``disconnected`` and one ``restored`` per gap, whatever its causes: the consumer's
+    # NATS connection lost, no gateway answering or the gateway forgetting the stream (the
+    # "own" gap, ended by a renewal the gateway answers), and the gateway's ALOR subscription
+    # restoring (its events, in band). A cause arising during another gap is folded into it.
+
+    @property
+    def in_gap(self) -> bool:
+        """True between a ``disconnected`` and the ``restored`` that ends it."""
+        return self._own_gap or self._lane_down
+
+    def _deliver(self, data: bytes) -> None:
+        if self._own_gap:  # after the ``restored`` that ends the gap, as on a direct client
+            self._held.append(data)
+        else:
+            self._buffer.push(data)
 
     def _gap_starts(self, why: str) -> None:
-        if not self._in_gap and self._state == "open":
-            self._in_gap = True
+        if self._state != "open" or self._own_gap:
+            return
+        self._own_gap = True
+        if not self._lane_down:
+            self._gap_since = time.monotonic()
             self._buffer.push_event(LaneEvent("disconnected", 0, why))
 
-    def _gap_ends(self, why: str) -> None:
-        if self._in_gap and self._state == "open":
-            self._in_gap = False
-            self._buffer.push_event(LaneEvent("restored", 0, why))
-
-    async def _resubscribe(self) -> None:
-        """The gateway forgot this stream (restart, failover, lease expired): hold it again.
-        If that fails the stream stays in its gap; the next renewal lists it again."""
-        if self._resubscribing:
+    def _gap_ends(self, why: str, lane_down: bool) -> None:
+        """The stream is held again; ``lane_down``: the gateway's ALOR subscription is still
+        restoring (its own ``restored`` will end the gap)."""
+        if self._state != "open" or not self._own_gap:
             return
-        self._resubscribing = True
+        self._own_gap = False
+        self._lane_down = lane_down
+        if not lane_down:
+            downtime = time.monotonic() - self._gap_since
+            self._buffer.push_event(LaneEvent("restored", 0, why, downtime))
+        held, self._held = self._held, deque(maxlen=self._held.maxlen)
+        for data in held:
+            self._buffer.push(data)
+
+    def _in_band(self, event: LaneEvent, outage: str | None) -> None:
+        """An event the gateway published on the data subject (its ALOR subscription, or an
+        outage of its own NATS connection)."""
+        if self._own_gap:
+            # Folded into the consumer's own gap; the renewal ending it says whether the ALOR
+            # subscription is still restoring.
+            return
+        if outage is not None and outage in self._bus._covered:
+            return  # an outage the consumer's own gap already covered
+        if event.kind == "restored":
+            if not self._lane_down:
+                return  # no gap to end (its start was folded into one that ended)
+            self._lane_down = False
+        else:
+            if not self._lane_down:
+                self._gap_since = time.monotonic()
+            self._lane_down = True
+        self._buffer.push_event(event)
+
+    def _needs_restore(self) -> bool:
+        return self._own_gap or (self.account and self._sub is None)
+
+    async def _restore(self, missing: bool, lane_down: bool, generation: int) -> None:
+        """Hold the stream again after a gap: read the account stream again from where it
+        stopped (after an outage), subscribe again if the gateway forgot it (restart,
+        failover, lease expired), then end the gap. If that fails the stream stays in its
+        gap; the next renewal tries again."""
+        if self._restoring:
+            return
+        self._restoring = True
         try:
-            self._gap_starts("the gateway lost the subscription")
-            try:
-                await self._ask()
-            except AlorError as exc:
-                log.warning("%s: subscribing again through the gateway failed: %s", self.name, exc)
+            if missing:
+                self._gap_starts("the gateway lost the subscription")
+            if self.account and self._sub is None and not await self._rejoin(generation):
                 return
-            self._gap_ends("subscribed again through the gateway")
+            if missing:
+                try:
+                    await self._ask()
+                except AlorError as exc:
+                    log.warning(
+                        "%s: subscribing again through the gateway failed: %s", self.name, exc
+                    )
+                    return
+            if self._bus._generation == generation:
+                why = "subscribed again through the gateway" if missing else "held again"
+                self._gap_ends(why, lane_down)
         finally:
-            self._resubscribing = False
+            self._restoring = False
+
+    async def _rejoin(self, generation: int) -> bool:
+        """Read the account stream again after the last message taken (the server's consumer
+        may be gone with a restart); retried until it works or the connection is lost again."""
+        bus = self._bus
+        delay = 0.1
+        failing = False
+        while self.is_open and bus._generation == generation:
+            try:
+                sub = await self._read_jetstream()
+            except AlorError as exc:
+                if not failing:
+                    log.warning("%s: %s; retrying", self.name, exc)
+                failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if not self.is_open or bus._generation != generation:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                return False
+            self._sub = sub
+            if failing:
+                log.warning("%s: reading the account stream again", self.name)
+            return True
+        return False
 
     async def aclose(self) -> None:
         """Unsubscribe (the gateway's ALOR subscription ends when its last holder leaves)."""
@@ -222,8 +356,10 @@ class BusStream(Generic[M], AsyncIterator[M]):
         await self._drop_sub()
         if was_open:
             ctl = wire.UnsubscribeCtl(consumer=self._bus.consumer_id, handle=self.handle)
+            # Bounded: a gateway that lost this request (its connection going down as it was
+            # routed to it) releases the stream when the lease runs out anyway.
             with contextlib.suppress(AlorError):
-                await self._bus._ctl("unsubscribe", ctl, wire.RenewReply)
+                await self._bus._ctl("unsubscribe", ctl, wire.RenewReply, _GOODBYE_WAIT)
 
     async def _drop_sub(self) -> None:
         sub, self._sub = self._sub, None
@@ -242,6 +378,12 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self._callbacks.append(callback)
 
     async def _on_msg(self, msg: Msg) -> None:
+        if self.account:
+            seq = _stream_seq(msg)
+            if seq is not None:
+                if seq <= self._last_seq:
+                    return  # a copy from the consumer an outage replaced
+                self._last_seq = seq
         self._received += 1
         headers = msg.headers
         if headers and wire.EVENT_HEADER in headers:
@@ -249,7 +391,10 @@ class BusStream(Generic[M], AsyncIterator[M]):
                 event = msgspec.json.decode(msg.data, type=LaneEvent)
             except Exception:  # a malformed event is still the gap marker its header names
                 event = LaneEvent(str(headers[wire.EVENT_HEADER]), 0)
-            self._buffer.push_event(event)
+            self._in_band(event, headers.get(wire.OUTAGE_HEADER))
+            return
+        if self._own_gap:
+            self._held.append(msg.data)
             return
         self._buffer.push(msg.data)
 
@@ -325,6 +470,7 @@ class BusStream(Generic[M], AsyncIterator[M]):
             bad_payloads=self.bad_payloads,
             duplicates=self._filter.duplicates if self._filter is not None else 0,
             events=len(self.events),
+            in_gap=self.in_gap,
         )
         return out
 
@@ -337,14 +483,24 @@ class BusTrading:
 
     ``guid`` is the idempotency key (default: a fresh uuid4): the gateway maps it to the
     ``/cws`` guid, so sending the same key again never places a second order. A request that
-    gets no answer is retried with the same key, ``attempts`` times in all; while no gateway
-    serves at all (a failover), the request waits up to ``timeout`` for one.
+    gets no answer, or whose answer may be lost with the NATS connection, is sent again with
+    the same key, ``attempts`` times in all. While the NATS connection is down the request
+    waits for it, and while no gateway serves (a failover) for one, each up to ``timeout``.
+
+    Outcomes, as :class:`~alorws.client.OrderClient`'s: an :class:`OrderAck`;
+    :class:`~alorws.errors.OrderRejected` (not executed);
+    :class:`~alorws.errors.OrderStatusUnknown` (it was sent and may have been executed: send it
+    again with the same ``guid``); :class:`~alorws.errors.TransportTimeout` (never sent: NATS
+    did not come back in time) or :class:`~alorws.errors.ConnectError` (never sent: no
+    gateway answers).
     """
 
     def __init__(self, bus: BusClient, *, timeout: float, attempts: int) -> None:
         self._bus = bus
         self._timeout = timeout
         self._attempts = max(1, attempts)
+        #: Requests sent again with the same key (no answer in time, or the connection lost).
+        self.resent = 0
 
     async def place_limit(
         self,
@@ -432,14 +588,17 @@ class BusTrading:
             args={k: v for k, v in args.items() if v is not None},
         )
         payload = msgspec.json.encode(ctl)
-        subject = f"{self._bus.prefix}.orders.{op}"
+        bus = self._bus
+        subject = f"{bus.prefix}.orders.{op}"
         reached = False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout  # for a gateway to answer at all (failover)
+        deadline = loop.time() + self._timeout  # for NATS and a gateway to be there at all
         attempts = absent = 0
         while attempts < self._attempts:
+            if not await bus._wait_connected(deadline - loop.time()):
+                break
             try:
-                msg = await self._bus._nats().request(subject, payload, timeout=self._timeout)
+                msg = await bus._request(subject, payload, self._timeout)
             except nats.errors.NoRespondersError:
                 # Nobody got it: no gateway serves right now (a failover?); wait for one.
                 if loop.time() >= deadline:
@@ -450,6 +609,21 @@ class BusTrading:
             except nats.errors.TimeoutError:
                 reached = True  # it may have reached the gateway: retry with the same key
                 attempts += 1
+                self.resent += 1
+                continue
+            except _Lost:
+                # Sent, and the connection is gone: the reply may be lost with it. Send it
+                # again with the same key once NATS is back (the gateway answers from its
+                # cache, or joins the command in flight).
+                reached = True
+                attempts += 1
+                self.resent += 1
+                deadline = max(deadline, loop.time() + self._timeout)
+                continue
+            except _NotSent:
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
                 continue
             try:
                 reply = msgspec.json.decode(msg.data, type=wire.OrderReply)
@@ -463,13 +637,17 @@ class BusTrading:
                 raise FrameError("the gateway's order reply has neither ack nor error", msg.data)
             a = reply.ack
             return OrderAck(a.order_number, a.http_code, a.message, a.guid)
-        if not reached:
-            raise ConnectError(
-                f"no gateway answers on {subject} (prefix {self._bus.prefix!r}); "
-                "the order was not sent"
+        if reached:
+            raise OrderStatusUnknown(
+                key, f"no reply from the gateway after {attempts} attempt(s) (NATS or gateway lost)"
             )
-        raise OrderStatusUnknown(
-            key, f"no reply from the gateway after {self._attempts} attempt(s)"
+        if not bus._link.connected:
+            raise TransportTimeout(
+                f"the NATS connection to {bus._link.url} did not come back within "
+                f"{self._timeout} s; the order was not sent"
+            )
+        raise ConnectError(
+            f"no gateway answers on {subject} (prefix {bus.prefix!r}); the order was not sent"
         )
 
 
@@ -514,9 +692,23 @@ class BusClient:
         self.trading = BusTrading(self, timeout=order_timeout, attempts=order_attempts)
         self.renewals = 0
         self._renew_failing = False
+        self._failing_since = 0.0
+        self._failure_logged = False
         self._wake = asyncio.Event()
         self._leader_sub: Subscription | None = None
         self.leaders_seen = 0
+        self._link = NatsLink(
+            log,
+            f"bus {self.consumer_id[:12]}",
+            nats_url,
+            on_lost=self._nats_lost,
+            on_back=self._nats_back,
+        )
+        self._connected = asyncio.Event()
+        self._lost: asyncio.Future[None] | None = None  # resolved when the connection is lost
+        self._generation = 0  # NATS connections lost so far
+        self._recovering = False  # the next answered renewal ends an outage
+        self._covered: deque[str] = deque(maxlen=64)  # gateway outages our own gaps covered
 
     def __repr__(self) -> str:
         return f"<BusClient {self.nats_url} {self.prefix} consumer={self.consumer_id}>"
@@ -534,16 +726,21 @@ class BusClient:
         """Connect to NATS and start renewing the lease."""
         if self._nc is not None:
             raise InvalidState("the bus client is already started")
+        self._link.closing = False
         try:
             self._nc = await nats.connect(
                 self.nats_url,
                 name=f"alorws-bus-{self.consumer_id}",
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
                 connect_timeout=_CONNECT_TIMEOUT,
+                **self._link.options(),
             )
         except Exception as exc:
-            raise ConnectError(f"cannot connect to NATS at {self.nats_url}: {exc}") from exc
+            raise ConnectError(
+                f"cannot connect to NATS at {safe_url(self.nats_url)}: {describe(exc)}"
+            ) from None
+        self._link.connected = True
+        self._lost = asyncio.get_running_loop().create_future()
+        self._connected.set()
         self._js = self._nc.jetstream()
         self._leader_sub = await self._nc.subscribe(
             wire.leader_subject(self.prefix), cb=self._on_leader
@@ -555,12 +752,79 @@ class BusClient:
         self.leaders_seen += 1
         self._wake.set()
 
+    async def _nats_lost(self) -> None:
+        """The NATS connection is lost: every stream's gap starts now (nats-py reconnects)."""
+        self._generation += 1
+        self._connected.clear()
+        self._recovering = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        for stream in list(self._streams.values()):
+            if not stream.is_open:
+                continue
+            stream._gap_starts("the NATS connection was lost")
+            if stream.account:
+                # The server's consumer may not survive the outage: read again, after the
+                # last message taken, once the gateway answers.
+                await stream._drop_sub()
+
+    async def _nats_back(self) -> None:
+        """Connected again (nats-py re-sent the core subscriptions): renew now; the answer
+        ends the streams' gaps."""
+        self._lost = asyncio.get_running_loop().create_future()
+        self._connected.set()
+        self._wake.set()
+
+    def _check_connected(self) -> None:
+        if not self._nats().is_connected:
+            raise _NotSent(
+                f"the NATS connection to {self._link.url} is down (reconnecting); nothing was sent"
+            )
+
+    async def _wait_connected(self, seconds: float) -> bool:
+        """True once the NATS connection is up (at once if it is), False after ``seconds``."""
+        if self._nats().is_connected:
+            return True
+        if seconds <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._connected.wait()
+        return self._nats().is_connected
+
+    async def _request(self, subject: str, payload: bytes, wait: float) -> Msg:
+        """A NATS request that fails fast when the connection is down (:class:`_NotSent`) or
+        lost before the answer (:class:`_Lost`); nats-py's own errors otherwise."""
+        nc = self._nats()
+        self._check_connected()
+        lost = self._lost
+        task = asyncio.ensure_future(nc.request(subject, payload, timeout=wait))
+        try:
+            if lost is not None:
+                await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.wait((task,))
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            raise _Lost(f"the NATS connection to {self._link.url} was lost before the answer")
+        try:
+            return task.result()
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise
+        except nats.errors.Error as exc:  # OutboundBufferLimitError, ConnectionClosedError…
+            raise _NotSent(f"NATS refused the request: {describe(exc)}") from None
+
     async def aclose(self) -> None:
         """Close every stream, release everything at the gateway, disconnect."""
         nc, self._nc = self._nc, None
         if nc is None:
             return
         self._nc = nc  # still needed to say goodbye
+        self._link.closing = True  # from here on, a lost connection is no gap to report
         for stream in list(self._streams.values()):
             stream._state = "closed"
             stream._buffer.close()
@@ -576,10 +840,15 @@ class BusClient:
             task.cancel()
         with contextlib.suppress(AlorError):
             await self._ctl(
-                "unsubscribe", wire.UnsubscribeCtl(consumer=self.consumer_id), wire.RenewReply, 2.0
+                "unsubscribe",
+                wire.UnsubscribeCtl(consumer=self.consumer_id),
+                wire.RenewReply,
+                _GOODBYE_WAIT,
             )
         self._nc = None
         await _close_nats(nc)
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)  # requests still waiting end now
 
     def _nats(self) -> NatsClient:
         if self._nc is None:
@@ -599,7 +868,7 @@ class BusClient:
         subject = f"{self.prefix}.ctl.{op}"
         wait = self._request_timeout if wait is None else wait
         try:
-            msg = await self._nats().request(subject, msgspec.json.encode(ctl), timeout=wait)
+            msg = await self._request(subject, msgspec.json.encode(ctl), wait)
         except nats.errors.NoRespondersError:
             raise ConnectError(
                 f"no gateway answers on {subject}: is `alorws gateway` running with prefix "
@@ -625,48 +894,81 @@ class BusClient:
     async def _renew_loop(self) -> None:
         while True:
             period = self._lease / 3
-            if self._renew_failing:  # no gateway answers: look again soon
-                period = min(period, 0.5)
+            if self._renew_failing or any(s._needs_restore() for s in self._streams.values()):
+                period = min(period, 0.5)  # no gateway answers, or a gap to end: look again soon
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(period):
                     await self._wake.wait()
             self._wake.clear()
-            await self.renew()
+            # A wake-up while a renewal waits (a gateway announced itself: the one that got
+            # it may have lost it with its connection) renews again at once.
+            renewal = asyncio.ensure_future(self.renew())
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((renewal, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                if not renewal.done():
+                    renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+            if not renewal.cancelled() and renewal.exception() is not None:
+                # Never end the renewals; an expected failure is an AlorError, handled inside.
+                exc = renewal.exception()
+                log.error("bus: renewing the lease failed unexpectedly", exc_info=exc)
 
     async def renew(self) -> None:
-        """Renew the lease now; subscribe again what the gateway no longer holds."""
+        """Renew the lease now; end the gaps of streams the gateway holds, subscribe again
+        what it no longer holds."""
         handles = [h for h, s in self._streams.items() if s.is_open]
-        if not handles:
-            return
+        if not handles or self._nc is None or not self._nc.is_connected:
+            return  # while NATS is down the streams are in their gap; renewed once back
+        generation = self._generation
         ctl = wire.RenewCtl(consumer=self.consumer_id, handles=handles)
         try:
             reply = await self._ctl("renew", ctl, wire.RenewReply, max(0.5, self._lease / 3))
         except AlorError as exc:
-            if not self._renew_failing:  # once per outage, not every third of a lease
+            if generation != self._generation:
+                return  # the NATS connection was lost meanwhile: its line says so
+            now = time.monotonic()
+            if not self._renew_failing:
+                self._renew_failing = True
+                self._failing_since = now
+                self._failure_logged = False
+            # Once per outage, not every renewal; right after a reconnect the gateway may just
+            # not be back yet, so only if that lasts a lease.
+            if not self._failure_logged and (
+                not self._recovering or now - self._failing_since >= self._lease
+            ):
+                self._failure_logged = True
                 log.warning("bus: renewing the lease failed: %s", exc)
-            self._renew_failing = True
             if isinstance(exc, ConnectError):  # no gateway at all: data stopped for sure
                 for handle in handles:
                     stream = self._streams.get(handle)
                     if stream is not None:
                         stream._gap_starts("no gateway answers")
             return
-        if self._renew_failing:
+        if generation != self._generation:
+            return  # an answer from before the connection was lost ends nothing
+        if self._renew_failing and self._failure_logged:
             log.info("bus: the gateway answers again")
+        if (self._renew_failing or self._recovering) and reply.epoch:
+            self._covered.append(reply.epoch)  # its outage markers are ours already
         self._renew_failing = False
+        self._recovering = False
         self.renewals += 1
         self._lease_is(reply.lease)
         missing = set(reply.missing)
+        down = set(reply.down)
         for handle in handles:
             stream = self._streams.get(handle)
             if stream is None or not stream.is_open:
                 continue
-            if handle in missing:
-                task = asyncio.get_running_loop().create_task(stream._resubscribe())
+            if handle in missing or stream._needs_restore():
+                restore = stream._restore(handle in missing, handle in down, generation)
+                task = asyncio.get_running_loop().create_task(restore)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            elif not stream._resubscribing:
-                stream._gap_ends("the gateway answers again")
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -966,13 +1268,31 @@ class BusClient:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Streams, lease and renewals."""
+        """Streams, lease and renewals, and the NATS connection (connected, disconnects,
+        reconnects, failed attempts of the current outage)."""
         return {
             "consumer": self.consumer_id,
             "lease": self._lease,
             "renewals": self.renewals,
+            "nats": self._link.stats(),
             "streams": [s.stats() for s in list(self._streams.values())],
         }
+
+
+def _stream_seq(msg: Msg) -> int | None:
+    """The JetStream sequence of an account message (None if it has no JetStream metadata)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return None
+
+
+class _NotSent(ConnectError):
+    """The request was not sent: the NATS connection is down (or the client closed)."""
+
+
+class _Lost(ConnectError):
+    """The NATS connection was lost after the request was sent: it may have been answered."""
 
 
 class _ErrorOnly(msgspec.Struct):

@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT_HEADER",
     "LEADER_KEY",
     "ORDER_OPS",
+    "OUTAGE_HEADER",
     "ErrorInfo",
     "ErrorReply",
     "LeaderInfo",
@@ -68,6 +69,10 @@ __all__ = [
 
 #: Header of a connection event (``disconnected``/``restored``) published on a data subject.
 EVENT_HEADER: Final = "Alorws-Event"
+#: Header of the gap marker a gateway publishes when it dropped data while its own NATS connection
+#: was down: ``<node>:<outage number>``, as in :attr:`RenewReply.epoch`. A consumer whose own
+#: gap covered that outage drops the marker.
+OUTAGE_HEADER: Final = "Alorws-Outage"
 #: Header naming the wire format of a JetStream account message.
 FORMAT_HEADER: Final = "Alorws-Format"
 
@@ -231,10 +236,16 @@ class RenewCtl(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RenewReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Gateway -> consumer: handles the gateway does not hold (to subscribe again)."""
+    """Gateway -> consumer: handles the gateway does not hold (to subscribe again).
+
+    ``down``: handles whose ALOR subscription is in a gap now (its connection is restoring).
+    ``epoch``: ``<node>:<outages>``, the gateway and how many times it lost NATS so far.
+    """
 
     lease: float = 0.0
     missing: list[str] = []
+    down: list[str] = []
+    epoch: str = ""
     error: ErrorInfo | None = None
 
 

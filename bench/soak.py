@@ -747,7 +747,16 @@ class Soak:
             "tasks": len(asyncio.all_tasks()),
             "io_tasks": await self.tasks_in_io() if self.client is not None else 0,
             "threads": threading.active_count(),
+            "dedup_entries": self.dedup_entries(),
         }
+
+    def dedup_entries(self) -> int:
+        """Ids and states the streams' de-duplication filters remember (bounded per stream
+        for all trades, one per order, trade and position otherwise): memory that grows by
+        design, to tell it apart from a leak."""
+        if self.client is None:
+            return 0
+        return sum(len(getattr(s._filter, "_seen", ())) for s in list(self.client._streams))
 
     def _on_unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -1447,7 +1456,8 @@ def report(r: dict[str, Any], failed: list[str]) -> None:
     )
     print(
         f"RSS MB: start {s['start']['rss_mb']:.1f}, after warm-up {s['warmup']['rss_mb']:.1f}, "
-        f"end {s['end']['rss_mb']:.1f}; growth after warm-up {r['rss_growth_mb']:+.1f}"
+        f"end {s['end']['rss_mb']:.1f}; growth after warm-up {r['rss_growth_mb']:+.1f} "
+        f"({60 * r['rss_growth_mb'] / max(1.0, s['end']['t'] - s['warmup']['t']):+.2f} MB/min)"
     )
     warm, end = s["warmup"]["fd_census"], s["end"]["fd_census"]
     print(
@@ -1470,7 +1480,10 @@ def report(r: dict[str, Any], failed: list[str]) -> None:
     )
     print(f"orders at the simulator: {r['orders_at_sim']}, own trades {r['trades_at_sim']}")
     print(f"received: {r['received']}")
-    print(f"stream events kept (Stream.events): {r['stream_events_kept']}")
+    print(
+        f"stream events kept (Stream.events): {r['stream_events_kept']}; de-duplication "
+        f"entries {s['warmup']['dedup_entries']} -> {s['end']['dedup_entries']}"
+    )
     print(f"bad frames by kind: {d['by_kind']}")
     if d["templates_skipped"]:
         print(f"hostile templates skipped (decodable): {d['templates_skipped']}")

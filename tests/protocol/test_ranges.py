@@ -82,8 +82,8 @@ NEGATIVE: list[tuple[type[Model], Format, dict[str, Any], str]] = [
     (Order, S, {"id": "1", "filledQtyBatch": -1}, "filledQtyBatch"),
     (Order, L, {"id": "1", "fq": -0.5}, "fq"),
     (StopOrder, S, {"id": "1", "qtyBatch": -2}, "qtyBatch"),
-    (OrderBook, S, {"bids": [{"price": 1.0, "volume": -3}]}, "volume"),
-    (OrderBook, L, {"a": [{"p": 1.0, "v": -3}]}, "v"),
+    (OrderBook, S, {"bids": [{"price": 1.0, "volume": -3}], "asks": []}, "volume"),
+    (OrderBook, L, {"b": [], "a": [{"p": 1.0, "v": -3}]}, "v"),
     (Quote, S, {"symbol": "X", "ask_vol": -1}, "ask_vol"),
     (Quote, L, {"sym": "X", "v": -1}, "v"),
     (Quote, S, {"symbol": "X", "lotsize": -10}, "lotsize"),
@@ -168,7 +168,7 @@ def test_a_number_beyond_a_double_is_refused(
 
 NEGATIVE_PRICES: list[tuple[type[Model], Format, dict[str, Any], str, float]] = [
     (Trade, L, {"id": 1, "q": 1, "px": -12.5}, "price", -12.5),
-    (OrderBook, S, {"bids": [{"price": -0.3, "volume": 2}]}, "bids", -0.3),
+    (OrderBook, S, {"bids": [{"price": -0.3, "volume": 2}], "asks": []}, "bids", -0.3),
     (Bar, L, {"t": 1, "o": -1.5, "h": -1.0, "l": -2.0, "c": -1.2, "v": 10}, "low", -2.0),
     (Order, S, {"id": "1", "qtyBatch": 1, "price": -3.25}, "price", -3.25),
     (StopOrder, S, {"id": "1", "stopPrice": -4.0}, "stop_price", -4.0),

@@ -162,10 +162,12 @@ class OrderBook(Model, frozen=True):
 
     Every message replaces the previous book (§12.5). Bids run best (highest) first, asks best
     (lowest) first; either side may be empty. ``existing`` is true for the initial snapshot.
+    Both sides are required: every real book carries them, even empty (outside trading hours),
+    so an object without them on a book stream is a bad frame, not an empty book.
     """
 
-    bids: list[BookLevel] = msgspec.field(default_factory=list)
-    asks: list[BookLevel] = msgspec.field(default_factory=list)
+    bids: list[BookLevel]
+    asks: list[BookLevel]
     ms_timestamp: Time | None = None  # Unix milliseconds
     existing: bool = False
 

@@ -20,8 +20,8 @@ frame. One that received nothing for longer than its timeout while the connectio
 subscribed again on the same connection, with the same guid: ``unsubscribe``, its reply, then
 the subscribe again (§3.8; a subscribe with a guid that is still active is refused, §12.2). The
 stream gets a ``silent`` event, then ``resubscribed`` once the server confirms. Should either
-step fail (no reply in time, a refusal), the lane drops its connection and restores everything,
-the way a connection known to work.
+step fail (no reply in time, a refusal), the lane drops its connection and restores everything:
+a new connection is sure to start empty (§3.8).
 """
 
 from __future__ import annotations

@@ -23,7 +23,12 @@ import picows
 from .endpoints import check_url
 
 
-__all__ = ["settle", "ws_connect"]
+__all__ = ["STABLE_SECONDS", "settle", "ws_connect"]
+
+#: A connection that lasted less than this (seconds) counts as a failed attempt: the reconnect
+#: backoff goes on growing instead of starting over, so a server that accepts and drops at
+#: once (a restart window flapping, §9.6) is not hammered at the backoff's base rate.
+STABLE_SECONDS = 10.0
 
 
 async def ws_connect(

@@ -513,6 +513,12 @@ class StreamBuffer(Generic[T]):
         """True once ``close`` was called (entries may still be waiting)."""
         return self._closed
 
+    @property
+    def received(self) -> int:
+        """Data items pushed so far, kept or dropped (a progress counter for the producer's
+        side: a silence check compares it between two looks instead of timing every push)."""
+        return self._pushed + self._dropped
+
     def stats(self) -> dict[str, int]:
         """Counters (exact when quiet, approximate while the other thread is mid-operation).
 

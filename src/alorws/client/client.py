@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -29,6 +30,7 @@ import msgspec
 from ..errors import (
     AlorError,
     ConfigurationError,
+    InvalidArgumentError,
     InvalidState,
     SubscriptionLimitError,
     TransportTimeout,
@@ -46,9 +48,9 @@ from .buffer import Policy, StreamBuffer, WakeBatcher
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
 from .lane import Lane, LaneKind, Tap
-from .orders import OrderClient
+from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
 from .runtime import IORuntime
-from .streams import Stream, default_policy, market_request, portfolio_request
+from .streams import STREAM_KINDS, Stream, default_policy, market_request, portfolio_request
 from .whole import filter_for
 
 
@@ -81,6 +83,14 @@ class AlorClient:
             its loop cannot stall the readers.
         subscribe_timeout: how long ``await stream`` waits for the server's confirmation.
         max_buffer: default bound of lossless (``queue``) stream buffers.
+        silence_timeout: seconds without data after which a subscription of a kind is
+            subscribed again (§9.6), by kind: ``{"quotes": 60, "order_book": 60}``; kinds
+            not named (and every kind by default) are not watched. Kinds are the stream
+            methods' names (:data:`~alorws.client.streams.STREAM_KINDS`). The market-data
+            methods take ``silence_timeout=`` per stream too (0 turns it off for that one).
+            See docs/client.md, "Silent subscriptions".
+        reauth_after_idle: before a command on a ``/cws`` connection idle for this many
+            seconds, authorize it with a token issued now (§9.6); None turns it off.
     """
 
     def __init__(
@@ -101,6 +111,8 @@ class AlorClient:
         io_thread: bool = True,
         subscribe_timeout: float = 15.0,
         max_buffer: int = 100_000,
+        silence_timeout: Mapping[str, float] | None = None,
+        reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
     ) -> None:
         if not refresh_token:
             raise ConfigurationError("refresh_token is empty: pass the token from the ALOR portal")
@@ -110,6 +122,23 @@ class AlorClient:
             raise ConfigurationError("reserve_connections must be in 0..max_connections-1")
         if not 1 <= max_subscriptions_per_connection:
             raise ConfigurationError("max_subscriptions_per_connection must be at least 1")
+        self._silence: dict[str, float] = {}
+        for kind, seconds in (silence_timeout or {}).items():
+            if kind not in STREAM_KINDS:
+                raise ConfigurationError(
+                    f"silence_timeout: unknown stream kind {kind!r}; use one of "
+                    f"{', '.join(STREAM_KINDS)}"
+                )
+            value = _check_silence(f"silence_timeout[{kind!r}]", seconds)
+            if value:
+                self._silence[kind] = value
+        if reauth_after_idle is not None and not (
+            reauth_after_idle > 0 and math.isfinite(reauth_after_idle)
+        ):
+            raise ConfigurationError(
+                f"reauth_after_idle must be a finite number > 0 or None, got {reauth_after_idle!r}"
+            )
+        self._reauth_after_idle = reauth_after_idle
         self._refresh_token = refresh_token
         self.endpoints: Endpoints = resolve_endpoints(env, base_url, oauth_url)
         self._cafile = cafile
@@ -236,6 +265,7 @@ class AlorClient:
                 ssl_context=ssl_context_for(self.endpoints.cws, cafile=self._cafile),
                 backoff=self._backoff,
                 price_step=self._price_step,
+                reauth_after_idle=self._reauth_after_idle,
             )
         return self._trading
 
@@ -281,9 +311,15 @@ class AlorClient:
         account: bool,
         skip_history: bool = False,
         name: str,
+        kind: str,
+        silence_timeout: float | None = None,
     ) -> Stream[M]:
         if self._state != "open":
             raise InvalidState("the client is not open: use `async with AlorClient(...)`")
+        if silence_timeout is None:
+            silence_timeout = self._silence.get(kind)
+        else:
+            silence_timeout = _check_silence("silence_timeout", silence_timeout, call=True) or None
         return Stream(
             self,
             request,
@@ -294,6 +330,7 @@ class AlorClient:
             filter=filter_for(model, skip_history=skip_history),
             name=name,
             batcher=self._batcher,
+            silence_timeout=silence_timeout,
         )
 
     def quotes(
@@ -306,8 +343,13 @@ class AlorClient:
         frequency: int | None = None,
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
+        silence_timeout: float | None = None,
     ) -> Stream[Quote]:
-        """Quotes of one instrument (``QuotesSubscribe``, §4.2); ``latest`` policy by default."""
+        """Quotes of one instrument (``QuotesSubscribe``, §4.2); ``latest`` policy by default.
+
+        ``silence_timeout`` (here and on the other market-data streams): seconds without data
+        after which the subscription is subscribed again while the connection lives (§9.6);
+        None takes the client's ``silence_timeout`` for the kind, 0 turns it off."""
         req = market_request(
             rq.QuotesRequest,
             code,
@@ -317,7 +359,14 @@ class AlorClient:
             frequency=frequency,
         )
         return self._stream(
-            req, Quote, policy=policy, max_buffer=max_buffer, account=False, name=f"quotes {code}"
+            req,
+            Quote,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=False,
+            name=f"quotes {code}",
+            kind="quotes",
+            silence_timeout=silence_timeout,
         )
 
     def order_book(
@@ -331,8 +380,10 @@ class AlorClient:
         frequency: int | None = None,
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
+        silence_timeout: float | None = None,
     ) -> Stream[OrderBook]:
-        """The order book of one instrument, ``depth`` levels a side (§4.1); ``latest`` policy."""
+        """The order book of one instrument, ``depth`` levels a side (§4.1); ``latest`` policy.
+        ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.OrderBookRequest,
             code,
@@ -343,7 +394,14 @@ class AlorClient:
             frequency=frequency,
         )
         return self._stream(
-            req, OrderBook, policy=policy, max_buffer=max_buffer, account=False, name=f"book {code}"
+            req,
+            OrderBook,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=False,
+            name=f"book {code}",
+            kind="order_book",
+            silence_timeout=silence_timeout,
         )
 
     def bars(
@@ -359,9 +417,11 @@ class AlorClient:
         frequency: int | None = None,
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
+        silence_timeout: float | None = None,
     ) -> Stream[Bar]:
         """Candles of timeframe ``tf`` (seconds or D/W/M/Y) from ``from_`` (Unix s; default:
-        now, i.e. only the forming candle), §4.3. Lossless by default."""
+        now, i.e. only the forming candle), §4.3. Lossless by default. ``silence_timeout``: see
+        :meth:`quotes`."""
         req = market_request(
             rq.BarsRequest,
             code,
@@ -374,7 +434,14 @@ class AlorClient:
             frequency=frequency,
         )
         return self._stream(
-            req, Bar, policy=policy, max_buffer=max_buffer, account=False, name=f"bars {code} {tf}"
+            req,
+            Bar,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=False,
+            name=f"bars {code} {tf}",
+            kind="bars",
+            silence_timeout=silence_timeout,
         )
 
     def all_trades(
@@ -388,8 +455,10 @@ class AlorClient:
         format: Format | str | None = None,
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
+        silence_timeout: float | None = None,
     ) -> Stream[Trade]:
-        """The anonymous tape (§4.4); ``depth`` replays the last N trades first. Lossless."""
+        """The anonymous tape (§4.4); ``depth`` replays the last N trades first. Lossless.
+        ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.AllTradesRequest,
             code,
@@ -400,7 +469,14 @@ class AlorClient:
             include_virtual_trades=include_virtual_trades,
         )
         return self._stream(
-            req, Trade, policy=policy, max_buffer=max_buffer, account=False, name=f"trades {code}"
+            req,
+            Trade,
+            policy=policy,
+            max_buffer=max_buffer,
+            account=False,
+            name=f"trades {code}",
+            kind="all_trades",
+            silence_timeout=silence_timeout,
         )
 
     def instrument(
@@ -412,11 +488,12 @@ class AlorClient:
         format: Format | str | None = None,
         policy: Policy | str | None = Policy.QUEUE,
         max_buffer: int | None = None,
+        silence_timeout: float | None = None,
     ) -> Stream[InstrumentPatch]:
         """Trading status and limits of an instrument (§4.5): a full message, then patches.
 
         Patches must all be seen to fold them (``InstrumentState.apply``), so the default
-        policy is ``queue``."""
+        policy is ``queue``. ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.InstrumentRequest, code, exchange=exchange, board=board, format=format or self.format
         )
@@ -427,6 +504,8 @@ class AlorClient:
             max_buffer=max_buffer,
             account=False,
             name=f"instrument {code}",
+            kind="instrument",
+            silence_timeout=silence_timeout,
         )
 
     def _portfolio_stream(
@@ -464,6 +543,7 @@ class AlorClient:
             account=True,
             skip_history=skip_history,
             name=f"{name} {portfolio}",
+            kind=name.replace(" ", "_"),
         )
 
     def positions(
@@ -712,6 +792,8 @@ class AlorClient:
             sub = result.subscription
             lane = self._lanes[sub.connection_id]
             lane.attach(sub.guid, stream._buffer)
+            if stream.silence_timeout:
+                lane.watch(sub.guid, stream.silence_timeout)
             waiter = lane._waiters.get(sub.guid)
             if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
                 await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
@@ -721,6 +803,8 @@ class AlorClient:
         result = self._registry.subscribe(request, lane.id)
         sub = result.subscription
         waiter = await lane.add(sub, stream._buffer)
+        if stream.silence_timeout:
+            lane.watch(sub.guid, stream.silence_timeout)
         await self._confirm(waiter, sub.guid, lane, stream)
         return sub.guid, lane.id
 
@@ -885,6 +969,20 @@ class AlorClient:
     async def _io_drop(self) -> None:
         for lane in self._lanes.values():
             lane.drop("dropped on request")
+
+
+def _check_silence(name: str, value: object, *, call: bool = False) -> float:
+    """A silence timeout: a finite number of seconds >= 0 (0: not watched). A bad one raises
+    ConfigurationError (``call``: InvalidArgumentError, for a stream method's argument)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problem = f"must be a number of seconds, got {value!r}"
+    elif not (value >= 0 and math.isfinite(value)):
+        problem = f"must be a finite number of seconds >= 0, got {value!r}"
+    else:
+        return float(value)
+    if call:
+        raise InvalidArgumentError(name, problem)
+    raise ConfigurationError(f"{name} {problem}")
 
 
 class _LoopTokens:

@@ -12,6 +12,16 @@ payload in one pass (:func:`alorws.protocol.codec.frame_decoder_for`), so a fram
 On any close or error the lane marks its subscriptions ``RESTORING``, waits a jittered
 exponential delay, reconnects with a fresh token and re-sends every subscription with its
 original guid in one pipelined burst (§9.5), without waiting for each reply.
+
+Silent subscriptions (§9.6). A subscription given a silence timeout (:meth:`Lane.watch`) is
+checked by a task of the I/O loop, a few times per timeout: it compares the sink's ``received``
+counter (kept by the buffer anyway) with the last look, so the reader does nothing extra per
+frame. One that received nothing for longer than its timeout while the connection lives is
+subscribed again on the same connection, with the same guid: ``unsubscribe``, its reply, then
+the subscribe again (§3.8; a subscribe with a guid that is still active is refused, §12.2). The
+stream gets a ``silent`` event, then ``resubscribed`` once the server confirms. Should either
+step fail (no reply in time, a refusal), the lane drops its connection and restores everything:
+a new connection is sure to start empty (§3.8).
 """
 
 from __future__ import annotations
@@ -32,8 +42,10 @@ from ..errors import (
     AlorError,
     ConnectionClosed,
     FrameError,
+    InvalidArgumentError,
     ServerRejected,
     TokenRejected,
+    TransportTimeout,
     scrub,
 )
 from ..protocol.backoff import Backoff
@@ -46,7 +58,7 @@ from ..protocol.requests import (
     encode_unsubscribe,
 )
 from ._badframes import BadFrameLog
-from ._ws import settle, ws_connect
+from ._ws import STABLE_SECONDS, settle, ws_connect
 from .endpoints import check_url
 
 
@@ -94,12 +106,27 @@ class Sink(Protocol):
 
     def close(self, exc: BaseException | None = None) -> None: ...
 
+    @property
+    def received(self) -> int:
+        """Data items pushed so far (the silence check compares it between looks)."""
+        ...
+
 
 class LaneEvent(msgspec.Struct, frozen=True):
-    """A connection event delivered in-band to every stream of a lane.
+    """A connection event delivered in-band to the streams of a lane.
 
-    ``kind`` is ``"disconnected"`` (data may be missing from now on; ``reason`` says why) or
-    ``"restored"`` (subscriptions were re-sent; ``downtime`` is seconds since the disconnect).
+    ``kind`` is one of:
+
+    * ``"disconnected"`` (every stream of the lane): data may be missing from now on;
+      ``reason`` says why;
+    * ``"restored"`` (every stream of the lane): subscriptions were re-sent; ``downtime`` is
+      seconds since the disconnect;
+    * ``"silent"`` (one subscription's streams): nothing arrived for longer than its silence
+      timeout while the connection lives (§9.6); ``downtime`` is how long, and the client is
+      subscribing it again;
+    * ``"resubscribed"`` (the same streams): the server confirmed the new subscription, under
+      the same guid; ``downtime`` is seconds since its last data. Data may be missing between
+      the two, as after a restore.
     """
 
     kind: str
@@ -130,6 +157,11 @@ class Fanout:
         """Close every consumer."""
         for sink in self.sinks:
             sink.close(exc)
+
+    @property
+    def received(self) -> int:
+        """The most any consumer was given (they all get every push from when they joined)."""
+        return max((sink.received for sink in self.sinks), default=0)
 
 
 class _Listener(picows.WSListener):
@@ -241,6 +273,12 @@ class Lane:
         self._ping_guid: str | None = None
         self._app_pong: asyncio.Event = asyncio.Event()
         self._app_ping_works: bool | None = None  # learned: does the server answer opcode ping?
+        # Silence watch (§9.6): guid -> seconds without data before it is subscribed again;
+        # the task checking them; re-subscriptions under way and the reply each one awaits.
+        self._watch: dict[str, float] = {}
+        self._silence_task: asyncio.Task[None] | None = None
+        self._resubscribing: dict[str, asyncio.Task[None]] = {}
+        self._resub_waiters: dict[str, asyncio.Future[StatusReply]] = {}
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
@@ -249,6 +287,8 @@ class Lane:
         self.unrouted = 0
         self.reconnects = 0
         self.connect_failures = 0
+        self.resubscribes = 0
+        self.resubscribe_failures = 0
         self.last_restore_seconds: float | None = None
         self.last_error: str | None = None
 
@@ -324,6 +364,11 @@ class Lane:
         guid = reply.request_guid
         if guid == self._ping_guid:
             self._app_pong.set()
+            return
+        step = self._resub_waiters.pop(guid, None)
+        if step is not None:  # a step of a re-subscription (the registry keeps it ACTIVE)
+            if not step.done():
+                step.set_result(reply)
             return
         sub = self._registry.get(guid)
         if (
@@ -440,6 +485,8 @@ class Lane:
         up to ``wait`` s for the server's reply (a lost connection forgets it anyway)."""
         self._sinks.pop(guid)
         self._unsent.pop(guid, None)
+        self._watch.pop(guid, None)
+        self._stop_resubscribe(guid)
         waiter = self._waiters.pop(guid, None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -453,6 +500,160 @@ class Lane:
                 async with asyncio.timeout(wait):
                     await asyncio.shield(closed)
         self._close_waiters.pop(guid, None)
+
+    # -- silent subscriptions (§9.6) ----------------------------------------------------------
+
+    def watch(self, guid: str, timeout: float) -> None:
+        """Subscribe ``guid`` again when it receives nothing for ``timeout`` seconds while the
+        connection lives. Streams sharing a subscription share the shortest timeout."""
+        if not (timeout > 0 and timeout < float("inf")):
+            raise InvalidArgumentError(
+                "silence_timeout", f"must be a finite number of seconds > 0, got {timeout!r}"
+            )
+        current = self._watch.get(guid)
+        self._watch[guid] = timeout if current is None else min(current, timeout)
+        self._start_silence_watch()
+
+    def _start_silence_watch(self) -> None:
+        if self._silence_task is None and self._watch and self.state is LaneState.OPEN:
+            self._silence_task = asyncio.get_running_loop().create_task(
+                self._silence_watch(), name=f"alorws-lane-{self.id}-silence"
+            )
+
+    async def _silence_watch(self) -> None:
+        """Look at every watched subscription's counter a few times per timeout."""
+        # (count at the last change, when it last changed); a first look starts the clock, so
+        # silence is measured from the (re)connect at the earliest.
+        seen: dict[str, tuple[int, float]] = {}
+        try:
+            while self._watch:
+                period = min(max(min(self._watch.values()) / 4, 0.02), 5.0)
+                await asyncio.sleep(period)
+                self._look(seen, time.monotonic())
+        finally:
+            if self._silence_task is asyncio.current_task():
+                self._silence_task = None
+
+    def _look(self, seen: dict[str, tuple[int, float]], now: float) -> None:
+        """One look at every watched subscription; ``seen`` keeps (count, when it changed)."""
+        for guid, timeout in list(self._watch.items()):
+            sink = self._sinks.get(guid)
+            sub = self._registry.get(guid)
+            if sink is None or sub is None:
+                self._watch.pop(guid, None)
+                seen.pop(guid, None)
+                continue
+            count = sink.received
+            last = seen.get(guid)
+            if (
+                last is None
+                or last[0] != count
+                or sub.state is not SubscriptionState.ACTIVE
+                or guid in self._resubscribing
+            ):
+                seen[guid] = (count, now)
+            elif now - last[1] > timeout:
+                seen[guid] = (count, now)  # the clock restarts with the re-subscribe
+                self._start_resubscribe(guid, now - last[1])
+        if len(seen) > len(self._watch):
+            for guid in [g for g in seen if g not in self._watch]:
+                del seen[guid]
+
+    def _start_resubscribe(self, guid: str, silent_for: float) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._resubscribe(guid, silent_for), name=f"alorws-lane-{self.id}-resubscribe"
+        )
+        self._resubscribing[guid] = task
+        task.add_done_callback(lambda t: self._resubscribe_done(guid, t))
+
+    def _resubscribe_done(self, guid: str, task: asyncio.Task[None]) -> None:
+        if self._resubscribing.get(guid) is task:
+            del self._resubscribing[guid]
+
+    def _stop_resubscribe(self, guid: str) -> None:
+        task = self._resubscribing.pop(guid, None)
+        if task is not None:
+            task.cancel()
+        waiter = self._resub_waiters.pop(guid, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    async def _resubscribe(self, guid: str, silent_for: float) -> None:
+        """Unsubscribe, then subscribe again with the same guid (§3.8), on this connection."""
+        sub = self._registry.get(guid)
+        sink = self._sinks.get(guid)
+        if sub is None or sink is None:
+            return
+        last_data = time.monotonic() - silent_for
+        self.resubscribes += 1
+        log.info("lane %d: %s silent for %.1f s; subscribing again", self.id, guid, silent_for)
+        sink.push_event(
+            LaneEvent(
+                "silent",
+                self.id,
+                reason=f"no data for {silent_for:.1f} s; subscribing again",
+                downtime=silent_for,
+            )
+        )
+        try:
+            await self._step(guid, lambda token: encode_unsubscribe(guid, token))
+            if self._registry.get(guid) is not sub or sub.state is not SubscriptionState.ACTIVE:
+                return  # released or lost meanwhile: nothing to put back
+            await self._step(
+                guid, lambda token: encode_subscribe(sub.request, guid=guid, token=token)
+            )
+        except asyncio.CancelledError:
+            raise
+        except AlorError as exc:
+            self.resubscribe_failures += 1
+            still = self._registry.get(guid) is sub and sub.state is SubscriptionState.ACTIVE
+            if still and self._transport is not None:
+                # The server may still hold a broken subscription under this guid: only a new
+                # connection is sure to start empty (§3.8).
+                self.drop(f"subscribing {guid} again failed: {exc}")
+            return
+        current = self._sinks.get(guid)
+        if current is not None:
+            current.push_event(
+                LaneEvent("resubscribed", self.id, downtime=time.monotonic() - last_data)
+            )
+
+    async def _step(self, guid: str, frame: Callable[[str], bytes]) -> None:
+        """Send one request for ``guid`` and wait for its reply; a 401 is retried once with a
+        refreshed token. Raises the refusal, ConnectionClosed or TransportTimeout."""
+        token = await self._token()
+        for attempt in range(2):
+            waiter: asyncio.Future[StatusReply] = asyncio.get_running_loop().create_future()
+            self._resub_waiters[guid] = waiter
+            self._last_token = token
+            try:
+                if not self._send(frame(token)):
+                    raise ConnectionClosed(None, "the connection closed")
+                try:
+                    async with asyncio.timeout(self._connect_timeout):
+                        reply = await waiter
+                except TimeoutError:
+                    raise TransportTimeout(f"no reply within {self._connect_timeout} s") from None
+            finally:
+                if self._resub_waiters.get(guid) is waiter:
+                    del self._resub_waiters[guid]
+            if reply.http_code == 200:
+                return
+            if reply.http_code != 401 or attempt:
+                raise ServerRejected(reply.http_code, reply.message, guid)
+            token = await self._refresh()
+
+    def _stop_silence_work(self) -> None:
+        """The connection is gone: its re-subscriptions with it (the restore re-sends all)."""
+        task, self._silence_task = self._silence_task, None
+        if task is not None:
+            task.cancel()
+        for guid in list(self._resubscribing):
+            self._stop_resubscribe(guid)
+        for waiter in self._resub_waiters.values():
+            if not waiter.done():
+                waiter.cancel()
+        self._resub_waiters.clear()
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -533,12 +734,14 @@ class Lane:
                 self._broadcast(
                     LaneEvent("restored", self.id, downtime=time.monotonic() - down_since)
                 )
-            delays = self._backoff.delays()  # a successful open resets the backoff
+            opened_at = time.monotonic()
             self._opened.set()
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(transport))
+            self._start_silence_watch()
             try:
                 await self._disconnected.wait()
             finally:
+                self._stop_silence_work()
                 watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
@@ -547,6 +750,8 @@ class Lane:
             if self._closing:
                 break
             down_since = time.monotonic()
+            if down_since - opened_at >= STABLE_SECONDS:
+                delays = self._backoff.delays()  # it worked for a while: start over
             code, reason = self._close_info or (None, "connection lost")
             # The close reason is the server's text: scrubbed, like every frame excerpt.
             self.last_error = self._drop_reason or f"closed (code={code}, reason={scrub(reason)!r})"
@@ -649,6 +854,7 @@ class Lane:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._stop_silence_work()
         for bg in list(self._background):
             bg.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -672,6 +878,9 @@ class Lane:
             "unrouted": self.unrouted,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
+            "watched": len(self._watch),
+            "resubscribes": self.resubscribes,
+            "resubscribe_failures": self.resubscribe_failures,
             "last_restore_seconds": self.last_restore_seconds,
             "last_error": self.last_error,
         }

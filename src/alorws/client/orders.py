@@ -42,6 +42,17 @@ A ``401`` to a command means the server did not execute it (authorization is che
 §12.11): the client re-authorizes (refreshing the token if it has not changed) and re-sends the
 command on the same connection, at most twice, then raises ``TokenRejected``.
 
+**Idle connections (§9.6).** Other integrators report that a ``/cws`` connection idle for about
+30 minutes still accepts ``authorize`` but resets on its next command, until it is authorized
+with a token issued after that. So the client remembers when its connection last carried a
+command; a command sent after ``reauth_after_idle`` seconds without one first gets a token
+issued now (a forced refresh) and re-authorizes with it, then goes out. That costs one token
+request and one ``authorize`` round trip before the first command after a long pause. Should the
+connection be reset with a command in flight anyway, whatever the reason, the next connection
+is authorized with a token issued now too, and the command is re-sent with the same guid (see
+"Exactly once"). If the auth server cannot be reached for that fresh token, the current one is
+used.
+
 Tokens are never logged, never part of a ``repr`` or an exception message.
 """
 
@@ -76,6 +87,7 @@ from ..errors import (
     OrderRejected,
     OrderStatusUnknown,
     TokenRejected,
+    TransportError,
     TransportTimeout,
     rejection_for,
     scrub,
@@ -103,12 +115,12 @@ from ..protocol.commands import (
 )
 from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
 from ._badframes import BadFrameLog
-from ._ws import settle, ws_connect
+from ._ws import STABLE_SECONDS, settle, ws_connect
 from .auth import RotatingTokenSource
 from .endpoints import check_url
 
 
-__all__ = ["OrderAck", "OrderClient"]
+__all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 
 log = logging.getLogger("alorws.orders")
 
@@ -121,6 +133,9 @@ _CLOSE = picows.WSMsgType.CLOSE
 _AUTH_RETRIES: Final = 2
 #: Round-trip samples kept for the latency percentiles in ``stats()``.
 _LATENCY_SAMPLES: Final = 4096
+#: Default of ``reauth_after_idle``, seconds: well below the ~30 minutes after which an idle
+#: ``/cws`` connection is reported to go stale (§9.6), however the server counts them.
+DEFAULT_REAUTH_AFTER_IDLE: Final = 600.0
 
 _DELETES: Final[dict[str, type[Command]]] = {
     OrderType.MARKET.value: DeleteMarket,
@@ -277,6 +292,10 @@ class OrderClient:
         ping_interval: send a WebSocket ping after this many silent seconds (``None``: never),
             so a dead connection is found before a command is lost in it.
         ping_timeout: seconds to wait for the pong before dropping the connection.
+        reauth_after_idle: a command sent when the connection has carried none for this many
+            seconds is preceded by ``authorize`` with a token issued now (§9.6, see the module
+            docstring); ``None`` turns it off. Default 600 s, comfortably below the ~30
+            minutes reported.
     """
 
     def __init__(
@@ -292,12 +311,14 @@ class OrderClient:
         price_step: Callable[[str, str], Awaitable[float | None]] | None = None,
         ping_interval: float | None = 5.0,
         ping_timeout: float = 5.0,
+        reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
     ) -> None:
         for name, value in (
             ("reply_timeout", reply_timeout),
             ("connect_timeout", connect_timeout),
             ("ping_timeout", ping_timeout),
             ("ping_interval", 1.0 if ping_interval is None else ping_interval),
+            ("reauth_after_idle", 1.0 if reauth_after_idle is None else reauth_after_idle),
         ):
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
@@ -313,6 +334,7 @@ class OrderClient:
         self._price_step = price_step
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._ping = (ping_interval, ping_timeout)
+        self._reauth_after_idle = reauth_after_idle
 
         self._state = _State.IDLE
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -322,6 +344,10 @@ class OrderClient:
         self._pending: dict[str, _Pending] = {}  # insertion order = submission order
         self._hold = False  # a command got 401: queue new ones until re-authorized
         self._authorized_token: str | None = None  # which token this connection runs on
+        # When the connection last carried a command (monotonic), and whether the next
+        # authorize must use a token issued now (§9.6: after an idle time, or a reset).
+        self._last_command = 0.0
+        self._want_fresh = False
         self._closed = False
         self._unlisten = tokens.add_listener(self._on_new_token)
 
@@ -337,6 +363,8 @@ class OrderClient:
         self._connect_failures = 0
         self._authorizations = 0
         self._reauthorizations = 0
+        self._idle_reauthorizations = 0
+        self._fresh_authorizations = 0
         self._late_replies = 0
         self._bad_frames = 0
         self._bad_log = BadFrameLog(log, "cws")
@@ -735,8 +763,17 @@ class OrderClient:
         self._pending[guid] = pending
         self._commands += 1
         if self._ready():
-            assert self._conn is not None
-            self._transmit(self._conn, pending)
+            conn = self._conn
+            assert conn is not None
+            idle = self._reauth_after_idle
+            if idle is not None and time.monotonic() - self._last_command > idle:
+                # §9.6: the server may hold this idle connection stale; only an authorize with
+                # a token issued now clears it. The command waits for it (flushed after).
+                self._idle_reauthorizations += 1
+                self._want_fresh = True
+                self._request_reauth(conn, hold=True)
+            else:
+                self._transmit(conn, pending)
         else:
             self._ensure_started()
         deadline = asyncio.timeout(self._reply_timeout)
@@ -776,6 +813,7 @@ class OrderClient:
         pending.sent_gen = conn.gen
         pending.needs_auth = False
         pending.sent_ns = time.perf_counter_ns()
+        self._last_command = time.monotonic()
         self._frames_sent += 1
         # A frame written to a socket that dies may or may not have arrived: the command is
         # "in flight" either way, and the connection-lost path re-sends it with the same guid.
@@ -972,11 +1010,17 @@ class OrderClient:
                 try:
                     await self._connect(conn)
                     self._state = _State.AUTHORIZING
+                    fresh = self._want_fresh
                     if rejected:  # §2.6: refused once; try once more with a fresh token
                         token = await self._tokens.refresh(force=True)
+                    elif fresh:  # §9.6: the last connection was reset under a command
+                        token = await self._fresh_token()
                     else:
                         token = await self._tokens.token()
                     await self._authorize(conn, token)
+                    if fresh:
+                        self._want_fresh = False
+                        self._fresh_authorizations += 1
                 except TokenRejected as exc:
                     rejected += 1
                     self.last_error = f"authorize refused: {exc.http_code} {exc.message}"
@@ -1007,8 +1051,9 @@ class OrderClient:
                     await self._wait_closed(conn)
                 else:
                     rejected = 0
-                    delays = self._backoff.delays()  # a successful open resets the backoff
+                    opened_at = time.monotonic()
                     self._state = _State.OPEN
+                    self._last_command = time.monotonic()  # a new connection is not idle
                     log.info("cws: connected and authorized (%s)", self.url)
                     if self._tokens.current != self._authorized_token:
                         self._request_reauth(conn)  # the token rotated while we authorized
@@ -1019,6 +1064,8 @@ class OrderClient:
                     if not self._closed:
                         log.info("cws: %s; reconnecting", self.last_error)
                         self._reconnects += 1
+                    if time.monotonic() - opened_at >= STABLE_SECONDS:
+                        delays = self._backoff.delays()  # it worked for a while: start over
                 self._connection_lost(conn)
                 if self._closed:
                     break
@@ -1047,6 +1094,9 @@ class OrderClient:
         for pending in list(self._pending.values()):
             if pending.sent_gen != conn.gen or pending.needs_auth:
                 continue  # queued, or refused with 401 (not executed): just send it again
+            # §9.6: a connection reset under a command may have gone stale; only a token issued
+            # now clears that, on the next connection too.
+            self._want_fresh = True
             pending.ambiguous = True  # it may have executed: a re-send must be deduplicated
             if not pending.command.check_duplicates:
                 self._unknown += 1
@@ -1089,8 +1139,11 @@ class OrderClient:
         try:
             while self._conn is conn and self._state is _State.OPEN:
                 hold = self._hold
+                fresh = self._want_fresh
                 token = await self._tokens.token()
-                if token == self._authorized_token:
+                if fresh:
+                    token = await self._fresh_token()  # §9.6: a long idle time
+                elif token == self._authorized_token:
                     if not hold:
                         return  # up to date
                     # A command got 401 on this very token: the server thinks it expired.
@@ -1099,6 +1152,9 @@ class OrderClient:
                     return
                 await self._authorize(conn, token)
                 self._reauthorizations += 1
+                if fresh:
+                    self._want_fresh = False
+                    self._fresh_authorizations += 1
                 log.debug("cws: re-authorized on the open connection")
                 if hold:
                     self._hold = False
@@ -1114,6 +1170,16 @@ class OrderClient:
         finally:
             if conn.reauth is asyncio.current_task():
                 conn.reauth = None
+
+    async def _fresh_token(self) -> str:
+        """A token issued now (§9.6), or the current one if the auth server does not give one
+        within ``connect_timeout`` (the command then goes out on it; a reset brings us back)."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._tokens.refresh(force=True)
+        except (TransportError, TimeoutError) as exc:
+            log.warning("cws: no fresh token (%r); authorizing with the current one", exc)
+            return await self._tokens.token()
 
     # -- closing and observability ------------------------------------------------------------
 
@@ -1157,7 +1223,10 @@ class OrderClient:
         ``commands`` submitted; ``sent`` frames (re-sends included); ``acks``; ``rejections``;
         ``resends``; ``unknown`` (OrderStatusUnknown raised); ``not_sent`` (TransportTimeout);
         ``reconnects`` (open connections lost); ``authorizations`` (every accepted authorize)
-        and ``reauthorizations`` (on an open connection); ``in_flight`` and ``queued`` now.
+        and ``reauthorizations`` (on an open connection); ``idle_reauthorizations`` (commands
+        that waited for one after ``reauth_after_idle``) and ``fresh_authorizations`` (authorize
+        with a token fetched for it: after an idle time or a reset, §9.6); ``in_flight`` and
+        ``queued`` now.
         """
         ordered = sorted(self._latencies)
         queued = self._queued()
@@ -1175,6 +1244,8 @@ class OrderClient:
             "connect_failures": self._connect_failures,
             "authorizations": self._authorizations,
             "reauthorizations": self._reauthorizations,
+            "idle_reauthorizations": self._idle_reauthorizations,
+            "fresh_authorizations": self._fresh_authorizations,
             "in_flight": len(self._pending) - queued,
             "queued": queued,
             "late_replies": self._late_replies,

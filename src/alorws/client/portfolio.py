@@ -279,9 +279,10 @@ class Portfolio:
 
     def _event_handler(self, kind: str) -> Callable[[LaneEvent], None]:
         def handle(event: LaneEvent) -> None:
-            if event.kind == "disconnected":
+            # A silent subscription subscribed again (§9.6) is a gap like an outage.
+            if event.kind in ("disconnected", "silent"):
                 self._down.add(kind)
-            elif event.kind == "restored":
+            elif event.kind in ("restored", "resubscribed"):
                 self._down.discard(kind)
                 self._request_sync(kind)
 

@@ -11,8 +11,11 @@ A :class:`Stream` is
 
 Iteration survives reconnects: the stream keeps its place while the client restores the
 subscription, and account streams are de-duplicated (:mod:`alorws.client.whole`). Connection
-events (``disconnected``/``restored``, with the downtime) are kept in :attr:`Stream.events`
-and passed to ``on_event`` callbacks.
+events (``disconnected``/``restored``, with the downtime; ``silent``/``resubscribed`` when a
+watched subscription went quiet and was subscribed again, §9.6) are kept in
+:attr:`Stream.events` and passed to ``on_event`` callbacks. A ``resubscribed`` stream is made
+whole like a restored one: the server's replay is de-duplicated and account streams of orders
+and fills fetch the HTTP snapshot.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATE_MODELS",
+    "STREAM_KINDS",
     "Stream",
     "bad_frame_error",
     "decode_inline",
@@ -71,6 +75,23 @@ STATE_MODELS: tuple[type[Model], ...] = (
     Summary,
     Risk,
     SpectraRisk,
+)
+
+
+#: The kinds of stream, named after the client's methods: the keys of ``silence_timeout``.
+STREAM_KINDS: tuple[str, ...] = (
+    "quotes",
+    "order_book",
+    "bars",
+    "all_trades",
+    "instrument",
+    "positions",
+    "summaries",
+    "risks",
+    "spectra_risks",
+    "own_trades",
+    "orders",
+    "stop_orders",
 )
 
 
@@ -165,7 +186,7 @@ class _Backfill(NamedTuple):
     items: list[Any]
 
 
-#: Account streams whose server replay is capped (3000 records, issue 4 point 8): after a
+#: Account streams whose server replay is capped (3000 records, §12.17): after a
 #: restore the HTTP snapshot fills in whatever the capped replay left out (§9.5).
 _BACKFILLED = (Order, StopOrder, OwnTrade)
 
@@ -185,6 +206,7 @@ class Stream(Generic[M], AsyncIterator[M]):
         filter: StreamFilter | None = None,
         name: str = "",
         batcher: WakeBatcher | None = None,
+        silence_timeout: float | None = None,
     ) -> None:
         self._client = client
         self.request = request
@@ -192,6 +214,8 @@ class Stream(Generic[M], AsyncIterator[M]):
         self.policy = policy
         self.account = account
         self.name = name or f"{type(request).__name__}"
+        #: Seconds without data before the subscription is subscribed again (None: never).
+        self.silence_timeout = silence_timeout
         self._format = Format(getattr(request, "format", Format.SIMPLE))
         # Lanes push whole frames (bytes: envelope and payload decoded in one pass); a replay
         # pushes payloads alone (msgspec.Raw: the data object's JSON).
@@ -277,7 +301,8 @@ class Stream(Generic[M], AsyncIterator[M]):
         await self.aclose()
 
     def on_event(self, callback: Callable[[LaneEvent], object]) -> None:
-        """Call ``callback(event)`` (in the consumer's loop) on every disconnect/restore."""
+        """Call ``callback(event)`` (in the consumer's loop) on every connection event
+        (``disconnected``, ``restored``, ``silent``, ``resubscribed``)."""
         self._callbacks.append(callback)
 
     # -- consuming ---------------------------------------------------------------------------
@@ -372,7 +397,8 @@ class Stream(Generic[M], AsyncIterator[M]):
             return self._ready.popleft() if self._ready else None
         if isinstance(item, LaneEvent):
             self.events.append(item)
-            if item.kind == "restored" and self._filter is not None:
+            # A restore and a re-subscription both replay the server's snapshot: not new.
+            if item.kind in ("restored", "resubscribed") and self._filter is not None:
                 self._filter.restored()
                 if issubclass(self.model, _BACKFILLED):
                     self._start_backfill()

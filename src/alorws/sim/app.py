@@ -40,7 +40,15 @@ from aiohttp import web
 from ..errors import InvalidArgumentError
 from .auth import TokenService
 from .engine import Account, TradingEngine
-from .faults import MIN_DROP_EVERY, Faults, check_codes, check_seconds
+from .faults import (
+    MIN_DROP_EVERY,
+    MIN_IDLE,
+    Faults,
+    check_clock,
+    check_codes,
+    check_seconds,
+    check_share,
+)
 from .market import SyntheticMarket, TradePrinted
 from .server import SimServer
 from .subscriptions import Limits
@@ -435,6 +443,35 @@ def _parser() -> argparse.ArgumentParser:
         "--drop-codes", default="1000,1006,1011,1012", help="close codes for --drop-every"
     )
     p.add_argument("--reply-delay", type=float, default=0.0, help="delay every reply, seconds")
+    p.add_argument(
+        "--cws-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a /cws connection idle this long goes stale: its next command resets it until "
+        "it authorizes with a newer token (ALOR: about 1800)",
+    )
+    p.add_argument(
+        "--daily-restart",
+        default=None,
+        metavar="HH:MM-HH:MM",
+        help="every day in this window (Moscow time, e.g. 09:00-10:00) refuse new connections "
+        "and HTTP with 503 and drop the open ones",
+    )
+    p.add_argument(
+        "--restart-accept",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share (0..1) of attempts let through a restart window, dropped shortly after",
+    )
+    p.add_argument(
+        "--restart-linger",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="longest life of a connection let through a restart window",
+    )
     p.add_argument("--ground-truth", default=None, metavar="PATH", help="append JSONL here")
     return p
 
@@ -444,10 +481,24 @@ def _out(line: str) -> None:
     sys.stdout.flush()
 
 
+def _daily_window(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The --daily-restart window, checked (with its companions), or None."""
+    check_share("--restart-accept", args.restart_accept)
+    check_seconds("--restart-linger", args.restart_linger)
+    if args.daily_restart is None:
+        return None
+    start, _, end = args.daily_restart.partition("-")
+    check_clock("--daily-restart", start)
+    check_clock("--daily-restart", end)
+    return start, end
+
+
 def _drop_codes(args: argparse.Namespace) -> list[int] | None:
     """Check the fault flags before anything starts; the --drop-every codes, if on."""
     if args.reply_delay > 0:
         check_seconds("--reply-delay", args.reply_delay)
+    if args.cws_idle is not None:
+        check_seconds("--cws-idle", args.cws_idle, MIN_IDLE)
     if args.drop_every <= 0:
         return None
     check_seconds("--drop-every", args.drop_every, MIN_DROP_EVERY)
@@ -462,6 +513,7 @@ def _drop_codes(args: argparse.Namespace) -> list[int] | None:
 
 async def _serve(args: argparse.Namespace) -> None:
     drop_codes = _drop_codes(args)
+    daily = _daily_window(args)
     sim = Simulator(
         host=args.host,
         port=args.port,
@@ -501,6 +553,10 @@ async def _serve(args: argparse.Namespace) -> None:
             sim.faults.random_drops(args.drop_every, drop_codes)
         if args.reply_delay > 0:
             sim.faults.delay(args.reply_delay)
+        if args.cws_idle is not None:
+            sim.faults.idle_cws(args.cws_idle)
+        if daily is not None:
+            sim.faults.daily_restart(*daily, accept=args.restart_accept, linger=args.restart_linger)
         _out(f"url: {sim.url}")
         _out(f"refresh_token: {sim.demo_refresh_token}")
         _out(f"portfolios: {' '.join(sim.demo.portfolios)}")

@@ -44,11 +44,16 @@ class _Payload(msgspec.Struct, frozen=True):
 
 
 class Claims(msgspec.Struct, frozen=True, gc=False):
-    """What the simulator needs from a valid access token."""
+    """What the simulator needs from a valid access token.
+
+    ``serial`` numbers the tokens in the order they were issued (from the ``jti``): the idle
+    ``/cws`` fault tells tokens issued before a moment from those issued after it.
+    """
 
     login: str
     portfolios: frozenset[str]
     exp: int
+    serial: int = 0
 
 
 _DECODE: Final = msgspec.json.Decoder(_Payload)
@@ -80,6 +85,11 @@ class TokenService:
         # token -> claims of tokens already verified (the signature check is the costly part);
         # cleared by expire_all. Expiry is still checked on every use.
         self._cache: dict[str, Claims] = {}
+
+    @property
+    def issued(self) -> int:
+        """The serial of the last token issued (0 before the first): later ones have higher."""
+        return self._serial
 
     def issue(
         self,
@@ -150,9 +160,10 @@ class TokenService:
         expected = hmac.new(self._key, signing_input, hashlib.sha256).digest()
         if not hmac.compare_digest(given, expected):
             return None
-        if payload.jti.split(".", 1)[0] != str(self._epoch):
+        epoch, _, serial = payload.jti.partition(".")
+        if epoch != str(self._epoch) or not serial.isdigit():
             return None
-        return Claims(payload.sub, frozenset(payload.portfolios.split()), payload.exp)
+        return Claims(payload.sub, frozenset(payload.portfolios.split()), payload.exp, int(serial))
 
     def expire_all(self) -> None:
         """Fault: every token issued so far becomes invalid at once (§12.1 expiry, on demand)."""

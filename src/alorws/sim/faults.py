@@ -1,4 +1,4 @@
-"""Fault injection (issue point 7): what a client must survive, on demand.
+"""Fault injection: what a client must survive, on demand.
 
 The same operations are reachable three ways: this in-process API (``sim.faults`` in tests),
 the admin endpoints ``/sim/*`` (only when the simulator runs with ``admin=True``) and the
@@ -13,8 +13,18 @@ command-line flags of ``alorws sim``.
 * :meth:`Faults.delay`: every reply (and the data behind it) waits N seconds.
 * :meth:`Faults.expire_tokens`: every JWT issued so far is invalid from now on.
 * :meth:`Faults.inject`: send an arbitrary (malformed or unknown) frame to connections.
-* :meth:`Faults.restart`: drop every connection and refuse new ones for a while, like ALOR's
-  daily restart.
+* :meth:`Faults.restart`: drop every connection and refuse new ones for a while.
+
+The production behaviours of §9.6, as §12.16 models them:
+
+* :meth:`Faults.idle_cws`: a ``/cws`` connection idle for longer than N seconds goes stale:
+  ``authorize`` with a token issued before that is answered 200 and does not help, the next
+  command is not executed and the connection is cut; a token issued after it clears it.
+* :meth:`Faults.restart_window`: ALOR's daily restart: for N seconds new connections and HTTP
+  get 503 (a share of attempts may get through and is dropped shortly after: flapping), open
+  connections are dropped. :meth:`Faults.daily_restart` repeats it every day at a Moscow time.
+* :meth:`Faults.silence`: chosen subscriptions stop receiving data while their connection, its
+  pings and its other subscriptions carry on; :meth:`Faults.unsilence` ends it.
 
 Every argument is checked: a bad one raises :class:`~alorws.errors.InvalidArgumentError` naming
 it (the admin endpoints answer 400 with that message) and changes nothing. Durations are finite
@@ -29,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,19 +48,23 @@ from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from .server import SimServer
-    from .subscriptions import Connection
+    from .subscriptions import Connection, Subscription
 
 
 __all__ = [
     "CLOSE_REASONS",
     "MAX_SECONDS",
     "MIN_DROP_EVERY",
+    "MIN_IDLE",
+    "MOSCOW_UTC_OFFSET",
     "Faults",
     "check_account",
+    "check_clock",
     "check_code",
     "check_codes",
     "check_kind",
     "check_seconds",
+    "check_share",
 ]
 
 log = logging.getLogger("alorws.sim")
@@ -60,6 +75,10 @@ MAX_SECONDS: Final = 86_400.0
 #: little but drop.
 MIN_DROP_EVERY: Final = 0.01
 _KINDS: Final = ("ws", "cws")
+#: The shortest idle time of :meth:`Faults.idle_cws`, seconds.
+MIN_IDLE: Final = 0.01
+#: Moscow time is UTC+3 all year (no daylight saving since 2014).
+MOSCOW_UTC_OFFSET: Final = 3 * 3600
 
 #: Close codes the drop faults use, with the reason text sent in the close frame.
 CLOSE_REASONS = {
@@ -106,6 +125,38 @@ def check_account(value: object) -> str | None:
     return value
 
 
+def check_share(name: str, value: object) -> float:
+    """``value`` as a probability: a number in ``0..1``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidArgumentError(name, f"must be a number in 0..1, got {value!r}")
+    return float(value)
+
+
+def check_clock(name: str, value: object) -> int:
+    """``value`` as a time of day ``"HH:MM"``; returns seconds since midnight."""
+    if type(value) is str:
+        hours, sep, minutes = value.partition(":")
+        if (
+            sep
+            and len(minutes) == 2
+            and 1 <= len(hours) <= 2
+            and hours.isascii()
+            and minutes.isascii()
+            and hours.isdigit()
+            and minutes.isdigit()
+            and int(hours) < 24
+            and int(minutes) < 60
+        ):
+            return int(hours) * 3600 + int(minutes) * 60
+    raise InvalidArgumentError(name, f"must be a time of day HH:MM, got {value!r}")
+
+
+def _check_text(name: str, value: object) -> str | None:
+    if value is not None and type(value) is not str:
+        raise InvalidArgumentError(name, f"must be a string, got {value!r}")
+    return value
+
+
 def check_kind(value: object) -> str | None:
     """``value`` as a connection kind (``ws``/``cws``), or None for both."""
     if value is not None and value not in _KINDS:
@@ -121,14 +172,49 @@ class Faults:
         self._random = random.Random(seed)
         self._drops_task: asyncio.Task[None] | None = None
         self._drops: dict[str, Any] = {"running": False}
+        self._daily_task: asyncio.Task[None] | None = None
+        self._daily: dict[str, Any] = {"running": False}
+        self._silenced: dict[int, Subscription] = {}
+        self._silence_timers: dict[int, asyncio.TimerHandle] = {}
+        self._silence_rounds = 0
         self.injected = 0
         self.dropped = 0
+        server.window_random = self._random.random
 
     def stats(self) -> dict[str, Any]:
-        """State of the background faults (part of ``GET /sim/stats``): for ``random_drops``
-        whether it runs, its settings, how many rounds failed, the last failure and, if the
-        task ended by itself, why."""
-        return {"random_drops": dict(self._drops)}
+        """State of the faults (part of ``GET /sim/stats``).
+
+        ``random_drops``: whether it runs, its settings, how many rounds failed, the last
+        failure and, if the task ended by itself, why. ``idle_cws``: the idle time (None: off),
+        the stale ``/cws`` connections now and the commands refused with a reset.
+        ``restart_window``: whether one lasts, its settings and the attempts refused, let
+        through and dropped. ``daily_restart``: its schedule (Moscow time). ``silenced``:
+        subscriptions silent now.
+        """
+        server = self._server
+        try:
+            left = max(0.0, server.window_until - asyncio.get_running_loop().time())
+        except RuntimeError:  # no running loop: stats() read after the simulator stopped
+            left = 0.0
+        active = left > 0
+        return {
+            "random_drops": dict(self._drops),
+            "idle_cws": {
+                "idle": server.cws_idle,
+                "stale": server.stale_connections(),
+                "resets": server.stale_resets,
+            },
+            "restart_window": {
+                "active": active,
+                "seconds_left": round(left, 3),
+                "accept": server.window_accept,
+                "linger": server.window_linger,
+                "code": server.window_code,
+                **server.window_counts,
+            },
+            "daily_restart": dict(self._daily),
+            "silenced": sum(1 for sub in self._silenced.values() if sub.silent and sub.alive),
+        }
 
     def _targets(self, account: str | None = None, kind: str | None = None) -> list[Connection]:
         conns = list(self._server.hub.connections.values())
@@ -258,11 +344,191 @@ class Faults:
         self.refuse(seconds)
         return self.drop(code)
 
-    async def aclose(self) -> None:
-        """Cancel background faults and wait for them."""
-        task, self._drops_task = self._drops_task, None
-        self._drops["running"] = False
+    # -- the production behaviours of §9.6 ------------------------------------------------------
+
+    def idle_cws(self, seconds: float | None) -> None:
+        """Idle ``/cws`` connections go stale after ``seconds`` without a command (None: off).
+
+        A stale connection still answers ``ping`` and ``authorize`` (200), but its next command
+        is not executed: the connection is cut (1006, no reply, no close frame). Every token
+        issued before it went stale keeps the staleness, on that connection and on the
+        account's new ones; ``authorize`` with a token issued afterwards clears it and restarts
+        the idle clock. Only commands count as activity (not ``ping``, not ``authorize``).
+        Turning it off clears every stale connection.
+        """
+        if seconds is not None:
+            seconds = check_seconds("seconds", seconds, MIN_IDLE)
+        self._server.set_cws_idle(seconds)
+
+    def restart_window(
+        self,
+        seconds: float,
+        *,
+        accept: float = 0.0,
+        linger: float = 1.0,
+        code: int = 1006,
+    ) -> int:
+        """ALOR's daily restart, scaled: drop every connection now, then for ``seconds`` answer
+        new WebSocket connections and HTTP requests with 503.
+
+        ``accept`` (0..1) is the share of attempts let through anyway (flapping): a WebSocket
+        let through is dropped with ``code`` a random time of at most ``linger`` seconds later,
+        and no later than the window's end, so that every connection open after the window
+        was opened after it. Returns how many connections were dropped now. A new window
+        replaces a running one; ``seconds`` 0 ends it.
+        """
+        seconds = check_seconds("seconds", seconds)
+        accept = check_share("accept", accept)
+        linger = check_seconds("linger", linger)
+        code = check_code(code)
+        server = self._server
+        server.window_until = asyncio.get_running_loop().time() + seconds
+        server.window_accept = accept
+        server.window_linger = linger
+        server.window_code = code
+        return self.drop(code) if seconds > 0 else 0
+
+    def daily_restart(
+        self,
+        start: str,
+        end: str,
+        *,
+        accept: float = 0.0,
+        linger: float = 1.0,
+        code: int = 1006,
+    ) -> None:
+        """Run :meth:`restart_window` every day from ``start`` to ``end`` (``"HH:MM"``, Moscow
+        time, UTC+3), e.g. ``("09:00", "10:00")``. Replaces a running schedule."""
+        first = check_clock("start", start)
+        last = check_clock("end", end)
+        if first == last:
+            raise InvalidArgumentError("end", f"must differ from start, got {end!r}")
+        accept = check_share("accept", accept)
+        linger = check_seconds("linger", linger)
+        code = check_code(code)
+        loop = asyncio.get_running_loop()
+        self.stop_daily_restart()
+        self._daily = {
+            "running": True,
+            "start": start,
+            "end": end,
+            "accept": accept,
+            "linger": linger,
+            "code": code,
+            "windows": 0,
+        }
+        self._daily_task = loop.create_task(self._run_daily(first, last, accept, linger, code))
+
+    def stop_daily_restart(self) -> None:
+        """Stop :meth:`daily_restart` (a window already running goes on to its end)."""
+        task, self._daily_task = self._daily_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._daily["running"] = False
+
+    async def _run_daily(
+        self, first: int, last: int, accept: float, linger: float, code: int
+    ) -> None:
+        day = 86_400
+        length = (last - first) % day
+        while True:
+            now = (time.time() + MOSCOW_UTC_OFFSET) % day  # seconds since Moscow midnight
+            into = (now - first) % day
+            if into < length:  # inside today's window (started late, or the next one is due)
+                try:
+                    self.restart_window(length - into, accept=accept, linger=linger, code=code)
+                    self._daily["windows"] += 1
+                except Exception as exc:  # one failed round must not end the schedule
+                    self._daily["last_error"] = repr(exc)
+                    self._server.errors += 1
+                    log.exception("daily restart: a window failed")
+                await asyncio.sleep(length - into + 1.0)
+            else:
+                await asyncio.sleep(min(day - into, 3600.0))  # re-read the clock hourly
+
+    def silence(
+        self,
+        seconds: float | None = None,
+        *,
+        guid: str | None = None,
+        opcode: str | None = None,
+        symbol: str | None = None,
+        account: str | None = None,
+        connection: int | None = None,
+    ) -> int:
+        """Stop sending data to the matching ``/ws`` subscriptions, for ``seconds`` or until
+        :meth:`unsilence` (None). Returns how many were silenced.
+
+        Selectors (all given must match; none: every subscription): ``guid``; ``opcode``
+        (e.g. ``"QuotesSubscribe"``, any case); ``symbol``, the instrument's ticker or the
+        portfolio of an account stream; ``account``, the connection's login; ``connection``,
+        a connection id (``sim.server.hub.connections``). The subscriptions stay subscribed:
+        their connection answers pings and requests, and its other subscriptions carry on.
+        Data meant for a silent subscription is never sent, not even later. It applies to the
+        subscriptions there are now: an ``unsubscribe`` ends it, and subscribing again (the
+        same guid after an unsubscribe, or on a new connection) gets a subscription that
+        streams.
+        """
+        if seconds is not None:
+            seconds = check_seconds("seconds", seconds)
+        guid = _check_text("guid", guid)
+        opcode = _check_text("opcode", opcode)
+        symbol = _check_text("symbol", symbol)
+        account = check_account(account)
+        if connection is not None and type(connection) is not int:
+            raise InvalidArgumentError("connection", f"must be a connection id, got {connection!r}")
+        wanted_opcode = opcode.casefold() if opcode is not None else None
+        wanted_symbol = symbol.casefold() if symbol is not None else None
+        hub = self._server.hub
+        chosen: list[Subscription] = []
+        for conn in self._targets(account, "ws"):
+            if connection is not None and conn.id != connection:
+                continue
+            chosen.extend(
+                sub
+                for sub in list(conn.subs.values())
+                if (guid is None or sub.guid == guid)
+                and (wanted_opcode is None or sub.opcode.casefold() == wanted_opcode)
+                and (wanted_symbol is None or sub.key[1].casefold() == wanted_symbol)
+                and hub.silence(sub)
+            )
+        self._silenced = {k: v for k, v in self._silenced.items() if v.silent and v.alive}
+        for sub in chosen:
+            self._silenced[id(sub)] = sub
+        if seconds is not None and chosen:
+            self._silence_rounds += 1
+            key = self._silence_rounds
+            loop = asyncio.get_running_loop()
+            self._silence_timers[key] = loop.call_later(seconds, self._end_silence, key, chosen)
+        return len(chosen)
+
+    def _end_silence(self, key: int, subs: list[Subscription]) -> None:
+        self._silence_timers.pop(key, None)
+        hub = self._server.hub
+        for sub in subs:
+            self._silenced.pop(id(sub), None)
+            hub.unsilence(sub)
+
+    def unsilence(self) -> int:
+        """End every :meth:`silence`; returns how many subscriptions stream again."""
+        for timer in self._silence_timers.values():
+            timer.cancel()
+        self._silence_timers.clear()
+        hub = self._server.hub
+        subs, self._silenced = list(self._silenced.values()), {}
+        return sum(1 for sub in subs if hub.unsilence(sub))
+
+    async def aclose(self) -> None:
+        """Cancel background faults and wait for them."""
+        for timer in self._silence_timers.values():
+            timer.cancel()
+        self._silence_timers.clear()
+        tasks = [self._drops_task, self._daily_task]
+        self._drops_task = self._daily_task = None
+        self._drops["running"] = False
+        self._daily["running"] = False
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

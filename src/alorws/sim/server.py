@@ -1,4 +1,4 @@
-"""The simulator's aiohttp application: one port, like ALOR's one host (issue point 1).
+"""The simulator's aiohttp application: one port, like ALOR's one host (§12.18).
 
 Routes: ``/ws`` (subscriptions, §3-§5), ``/cws`` (order commands, §6), ``POST /refresh`` (the
 oauth service, §2.2), the HTTP subset of §8 (``/md/v2/...``, the own trade history under
@@ -31,6 +31,17 @@ that follows them, so an executed command never loses its reply to a later close
 
 Admin (``/sim/*``). With an ``admin_token`` every admin request must carry it, as
 ``Authorization: Bearer <admin token>`` or ``X-Sim-Admin: <admin token>``; otherwise 401.
+
+Production faults (§9.6, §12.16; switched on through :mod:`~alorws.sim.faults`):
+
+* **idle ``/cws``** (``cws_idle``): a ``/cws`` connection without a command for longer than
+  ``cws_idle`` seconds goes stale. Every token issued until then (the account's, on any
+  connection) is "old": ``authorize`` with one is answered 200 and changes nothing, and the next
+  command on a stale connection is not executed: the TCP connection is cut (1006, no reply).
+  ``authorize`` with a token issued later clears it and restarts the idle clock.
+* **restart window** (``window_until``): new connections and HTTP requests get 503, except a
+  share ``window_accept`` let through; a WebSocket let through is dropped ``window_linger``
+  seconds later at most, and no later than the window's end.
 """
 
 from __future__ import annotations
@@ -282,6 +293,19 @@ class SimServer:
         self.close_timeout = close_timeout
         self.refuse_until = 0.0  # loop time; new connections and HTTP get 503 before it
         self.reply_delay = 0.0  # seconds added before each reply (fault)
+        # The idle /cws fault: None (off) or seconds; per account, tokens up to this serial
+        # leave a /cws connection stale; commands refused by a reset.
+        self.cws_idle: float | None = None
+        self._stale_cutoff: dict[str, int] = {}
+        self.stale_resets = 0
+        # The restart window: until (loop time), the share of attempts let through, how long
+        # one of them lives at most, the close code; what it did.
+        self.window_until = 0.0
+        self.window_accept = 0.0
+        self.window_linger = 1.0
+        self.window_code = 1006
+        self.window_random: Callable[[], float] = lambda: 1.0
+        self.window_counts = {"refused": 0, "admitted": 0, "dropped": 0}
         self.faults: Faults | None = None
         self.sockets: dict[int, web.WebSocketResponse] = {}
         self.transports: dict[int, asyncio.Transport] = {}
@@ -322,6 +346,91 @@ class SimServer:
     def refusing(self) -> bool:
         """True while the refuse/restart fault keeps new connections out."""
         return asyncio.get_running_loop().time() < self.refuse_until
+
+    def in_window(self) -> bool:
+        """True while a restart window lasts (see :meth:`Faults.restart_window`)."""
+        return asyncio.get_running_loop().time() < self.window_until
+
+    def _window_admits(self) -> bool:
+        """During a restart window: whether this attempt gets through (counted either way)."""
+        if self.window_random() >= self.window_accept:
+            self.window_counts["refused"] += 1
+            return False
+        self.window_counts["admitted"] += 1
+        return True
+
+    def _doom(self, conn: Connection) -> None:
+        """Drop a connection let through a restart window, within ``window_linger`` seconds
+        and no later than the window's end."""
+        loop = asyncio.get_running_loop()
+        delay = min(self.window_random() * self.window_linger, self.window_until - loop.time())
+        conn.doomed = loop.call_later(max(0.0, delay), self._window_drop, conn)
+
+    def _window_drop(self, conn: Connection) -> None:
+        conn.doomed = None
+        if not conn.closing:
+            self.window_counts["dropped"] += 1
+            code = self.window_code
+            conn.close(code, "" if code == 1006 else "Service restart")
+
+    # -- the idle /cws fault ------------------------------------------------------------------
+
+    def set_cws_idle(self, seconds: float | None) -> None:
+        """Turn the idle ``/cws`` fault on (``seconds``) or off (None: nothing is stale)."""
+        self.cws_idle = seconds
+        if seconds is None:
+            self._stale_cutoff.clear()
+        for conn in list(self.hub.connections.values()):
+            if conn.kind != "cws":
+                continue
+            if seconds is None:
+                conn.stale = False
+            self._arm_idle(conn)
+
+    def stale_connections(self) -> int:
+        """How many ``/cws`` connections are stale now."""
+        return sum(1 for c in self.hub.connections.values() if c.kind == "cws" and c.stale)
+
+    def _arm_idle(self, conn: Connection) -> None:
+        """(Re)start the timer that makes ``conn`` stale after ``cws_idle`` without commands."""
+        timer, conn.idle_timer = conn.idle_timer, None
+        if timer is not None:
+            timer.cancel()
+        idle = self.cws_idle
+        if idle is None or conn.stale or conn.closing:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, conn.last_command + idle - loop.time())
+        conn.idle_timer = loop.call_later(delay, self._go_stale, conn)
+
+    def _go_stale(self, conn: Connection) -> None:
+        conn.idle_timer = None
+        if conn.closing or self.cws_idle is None:
+            return
+        # Every token issued so far predates the staleness: none of them clears it, here or
+        # on the account's next connection (§9.6: only a freshly issued token helps).
+        cutoff = self.tokens.issued
+        conn.stale = True
+        conn.stale_serial = cutoff
+        if conn.login is not None and cutoff > self._stale_cutoff.get(conn.login, 0):
+            self._stale_cutoff[conn.login] = cutoff
+
+    def _authorized(self, conn: Connection, claims: Claims) -> None:
+        """``authorize`` accepted: an old token leaves (or makes) the connection stale, a
+        token issued after the staleness clears it."""
+        if self.cws_idle is None:
+            return
+        cutoff = self._stale_cutoff.get(claims.login, 0)
+        if conn.stale:
+            cutoff = max(cutoff, conn.stale_serial)
+        if claims.serial <= cutoff:
+            conn.stale = True
+            conn.stale_serial = cutoff
+            self._arm_idle(conn)  # stops the timer: it is stale already
+        elif conn.stale:
+            conn.stale = False
+            conn.last_command = asyncio.get_running_loop().time()
+            self._arm_idle(conn)
 
     def close_connection(self, conn: Connection, code: int, reason: str) -> None:
         """``Connection.on_close``: close the socket with ``code`` (1006 = no close frame)."""
@@ -413,6 +522,11 @@ class SimServer:
             r.add_post("/sim/inject", self._admin_inject)
             r.add_post("/sim/restart", self._admin_restart)
             r.add_post("/sim/random-drops", self._admin_random_drops)
+            r.add_post("/sim/idle-cws", self._admin_idle_cws)
+            r.add_post("/sim/restart-window", self._admin_restart_window)
+            r.add_post("/sim/daily-restart", self._admin_daily_restart)
+            r.add_post("/sim/silence", self._admin_silence)
+            r.add_post("/sim/unsilence", self._admin_unsilence)
             r.add_get("/sim/ground-truth", self._admin_ground_truth)
             r.add_get("/sim/stats", self._admin_stats)
         return app
@@ -434,7 +548,7 @@ class SimServer:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             return await self._guarded(request, handler)
-        if self.refusing():
+        if self.refusing() or (self.in_window() and not self._window_admits()):
             return web.Response(status=503, text="Service restarting", headers={"Retry-After": "1"})
         if path not in ("/ws", "/cws"):
             # §12.10: 100 requests/s per account (anonymous callers share one bucket per host).
@@ -522,10 +636,16 @@ class SimServer:
         assert request.transport is not None
         self.transports[conn.id] = request.transport
         conn.start()
+        if self.in_window():  # let through (or opened as the window began): it will not last
+            self._doom(conn)
         return ws, conn
 
     async def _finish(self, conn: Connection) -> None:
         conn.closing = True
+        for timer in (conn.idle_timer, conn.doomed):
+            if timer is not None:
+                timer.cancel()
+        conn.idle_timer = conn.doomed = None
         await conn.stop()
         self.hub.remove(conn)
         self.sockets.pop(conn.id, None)
@@ -558,6 +678,8 @@ class SimServer:
 
     async def _cws_handler(self, request: web.Request) -> web.StreamResponse:
         ws, conn = await self._open(request, "cws")
+        conn.last_command = asyncio.get_running_loop().time()
+        self._arm_idle(conn)
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -604,10 +726,18 @@ class SimServer:
                 conn.close(1008, "Connection limit exceeded", discard=False)
                 return None
             conn.claims = claims
+            self._authorized(conn, claims)
             return status_frame(guid, 200, "The connection has been initialized.")
         claims = conn.claims
         if claims is None:  # §12.11: a command before authorize -> 401, the connection stays
             return status_frame(guid, 401, "Invalid JWT token! Send 'authorize' first")
+        if conn.stale:  # §9.6: not executed; the connection is reset without a reply
+            self.stale_resets += 1
+            conn.close(1006, "", discard=False)
+            return None
+        conn.last_command = asyncio.get_running_loop().time()
+        if self.cws_idle is not None:
+            self._arm_idle(conn)
         if claims.exp <= time.time():
             return status_frame(guid, 401, "Invalid JWT token! Authorize again")
         check = env.checkDuplicates is not False
@@ -1108,7 +1238,7 @@ class SimServer:
             return _json({"message": reply["message"]}, reply["httpCode"])
         return _json("success")
 
-    # -- admin (issue point 7, only with admin=True) ------------------------------------------
+    # -- admin (only with admin=True) ----------------------------------------------------------
 
     # Faults checks every argument: a bad one raises InvalidArgumentError, which the
     # middleware answers with a 400 naming it; nothing changes.
@@ -1153,6 +1283,55 @@ class SimServer:
         body = await _read_json(request) or {}
         n = self._faults().restart(body.get("seconds", 2.0), code=body.get("code", 1006))
         return _json({"dropped": n})
+
+    async def _admin_idle_cws(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds": s}`` makes idle /cws connections stale after s; null turns it off."""
+        body = await _read_json(request) or {}
+        self._faults().idle_cws(body.get("seconds"))
+        return _json({"ok": True})
+
+    async def _admin_restart_window(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds", "accept", "linger", "code"}``: a restart window from now."""
+        body = await _read_json(request) or {}
+        n = self._faults().restart_window(
+            body.get("seconds", 2.0),
+            accept=body.get("accept", 0.0),
+            linger=body.get("linger", 1.0),
+            code=body.get("code", 1006),
+        )
+        return _json({"dropped": n})
+
+    async def _admin_daily_restart(self, request: web.Request) -> web.StreamResponse:
+        """``{"start": "09:00", "end": "10:00", ...}`` (Moscow time); ``start`` null stops."""
+        body = await _read_json(request) or {}
+        faults = self._faults()
+        if body.get("start") is None:
+            faults.stop_daily_restart()
+        else:
+            faults.daily_restart(
+                body["start"],
+                body.get("end", ""),
+                accept=body.get("accept", 0.0),
+                linger=body.get("linger", 1.0),
+                code=body.get("code", 1006),
+            )
+        return _json({"ok": True})
+
+    async def _admin_silence(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds", "guid", "opcode", "symbol", "account", "connection"}``."""
+        body = await _read_json(request) or {}
+        n = self._faults().silence(
+            body.get("seconds"),
+            guid=body.get("guid"),
+            opcode=body.get("opcode"),
+            symbol=body.get("symbol"),
+            account=body.get("account"),
+            connection=body.get("connection"),
+        )
+        return _json({"silenced": n})
+
+    async def _admin_unsilence(self, request: web.Request) -> web.StreamResponse:
+        return _json({"restored": self._faults().unsilence()})
 
     async def _admin_random_drops(self, request: web.Request) -> web.StreamResponse:
         """``{"every": s, "codes": [...], "account": login}`` starts; ``every`` null stops."""

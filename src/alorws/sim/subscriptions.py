@@ -196,6 +196,13 @@ class Connection:
         self.close_code: int | None = None
         self.stalled_until = 0.0  # loop time; the sender writes nothing before it
         self.sent = 0  # frames handed to the transport
+        # /cws, the idle fault (see server.py): when the last command came (loop time), whether
+        # the connection is stale, and the timer that makes it so.
+        self.last_command = 0.0
+        self.stale = False
+        self.stale_serial = 0  # tokens up to this serial do not clear the staleness
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.doomed: asyncio.TimerHandle | None = None  # the restart window drops it at this
         self._queue: deque[bytes | _Replay] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -381,7 +388,9 @@ class Subscription:
         "interval",
         "key",
         "last_sent",
+        "opcode",
         "scheduled",
+        "silent",
         "tail",
     )
 
@@ -399,6 +408,9 @@ class Subscription:
         self.last_sent = -1e18
         self.scheduled = False
         self.alive = True
+        self.opcode = ""  # the request's opcode, set once subscribed
+        # The silence fault: out of the fan-out index while set (see Hub.silence).
+        self.silent = False
 
     def frame(self, payload: bytes) -> bytes:
         """The data message ``{"data": payload, "guid": …}`` (§3.4)."""
@@ -889,6 +901,7 @@ class Hub:
                 return
         if conn.closing:  # the initial data overflowed the queue
             return
+        sub.opcode = str(req.opcode)
         conn.subs[guid] = sub
         self._index.setdefault(sub.key, {})[id(sub)] = sub
         if isinstance(sub, _BarsSub):
@@ -931,6 +944,32 @@ class Hub:
             if not sub.alive:
                 return
             yield sub.frame(encode_payload(_as_existing(item) if existing else item, fmt))
+
+    # -- the silence fault --------------------------------------------------------------------
+
+    def silence(self, sub: Subscription) -> bool:
+        """Stop sending ``sub`` anything while it stays subscribed (False if it already is
+        silent or gone). It leaves the fan-out index, so it costs the others nothing."""
+        if sub.silent or not sub.alive:
+            return False
+        sub.silent = True
+        bucket = self._index.get(sub.key)
+        if bucket is not None:
+            bucket.pop(id(sub), None)
+            if not bucket:
+                del self._index[sub.key]
+        return True
+
+    def unsilence(self, sub: Subscription) -> bool:
+        """Let a silenced subscription receive data again, if it is still subscribed."""
+        if not sub.silent:
+            return False
+        sub.silent = False
+        conn = sub.conn
+        if not sub.alive or conn.closing or conn.subs.get(sub.guid) is not sub:
+            return False
+        self._index.setdefault(sub.key, {})[id(sub)] = sub
+        return True
 
     def _unindex(self, sub: Subscription) -> None:
         if sub.alive and isinstance(sub, _BarsSub):
@@ -1068,7 +1107,7 @@ class Hub:
             ready.append(heapq.heappop(heap)[2])
         for sub in ready:
             sub.scheduled = False
-            if sub.alive and not sub.conn.closing:
+            if sub.alive and not sub.silent and not sub.conn.closing:
                 sub.last_sent = now
                 sub.flush(self)
         return heap[0][0] if heap else None

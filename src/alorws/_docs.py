@@ -1,10 +1,14 @@
 """Generates ``docs/streams.md``: a page per stream with its fields in every wire format.
 
 Run ``python -m alorws._docs > docs/streams.md``; a test fails when the page is out of date.
+A citation such as ``docs/protocol.md §4.1`` in a model's docstring becomes a link to that
+section (the page sits next to docs/protocol.md, whose headings give the anchors).
 """
 
 from __future__ import annotations
 
+import pathlib
+import re
 import typing
 from typing import Any
 
@@ -58,8 +62,32 @@ def _nested(model: type[Model]) -> list[type[Model]]:
     return found
 
 
+_PROTOCOL = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+_SECTION = "\u00a7"  # the section sign, escaped so that this file cites nothing itself
+_CITATION = re.compile(r"docs/protocol\.md " + _SECTION + r"(\d+(?:\.\d+)?)")
+
+
+def _anchors() -> dict[str, str]:
+    """Section number ("4" or "4.6") -> its GitHub anchor, from docs/protocol.md's headings."""
+    found: dict[str, str] = {}
+    for line in _PROTOCOL.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"(##|###) (\d+(?:\.\d+)?)\.? ", line)
+        if m:
+            title = line.lstrip("#").strip().lower()
+            found[m[2]] = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+    return found
+
+
+def _link(text: str, anchors: dict[str, str]) -> str:
+    """Each citation of docs/protocol.md in ``text`` as a Markdown link to its section."""
+    return _CITATION.sub(
+        lambda m: f"[protocol {_SECTION}{m[1]}](protocol.md#{anchors[m[1]]})", text
+    )
+
+
 def render() -> str:
     """The whole page as Markdown."""
+    anchors = _anchors()
     out = [
         "# Streams and their fields",
         "",
@@ -67,7 +95,7 @@ def render() -> str:
         "",
         "Every stream decodes into one normalized model whatever the wire format. The tables give",
         "each Python field, its type and its key in each format (— : the format lacks it; the",
-        "field then keeps its default). Protocol facts: `docs/protocol.md` §4.",
+        "field then keeps its default). Protocol facts: " + _link("docs/protocol.md §4.", anchors),
         "",
         "**Types and ranges.** The decoders check every number while decoding; a value outside",
         "its range is a `FrameError` naming the field (a stream counts it as a bad payload and",
@@ -101,9 +129,10 @@ def render() -> str:
     for opcode, model in STREAM_MODELS.items():
         request = REQUEST_TYPES.get(opcode)
         out += [f"## {opcode.value} → `{model.__name__}`", ""]
-        doc = (model.__doc__ or "").strip().splitlines()
-        if doc:
-            out += [doc[0], ""]
+        # The docstring's first paragraph, on one line.
+        summary = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+        if summary:
+            out += [_link(summary, anchors), ""]
         if request is not None:
             params = ", ".join(f"`{f.name}`" for f in msgspec.structs.fields(request))
             out += [f"Request `{request.__name__}`: {params}.", ""]

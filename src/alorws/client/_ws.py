@@ -27,7 +27,8 @@ __all__ = ["STABLE_SECONDS", "settle", "ws_connect"]
 
 #: A connection that lasted less than this (seconds) counts as a failed attempt: the reconnect
 #: backoff goes on growing instead of starting over, so a server that accepts and drops at
-#: once (a restart window flapping, §9.6) is not hammered at the backoff's base rate.
+#: once (a restart window flapping, docs/protocol.md §9.6) is not hammered at the backoff's base
+#: rate.
 STABLE_SECONDS = 10.0
 
 

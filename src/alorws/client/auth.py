@@ -1,7 +1,7 @@
 """The access-token manager: exchanges the refresh token for short-lived JWTs, ahead of time.
 
 ALOR access tokens live about 30 minutes, but only the token's own ``exp`` is authoritative
-(§2.3). :class:`TokenManager` refreshes *ahead of* ``exp`` (by
+(docs/protocol.md §2.3). :class:`TokenManager` refreshes *ahead of* ``exp`` (by
 :func:`~alorws.protocol.jwt.refresh_margin`: 180 s for a 30-minute token), never on a fixed
 period, and in two ways:
 
@@ -12,7 +12,7 @@ period, and in two ways:
 Refreshes are single-flight: however many callers ask at once, one ``POST {oauth}/refresh``
 is made and they all get its result. Network failures, timeouts and 5xx replies are retried
 with a :class:`~alorws.protocol.backoff.Backoff`; a 403 (the refresh token is invalid or
-expired, §2.2) is final and raises :class:`~alorws.errors.AuthError` at once.
+expired, docs/protocol.md §2.2) is final and raises :class:`~alorws.errors.AuthError` at once.
 
 The refresh token travels in the JSON body, never in the URL, so it cannot leak into logs or
 exception messages; neither token is ever logged (``repr`` uses :func:`~alorws.errors.redact`).
@@ -128,12 +128,14 @@ class TokenManager:
     the manager is first used in.
 
     Args:
-        refresh_token: the long-lived refresh token from the ALOR developer portal (§2.1).
+        refresh_token: the long-lived refresh token from the ALOR developer portal
+            (docs/protocol.md §2.1).
         oauth_url: the auth server's base URL (``Endpoints.oauth``); ``/refresh`` is appended.
             Plain ``http`` only for loopback hosts.
         ssl: the TLS context for ``https`` (see :func:`~alorws.client.endpoints.ssl_context_for`);
             ``None`` means the default, verifying context.
-        allowed_portfolios: narrow the token to these portfolios (``allowedPortfolios``, §2.2).
+        allowed_portfolios: narrow the token to these portfolios (``allowedPortfolios``,
+            docs/protocol.md §2.2).
         margin: refresh this many seconds before ``exp``; ``None`` uses
             :func:`~alorws.protocol.jwt.refresh_margin` (10% of the lifetime, at least 30 s).
         retry: delays between the attempts of one refresh; it gives up when they run out.
@@ -172,7 +174,8 @@ class TokenManager:
             body["allowedPortfolios"] = list(allowed_portfolios)
         self._oauth = _check_oauth_url(oauth_url)
         self._url = f"{self._oauth}/refresh"
-        # §2.2: the body form keeps the refresh token out of URLs (and so out of every log).
+        # docs/protocol.md §2.2: the body form keeps the refresh token out of URLs (and so out of
+        # every log).
         self._body = msgspec.json.encode(body)
         self._ssl: SSLContext | bool = ssl if ssl is not None else True  # True: verify
         self._margin = margin
@@ -210,12 +213,13 @@ class TokenManager:
 
     @property
     def claims(self) -> JwtClaims | None:
-        """The claims of :attr:`current` (§2.4), or ``None``."""
+        """The claims of :attr:`current` (docs/protocol.md §2.4), or ``None``."""
         return self._claims
 
     @property
     def portfolios(self) -> tuple[str, ...]:
-        """The portfolio ids the current token grants (§2.4); empty before the first token."""
+        """The portfolio ids the current token grants (docs/protocol.md §2.4); empty before the
+        first token."""
         return self._claims.portfolios if self._claims is not None else ()
 
     @property
@@ -510,7 +514,7 @@ class TokenManager:
         return self._session
 
     async def _request_once(self) -> tuple[str, JwtClaims]:
-        """One ``POST {oauth}/refresh`` (§2.2). Raises _Retryable or AuthError."""
+        """One ``POST {oauth}/refresh`` (docs/protocol.md §2.2). Raises _Retryable or AuthError."""
         session = self._get_session()
         self._requests += 1
         try:
@@ -550,7 +554,7 @@ class TokenManager:
             data = None
         token: object = None
         if isinstance(data, dict):
-            # §2.2: the key is "AccessToken"; accept other spellings of it too.
+            # docs/protocol.md §2.2: the key is "AccessToken"; accept other spellings of it too.
             token = data.get("AccessToken")
             if token is None:
                 token = next((v for k, v in data.items() if str(k).lower() == "accesstoken"), None)

@@ -78,7 +78,7 @@ __all__ = [
     "split_items",
 ]
 
-#: The wire formats every stream and call is checked in (§3.5).
+#: The wire formats every stream and call is checked in (docs/protocol.md §3.5).
 FORMATS: Final = (Format.SIMPLE, Format.SLIM, Format.HEAVY)
 
 #: Characters of a frame shown in the report (the saved file has all of it).
@@ -89,7 +89,7 @@ MAX_SHOWN: Final = 50
 MAX_KEPT: Final = 200
 #: Characters of a message kept for ``--save`` (a bigger one is cut, and marked ``cut``).
 MAX_SAVED_CHARS: Final = 1_000_000
-#: HTTP requests in flight at once (ALOR allows about 100 a second per user, §7.2).
+#: HTTP requests in flight at once (ALOR allows about 100 a second per user, docs/protocol.md §7.2).
 HTTP_CONCURRENCY: Final = 4
 
 # -- scrubbing ---------------------------------------------------------------------------------
@@ -840,7 +840,7 @@ class _Tour:
             return await http.order_book(sym, ex, depth=10, format=f)
 
         async def history(f: Format) -> HistoryPage:
-            # countBack: a quiet hour still returns some candles (§8).
+            # countBack: a quiet hour still returns some candles (docs/protocol.md §8).
             return await http.history_page(
                 sym, 60, now - 3600, now, exchange=ex, count_back=20, format=f
             )

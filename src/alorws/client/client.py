@@ -11,7 +11,7 @@ The client owns an I/O thread (:mod:`alorws.client.runtime`) where every connect
 written, a token manager that refreshes the JWT ahead of its ``exp``, and a pool of *lanes*
 (connections): market data and account events never share one, market data is sharded over as
 many connections as it needs, and the account's budget (10 connections, 5000 subscriptions per
-connection, §7) is enforced before anything is sent.
+connection, docs/protocol.md §7) is enforced before anything is sent.
 """
 
 from __future__ import annotations
@@ -84,13 +84,14 @@ class AlorClient:
         subscribe_timeout: how long ``await stream`` waits for the server's confirmation.
         max_buffer: default bound of lossless (``queue``) stream buffers.
         silence_timeout: seconds without data after which a subscription of a kind is
-            subscribed again (§9.6), by kind: ``{"quotes": 60, "order_book": 60}``; kinds
-            not named (and every kind by default) are not watched. Kinds are the stream
+            subscribed again (docs/protocol.md §9.6), by kind: ``{"quotes": 60, "order_book": 60}``;
+            kinds not named (and every kind by default) are not watched. Kinds are the stream
             methods' names (:data:`~alorws.client.streams.STREAM_KINDS`). The market-data
             methods take ``silence_timeout=`` per stream too (0 turns it off for that one).
             See docs/client.md, "Silent subscriptions".
         reauth_after_idle: before a command on a ``/cws`` connection idle for this many
-            seconds, authorize it with a token issued now (§9.6); None turns it off.
+            seconds, authorize it with a token issued now (docs/protocol.md §9.6); None turns it
+            off.
     """
 
     def __init__(
@@ -238,7 +239,7 @@ class AlorClient:
 
     @property
     def portfolios(self) -> tuple[str, ...]:
-        """Portfolio ids from the access token's ``portfolios`` claim (§2.4)."""
+        """Portfolio ids from the access token's ``portfolios`` claim (docs/protocol.md §2.4)."""
         tokens = self._require_tokens()
         return tokens.portfolios
 
@@ -251,7 +252,7 @@ class AlorClient:
 
     @property
     def trading(self) -> OrderClient:
-        """Orders over one ``/cws`` connection (opened on the first command, §6).
+        """Orders over one ``/cws`` connection (opened on the first command, docs/protocol.md §6).
 
         ``await client.trading.place_limit(portfolio, "SBER", "buy", 1, price=310.5)`` returns an
         :class:`~alorws.client.orders.OrderAck` or raises :class:`~alorws.errors.OrderRejected`.
@@ -271,7 +272,8 @@ class AlorClient:
 
     @property
     def http(self) -> HttpClient:
-        """The HTTP API: reference data, history (paged), snapshots, portfolio views (§8)."""
+        """The HTTP API: reference data, history (paged), snapshots, portfolio views
+        (docs/protocol.md §8)."""
         if self._http is None:
             tokens = self._require_loop_tokens()
             self._http = HttpClient(
@@ -345,11 +347,13 @@ class AlorClient:
         max_buffer: int | None = None,
         silence_timeout: float | None = None,
     ) -> Stream[Quote]:
-        """Quotes of one instrument (``QuotesSubscribe``, §4.2); ``latest`` policy by default.
+        """Quotes of one instrument (``QuotesSubscribe``, docs/protocol.md §4.2); ``latest`` policy
+        by default.
 
         ``silence_timeout`` (here and on the other market-data streams): seconds without data
-        after which the subscription is subscribed again while the connection lives (§9.6);
-        None takes the client's ``silence_timeout`` for the kind, 0 turns it off."""
+        after which the subscription is subscribed again while the connection lives
+        (docs/protocol.md §9.6); None takes the client's ``silence_timeout`` for the kind, 0 turns
+        it off."""
         req = market_request(
             rq.QuotesRequest,
             code,
@@ -382,8 +386,8 @@ class AlorClient:
         max_buffer: int | None = None,
         silence_timeout: float | None = None,
     ) -> Stream[OrderBook]:
-        """The order book of one instrument, ``depth`` levels a side (§4.1); ``latest`` policy.
-        ``silence_timeout``: see :meth:`quotes`."""
+        """The order book of one instrument, ``depth`` levels a side (docs/protocol.md §4.1);
+        ``latest`` policy. ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.OrderBookRequest,
             code,
@@ -420,8 +424,8 @@ class AlorClient:
         silence_timeout: float | None = None,
     ) -> Stream[Bar]:
         """Candles of timeframe ``tf`` (seconds or D/W/M/Y) from ``from_`` (Unix s; default:
-        now, i.e. only the forming candle), §4.3. Lossless by default. ``silence_timeout``: see
-        :meth:`quotes`."""
+        now, i.e. only the forming candle), docs/protocol.md §4.3. Lossless by default.
+        ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.BarsRequest,
             code,
@@ -457,8 +461,8 @@ class AlorClient:
         max_buffer: int | None = None,
         silence_timeout: float | None = None,
     ) -> Stream[Trade]:
-        """The anonymous tape (§4.4); ``depth`` replays the last N trades first. Lossless.
-        ``silence_timeout``: see :meth:`quotes`."""
+        """The anonymous tape (docs/protocol.md §4.4); ``depth`` replays the last N trades first.
+        Lossless. ``silence_timeout``: see :meth:`quotes`."""
         req = market_request(
             rq.AllTradesRequest,
             code,
@@ -490,7 +494,8 @@ class AlorClient:
         max_buffer: int | None = None,
         silence_timeout: float | None = None,
     ) -> Stream[InstrumentPatch]:
-        """Trading status and limits of an instrument (§4.5): a full message, then patches.
+        """Trading status and limits of an instrument (docs/protocol.md §4.5): a full message, then
+        patches.
 
         Patches must all be seen to fold them (``InstrumentState.apply``), so the default
         policy is ``queue``. ``silence_timeout``: see :meth:`quotes`."""
@@ -557,7 +562,8 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Position]:
-        """Positions (securities and money) of a portfolio (§4.6); each change once.
+        """Positions (securities and money) of a portfolio (docs/protocol.md §4.6); each change
+        once.
 
         ``board`` (``instrumentGroup``) is passed to the server as AlorPy does, for every
         portfolio stream; ``None`` leaves it out."""
@@ -585,7 +591,7 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Summary]:
-        """Portfolio summary snapshots (§4.7); ``latest`` policy by default."""
+        """Portfolio summary snapshots (docs/protocol.md §4.7); ``latest`` policy by default."""
         return self._portfolio_stream(
             rq.SummariesRequest,
             Summary,
@@ -610,7 +616,7 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Risk]:
-        """Portfolio risk snapshots (§4.8); ``latest`` policy by default."""
+        """Portfolio risk snapshots (docs/protocol.md §4.8); ``latest`` policy by default."""
         return self._portfolio_stream(
             rq.RisksRequest,
             Risk,
@@ -635,7 +641,8 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[SpectraRisk]:
-        """FORTS risk snapshots of a derivatives portfolio (§4.9); ``latest`` by default."""
+        """FORTS risk snapshots of a derivatives portfolio (docs/protocol.md §4.9); ``latest`` by
+        default."""
         return self._portfolio_stream(
             rq.SpectraRisksRequest,
             SpectraRisk,
@@ -660,7 +667,8 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[OwnTrade]:
-        """The portfolio's fills (§4.10); each trade once, across reconnects, none merged."""
+        """The portfolio's fills (docs/protocol.md §4.10); each trade once, across reconnects, none
+        merged."""
         return self._portfolio_stream(
             rq.OwnTradesRequest,
             OwnTrade,
@@ -686,10 +694,10 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[Order]:
-        """The portfolio's orders (§4.11): a copy whenever an order moves further along (a final
-        status, more lots filled), never twice in the same state, never rolled back. Changes
-        made while disconnected arrive merged into one, the order's state at the restore (see
-        docs/client.md, "What a restore guarantees"); count fills with :meth:`own_trades`.
+        """The portfolio's orders (docs/protocol.md §4.11): a copy whenever an order moves further
+        along (a final status, more lots filled), never twice in the same state, never rolled back.
+        Changes made while disconnected arrive merged into one, the order's state at the restore
+        (see docs/client.md, "What a restore guarantees"); count fills with :meth:`own_trades`.
 
         ``statuses`` filters only the initial replay (a server rule)."""
         extra = (
@@ -721,8 +729,9 @@ class AlorClient:
         policy: Policy | str | None = None,
         max_buffer: int | None = None,
     ) -> Stream[StopOrder]:
-        """The portfolio's stop and stop-limit orders (§4.12), delivered as :meth:`orders`:
-        each state further along once; changes while disconnected merged into the latest."""
+        """The portfolio's stop and stop-limit orders (docs/protocol.md §4.12), delivered as
+        :meth:`orders`: each state further along once; changes while disconnected merged into the
+        latest."""
         extra = (
             {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
         )

@@ -1,16 +1,16 @@
 """Where the client connects: ALOR's environments, or a local base URL such as the simulator's.
 
 ALOR serves HTTP, the data socket ``/ws`` and the command socket ``/cws`` from one host, and
-access tokens from a separate auth host (§1). Production and test ("dev") are separate worlds:
-a token from one does not work on the other.
+access tokens from a separate auth host (docs/protocol.md §1). Production and test ("dev") are
+separate worlds: a token from one does not work on the other.
 
 Safety rule: plain ``http``/``ws`` is accepted only for loopback hosts (127.0.0.0/8, ``::1``,
 ``localhost``), where nothing leaves the machine. Any other host must use TLS with certificate
-verification; ALOR itself refuses plain ``ws://`` anyway (§1, HTTP 406). :func:`check_url` is
-the one place that decides: every class that connects (the client's lanes, ``OrderClient``,
-``HttpClient``, the token manager) runs its URL through it when it is created, before any name
-is resolved or any socket opened, and the WebSocket connector checks again before each connect.
-Error messages show a URL without its credentials or query (:func:`display_url`).
+verification; ALOR itself refuses plain ``ws://`` anyway (docs/protocol.md §1, HTTP 406).
+:func:`check_url` is the one place that decides: every class that connects (the client's lanes,
+``OrderClient``, ``HttpClient``, the token manager) runs its URL through it when it is created,
+before any name is resolved or any socket opened, and the WebSocket connector checks again before
+each connect. Error messages show a URL without its credentials or query (:func:`display_url`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """The URLs of one ALOR environment (§1).
+    """The URLs of one ALOR environment (docs/protocol.md §1).
 
     Attributes:
         http: the REST base, no trailing slash (``https://api.alor.ru``).
         ws: the data-subscription socket (``wss://api.alor.ru/ws``).
         cws: the order-command socket (``wss://api.alor.ru/cws``).
         oauth: the auth server's base, no trailing slash; tokens come from
-            ``POST {oauth}/refresh`` (§2.2).
+            ``POST {oauth}/refresh`` (docs/protocol.md §2.2).
     """
 
     http: str
@@ -57,7 +57,7 @@ class Endpoints:
         return f"{self.oauth}/refresh"
 
 
-# §1 [V]: production ("боевой контур") and test ("тестовый контур").
+# docs/protocol.md §1: production ("боевой контур") and test ("тестовый контур").
 _ENVIRONMENTS: Final = {
     "prod": Endpoints(
         http="https://api.alor.ru",
@@ -194,8 +194,8 @@ def resolve_endpoints(
 
     Args:
         env: ``"prod"`` (``api.alor.ru``, ``oauth.alor.ru``) or ``"dev"``, ALOR's test
-            environment (``apidev.alor.ru``, ``oauthdev.alor.ru``) (§1). Ignored when
-            ``base_url`` is given (but still checked).
+            environment (``apidev.alor.ru``, ``oauthdev.alor.ru``) (docs/protocol.md §1). Ignored
+            when ``base_url`` is given (but still checked).
         base_url: ``scheme://host[:port]`` of a server that serves HTTP, ``/ws``, ``/cws`` and
             ``/refresh`` itself, like the simulator (``"http://127.0.0.1:8765"``). ``http``
             gives ``ws://`` sockets, ``https`` gives ``wss://``. Plain ``http`` only for

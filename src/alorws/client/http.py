@@ -1,10 +1,11 @@
-"""The HTTP API client (§8): reference data, snapshots, history, portfolio views, HTTP orders.
+"""The HTTP API client: reference data, snapshots, history, portfolio views, HTTP orders.
 
 One :class:`HttpClient` holds one ``aiohttp.ClientSession`` (keep-alive, a bounded connection
 pool) for its whole life, created lazily in the event loop that first uses it. Every request
 carries the current access token from a :class:`TokenSource` (a
-:class:`~alorws.client.auth.TokenManager` is one), or none for the endpoints §8 allows
-anonymously when the client has no token source (ALOR serves those 15 minutes late).
+:class:`~alorws.client.auth.TokenManager` is one), or none for the endpoints that allow anonymous
+access (docs/protocol.md §8.3) when the client has no token source (ALOR serves those 15 minutes
+late).
 
 Answers are decoded straight into the same models the streams use (``Quote``, ``OrderBook``,
 ``Bar``, ``Order``, …, see :mod:`alorws.protocol.market` / :mod:`alorws.protocol.account`) plus
@@ -99,7 +100,8 @@ M = TypeVar("M", bound=Model)
 DEFAULT_HTTP_RETRY: Final = Backoff(base=0.25, cap=5.0, max_attempts=4)
 
 _ORDERS: Final = "/commandapi/warptrans/TRADE/v2/client/orders"
-#: §8: the order kinds of ``POST …/actions/{kind}`` and the command classes that describe them.
+#: The order kinds of ``POST …/actions/{kind}`` (docs/protocol.md §8.5) and the command classes
+#: that describe them.
 _CREATE: Final[dict[str, type[Command]]] = {
     "market": CreateMarket,
     "limit": CreateLimit,
@@ -114,8 +116,8 @@ _UPDATE: Final[dict[str, type[Command]]] = {
 }
 #: Keys of a /cws command that the HTTP endpoints do not take (they are in the URL/headers).
 _NOT_IN_BODY: Final = ("opcode", "guid", "checkDuplicates", "orderId")
-_SECTORS: Final = ("FORTS", "FOND", "CURR")  # §8 Securities `sector`
-_MARKETS: Final = ("FORTS", "FOND", "CURR", "SPBX")  # §8 Securities/{exchange} `market`
+_SECTORS: Final = ("FORTS", "FOND", "CURR")  # docs/protocol.md §8.3: Securities `sector`
+_MARKETS: Final = ("FORTS", "FOND", "CURR", "SPBX")  # Securities/{exchange} `market`
 #: Characters never allowed in a path argument (ticker, board, portfolio, order id).
 _BAD_PATH_CHARS: Final = frozenset(" /\\?#%,:;\t\r\n")
 _REQ_ID_MAX: Final = 100
@@ -137,7 +139,7 @@ class _Failure(Exception):
 
 
 class _OrderReply(msgspec.Struct, gc=False):
-    """The answer of ``/commandapi`` order endpoints (§8), any of its shapes."""
+    """The answer of ``/commandapi`` order endpoints (docs/protocol.md §8.5), any of its shapes."""
 
     message: Any = None
     orderNumber: Any = None
@@ -318,7 +320,8 @@ def _order_body(
             )
         cmd = body
     elif isinstance(body, Mapping):
-        # Validate with the /cws command of the same kind: same fields, same rules (§6.3).
+        # Validate with the /cws command of the same kind: same fields, same rules
+        # (docs/protocol.md §6.3).
         draft: dict[str, Any] = {**body, "guid": "http"}
         draft.pop("opcode", None)
         if order_id is not None:
@@ -342,7 +345,7 @@ def _order_body(
 
 
 class HttpClient:
-    """Asyncio client of ALOR's HTTP API (§8); one shared keep-alive session.
+    """Asyncio client of ALOR's HTTP API (docs/protocol.md §8); one shared keep-alive session.
 
     Use it as ``async with HttpClient(base_url, tokens) as http:`` (or call :meth:`aclose`).
     It is bound to the event loop it is first used in.
@@ -351,8 +354,8 @@ class HttpClient:
         base_url: ``https://api.alor.ru``, ``https://apidev.alor.ru`` or a local server such as
             the simulator (``http://127.0.0.1:8765``; plain http only for loopback hosts).
         tokens: where bearer tokens come from (a ``TokenManager``). Without one, only the
-            endpoints that allow anonymous access work (§8: time, search, boards, quotes,
-            history), and ALOR serves them delayed.
+            endpoints that allow anonymous access work (docs/protocol.md §8.3: time, search, boards,
+            quotes, history), and ALOR serves them delayed.
         format: the default wire format of answers (each method also takes ``format=``).
         ssl: TLS context for https; by default a verifying one (``cafile`` adds a CA).
         cafile: a PEM bundle to trust (e.g. the simulator's self-signed certificate).
@@ -362,7 +365,7 @@ class HttpClient:
         max_retry_after: a ``Retry-After`` longer than this (seconds) is not waited for: the
             request fails with ``ServerLimitExceeded`` at once.
         max_rps: optional client-side pacing, requests started per second (ALOR is said to
-            allow 100 per user, §7); ``None``: no pacing, rely on 429 handling.
+            allow 100 per user, docs/protocol.md §7.2); ``None``: no pacing, rely on 429 handling.
         connections: the session's connection-pool size.
     """
 
@@ -579,7 +582,8 @@ class HttpClient:
             message = _server_message(payload, token)
             if status == 401:
                 if tokens is not None and not refreshed:
-                    # §2.6: the token expired or was revoked early; one forced refresh, one retry.
+                    # docs/protocol.md §2.6: the token expired or was revoked early; one forced
+                    # refresh, one retry.
                     refreshed = True
                     self._stats["token_refreshes"] += 1
                     log.info("%s %s -> 401; refreshing the access token once", method, path)
@@ -655,7 +659,7 @@ class HttpClient:
         result: list[M] = self._decode(tp, fmt, payload, f"list of {model.__name__}")
         return result
 
-    # -- reference data (§8) -----------------------------------------------------------------
+    # -- reference data (docs/protocol.md §8.3) ----------------------------------------------
 
     async def server_time(self) -> int:
         """``GET /md/v2/time``: the server's Unix time in seconds (anonymous: 15 min behind)."""
@@ -755,7 +759,7 @@ class HttpClient:
         boards: list[str] = self._decode(list[str], Format.SIMPLE, payload, "availableBoards")
         return boards
 
-    # -- market snapshots and history (§8) ---------------------------------------------------
+    # -- market snapshots and history (docs/protocol.md §8.3) --------------------------------
 
     async def all_trades(
         self,
@@ -960,13 +964,14 @@ class HttpClient:
 
         Args:
             symbol, exchange, board: the instrument.
-            tf: seconds (``60``, ``"300"``) or ``"D"``, ``"W"``, ``"M"``, ``"Y"`` (§4.3).
+            tf: seconds (``60``, ``"300"``) or ``"D"``, ``"W"``, ``"M"``, ``"Y"``
+                (docs/protocol.md §4.3).
             from_, to: Unix seconds or datetimes (naive = UTC), inclusive. The candle that
                 contains ``from_`` (opening before it) is included; candles that ended before
                 ``from_`` are not, even if a server sends them.
-            count_back: §8: if the range holds fewer candles, the server moves ``from_`` back
-                until it returns this many (sent with the first request only).
-            split_adjust, untraded: passed through (§8).
+            count_back: if the range holds fewer candles, the server moves ``from_`` back until
+                it returns this many (docs/protocol.md §8.3; sent with the first request only).
+            split_adjust, untraded: passed through (docs/protocol.md §8.3).
 
         Arguments are checked here, before anything is sent; the requests start when the
         iteration does. A server that answers part of the range continues it at ``next``;
@@ -1057,7 +1062,7 @@ class HttpClient:
         )
         return [bar async for bar in pages]
 
-    # -- portfolio views (§8) ------------------------------------------------------------------
+    # -- portfolio views (docs/protocol.md §8.4) -----------------------------------------------
 
     @staticmethod
     def _client_path(portfolio: str, exchange: Exchange | str, view: str) -> str:
@@ -1070,7 +1075,7 @@ class HttpClient:
         *,
         format: Format | str | None = None,
     ) -> Summary:
-        """The portfolio summary (§4.7 shape)."""
+        """The portfolio summary (docs/protocol.md §4.7 shape)."""
         path = self._client_path(portfolio, exchange, "summary")
         return await self._get_one(path, Summary, self._fmt(format), {}, "required")
 
@@ -1082,7 +1087,7 @@ class HttpClient:
         without_currency: bool | None = None,
         format: Format | str | None = None,
     ) -> list[Position]:
-        """Positions, money included unless ``without_currency`` (§4.6 shape)."""
+        """Positions, money included unless ``without_currency`` (docs/protocol.md §4.6 shape)."""
         path = self._client_path(portfolio, exchange, "positions")
         params = _params(
             withoutCurrency=None
@@ -1098,7 +1103,7 @@ class HttpClient:
         *,
         format: Format | str | None = None,
     ) -> list[Order]:
-        """The session's market and limit orders (§4.11 shape)."""
+        """The session's market and limit orders (docs/protocol.md §4.11 shape)."""
         path = self._client_path(portfolio, exchange, "orders")
         return await self._get_many(path, Order, self._fmt(format), {}, "required")
 
@@ -1123,7 +1128,7 @@ class HttpClient:
         *,
         format: Format | str | None = None,
     ) -> list[StopOrder]:
-        """The session's stop and stop-limit orders (§4.12 shape)."""
+        """The session's stop and stop-limit orders (docs/protocol.md §4.12 shape)."""
         path = self._client_path(portfolio, exchange, "stoporders")
         return await self._get_many(path, StopOrder, self._fmt(format), {}, "required")
 
@@ -1148,7 +1153,7 @@ class HttpClient:
         with_repo: bool | None = None,
         format: Format | str | None = None,
     ) -> list[OwnTrade]:
-        """The session's own trades (§4.10 shape)."""
+        """The session's own trades (docs/protocol.md §4.10 shape)."""
         path = self._client_path(portfolio, exchange, "trades")
         params = _params(withRepo=None if with_repo is None else _bool("with_repo", with_repo))
         return await self._get_many(path, OwnTrade, self._fmt(format), params, "required")
@@ -1160,7 +1165,7 @@ class HttpClient:
         *,
         format: Format | str | None = None,
     ) -> Risk:
-        """Portfolio risks (§4.8 shape)."""
+        """Portfolio risks (docs/protocol.md §4.8 shape)."""
         path = self._client_path(portfolio, exchange, "risk")
         return await self._get_one(path, Risk, self._fmt(format), {}, "required")
 
@@ -1171,11 +1176,11 @@ class HttpClient:
         *,
         format: Format | str | None = None,
     ) -> SpectraRisk:
-        """FORTS risks of a derivatives portfolio (§4.9 shape)."""
+        """FORTS risks of a derivatives portfolio (docs/protocol.md §4.9 shape)."""
         path = self._client_path(portfolio, exchange, "fortsrisk")
         return await self._get_one(path, SpectraRisk, self._fmt(format), {}, "required")
 
-    # -- orders over HTTP (§8 /commandapi) ---------------------------------------------------
+    # -- orders over HTTP (/commandapi, docs/protocol.md §8.5) -------------------------------
 
     async def place_order(
         self,
@@ -1223,7 +1228,7 @@ class HttpClient:
     async def _command(
         self, method: str, path: str, body: dict[str, Any], portfolio: str, req_id: str | None
     ) -> HttpOrderAck:
-        # APY builds X-REQID as "<portfolio>;<timestamp>"; a uuid makes it unique across runs.
+        # AlorPy builds X-REQID as "<portfolio>;<timestamp>"; a uuid makes it unique across runs.
         rid = _req_id(req_id) if req_id is not None else f"{portfolio};{uuid.uuid4().hex}"
         headers = {"X-REQID": rid, "Content-Type": "application/json"}
         try:
@@ -1270,7 +1275,8 @@ class HttpClient:
 
 
 class _Replayed(Exception):
-    """The server had already handled this ``X-REQID``; ``old`` is its first reply (§8)."""
+    """The server had already handled this ``X-REQID``; ``old`` is its first reply
+    (docs/protocol.md §8.5)."""
 
     def __init__(self, old: Any) -> None:
         super().__init__("replayed")
@@ -1294,7 +1300,8 @@ def _time(bar: Bar) -> int:
     return bar.time
 
 
-#: Longest candle of each letter timeframe, seconds (§4.3; months and years at their longest).
+#: Longest candle of each letter timeframe, seconds (docs/protocol.md §4.3; months and years at
+#: their longest).
 _LETTER_SPANS: Final = {"D": 86_400, "W": 604_800, "M": 31 * 86_400, "Y": 366 * 86_400}
 
 

@@ -2,26 +2,26 @@
 
 Everything here runs in the I/O loop (:mod:`alorws.client.runtime`). The reader is a picows
 listener whose only work per frame is: find the subscription, push the whole frame into its
-buffer. A data frame in the server's compact shape (``{"data":{…},"guid":"…"}``, §3.4) is
-matched by its tail alone, one slice and one dict lookup, without parsing; anything else is
-routed by :func:`alorws.protocol.route`. Consumers decode later, in their own loop, envelope and
-payload in one pass (:func:`alorws.protocol.codec.frame_decoder_for`), so a frame nobody takes
-(a conflated ``latest`` item) is never parsed at all. Status replies drive the shared
+buffer. A data frame in the server's compact shape (``{"data":{…},"guid":"…"}``,
+docs/protocol.md §3.4) is matched by its tail alone, one slice and one dict lookup, without parsing;
+anything else is routed by :func:`alorws.protocol.route`. Consumers decode later, in their own loop,
+envelope and payload in one pass (:func:`alorws.protocol.codec.frame_decoder_for`), so a frame
+nobody takes (a conflated ``latest`` item) is never parsed at all. Status replies drive the shared
 :class:`~alorws.protocol.registry.SubscriptionRegistry`.
 
 On any close or error the lane marks its subscriptions ``RESTORING``, waits a jittered
 exponential delay, reconnects with a fresh token and re-sends every subscription with its
-original guid in one pipelined burst (§9.5), without waiting for each reply.
+original guid in one pipelined burst (docs/protocol.md §9.5), without waiting for each reply.
 
-Silent subscriptions (§9.6). A subscription given a silence timeout (:meth:`Lane.watch`) is
-checked by a task of the I/O loop, a few times per timeout: it compares the sink's ``received``
-counter (kept by the buffer anyway) with the last look, so the reader does nothing extra per
-frame. One that received nothing for longer than its timeout while the connection lives is
-subscribed again on the same connection, with the same guid: ``unsubscribe``, its reply, then
-the subscribe again (§3.8; a subscribe with a guid that is still active is refused, §12.2). The
-stream gets a ``silent`` event, then ``resubscribed`` once the server confirms. Should either
-step fail (no reply in time, a refusal), the lane drops its connection and restores everything:
-a new connection is sure to start empty (§3.8).
+Silent subscriptions (docs/protocol.md §9.6). A subscription given a silence timeout
+(:meth:`Lane.watch`) is checked by a task of the I/O loop, a few times per timeout: it compares the
+sink's ``received`` counter (kept by the buffer anyway) with the last look, so the reader does
+nothing extra per frame. One that received nothing for longer than its timeout while the connection
+lives is subscribed again on the same connection, with the same guid: ``unsubscribe``, its reply,
+then the subscribe again (docs/protocol.md §3.8; a subscribe with a guid that is still active is
+refused, docs/protocol.md §12.2). The stream gets a ``silent`` event, then ``resubscribed`` once the
+server confirms. Should either step fail (no reply in time, a refusal), the lane drops its
+connection and restores everything: a new connection is sure to start empty (docs/protocol.md §3.8).
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ class LaneEvent(msgspec.Struct, frozen=True):
     * ``"restored"`` (every stream of the lane): subscriptions were re-sent; ``downtime`` is
       seconds since the disconnect;
     * ``"silent"`` (one subscription's streams): nothing arrived for longer than its silence
-      timeout while the connection lives (§9.6); ``downtime`` is how long, and the client is
-      subscribing it again;
+      timeout while the connection lives (docs/protocol.md §9.6); ``downtime`` is how long, and the
+      client is subscribing it again;
     * ``"resubscribed"`` (the same streams): the server confirmed the new subscription, under
       the same guid; ``downtime`` is seconds since its last data. Data may be missing between
       the two, as after a restore.
@@ -273,8 +273,9 @@ class Lane:
         self._ping_guid: str | None = None
         self._app_pong: asyncio.Event = asyncio.Event()
         self._app_ping_works: bool | None = None  # learned: does the server answer opcode ping?
-        # Silence watch (§9.6): guid -> seconds without data before it is subscribed again;
-        # the task checking them; re-subscriptions under way and the reply each one awaits.
+        # Silence watch (docs/protocol.md §9.6): guid -> seconds without data before it is
+        # subscribed again; the task checking them; re-subscriptions under way and the reply each
+        # one awaits.
         self._watch: dict[str, float] = {}
         self._silence_task: asyncio.Task[None] | None = None
         self._resubscribing: dict[str, asyncio.Task[None]] = {}
@@ -353,7 +354,7 @@ class Lane:
         if type(msg) is DataMessage:
             sink = self._sinks.get(msg.guid)
             if sink is None:
-                self.unrouted += 1  # §3.4: data in flight after an unsubscribe; drop it
+                self.unrouted += 1  # data in flight after an unsubscribe: drop it
             else:
                 sink.push(payload)  # the consumer decodes envelope and data in one pass
         else:
@@ -377,7 +378,8 @@ class Lane:
             and sub.state is SubscriptionState.PENDING
             and self._auth_retries.get(guid, 0) < _AUTH_RETRIES
         ):
-            # The token expired under us (§2.6): refresh and resend with the same guid.
+            # The token expired under us (docs/protocol.md §2.6): refresh and resend with the same
+            # guid.
             self._auth_retries[guid] = self._auth_retries.get(guid, 0) + 1
             task = asyncio.get_running_loop().create_task(self._resend_with_fresh_token(sub))
             self._background.add(task)
@@ -501,7 +503,7 @@ class Lane:
                     await asyncio.shield(closed)
         self._close_waiters.pop(guid, None)
 
-    # -- silent subscriptions (§9.6) ----------------------------------------------------------
+    # -- silent subscriptions (docs/protocol.md §9.6) -----------------------------------------
 
     def watch(self, guid: str, timeout: float) -> None:
         """Subscribe ``guid`` again when it receives nothing for ``timeout`` seconds while the
@@ -579,7 +581,8 @@ class Lane:
             waiter.cancel()
 
     async def _resubscribe(self, guid: str, silent_for: float) -> None:
-        """Unsubscribe, then subscribe again with the same guid (§3.8), on this connection."""
+        """Unsubscribe, then subscribe again with the same guid (docs/protocol.md §3.8), on this
+        connection."""
         sub = self._registry.get(guid)
         sink = self._sinks.get(guid)
         if sub is None or sink is None:
@@ -609,7 +612,7 @@ class Lane:
             still = self._registry.get(guid) is sub and sub.state is SubscriptionState.ACTIVE
             if still and self._transport is not None:
                 # The server may still hold a broken subscription under this guid: only a new
-                # connection is sure to start empty (§3.8).
+                # connection is sure to start empty (docs/protocol.md §3.8).
                 self.drop(f"subscribing {guid} again failed: {exc}")
             return
         current = self._sinks.get(guid)
@@ -798,9 +801,9 @@ class Lane:
             await asyncio.sleep(interval)
             if self.messages != seen:
                 continue
-            # §3.7: the UI pings with opcode "ping" and matches the reply by requestGuid; the
-            # real server's answer is unverified (§12.3), so learn whether it answers, and fall
-            # back to WebSocket ping frames if it does not.
+            # docs/protocol.md §3.7: the UI pings with opcode "ping" and matches the reply by
+            # requestGuid; the real server's answer is unverified (docs/protocol.md §12.3), so learn
+            # whether it answers, and fall back to WebSocket ping frames if it does not.
             sent_at = time.monotonic()
             seen = self.messages
             self._app_pong.clear()

@@ -1,18 +1,18 @@
 """Orders over ``/cws``: one connection, typed commands, exactly once across reconnects.
 
-:class:`OrderClient` owns the account's single command connection (§6.1). It opens lazily on the
-first command, sends ``authorize`` with the current JWT and waits for its 200 before any order
-goes out, and sends ``authorize`` again on the open connection whenever the token manager
-produces a new token (the UI's rule, §2.6), which the manager does ahead of ``exp``: expiry is
-invisible to callers.
+:class:`OrderClient` owns the account's single command connection (docs/protocol.md §6.1). It opens
+lazily on the first command, sends ``authorize`` with the current JWT and waits for its 200 before
+any order goes out, and sends ``authorize`` again on the open connection whenever the token manager
+produces a new token (the UI's rule, docs/protocol.md §2.6), which the manager does ahead of
+``exp``: expiry is invisible to callers.
 
 **Exactly once.** Every command carries a guid and ``checkDuplicates: true``; the server does not
-execute a guid twice (§6.1, §12.11). A command is kept until its reply arrives. When the
-connection drops first, the client reconnects (jittered backoff), re-authorizes and re-sends the
-*same frame*, so the server executes the order once and replays the first reply to the re-send,
-and the caller still gets its :class:`OrderAck`. Commands issued while the connection is down
-are queued and go out after the next successful ``authorize``; several commands may be in flight
-at once, matched to their replies by ``requestGuid``.
+execute a guid twice (docs/protocol.md §6.1 and docs/protocol.md §12.11). A command is kept until
+its reply arrives. When the connection drops first, the client reconnects (jittered backoff),
+re-authorizes and re-sends the *same frame*, so the server executes the order once and replays the
+first reply to the re-send, and the caller still gets its :class:`OrderAck`. Commands issued while
+the connection is down are queued and go out after the next successful ``authorize``; several
+commands may be in flight at once, matched to their replies by ``requestGuid``.
 
 What a caller can get, and what it means:
 
@@ -30,22 +30,23 @@ What a caller can get, and what it means:
 Two cases are reported as unknown rather than guessed:
 
 * a **refusal of a command re-sent after a reconnect** (any code but 200; typically 400),
-  when an earlier send of it may have reached the server. §12.11 leaves open whether a real
-  server replays the first reply to a duplicate guid (the simulator does) or answers 400 (§5,
-  [U] 3P), so such a 400 may mean "duplicate: already executed" as well as "invalid". It
-  raises ``OrderStatusUnknown`` with the server's code and message in the detail, never
-  ``OrderRejected``: a false "rejected" would invite the caller to place the order twice.
+  when an earlier send of it may have reached the server. docs/protocol.md §12.11 leaves open
+  whether a real server replays the first reply to a duplicate guid (the simulator does) or answers
+  400 (docs/protocol.md §5.3, from an unconfirmed third-party summary), so such a 400 may mean
+  "duplicate: already executed" as well as "invalid". It raises ``OrderStatusUnknown`` with the
+  server's code and message in the detail, never ``OrderRejected``: a false "rejected" would invite
+  the caller to place the order twice.
 * a command built with ``check_duplicates=False`` that was in flight when the connection
   dropped: re-sending it could execute it twice, so it is not re-sent.
 
 A ``401`` to a command means the server did not execute it (authorization is checked first,
-§12.11): the client re-authorizes (refreshing the token if it has not changed) and re-sends the
-command on the same connection, at most twice, then raises ``TokenRejected``.
+docs/protocol.md §12.11): the client re-authorizes (refreshing the token if it has not changed) and
+re-sends the command on the same connection, at most twice, then raises ``TokenRejected``.
 
-**Idle connections (§9.6).** Other integrators report that a ``/cws`` connection idle for about
-30 minutes still accepts ``authorize`` but resets on its next command, until it is authorized
-with a token issued after that. So the client remembers when its connection last carried a
-command; a command sent after ``reauth_after_idle`` seconds without one first gets a token
+**Idle connections (docs/protocol.md §9.6).** Other integrators report that a ``/cws`` connection
+idle for about 30 minutes still accepts ``authorize`` but resets on its next command, until it is
+authorized with a token issued after that. So the client remembers when its connection last carried
+a command; a command sent after ``reauth_after_idle`` seconds without one first gets a token
 issued now (a forced refresh) and re-authorizes with it, then goes out. That costs one token
 request and one ``authorize`` round trip before the first command after a long pause. Should the
 connection be reset with a command in flight anyway, whatever the reason, the next connection
@@ -134,7 +135,8 @@ _AUTH_RETRIES: Final = 2
 #: Round-trip samples kept for the latency percentiles in ``stats()``.
 _LATENCY_SAMPLES: Final = 4096
 #: Default of ``reauth_after_idle``, seconds: well below the ~30 minutes after which an idle
-#: ``/cws`` connection is reported to go stale (§9.6), however the server counts them.
+#: ``/cws`` connection is reported to go stale (docs/protocol.md §9.6), however the server counts
+#: them.
 DEFAULT_REAUTH_AFTER_IDLE: Final = 600.0
 
 _DELETES: Final[dict[str, type[Command]]] = {
@@ -146,13 +148,13 @@ _DELETES: Final[dict[str, type[Command]]] = {
 
 
 class OrderAck(msgspec.Struct, frozen=True, gc=False):
-    """The server accepted an order command (``httpCode`` 200, §5).
+    """The server accepted an order command (``httpCode`` 200, docs/protocol.md §5).
 
     Attributes:
-        order_number: the order's id. After a ``modify_*`` it is the **new** id (§6.3: an
-            update cancels the order and places a new one); after ``cancel`` the cancelled id.
-            Empty if a server ever accepts a create or update without ``orderNumber`` (§5
-            documents it on every order reply).
+        order_number: the order's id. After a ``modify_*`` it is the **new** id
+            (docs/protocol.md §6.3: an update cancels the order and places a new one); after
+            ``cancel`` the cancelled id. Empty if a server ever accepts a create or update without
+            ``orderNumber`` (docs/protocol.md §5 documents it on every order reply).
         http_code: always 200.
         message: the server's text, verbatim (free text: never match on it).
         guid: the command's guid (its idempotency key).
@@ -253,9 +255,10 @@ class _Listener(picows.WSListener):
 
 
 def _default_guid_factory() -> Callable[[], str]:
-    # The server remembers guids per account for an hour (§12.11), across connections and
-    # processes: a counter alone would collide with the last run's guids and have new orders
-    # "replayed" instead of executed. 80 random bits per client make that impossible in practice.
+    # The server remembers guids per account for an hour (docs/protocol.md §12.11), across
+    # connections and processes: a counter alone would collide with the last run's guids and have
+    # new orders "replayed" instead of executed. 80 random bits per client make that impossible in
+    # practice.
     prefix = uuid.uuid4().hex[:20]
     counter = itertools.count(1)
     return lambda: f"{prefix}-{next(counter)}"
@@ -269,7 +272,8 @@ def _percentile(ordered: list[int], q: float) -> int | None:
 
 
 class OrderClient:
-    """Order management over one ``/cws`` connection (§6), exactly once across reconnects.
+    """Order management over one ``/cws`` connection (docs/protocol.md §6), exactly once across
+    reconnects.
 
     Every method is a coroutine that must run in one event loop (the client's I/O loop). The
     connection opens on the first command and then stays up, reconnecting after every drop.
@@ -293,8 +297,8 @@ class OrderClient:
             so a dead connection is found before a command is lost in it.
         ping_timeout: seconds to wait for the pong before dropping the connection.
         reauth_after_idle: a command sent when the connection has carried none for this many
-            seconds is preceded by ``authorize`` with a token issued now (§9.6, see the module
-            docstring); ``None`` turns it off. Default 600 s, comfortably below the ~30
+            seconds is preceded by ``authorize`` with a token issued now (docs/protocol.md §9.6, see
+            the module docstring); ``None`` turns it off. Default 600 s, comfortably below the ~30
             minutes reported.
     """
 
@@ -330,7 +334,8 @@ class OrderClient:
         self._reply_timeout = reply_timeout
         self._connect_timeout = connect_timeout
         self._new_guid = guid_factory or _default_guid_factory()
-        # (symbol, exchange) -> the instrument's price step, or None if unknown (§8 minstep).
+        # (symbol, exchange) -> the instrument's price step (``minstep``, docs/protocol.md §8.6), or
+        # None if unknown.
         self._price_step = price_step
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._ping = (ping_interval, ping_timeout)
@@ -345,7 +350,8 @@ class OrderClient:
         self._hold = False  # a command got 401: queue new ones until re-authorized
         self._authorized_token: str | None = None  # which token this connection runs on
         # When the connection last carried a command (monotonic), and whether the next
-        # authorize must use a token issued now (§9.6: after an idle time, or a reset).
+        # authorize must use a token issued now (docs/protocol.md §9.6: after an idle time, or a
+        # reset).
         self._last_command = 0.0
         self._want_fresh = False
         self._closed = False
@@ -405,10 +411,10 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Place a market order of ``quantity`` lots (§6.3 ``create:market``).
+        """Place a market order of ``quantity`` lots (docs/protocol.md §6.3 ``create:market``).
 
-        ``board`` goes into ``instrument.instrumentGroup`` (§12.8). ``guid`` is the command's
-        idempotency key: pass the guid of an earlier attempt to retry it without a second
+        ``board`` goes into ``instrument.instrumentGroup`` (docs/protocol.md §12.8). ``guid`` is the
+        command's idempotency key: pass the guid of an earlier attempt to retry it without a second
         execution. Invalid arguments raise :class:`~alorws.errors.InvalidArgumentError` (naming
         the field) before anything is sent.
         """
@@ -435,7 +441,8 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Place a limit order at ``price`` (§6.3 ``create:limit``); see :meth:`place_market`."""
+        """Place a limit order at ``price`` (docs/protocol.md §6.3 ``create:limit``); see
+        :meth:`place_market`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -467,8 +474,8 @@ class OrderClient:
         guid: str | None = None,
     ) -> OrderAck:
         """Place a stop (market) order that fires when the last price meets ``condition``
-        against ``trigger_price`` (§6.3 ``create:stop``). ``stop_end_unix_time`` 0 is the
-        server's default expiry. See :meth:`place_market`."""
+        against ``trigger_price`` (docs/protocol.md §6.3 ``create:stop``). ``stop_end_unix_time`` 0
+        is the server's default expiry. See :meth:`place_market`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -505,7 +512,7 @@ class OrderClient:
         guid: str | None = None,
     ) -> OrderAck:
         """Place a stop-limit order: a limit order at ``price`` once the trigger is met
-        (§6.3 ``create:stopLimit``). See :meth:`place_stop`."""
+        (docs/protocol.md §6.3 ``create:stopLimit``). See :meth:`place_stop`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -538,7 +545,7 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Replace market order ``order_id`` (§6.3 ``update:market``).
+        """Replace market order ``order_id`` (docs/protocol.md §6.3 ``update:market``).
 
         Every ``modify_*`` cancels the order and places a new one: the ack's ``order_number``
         is the **new** id, and ``order_id`` is cancelled.
@@ -565,8 +572,8 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Replace limit order ``order_id`` (§6.3 ``update:limit``, no ``time_in_force`` per
-        SPEC); the ack carries the new id. See :meth:`modify_market`."""
+        """Replace limit order ``order_id`` (docs/protocol.md §6.3 ``update:limit``; ALOR
+        takes no ``time_in_force`` on it); the ack carries the new id. See :meth:`modify_market`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -592,8 +599,8 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Replace stop order ``order_id`` (§6.3 ``update:stop``); the ack carries the new
-        id. See :meth:`modify_market`."""
+        """Replace stop order ``order_id`` (docs/protocol.md §6.3 ``update:stop``); the ack carries
+        the new id. See :meth:`modify_market`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -630,8 +637,8 @@ class OrderClient:
         allow_margin: bool | None = None,
         guid: str | None = None,
     ) -> OrderAck:
-        """Replace stop-limit order ``order_id`` (§6.3 ``update:stopLimit``); the ack carries
-        the new id. See :meth:`modify_market`."""
+        """Replace stop-limit order ``order_id`` (docs/protocol.md §6.3 ``update:stopLimit``); the
+        ack carries the new id. See :meth:`modify_market`."""
         fields = self._order_fields(
             guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
         )
@@ -658,7 +665,7 @@ class OrderClient:
         exchange: Exchange | str = Exchange.MOEX,
         guid: str | None = None,
     ) -> OrderAck:
-        """Cancel order ``order_id`` (§6.3 ``delete:*``).
+        """Cancel order ``order_id`` (docs/protocol.md §6.3 ``delete:*``).
 
         ``kind`` is the order's type: ``"market"``, ``"limit"`` (default), ``"stop"`` or
         ``"stoplimit"`` (stop and stop-limit orders live in a separate book on the server).
@@ -697,7 +704,7 @@ class OrderClient:
         """The fields every create/update command has; the Structs validate them all."""
         instrument: dict[str, Any] = {"symbol": symbol, "exchange": exchange}
         if board is not None:
-            instrument["instrument_group"] = board  # §12.8: wins over a top-level board
+            instrument["instrument_group"] = board  # wins over a top-level board
         fields: dict[str, Any] = {
             "guid": self._guid(guid),
             "user": User(portfolio=portfolio),
@@ -767,8 +774,9 @@ class OrderClient:
             assert conn is not None
             idle = self._reauth_after_idle
             if idle is not None and time.monotonic() - self._last_command > idle:
-                # §9.6: the server may hold this idle connection stale; only an authorize with
-                # a token issued now clears it. The command waits for it (flushed after).
+                # docs/protocol.md §9.6: the server may hold this idle connection stale; only an
+                # authorize with a token issued now clears it. The command waits for it (flushed
+                # after).
                 self._idle_reauthorizations += 1
                 self._want_fresh = True
                 self._request_reauth(conn, hold=True)
@@ -848,7 +856,7 @@ class OrderClient:
 
     def _on_frame(self, conn: _Conn, payload: bytes) -> None:
         try:
-            reply = decode_status(payload)  # /cws sends only status replies (§6.1)
+            reply = decode_status(payload)  # /cws sends only status replies (docs/protocol.md §6.1)
         except Exception as exc:  # FrameError, or anything else: the frame's fault either way
             self._bad_frames += 1
             if not isinstance(exc, FrameError):
@@ -875,20 +883,22 @@ class OrderClient:
             self._acks += 1
             number = reply.order_number
             if number is None:
-                # §5 documents orderNumber on every order reply; a delete names the order anyway.
+                # docs/protocol.md §5 documents orderNumber on every order reply; a delete names the
+                # order anyway.
                 number = getattr(pending.command, "order_id", "") if _is_delete(pending) else ""
             self._resolve(pending, OrderAck(number, code, reply.message, guid))
         elif code == 401 and pending.auth_retries < _AUTH_RETRIES:
-            # §12.11: authorization is checked before anything runs: not executed, safe to resend.
+            # docs/protocol.md §12.11: authorization is checked before anything runs: not executed,
+            # safe to resend.
             pending.auth_retries += 1
             pending.needs_auth = True
             log.info("cws: command %s got 401; re-authorizing and re-sending", guid)
             self._request_reauth(conn, hold=True)
         elif pending.ambiguous:
             # An earlier send was in flight when a connection dropped, so it may have executed.
-            # The simulator replays the first reply to a duplicate guid (§12.11), but a real
-            # server may refuse the duplicate instead (400, §5 [U]): a refusal here does not
-            # prove the order was not placed.
+            # The simulator replays the first reply to a duplicate guid (docs/protocol.md §12.11),
+            # but a real server may refuse the duplicate instead (400, docs/protocol.md §5.3;
+            # unconfirmed): a refusal here does not prove the order was not placed.
             self._unknown += 1
             self._resolve(
                 pending,
@@ -954,7 +964,7 @@ class OrderClient:
         )
 
     async def _authorize(self, conn: _Conn, token: str) -> None:
-        """Send ``authorize`` on ``conn`` and wait for its reply (§6.1).
+        """Send ``authorize`` on ``conn`` and wait for its reply (docs/protocol.md §6.1).
 
         Raises TokenRejected (401), another ServerRejected, ConnectionClosed or TransportTimeout.
         """
@@ -1011,9 +1021,9 @@ class OrderClient:
                     await self._connect(conn)
                     self._state = _State.AUTHORIZING
                     fresh = self._want_fresh
-                    if rejected:  # §2.6: refused once; try once more with a fresh token
+                    if rejected:  # refused once; retry with a fresh token (docs/protocol.md §2.6)
                         token = await self._tokens.refresh(force=True)
-                    elif fresh:  # §9.6: the last connection was reset under a command
+                    elif fresh:  # reset under a command last time (docs/protocol.md §9.6)
                         token = await self._fresh_token()
                     else:
                         token = await self._tokens.token()
@@ -1024,7 +1034,7 @@ class OrderClient:
                 except TokenRejected as exc:
                     rejected += 1
                     self.last_error = f"authorize refused: {exc.http_code} {exc.message}"
-                    self._drop(conn)  # §12.11: the server closes it anyway (1008)
+                    self._drop(conn)  # docs/protocol.md §12.11: the server closes it anyway (1008)
                     await self._wait_closed(conn)
                     self._connection_lost(conn)
                     if rejected > 1:
@@ -1094,8 +1104,8 @@ class OrderClient:
         for pending in list(self._pending.values()):
             if pending.sent_gen != conn.gen or pending.needs_auth:
                 continue  # queued, or refused with 401 (not executed): just send it again
-            # §9.6: a connection reset under a command may have gone stale; only a token issued
-            # now clears that, on the next connection too.
+            # docs/protocol.md §9.6: a connection reset under a command may have gone stale; only a
+            # token issued now clears that, on the next connection too.
             self._want_fresh = True
             pending.ambiguous = True  # it may have executed: a re-send must be deduplicated
             if not pending.command.check_duplicates:
@@ -1142,7 +1152,7 @@ class OrderClient:
                 fresh = self._want_fresh
                 token = await self._tokens.token()
                 if fresh:
-                    token = await self._fresh_token()  # §9.6: a long idle time
+                    token = await self._fresh_token()  # docs/protocol.md §9.6: a long idle time
                 elif token == self._authorized_token:
                     if not hold:
                         return  # up to date
@@ -1162,8 +1172,8 @@ class OrderClient:
         except asyncio.CancelledError:
             raise
         except AlorError as exc:
-            # 401: the server closes the connection (§12.11); anything else: start afresh.
-            # Either way the run loop reconnects and re-sends what is pending.
+            # 401: the server closes the connection (docs/protocol.md §12.11); anything else: start
+            # afresh. Either way the run loop reconnects and re-sends what is pending.
             self.last_error = f"re-authorize failed: {exc}"
             log.warning("cws: %s; reconnecting", self.last_error)
             self._drop(conn)
@@ -1172,8 +1182,9 @@ class OrderClient:
                 conn.reauth = None
 
     async def _fresh_token(self) -> str:
-        """A token issued now (§9.6), or the current one if the auth server does not give one
-        within ``connect_timeout`` (the command then goes out on it; a reset brings us back)."""
+        """A token issued now (docs/protocol.md §9.6), or the current one if the auth server does
+        not give one within ``connect_timeout`` (the command then goes out on it; a reset brings us
+        back)."""
         try:
             async with asyncio.timeout(self._connect_timeout):
                 return await self._tokens.refresh(force=True)
@@ -1225,8 +1236,8 @@ class OrderClient:
         ``reconnects`` (open connections lost); ``authorizations`` (every accepted authorize)
         and ``reauthorizations`` (on an open connection); ``idle_reauthorizations`` (commands
         that waited for one after ``reauth_after_idle``) and ``fresh_authorizations`` (authorize
-        with a token fetched for it: after an idle time or a reset, §9.6); ``in_flight`` and
-        ``queued`` now.
+        with a token fetched for it: after an idle time or a reset, docs/protocol.md §9.6);
+        ``in_flight`` and ``queued`` now.
         """
         ordered = sorted(self._latencies)
         queued = self._queued()

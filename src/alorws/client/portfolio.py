@@ -1,8 +1,9 @@
-"""``Portfolio``: the local state of one portfolio, right after every gap (§9.5).
+"""``Portfolio``: the local state of one portfolio, right after every gap (docs/protocol.md §9.5).
 
 The pattern of ALOR's own web terminal: subscribe to the account streams, take an HTTP snapshot,
 merge by id; and after every restore of a stream take a new snapshot of what that stream carries
-(the server's replay after a reconnect is capped at 3000 records, §12, so HTTP fills the gap)::
+(the server's replay after a reconnect is capped at 3000 records, docs/protocol.md §12.17, so HTTP
+fills the gap)::
 
     async with AlorClient(token) as client, Portfolio(client, "D12345") as pf:
         pf.on_change(lambda kind, obj: print(kind, obj))
@@ -172,8 +173,8 @@ class Portfolio:
         try:
             for kind in self._kinds:
                 self._streams[kind] = makers[kind]()
-            # Subscribe first (UI pattern, §9.5): whatever changes after the snapshot was taken
-            # then arrives on the streams.
+            # Subscribe first (UI pattern, docs/protocol.md §9.5): whatever changes after the
+            # snapshot was taken then arrives on the streams.
             await asyncio.gather(*(s.subscribe() for s in self._streams.values()))
             loop = asyncio.get_running_loop()
             for kind, stream in self._streams.items():
@@ -279,7 +280,8 @@ class Portfolio:
 
     def _event_handler(self, kind: str) -> Callable[[LaneEvent], None]:
         def handle(event: LaneEvent) -> None:
-            # A silent subscription subscribed again (§9.6) is a gap like an outage.
+            # A silent subscription subscribed again (docs/protocol.md §9.6) is a gap like an
+            # outage.
             if event.kind in ("disconnected", "silent"):
                 self._down.add(kind)
             elif event.kind in ("restored", "resubscribed"):

@@ -1,10 +1,10 @@
 """Where the network I/O runs: a dedicated thread with its own event loop, by default.
 
-ALOR drops a connection that has more than 5000 unread messages (§7). If the reader shared the
-consumer's event loop, a consumer that blocks that loop for a few seconds (a slow model fit, a
-synchronous database call) would stop the reader and get the session killed. So readers, writers
-and timers of every connection run in :class:`IORuntime`'s own thread and loop; consumers only
-touch thread-safe buffers (:mod:`alorws.client.buffer`) and call into the I/O loop through
+ALOR drops a connection that has more than 5000 unread messages (docs/protocol.md §7). If the reader
+shared the consumer's event loop, a consumer that blocks that loop for a few seconds (a slow model
+fit, a synchronous database call) would stop the reader and get the session killed. So readers,
+writers and timers of every connection run in :class:`IORuntime`'s own thread and loop; consumers
+only touch thread-safe buffers (:mod:`alorws.client.buffer`) and call into the I/O loop through
 :meth:`IORuntime.call`.
 
 ``IORuntime(threaded=False)`` runs everything in the caller's loop instead (simpler to debug,

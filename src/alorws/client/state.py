@@ -1,9 +1,9 @@
 """Local state kept from streams: an order book view (and, with HTTP snapshots, a portfolio).
 
-Every order-book message is the whole top-``depth`` book (§4.1, §12.5), so the view is simply
-replaced per message; what it adds is convenient reads and a **staleness flag**: between a
-disconnect and the first book after the restore the view says ``stale`` so a strategy does not
-trade on a frozen book.
+Every order-book message is the whole top-``depth`` book (docs/protocol.md §4.1 and
+docs/protocol.md §12.5), so the view is simply replaced per message; what it adds is convenient
+reads and a **staleness flag**: between a disconnect and the first book after the restore the view
+says ``stale`` so a strategy does not trade on a frozen book.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class OrderBookView:
     # -- feeding --------------------------------------------------------------------------------
 
     def apply(self, book: OrderBook) -> None:
-        """Replace the book (a full snapshot, §4.1) and clear ``stale``."""
+        """Replace the book (a full snapshot, docs/protocol.md §4.1) and clear ``stale``."""
         self.book = book
         self.stale = False
         self.updates += 1

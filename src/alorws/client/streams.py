@@ -12,7 +12,7 @@ A :class:`Stream` is
 Iteration survives reconnects: the stream keeps its place while the client restores the
 subscription, and account streams are de-duplicated (:mod:`alorws.client.whole`). Connection
 events (``disconnected``/``restored``, with the downtime; ``silent``/``resubscribed`` when a
-watched subscription went quiet and was subscribed again, §9.6) are kept in
+watched subscription went quiet and was subscribed again, docs/protocol.md §9.6) are kept in
 :attr:`Stream.events` and passed to ``on_event`` callbacks. A ``resubscribed`` stream is made
 whole like a restored one: the server's replay is de-duplicated and account streams of orders
 and fills fetch the HTTP snapshot.
@@ -186,8 +186,8 @@ class _Backfill(NamedTuple):
     items: list[Any]
 
 
-#: Account streams whose server replay is capped (3000 records, §12.17): after a
-#: restore the HTTP snapshot fills in whatever the capped replay left out (§9.5).
+#: Account streams whose server replay is capped (3000 records, docs/protocol.md §12.17): after a
+#: restore the HTTP snapshot fills in whatever the capped replay left out (docs/protocol.md §9.5).
 _BACKFILLED = (Order, StopOrder, OwnTrade)
 
 

@@ -1,9 +1,9 @@
 """Keeping streams whole across reconnects: replays are filtered so nothing repeats.
 
-After a reconnect every subscription is re-sent (§9.5). Account streams are always subscribed
-with ``skipHistory: false``, so the server replays the current orders, trades and positions
-(``existing: true``) and whatever changed during the gap arrives with them (§9.5 [I]). These
-filters pass each item on exactly once:
+After a reconnect every subscription is re-sent (docs/protocol.md §9.5). Account streams are always
+subscribed with ``skipHistory: false``, so the server replays the current orders, trades and
+positions (``existing: true``) and whatever changed during the gap arrives with them
+(inferred, docs/protocol.md §9.5). These filters pass each item on exactly once:
 
 * orders and stop orders: a state of an order id that is further along than the last one
   delivered (status working < final, then filled quantity): an unchanged replay is dropped, and

@@ -1,10 +1,11 @@
 """The machinery behind the normalized models: one Python shape, three wire formats.
 
 Every payload model is a frozen msgspec ``Struct`` with snake_case fields (named after the Heavy
-format, §3.5). :func:`formats` attaches, for each of Simple/Slim/Heavy, a generated subclass of
-the model whose fields are renamed to that format's wire keys. Decoding a frame with that subclass
-gives an instance of the model directly: no dict is built and nothing is post-processed, so
-``isinstance(msg, Quote)`` holds and ``msg.last_price`` reads the same whatever the format.
+format, docs/protocol.md §3.5). :func:`formats` attaches, for each of Simple/Slim/Heavy, a generated
+subclass of the model whose fields are renamed to that format's wire keys. Decoding a frame with
+that subclass gives an instance of the model directly: no dict is built and nothing is
+post-processed, so ``isinstance(msg, Quote)`` holds and ``msg.last_price`` reads the same whatever
+the format.
 
 Encoding (used by the simulator and the recorder) goes the other way with :func:`to_wire`, which
 emits only the keys the format really has, plus its deprecated duplicates (e.g. Simple's
@@ -125,7 +126,7 @@ class Model(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Base of every normalized payload model.
 
     Instances are immutable and not tracked by the cyclic GC (they hold no cycles), which keeps
-    a large backlog of decoded messages cheap (see ``shared/perf-reference.md``).
+    a large backlog of decoded messages cheap: the GC does not re-walk them on every collection.
     """
 
     # Filled in by ``formats()``: format -> (python field -> wire key), decode class, extras.

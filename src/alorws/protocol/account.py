@@ -1,11 +1,11 @@
-"""Normalized models of the account (portfolio) streams (§4.6–§4.12).
+"""Normalized models of the account (portfolio) streams (docs/protocol.md §4.6-4.12).
 
 One model per stream, the same snake_case field names in every format (named after the Heavy
-keys, §3.5). Ids of orders, own trades and stop orders are strings (a stop order's ids arrive as
-JSON numbers too: they are read as text). Money, prices and quantities in pieces ("units") are
-``float``. Lots (``*_batch``) are ``int`` for orders, stop orders and own trades (an order is
-for whole lots) and ``float`` for positions: a money position's lot size is 1 and its lots are
-its amount (``28692.09`` roubles), which the server sends as a fractional number.
+keys, docs/protocol.md §3.5). Ids of orders, own trades and stop orders are strings (a stop order's
+ids arrive as JSON numbers too: they are read as text). Money, prices and quantities in pieces
+("units") are ``float``. Lots (``*_batch``) are ``int`` for orders, stop orders and own trades (an
+order is for whole lots) and ``float`` for positions: a money position's lot size is 1 and its lots
+are its amount (``28692.09`` roubles), which the server sends as a fractional number.
 ISO-8601 times stay strings; see :mod:`alorws.protocol.timeutil` for conversions.
 
 Ranges, checked while decoding (a value outside fails as a ``FrameError`` naming the field; see
@@ -81,7 +81,7 @@ __all__ = [
     simple_extras={"qty": lambda p: p.qty_batch, "open": lambda p: p.open_qty_batch},
 )
 class Position(Model, frozen=True):
-    """One position of a portfolio (``PositionsGetAndSubscribeV2``, §4.6).
+    """One position of a portfolio (``PositionsGetAndSubscribeV2``, docs/protocol.md §4.6).
 
     Money balances are positions with ``is_currency`` set (e.g. symbol ``RUB``). A position that
     drops to zero arrives with zero quantities. Slim carries no quantities in lots at all;
@@ -124,7 +124,8 @@ class Position(Model, frozen=True):
 
 @formats(slim={"currency": "cr", "buying_power": "bp"})
 class CurrencyBuyingPower(Model, frozen=True):
-    """Buying power in one currency, an item of :attr:`Summary.buying_power_by_currency` (§4.7)."""
+    """Buying power in one currency, an item of :attr:`Summary.buying_power_by_currency`
+    (docs/protocol.md §4.7)."""
 
     currency: str
     buying_power: Money | None = None
@@ -149,12 +150,14 @@ class CurrencyBuyingPower(Model, frozen=True):
     heavy={"buying_power_by_currency_alt": None},
 )
 class Summary(Model, frozen=True):
-    """Portfolio summary (``SummariesGetAndSubscribeV2``, §4.7). A full snapshot each time.
+    """Portfolio summary (``SummariesGetAndSubscribeV2``, docs/protocol.md §4.7). A full snapshot
+    each time.
 
-    Slim's per-currency list is uncertain [U]: SPEC's schema names it ``bpv2`` and SPEC's example
-    ``bp2v``. ``buying_power_by_currency`` holds ``bpv2`` (and the Simple/Heavy key);
-    ``buying_power_by_currency_alt`` exists only to catch Slim ``bp2v`` and is ``UNSET`` unless
-    that key came. Read :attr:`currency_buying_power`, which returns whichever one is set.
+    Slim's per-currency list is uncertain: ALOR's schema names it ``bpv2`` and its example
+    ``bp2v`` (docs/protocol.md §12.13). ``buying_power_by_currency`` holds ``bpv2`` (and the
+    Simple/Heavy key); ``buying_power_by_currency_alt`` exists only to catch Slim ``bp2v`` and is
+    ``UNSET`` unless that key came. Read :attr:`currency_buying_power`, which returns whichever one
+    is set.
     """
 
     buying_power_at_morning: Money | None = None
@@ -168,13 +171,15 @@ class Summary(Model, frozen=True):
     risk_before_force_position_closing: Money | None = None
     commission: Money | None = None  # null on FORTS
     buying_power_by_currency: list[CurrencyBuyingPower] | None = None
-    # Slim `bp2v` (SPEC example's spelling); never sent in Simple/Heavy. See the class docstring.
+    # Slim `bp2v` (ALOR's example spells it so); never sent in Simple/Heavy. See the class
+    # docstring.
     buying_power_by_currency_alt: list[CurrencyBuyingPower] | msgspec.UnsetType = msgspec.UNSET
-    # The UI also knows an optional `derivativesDebt`, absent from SPEC [U]; not modelled.
+    # The UI also knows an optional `derivativesDebt`, absent from ALOR's schema; not modelled.
 
     @property
     def currency_buying_power(self) -> list[CurrencyBuyingPower]:
-        """Buying power per currency, from ``bpv2`` or ``bp2v`` in Slim (§4.7); ``[]`` if none."""
+        """Buying power per currency, from ``bpv2`` or ``bp2v`` in Slim (docs/protocol.md §4.7);
+        ``[]`` if none."""
         if self.buying_power_by_currency is not None:
             return self.buying_power_by_currency
         if isinstance(self.buying_power_by_currency_alt, list):
@@ -182,7 +187,8 @@ class Summary(Model, frozen=True):
         return []
 
     def buying_power_in(self, currency: str) -> float | None:
-        """Buying power in ``currency`` (e.g. ``"RUB"``), or ``None`` if not listed (§4.7).
+        """Buying power in ``currency`` (e.g. ``"RUB"``), or ``None`` if not listed
+        (docs/protocol.md §4.7).
 
         Args:
             currency: Currency code, compared exactly.
@@ -213,7 +219,7 @@ class Summary(Model, frozen=True):
     },
 )
 class Risk(Model, frozen=True):
-    """Portfolio risks (``RisksGetAndSubscribe``, §4.8). A full snapshot each time.
+    """Portfolio risks (``RisksGetAndSubscribe``, docs/protocol.md §4.8). A full snapshot each time.
 
     ``risk_coverage_ratio_one``/``_two`` are НПР1/НПР2; ``risk_status`` summarises them.
     """
@@ -255,7 +261,8 @@ class Risk(Model, frozen=True):
     heavy={"balance_money": None},
 )
 class SpectraRisk(Model, frozen=True):
-    """FORTS (derivatives) risks (``SpectraRisksGetAndSubscribe``, §4.9). A full snapshot each time.
+    """FORTS (derivatives) risks (``SpectraRisksGetAndSubscribe``, docs/protocol.md §4.9). A full
+    snapshot each time.
 
     Slim has no ``var_margin``; use :attr:`variation_margin`, which computes it when absent.
     ``balance_money`` is a deprecated Simple-only field.
@@ -279,7 +286,8 @@ class SpectraRisk(Model, frozen=True):
 
     @property
     def variation_margin(self) -> float | None:
-        """``var_margin``, or ``vm_inter_cl + vm_current_positions`` when absent (§4.9, TV-20).
+        """``var_margin``, or ``vm_inter_cl + vm_current_positions`` when absent
+        (docs/protocol.md §4.9, TV-20).
 
         ``None`` if neither is known.
         """
@@ -302,7 +310,8 @@ class SpectraRisk(Model, frozen=True):
     },
 )
 class RepoFields(Model, frozen=True):
-    """REPO-specific details of an own trade (``repoSpecificFields`` / Slim ``r``, §4.10)."""
+    """REPO-specific details of an own trade (``repoSpecificFields`` / Slim ``r``,
+    docs/protocol.md §4.10)."""
 
     repo_rate: Rate | None = None
     ext_ref: str | None = None
@@ -337,7 +346,7 @@ class RepoFields(Model, frozen=True):
     simple_extras={"qty": lambda t: t.qty_batch},
 )
 class OwnTrade(Model, frozen=True):
-    """One own trade / fill (``TradesGetAndSubscribeV2``, §4.10).
+    """One own trade / fill (``TradesGetAndSubscribeV2``, docs/protocol.md §4.10).
 
     ``order_no`` is the parent order id: Simple ``orderno``, Slim ``eid``, Heavy ``orderNo``.
     ``repo_specific_fields`` is set for REPO trades only. ``existing`` marks replayed trades.
@@ -374,9 +383,10 @@ class OwnTrade(Model, frozen=True):
     },
 )
 class Iceberg(Model, frozen=True):
-    """Iceberg parameters of an order or stop order (``iceberg`` / Slim ``i``, §4.11).
+    """Iceberg parameters of an order or stop order (``iceberg`` / Slim ``i``,
+    docs/protocol.md §4.11).
 
-    The ``*_batch`` fields are lots. The unit of the other fields is not documented [U]: the
+    The ``*_batch`` fields are lots. The unit of the other fields is not documented (unknown): the
     visible ones are taken as pieces, the creation ones as lots (what ``/cws`` creates with).
     """
 
@@ -420,7 +430,7 @@ _LOTS = Wire(Count)
     wire={"qty_batch": _LOTS},
 )
 class Order(Model, frozen=True):
-    """One own market or limit order (``OrdersGetAndSubscribeV2``, §4.11).
+    """One own market or limit order (``OrdersGetAndSubscribeV2``, docs/protocol.md §4.11).
 
     Every change arrives as a full copy of the order: upsert it by ``id``. ``iceberg`` is
     ``None`` for ordinary orders, ``volume`` for market orders.
@@ -442,7 +452,7 @@ class Order(Model, frozen=True):
     status: OrderStatus | None = None
     trans_time: str | None = None  # placed, ISO-8601 UTC
     update_time: str | None = None  # last status change
-    end_time: str | None = None  # expiry (SPEC's Slim example lacks the `Z`)
+    end_time: str | None = None  # expiry (ALOR's Slim example lacks the `Z`)
     qty_units: Size | None = None
     qty_batch: Count | None = None
     filled_qty_units: Size | None = None
@@ -493,7 +503,7 @@ class Order(Model, frozen=True):
     },
 )
 class StopOrder(Model, frozen=True):
-    """One own stop / stop-limit order (``StopOrdersGetAndSubscribeV2``, §4.12).
+    """One own stop / stop-limit order (``StopOrdersGetAndSubscribeV2``, docs/protocol.md §4.12).
 
     ``stop_price`` is the trigger, ``price`` the limit of the order it places (0 for a stop-market);
     ``exchange_order_id`` is ``None`` until it fires. ``condition`` arrives in any casing.

@@ -4,12 +4,12 @@ A :class:`Backoff` only *computes* delays; whoever retries does the sleeping. Th
 policy testable without an event loop and lets tests inject :data:`NO_DELAY` instead of
 patching ``sleep`` (style rule 5).
 
-Why this policy (§9): ALOR clients reconnect badly. AlorPy waits a fixed 5 s forever (§9.2);
-the .NET SDK uses 2^n s without jitter, so every client dropped by the same server hiccup
-comes back in lockstep (§9.3); the Astras UI retries 2 s × 5 and then gives up (§9.1). We use
-"full jitter": the n-th delay (n = 0, 1, …) is drawn uniformly from
-``[0, min(cap, base * factor**n)]``. It spreads a thundering herd best while still backing off
-exponentially, and attempts are unlimited unless ``max_attempts`` is set.
+Why this policy (docs/protocol.md §9): ALOR clients reconnect badly. AlorPy waits a fixed 5 s
+forever (docs/protocol.md §9.2); the .NET SDK uses 2^n s without jitter, so every client dropped by
+the same server hiccup comes back in lockstep (docs/protocol.md §9.3); the Astras UI retries 2 s × 5
+and then gives up (docs/protocol.md §9.1). We use "full jitter": the n-th delay (n = 0, 1, …) is
+drawn uniformly from ``[0, min(cap, base * factor**n)]``. It spreads a thundering herd best while
+still backing off exponentially, and attempts are unlimited unless ``max_attempts`` is set.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["NO_DELAY", "Backoff"]
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Capped exponential backoff with full jitter (§9).
+    """Capped exponential backoff with full jitter (docs/protocol.md §9).
 
     Attributes:
         base: the ceiling of the first delay, in seconds.

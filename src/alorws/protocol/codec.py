@@ -1,10 +1,10 @@
 """Route raw frames first, decode payloads later.
 
-Every frame on ``/ws`` and ``/cws`` is one JSON object (§3.1), either
+Every frame on ``/ws`` and ``/cws`` is one JSON object (docs/protocol.md §3.1), either
 
-* a **data message** ``{"data": {...}, "guid": "<subscription guid>"}`` (§3.4), or
+* a **data message** ``{"data": {...}, "guid": "<subscription guid>"}`` (docs/protocol.md §3.4), or
 * a **status reply** ``{"requestGuid": "...", "httpCode": 200, "message": "...",
-  "orderNumber": "..."}`` (§3.3, §5; ``orderNumber`` only on ``/cws``).
+  "orderNumber": "..."}`` (docs/protocol.md §5; ``orderNumber`` only on ``/cws``).
 
 :func:`route` tells them apart in one pass without building the payload: ``data`` is kept as
 ``msgspec.Raw`` bytes, so a connection can find the subscription by guid, throw away data nobody
@@ -55,7 +55,7 @@ __all__ = [
 
 M = TypeVar("M", bound=Model)
 
-#: The normalized model each subscription opcode streams (§4).
+#: The normalized model each subscription opcode streams (docs/protocol.md §4).
 STREAM_MODELS: Final[dict[SubscriptionOpcode, type[Model]]] = {
     SubscriptionOpcode.ORDER_BOOK: OrderBook,
     SubscriptionOpcode.QUOTES: Quote,
@@ -74,7 +74,7 @@ STREAM_MODELS: Final[dict[SubscriptionOpcode, type[Model]]] = {
 
 
 class StatusReply(msgspec.Struct, frozen=True, gc=False):
-    """The server's answer to one request (§3.3, §5).
+    """The server's answer to one request (docs/protocol.md §5).
 
     ``request_guid`` is the request's guid (for ``unsubscribe``, the subscription's guid).
     ``order_number`` is set by ``/cws`` order commands. Never match on ``message``: it is free text.
@@ -113,7 +113,7 @@ class DataMessage(msgspec.Struct, frozen=True, gc=False, repr_omit_defaults=True
 
     data: msgspec.Raw = _NO_DATA
     guid: str = ""
-    # The status-reply keys (§3.3, §5); always None on a data message.
+    # The status-reply keys (docs/protocol.md §5); always None on a data message.
     requestGuid: str | None = None
     httpCode: Int64 | None = None
     message: str | None = None
@@ -200,7 +200,7 @@ def decode_payload(data: msgspec.Raw | bytes | str, model: type[M], fmt: Format 
         raise FrameError(f"bad {model.__name__} payload ({Format(fmt)}): {exc}", frame) from None
 
 
-#: How a compact data frame (§3.4) starts: ``{"data":{``, 9 bytes.
+#: How a compact data frame (docs/protocol.md §3.4) starts: ``{"data":{``, 9 bytes.
 DATA_HEAD: Final = b'{"data":{'
 _GUID_KEY: Final = b',"guid":"'
 _TAIL: Final = b'"}'
@@ -209,9 +209,9 @@ _TAIL: Final = b'"}'
 def frame_guid(frame: bytes) -> bytes | None:
     """The subscription guid of a data frame in ALOR's compact shape, read off its tail.
 
-    ``{"data":{…},"guid":"<guid>"}`` (§3.4, as the server writes it) gives ``b"<guid>"``
-    without parsing the frame; any other shape (other key order, whitespace, a status reply,
-    ``data`` not an object) gives None: use :func:`route` for it. The frame is not validated:
+    ``{"data":{…},"guid":"<guid>"}`` (docs/protocol.md §3.4, as the server writes it) gives
+    ``b"<guid>"`` without parsing the frame; any other shape (other key order, whitespace, a status
+    reply, ``data`` not an object) gives None: use :func:`route` for it. The frame is not validated:
     a corrupt payload fails later, in :func:`decode_frame`.
     """
     if frame[:9] != DATA_HEAD or frame[-2:] != _TAIL:  # slices: bytes methods parse args

@@ -1,13 +1,14 @@
-"""``/cws`` order commands (§6) as frozen value objects, and their wire encoding.
+"""``/cws`` order commands (docs/protocol.md §6) as frozen value objects, and their wire encoding.
 
-Each command carries its own ``guid``: it is the command's idempotency key (§6.1: a guid the
-server has already seen is not executed again while ``checkDuplicates`` is on). Commands carry no
-token (§2.5): the connection is authorized once with :func:`encode_authorize`, which takes the
-token as an argument and never stores it, so no ``repr`` can leak it.
+Each command carries its own ``guid``: it is the command's idempotency key (docs/protocol.md §6.1: a
+guid the server has already seen is not executed again while ``checkDuplicates`` is on). Commands
+carry no token (docs/protocol.md §2.5): the connection is authorized once with
+:func:`encode_authorize`, which takes the token as an argument and never stores it, so no ``repr``
+can leak it.
 
 Commands validate themselves on construction and on decoding, raising
 :class:`~alorws.errors.InvalidArgumentError` naming the field. :func:`decode_command` (used by
-the simulator) accepts opcodes in any case, as the server does (§6.2, §12.7).
+the simulator) accepts opcodes in any case, as the server does (docs/protocol.md §12.7).
 """
 
 from __future__ import annotations
@@ -56,15 +57,17 @@ __all__ = [
     "encode_command",
 ]
 
-COMMENT_MAX_LEN: Final = 100  # §6.3: comment ≤ 100 chars [V]
+COMMENT_MAX_LEN: Final = 100  # docs/protocol.md §6.3: comment ≤ 100 chars
 
 
 class InstrumentRef(msgspec.Struct, frozen=True, rename="camel", gc=False, repr_omit_defaults=True):
-    """§6.3: the ``instrument`` object ``{symbol, exchange, instrumentGroup?}``."""
+    """The ``instrument`` object ``{symbol, exchange, instrumentGroup?}``
+    (docs/protocol.md §6.3)."""
 
     symbol: str
     exchange: Exchange
-    instrument_group: str | UnsetType = UNSET  # board; §12.8: wins over a top-level ``board``
+    # The board; it wins over a top-level ``board`` (docs/protocol.md §12.8).
+    instrument_group: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _text("symbol", self.symbol)
@@ -76,7 +79,7 @@ class InstrumentRef(msgspec.Struct, frozen=True, rename="camel", gc=False, repr_
 
 
 class User(msgspec.Struct, frozen=True, gc=False):
-    """§6.3: the ``user`` object ``{portfolio}``."""
+    """The ``user`` object ``{portfolio}`` (docs/protocol.md §6.3)."""
 
     portfolio: str
 
@@ -85,14 +88,15 @@ class User(msgspec.Struct, frozen=True, gc=False):
 
 
 def _order_id(value: object) -> str:
-    """§6.3: the string id of the order to change or cancel (an int is converted)."""
+    """The string id of the order to change or cancel (an int is converted;
+    docs/protocol.md §6.3)."""
     if type(value) is int and value > 0:
         return str(value)
     return _text("order_id", value)
 
 
 def _comment(value: object) -> str:
-    """§6.3: free text of at most 100 characters."""
+    """Free text of at most 100 characters (docs/protocol.md §6.3)."""
     if type(value) is not str:
         raise InvalidArgumentError("comment", f"must be a str, got {type(value).__name__}")
     if len(value) > COMMENT_MAX_LEN:
@@ -116,7 +120,7 @@ def _instance(field: str, cls: type[Any]) -> Callable[[Any], Any]:
 
 
 def _iceberg_variance(value: object) -> float:
-    """§6.3: random add-on in percent (FORTS only), a finite number >= 0."""
+    """Random add-on in percent (FORTS only), a finite number >= 0 (docs/protocol.md §6.3)."""
     if value == 0 and not isinstance(value, bool):
         return 0.0
     return _positive_number("iceberg_variance", value)
@@ -124,10 +128,10 @@ def _iceberg_variance(value: object) -> float:
 
 # field name -> check returning the normalized value. UNSET values are never checked.
 _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
-    "guid": validate_guid,  # §6.1: the command's idempotency key
+    "guid": validate_guid,  # docs/protocol.md §6.1: the command's idempotency key
     "order_id": _order_id,
     "side": lambda v: _enum("side", Side, v),
-    "quantity": lambda v: _int("quantity", v, 1),  # §6.3: lots, int
+    "quantity": lambda v: _int("quantity", v, 1),  # lots, int
     "price": lambda v: _positive_number("price", v),
     "trigger_price": lambda v: _positive_number("trigger_price", v),
     "condition": lambda v: _enum("condition", Condition, v),
@@ -137,11 +141,11 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "user": _instance("user", User),
     "exchange": lambda v: _enum("exchange", Exchange, v),
     "comment": _comment,
-    "time_in_force": lambda v: _enum("time_in_force", TimeInForce, v),  # §6.4
+    "time_in_force": lambda v: _enum("time_in_force", TimeInForce, v),  # docs/protocol.md §6.4
     "allow_margin": lambda v: _flag("allow_margin", v),
     "iceberg_fixed": lambda v: _int("iceberg_fixed", v, 1),  # visible lots
     "iceberg_variance": _iceberg_variance,
-    "protecting_seconds": lambda v: _int("protecting_seconds", v, 1, 300),  # §6.3: 1..300
+    "protecting_seconds": lambda v: _int("protecting_seconds", v, 1, 300),  # 1..300 seconds
     "activate": lambda v: _flag("activate", v),
     "check_duplicates": lambda v: _flag("check_duplicates", v),
 }
@@ -156,13 +160,13 @@ class Command(
     gc=False,
     repr_omit_defaults=True,
 ):
-    """Base of every ``/cws`` order command (§6.3)."""
+    """Base of every ``/cws`` order command (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode]
 
-    guid: str  # §6.1: client-chosen, unique per command; a repeat is not executed again
+    guid: str  # client-chosen and unique; a repeat is not executed again (docs/protocol.md §6.1)
     user: User
-    check_duplicates: bool = True  # §6.1: always sent; False skips the server's guid check
+    check_duplicates: bool = True  # always sent; False skips the server's guid check
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -178,28 +182,30 @@ class Command(
 
 
 class _OrderCommand(Command, frozen=True, kw_only=True):
-    """Fields shared by every create:* and update:* command (§6.3)."""
+    """Fields shared by every create:* and update:* command (docs/protocol.md §6.3)."""
 
     side: Side
-    quantity: int  # §6.3: lots
+    quantity: int  # lots
     instrument: InstrumentRef
     comment: str | UnsetType = UNSET
     allow_margin: bool | UnsetType = UNSET
-    board: str | UnsetType = UNSET  # §6.3: not in SPEC; APY/UI send it [O]; prefer instrument's
+    # Not in ALOR's description; AlorPy and the web terminal send it (docs/protocol.md §6.3).
+    # Prefer the instrument's ``instrument_group``.
+    board: str | UnsetType = UNSET
 
 
 class _DeleteCommand(Command, frozen=True, kw_only=True):
-    """Fields of every delete:* command (§6.3)."""
+    """Fields of every delete:* command (docs/protocol.md §6.3)."""
 
     order_id: str
-    exchange: Exchange  # §6.3: top-level on delete
+    exchange: Exchange  # top-level on delete
 
 
 # -- create -----------------------------------------------------------------------------------
 
 
 class CreateMarket(_OrderCommand, frozen=True, kw_only=True, tag="create:market"):
-    """§6.3: place a market order."""
+    """Place a market order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.CREATE_MARKET
 
@@ -207,7 +213,7 @@ class CreateMarket(_OrderCommand, frozen=True, kw_only=True, tag="create:market"
 
 
 class CreateLimit(_OrderCommand, frozen=True, kw_only=True, tag="create:limit"):
-    """§6.3: place a limit order."""
+    """Place a limit order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.CREATE_LIMIT
 
@@ -218,7 +224,8 @@ class CreateLimit(_OrderCommand, frozen=True, kw_only=True, tag="create:limit"):
 
 
 class CreateStop(_OrderCommand, frozen=True, kw_only=True, tag="create:stop"):
-    """§6.3: place a stop (market) order that fires when ``condition`` meets ``trigger_price``."""
+    """Place a stop (market) order that fires when ``condition`` meets ``trigger_price``
+    (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.CREATE_STOP
 
@@ -230,7 +237,8 @@ class CreateStop(_OrderCommand, frozen=True, kw_only=True, tag="create:stop"):
 
 
 class CreateStopLimit(_OrderCommand, frozen=True, kw_only=True, tag="create:stopLimit"):
-    """§6.3: place a stop-limit order (a limit order at ``price`` once triggered)."""
+    """Place a stop-limit order (a limit order at ``price`` once triggered;
+    docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.CREATE_STOP_LIMIT
 
@@ -249,7 +257,7 @@ class CreateStopLimit(_OrderCommand, frozen=True, kw_only=True, tag="create:stop
 
 
 class UpdateMarket(_OrderCommand, frozen=True, kw_only=True, tag="update:market"):
-    """§6.3: replace a market order."""
+    """Replace a market order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.UPDATE_MARKET
 
@@ -258,7 +266,7 @@ class UpdateMarket(_OrderCommand, frozen=True, kw_only=True, tag="update:market"
 
 
 class UpdateLimit(_OrderCommand, frozen=True, kw_only=True, tag="update:limit"):
-    """§6.3: replace a limit order (no ``time_in_force`` per SPEC)."""
+    """Replace a limit order (ALOR takes no ``time_in_force`` on it; docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.UPDATE_LIMIT
 
@@ -268,7 +276,7 @@ class UpdateLimit(_OrderCommand, frozen=True, kw_only=True, tag="update:limit"):
 
 
 class UpdateStop(_OrderCommand, frozen=True, kw_only=True, tag="update:stop"):
-    """§6.3: replace a stop order."""
+    """Replace a stop order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.UPDATE_STOP
 
@@ -281,7 +289,7 @@ class UpdateStop(_OrderCommand, frozen=True, kw_only=True, tag="update:stop"):
 
 
 class UpdateStopLimit(_OrderCommand, frozen=True, kw_only=True, tag="update:stopLimit"):
-    """§6.3: replace a stop-limit order."""
+    """Replace a stop-limit order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.UPDATE_STOP_LIMIT
 
@@ -300,25 +308,25 @@ class UpdateStopLimit(_OrderCommand, frozen=True, kw_only=True, tag="update:stop
 
 
 class DeleteMarket(_DeleteCommand, frozen=True, kw_only=True, tag="delete:market"):
-    """§6.3: cancel a market order."""
+    """Cancel a market order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.DELETE_MARKET
 
 
 class DeleteLimit(_DeleteCommand, frozen=True, kw_only=True, tag="delete:limit"):
-    """§6.3: cancel a limit order."""
+    """Cancel a limit order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.DELETE_LIMIT
 
 
 class DeleteStop(_DeleteCommand, frozen=True, kw_only=True, tag="delete:stop"):
-    """§6.3: cancel a stop order."""
+    """Cancel a stop order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.DELETE_STOP
 
 
 class DeleteStopLimit(_DeleteCommand, frozen=True, kw_only=True, tag="delete:stopLimit"):
-    """§6.3: cancel a stop-limit order."""
+    """Cancel a stop-limit order (docs/protocol.md §6.3)."""
 
     opcode: ClassVar[CommandOpcode] = CommandOpcode.DELETE_STOP_LIMIT
 
@@ -363,14 +371,15 @@ COMMAND_TYPES: Final[dict[CommandOpcode, type[Command]]] = {
 
 
 def encode_command(cmd: Command) -> bytes:
-    """The command's JSON frame (§6.3), with its ``guid`` and no token."""
+    """The command's JSON frame (docs/protocol.md §6.3), with its ``guid`` and no token."""
     if not isinstance(cmd, Command):
         raise InvalidArgumentError("cmd", f"expected a Command, got {type(cmd).__name__}")
     return _ENCODER.encode(cmd)
 
 
 def encode_authorize(guid: str, token: str) -> bytes:
-    """``{"opcode":"authorize","guid":…,"token":…}``: authorize the /cws connection (§6.1)."""
+    """``{"opcode":"authorize","guid":…,"token":…}``: authorize the /cws connection
+    (docs/protocol.md §6.1)."""
     guid_bytes = validate_guid(guid).encode("ascii")
     token_json = _token_json(token)
     return b"".join(
@@ -390,7 +399,8 @@ class CommandFrameError(FrameError):
 
 
 def _quotable(frame: bytes | str) -> bytes | str | None:
-    """``frame`` if it may be quoted in an error, None if it could hold a token (§2.5)."""
+    """``frame`` if it may be quoted in an error, None if it could hold a token
+    (docs/protocol.md §2.5)."""
     if isinstance(frame, bytes):
         return None if b"token" in frame.lower() else frame
     return None if "token" in frame.lower() else frame
@@ -409,7 +419,7 @@ _DECODERS: Final[dict[type[Command], msgspec.json.Decoder[Any]]] = {
 
 
 def decode_command(frame: bytes | str) -> Command:
-    """Decode an order command, matching its opcode case-insensitively (§12.7).
+    """Decode an order command, matching its opcode case-insensitively (docs/protocol.md §12.7).
 
     Raises :class:`CommandFrameError` (a :class:`~alorws.errors.FrameError`) for bad JSON, an
     unknown or missing opcode, ``authorize`` (not an order command) or an invalid field; its

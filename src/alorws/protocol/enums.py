@@ -1,8 +1,8 @@
 """Enum-like values of the ALOR protocol.
 
-§3.2/§12.7: the server matches enum-like values case-insensitively (the official UI sends
-``"simple"``, ``"Less"``, ``"stoplimit"``), so every enum here accepts any casing when decoded
-or constructed (``Side("BUY") is Side.BUY``) and is always sent in its documented spelling.
+The server matches enum-like values case-insensitively (docs/protocol.md §3.2; the official UI
+sends ``"simple"``, ``"Less"``, ``"stoplimit"``), so every enum here accepts any casing when
+decoded or constructed (``Side("BUY") is Side.BUY``) and is always sent in its documented spelling.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class _CaseInsensitive(enum.StrEnum):
 
 
 class Format(_CaseInsensitive):
-    """Payload shape of a subscription (§3.5). Also sets the minimum ``frequency``."""
+    """Payload shape of a subscription (docs/protocol.md §3.5); also sets the minimum
+    ``frequency``."""
 
     SIMPLE = "Simple"
     SLIM = "Slim"
@@ -49,7 +50,7 @@ class Format(_CaseInsensitive):
 
     @property
     def min_frequency_ms(self) -> int:
-        """The smallest ``frequency`` the server honours for this format (§3.5)."""
+        """The smallest ``frequency`` the server honours for this format (docs/protocol.md §3.5)."""
         return _MIN_FREQUENCY[self]
 
 
@@ -57,7 +58,8 @@ _MIN_FREQUENCY = {Format.SIMPLE: 25, Format.SLIM: 10, Format.HEAVY: 500}
 
 
 class Exchange(_CaseInsensitive):
-    """Exchange codes. ``UNITED`` is used for unified (``E…``) portfolios (§1, §12.12)."""
+    """Exchange codes. ``UNITED`` is used for unified (``E…``) portfolios
+    (docs/protocol.md §12.12)."""
 
     MOEX = "MOEX"
     SPBX = "SPBX"
@@ -81,7 +83,7 @@ class OrderType(_CaseInsensitive):
 
 
 class OrderStatus(_CaseInsensitive):
-    """Order status (§4.11, §4.12)."""
+    """Order status of orders and stop orders (docs/protocol.md §4.11)."""
 
     WORKING = "working"
     FILLED = "filled"
@@ -99,7 +101,7 @@ class Condition(_CaseInsensitive):
 
 
 class TimeInForce(_CaseInsensitive):
-    """How long an order stays in the book (§6.4)."""
+    """How long an order stays in the book (docs/protocol.md §6.4)."""
 
     ONE_DAY = "oneday"
     IMMEDIATE_OR_CANCEL = "immediateorcancel"
@@ -110,7 +112,7 @@ class TimeInForce(_CaseInsensitive):
 
 
 class RiskStatus(_CaseInsensitive):
-    """Portfolio risk status (§4.8)."""
+    """Portfolio risk status (docs/protocol.md §4.8)."""
 
     OK = "Ok"
     DEMAND = "Demand"
@@ -118,7 +120,7 @@ class RiskStatus(_CaseInsensitive):
 
 
 class ClientType(_CaseInsensitive):
-    """Client risk class (§4.8)."""
+    """Client risk class (docs/protocol.md §4.8)."""
 
     LOW_RISK = "LowRisk"
     STANDARD_RISK = "StandardRisk"
@@ -127,8 +129,9 @@ class ClientType(_CaseInsensitive):
 
 
 class TradingStatus(enum.IntEnum):
-    """Known instrument trading-status codes (§4.5). Models keep the raw ``int``, since the
-    exchange may add codes; compare with these members or call ``TradingStatus.describe``."""
+    """Known instrument trading-status codes (docs/protocol.md §4.5). Models keep the raw ``int``,
+    since the exchange may add codes; compare with these members or call
+    ``TradingStatus.describe``."""
 
     BREAK = 2
     NORMAL_TRADING = 17
@@ -151,7 +154,8 @@ class TradingStatus(enum.IntEnum):
 
 
 class SubscriptionOpcode(enum.StrEnum):
-    """Subscription opcodes of ``/ws`` (§4). Sent exactly as spelled here (§12.7)."""
+    """Subscription opcodes of ``/ws`` (docs/protocol.md §4). Sent exactly as spelled here
+    (docs/protocol.md §12.7)."""
 
     ORDER_BOOK = "OrderBookGetAndSubscribe"
     QUOTES = "QuotesSubscribe"
@@ -169,14 +173,15 @@ class SubscriptionOpcode(enum.StrEnum):
 
     @classmethod
     def _missing_(cls, value: Any) -> SubscriptionOpcode | None:
-        # §4.4: the UI's legacy alias for the all-trades tape.
+        # The UI's legacy alias for the all-trades tape (docs/protocol.md §4.4).
         if value == "AllTradesSubscribe":
             return cls.ALL_TRADES
         return None
 
 
 class CommandOpcode(_CaseInsensitive):
-    """``/cws`` opcodes (§6.2), matched case-insensitively by the server (§12.7)."""
+    """``/cws`` opcodes (docs/protocol.md §6.2), matched case-insensitively by the server
+    (docs/protocol.md §12.7)."""
 
     AUTHORIZE = "authorize"
     CREATE_MARKET = "create:market"

@@ -1,10 +1,10 @@
-"""Models of the HTTP answers that are not stream payloads (§8): reference data and history.
+"""Models of the HTTP answers that are not stream payloads: reference data and history.
 
 Quotes, order books, orders, positions and the other snapshots reuse the stream models of
-:mod:`~alorws.protocol.market` and :mod:`~alorws.protocol.account` (§8: "the same key mappings
-as the WS payloads"). What is left is modelled here with the same ``@formats`` machinery, so
-``format_class(Security, Format.SLIM)`` decodes a Slim instrument straight into a
-:class:`Security`:
+:mod:`~alorws.protocol.market` and :mod:`~alorws.protocol.account` (docs/protocol.md §8.1: the
+answers have the same keys as the socket payloads). What is left is modelled here with the same
+``@formats`` machinery, so ``format_class(Security, Format.SLIM)`` decodes a Slim instrument
+straight into a :class:`Security`:
 
 * :class:`Security`, one ``/md/v2/Securities`` instrument;
 * :class:`HistoryPage`, one ``/md/v2/history`` answer (candles plus ``next``/``prev``);
@@ -76,7 +76,7 @@ __all__ = ["AllTradesPage", "HistoryPage", "HttpOrderAck", "Security"]
     heavy={"isin": "ISIN", "yield_": "yield"},
 )
 class Security(Model, frozen=True):
-    """One instrument's reference data (``/md/v2/Securities…``, §8).
+    """One instrument's reference data (``/md/v2/Securities…``, docs/protocol.md §8.6).
 
     Names follow the Heavy keys in snake_case. Mind the two steps: ``min_step`` is the minimum
     price increment (Simple ``minstep``, Slim ``stp``), ``price_step`` the money value of one such
@@ -122,7 +122,8 @@ class Security(Model, frozen=True):
 
 @formats(simple={"bars": "history"}, slim={"bars": "h"}, heavy={"bars": "history"})
 class HistoryPage(Model, frozen=True):
-    """One ``/md/v2/history`` answer (§8): candles, oldest first, and the paging timestamps.
+    """One ``/md/v2/history`` answer (docs/protocol.md §8.6): candles, oldest first, and the
+    paging timestamps.
 
     ``next`` is the open time (Unix s) of the first candle after this page, ``prev`` that of the
     last candle before it; ``None`` when there is none. A range the server did not return in
@@ -142,11 +143,12 @@ class HistoryPage(Model, frozen=True):
     wire={"trades": Wire(list[Trade] | Trade, as_list)},
 )
 class AllTradesPage(Model, frozen=True):
-    """One ``/md/v2/Securities/{exchange}/{symbol}/alltrades/history`` answer (§8).
+    """One ``/md/v2/Securities/{exchange}/{symbol}/alltrades/history`` answer.
 
-    ``total`` counts every trade the query matches; ``trades`` (wire ``list``, an array per
-    §12.13) is the page asked for with ``limit``/``offset``, in the §4.4 trade shape. ALOR's
-    own example gives ``list`` as a single trade object: that is read as a one-trade page.
+    Its shape is in docs/protocol.md §8.6. ``total`` counts every trade the query matches;
+    ``trades`` (wire ``list``, an array per docs/protocol.md §12.13) is the page asked for with
+    ``limit``/``offset``, in the trade shape of the stream (docs/protocol.md §4.4). ALOR's own
+    example gives ``list`` as a single trade object: that is read as a one-trade page.
     """
 
     total: Count = 0
@@ -154,7 +156,7 @@ class AllTradesPage(Model, frozen=True):
 
 
 class HttpOrderAck(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """The server accepted an HTTP order command (§8 ``/commandapi/…``).
+    """The server accepted an HTTP order command (``/commandapi/…``, docs/protocol.md §8.5).
 
     Attributes:
         order_number: the exchange order id (``orderNumber``); ``None`` for a cancel.

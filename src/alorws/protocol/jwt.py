@@ -1,8 +1,9 @@
 """Read the claims of an ALOR access token (a JWT) without verifying its signature.
 
 The client never verifies the token: the server does. It only needs to read ``exp`` to know
-when to refresh (§2.3), and ``portfolios`` to discover the account's portfolios (§2.4). Always
-read ``exp`` from the token rather than assuming the usual 30-minute lifetime.
+when to refresh (docs/protocol.md §2.3), and ``portfolios`` to discover the account's portfolios
+(docs/protocol.md §2.4). Always read ``exp`` from the token rather than assuming the usual 30-minute
+lifetime.
 
 No message raised here ever contains the token; :func:`~alorws.errors.redact` stands in for it.
 """
@@ -33,8 +34,9 @@ __all__ = [
     "should_refresh",
 ]
 
-#: Refresh at least this many seconds before ``exp``. The official UI uses 5 s (§2.3), too
-#: tight for a client that also has to reconnect and resubscribe with the new token.
+#: Refresh at least this many seconds before ``exp``. The official UI uses 5 s
+#: (docs/protocol.md §2.3), too tight for a client that also has to reconnect and resubscribe with
+#: the new token.
 MIN_REFRESH_MARGIN: Final = 30.0
 #: ...or this share of the token's lifetime, whichever is longer (180 s for 30 minutes).
 REFRESH_FRACTION: Final = 0.1
@@ -43,7 +45,7 @@ PortfolioKind = Literal["stock", "fx", "derivatives", "unified", "unknown"]
 
 
 class JwtClaims(msgspec.Struct, frozen=True, kw_only=True):
-    """The claims of an ALOR access token (§2.4). Unknown claims are ignored.
+    """The claims of an ALOR access token (docs/protocol.md §2.4). Unknown claims are ignored.
 
     Space-separated claims (``agreements``, ``portfolios``, and ``scope``/``aud`` when sent as
     strings) are split into tuples. Times are Unix seconds.
@@ -202,14 +204,14 @@ def should_refresh(
     """
     claims = _claims(token_or_claims)
     if margin is None:
-        # §2.3: the UI's 5 s margin needed a fix for "Invalid JWT token!"; we leave room for a
-        # token fetch plus a reconnect-and-resubscribe burst with the new token.
+        # docs/protocol.md §2.3: the UI's 5 s margin needed a fix for "Invalid JWT token!"; we leave
+        # room for a token fetch plus a reconnect-and-resubscribe burst with the new token.
         margin = refresh_margin(claims)
     return expires_in(claims, now) < margin
 
 
 def portfolio_kind(portfolio_id: str) -> PortfolioKind:
-    """The market of a portfolio, from its id (§2.4).
+    """The market of a portfolio, from its id (docs/protocol.md §2.4).
 
     ``D…`` stock, ``G…`` FX, ``E…`` unified ("ЕДП"), and FORTS derivatives: a FORTS client
     code is seven characters, a ``75xx`` firm code plus three (``7500123``; a production

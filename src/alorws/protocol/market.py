@@ -1,4 +1,4 @@
-"""Normalized models of the market-data streams (§4.1–§4.5, §4.13).
+"""Normalized models of the market-data streams (docs/protocol.md §4).
 
 One model per stream, the same field names in every format. Times keep the wire's units:
 ``*_timestamp`` fields are Unix milliseconds or seconds as named, ISO strings stay strings; see
@@ -92,7 +92,8 @@ _UnsetStr = str | None | msgspec.UnsetType
     simple_extras={"accruedInt": lambda q: q.accrued_interest},
 )
 class Quote(Model, frozen=True):
-    """Quote / ticker summary of one instrument (``QuotesSubscribe``, §4.2). Full state each time.
+    """Quote / ticker summary of one instrument (``QuotesSubscribe``, docs/protocol.md §4.2). Full
+    state each time.
 
     ``ask``/``bid`` are ``None`` when that side of the book is empty. Volumes are in lots.
     """
@@ -158,12 +159,12 @@ class BookLevel(Model, frozen=True):
     },
 )
 class OrderBook(Model, frozen=True):
-    """The whole top-``depth`` order book (``OrderBookGetAndSubscribe``, §4.1).
+    """The whole top-``depth`` order book (``OrderBookGetAndSubscribe``, docs/protocol.md §4.1).
 
-    Every message replaces the previous book (§12.5). Bids run best (highest) first, asks best
-    (lowest) first; either side may be empty. ``existing`` is true for the initial snapshot.
-    Both sides are required: every real book carries them, even empty (outside trading hours),
-    so an object without them on a book stream is a bad frame, not an empty book.
+    Every message replaces the previous book (docs/protocol.md §12.5). Bids run best (highest)
+    first, asks best (lowest) first; either side may be empty. ``existing`` is true for the initial
+    snapshot. Both sides are required: every real book carries them, even empty (outside trading
+    hours), so an object without them on a book stream is a bad frame, not an empty book.
     """
 
     bids: list[BookLevel]
@@ -184,7 +185,8 @@ class OrderBook(Model, frozen=True):
 
 @formats(slim={"time": "t", "open": "o", "high": "h", "low": "l", "close": "c", "volume": "v"})
 class Bar(Model, frozen=True):
-    """One candle (``BarsGetAndSubscribe``, §4.3). ``time`` is the candle's open, Unix seconds.
+    """One candle (``BarsGetAndSubscribe``, docs/protocol.md §4.3). ``time`` is the candle's open,
+    Unix seconds.
 
     The forming candle is re-sent with the same ``time``; a later ``time`` starts a new candle.
     """
@@ -213,7 +215,7 @@ class Bar(Model, frozen=True):
     heavy={"order_no": None},
 )
 class Trade(Model, frozen=True):
-    """One anonymous trade from the tape (``AllTradesGetAndSubscribe``, §4.4).
+    """One anonymous trade from the tape (``AllTradesGetAndSubscribe``, docs/protocol.md §4.4).
 
     ``timestamp`` is Unix milliseconds; ``time`` the ISO string Simple/Heavy also send. ``side``
     is the aggressor's. ``existing`` marks trades replayed from ``depth``.
@@ -252,7 +254,7 @@ class Trade(Model, frozen=True):
     heavy={"margin_synthetic": "marginSyntetic"},
 )
 class InstrumentPatch(Model, frozen=True):
-    """One ``InstrumentsGetAndSubscribeV2`` message (§4.5).
+    """One ``InstrumentsGetAndSubscribeV2`` message (docs/protocol.md §4.5).
 
     The first message is complete; later ones carry only what changed (plus the ticker). Fields
     absent from the message are ``msgspec.UNSET``. Fold patches with :meth:`InstrumentState.apply`.
@@ -323,7 +325,8 @@ class Cluster(Model, frozen=True):
 
 @formats()
 class ClusterSnapshot(Model, frozen=True):
-    """Trade clusters of one period (``ClustersGetAndSubscribe``, UI-only opcode, §4.13)."""
+    """Trade clusters of one period (``ClustersGetAndSubscribe``, the web terminal's
+    opcode, docs/protocol.md §4.13)."""
 
     timestamp: Time
     trade_clusters: list[Cluster] = msgspec.field(default_factory=list)

@@ -9,33 +9,35 @@ The model
 A *request* is an immutable, hashable value (a frozen request Struct, without the token). Equal
 requests are the same server subscription: the first :meth:`~SubscriptionRegistry.subscribe`
 creates a :class:`Subscription` with a fresh guid, later ones only add a reference to it
-(de-duplication, as the official UI does, §9.1). The last :meth:`~SubscriptionRegistry.unsubscribe`
-cancels it on the server. A subscription lives on one connection; when that connection is lost
-it waits in ``RESTORING`` and is re-sent, **with its original guid** (§9.5), on a new one.
+(de-duplication, as the official UI does, docs/protocol.md §9.1). The last
+:meth:`~SubscriptionRegistry.unsubscribe` cancels it on the server. A subscription lives on one
+connection; when that connection is lost it waits in ``RESTORING`` and is re-sent, **with its
+original guid** (docs/protocol.md §9.5), on a new one.
 
 What the caller must do after each call
 ---------------------------------------
 ``subscribe(request, connection_id) -> SubscribeResult``
     If ``result.send``: send ``request`` on that connection with ``guid=result.subscription.guid``
-    and the current token (§3.2). Otherwise send nothing: the subscription already exists or is
-    being set up; it may live on another connection (``result.subscription.connection_id``).
+    and the current token (docs/protocol.md §3.2). Otherwise send nothing: the subscription already
+    exists or is being set up; it may live on another connection
+    (``result.subscription.connection_id``).
 ``on_status(request_guid, http_code, message) -> StatusOutcome``
-    Call it for every status reply (§3.3) read from a ``/ws`` connection, then act on
-    ``outcome.kind``: ``CONFIRMED`` (live), ``REJECTED`` (tell every holder ``outcome.error``;
+    Call it for every status reply (docs/protocol.md §3.3) read from a ``/ws`` connection, then act
+    on ``outcome.kind``: ``CONFIRMED`` (live), ``REJECTED`` (tell every holder ``outcome.error``;
     each holder then calls ``unsubscribe`` to release it, which sends nothing), ``CLOSED`` (an
     unsubscribe completed), ``UNKNOWN`` (not a subscription of ours: a ping, or a late reply;
     ignore) or ``IGNORED`` (a reply the subscription's state does not expect; log it).
 ``unsubscribe(guid) -> bool``
-    If True, send ``{"opcode": "unsubscribe", "guid": guid, "token": ...}`` (§3.8) on
-    ``get(guid).connection_id``. If False, send nothing.
+    If True, send ``{"opcode": "unsubscribe", "guid": guid, "token": ...}`` (docs/protocol.md §3.8)
+    on ``get(guid).connection_id``. If False, send nothing.
 ``connection_lost(connection_id) -> list[Subscription]``
     Call it once no more frames will be read from that connection. Its subscriptions now wait in
     ``RESTORING``; once a connection is open again, take ``restore_plan(connection_id)``, and for
     each entry optionally ``move(guid, other_connection)`` (re-sharding), send its request with
     its guid on its connection, and call ``mark_resent(guid)``.
 ``is_routable(guid)``
-    For every data message (§3.4): deliver it only if True, else drop it (data for a cancelled
-    subscription may still be in flight, §3.4).
+    For every data message (docs/protocol.md §3.4): deliver it only if True, else drop it (data for
+    a cancelled subscription may still be in flight).
 
 Illegal moves (a caller bug, e.g. releasing a subscription twice) raise
 :class:`~alorws.errors.InvalidState` and change nothing. Status replies are server input and
@@ -74,9 +76,10 @@ __all__ = [
 R = TypeVar("R", bound=Hashable)  # a request: immutable, hashable, equal = same subscription
 C = TypeVar("C", bound=Hashable)  # a connection id, chosen by the client (e.g. a lane number)
 
-#: §7: at most 5000 subscriptions per session, read as one WebSocket connection [I].
+#: At most 5000 subscriptions per session, read (inferred) as one WebSocket connection
+#: (docs/protocol.md §7.1).
 MAX_SUBSCRIPTIONS_PER_CONNECTION: Final = 5000
-#: §3.2: RDH caps guids at 50 characters [U]; we stay under it.
+#: rd-hub-go caps guids at 50 characters (unconfirmed, docs/protocol.md §3.2); we stay under it.
 MAX_GUID_LENGTH: Final = 50
 
 
@@ -140,7 +143,7 @@ _TRANSITIONS: Final[dict[SubscriptionState, dict[_Event, SubscriptionState]]] = 
     _S.CLOSING: {
         _E.CONFIRM: _S.CLOSED,
         _E.REJECT: _S.CLOSED,  # the caller may log outcome.error (see on_status)
-        _E.LOSE: _S.CLOSED,  # the server forgot it with the connection (§9.5)
+        _E.LOSE: _S.CLOSED,  # the server forgot it with the connection (docs/protocol.md §9.5)
     },
     _S.FAILED: {
         _E.RELEASE: _S.CLOSED,  # nothing on the server to cancel
@@ -166,8 +169,8 @@ def _base62(n: int) -> str:
 class GuidFactory:
     """The default guid factory: ``<prefix>-<base-62 counter>``, e.g. ``k3Xq9a-1Z``.
 
-    Guids need not be UUIDs (§3.2: the SDK uses ``b1_3F``); short ones keep frames small. The
-    counter makes them unique for the factory's lifetime; the prefix (6 random base-62
+    Guids need not be UUIDs (docs/protocol.md §3.2: the SDK uses ``b1_3F``); short ones keep frames
+    small. The counter makes them unique for the factory's lifetime; the prefix (6 random base-62
     characters unless given) tells registries apart in logs and recordings.
     """
 
@@ -192,7 +195,7 @@ class Subscription(Generic[R, C]):
     """One server subscription, as the registry tracks it. Read-only to callers.
 
     Attributes:
-        guid: the subscription's guid; kept across reconnects (§9.5).
+        guid: the subscription's guid; kept across reconnects (docs/protocol.md §9.5).
         request: the request it was created for.
         connection_id: the connection it lives on (or is to be re-sent on, when RESTORING).
         state: a :class:`SubscriptionState`.
@@ -298,7 +301,7 @@ class SubscriptionRegistry(Generic[R, C]):
 
     Args:
         max_per_connection: most subscriptions (PENDING, ACTIVE, RESTORING and CLOSING) one
-            connection may hold; ALOR allows 5000 (§7).
+            connection may hold; ALOR allows 5000 (docs/protocol.md §7).
         max_total: optional cap over all connections (None: no cap).
         guid_factory: returns a new guid on each call; it must never repeat one. Defaults to a
             :class:`GuidFactory` with a random prefix.
@@ -330,12 +333,14 @@ class SubscriptionRegistry(Generic[R, C]):
     # -- guids -------------------------------------------------------------------------------
 
     def new_guid(self) -> str:
-        """A fresh guid from the registry's factory, e.g. for an application ping (§3.7).
+        """A fresh guid from the registry's factory, e.g. for an application ping
+        (docs/protocol.md §3.7).
 
         The registry does not track it: a reply to it is reported ``UNKNOWN``.
         """
         guid = self._guid_factory()
-        # §3.2; printable ASCII without quotes, as requests.validate_guid wants for splicing.
+        # Printable ASCII without quotes (docs/protocol.md §3.2), as requests.validate_guid wants
+        # for splicing.
         if (
             not isinstance(guid, str)
             or not 0 < len(guid) <= MAX_GUID_LENGTH
@@ -346,7 +351,7 @@ class SubscriptionRegistry(Generic[R, C]):
             raise InvalidArgumentError(
                 "guid_factory",
                 f"must return 1-{MAX_GUID_LENGTH} printable ASCII characters without quotes or"
-                f" backslashes (§3.2), got {guid!r}",
+                f" backslashes (docs/protocol.md §3.2), got {guid!r}",
             )
         if guid in self._entries:
             raise InvalidArgumentError(
@@ -369,8 +374,9 @@ class SubscriptionRegistry(Generic[R, C]):
         """
         existing = self._live.get(request)
         if existing is not None:
-            # §9.1: one server subscription per distinct request, shared by its holders. We
-            # join it even on another connection: a second copy would double the traffic.
+            # docs/protocol.md §9.1: one server subscription per distinct request, shared by its
+            # holders. We join it even on another connection: a second copy would double the
+            # traffic.
             existing._refcount += 1
             return SubscribeResult(existing, send=False)
         # Limits first, guid second: a refused subscribe leaves no trace, not even a guid.
@@ -384,10 +390,10 @@ class SubscriptionRegistry(Generic[R, C]):
     def unsubscribe(self, guid: str) -> bool:
         """Release one reference to the subscription ``guid``.
 
-        Returns True when the last reference went and an ``unsubscribe`` frame (§3.8) must be
-        sent on ``get(guid).connection_id``; the entry is then CLOSING until the reply. Returns
-        False otherwise: other references remain, or the entry was RESTORING or FAILED, which
-        close at once because the server holds nothing to cancel.
+        Returns True when the last reference went and an ``unsubscribe`` frame
+        (docs/protocol.md §3.8) must be sent on ``get(guid).connection_id``; the entry is then
+        CLOSING until the reply. Returns False otherwise: other references remain, or the entry was
+        RESTORING or FAILED, which close at once because the server holds nothing to cancel.
 
         Raises:
             InvalidState: unknown guid, or already unsubscribed (CLOSING or CLOSED).
@@ -410,8 +416,8 @@ class SubscriptionRegistry(Generic[R, C]):
         Returns:
             The entries that became RESTORING now, in subscribe order (to notify holders).
         """
-        # §9.5: server-side subscriptions do not survive a reconnect, so everything on the
-        # connection is gone; the guids are kept for the re-send. Copy: _apply may delete.
+        # docs/protocol.md §9.5: server-side subscriptions do not survive a reconnect, so everything
+        # on the connection is gone; the guids are kept for the re-send. Copy: _apply may delete.
         lost = []
         for entry in list(self._entries.values()):
             if entry._connection_id != connection_id:
@@ -424,9 +430,9 @@ class SubscriptionRegistry(Generic[R, C]):
     def restore_plan(self, connection_id: C) -> list[Subscription[R, C]]:
         """The RESTORING entries of ``connection_id`` to re-send, in original subscribe order.
 
-        For each one: optionally :meth:`move` it, send its request with its guid (§9.5) and
-        the current token, then call :meth:`mark_resent`. The plan is a snapshot; entries
-        already marked resent are not in the next one.
+        For each one: optionally :meth:`move` it, send its request with its guid
+        (docs/protocol.md §9.5) and the current token, then call :meth:`mark_resent`. The plan is a
+        snapshot; entries already marked resent are not in the next one.
         """
         return [
             entry
@@ -471,7 +477,7 @@ class SubscriptionRegistry(Generic[R, C]):
     def on_status(
         self, request_guid: str, http_code: int, message: str = ""
     ) -> StatusOutcome[R, C]:
-        """Feed one status reply (§3.3) and get what it meant. Never raises.
+        """Feed one status reply (docs/protocol.md §3.3) and get what it meant. Never raises.
 
         * PENDING: 200 -> ACTIVE (``CONFIRMED``); else -> FAILED (``REJECTED``, ``error`` from
           :func:`~alorws.errors.rejection_for`: 401 ``TokenRejected``, 429
@@ -481,14 +487,14 @@ class SubscriptionRegistry(Generic[R, C]):
           completes it and the second is ``UNKNOWN``. A non-200 reply is in ``error``: the
           server may still be streaming it (e.g. an expired token, 401); its data is dropped
           as unroutable, and the slot is freed in our count, which may then undercount.
-        * ACTIVE, RESTORING, FAILED: nothing changes (``IGNORED``). §12 row 2: a rejected
-          duplicate leaves the existing subscription untouched.
+        * ACTIVE, RESTORING, FAILED: nothing changes (``IGNORED``). A rejected duplicate leaves
+          the existing subscription untouched (docs/protocol.md §12.2).
         * Not tracked (never ours, CLOSED, or a ping guid): ``UNKNOWN``.
         """
         entry = self._entries.get(request_guid)
         if entry is None:
             return StatusOutcome(StatusKind.UNKNOWN)
-        # §5: only 200 is success; never look at ``message``, it is free text.
+        # docs/protocol.md §5: only 200 is success; never look at ``message``, it is free text.
         ok = http_code == 200
         event = _Event.CONFIRM if ok else _Event.REJECT
         error = None if ok else rejection_for(http_code, message, request_guid)
@@ -516,7 +522,7 @@ class SubscriptionRegistry(Generic[R, C]):
         """Whether data for ``guid`` should be delivered: True for live entries.
 
         RESTORING counts as live: data read from a connection before it was lost is genuine.
-        Data for CLOSING, FAILED, CLOSED or unknown guids must be dropped (§3.4).
+        Data for CLOSING, FAILED, CLOSED or unknown guids must be dropped (docs/protocol.md §3.4).
         """
         entry = self._entries.get(guid)
         return entry is not None and entry._state in _LIVE
@@ -584,8 +590,8 @@ class SubscriptionRegistry(Generic[R, C]):
         if n >= self._max_per_connection:
             raise SubscriptionLimitError(
                 f"connection {connection_id!r} already holds {n} subscriptions, the most"
-                f" allowed per connection ({self._max_per_connection}, §7); use another"
-                " connection (see counts()) or unsubscribe first; nothing was sent"
+                f" allowed per connection ({self._max_per_connection}, docs/protocol.md §7);"
+                " use another connection (see counts()) or unsubscribe first; nothing was sent"
             )
         if total and self._max_total is not None and self._total >= self._max_total:
             raise SubscriptionLimitError(

@@ -1,17 +1,19 @@
 """``/ws`` subscription requests as hashable value objects, and their wire encoding.
 
-A request says *what* is subscribed (§4); it holds no ``guid`` and no ``token`` (§3.2). Two equal
-requests mean one server subscription, so they can key a de-duplicating registry. The full frame
-is built at send time by :func:`encode_subscribe`, which splices the guid and the current token
-into the request's JSON (§2.5: every ``/ws`` request carries the token).
+A request says *what* is subscribed (docs/protocol.md §4); it holds no ``guid`` and no ``token``
+(docs/protocol.md §3.2). Two equal requests mean one server subscription, so they can key a
+de-duplicating registry. The full frame is built at send time by :func:`encode_subscribe`, which
+splices the guid and the current token into the request's JSON (docs/protocol.md §2.5: every ``/ws``
+request carries the token).
 
 Every request validates itself on construction and on decoding (the simulator decodes client
 frames with :data:`AnySubscriptionRequest`), raising :class:`~alorws.errors.InvalidArgumentError`
 (wrapped by msgspec into ``msgspec.ValidationError`` when decoding) that names the field.
-Enum-like values are accepted in any casing and always sent in their documented spelling (§3.2).
+Enum-like values are accepted in any casing and always sent in their documented spelling
+(docs/protocol.md §3.2).
 
-Decoding accepts what real clients send (§4.4, §4.13): keys a request does not have (``guid``,
-``token``, the web terminal's ``repeatCount``, AlorPy's ``prev``) are ignored; an
+Decoding accepts what real clients send (docs/protocol.md §12.15): keys a request does not have
+(``guid``, ``token``, the web terminal's ``repeatCount``, AlorPy's ``prev``) are ignored; an
 ``instrumentGroup`` of ``null`` or ``""`` means no board; ``depth: 0`` asks the tape for no
 history; the web terminal's older opcode ``AllTradesSubscribe`` decodes as an all-trades request.
 """
@@ -56,8 +58,8 @@ __all__ = [
 
 E = TypeVar("E", bound=enum.StrEnum)
 
-GUID_MAX_LEN: Final = 50  # §3.2: RDH caps guids at 50 characters [U]; we keep to it.
-_TF_LETTERS: Final = frozenset("DWMY")  # §4.3: day, week, month, year
+GUID_MAX_LEN: Final = 50  # rd-hub-go's cap (unconfirmed); we keep to it (docs/protocol.md §3.2)
+_TF_LETTERS: Final = frozenset("DWMY")  # docs/protocol.md §4.3: day, week, month, year
 
 
 # -- shared checks (also used by commands.py) ------------------------------------------------
@@ -136,7 +138,8 @@ def _positive_number(field: str, value: object) -> float:
 
 
 def _board(value: object) -> object:
-    """§3.6: a board code; ``None`` or ``""`` (what the web terminal sends) mean no board."""
+    """A board code (docs/protocol.md §3.6); ``None`` or ``""`` (what the web terminal sends) mean
+    no board."""
     if value is None or value == "":
         return UNSET
     return _text("instrument_group", value)
@@ -158,12 +161,13 @@ def _enum(field: str, cls: type[E], value: object) -> E:
 def _token_json(token: object) -> bytes:
     """The token as a JSON string; its value never appears in an error message."""
     if type(token) is not str or not token:
-        raise InvalidArgumentError("token", "must be a non-empty str (the access JWT, §2.5)")
+        raise InvalidArgumentError("token", "must be a non-empty str (the access JWT)")
     return _ENCODER.encode(token)
 
 
 def _tf(value: object) -> str:
-    """§4.3: seconds as a positive integer, or D/W/M/Y; normalized to the wire string."""
+    """Seconds as a positive integer, or D/W/M/Y (docs/protocol.md §4.3); normalized to the wire
+    string."""
     if type(value) is int:
         if value > 0:
             return str(value)
@@ -179,7 +183,8 @@ def _tf(value: object) -> str:
 
 
 def _statuses(value: object) -> tuple[OrderStatus, ...]:
-    """§4.11: a tuple of order statuses (any iterable of members or strings is accepted)."""
+    """A tuple of order statuses (any iterable of members or strings is accepted;
+    docs/protocol.md §4.11)."""
     if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
         raise InvalidArgumentError(
             "order_statuses", f"must be a tuple of statuses, got {type(value).__name__}"
@@ -191,18 +196,19 @@ def _statuses(value: object) -> tuple[OrderStatus, ...]:
 _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "exchange": lambda v: _enum("exchange", Exchange, v),
     "format": lambda v: _enum("format", Format, v),
-    "code": lambda v: _text("code", v),  # §4: ticker, required
-    "portfolio": lambda v: _text("portfolio", v),  # §4.6-§4.12: required
-    "instrument_group": _board,  # §3.6: board
-    # §3.6: ms; the server clamps it up to ``Format.min_frequency_ms`` (§12.4) — we do not.
+    "code": lambda v: _text("code", v),  # docs/protocol.md §4: ticker, required
+    "portfolio": lambda v: _text("portfolio", v),  # docs/protocol.md §4.6-4.12: required
+    "instrument_group": _board,  # docs/protocol.md §3.6: board
+    # ms (docs/protocol.md §3.6); the server clamps it up to ``Format.min_frequency_ms``
+    # (docs/protocol.md §12.4) — we do not.
     "frequency": lambda v: _int("frequency", v, 0),
-    "skip_history": lambda v: _flag("skip_history", v),  # §3.6
-    "split_adjust": lambda v: _flag("split_adjust", v),  # §4.3
-    "include_virtual_trades": lambda v: _flag("include_virtual_trades", v),  # §4.4
-    "slice_mode": lambda v: _text("slice_mode", v),  # §4.3: not in SPEC [O]
-    "tf": _tf,  # §4.3, §4.13
-    "from_": lambda v: _int("from_", v, 0),  # §4.3: UTC Unix seconds
-    "order_statuses": _statuses,  # §4.11, §4.12
+    "skip_history": lambda v: _flag("skip_history", v),  # docs/protocol.md §3.6
+    "split_adjust": lambda v: _flag("split_adjust", v),  # docs/protocol.md §4.3
+    "include_virtual_trades": lambda v: _flag("include_virtual_trades", v),  # docs/protocol.md §4.4
+    "slice_mode": lambda v: _text("slice_mode", v),  # docs/protocol.md §4.3: sent by the SDK only
+    "tf": _tf,  # docs/protocol.md §4.3 and docs/protocol.md §4.13
+    "from_": lambda v: _int("from_", v, 0),  # docs/protocol.md §4.3: UTC Unix seconds
+    "order_statuses": _statuses,  # docs/protocol.md §4.11 and docs/protocol.md §4.12
 }
 
 
@@ -218,14 +224,15 @@ class SubscriptionRequest(
     gc=False,
     repr_omit_defaults=True,
 ):
-    """Base of every ``/ws`` subscription request (§3.2 envelope without guid/token)."""
+    """Base of every ``/ws`` subscription request: the envelope without guid and token
+    (docs/protocol.md §3.2)."""
 
     opcode: ClassVar[SubscriptionOpcode]
-    # §4.1 depth bounds (low, high) for requests that have a ``depth`` field.
+    # Depth bounds (low, high; docs/protocol.md §4.1) for requests that have a ``depth`` field.
     _depth_range: ClassVar[tuple[int, int]] = (1, 50)
 
-    exchange: Exchange = Exchange.MOEX  # §3.2
-    format: Format = Format.SIMPLE  # §3.2, §3.5: also sets the minimum frequency
+    exchange: Exchange = Exchange.MOEX  # docs/protocol.md §3.2
+    format: Format = Format.SIMPLE  # docs/protocol.md §3.5: also sets the minimum frequency
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -247,18 +254,18 @@ class SubscriptionRequest(
 class OrderBookRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="OrderBookGetAndSubscribe"
 ):
-    """§4.1: order book (Level 2), the whole top-``depth`` book per message."""
+    """Order book (Level 2), the whole top-``depth`` book per message (docs/protocol.md §4.1)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDER_BOOK
 
     code: str
     instrument_group: str | None | UnsetType = UNSET
-    depth: int = 20  # §4.1: levels per side, 1..50 [V]
+    depth: int = 20  # levels per side, 1..50
     frequency: int | UnsetType = UNSET
 
 
 class QuotesRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="QuotesSubscribe"):
-    """§4.2: quotes / ticker summary."""
+    """Quotes / ticker summary (docs/protocol.md §4.2)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.QUOTES
 
@@ -268,28 +275,29 @@ class QuotesRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="QuotesS
 
 
 class BarsRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="BarsGetAndSubscribe"):
-    """§4.3: candles; ``tf`` is normalized to its wire string (60 -> "60", "d" -> "D")."""
+    """Candles (docs/protocol.md §4.3); ``tf`` is normalized to its wire string
+    (60 -> "60", "d" -> "D")."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.BARS
 
     code: str
     tf: str | int
-    from_: int = msgspec.field(name="from")  # §4.3: UTC Unix seconds of the first candle
+    from_: int = msgspec.field(name="from")  # UTC Unix seconds of the first candle
     skip_history: bool | UnsetType = UNSET
     split_adjust: bool | UnsetType = UNSET
     instrument_group: str | None | UnsetType = UNSET
     frequency: int | UnsetType = UNSET
-    slice_mode: str | UnsetType = UNSET  # §4.3: SDK-only, meaning unknown [U]
+    slice_mode: str | UnsetType = UNSET  # only the official SDK sends it; its meaning is unknown
 
 
 class AllTradesRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="AllTradesGetAndSubscribe"
 ):
-    """§4.4: anonymous tape (all trades), optionally preceded by the last ``depth`` trades
-    (``0``, AlorPy's default, asks for none)."""
+    """Anonymous tape (all trades), optionally preceded by the last ``depth`` trades
+    (``0``, AlorPy's default, asks for none; docs/protocol.md §4.4)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ALL_TRADES
-    _depth_range: ClassVar[tuple[int, int]] = (0, 5000)  # §4.4: max 5000 [V]; 0 = no history
+    _depth_range: ClassVar[tuple[int, int]] = (0, 5000)  # at most 5000; 0 = no history
 
     code: str
     instrument_group: str | None | UnsetType = UNSET
@@ -300,7 +308,7 @@ class AllTradesRequest(
 class InstrumentRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="InstrumentsGetAndSubscribeV2"
 ):
-    """§4.5: instrument status and limits (full first message, then patches)."""
+    """Instrument status and limits (full first message, then patches; docs/protocol.md §4.5)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.INSTRUMENT
 
@@ -311,68 +319,69 @@ class InstrumentRequest(
 class PositionsRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="PositionsGetAndSubscribeV2"
 ):
-    """§4.6: positions (securities and money) of one portfolio."""
+    """Positions (securities and money) of one portfolio (docs/protocol.md §4.6)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.POSITIONS
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
 class SummariesRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="SummariesGetAndSubscribeV2"
 ):
-    """§4.7: portfolio summary."""
+    """Portfolio summary (docs/protocol.md §4.7)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SUMMARIES
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
 class RisksRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="RisksGetAndSubscribe"):
-    """§4.8: portfolio risks."""
+    """Portfolio risks (docs/protocol.md §4.8)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.RISKS
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
 class SpectraRisksRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="SpectraRisksGetAndSubscribe"
 ):
-    """§4.9: FORTS (derivatives) risks."""
+    """FORTS (derivatives) risks (docs/protocol.md §4.9)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.SPECTRA_RISKS
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
 class OwnTradesRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="TradesGetAndSubscribeV2"
 ):
-    """§4.10: own trades (fills) of one portfolio."""
+    """Own trades (fills) of one portfolio (docs/protocol.md §4.10)."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.TRADES
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
 
 
 class OrdersRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="OrdersGetAndSubscribeV2"):
-    """§4.11: own market and limit orders; ``order_statuses`` filters the history replay only."""
+    """Own market and limit orders (docs/protocol.md §4.11); ``order_statuses`` filters the history
+    replay only."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.ORDERS
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
     order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
 
@@ -380,12 +389,13 @@ class OrdersRequest(SubscriptionRequest, frozen=True, kw_only=True, tag="OrdersG
 class StopOrdersRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="StopOrdersGetAndSubscribeV2"
 ):
-    """§4.12: own stop / stop-limit orders; ``order_statuses`` filters the history replay only."""
+    """Own stop / stop-limit orders (docs/protocol.md §4.12); ``order_statuses`` filters the history
+    replay only."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.STOP_ORDERS
 
     portfolio: str
-    instrument_group: str | None | UnsetType = UNSET  # §3.6: board (AlorPy sends it)
+    instrument_group: str | None | UnsetType = UNSET  # board (AlorPy sends it)
     skip_history: bool | UnsetType = UNSET
     order_statuses: tuple[OrderStatus, ...] | UnsetType = UNSET
 
@@ -393,17 +403,19 @@ class StopOrdersRequest(
 class ClustersRequest(
     SubscriptionRequest, frozen=True, kw_only=True, tag="ClustersGetAndSubscribe"
 ):
-    """§4.13: trade clusters (UI-only opcode [O]); ``tf`` as in :class:`BarsRequest`."""
+    """Trade clusters, an opcode only the web terminal uses (docs/protocol.md §4.13); ``tf`` as
+    in :class:`BarsRequest`."""
 
     opcode: ClassVar[SubscriptionOpcode] = SubscriptionOpcode.CLUSTERS
 
     code: str
     tf: str | int
-    from_: int = msgspec.field(name="from")  # §4.13: UTC Unix seconds
+    from_: int = msgspec.field(name="from")  # UTC Unix seconds
 
 
 class _AllTradesSubscribe(AllTradesRequest, frozen=True, kw_only=True, tag="AllTradesSubscribe"):
-    """§4.4, §4.13: the web terminal's older opcode of the all-trades tape (decoding only).
+    """The web terminal's older opcode of the all-trades tape, decoding only
+    (docs/protocol.md §4.4).
 
     An instance is an :class:`AllTradesRequest` in every respect but its class and the opcode
     it would be re-encoded with; alorws itself always sends ``AllTradesGetAndSubscribe``.
@@ -455,7 +467,8 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 def encode_subscribe(request: SubscriptionRequest, *, guid: str, token: str) -> bytes:
-    """The full subscribe frame: ``request``'s fields plus ``guid`` and ``token`` (§3.2)."""
+    """The full subscribe frame: ``request``'s fields plus ``guid`` and ``token``
+    (docs/protocol.md §3.2)."""
     if not isinstance(request, SubscriptionRequest):
         raise InvalidArgumentError(
             "request", f"expected a SubscriptionRequest, got {type(request).__name__}"
@@ -467,7 +480,8 @@ def encode_subscribe(request: SubscriptionRequest, *, guid: str, token: str) -> 
 
 
 def encode_unsubscribe(guid: str, token: str) -> bytes:
-    """``{"opcode":"unsubscribe","guid":…,"token":…}``: cancel subscription ``guid`` (§3.8)."""
+    """``{"opcode":"unsubscribe","guid":…,"token":…}``: cancel subscription ``guid``
+    (docs/protocol.md §3.8)."""
     guid_bytes = validate_guid(guid).encode("ascii")
     token_json = _token_json(token)
     return b"".join(
@@ -476,7 +490,8 @@ def encode_unsubscribe(guid: str, token: str) -> bytes:
 
 
 def encode_ping(guid: str, token: str) -> bytes:
-    """``{"opcode":"ping","guid":…,"confirm":true,"token":…}``: application keep-alive (§3.7)."""
+    """``{"opcode":"ping","guid":…,"confirm":true,"token":…}``: application keep-alive
+    (docs/protocol.md §3.7)."""
     guid_bytes = validate_guid(guid).encode("ascii")
     token_json = _token_json(token)
     return b"".join(

@@ -1,9 +1,9 @@
 """Conversions for the time units ALOR puts on the wire.
 
-Models keep times exactly as sent (§3.5): Unix seconds (``Bar.time``, ``last_price_timestamp``),
-Unix milliseconds (``ms_timestamp``, ``Trade.timestamp``) or ISO-8601 strings with up to 7
-fraction digits (``Order.trans_time``; Slim sometimes omits the ``Z``). These helpers turn any of
-them into aware UTC ``datetime`` objects and back.
+Models keep times exactly as sent (docs/protocol.md §3.5): Unix seconds (``Bar.time``,
+``last_price_timestamp``), Unix milliseconds (``ms_timestamp``, ``Trade.timestamp``) or ISO-8601
+strings with up to 7 fraction digits (``Order.trans_time``; Slim sometimes omits the ``Z``). These
+helpers turn any of them into aware UTC ``datetime`` objects and back.
 """
 
 from __future__ import annotations

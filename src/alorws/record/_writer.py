@@ -114,10 +114,11 @@ _MADV_POPULATE_WRITE: Final = 23
 #: The writer's nice value (the reader and the consumer come first; queues absorb the lag).
 NICE: Final = 10
 
-# The shape every ALOR data message has on the wire (§3.4): ``{"data":{…},"guid":"…"}``. Frames
-# of that shape are classified in C, in bulk, by a handful of Arrow kernels (which run without
-# the GIL, so the reader and the consumer keep their thread); anything else goes through route()
-# one by one. A frame is a data message of guid G here exactly when it
+# The shape every ALOR data message has on the wire (docs/protocol.md §3.4):
+# ``{"data":{…},"guid":"…"}``. Frames of that shape are classified in C, in bulk, by a handful of
+# Arrow kernels (which run without the GIL, so the reader and the consumer keep their thread);
+# anything else goes through route() one by one. A frame is a data message of guid G here
+# exactly when it
 #   * starts with ``{"data":`` not followed by ``nu`` (``{"data":null`` is a status-like reply), and
 #   * ends with ``,"guid":"G"}`` where G is 1-(_TAIL - 11) characters of printable ASCII other
 #     than quote and backslash (so G is the top-level key's value as JSON decodes it).

@@ -28,11 +28,12 @@ waits for a consumer whose buffer holds ``max_buffer`` items, so a stream that i
 never read stalls the replay. When the recording ends, every stream ends (``async for``
 finishes).
 
-A subscription confirmed a second time with the same guid (a restore after a reconnect, §9.5)
-delivers a ``restored`` :class:`~alorws.client.lane.LaneEvent`, as live. After a live restore
-an orders, stop-orders or own-trades stream also fetches the HTTP snapshot and adds what it had
-never seen; a recording holds ``/ws`` frames only, so a replayed restore adds nothing (the same
-unless something was missed during the gap). The whole recording is loaded into memory.
+A subscription confirmed a second time with the same guid (a restore after a reconnect,
+docs/protocol.md §9.5) delivers a ``restored`` :class:`~alorws.client.lane.LaneEvent`, as live.
+After a live restore an orders, stop-orders or own-trades stream also fetches the HTTP snapshot and
+adds what it had never seen; a recording holds ``/ws`` frames only, so a replayed restore adds
+nothing (the same unless something was missed during the gap). The whole recording is loaded into
+memory.
 """
 
 from __future__ import annotations
@@ -679,7 +680,7 @@ class Replay:
                 for buffer in slot.buffers:
                     buffer.push(msg.data)
             elif msg is not None and msg.ok:
-                if msg.request_guid in slot.confirmed:  # same guid again: a restore (§9.5)
+                if msg.request_guid in slot.confirmed:  # same guid again: a restore
                     event = LaneEvent("restored", conns[i])
                     for buffer in slot.buffers:
                         buffer.push_event(event)

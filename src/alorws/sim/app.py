@@ -83,7 +83,7 @@ def exposure_warning(host: str, admin: bool) -> str | None:
 
 
 def _random_refresh_token() -> str:
-    """A fresh refresh token, UUID-shaped like ALOR's (§2.1)."""
+    """A fresh refresh token, UUID-shaped like ALOR's (docs/protocol.md §2.1)."""
     h = secrets.token_hex(16)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -94,8 +94,8 @@ class Simulator:
     Args:
         host, port: where to listen (port 0 picks a free one; see :attr:`url`).
         seed: seeds the synthetic market (deterministic) and the random faults.
-        max_connections, max_subscriptions, max_unread: the limits of §12.9.
-        token_lifetime: access JWT lifetime in seconds (§12.1).
+        max_connections, max_subscriptions, max_unread: the limits of docs/protocol.md §12.9.
+        token_lifetime: access JWT lifetime in seconds (docs/protocol.md §12.1).
         rate: market events per second.
         admin: serve the ``/sim/*`` fault endpoints.
         admin_token: require it on every ``/sim/*`` request (``Authorization: Bearer <admin
@@ -103,7 +103,7 @@ class Simulator:
             is generated when not given (see :attr:`admin_token`).
         demo_refresh_token: the demo account's refresh token; random when not given.
         tls: serve https/wss with a self-signed certificate (see :attr:`cert_path`).
-        http_rate: HTTP requests per second per account (§12.10).
+        http_rate: HTTP requests per second per account (docs/protocol.md §12.10).
         send_buffer: kernel send buffer (SO_SNDBUF) per connection, bytes; None = the OS's
             (tests pass a small one so that a client that stops reading overflows quickly).
         history_days: days of synthetic history before now.
@@ -294,7 +294,8 @@ class Simulator:
         return sum(1 for e in events if isinstance(e, TradePrinted))
 
     def set_trading_status(self, symbol: str, status: int) -> None:
-        """Change the trading status of ``symbol`` now and publish the partial update (§4.5).
+        """Change the trading status of ``symbol`` now and publish the partial update
+        (docs/protocol.md §4.5).
 
         ``status`` is an exchange code (2 is a break, 17 normal trading).
         """

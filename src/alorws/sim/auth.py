@@ -1,15 +1,16 @@
-"""Refresh tokens, access JWTs and their validation for the simulator (§2).
+"""Refresh tokens, access JWTs and their validation for the simulator (docs/protocol.md §2).
 
 A refresh token maps to an account (login + portfolios, owned by the trading engine). ``POST
-/refresh`` trades it for an access JWT whose claims mirror ALOR's (§2.4): ``sub``, ``ent``,
-``agreements`` and ``portfolios`` (space-separated, three portfolios per agreement in claim
+/refresh`` trades it for an access JWT whose claims mirror ALOR's (docs/protocol.md §2.4): ``sub``,
+``ent``, ``agreements`` and ``portfolios`` (space-separated, three portfolios per agreement in claim
 order), ``scope``, ``aud``, ``iss``, ``iat``, ``exp`` and a ``jti``.
 
-§12.1: tokens are signed with a per-simulator HMAC key (``HS256``; ALOR signs with ES256, but
-clients never verify the signature, they only read ``exp``). The simulator does verify it, so a
-forged or foreign token is refused exactly like an expired one. The lifetime is configurable
-(default 1800 s). :meth:`TokenService.expire_all` is the "expire every token now" fault: it bumps
-an epoch carried in ``jti``, so every token issued before it is invalid from then on.
+docs/protocol.md §12.1: tokens are signed with a per-simulator HMAC key (``HS256``; ALOR signs with
+ES256, but clients never verify the signature, they only read ``exp``). The simulator does verify
+it, so a forged or foreign token is refused exactly like an expired one. The lifetime is
+configurable (default 1800 s). :meth:`TokenService.expire_all` is the "expire every token now"
+fault: it bumps an epoch carried in ``jti``, so every token issued before it is invalid from then
+on.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class TokenService:
     """Issues and checks access JWTs; knows nothing about accounts beyond what it is given.
 
     Args:
-        lifetime: seconds from issue to ``exp`` (§2.3: ALOR's are 1800 s).
+        lifetime: seconds from issue to ``exp`` (docs/protocol.md §2.3: ALOR's are 1800 s).
         clock: wall clock in seconds (tests may pass a fake one).
     """
 
@@ -99,7 +100,8 @@ class TokenService:
         allowed: Iterable[str] | None = None,
         lifetime: float | None = None,
     ) -> str:
-        """A fresh access JWT for ``login``; ``allowed`` narrows the portfolios (§2.2).
+        """A fresh access JWT for ``login``; ``allowed`` narrows the portfolios
+        (docs/protocol.md §2.2).
 
         ``lifetime`` overrides the service's (tests pass a negative one for an expired token).
         """
@@ -166,6 +168,7 @@ class TokenService:
         return Claims(payload.sub, frozenset(payload.portfolios.split()), payload.exp, int(serial))
 
     def expire_all(self) -> None:
-        """Fault: every token issued so far becomes invalid at once (§12.1 expiry, on demand)."""
+        """Fault: every token issued so far becomes invalid at once (docs/protocol.md §12.1 expiry,
+        on demand)."""
         self._epoch += 1
         self._cache.clear()

@@ -1,9 +1,9 @@
-"""Accounts, portfolios and a matching engine against the synthetic book (issue 4 point 5).
+"""Accounts, portfolios and a matching engine against the synthetic book.
 
 Pure: no asyncio, no wall clock; time comes in as Unix milliseconds. The one side effect is the
-optional JSONL append of the ground-truth log (point 10), off unless ``ground_truth_path`` is set.
+optional JSONL append of the ground-truth log, off unless ``ground_truth_path`` is set.
 
-How orders execute (§6):
+How orders execute (docs/protocol.md §6):
 
 * **market** orders and **marketable limit** orders take liquidity from the synthetic book with
   :meth:`SyntheticMarket.take` at once; what a market order cannot get from the 50 levels is
@@ -11,10 +11,11 @@ How orders execute (§6):
   later in :meth:`TradingEngine.on_market`, either when the opposite best price reaches its
   limit (it then takes the book) or when the tape prints *through* it (at its limit price);
 * ``fillorkill`` fills completely or not at all, ``immediateorcancel`` cancels what does not
-  fill at once, ``bookorcancel`` (post-only) is cancelled if it would take liquidity (§6.4);
+  fill at once, ``bookorcancel`` (post-only) is cancelled if it would take liquidity
+  (docs/protocol.md §6.4);
 * **stop** and **stop-limit** orders fire on the first print (after they were placed) whose price
   meets ``condition`` against the trigger; they then place a market or limit order;
-* ``update:*`` cancels the order and places a new one with a **new id** (§6.3).
+* ``update:*`` cancels the order and places a new one with a **new id** (docs/protocol.md §6.3).
 
 Every fill happens in one step and is published in one consistent burst, in this order: the
 order (a full new copy), the own trade, the security position, the money position (``RUB``,
@@ -94,7 +95,8 @@ __all__ = [
     "TradingEngine",
 ]
 
-#: The account streams an :class:`AccountEvent` can belong to (one per portfolio opcode, §4.6-12).
+#: The account streams an :class:`AccountEvent` can belong to (one per portfolio opcode,
+#: docs/protocol.md §4.6-4.12).
 STREAMS: Final = (
     "orders",
     "stop_orders",
@@ -104,14 +106,14 @@ STREAMS: Final = (
     "risks",
     "spectra_risks",
 )
-#: The streams the ground-truth log records (point 10): order events, own trades, positions.
+#: The streams the ground-truth log records: order events, own trades, positions.
 GROUND_TRUTH_STREAMS: Final = frozenset({"orders", "stop_orders", "trades", "positions"})
 
 _FIRST_ORDER_ID: Final = 53_420_017_780
 _FIRST_TRADE_ID: Final = 9_012_345_677
 _MAX_LOTS: Final = 1_000_000
 _DAY_MS: Final = 86_400_000
-_STOP_LIFETIME_MS: Final = 30 * _DAY_MS  # stopEndUnixTime 0 / unset (§6.3)
+_STOP_LIFETIME_MS: Final = 30 * _DAY_MS  # stopEndUnixTime 0 / unset (docs/protocol.md §6.3)
 _GTC_LIFETIME_MS: Final = 365 * _DAY_MS
 _MARKET_OF_PREFIX: Final = (("7500", "FORTS"), ("D", "FOND"), ("G", "CURR"))
 _FORTS_FEE_PER_LOT: Final = 1.0
@@ -125,8 +127,8 @@ _PROTECTING_SECONDS: Final = 15  # a stop order's protecting time when the comma
 class Account:
     """A simulator login: its refresh token, agreements and portfolios.
 
-    Each agreement has three portfolios, in this order (§2.4, §12): stock ``D…``, FX ``G…``,
-    derivatives ``7500…``. ``cash`` is each portfolio's opening money (RUB).
+    Each agreement has three portfolios, in this order (docs/protocol.md §12.17): stock ``D…``,
+    FX ``G…``, derivatives ``7500…``. ``cash`` is each portfolio's opening money (RUB).
     """
 
     login: str
@@ -147,7 +149,7 @@ class AccountEvent:
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    """The reply to an order command (§5) and the account events it caused.
+    """The reply to an order command (docs/protocol.md §5) and the account events it caused.
 
     ``order_number`` is the (new) order id on success, None on a 400.
     """
@@ -304,7 +306,8 @@ def _money(x: float) -> float:
 def _lots(x: float) -> Any:
     """Money in lots of 1 RUB, to the kopeck: an int when whole (``1000000``, not ``1000000.0``).
 
-    Typed ``Any``: the model's lot fields are ints, money's lots are fractional (§4.6).
+    Typed ``Any``: the model's lot fields are ints, money's lots are fractional
+    (docs/protocol.md §4.6).
     """
     x = round(x, 2)
     return int(x) if x.is_integer() else x
@@ -319,7 +322,8 @@ class TradingEngine:
     Args:
         market: The synthetic market orders trade against.
         history_cap: How many orders / stop orders / own trades a ``skipHistory:false`` replay
-            sends at most (ALOR's 3000, issue 4 point 8). The server applies it; exposed here.
+            sends at most (3000, docs/protocol.md §12.17; ALOR's own cap, if any, is unknown).
+            The server applies it; exposed here.
         commission_rate: Fee on stock and FX trades, a fraction of the traded value.
         mark_to_market_ms: How often (at most) :meth:`on_market` re-publishes the summary and
             risks of a portfolio holding a traded instrument; ``None`` never.
@@ -346,7 +350,7 @@ class TradingEngine:
         self.commission_rate = commission_rate
         self.mark_to_market_ms = mark_to_market_ms
         self.ground_truth_path = ground_truth_path
-        #: Every published order event, own trade and position change (issue 4 point 10).
+        #: Every published order event, own trade and position change.
         self.ground_truth: list[dict[str, Any]] = []
         self._accounts: dict[str, Account] = {}
         self._by_token: dict[str, Account] = {}
@@ -448,25 +452,27 @@ class TradingEngine:
         ]
 
     def summary(self, portfolio: str) -> Summary:
-        """The portfolio summary now (§4.7)."""
+        """The portfolio summary now (docs/protocol.md §4.7)."""
         return self._summary(self._p(portfolio))
 
     def risk(self, portfolio: str) -> Risk:
-        """The portfolio risks now (§4.8)."""
+        """The portfolio risks now (docs/protocol.md §4.8)."""
         return self._risk(self._p(portfolio), self.market.now_ms)
 
     def spectra_risk(self, portfolio: str) -> SpectraRisk | None:
-        """The FORTS risks now (§4.9); None for a portfolio that is not a derivatives one."""
+        """The FORTS risks now (docs/protocol.md §4.9); None for a portfolio that is not a
+        derivatives one."""
         p = self._p(portfolio)
         return self._spectra(p) if p.market == "FORTS" else None
 
     # -- commands ------------------------------------------------------------------------------
 
     def execute(self, portfolio: str, command: Command, now_ms: int) -> CommandResult:
-        """Run one ``/cws`` (or ``commandapi``) order command for ``portfolio`` (§5, §6).
+        """Run one ``/cws`` (or ``commandapi``) order command for ``portfolio``
+        (docs/protocol.md §6).
 
         Returns the reply (200 with ``orderNumber`` or 400 with a reason) and the account events
-        to publish. Duplicate-guid handling (§12.11) is the caller's business.
+        to publish. Duplicate-guid handling (docs/protocol.md §12.11) is the caller's business.
         """
         events: list[AccountEvent] = []
         try:
@@ -516,7 +522,8 @@ class TradingEngine:
         | UpdateStopLimit,
     ) -> InstrumentInfo:
         ref = command.instrument
-        # §12.8: instrument.instrumentGroup wins over a top-level board; an empty one names none.
+        # docs/protocol.md §12.8: instrument.instrumentGroup wins over a top-level board; an empty
+        # one names none.
         group, top = ref.instrument_group, command.board
         board = group if isinstance(group, str) and group else None
         if board is None and isinstance(top, str) and top:
@@ -539,7 +546,7 @@ class TradingEngine:
     @staticmethod
     def _quantity(lots: int) -> int:
         if type(lots) is not int or lots <= 0 or lots > _MAX_LOTS:
-            raise _Rejected("Invalid or unsupported quantity")  # §5, SPEC's wording
+            raise _Rejected("Invalid or unsupported quantity")  # as in docs/protocol.md §5.3
         return lots
 
     @staticmethod
@@ -600,7 +607,7 @@ class TradingEngine:
         info = self._instrument(p, cmd)
         side = cmd.side
         if replacing is not None and p.market == "FORTS":
-            # §6.3: on FORTS update ignores side and symbol.
+            # docs/protocol.md §6.3: on FORTS update ignores side and symbol.
             info, side = replacing.info, replacing.side
         lots = self._quantity(cmd.quantity)
         limit: float | None = None
@@ -617,7 +624,8 @@ class TradingEngine:
         elif replacing is not None:
             tif = replacing.tif
         if tif is TimeInForce.AT_THE_CLOSE:
-            tif = TimeInForce.FILL_OR_KILL  # §6.4: on MOEX attheclose becomes fillorkill
+            # MOEX treats attheclose as fillorkill (docs/protocol.md §6.4).
+            tif = TimeInForce.FILL_OR_KILL
         if kind is OrderType.MARKET and tif is TimeInForce.BOOK_OR_CANCEL:
             raise _Rejected("timeInForce 'bookorcancel' is not allowed for a market order")
         iceberg: Iceberg | None = None
@@ -1108,7 +1116,8 @@ class TradingEngine:
 
     @staticmethod
     def _money_position(p: _Portfolio) -> Position:
-        # As ALOR shows money (§4.6, §12): lot size 1, so the lots are the (fractional) units.
+        # As ALOR shows money (docs/protocol.md §12.15): lot size 1, so the lots
+        # are the (fractional) units.
         cash = _lots(p.cash)
         opening = _lots(p.cash_open)
         return Position(

@@ -15,7 +15,7 @@ command-line flags of ``alorws sim``.
 * :meth:`Faults.inject`: send an arbitrary (malformed or unknown) frame to connections.
 * :meth:`Faults.restart`: drop every connection and refuse new ones for a while.
 
-The production behaviours of §9.6, as §12.16 models them:
+The production behaviours of docs/protocol.md §9.6, as docs/protocol.md §12.16 models them:
 
 * :meth:`Faults.idle_cws`: a ``/cws`` connection idle for longer than N seconds goes stale:
   ``authorize`` with a token issued before that is answered 200 and does not help, the next
@@ -344,7 +344,7 @@ class Faults:
         self.refuse(seconds)
         return self.drop(code)
 
-    # -- the production behaviours of §9.6 ------------------------------------------------------
+    # -- the production behaviours of docs/protocol.md §9.6 -------------------------------------
 
     def idle_cws(self, seconds: float | None) -> None:
         """Idle ``/cws`` connections go stale after ``seconds`` without a command (None: off).

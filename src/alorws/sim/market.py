@@ -1,4 +1,4 @@
-"""A seeded, deterministic synthetic MOEX market for the simulator (issue 4, points 3 and 8).
+"""A seeded, deterministic synthetic MOEX market for the simulator.
 
 Pure: no asyncio, no I/O and no wall clock. Time comes in as Unix milliseconds, so the same seed
 and the same sequence of calls (``step`` times, ``take``, ``burst``) give the same output.
@@ -11,12 +11,13 @@ What it models, per instrument:
   (orders added, cancelled, improving the spread) and anonymous **trades** that eat the best
   levels. The mid price random-walks out of these, gently pulled back to its start price;
 * **trading status** changes: now and then a short break (status 2), then normal trading (17)
-  again, published as partial :class:`InstrumentPatch` updates (§4.5);
+  again, published as partial :class:`InstrumentPatch` updates (docs/protocol.md §4.5);
 * **history**: ``history_days`` of one-minute candles generated backwards from the start price,
-  so the first live trade continues the chart; candles of every timeframe (§4.3) are aggregated
-  from that history plus the live trades;
-* the quirks of issue 4 point 8: some prints arrive **out of time order**, and one instrument
-  (FEES, a penny stock) has day and longer candle volumes and a day volume above ``2**32``.
+  so the first live trade continues the chart; candles of every timeframe (docs/protocol.md §4.3)
+  are aggregated from that history plus the live trades;
+* two quirks of real data: some prints arrive **out of time order** (a late print is stamped
+  earlier than the one before it), and one instrument (FEES, a penny stock) has day and longer
+  candle volumes and a day volume above ``2**32`` (docs/protocol.md §12.15: 64-bit integers).
 
 The engine trades against the book with :meth:`SyntheticMarket.take`; the server reads snapshots
 (:meth:`~SyntheticMarket.quote`, :meth:`~SyntheticMarket.order_book`, ...) after each
@@ -69,7 +70,7 @@ __all__ = [
 
 #: 2025-06-23 07:00:00 UTC (10:00 MSK, a Monday), the default "now" of a new market.
 DEFAULT_START_MS: Final = 1_750_662_000_000
-#: §4.3: the letter timeframes in seconds (day, week, month, year).
+#: docs/protocol.md §4.3: the letter timeframes in seconds (day, week, month, year).
 TIMEFRAMES: Final[dict[str, int]] = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
 
 #: The longest timeframe served, seconds (a year, ``Y``).
@@ -78,7 +79,7 @@ MAX_TF: Final = TIMEFRAMES["Y"]
 #: and the one after it, still has a calendar date.
 MAX_TIME_S: Final = 253_370_764_800
 
-BOOK_LEVELS: Final = 50  # §4.1: depth 1..50
+BOOK_LEVELS: Final = 50  # docs/protocol.md §4.1: depth 1..50
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY: Final = 86_400
 _STATUS_INFO: Final[dict[int, str]] = {
@@ -89,11 +90,11 @@ _STATUS_INFO: Final[dict[int, str]] = {
 #: risk level put up more (the ratios of ALOR's Heavy Securities example).
 _RISK_CLASSES: Final = (("Low", 1.33), ("Standard", 1.0), ("High", 0.55), ("Special", 0.55))
 _FIRST_TRADE_ID: Final = 11_482_200_000  # int64 ids, as ALOR's (TV-09)
-_RECENT_TRADES: Final = 10_000  # per instrument: replay depth (≤5000, §4.4) and clusters
+_RECENT_TRADES: Final = 10_000  # per instrument: replay depth (≤5000) and clusters
 _MAX_GAP_MS: Final = 60_000  # a longer silence between steps is skipped, not replayed
 _WARMUP_MS: Final = 15_000  # live trading simulated before start_ms, so the tape is not empty
 _WARMUP_EVENTS: Final = 100  # ... but at most this many events per instrument
-_LATE_PRINT_P: Final = 0.02  # share of prints stamped earlier than the one before (point 8)
+_LATE_PRINT_P: Final = 0.02  # share of prints stamped earlier than the one before
 _TRADE_P: Final = 0.3  # share of activity events that are trades
 _BUILD_CHUNK: Final = 1000  # history rows one build step handles (a few ms)
 _MAX_TIMEFRAMES: Final = 32  # candle series kept per instrument
@@ -113,7 +114,8 @@ def _unix(dt: datetime) -> int:
 
 
 def bucket_start(t: int, tf: int) -> int:
-    """The open time (Unix s) of the ``tf``-second candle holding second ``t`` (§4.3).
+    """The open time (Unix s) of the ``tf``-second candle holding second ``t``
+    (docs/protocol.md §4.3).
 
     Days start at 00:00 UTC, weeks on Monday, months (``2592000``) and years (``31536000``) on
     the calendar; any other timeframe is aligned to the epoch.
@@ -146,7 +148,8 @@ def bucket_end(start: int, tf: int) -> int:
 
 # -- reference data ----------------------------------------------------------------------------
 
-# The /md/v2/Securities object (§8): field -> (Simple key, Slim key, Heavy key); None = absent.
+# The /md/v2/Securities object (docs/protocol.md §8.6): field -> (Simple key, Slim key, Heavy key);
+# None = absent.
 _SECURITY_KEYS: Final[tuple[tuple[str, str | None, str | None, str], ...]] = (
     ("symbol", "symbol", "sym", "symbol"),
     ("short_name", "shortname", "n", "shortName"),
@@ -185,7 +188,8 @@ _SECURITY_KEYS: Final[tuple[tuple[str, str | None, str | None, str], ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class InstrumentInfo:
-    """Reference data of one instrument, as ``/md/v2/Securities`` describes it (§8).
+    """Reference data of one instrument, as ``/md/v2/Securities`` describes it
+    (docs/protocol.md §8).
 
     ``price_step`` is the minimum price step (``minstep``), ``step_price`` the money value of one
     step (``pricestep``). Bond prices are percent of ``face_value``. ``margin_buy``/``margin_sell``
@@ -219,7 +223,7 @@ class InstrumentInfo:
 
     @property
     def broker_symbol(self) -> str:
-        """``EXCHANGE:TICKER``, as positions and orders carry it (§4.6)."""
+        """``EXCHANGE:TICKER``, as positions and orders carry it (docs/protocol.md §4.6)."""
         return f"{self.exchange}:{self.symbol}"
 
     def to_ticks(self, price: float) -> int:
@@ -261,7 +265,7 @@ class InstrumentInfo:
         trading_status_info: str | None = None,
         yield_: float | None = None,
     ) -> dict[str, Any]:
-        """The ``/md/v2/Securities`` object of this instrument in ``fmt`` (§8).
+        """The ``/md/v2/Securities`` object of this instrument in ``fmt`` (docs/protocol.md §8).
 
         The live fields (status, yield) are arguments; :meth:`SyntheticMarket.security` fills
         them from the market's current state.
@@ -388,7 +392,7 @@ def _catalogue() -> list[tuple[InstrumentInfo, _Spec]]:
               isin="RU000A0JKQU8", price=4570.0, level=15, trade=2, minute=700, decimals=1),
         stock("VTBR", "ВТБ", "Банк ВТБ ПАО ао", lot=1, step=0.01, face=50,
               isin="RU000A0JP5V6", price=75.62, level=800, trade=60, minute=20_000),
-        # Issue 4 point 8: a penny stock whose day (and longer) volumes exceed 2**32 lots.
+        # A penny stock whose day (and longer) volumes exceed 2**32 lots (64-bit volumes).
         stock("FEES", "Россети", "ПАО Россети ао", lot=10_000, step=0.000002, face=0.5,
               isin="RU000A0JPNN9", price=0.0745, level=2_000_000, trade=150_000,
               minute=30_000_000, decimals=6, daily_vol=0.025),
@@ -526,7 +530,8 @@ class BookUpdated:
 
 @dataclass(frozen=True, slots=True)
 class TradePrinted:
-    """An anonymous trade was printed on the tape (§4.4). ``trade.existing`` is False."""
+    """An anonymous trade was printed on the tape (docs/protocol.md §4.4). ``trade.existing`` is
+    False."""
 
     trade: Trade
 
@@ -591,7 +596,7 @@ class _Series:
             bisect.insort(self.times, t)
 
     def add_trade(self, ts_s: int, price: float, qty: int, late: bool) -> None:
-        """Fold one trade in. A late print (§ point 8) never becomes the close."""
+        """Fold one trade in. A late print (stamped before the last one) never becomes the close."""
         t = self.bucket(ts_s)
         c = self.candles.get(t)
         if c is None:
@@ -730,7 +735,7 @@ _STATUS: Final = 1
 
 
 class SyntheticMarket:
-    """A dozen MOEX instruments with books, tape, candles and status changes (issue 4 point 3).
+    """A dozen MOEX instruments with books, tape, candles and status changes.
 
     Args:
         seed: Seeds every random choice; the same seed and calls give the same output.
@@ -819,7 +824,7 @@ class SyntheticMarket:
     def search(self, query: str = "") -> list[InstrumentInfo]:
         """Instruments whose ticker, names or ISIN contain ``query`` (any case), by turnover.
 
-        A helper for ``GET /md/v2/Securities?query=`` (§8).
+        A helper for ``GET /md/v2/Securities?query=`` (docs/protocol.md §8.3).
         """
         q = query.casefold()
         found = [
@@ -1035,7 +1040,8 @@ class SyntheticMarket:
         out.append(TradePrinted(trade))
 
     def set_status(self, symbol: str, status: int) -> list[MarketEvent]:
-        """Set the trading status of ``symbol`` now and return its partial update (§4.5).
+        """Set the trading status of ``symbol`` now and return its partial update
+        (docs/protocol.md §4.5).
 
         For tests and demos; the market also pauses on its own (``break_interval_s``).
         """
@@ -1125,11 +1131,12 @@ class SyntheticMarket:
         return s.info.price_of(s.bid), s.info.price_of(s.ask)
 
     def trading_status(self, symbol: str) -> int:
-        """The current trading-status code (§4.5)."""
+        """The current trading-status code (docs/protocol.md §4.5)."""
         return self._sym(symbol).status
 
     def order_book(self, symbol: str, depth: int = 20) -> OrderBook:
-        """The top ``depth`` (1..50) levels a side; bids best (highest) first (§4.1, §12.5).
+        """The top ``depth`` (1..50) levels a side; bids best (highest) first
+        (docs/protocol.md §12.5).
 
         ``existing`` is False: the server sets it on the first message of a subscription.
         Bond levels carry their yield (Slim ``y``).
@@ -1154,7 +1161,8 @@ class SyntheticMarket:
         return OrderBook(bids=bids, asks=asks, ms_timestamp=s.book_ms, existing=False)
 
     def quote(self, symbol: str) -> Quote:
-        """The full quote of ``symbol`` (§4.2): last trade, day OHLCV, best prices, book totals."""
+        """The full quote of ``symbol`` (docs/protocol.md §4.2): last trade, day OHLCV, best prices,
+        book totals."""
         s = self._sym(symbol)
         info = s.info
         day = self._series(s, TIMEFRAMES["D"])
@@ -1201,7 +1209,7 @@ class SyntheticMarket:
         )
 
     def instrument_patch(self, symbol: str) -> InstrumentPatch:
-        """The complete first ``InstrumentsGetAndSubscribeV2`` message (§4.5).
+        """The complete first ``InstrumentsGetAndSubscribeV2`` message (docs/protocol.md §4.5).
 
         Status and price band; FORTS instruments add their margins. The option fields
         (synthetic margin, theoretical prices, volatility) are not sent: there are no options.
@@ -1226,7 +1234,8 @@ class SyntheticMarket:
     def security(
         self, symbol: str, fmt: Format | str = Format.SIMPLE, *, complete: bool = False
     ) -> dict[str, Any]:
-        """The ``/md/v2/Securities/{exchange}/{symbol}`` object with the live status (§8).
+        """The ``/md/v2/Securities/{exchange}/{symbol}`` object with the live status
+        (docs/protocol.md §8).
 
         With ``complete``, Heavy also has what no model field holds, as the HTTP server sends
         it: the currencies and the initial margin per lot for each client risk class.
@@ -1257,9 +1266,10 @@ class SyntheticMarket:
         return full
 
     def last_trades(self, symbol: str, n: int) -> list[Trade]:
-        """The most recent ``n`` anonymous trades (up to 10000), oldest first (§4.4 ``depth``).
+        """The most recent ``n`` anonymous trades (up to 10000), oldest first (``depth``,
+        docs/protocol.md §4.4).
 
-        Order is print order: a late print (point 8) sits after the trades it predates.
+        Order is print order: a late print sits after the trades it predates.
         """
         s = self._sym(symbol)
         if n <= 0:
@@ -1272,7 +1282,8 @@ class SyntheticMarket:
     def trades_history(
         self, symbol: str, from_s: int | None, to_s: int | None, offset: int, limit: int
     ) -> tuple[int, list[Trade]]:
-        """Anonymous trades of previous sessions (before today, UTC) in ``[from_s, to_s]`` (§8).
+        """Anonymous trades of previous sessions (before today, UTC) in ``[from_s, to_s]``
+        (docs/protocol.md §8).
 
         Rebuilt from the one-minute history, so they agree with the candles: four prints a
         minute, 15 s apart (the open, both extremes, the close), sharing the minute's volume,
@@ -1349,7 +1360,8 @@ class SyntheticMarket:
         return max(self._now, s.max_ts)
 
     def bars(self, symbol: str, tf: int, from_s: int, to_s: int) -> list[Bar]:
-        """Candles of ``tf`` seconds opening in ``[bucket(from_s), to_s]``, oldest first (§4.3).
+        """Candles of ``tf`` seconds opening in ``[bucket(from_s), to_s]``, oldest first
+        (docs/protocol.md §4.3).
 
         History reaches ``history_days`` back (timeframes under a minute are split from the
         minute candles; those not a multiple of 15 s have live candles only). The last candle
@@ -1565,7 +1577,8 @@ class SyntheticMarket:
         s.history15 = out
 
     def clusters(self, symbol: str, tf: int, from_s: int) -> list[ClusterSnapshot]:
-        """Traded volume per price and aggressor side per ``tf`` period since ``from_s`` (§4.13).
+        """Traded volume per price and aggressor side per ``tf`` period since ``from_s``
+        (docs/protocol.md §4.13).
 
         Built from the recent tape (the last 10000 trades).
         """

@@ -1,12 +1,13 @@
-"""The simulator's aiohttp application: one port, like ALOR's one host (§12.18).
+"""The simulator's aiohttp application: one port, like ALOR's one host (docs/protocol.md §12.18).
 
-Routes: ``/ws`` (subscriptions, §3-§5), ``/cws`` (order commands, §6), ``POST /refresh`` (the
-oauth service, §2.2), the HTTP subset of §8 (``/md/v2/...``, the own trade history under
-``/md/stats/...`` and ``/commandapi/...``) and, only when enabled, the admin endpoints
-``/sim/*`` that inject faults.
+Routes: ``/ws`` (subscriptions, docs/protocol.md §3-5), ``/cws`` (order commands,
+docs/protocol.md §6), ``POST /refresh`` (the oauth service, docs/protocol.md §2.2), the HTTP subset
+of docs/protocol.md §8 (``/md/v2/...``, the own trade history under ``/md/stats/...`` and
+``/commandapi/...``) and, only when enabled, the admin endpoints ``/sim/*`` that inject faults.
 
-Connection limit (§12.9). ALOR's ``/ws`` handshake carries no credentials: the token travels
-inside each request (§2.5). The simulator therefore attributes a connection to an account
+Connection limit (docs/protocol.md §12.9). ALOR's ``/ws`` handshake carries no credentials: the
+token travels inside each request (docs/protocol.md §2.5). The simulator therefore attributes a
+connection to an account
 
 * at the handshake, when it carries ``Authorization: Bearer <jwt>`` (not ALOR's protocol, but
   harmless; clients that send it get the 11th connection refused with HTTP 429 right there);
@@ -14,25 +15,25 @@ inside each request (§2.5). The simulator therefore attributes a connection to 
   or the ``authorize`` of a ``/cws`` connection. If the account already has ``max_connections``
   open connections, that message gets status 429 and the connection is closed with 1008.
 
-Flow control (§7, §12.9). Each connection has its own queue and sender task (see
-``subscriptions.py``). The transport's write buffer is capped (64 KiB) and, when
-``send_buffer`` is set, so is the kernel send buffer (``SO_SNDBUF``); frames a client does not
-read then stay in the queue, where they are counted: more than ``max_unread`` closes the
-connection with 1008. The kernel default (autotuned, up to megabytes on loopback) is kept unless
-``send_buffer`` is given: tests set a small one so a client that stops reading overflows fast;
-a small kernel buffer also caps how much one connection can take per event-loop turn.
+Flow control (docs/protocol.md §12.9). Each connection has its own queue and sender task (see
+``subscriptions.py``). The transport's write buffer is capped (64 KiB) and, when ``send_buffer`` is
+set, so is the kernel send buffer (``SO_SNDBUF``); frames a client does not read then stay in the
+queue, where they are counted: more than ``max_unread`` closes the connection with 1008. The kernel
+default (autotuned, up to megabytes on loopback) is kept unless ``send_buffer`` is given: tests set
+a small one so a client that stops reading overflows fast; a small kernel buffer also caps how much
+one connection can take per event-loop turn.
 
-Bad input (§12.2). Every request is answered: a bad one with a 4xx and a message naming what is
-wrong, whatever the endpoint. Frames over ``MAX_REQUEST`` (64 KiB) close the WebSocket with
-1009; bodies over it get 413. A failure inside the simulator (a bug, not bad input) answers 500
-in place of that one request or frame, is logged and counted in ``stats()["errors"]``; the
-connection it happened on carries on. Replies to ``/cws`` commands go out before any close frame
+Bad input (docs/protocol.md §12.2). Every request is answered: a bad one with a 4xx and a message
+naming what is wrong, whatever the endpoint. Frames over ``MAX_REQUEST`` (64 KiB) close the
+WebSocket with 1009; bodies over it get 413. A failure inside the simulator (a bug, not bad input)
+answers 500 in place of that one request or frame, is logged and counted in ``stats()["errors"]``;
+the connection it happened on carries on. Replies to ``/cws`` commands go out before any close frame
 that follows them, so an executed command never loses its reply to a later close.
 
 Admin (``/sim/*``). With an ``admin_token`` every admin request must carry it, as
 ``Authorization: Bearer <admin token>`` or ``X-Sim-Admin: <admin token>``; otherwise 401.
 
-Production faults (§9.6, §12.16; switched on through :mod:`~alorws.sim.faults`):
+Production faults (docs/protocol.md §12.16; switched on through :mod:`~alorws.sim.faults`):
 
 * **idle ``/cws``** (``cws_idle``): a ``/cws`` connection without a command for longer than
   ``cws_idle`` seconds goes stale. Every token issued until then (the account's, on any
@@ -98,7 +99,7 @@ log = logging.getLogger("alorws.sim")
 MAX_REQUEST: Final = 64 * 1024
 _MAX_INJECT: Final = 1 << 20  # /sim/inject may carry a larger frame (it is sent, not parsed)
 _ENCODE_CHUNK: Final = 2000  # candles encoded per event-loop turn in an HTTP history page
-DUPLICATE_WINDOW: Final = 3600.0  # §12.11: a /cws guid is remembered for 1 hour
+DUPLICATE_WINDOW: Final = 3600.0  # docs/protocol.md §12.11: a /cws guid is remembered for 1 hour
 _TICK: Final = 0.005  # market loop period; below the smallest frequency (Slim, 10 ms)
 _MAX_STEP_MS: Final = 20  # market time advanced per turn at most: bounds the work per turn
 _HIGH_WATER: Final = 64 * 1024  # transport write buffer per connection, bytes
@@ -256,9 +257,9 @@ class SimServer:
     Args:
         market, engine: the synthetic market and trading engine (pure, stepped from here).
         tokens: issues and checks JWTs.
-        limits: connection, subscription and unread limits (§12.9).
+        limits: connection, subscription and unread limits (docs/protocol.md §12.9).
         rate: unused here (the market generates its own events); kept for stats.
-        http_rate: HTTP requests per second per account (§12.10).
+        http_rate: HTTP requests per second per account (docs/protocol.md §12.10).
         admin: serve ``/sim/*``.
         admin_token: when set, every ``/sim/*`` request must carry it (``Authorization:
             Bearer <admin token>`` or ``X-Sim-Admin``); 401 otherwise.
@@ -408,7 +409,8 @@ class SimServer:
         if conn.closing or self.cws_idle is None:
             return
         # Every token issued so far predates the staleness: none of them clears it, here or
-        # on the account's next connection (§9.6: only a freshly issued token helps).
+        # on the account's next connection (docs/protocol.md §9.6: only a freshly issued token
+        # helps).
         cutoff = self.tokens.issued
         conn.stale = True
         conn.stale_serial = cutoff
@@ -551,7 +553,8 @@ class SimServer:
         if self.refusing() or (self.in_window() and not self._window_admits()):
             return web.Response(status=503, text="Service restarting", headers={"Retry-After": "1"})
         if path not in ("/ws", "/cws"):
-            # §12.10: 100 requests/s per account (anonymous callers share one bucket per host).
+            # docs/protocol.md §12.10: 100 requests/s per account (anonymous callers share one
+            # bucket per host).
             claims = self._bearer(request)
             key = claims.login if claims else f"anonymous:{request.remote}"
             now = time.monotonic()
@@ -615,7 +618,8 @@ class SimServer:
         self, request: web.Request, kind: str
     ) -> tuple[web.WebSocketResponse, Connection]:
         claims = self._bearer(request)
-        # §12.9: with a bearer header the account is known at the handshake: refuse there.
+        # docs/protocol.md §12.9: with a bearer header the account is known at the handshake: refuse
+        # there.
         if claims is not None and not self.hub.can_attach(claims.login):
             raise web.HTTPTooManyRequests(text="Connection limit exceeded")
         ws = _SimWebSocket(
@@ -701,7 +705,8 @@ class SimServer:
         return ws
 
     def _cws_command(self, conn: Connection, frame: bytes | str) -> bytes | None:
-        """One ``/cws`` frame -> its status reply (§5, §6, §12.11)."""
+        """One ``/cws`` frame -> its status reply (docs/protocol.md §6 and
+        docs/protocol.md §12.11)."""
         self.hub.requests_handled += 1
         try:
             env = _ENV.decode(frame)
@@ -717,7 +722,7 @@ class SimServer:
             return status_frame(guid, 200, "Handled successfully")
         if opcode == "authorize":
             claims = self.tokens.verify(env.token)
-            if claims is None:  # §12.11: 401 and close 1008
+            if claims is None:  # docs/protocol.md §12.11: 401 and close 1008
                 conn.put(status_frame(guid, 401, "Invalid JWT token!"))
                 conn.close(1008, "Invalid JWT token!", discard=False)
                 return None
@@ -729,9 +734,9 @@ class SimServer:
             self._authorized(conn, claims)
             return status_frame(guid, 200, "The connection has been initialized.")
         claims = conn.claims
-        if claims is None:  # §12.11: a command before authorize -> 401, the connection stays
+        if claims is None:  # a command before authorize -> 401, the connection stays
             return status_frame(guid, 401, "Invalid JWT token! Send 'authorize' first")
-        if conn.stale:  # §9.6: not executed; the connection is reset without a reply
+        if conn.stale:  # not executed: the connection is reset, no reply (docs/protocol.md §9.6)
             self.stale_resets += 1
             conn.close(1006, "", discard=False)
             return None
@@ -746,7 +751,7 @@ class SimServer:
         if check:
             seen = self._seen_cws.get(key)
             if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
-                return seen[1]  # §12.11: replay the first reply, do not execute again
+                return seen[1]  # replay the first reply, do not execute again
         try:
             command = decode_command(frame)
         except CommandFrameError as exc:
@@ -777,7 +782,8 @@ class SimServer:
     # -- oauth --------------------------------------------------------------------------------
 
     async def _refresh(self, request: web.Request) -> web.StreamResponse:
-        """§2.2: refresh token (query or JSON body, body wins, key case-insensitive) -> JWT."""
+        """Refresh token (query or JSON body, body wins, key case-insensitive) -> JWT
+        (docs/protocol.md §2.2)."""
         token: Any = request.query.get("token")
         allowed: Any = request.query.get("allowedPortfolios")
         body = await _read_json(request)
@@ -805,7 +811,7 @@ class SimServer:
         )
         return _json({"AccessToken": jwt})
 
-    # -- market data over HTTP (§8) -----------------------------------------------------------
+    # -- market data over HTTP (docs/protocol.md §8.3) ----------------------------------------
 
     def _format(self, request: web.Request) -> Format:
         try:
@@ -821,7 +827,7 @@ class SimServer:
 
     async def _time(self, request: web.Request) -> web.StreamResponse:
         now = int(time.time())
-        # §8: anonymous callers see the time 15 minutes late.
+        # docs/protocol.md §8.3: anonymous callers see the time 15 minutes late.
         return _json(now if self._bearer(request) else now - 900)
 
     async def _securities_search(self, request: web.Request) -> web.StreamResponse:
@@ -911,7 +917,8 @@ class SimServer:
         return _json(wire(self.market.order_book(info.symbol, depth), fmt))
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
-        """§8: candles in ``[from, to]`` with ``next``/``prev`` paging timestamps.
+        """Candles in ``[from, to]`` with ``next``/``prev`` paging timestamps
+        (docs/protocol.md §8.3).
 
         ``tf`` is 1..31536000 seconds or D/W/M/Y; ``from`` and ``to`` are Unix seconds within
         ``0..MAX_TIME_S``; ``countBack`` is >= 0. A timeframe asked for the first time is built
@@ -944,7 +951,7 @@ class SimServer:
         await self._built(symbol, tf)
         bars = market.bars(symbol, tf, start, end)
         if count_back > 0 and len(bars) < count_back:
-            # §8: move `from` back until the range holds countBack candles.
+            # docs/protocol.md §8.3: move `from` back until the range holds countBack candles.
             bars = market.last_bars(symbol, tf, end, count_back)
         before, after = market.neighbours(
             symbol, tf, bars[0].time if bars else start, bars[-1].time if bars else end
@@ -974,7 +981,7 @@ class SimServer:
         )
         return web.Response(body=body, content_type="application/json")
 
-    # -- account views over HTTP (§8) ---------------------------------------------------------
+    # -- account views over HTTP (docs/protocol.md §8.4) --------------------------------------
 
     def _portfolio(self, request: web.Request) -> str:
         claims = self._auth(request)
@@ -1060,9 +1067,9 @@ class SimServer:
         return full
 
     async def _trade_stats(self, request: web.Request) -> web.StreamResponse:
-        """§8: own trade history; the simulator's history is the session. Filters: ``ticker``
-        (or the path's symbol), ``side``, ``from`` (trade id), ``dateFrom``; ``limit``
-        (1..1000) and ``descending`` page it."""
+        """Own trade history (docs/protocol.md §8.4); the simulator's history is the session.
+        Filters: ``ticker`` (or the path's symbol), ``side``, ``from`` (trade id), ``dateFrom``;
+        ``limit`` (1..1000) and ``descending`` page it."""
         portfolio = self._portfolio(request)
         fmt = self._format(request)
         symbol = request.match_info.get("symbol") or request.query.get("ticker") or ""
@@ -1091,7 +1098,8 @@ class SimServer:
         return _json([self._own_trade(t, fmt, names=names) for t in trades])
 
     async def _all_trades(self, request: web.Request) -> web.StreamResponse:
-        """§8: the session's anonymous trades (the last 10000 printed), oldest first.
+        """The session's anonymous trades (the last 10000 printed), oldest first
+        (docs/protocol.md §8.3).
 
         Filters: ``from``/``to`` (Unix s), ``fromId``/``toId``, ``qtyFrom``/``qtyTo`` (lots),
         ``priceFrom``/``priceTo``, ``side``; paged by ``offset``/``take``, ``descending``
@@ -1131,8 +1139,9 @@ class SimServer:
         return _json([wire(t, fmt) for t in page])
 
     async def _trades_history(self, request: web.Request) -> web.StreamResponse:
-        """§8: anonymous trades of previous sessions, ``{"total": N, "list": [...]}``; ``limit``
-        (1..50000) is required, ``offset`` pages, ``from``/``to`` (Unix s) filter."""
+        """Anonymous trades of previous sessions, ``{"total": N, "list": [...]}``
+        (docs/protocol.md §8.3); ``limit`` (1..50000) is required, ``offset`` pages, ``from``/``to``
+        (Unix s) filter."""
         self._auth(request)
         fmt = self._format(request)
         info = self._find(request)
@@ -1146,7 +1155,8 @@ class SimServer:
         return _json(wire(AllTradesPage(total=total, trades=page), fmt))
 
     async def _future_quote(self, request: web.Request) -> web.StreamResponse:
-        """§8: the quote of the nearest future of a base code (``Si`` -> ``SiZ6``)."""
+        """The quote of the nearest future of a base code (``Si`` -> ``SiZ6``;
+        docs/protocol.md §8.3)."""
         self._auth(request)
         fmt = self._format(request)
         exchange = request.match_info["exchange"].upper()
@@ -1156,7 +1166,7 @@ class SimServer:
         await self._built(info.symbol, TIMEFRAMES["D"])
         return _json(wire(self.market.quote(info.symbol), fmt))
 
-    # -- commandapi over HTTP (§8) ------------------------------------------------------------
+    # -- commandapi over HTTP (docs/protocol.md §8.5) -----------------------------------------
 
     async def _http_command(
         self, request: web.Request, opcode: str, extra: dict[str, Any]

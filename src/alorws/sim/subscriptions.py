@@ -2,21 +2,22 @@
 
 * :class:`Connection` owns one socket's **outgoing queue** and the sender task that writes it.
   Every frame the server produces for the connection goes through the queue, in order, so a
-  status reply always precedes the first data message of its guid (§12.2). The number of frames
-  queued and not yet handed to the transport is the connection's *unread* count: above
-  ``max_unread`` the connection is closed with 1008 ``Buffer overflow`` and all its subscriptions
-  are dropped (§7, §12.9). The sender writes only while the transport is below its high-water
-  mark (64 KiB, see ``server.py``), so what a client does not read backs up in the queue, after
-  the kernel's socket buffers. A history replay sits in the queue as one lazily built item:
-  a long replay to a fast reader is not "unread".
+  status reply always precedes the first data message of its guid (docs/protocol.md §12.2). The
+  number of frames queued and not yet handed to the transport is the connection's *unread* count:
+  above ``max_unread`` the connection is closed with 1008 ``Buffer overflow`` and all its
+  subscriptions are dropped (docs/protocol.md §12.9). The sender writes only
+  while the transport is below its high-water mark (64 KiB, see ``server.py``), so what a client
+  does not read backs up in the queue, after the kernel's socket buffers. A history replay sits in
+  the queue as one lazily built item: a long replay to a fast reader is not "unread".
 * :class:`Hub` is the registry of every subscription, indexed by what feeds it (an instrument's
   book, a portfolio's orders, ...). The market loop hands it events; it encodes each payload once
   per format and fans the bytes out. State streams are conflated to one message per
-  ``frequency`` interval; event streams are never conflated (§12.4).
-* :meth:`Hub.handle_ws` answers one ``/ws`` request (§3, §4, §5, §12.2): subscribe, unsubscribe
-  (any case), ping. A request whose history is not built yet (the first candles of a timeframe,
-  the first quote of an instrument) hands back an awaitable that builds it in bounded steps,
-  so one long history never blocks the event loop for the other connections.
+  ``frequency`` interval; event streams are never conflated (docs/protocol.md §12.4).
+* :meth:`Hub.handle_ws` answers one ``/ws`` request (docs/protocol.md §3-5 and
+  docs/protocol.md §12.2): subscribe, unsubscribe (any case), ping. A request
+  whose history is not built yet (the first candles of a timeframe, the first quote of an
+  instrument) hands back an awaitable that builds it in bounded steps, so one long history never
+  blocks the event loop for the other connections.
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ __all__ = [
     "status_frame",
 ]
 
-DEFAULT_FREQUENCY_MS: Final = 175  # §3.6 [V]
-HISTORY_CAP: Final = 3000  # issue point 8: ALOR caps history replays at 3000 records
-#: §12.2: the longest guid accepted on /ws and /cws. ALOR's are UUID-like (36 characters); a
-#: guid is echoed in every data message, so a longer one is refused rather than repeated.
+DEFAULT_FREQUENCY_MS: Final = 175  # docs/protocol.md §3.6
+HISTORY_CAP: Final = 3000  # replays send at most the newest 3000 (docs/protocol.md §12.17)
+#: docs/protocol.md §12.2: the longest guid accepted on /ws and /cws. ALOR's are UUID-like (36
+#: characters); a guid is echoed in every data message, so a longer one is refused rather than
+#: repeated.
 MAX_GUID_LEN: Final = 128
 _BATCH_BYTES: Final = 256 * 1024  # bytes the sender hands the transport in one write
 _YIELD_BYTES: Final = 2 * 1024 * 1024  # bytes a sender writes before letting others run
@@ -99,7 +101,7 @@ class _Status(msgspec.Struct, omit_defaults=True, gc=False):
 
 
 def status_frame(guid: str, code: int, message: str, order_number: str | None = None) -> bytes:
-    """``{"requestGuid","httpCode","message"[,"orderNumber"]}`` (§3.3, §5)."""
+    """``{"requestGuid","httpCode","message"[,"orderNumber"]}`` (docs/protocol.md §5.1)."""
     return _ENC.encode(_Status(guid, code, message, order_number))
 
 
@@ -109,14 +111,15 @@ def guid_error(guid: str) -> str:
 
 
 def _as_existing(model: Model) -> Model:
-    """The same item flagged as coming from the snapshot/history (§3.6 ``existing``)."""
+    """The same item flagged as coming from the snapshot/history (``existing``,
+    docs/protocol.md §3.6)."""
     if getattr(model, "existing", True):
         return model
     return msgspec.structs.replace(model, existing=True)
 
 
 def tf_seconds(tf: str | int) -> int:
-    """§4.3: ``"60"`` -> 60, ``"D"`` -> 86400 (requests are already validated)."""
+    """``"60"`` -> 60, ``"D"`` -> 86400 (requests are already validated; docs/protocol.md §4.3)."""
     text = str(tf)
     return _TF_LETTERS.get(text) or int(text)
 
@@ -171,7 +174,8 @@ class Connection:
     Args:
         kind: ``"ws"`` or ``"cws"``.
         wire: the transport to write to.
-        max_unread: frames the queue may hold before the connection is dropped (§12.9).
+        max_unread: frames the queue may hold before the connection is dropped
+            (docs/protocol.md §12.9).
         on_close: called once with ``(code, reason)`` when the server decides to close it.
     """
 
@@ -190,7 +194,7 @@ class Connection:
         self.max_unread = max_unread
         self.on_close = on_close
         self.subs: dict[str, Subscription] = {}
-        self.login: str | None = None  # the account it counts against (§12.9)
+        self.login: str | None = None  # the account it counts against (docs/protocol.md §12.9)
         self.claims: Claims | None = None  # /cws: the authorized token's claims
         self.closing = False
         self.close_code: int | None = None
@@ -231,7 +235,8 @@ class Connection:
                     raise
 
     def put(self, frame: bytes) -> None:
-        """Queue one frame; drop the connection if that makes it overflow (§12.9)."""
+        """Queue one frame; drop the connection if that makes it overflow
+        (docs/protocol.md §12.9)."""
         if self.closing:
             return
         queue = self._queue
@@ -413,7 +418,7 @@ class Subscription:
         self.silent = False
 
     def frame(self, payload: bytes) -> bytes:
-        """The data message ``{"data": payload, "guid": …}`` (§3.4)."""
+        """The data message ``{"data": payload, "guid": …}`` (docs/protocol.md §3.4)."""
         return _DATA + payload + self.tail
 
     def flush(self, hub: Hub) -> None:
@@ -467,7 +472,8 @@ class _BarsSub(Subscription):
             return
         last = self.last_time
         if last is not None and bar.time > last:
-            # §12.6: the candle just closed gets its final state before the new one starts.
+            # docs/protocol.md §12.6: the candle just closed gets its final state before the new one
+            # starts.
             for closed in hub.market.bars(self.symbol, self.tf, last, last):
                 if closed.time == last:
                     self.conn.put(self.frame(encode_payload(closed, self.fmt)))
@@ -488,7 +494,7 @@ class _InstrumentSub(Subscription):
         self.pending: InstrumentPatch | None = None
 
     def add(self, patch: InstrumentPatch) -> None:
-        """Merge a partial update into the one waiting to be sent (§4.5)."""
+        """Merge a partial update into the one waiting to be sent (docs/protocol.md §4.5)."""
         if self.pending is None:
             self.pending = patch
             return
@@ -543,7 +549,8 @@ class _ClustersSub(Subscription):
 
 
 class _StateSub(Subscription):
-    """Summaries, risks, FORTS risks: full snapshot per message, conflated (§12.4)."""
+    """Summaries, risks, FORTS risks: full snapshot per message, conflated
+    (docs/protocol.md §12.4)."""
 
     __slots__ = ("pending",)
     conflated = True
@@ -574,7 +581,7 @@ _STATE_STREAMS: Final = frozenset({"summaries", "risks", "spectra_risks"})
 
 
 class Limits(msgspec.Struct, kw_only=True):
-    """Server-side limits (§7, §12.9), all configurable."""
+    """Server-side limits (docs/protocol.md §12.9), all configurable."""
 
     max_connections: int = 10
     max_subscriptions: int = 5000
@@ -587,8 +594,8 @@ class Limits(msgspec.Struct, kw_only=True):
 class Hub:
     """Every connection and subscription of one simulator, and the fan-out between them.
 
-    Connection accounting (§12.9): a ``/ws`` connection counts against the account of the first
-    valid token it presents (the handshake carries none in ALOR's protocol), a ``/cws``
+    Connection accounting (docs/protocol.md §12.9): a ``/ws`` connection counts against the account
+    of the first valid token it presents (the handshake carries none in ALOR's protocol), a ``/cws``
     connection against the account it authorizes as. See ``server.py`` for the handshake side.
     """
 
@@ -623,7 +630,8 @@ class Hub:
         self.connections[conn.id] = conn
 
     def attach(self, conn: Connection, login: str) -> bool:
-        """Count ``conn`` against ``login``; False if that account is at its limit (§12.9).
+        """Count ``conn`` against ``login``; False if that account is at its limit
+        (docs/protocol.md §12.9).
 
         A connection counts against one account only: the first one it is attached to (tokens
         of other accounts on the same ``/ws`` connection are served but not counted).
@@ -653,7 +661,8 @@ class Hub:
                     del self.per_account[conn.login]
 
     def drop_subscriptions(self, conn: Connection) -> None:
-        """Remove every subscription of ``conn`` (§3.8: they last as long as the connection)."""
+        """Remove every subscription of ``conn`` (docs/protocol.md §3.8: they last as long as the
+        connection)."""
         for sub in conn.subs.values():
             self._unindex(sub)
         conn.subs.clear()
@@ -678,7 +687,9 @@ class Hub:
     # -- /ws requests -------------------------------------------------------------------------
 
     def handle_ws(self, conn: Connection, frame: bytes | str) -> Awaitable[None] | None:
-        """Answer one ``/ws`` request (§3.2, §3.8, §12.2, §12.3).
+        """Answer one ``/ws`` request: a subscription (docs/protocol.md §3.2 and
+        docs/protocol.md §12.2), an unsubscribe (docs/protocol.md §3.8) or a ping
+        (docs/protocol.md §12.3).
 
         Returns None when done, or an awaitable to await before the next request of this
         connection: the request needs history that is built in steps first.
@@ -701,18 +712,18 @@ class Hub:
             conn.put(status_frame(guid, 400, "Missing or invalid field 'opcode'"))
             return None
         lowered = opcode.lower()
-        if lowered == "ping":  # §12.3: answered whatever the token
+        if lowered == "ping":  # docs/protocol.md §12.3: answered whatever the token
             conn.put(status_frame(guid, 200, "Handled successfully"))
             return None
         claims = self.tokens.verify(env.token)
-        if claims is None:  # §2.6, §12.1
+        if claims is None:  # docs/protocol.md §2.6 and docs/protocol.md §12.1
             conn.put(status_frame(guid, 401, "Invalid JWT token!"))
             return None
         if conn.login is None and not self.attach(conn, claims.login):
             conn.put(status_frame(guid, 429, "Connection limit exceeded"))
             conn.close(1008, "Connection limit exceeded", discard=False)
             return None
-        if lowered == "unsubscribe":  # §3.8, §12.7: any case
+        if lowered == "unsubscribe":  # any case (docs/protocol.md §12.7)
             sub = conn.subs.pop(guid, None)
             if sub is not None:
                 self._unindex(sub)
@@ -726,7 +737,7 @@ class Hub:
         except (msgspec.DecodeError, ValueError) as exc:  # pragma: no cover - decoded above
             conn.put(status_frame(guid, 400, f"Invalid JSON: {exc}"))
             return None
-        if guid in conn.subs:  # §12.2: the existing subscription is untouched
+        if guid in conn.subs:  # docs/protocol.md §12.2: the existing subscription is untouched
             conn.put(status_frame(guid, 400, f"Subscription with guid '{guid}' already exists"))
             return None
         if len(conn.subs) >= self.limits.max_subscriptions:
@@ -792,7 +803,7 @@ class Hub:
         if isinstance(req, BarsRequest):
             return tf_seconds(req.tf)
         if isinstance(req, QuotesRequest):
-            return TIMEFRAMES["D"]  # a quote carries the day's candle (§4.2)
+            return TIMEFRAMES["D"]  # a quote carries the day's candle (docs/protocol.md §4.2)
         return None
 
     async def _subscribe_when_built(
@@ -814,7 +825,8 @@ class Hub:
         market = self.market
         freq = getattr(req, "frequency", None)
         freq_ms = freq if isinstance(freq, int) else DEFAULT_FREQUENCY_MS
-        # §12.4: clamped to the format's minimum; 0 means "as fast as the format allows".
+        # docs/protocol.md §12.4: clamped to the format's minimum; 0 means "as fast as the format
+        # allows".
         interval = max(freq_ms, fmt.min_frequency_ms) / 1000.0
         now = self._clock()
         put = conn.put
@@ -826,7 +838,7 @@ class Hub:
             case OrderBookRequest():
                 sub: Subscription = _BookSub(guid, conn, fmt, interval, symbol, req.depth)
                 reply()
-                # §12.5: the first message is the whole book flagged existing.
+                # docs/protocol.md §12.5: the first message is the whole book flagged existing.
                 put(sub.frame(self.book_payload(symbol, req.depth, fmt, True)))
                 sub.last_sent = now
             case QuotesRequest():
@@ -841,7 +853,8 @@ class Hub:
                 forming = market.forming_bar(symbol, tf)
                 last_time = None
                 if req.skip_history is not True:
-                    # §12.6: every candle from `from` to now, oldest first, then the forming one.
+                    # docs/protocol.md §12.6: every candle from `from` to now, oldest first, then
+                    # the forming one.
                     bars = market.bars(symbol, tf, req.from_, int(time.time()))
                     if forming is not None and bars and bars[-1].time == forming.time:
                         bars = bars[:-1]
@@ -855,7 +868,8 @@ class Hub:
             case AllTradesRequest():
                 sub = Subscription(guid, conn, fmt, ("trades", symbol), 0.0)
                 reply()
-                # §4.4: the last `depth` trades first; none for 0 (AlorPy's default) or unset.
+                # docs/protocol.md §4.4: the last `depth` trades first; none for 0 (AlorPy's
+                # default) or unset.
                 depth = req.depth
                 if isinstance(depth, int) and depth > 0:
                     trades = market.last_trades(symbol, min(depth, HISTORY_CAP))
@@ -931,7 +945,8 @@ class Hub:
             if statuses is not msgspec.UNSET and statuses:
                 wanted = {OrderStatus(s) for s in statuses}
                 source = [o for o in source if getattr(o, "status", None) in wanted]
-            # §4.11: the status filter applies to this replay only; the cap to the newest 3000.
+            # docs/protocol.md §4.11: the status filter applies to this replay only; the cap to the
+            # newest 3000.
             items = list(source)[-engine.history_cap :]
         return items
 
@@ -1066,7 +1081,7 @@ class Hub:
     @staticmethod
     def _send_event(subs: dict[int, Subscription], item: Model) -> None:
         # The hot path of the fan-out: one encoding per format, whatever the number of
-        # subscribers (§12.4: never conflated), and Connection.put inlined.
+        # subscribers (docs/protocol.md §12.4: never conflated), and Connection.put inlined.
         encoded: dict[Format, bytes] = {}
         overflowed: list[Connection] = []
         for sub in subs.values():

@@ -6,9 +6,10 @@ so the models stay what a client decodes into:
 
 * a stop order that has fired carries its exchange order id as a JSON number
   (``exchangeOrderId`` / Slim ``eid``, docs/protocol.md §4.12); the model keeps it as text;
-* a Heavy own trade repeats its lots as ``qty``, as Simple does (§4.10);
+* a Heavy own trade repeats its lots as ``qty``, as Simple does (docs/protocol.md §4.10);
 * quantities in lots of a position are written as integers when they are whole (a stock
-  position has ``100``, not ``100.0``); a money position's lots are fractional (§4.6, §12).
+  position has ``100``, not ``100.0``); a money position's lots are fractional
+  (docs/protocol.md §12.15).
 
 The HTTP-only additions (Heavy ``shortName``/``currency`` of the session's own trades) are made
 by the server, which knows the instrument.
@@ -87,5 +88,5 @@ def wire(model: Model, fmt: Format) -> dict[str, Any]:
 
 
 def encode_payload(model: Model, fmt: Format) -> bytes:
-    """``model`` encoded as the ``data`` of a ``/ws`` message in ``fmt`` (§3.4)."""
+    """``model`` encoded as the ``data`` of a ``/ws`` message in ``fmt`` (docs/protocol.md §3.4)."""
     return _ENC.encode(wire(model, fmt))

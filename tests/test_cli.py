@@ -1,4 +1,4 @@
-"""The ``alorws`` command line against the simulator (issue 7 points 1 and 4).
+"""The ``alorws`` command line against the simulator.
 
 Commands run in-process through :func:`alorws.cli.main` (what the console script and
 ``python -m alorws`` call), with ``--sim`` or ``--url`` and a short ``--duration``.

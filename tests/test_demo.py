@@ -1,4 +1,4 @@
-"""``alorws demo`` / ``make demo`` (issue 7 point 5): bounded, exits 0, prints the summary."""
+"""``alorws demo`` / ``make demo``: bounded, exits 0, prints the summary."""
 
 from __future__ import annotations
 

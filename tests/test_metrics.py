@@ -1,4 +1,4 @@
-"""Prometheus metrics (issue 7 point 4): the endpoint serves valid text with the listed metrics."""
+"""Prometheus metrics: the endpoint serves valid text with the listed metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The access-token manager against a tiny auth server on loopback (§2.2, §2.3)."""
+"""The access-token manager against a tiny auth server on loopback (docs/protocol.md §2.2 and
+docs/protocol.md §2.3)."""
 
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ async def test_token_is_fetched_once_and_cached(auth: FakeAuth) -> None:
 
 
 async def test_allowed_portfolios_are_sent(auth: FakeAuth) -> None:
-    """allowed_portfolios goes into the body as allowedPortfolios (§2.2)."""
+    """allowed_portfolios goes into the body as allowedPortfolios (docs/protocol.md §2.2)."""
     async with manager(auth, allowed_portfolios=["D000001"]) as tm:
         await tm.token()
     assert auth.bodies == [{"token": REFRESH, "allowedPortfolios": ["D000001"]}]

@@ -1,4 +1,5 @@
-"""The reconnect/retry delay policy: capped exponential backoff with full jitter (§9)."""
+"""The reconnect/retry delay policy: capped exponential backoff with full jitter
+(docs/protocol.md §9)."""
 
 from __future__ import annotations
 

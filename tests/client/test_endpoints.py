@@ -1,4 +1,4 @@
-"""Endpoint resolution (§1) and the loopback-only rule for plain http/ws."""
+"""Endpoint resolution (docs/protocol.md §1) and the loopback-only rule for plain http/ws."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from alorws.sim.app import make_self_signed_cert
 
 
 def test_prod() -> None:
-    """env='prod' (the default) is api.alor.ru and oauth.alor.ru over TLS (§1)."""
+    """env='prod' (the default) is api.alor.ru and oauth.alor.ru over TLS (docs/protocol.md §1)."""
     e = resolve_endpoints()
     assert e == resolve_endpoints("prod")
     assert e == Endpoints(
@@ -31,7 +31,7 @@ def test_prod() -> None:
 
 
 def test_dev() -> None:
-    """env='dev' is ALOR's test environment: apidev and oauthdev (§1)."""
+    """env='dev' is ALOR's test environment: apidev and oauthdev (docs/protocol.md §1)."""
     e = resolve_endpoints("dev")
     assert e == Endpoints(
         http="https://apidev.alor.ru",

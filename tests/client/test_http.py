@@ -1,4 +1,5 @@
-"""The HTTP API client against the simulator and tiny loopback servers, over real sockets (§8)."""
+"""The HTTP API client against the simulator and tiny loopback servers, over real sockets
+(docs/protocol.md §8)."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ async def http(sim: Simulator) -> AsyncIterator[HttpClient]:
 
 
 def test_security_decodes_every_simulator_instrument_in_every_format() -> None:
-    """§8: the simulator's Securities objects decode into Security and re-encode identically."""
+    """The simulator's Securities objects decode into Security and re-encode identically
+    (docs/protocol.md §8.6)."""
     market = SyntheticMarket(seed=1, history_days=0, events_per_second=0)
     for fmt in FORMATS:
         decoder = msgspec.json.Decoder(format_class(Security, fmt))
@@ -128,7 +130,8 @@ def test_security_decodes_every_simulator_instrument_in_every_format() -> None:
 
 
 def test_security_spec_example_and_unknown_keys() -> None:
-    """The §8 Simple example decodes; keys the model lacks (Heavy extras) are ignored."""
+    """A Simple instrument in the keys of docs/protocol.md §8.6 decodes; keys the model lacks
+    (Heavy extras) are ignored."""
     text = (
         '{"symbol":"SBER","shortname":"Сбербанк","exchange":"MOEX","lotsize":10,'
         '"minstep":0.01,"pricestep":0.01,"ISIN":"RU0009029540","yield":null,'
@@ -283,7 +286,8 @@ async def test_portfolio_views_and_http_orders(sim: Simulator, http: HttpClient)
 
 
 async def test_same_req_id_places_once(sim: Simulator, http: HttpClient) -> None:
-    """§8 X-REQID: resending a req_id returns the first answer; a refusal is raised again."""
+    """X-REQID (docs/protocol.md §8.5): resending a req_id returns the first answer; a refusal is
+    raised again."""
     portfolio = sim.demo.portfolios[0]
     body = {
         "side": "buy",
@@ -310,8 +314,8 @@ async def test_same_req_id_places_once(sim: Simulator, http: HttpClient) -> None
 
 
 async def test_all_trades_and_their_history_in_every_format() -> None:
-    """§8 alltrades (a list) and alltrades/history ({total, list}): filters go out as query
-    parameters, answers come back as Trade models in every format."""
+    """alltrades (a list) and alltrades/history ({total, list}; docs/protocol.md §8.3): filters go
+    out as query parameters, answers come back as Trade models in every format."""
     market = SyntheticMarket(seed=2, history_days=0, events_per_second=20)
     tape = market.last_trades("SBER", 30)
     queries: list[dict[str, str]] = []

@@ -1,5 +1,5 @@
 """OrderClient over /cws against the simulator: every command, rejections, exactly once under
-drops, token expiry, validation before sending, and no token anywhere (issue 6, points 1-2)."""
+drops, token expiry, validation before sending, and no token anywhere."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ async def test_send_prebuilt_command(orders: OrderClient, portfolio: str) -> Non
     )
     ack = await orders.send(command)
     assert ack.guid == "prebuilt-1" and ack.order_number
-    # Sent again with the same guid: the server does not execute it twice (§12.11).
+    # Sent again with the same guid: the server does not execute it twice (docs/protocol.md §12.11).
     assert await orders.send(command) == ack
 
 

@@ -1,6 +1,6 @@
-"""The client against the production behaviours of §9.6, reproduced by the simulator's faults
-(§12.16): an idle /cws connection that goes stale, the daily restart window (with flapping),
-a subscription that goes silent while its connection lives."""
+"""The client against the production behaviours of docs/protocol.md §9.6, reproduced by the
+simulator's faults (docs/protocol.md §12.16): an idle /cws connection that goes stale, the daily
+restart window (with flapping), a subscription that goes silent while its connection lives."""
 
 from __future__ import annotations
 
@@ -177,7 +177,8 @@ async def test_idle_cws_reset_anyway_executes_exactly_once(
 ) -> None:
     """With the client's idle threshold above the server's, the command resets the stale
     connection (not executed); the client reconnects, authorizes with a token issued now (the
-    old one would reset again, §9.6) and re-sends the same guid: executed once, acked."""
+    old one would reset again, docs/protocol.md §9.6) and re-sends the same guid: executed once,
+    acked."""
     sim = quiet_sim
     watch = CwsWatch(sim, monkeypatch)
     async with (

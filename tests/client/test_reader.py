@@ -43,7 +43,7 @@ async def test_frames_of_every_shape_are_routed_like_route_says(
             '{"data": {"symbol": "INJ3"@P}, "guid": "@G"}',
             # under 126 bytes: could be a control frame by size, so the type is checked
             '{"data":{"symbol":"INJ4"},"guid":"@G"}',
-            # data null: not a data message (§3.4), a bad frame of the lane
+            # data null: not a data message (docs/protocol.md §3.4), a bad frame of the lane
             '{"data":null,"guid":"@G"}',
             # the right tail, a corrupt payload: a bad payload of the stream, stream goes on
             '{"data":{"symbol":INJ5@P},"guid":"@G"}',

@@ -1,4 +1,5 @@
-"""Account-stream models (§4.6–§4.12): test vectors TV-11..TV-15, TV-20 and every wire format."""
+"""Account-stream models (docs/protocol.md §4.6-4.12): test vectors TV-11..TV-15, TV-20 and every
+wire format."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from alorws.protocol.enums import (
 
 S, L, H = Format.SIMPLE, Format.SLIM, Format.HEAVY
 
-# --- Test vectors, copied verbatim from §10 -----------------------------------------------------
+# --- Test vectors TV-11..TV-15 and TV-20 (docs/protocol.md §10.3) ----------------------------
 
 TV11 = [
     '{"data":{"volume":0,"currentVolume":0,"symbol":"RUB","brokerSymbol":"MOEX:RUB","portfolio":"D10456","exchange":"MOEX","avgPrice":0,"qtyUnits":154320.55,"openUnits":150000.0,"lotSize":0,"shortName":"Рубль","qtyT0":154320.55,"qtyT1":154320.55,"qtyT2":154320.55,"qtyTFuture":154320.55,"qtyT0Batch":0,"qtyT1Batch":0,"qtyT2Batch":0,"qtyTFutureBatch":0,"qtyBatch":0,"openQtyBatch":0,"qty":0,"open":0,"dailyUnrealisedPl":0,"unrealisedPl":0,"isCurrency":true,"existing":true},"guid":"pos-d10456"}',
@@ -133,7 +134,8 @@ def test_tv15_simple_stop_limit() -> None:
 
 
 def test_tv20_slim_risks() -> None:
-    """TV-20: Slim risks map per §4.8; FORTS risks per §4.9 with var margin computed."""
+    """TV-20: Slim risks map per docs/protocol.md §4.8; FORTS risks per docs/protocol.md §4.9 with
+    var margin computed."""
     risk = _decode(TV20[0], Risk, L)
     assert risk.portfolio == "D10456" and risk.exchange == "MOEX"
     assert risk.initial_margin == 0 and risk.minimal_margin == 0 and risk.corrected_margin == 0
@@ -673,7 +675,7 @@ CASES: list[tuple[Model, Format, dict[str, Any], tuple[str, ...], dict[str, Any]
     (OWN_TRADE, L, _OWN_TRADE_SLIM, ("settle_date",), {}),
     (OWN_TRADE, H, _OWN_TRADE_HEAVY, (), {}),
     (ORDER, S, {**_ORDER_LONG, "qty": 50, "filled": 1}, (), {}),
-    # Slim's `et` without the `Z`, as in SPEC's example (§4.11): kept verbatim.
+    # Slim's `et` without the `Z`, as in ALOR's example (docs/protocol.md §4.11): kept verbatim.
     (ORDER, L, _ORDER_SLIM, (), {"end_time": "2025-06-23T23:59:59.9990000"}),
     (ORDER, H, _ORDER_LONG, (), {}),
     (STOP_ORDER, S, _STOP_SIMPLE, (), {}),
@@ -712,7 +714,7 @@ def test_to_wire_emits_the_format_keys(
     absent: tuple[str, ...],
     overrides: dict[str, Any],
 ) -> None:
-    """``to_wire`` gives exactly the format's keys (the §4 tables) and values."""
+    """``to_wire`` gives exactly the format's keys (the docs/protocol.md §4 tables) and values."""
     wire = to_wire(_expected(full, absent, overrides), fmt)
     assert set(wire) == set(payload)
     assert msgspec.json.decode(msgspec.json.encode(wire)) == payload
@@ -732,7 +734,7 @@ def test_own_trade_parent_order_key(fmt: Format, key: str) -> None:
 
 
 def test_summary_slim_accepts_bp2v() -> None:
-    """Slim ``bp2v`` (SPEC example's spelling) still gives the buying power by currency."""
+    """Slim ``bp2v`` (the spelling of ALOR's example) still gives the buying power by currency."""
     raw = b'{"bp":1000.0,"bp2v":[{"cr":"RUB","bp":900.0},{"cr":"CNY","bp":100.0}]}'
     summary = msgspec.json.decode(raw, type=format_class(Summary, L))
     assert summary.buying_power_by_currency is None

@@ -1,4 +1,5 @@
-"""/cws order commands (§6): building, validation, encoding, decoding (TV-17..TV-19)."""
+"""/cws order commands (docs/protocol.md §6): building, validation, encoding, decoding
+(TV-17..TV-19)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ MINIMAL: dict[type[Command], dict[str, Any]] = {
 
 _COMMON = {"comment": "c", "allow_margin": True, "board": "TQBR"}
 _STOP_OPT = {"stop_end_unix_time": 1750700000, "protecting_seconds": 15, "activate": False}
-# Every field of each opcode set (§6.3 table).
+# Every field of each opcode set (docs/protocol.md §6.3 table).
 OPTIONAL: dict[type[Command], dict[str, Any]] = {
     CreateMarket: {**_COMMON, "time_in_force": TimeInForce.IMMEDIATE_OR_CANCEL},
     CreateLimit: {
@@ -102,7 +103,7 @@ OPTIONAL: dict[type[Command], dict[str, Any]] = {
 _BASE = {"opcode", "guid", "user", "checkDuplicates"}
 _ORDER_KEYS = _BASE | {"side", "quantity", "instrument", "comment", "allowMargin", "board"}
 _STOP_KEYS = {"triggerPrice", "condition", "stopEndUnixTime", "protectingSeconds", "activate"}
-# §6.3: the wire keys of each column.
+# docs/protocol.md §6.3: the wire keys of each column.
 WIRE_KEYS: dict[type[Command], set[str]] = {
     CreateMarket: _ORDER_KEYS | {"timeInForce"},
     CreateLimit: _ORDER_KEYS | {"price", "timeInForce", "icebergFixed", "icebergVariance"},
@@ -190,7 +191,8 @@ def test_tv19_update_limit() -> None:
         instrument=LKOH,
         user=USER,
     )
-    # §6.1: checkDuplicates defaults to on, so sending it explicitly changes nothing.
+    # docs/protocol.md §6.1: checkDuplicates defaults to on, so sending it explicitly changes
+    # nothing.
     expected = {**msgspec.json.decode(TV19_UPDATE), "checkDuplicates": True}
     assert msgspec.json.decode(encode_command(cmd)) == expected
 
@@ -239,7 +241,7 @@ def test_minimal_command_builds(cls: type[Command]) -> None:
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_full_command_sends_exactly_its_table_fields(cls: type[Command]) -> None:
-    """With every field set, the frame has exactly the keys of its §6.3 column."""
+    """With every field set, the frame has exactly the keys of its docs/protocol.md §6.3 column."""
     assert set(_sent(_build(cls, full=True))) == WIRE_KEYS[cls]
 
 
@@ -257,7 +259,8 @@ def test_decode_round_trip(cls: type[Command], full: bool) -> None:
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("case", [str.lower, str.upper, str.swapcase])
 def test_decode_command_matches_opcode_in_any_case(cls: type[Command], case: Any) -> None:
-    """§12.7: decode_command accepts any casing of the opcode (e.g. the UI's create:stoplimit)."""
+    """decode_command accepts any casing of the opcode (e.g. the UI's create:stoplimit;
+    docs/protocol.md §12.7)."""
     cmd = _build(cls, full=True)
     obj = msgspec.json.decode(encode_command(cmd))
     obj["opcode"] = case(obj["opcode"])
@@ -266,7 +269,8 @@ def test_decode_command_matches_opcode_in_any_case(cls: type[Command], case: Any
 
 
 def test_decode_command_accepts_enums_in_any_case() -> None:
-    """§12.7: side, condition, exchange and timeInForce decode case-insensitively."""
+    """Side, condition, exchange and timeInForce decode case-insensitively
+    (docs/protocol.md §12.7)."""
     frame = (
         '{"opcode":"create:stoplimit","guid":"g","side":"Sell","quantity":1,"price":1.5,'
         '"triggerPrice":2,"condition":"LessOrEqual","timeInForce":"OneDay",'
@@ -348,7 +352,8 @@ def test_decode_command_error_never_quotes_a_token() -> None:
     ],
 )
 def test_enums_any_case_sent_documented(field: str, given: str, key: str, sent: str) -> None:
-    """§12.7: enum values given in any case are sent in their documented spelling."""
+    """Enum values given in any case are sent in their documented spelling
+    (docs/protocol.md §12.7)."""
     extra: dict[str, Any] = {field: given}
     assert _sent(_build(CreateStopLimit, **extra))[key] == sent
 
@@ -371,7 +376,7 @@ def test_instrument_group_is_sent_when_set() -> None:
 
 
 def test_check_duplicates_can_be_turned_off() -> None:
-    """check_duplicates=False is sent as false (§6.1)."""
+    """check_duplicates=False is sent as false (docs/protocol.md §6.1)."""
     assert _sent(_build(CreateMarket, check_duplicates=False))["checkDuplicates"] is False
 
 
@@ -397,7 +402,7 @@ def test_comment_up_to_100_chars(comment: str) -> None:
 
 @pytest.mark.parametrize("seconds", [1, 300])
 def test_protecting_seconds_bounds_accepted(seconds: int) -> None:
-    """§6.3: protecting_seconds 1..300 is accepted."""
+    """protecting_seconds 1..300 is accepted (docs/protocol.md §6.3)."""
     assert _sent(_build(CreateStop, protecting_seconds=seconds))["protectingSeconds"] == seconds
 
 

@@ -1,4 +1,4 @@
-"""Reading JWT claims without verifying the signature (§2.3, §2.4)."""
+"""Reading JWT claims without verifying the signature (docs/protocol.md §2.4)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from alorws.protocol.jwt import (
 
 
 IAT = 1_722_431_736
-EXP = IAT + 1800  # §2.3: 30 minutes, as in the RDH sample
+EXP = IAT + 1800  # docs/protocol.md §2.3: 30 minutes, as in rd-hub-go's sample
 
 ALOR_CLAIMS: dict[str, Any] = {
     "sub": "P063903",
@@ -258,7 +258,7 @@ def test_should_refresh() -> None:
     ],
 )
 def test_portfolio_kind(portfolio: str, kind: str) -> None:
-    """Portfolio ids map to their market by prefix (§2.4)."""
+    """Portfolio ids map to their market by prefix (docs/protocol.md §2.4)."""
     assert portfolio_kind(portfolio) == kind
 
 

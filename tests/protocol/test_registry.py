@@ -421,7 +421,7 @@ def test_per_connection_limit_raises_before_creating() -> None:
     reg.subscribe(Q1, 1)
     reg.subscribe(Q2, 1)
     before = (reg.counts(), reg.total(), reg.subscriptions())
-    with pytest.raises(SubscriptionLimitError, match=r"connection 1 .* \(2, §7\)"):
+    with pytest.raises(SubscriptionLimitError, match=r"connection 1 .* \(2, docs/protocol.md §7\)"):
         reg.subscribe(Q3, 1)
     assert (reg.counts(), reg.total(), reg.subscriptions()) == before
     assert reg.find(Q3) is None and reg.room(1) == 0

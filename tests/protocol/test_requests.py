@@ -1,4 +1,5 @@
-"""/ws subscription requests (§3.2, §4): building, validation, encoding, decoding (TV-01, TV-16)."""
+"""/ws subscription requests (docs/protocol.md §4): building, validation, encoding, decoding
+(TV-01, TV-16)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ MINIMAL: dict[type[SubscriptionRequest], dict[str, Any]] = {
     ClustersRequest: {"code": "SBER", "tf": 60, "from_": 1750662000},
 }
 
-# Every field of each opcode set (§4 tables).
+# Every field of each opcode set (docs/protocol.md §4 tables).
 FULL: dict[type[SubscriptionRequest], dict[str, Any]] = {
     OrderBookRequest: {"code": "LKOH", "instrument_group": "TQBR", "depth": 10, "frequency": 100},
     QuotesRequest: {"code": "GAZP", "instrument_group": "TQBR", "frequency": 25},
@@ -95,7 +96,8 @@ FULL: dict[type[SubscriptionRequest], dict[str, Any]] = {
     ClustersRequest: {"code": "SBER", "tf": "d", "from_": 1750662000},
 }
 
-# Wire keys each opcode may send beyond opcode/guid/token (§3.2 envelope + §4 table).
+# Wire keys each opcode may send beyond opcode/guid/token (docs/protocol.md §3.2 envelope +
+# docs/protocol.md §4 table).
 WIRE_KEYS: dict[type[SubscriptionRequest], set[str]] = {
     OrderBookRequest: {"code", "instrumentGroup", "depth", "frequency"},
     QuotesRequest: {"code", "instrumentGroup", "frequency"},
@@ -161,7 +163,7 @@ def test_tv16_unsubscribe() -> None:
 
 
 def test_ping_frame() -> None:
-    """§3.7/§12.3: ping is {opcode: ping, guid, confirm: true, token}."""
+    """Ping is {opcode: ping, guid, confirm: true, token} (docs/protocol.md §3.7)."""
     assert msgspec.json.decode(encode_ping("p-1", TOKEN)) == {
         "opcode": "ping",
         "guid": "p-1",
@@ -207,7 +209,8 @@ def test_unset_optionals_are_absent(cls: type[SubscriptionRequest]) -> None:
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_full_request_sends_exactly_its_table_fields(cls: type[SubscriptionRequest]) -> None:
-    """With every field set, the frame has exactly the §4 table's keys plus the envelope."""
+    """With every field set, the frame has exactly the docs/protocol.md §4 table's keys plus the
+    envelope."""
     sent = _sent(cls(**FULL[cls]))
     assert set(sent) == WIRE_KEYS[cls] | {"opcode", "guid", "token", "exchange", "format"}
 
@@ -246,7 +249,7 @@ def test_from_is_sent_as_from() -> None:
     ],
 )
 def test_format_any_case_sent_documented(given: Any, sent: str) -> None:
-    """§3.2: a format given in any case is sent in its documented spelling."""
+    """A format given in any case is sent in its documented spelling (docs/protocol.md §3.2)."""
     request = QuotesRequest(code="SBER", format=given)
     assert request.format is Format(sent)
     assert _sent(request)["format"] == sent
@@ -284,7 +287,8 @@ def test_order_statuses_any_case_and_any_iterable() -> None:
 )
 @pytest.mark.parametrize("cls", [BarsRequest, ClustersRequest], ids=lambda c: c.__name__)
 def test_tf_normalized(cls: type[BarsRequest | ClustersRequest], given: Any, sent: str) -> None:
-    """§4.3: tf accepts int or str seconds and D/W/M/Y in any case; it is sent as a string."""
+    """tf accepts int or str seconds and D/W/M/Y in any case (docs/protocol.md §4.3); it is sent as
+    a string."""
     request = cls(code="SBER", tf=given, from_=0)
     assert request.tf == sent
     assert _sent(request)["tf"] == sent
@@ -298,7 +302,8 @@ def test_tf_int_and_str_requests_are_equal() -> None:
 
 
 def test_frequency_is_not_clamped() -> None:
-    """§3.6/§12.4: frequency below the format minimum is sent as is (the server clamps)."""
+    """Frequency below the format minimum is sent as is: the server clamps it
+    (docs/protocol.md §12.4)."""
     request = OrderBookRequest(code="SBER", format=Format.HEAVY, frequency=0)
     assert Format.HEAVY.min_frequency_ms == 500
     assert _sent(request)["frequency"] == 0
@@ -306,13 +311,13 @@ def test_frequency_is_not_clamped() -> None:
 
 @pytest.mark.parametrize("depth", [1, 20, 50])
 def test_book_depth_bounds_accepted(depth: int) -> None:
-    """§4.1: book depth 1..50 is accepted."""
+    """Book depth 1..50 is accepted (docs/protocol.md §4.1)."""
     assert _sent(OrderBookRequest(code="SBER", depth=depth))["depth"] == depth
 
 
 @pytest.mark.parametrize("depth", [1, 100, 5000])
 def test_all_trades_depth_bounds_accepted(depth: int) -> None:
-    """§4.4: all-trades depth 1..5000 is accepted."""
+    """All-trades depth 1..5000 is accepted (docs/protocol.md §4.4)."""
     assert _sent(AllTradesRequest(code="SBER", depth=depth))["depth"] == depth
 
 
@@ -448,7 +453,8 @@ def test_decoding_invalid_request_raises_validation_error(frame: str, field: str
 
 
 def test_decoding_accepts_enums_in_any_case() -> None:
-    """§12.7: format and exchange decode case-insensitively; order statuses too."""
+    """Format and exchange decode case-insensitively (docs/protocol.md §12.7); order statuses
+    too."""
     frame = (
         '{"opcode":"OrdersGetAndSubscribeV2","portfolio":"D1","format":"heavy","exchange":"moex",'
         '"orderStatuses":["Working"],"guid":"g","token":"t"}'
@@ -538,7 +544,7 @@ def test_repr_omits_unset_fields() -> None:
 
 
 def test_frames_are_compact_bytes() -> None:
-    """Encoders return bytes with no whitespace (one text frame each, §3.1)."""
+    """Encoders return bytes with no whitespace (one text frame each, docs/protocol.md §3.1)."""
     frame = encode_subscribe(OrderBookRequest(code="SBER"), guid="g", token=TOKEN)
     assert isinstance(frame, bytes)
     assert b" " not in frame and b"\n" not in frame

@@ -1,4 +1,4 @@
-"""Test vectors TV-02..TV-10 of the protocol reference (§10): routing and market-data decoding."""
+"""Test vectors TV-02..TV-10 (docs/protocol.md §10.3): routing and market-data decoding."""
 
 from __future__ import annotations
 

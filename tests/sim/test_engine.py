@@ -479,7 +479,8 @@ def test_stop_limit_waits_for_its_condition(market: SyntheticMarket, engine: Tra
 def test_update_cancels_and_replaces_with_a_new_id(
     market: SyntheticMarket, engine: TradingEngine
 ) -> None:
-    """update:limit cancels the order and places a new one with a new id (§6.3, TV-19)."""
+    """update:limit cancels the order and places a new one with a new id (docs/protocol.md §6.3,
+    TV-19)."""
     bid = market.best("LKOH")[0]
     created = engine.execute(D, limit_order("LKOH", Side.BUY, 3, bid - 10, comment="tv19"), 0)
     old_id = created.order_number

@@ -94,7 +94,7 @@ def test_find_is_case_insensitive_and_checks_exchange_and_board() -> None:
 
 @pytest.mark.parametrize("fmt", list(Format))
 def test_security_object_has_the_format_keys(fmt: Format) -> None:
-    """The /md/v2/Securities object uses each format's keys (§8)."""
+    """The /md/v2/Securities object uses each format's keys (docs/protocol.md §8.6)."""
     m = SyntheticMarket()
     sec = m.security("SBER", fmt)
     expected = {
@@ -144,7 +144,8 @@ def test_activity_does_not_depend_on_step_granularity() -> None:
 def test_books_are_sorted_uncrossed_on_the_grid(
     lively: tuple[SyntheticMarket, list[MarketEvent]],
 ) -> None:
-    """Bids run down, asks up, best bid < best ask, 50 levels of prices on the grid (§4.1)."""
+    """Bids run down, asks up, best bid < best ask, 50 levels of prices on the grid
+    (docs/protocol.md §4.1)."""
     m, _ = lively
     for symbol, info in m.instruments.items():
         book = m.order_book(symbol, 50)
@@ -191,7 +192,8 @@ def test_depth_is_clamped() -> None:
 
 
 def test_trades_are_well_formed(lively: tuple[SyntheticMarket, list[MarketEvent]]) -> None:
-    """Trades have growing ids, a side, a board, prices on the grid, ISO and ms times (§4.4)."""
+    """Trades have growing ids, a side, a board, prices on the grid, ISO and ms times
+    (docs/protocol.md §4.4)."""
     m, events = lively
     trades = trades_of(events)
     ids = [t.id for t in trades]
@@ -208,7 +210,7 @@ def test_trades_are_well_formed(lively: tuple[SyntheticMarket, list[MarketEvent]
 def test_some_prints_arrive_out_of_time_order(
     lively: tuple[SyntheticMarket, list[MarketEvent]],
 ) -> None:
-    """Issue 4 point 8: some trades are stamped earlier than one printed before them."""
+    """Some trades are stamped earlier than one printed before them (late prints)."""
     _, events = lively
     late = 0
     for symbol in ("SBER", "GAZP", "VTBR", "FEES"):
@@ -276,7 +278,7 @@ def test_history_covers_the_requested_days() -> None:
 
 
 def test_candles_of_every_timeframe_are_consistent() -> None:
-    """15 s history splits the minutes exactly; D/W/M/Y aggregate them (§4.3)."""
+    """15 s history splits the minutes exactly; D/W/M/Y aggregate them (docs/protocol.md §4.3)."""
     m = SyntheticMarket(history_days=1)
     now_s = m.now_ms // 1000
     minutes = m.bars("SBER", 60, 0, now_s)
@@ -317,7 +319,7 @@ def test_forming_bar_follows_the_last_trade() -> None:
 
 
 def test_volumes_exceed_32_bits_and_survive_encoding() -> None:
-    """Issue 4 point 8: FEES day volume and day candles pass 2**32 and round-trip as JSON."""
+    """FEES day volume and day candles pass 2**32 and round-trip as JSON (64-bit volumes)."""
     m = SyntheticMarket()
     q = m.quote("FEES")
     assert q.volume is not None and q.volume > 2**32
@@ -371,7 +373,7 @@ def test_status_break_and_recovery() -> None:
     assert mine[:2] == [TradingStatus.BREAK, TradingStatus.NORMAL_TRADING]
     patch = next(e.patch for _, e in changes if e.symbol == symbol)
     assert patch.trading_status_info == "перерыв в торгах"
-    assert patch.price_min is msgspec.UNSET and patch.board is msgspec.UNSET  # partial (§4.5)
+    assert patch.price_min is msgspec.UNSET and patch.board is msgspec.UNSET  # partial
     full = m.instrument_patch(symbol)
     assert full.trading_status == m.trading_status(symbol)
     state = InstrumentState.from_patch(full)
@@ -451,7 +453,7 @@ def test_take_limit_order_respects_the_limit() -> None:
 
 
 def test_clusters_sum_the_tape(lively: tuple[SyntheticMarket, list[MarketEvent]]) -> None:
-    """Clusters split each period's volume by price and aggressor side (§4.13)."""
+    """Clusters split each period's volume by price and aggressor side (docs/protocol.md §4.13)."""
     m, _ = lively
     tape = m.last_trades("VTBR", 10_000)
     clusters = m.clusters("VTBR", 60, 0)

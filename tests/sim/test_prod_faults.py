@@ -1,5 +1,5 @@
-"""The production behaviours of §9.6 as simulator faults (§12.16): an idle /cws connection
-that goes stale, the daily restart window, a silent subscription."""
+"""The production behaviours of docs/protocol.md §9.6 as simulator faults (docs/protocol.md §12.16):
+an idle /cws connection that goes stale, the daily restart window, a silent subscription."""
 
 from __future__ import annotations
 
@@ -255,7 +255,8 @@ async def test_silence_one_subscription_the_others_and_pings_go_on(
     assert counts[quiet["guid"]] == 0 and counts[loud["guid"]] >= 5
     assert (await ws.request({"opcode": "ping", "guid": new_guid()}))["httpCode"] == 200
     assert sim.stats()["subscriptions"] == 2  # still subscribed
-    # §3.8: unsubscribe, then subscribe again with the same guid: a new subscription streams.
+    # docs/protocol.md §3.8: unsubscribe, then subscribe again with the same guid: a new
+    # subscription streams.
     reply = await ws.request({"opcode": "unsubscribe", "guid": quiet["guid"], "token": token})
     assert reply["httpCode"] == 200
     assert (await ws.request(quiet))["httpCode"] == 200
@@ -268,8 +269,8 @@ async def test_silence_by_opcode_and_symbol_for_a_while(
     sim: Simulator, ws: RawWS, token: str
 ) -> None:
     """Selectors: opcode (any case) and symbol; a timed silence ends by itself, unsilence ends
-    the rest at once. A resend of a live guid is refused (§12.2), so re-subscribing needs the
-    unsubscribe first."""
+    the rest at once. A resend of a live guid is refused (docs/protocol.md §12.2), so re-subscribing
+    needs the unsubscribe first."""
     book = request("OrderBookGetAndSubscribe", token, code="SBER", depth=5)
     trades = request("AllTradesGetAndSubscribe", token, code="SBER")
     for req in (book, trades):

@@ -102,7 +102,8 @@ async def authorize(sim: Simulator, ws: RawWS) -> None:
 async def test_all_trades_depth_0_sends_no_history_then_live_trades(
     sim: Simulator, ws: RawWS, token: str
 ) -> None:
-    """§4.4: ``depth: 0`` (AlorPy's default) replays nothing; live trades follow."""
+    """``depth: 0`` (AlorPy's default) replays nothing (docs/protocol.md §4.4); live trades
+    follow."""
     (case,) = [c for c in CASES if c["name"] == "alltrades-alorpy"]
     req = {**case["frame"], "token": token, "guid": new_guid("tape")}
     assert req["depth"] == 0

@@ -13,8 +13,8 @@ fixture. Each fixture case is then compared with the simulator's messages of the
   example says nothing of its other type, so anything goes there).
 
 The types a key may have are pooled over every case of the same model and format (the WS stream
-and its HTTP twin share the mapping, §8). Where the simulator differs on purpose, the difference
-is listed in :data:`DEVIATIONS` with the reason.
+and its HTTP twin share the mapping, docs/protocol.md §8.1). Where the simulator differs on purpose,
+the difference is listed in :data:`DEVIATIONS` with the reason.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ DEVIATIONS: dict[tuple[str, str, tuple[str, ...]], str] = {
     ),
     ("http/alltrades-history", "*", ("list",)): (
         "an array of trades: ALOR's example shows one object, its schema and every client an "
-        "array (§12.13); each trade is compared with the example's object"
+        "array (docs/protocol.md §12.13); each trade is compared with the example's object"
     ),
     ("http/orders", "*", ("board", "bd")): (
         "ALOR's schema of this list, its single-order example and the WS orders all carry the "

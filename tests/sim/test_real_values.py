@@ -61,8 +61,8 @@ async def status(http: aiohttp.ClientSession, path: str, token: str | None, **pa
 async def test_money_position_is_in_lots_of_one_ruble(
     sim: Simulator, cws: RawWS, ws: RawWS, token: str, http: aiohttp.ClientSession
 ) -> None:
-    """§4.6: RUB has lot size 1 and fractional lots equal to its units (a commission makes them
-    fractional); a stock position's lots stay JSON integers."""
+    """RUB has lot size 1 and fractional lots equal to its units (a commission makes them
+    fractional; docs/protocol.md §4.6); a stock position's lots stay JSON integers."""
     stock = sim.demo.portfolios[0]
     await command(cws, "create:market", stock, side="buy", quantity=2, instrument=SBER)
     req = {
@@ -99,8 +99,9 @@ async def test_money_position_is_in_lots_of_one_ruble(
 async def test_fired_stop_order_has_its_exchange_order_id_as_a_number(
     sim: Simulator, cws: RawWS, ws: RawWS, token: str, http: aiohttp.ClientSession
 ) -> None:
-    """§4.12: once fired, ``exchangeOrderId`` (Slim ``eid``) is the JSON number of the order it
-    placed; before, null. Without ``protectingSeconds`` the stop still has one."""
+    """Once fired, ``exchangeOrderId`` (Slim ``eid``) is the JSON number of the order it
+    placed (docs/protocol.md §4.12); before, null. Without ``protectingSeconds`` the stop still has
+    one."""
     stock = sim.demo.portfolios[0]
     low = sim.market.instruments["SBER"].price_min
     common = {"quantity": 1, "triggerPrice": low, "instrument": SBER}
@@ -153,7 +154,8 @@ async def still() -> AsyncIterator[tuple[Simulator, aiohttp.ClientSession, str]]
 async def test_all_trades_filters_and_pages(
     still: tuple[Simulator, aiohttp.ClientSession, str],
 ) -> None:
-    """§8 ``…/alltrades``: the session's tape, oldest first; every filter the client sends."""
+    """``…/alltrades`` (docs/protocol.md §8.3): the session's tape, oldest first; every filter the
+    client sends."""
     sim, http, token = still
     sim.burst("SBER", 200)
     path = "/md/v2/Securities/MOEX/SBER/alltrades"
@@ -188,8 +190,8 @@ async def test_all_trades_filters_and_pages(
 async def test_all_trades_history_pages_with_total_and_agrees_with_candles(
     still: tuple[Simulator, aiohttp.ClientSession, str],
 ) -> None:
-    """§8 ``…/alltrades/history``: previous sessions' trades, ``limit``/``offset`` pages of
-    ``total``; a minute's prints make that minute's candle."""
+    """``…/alltrades/history`` (docs/protocol.md §8.3): previous sessions' trades,
+    ``limit``/``offset`` pages of ``total``; a minute's prints make that minute's candle."""
     sim, http, token = still
     sim.burst("SBER", 50)
     today = int(time.time()) // 86_400 * 86_400
@@ -226,8 +228,9 @@ async def test_all_trades_history_pages_with_total_and_agrees_with_candles(
 async def test_history_paging_numbers_are_never_null(
     http: aiohttp.ClientSession, token: str
 ) -> None:
-    """§8: ``next``/``prev`` are numbers: the nearest candles outside the page, or the period
-    just outside the range asked when there is none (``next`` then lies after ``to``)."""
+    """``next``/``prev`` are numbers: the nearest candles outside the page, or the period
+    just outside the range asked when there is none (``next`` then lies after ``to``;
+    docs/protocol.md §8.3)."""
     now = int(time.time())
     query = {"symbol": "SBER", "exchange": "MOEX", "tf": 60}
     page = await get(http, "/md/v2/history", token, **query, **{"from": now - 300, "to": now})
@@ -239,8 +242,8 @@ async def test_history_paging_numbers_are_never_null(
 
 
 async def test_instrument_margins_only_on_futures(ws: RawWS, token: str) -> None:
-    """§4.5: the first instrument message of a stock has status and band only; a future adds
-    its margins."""
+    """The first instrument message of a stock has status and band only (docs/protocol.md §4.5); a
+    future adds its margins."""
     got = {}
     for code in ("SBER", "SiZ6"):
         req = {
@@ -271,8 +274,8 @@ async def traded(sim: Simulator, cws: RawWS) -> AsyncIterator[str]:
 async def test_own_trades_views(
     sim: Simulator, http: aiohttp.ClientSession, token: str, traded: str
 ) -> None:
-    """§4.10, §8: the session's trades (Heavy adds ``qty``, ``shortName``, ``currency``), one
-    instrument's, and the history endpoint with its filters."""
+    """The session's trades (docs/protocol.md §8.4; Heavy adds ``qty``, ``shortName``,
+    ``currency``), one instrument's, and the history endpoint with its filters."""
     base = f"/md/v2/Clients/MOEX/{traded}"
     trades = await get(http, f"{base}/trades", token, format="Heavy")
     lots = {"buy": 0, "sell": 0}
@@ -302,7 +305,8 @@ async def test_own_trades_views(
 
 
 async def test_actual_futures_quote(http: aiohttp.ClientSession, token: str) -> None:
-    """§8 ``…/{base}/actualFuturesQuote``: the nearest future of a base code."""
+    """``…/{base}/actualFuturesQuote`` (docs/protocol.md §8.3): the nearest future of a base
+    code."""
     path = "/md/v2/Securities/MOEX/{}/actualFuturesQuote"
     quote = await get(http, path.format("Si"), token, format="Heavy")
     assert quote["symbol"] == "SiZ6" and quote["accruedInterest"] is None
@@ -313,8 +317,8 @@ async def test_actual_futures_quote(http: aiohttp.ClientSession, token: str) -> 
 async def test_security_heavy_has_risk_class_margins(
     http: aiohttp.ClientSession, token: str
 ) -> None:
-    """§8: Heavy Securities carry the currencies and the initial margin per client risk class;
-    lower-risk classes of clients put up more."""
+    """Heavy Securities carry the currencies and the initial margin per client risk class
+    (docs/protocol.md §8.6); lower-risk classes of clients put up more."""
     for symbol in ("SBER", "SiZ6"):
         sec = await get(http, f"/md/v2/Securities/MOEX/{symbol}", token, format="Heavy")
         assert (sec["nominalCurrency"], sec["settlementCurrency"]) == ("RUB", None)
@@ -331,7 +335,8 @@ async def test_security_heavy_has_risk_class_margins(
 async def test_commandapi_replay_keeps_the_status_code(
     sim: Simulator, http: aiohttp.ClientSession, token: str
 ) -> None:
-    """§8: a replayed ``X-REQID`` answers 400 with ``oldResponse: {statusCode, body}``."""
+    """A replayed ``X-REQID`` answers 400 with ``oldResponse: {statusCode, body}``
+    (docs/protocol.md §8.5)."""
     path = "/commandapi/warptrans/TRADE/v2/client/orders/actions/market"
     body = {"side": "buy", "quantity": 1, "instrument": SBER}
     body["user"] = {"portfolio": sim.demo.portfolios[0]}

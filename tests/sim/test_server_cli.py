@@ -1,4 +1,4 @@
-"""`alorws sim` as a process, and TLS (issue points 1, 2, 9 and the acceptance list)."""
+"""`alorws sim` as a process (start-up output, SIGINT, bad flags), and TLS."""
 
 from __future__ import annotations
 

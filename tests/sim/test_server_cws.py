@@ -1,4 +1,5 @@
-"""Orders over /cws and HTTP commandapi, account streams, and the ground-truth log (§5, §6, §8)."""
+"""Orders over /cws (docs/protocol.md §6) and HTTP commandapi (docs/protocol.md §8.5), account
+streams, and the ground-truth log."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def far_limit(portfolio: str, price: float = 280.0) -> dict[str, Any]:
 
 
 async def test_command_before_authorize_is_401_and_connection_stays(sim: Simulator) -> None:
-    """§12.11: a command before `authorize` gets 401; the connection stays open."""
+    """A command before `authorize` gets 401 (docs/protocol.md §12.11); the connection stays
+    open."""
     async with await RawWS.connect(sim.cws_url) as cws:
         reply = await cws.request(market_buy(sim.demo.portfolios[0]))
         assert reply["httpCode"] == 401
@@ -42,7 +44,8 @@ async def test_command_before_authorize_is_401_and_connection_stays(sim: Simulat
 
 
 async def test_failed_authorize_closes_1008(sim: Simulator) -> None:
-    """§12.11: a failed `authorize` gets 401 and the server closes the connection with 1008."""
+    """A failed `authorize` gets 401 and the server closes the connection with 1008
+    (docs/protocol.md §12.11)."""
     async with await RawWS.connect(sim.cws_url) as cws:
         reply = await cws.request({"opcode": "authorize", "guid": new_guid(), "token": "bad"})
         assert reply["httpCode"] == 401
@@ -50,7 +53,7 @@ async def test_failed_authorize_closes_1008(sim: Simulator) -> None:
 
 
 async def test_create_update_delete(sim: Simulator, cws: RawWS) -> None:
-    """§5/§6.3: create, update (a new id) and delete, each with `orderNumber`."""
+    """Create, update (a new id) and delete, each with `orderNumber` (docs/protocol.md §5.3)."""
     portfolio = sim.demo.portfolios[0]
     created = await cws.request(far_limit(portfolio))
     first = created["orderNumber"]
@@ -91,7 +94,7 @@ async def test_rejections(sim: Simulator, cws: RawWS) -> None:
 
 
 async def test_duplicate_guid_replays_first_reply(sim: Simulator, cws: RawWS) -> None:
-    """§12.11: a guid seen before (checkDuplicates on) is not executed again."""
+    """A guid seen before (checkDuplicates on) is not executed again (docs/protocol.md §12.11)."""
     portfolio = sim.demo.portfolios[0]
     cmd = far_limit(portfolio)
     first = await cws.request(cmd)
@@ -181,7 +184,8 @@ async def test_account_opcodes_round_trip(
 async def test_orders_replay_filters_by_status(
     sim: Simulator, cws: RawWS, ws: RawWS, token: str
 ) -> None:
-    """§4.11: `orderStatuses` filters the replay; live updates are not filtered."""
+    """`orderStatuses` filters the replay (docs/protocol.md §4.11); live updates are not
+    filtered."""
     portfolio = sim.demo.portfolios[0]
     await cws.request(market_buy(portfolio))
     working = await cws.request(far_limit(portfolio))
@@ -205,8 +209,8 @@ async def test_forbidden_portfolio_subscription(sim: Simulator, ws: RawWS, token
 
 
 async def test_http_commandapi_and_views(sim: Simulator, token: str, connect: Connect) -> None:
-    """§8: POST .../actions/limit with X-REQID (replayed id -> 400 + oldResponse), DELETE, and
-    the /md/v2/Clients views of the same portfolio."""
+    """POST .../actions/limit with X-REQID (replayed id -> 400 + oldResponse), DELETE, and
+    the /md/v2/Clients views of the same portfolio (docs/protocol.md §8.5)."""
     portfolio = sim.demo.portfolios[0]
     headers = {"Authorization": f"Bearer {token}", "X-REQID": f"{portfolio};1"}
     body = {
@@ -254,7 +258,7 @@ async def test_http_commandapi_and_views(sim: Simulator, token: str, connect: Co
 
 
 async def test_ground_truth_jsonl(tmp_path: Any) -> None:
-    """Point 10: with a path, the ground-truth log is also appended there as JSONL."""
+    """With a path, the ground-truth log is also appended there as JSONL."""
     path = tmp_path / "truth.jsonl"
     async with Simulator(
         port=0, day_order_lifetime=DAY, history_days=1, ground_truth_path=str(path)

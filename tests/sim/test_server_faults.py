@@ -1,4 +1,4 @@
-"""Fault injection (issue point 7), in-process and over the admin endpoints, and bad input."""
+"""Fault injection, in-process and over the admin endpoints, and bad input."""
 
 from __future__ import annotations
 

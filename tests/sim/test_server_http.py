@@ -1,4 +1,5 @@
-"""The HTTP side (§2.2, §8, §12.10): refresh, market data, rate limit."""
+"""The HTTP side: refresh (docs/protocol.md §2.2), market data (docs/protocol.md §8.3), rate limit
+(docs/protocol.md §12.10)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def test_refresh_query_and_body(sim: Simulator, http: aiohttp.ClientSession) -> None:
-    """§2.2: the refresh token in the query or the JSON body (any key case) gives a JWT."""
+    """The refresh token in the query or the JSON body (any key case) gives a JWT
+    (docs/protocol.md §2.2)."""
     resp = await http.post("/refresh", params={"token": sim.demo_refresh_token})
     assert resp.status == 200
     jwt = (await resp.json())["AccessToken"]
@@ -38,13 +40,14 @@ async def test_refresh_query_and_body(sim: Simulator, http: aiohttp.ClientSessio
 
 
 async def test_refresh_bad_token_is_403(http: aiohttp.ClientSession) -> None:
-    """§2.2: an unknown refresh token gets 403."""
+    """An unknown refresh token gets 403 (docs/protocol.md §2.2)."""
     assert (await http.post("/refresh", params={"token": "nope"})).status == 403
     assert (await http.post("/refresh")).status == 403
 
 
 async def test_time_anonymous_is_late(http: aiohttp.ClientSession, token: str) -> None:
-    """§8: /md/v2/time is a bare integer; anonymous callers are 15 minutes behind."""
+    """/md/v2/time is a bare integer (docs/protocol.md §8.3); anonymous callers are 15 minutes
+    behind."""
     now = time.time()
     anon = await (await http.get("/md/v2/time")).json()
     authed = await (await http.get("/md/v2/time", headers=bearer(token))).json()
@@ -53,7 +56,7 @@ async def test_time_anonymous_is_late(http: aiohttp.ClientSession, token: str) -
 
 
 async def test_securities(http: aiohttp.ClientSession, token: str) -> None:
-    """§8: search, by exchange (auth) and one instrument, in each format."""
+    """Search, by exchange (auth) and one instrument, in each format (docs/protocol.md §8.3)."""
     found = await (await http.get("/md/v2/Securities", params={"query": "sber"})).json()
     assert "SBER" in [s["symbol"] for s in found]
     required = {"SBER", "GAZP", "LKOH", "SU26238RMFS4", "USD000UTSTOM"}
@@ -72,7 +75,7 @@ async def test_securities(http: aiohttp.ClientSession, token: str) -> None:
 
 
 async def test_quotes_and_orderbook(http: aiohttp.ClientSession, token: str) -> None:
-    """§8: quotes for several tickers; the REST order book snapshot."""
+    """Quotes for several tickers (docs/protocol.md §8.3); the REST order book snapshot."""
     quotes = await (await http.get("/md/v2/Securities/MOEX:SBER,MOEX:GAZP/quotes")).json()
     assert [q["symbol"] for q in quotes] == ["SBER", "GAZP"]
     book = await http.get(
@@ -89,7 +92,7 @@ async def test_quotes_and_orderbook(http: aiohttp.ClientSession, token: str) -> 
 
 
 async def test_history_paging(http: aiohttp.ClientSession) -> None:
-    """§8: candles in [from, to] with next/prev timestamps; Slim uses `h`."""
+    """Candles in [from, to] with next/prev timestamps (docs/protocol.md §8.3); Slim uses `h`."""
     now = int(time.time())
     params = {
         "symbol": "SBER",
@@ -122,7 +125,7 @@ async def throttled() -> AsyncIterator[Simulator]:
 
 
 async def test_rate_limit(throttled: Simulator) -> None:
-    """§12.10: above the per-account rate, 429 with Retry-After."""
+    """Above the per-account rate, 429 with Retry-After (docs/protocol.md §12.10)."""
     headers = bearer(throttled.access_token())
     async with aiohttp.ClientSession(base_url=throttled.url) as http:
         statuses = [(await http.get("/md/v2/time", headers=headers)).status for _ in range(5)]

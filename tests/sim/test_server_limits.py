@@ -1,4 +1,5 @@
-"""The limits of §7/§12.9 and token expiry (§12.1), enforced over real sockets."""
+"""The limits (docs/protocol.md §12.9) and token expiry (docs/protocol.md §12.1), enforced over
+real sockets."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ async def small() -> AsyncIterator[Simulator]:
 async def test_expired_token_gets_401_and_live_subs_keep_streaming(
     ws: RawWS, sim: Simulator, token: str
 ) -> None:
-    """§12.1: a new request with an expired JWT gets 401; existing subscriptions go on."""
+    """A new request with an expired JWT gets 401 (docs/protocol.md §12.1); existing subscriptions
+    go on."""
     live = request("AllTradesGetAndSubscribe", token, code="SBER")
     await ws.request(live)
     expired = sim.access_token(lifetime=-60)
@@ -48,7 +50,8 @@ async def test_expired_token_gets_401_and_live_subs_keep_streaming(
 
 
 async def test_eleventh_connection_refused_at_handshake_with_bearer(small: Simulator) -> None:
-    """§12.9: with an Authorization header, the connection over the limit gets HTTP 429."""
+    """With an Authorization header, the connection over the limit gets HTTP 429
+    (docs/protocol.md §12.9)."""
     token = small.access_token()
     headers = {"Authorization": f"Bearer {token}"}
     url = small.url.replace("http", "ws", 1)
@@ -72,7 +75,8 @@ async def test_eleventh_connection_refused_at_handshake_with_bearer(small: Simul
 
 
 async def test_eleventh_connection_refused_at_first_request(small: Simulator) -> None:
-    """§12.9: without a header, the first authenticated message over the limit gets 429 + 1008."""
+    """Without a header, the first authenticated message over the limit gets 429 + 1008
+    (docs/protocol.md §12.9)."""
     token = small.access_token()
     url = small.url.replace("http", "ws", 1)
     clients = [await RawWS.connect(f"{url}/ws") for _ in range(3)]
@@ -92,7 +96,8 @@ async def test_eleventh_connection_refused_at_first_request(small: Simulator) ->
 
 
 async def test_subscription_over_the_limit_is_refused(small: Simulator) -> None:
-    """§12.9: the (max+1)th subscription gets 429 and is not created; freeing one makes room."""
+    """The (max+1)th subscription gets 429 and is not created (docs/protocol.md §12.9); freeing one
+    makes room."""
     token = small.access_token()
     async with await RawWS.connect(small.ws_url) as ws:
         guids = []
@@ -112,8 +117,9 @@ async def test_subscription_over_the_limit_is_refused(small: Simulator) -> None:
 
 
 async def test_non_reading_client_is_dropped_reader_keeps_streaming(small: Simulator) -> None:
-    """§12.9: a client that stops reading is closed 1008 'Buffer overflow' and loses its
-    subscriptions, while a reading client of the same account keeps streaming."""
+    """A client that stops reading is closed 1008 'Buffer overflow' and loses its
+    subscriptions, while a reading client of the same account keeps streaming
+    (docs/protocol.md §12.9)."""
     token = small.access_token()
     slow = await RawWS.connect(small.ws_url, rcvbuf=4096)
     fast = await RawWS.connect(small.ws_url)
@@ -158,7 +164,7 @@ async def _until(cond: Callable[[], bool]) -> None:
 
 
 async def test_connect_fixture_counts_cws_and_ws_together(sim: Simulator, connect: Connect) -> None:
-    """/ws and /cws connections of one account are counted together (§12.9)."""
+    """/ws and /cws connections of one account are counted together (docs/protocol.md §12.9)."""
     token = sim.access_token()
     ws = await connect("/ws")
     await ws.request(request("QuotesSubscribe", token, code="SBER"))

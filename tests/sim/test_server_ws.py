@@ -1,4 +1,5 @@
-"""/ws over real sockets: every opcode in every format, status replies, throttling (§3-§5, §12)."""
+"""/ws over real sockets: every opcode in every format, status replies, throttling
+(docs/protocol.md §3-5 and docs/protocol.md §12)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ FORMATS = ["Simple", "Slim", "Heavy"]
 
 
 def market_requests(token: str, fmt: str) -> dict[str, dict[str, Any]]:
-    """One request of each market-data opcode (§4.1-§4.5, §4.13)."""
+    """One request of each market-data opcode (docs/protocol.md §4.1-4.5 and
+    docs/protocol.md §4.13)."""
     now = int(time.time())
     common = {"format": fmt, "exchange": "MOEX"}
     return {
@@ -78,7 +80,8 @@ async def test_market_opcodes_round_trip(ws: RawWS, token: str, fmt: str) -> Non
 
 
 async def test_order_book_snapshot_then_updates(ws: RawWS, token: str, sim: Simulator) -> None:
-    """§12.5: the first book is flagged existing, later ones are not; bids descend, asks ascend."""
+    """The first book is flagged existing, later ones are not (docs/protocol.md §12.5); bids
+    descend, asks ascend."""
     req = request("OrderBookGetAndSubscribe", token, code="SBER", depth=7, format="Slim")
     await ws.request(req)
     first, second = await ws.data(req["guid"], 2)
@@ -92,7 +95,8 @@ async def test_order_book_snapshot_then_updates(ws: RawWS, token: str, sim: Simu
 
 
 async def test_bars_replay_history_then_forming_candle(ws: RawWS, token: str) -> None:
-    """§12.6: candles from `from`, oldest first, then updates of the forming candle."""
+    """Candles from `from`, oldest first, then updates of the forming candle
+    (docs/protocol.md §12.6)."""
     now = int(time.time())
     req = request(
         "BarsGetAndSubscribe", token, code="SBER", tf="60", format="Heavy", **{"from": now - 1800}
@@ -107,7 +111,8 @@ async def test_bars_replay_history_then_forming_candle(ws: RawWS, token: str) ->
 
 
 async def test_all_trades_depth_replays_existing(ws: RawWS, token: str, sim: Simulator) -> None:
-    """§4.4: `depth` replays the last N trades flagged existing, then live ones follow."""
+    """`depth` replays the last N trades flagged existing, then live ones follow
+    (docs/protocol.md §4.4)."""
     req = request("AllTradesGetAndSubscribe", token, code="SBER", depth=10)
     await ws.request(req)
     history = await ws.data(req["guid"], 10)
@@ -119,7 +124,8 @@ async def test_all_trades_depth_replays_existing(ws: RawWS, token: str, sim: Sim
 
 
 async def test_instrument_patches_are_partial(ws: RawWS, token: str, sim: Simulator) -> None:
-    """§4.5: the first message is complete, later ones carry only the changed fields."""
+    """The first message is complete, later ones carry only the changed fields
+    (docs/protocol.md §4.5)."""
     req = request("InstrumentsGetAndSubscribeV2", token, code="SBER")
     await ws.request(req)
     (full,) = await ws.data(req["guid"])
@@ -131,7 +137,8 @@ async def test_instrument_patches_are_partial(ws: RawWS, token: str, sim: Simula
 
 
 async def test_state_conflated_events_never() -> None:
-    """§12.4: the book is conflated per interval, every trade of the tape is delivered."""
+    """The book is conflated per interval, every trade of the tape is delivered
+    (docs/protocol.md §12.4)."""
     async with Simulator(port=0, day_order_lifetime=DAY, rate=0.0, history_days=1) as sim:
         async with await RawWS.connect(sim.ws_url) as ws:
             await _conflation(ws, sim.access_token(), sim)
@@ -158,7 +165,7 @@ async def _conflation(ws: RawWS, token: str, sim: Simulator) -> None:
 
 
 async def test_frequency_is_clamped_to_format_minimum(ws: RawWS, token: str) -> None:
-    """§12.4: Heavy's minimum is 500 ms, whatever `frequency` asks for."""
+    """Heavy's minimum is 500 ms, whatever `frequency` asks for (docs/protocol.md §12.4)."""
     req = request("QuotesSubscribe", token, code="SBER", frequency=1, format="Heavy")
     await ws.request(req)
     await ws.data(req["guid"])
@@ -168,7 +175,8 @@ async def test_frequency_is_clamped_to_format_minimum(ws: RawWS, token: str) -> 
 
 
 async def test_unsubscribe_any_case_stops_data(ws: RawWS, token: str, sim: Simulator) -> None:
-    """§3.8/§12.7: `UnSubscribe` answers 200 with the subscription's guid; no data after it."""
+    """`UnSubscribe` (any case, docs/protocol.md §12.7) answers 200 with the subscription's guid;
+    no data after it."""
     gone = request("AllTradesGetAndSubscribe", token, code="LKOH")
     kept = request("AllTradesGetAndSubscribe", token, code="LKOH")
     await ws.request(gone)
@@ -186,7 +194,7 @@ async def test_unsubscribe_any_case_stops_data(ws: RawWS, token: str, sim: Simul
 
 
 async def test_ping_is_answered(ws: RawWS) -> None:
-    """§12.3: an application ping gets a 200 status with its guid."""
+    """An application ping gets a 200 status with its guid (docs/protocol.md §12.3)."""
     guid = new_guid("ping")
     reply = await ws.request({"opcode": "ping", "guid": guid, "confirm": True, "token": "x"})
     assert reply["httpCode"] == 200 and reply["requestGuid"] == guid
@@ -212,7 +220,8 @@ async def test_ping_is_answered(ws: RawWS) -> None:
 async def test_bad_requests_get_400_naming_the_field(
     ws: RawWS, token: str, fields: dict[str, Any], needle: str
 ) -> None:
-    """§12.2: bad parameters get 400 with a message naming what is wrong; nothing is created."""
+    """Bad parameters get 400 with a message naming what is wrong (docs/protocol.md §12.2); nothing
+    is created."""
     guid = new_guid("bad")
     reply = await ws.request({**fields, "guid": guid, "token": token})
     assert reply["httpCode"] == 400, reply
@@ -224,7 +233,8 @@ async def test_bad_requests_get_400_naming_the_field(
 async def test_duplicate_guid_is_refused_and_existing_untouched(
     ws: RawWS, token: str, sim: Simulator
 ) -> None:
-    """§12.2: a guid already active on the connection gets 400; the old subscription streams."""
+    """A guid already active on the connection gets 400 (docs/protocol.md §12.2); the old
+    subscription streams."""
     req = request("AllTradesGetAndSubscribe", token, code="SBER")
     await ws.request(req)
     await ws.send({**req, "code": "GAZP"})

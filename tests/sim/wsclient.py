@@ -116,7 +116,7 @@ class RawWS:
 
     async def status(self, guid: str, within: float = DEFAULT_TIMEOUT, ordered: bool = True) -> Msg:
         """The status reply for ``guid``; with ``ordered``, asserts no data of that guid came
-        before it (§12.2: the reply precedes the first data message)."""
+        before it (docs/protocol.md §12.2: the reply precedes the first data message)."""
         msg, skipped = await self.until(lambda m: m.get("requestGuid") == guid, within)
         if ordered:
             assert not any(m.get("guid") == guid for m in skipped), "data before the reply"

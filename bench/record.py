@@ -2,13 +2,14 @@
 
 Two scenarios, each with interleaved rounds (the order inside a round alternates), median:
 
-* **sim** (what issue 7 asks): the simulator (``python -m alorws.sim``, its own process) pushing
-  at its full rate to an :class:`~alorws.client.AlorClient`. As in ``bench/sim_rate.py`` the rate
-  comes from fan-out: ``--sim-copies`` distinct all-trades subscriptions per instrument (``depth``
-  1..N tells them apart), so the simulator encodes each trade once and sends it N times, far
-  more than a typed client can read (its queue grows during the window: the client is the
-  bottleneck, which is what makes a recording cost visible). The consumer takes typed
-  ``Trade`` models with ``get_batch(1000)`` in one task per stream and touches ``price``.
+* **sim** (the scenario the goal is judged on): the simulator (``python -m alorws.sim``, its own
+  process) pushing at its full rate to an :class:`~alorws.client.AlorClient`. As in
+  ``bench/sim_rate.py`` the rate comes from fan-out: ``--sim-copies`` distinct all-trades
+  subscriptions per instrument (``depth`` 1..N tells them apart), so the simulator encodes each
+  trade once and sends it N times, far more than a typed client can read (its queue grows during
+  the window: the client is the bottleneck, which is what makes a recording cost visible). The
+  consumer takes typed ``Trade`` models with ``get_batch(1000)`` in one task per stream and
+  touches ``price``.
   messages/s = typed models the consumer took in a ``--sim-seconds`` window after a warm-up.
   The processes are not pinned by default (the OS shares the two cores between the simulator
   and the client, as on a real machine the server would not share them at all);
@@ -35,7 +36,7 @@ process (``stats()["writer_cpu"]`` / rows recorded, over the whole recording).
                            [--no-pin] [--writers process,thread] [--writer-cpu other|same|any]
                            [--compression zstd] [--no-journal] [--strict]
 
-Goal (issue 7): recording at the simulator's full rate costs < 15 % of throughput (judged on
+Goal: recording at the simulator's full rate costs < 15 % of throughput (judged on
 the sim scenario). ``--strict`` exits 1 if it does not.
 """
 

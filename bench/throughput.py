@@ -12,8 +12,8 @@ to every stack, one stack at a time, in the same run:
   published: websockets' sync client read in its own thread, ``json.loads``, ``'data' in``, guid
   lookup in the subscription dict, the debug f-string of the whole message (built even with
   debug logging off), the opcode if-chain and an ``Event.trigger`` callback in the reader (the
-  consumer: touch ``last_price``). The baseline of the ratios, as in
-  ``../shared/perf-reference.md``'s "existing-client pattern";
+  consumer: touch ``last_price``). The baseline of the ratios: the usual pattern of existing
+  ALOR clients;
 * **AlorPy pattern on aiohttp**: the same per-message work on aiohttp's client, read in this
   loop: a faster transport than AlorPy's, printed as a second, stricter ratio;
 * **picows + msgspec**: a bare picows reader doing route + typed decode in its callback (no
@@ -48,7 +48,7 @@ where it is installed (the dev extras install it; docs/client.md recommends it f
 on asyncio's own with ``--loop asyncio``. The AlorPy baseline reads in its own thread with
 websockets' sync client and uses no event loop.
 
-Goals (issue 5): lossless typed quotes >= 7x the AlorPy pattern, latest >= 15x, peak unread of
+Goals: lossless typed quotes >= 7x the AlorPy pattern, latest >= 15x, peak unread of
 the burst < 1,000, added p99 latency <= 150 us. ``--strict`` exits 1 when one is missed (the
 machine is noisy: the default run only reports).
 """

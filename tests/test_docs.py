@@ -36,7 +36,8 @@ _MD_LINK = re.compile(
     r"\[protocol " + SECTION + r"(?P<num>\d+(?:\.\d+)?)\]\((?P<path>[^)#\s]*)#(?P<anchor>[^)\s]+)\)"
 )
 _PROCESS = re.compile(
-    r"issue \d|issues? points?|session \d|sessions \d|\bpoints? \d|alor-protocol|shared/",
+    r"issue \d|issues? points?|the issue\b|issue's|session \d|sessions \d|\bpoints? \d|alor-protocol"
+    r"|shared/",
     re.IGNORECASE,
 )
 

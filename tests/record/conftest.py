@@ -1,7 +1,8 @@
 """A short recording of the simulator, made once per module, with what the live streams got.
 
-The issue's minute of the demo is test_demo_replay.py (recorded while the suite runs); the tests
-here record ~3 s of a livelier simulator for the format, DuckDB, matching and pacing checks.
+The 60 s recording of the demo is checked in test_demo_replay.py (recorded while the suite
+runs); the tests here record ~3 s of a livelier simulator for the format, DuckDB, matching and
+pacing checks.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ _MD_LINK = re.compile(
     r"\[protocol " + SECTION + r"(?P<num>\d+(?:\.\d+)?)\]\((?P<path>[^)#\s]*)#(?P<anchor>[^)\s]+)\)"
 )
 _PROCESS = re.compile(
-    r"issue \d|issues? points?|the issue\b|issue's|session \d|sessions \d|\bpoints? \d|alor-protocol"
-    r"|shared/",
+    r"issue \d|issues? points?|the issue\b|issue's|session \d|sessions \d|\bpoints? \d"
+    r"|alor-protocol|shared/",
     re.IGNORECASE,
 )
 

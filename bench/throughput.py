@@ -660,7 +660,7 @@ async def run(args: argparse.Namespace) -> bool:
         value += f"{quiet_added:+.0f} in the quiet slices"
         ok = added <= 150 and quiet_added <= 150  # both estimates
         goals.append(("added p99 latency <= 150 µs (I/O thread)", ok, value))
-    print("\nGoals (issue 5), ratios against the AlorPy pattern of this run:")
+    print("\nGoals, ratios against the AlorPy pattern of this run:")
     for what, ok, value in goals:
         print(f"  {'ok' if ok else 'MISSED':<7} {what:<44} {value}")
     return all(ok for _, ok, _ in goals)

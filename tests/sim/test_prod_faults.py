@@ -318,9 +318,9 @@ async def test_admin_endpoints_for_the_production_faults(
         assert (await resp.json()) == {"silenced": 1}
         assert (await (await http.post("/sim/unsilence")).json()) == {"restored": 1}
         assert (await http.post("/sim/idle-cws", json={"seconds": 60})).status == 200
-        assert sim.server.cws_idle == 60
+        assert sim.faults.idle.seconds == 60
         assert (await http.post("/sim/idle-cws", json={"seconds": None})).status == 200
-        assert sim.server.cws_idle is None
+        assert sim.faults.idle.seconds is None
         resp = await http.post("/sim/idle-cws", json={"seconds": "x"})
         assert resp.status == 400 and "seconds" in (await resp.json())["message"]
         resp = await http.post("/sim/daily-restart", json={"start": "09:00", "end": "nope"})

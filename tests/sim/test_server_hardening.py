@@ -220,7 +220,7 @@ async def test_bad_http_bodies_are_4xx(
     assert text.strip(), "a 4xx needs a message"
     if path.startswith("/sim/"):
         assert sim.faults.dropped == 0  # nothing happened
-    assert sim.server.refuse_until == 0.0 and sim.server.reply_delay == 0.0
+    assert sim.faults.refuse_until == 0.0 and sim.faults.reply_delay == 0.0
     good = await http.get("/md/v2/time", headers=bearer(sim.access_token()))
     assert good.status == 200
     assert sim.stats()["errors"] == 0
@@ -511,13 +511,13 @@ async def test_http_order_with_a_reqid_in_flight_runs_once(
     fields = {"side": "buy", "quantity": 1, "price": 280.0, "instrument": SBER}
     body = json.dumps({**fields, "user": {"portfolio": portfolio}}).encode()
     entered, second_done = asyncio.Event(), asyncio.Event()
-    auth = sim.server._auth
+    auth = sim.server.http._auth
 
     def watch(req: Any) -> Any:
         entered.set()  # the first request's handler has started
         return auth(req)
 
-    monkeypatch.setattr(sim.server, "_auth", watch)
+    monkeypatch.setattr(sim.server.http, "_auth", watch)
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield body[:10]

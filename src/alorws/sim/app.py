@@ -164,14 +164,14 @@ class Simulator:
             self.engine,
             self.tokens,
             self.limits,
+            seed=seed,
             http_rate=http_rate,
             admin=admin,
             admin_token=admin_token,
             send_buffer=send_buffer,
             close_timeout=close_timeout,
         )
-        self.faults = Faults(self.server, seed)
-        self.server.faults = self.faults
+        self.faults: Faults = self.server.faults
         self.demo = self.engine.add_account(
             "demo", refresh_token=demo_refresh_token or _random_refresh_token()
         )

@@ -1,54 +1,37 @@
-"""Fault injection: what a client must survive, on demand.
+"""Fault injection: what a client must survive, on demand (docs/protocol.md §12.16).
 
-The same operations are reachable three ways: this in-process API (``sim.faults`` in tests),
-the admin endpoints ``/sim/*`` (only when the simulator runs with ``admin=True``) and the
-command-line flags of ``alorws sim``.
+:class:`Faults` is the in-process API (``sim.faults``); :class:`AdminApi` serves the same
+operations as the ``/sim/*`` admin endpoints, which the server registers only with
+``admin=True``; ``alorws sim`` maps its flags onto them. The conditions a fault sets (a refusal,
+a reply delay, a restart window, idle ``/cws`` staleness) are held here and read by the
+server's WebSocket shell on every connection and request.
 
-* :meth:`Faults.drop`: close connections now, with close code 1000, 1011, 1012 (a close frame)
-  or 1006 (no close frame: the TCP connection is just cut).
-* :meth:`Faults.random_drops`: the same at random intervals, with a random code from a set.
-* :meth:`Faults.stall`: stop sending to connections for N seconds (their queues keep filling,
-  and the unread limit still applies).
-* :meth:`Faults.refuse`: new connections (and HTTP) get 503 for N seconds.
-* :meth:`Faults.delay`: every reply (and the data behind it) waits N seconds.
-* :meth:`Faults.expire_tokens`: every JWT issued so far is invalid from now on.
-* :meth:`Faults.inject`: send an arbitrary (malformed or unknown) frame to connections.
-* :meth:`Faults.restart`: drop every connection and refuse new ones for a while.
-
-The production behaviours of docs/protocol.md §9.6, as docs/protocol.md §12.16 models them:
-
-* :meth:`Faults.idle_cws`: a ``/cws`` connection idle for longer than N seconds goes stale:
-  ``authorize`` with a token issued before that is answered 200 and does not help, the next
-  command is not executed and the connection is cut; a token issued after it clears it.
-* :meth:`Faults.restart_window`: ALOR's daily restart: for N seconds new connections and HTTP
-  get 503 (a share of attempts may get through and is dropped shortly after: flapping), open
-  connections are dropped. :meth:`Faults.daily_restart` repeats it every day at a Moscow time.
-* :meth:`Faults.silence`: chosen subscriptions stop receiving data while their connection, its
-  pings and its other subscriptions carry on; :meth:`Faults.unsilence` ends it.
-
-Every argument is checked: a bad one raises :class:`~alorws.errors.InvalidArgumentError` naming
-it (the admin endpoints answer 400 with that message) and changes nothing. Durations are finite
-seconds within ``0..MAX_SECONDS``; close codes come from :data:`CLOSE_REASONS`. A background
-fault (``random_drops``) survives a failing round: the failure is logged, counted in the
-server's ``errors`` and shown in :meth:`Faults.stats`.
+Every argument is checked by the ``check_*`` functions: a bad one raises
+:class:`~alorws.errors.InvalidArgumentError` naming it (the admin endpoints answer 400 with that
+message) and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from aiohttp import web
+
 from ..errors import InvalidArgumentError
+from .web import error_response, json_response, read_json
 
 
 if TYPE_CHECKING:
-    from .server import SimServer
-    from .subscriptions import Connection, Subscription
+    from .auth import Claims, TokenService
+    from .connection import Connection
+    from .subscriptions import Hub, Subscription
 
 
 __all__ = [
@@ -57,7 +40,10 @@ __all__ = [
     "MIN_DROP_EVERY",
     "MIN_IDLE",
     "MOSCOW_UTC_OFFSET",
+    "AdminApi",
     "Faults",
+    "IdleCws",
+    "RestartWindow",
     "check_account",
     "check_clock",
     "check_code",
@@ -164,12 +150,169 @@ def check_kind(value: object) -> str | None:
     return value
 
 
-class Faults:
-    """Fault injection on a running :class:`~alorws.sim.server.SimServer`."""
+# -- the conditions the server reads -----------------------------------------------------------
 
-    def __init__(self, server: SimServer, seed: int | None = None) -> None:
-        self._server = server
+
+class RestartWindow:
+    """A restart window: its settings and what it did (docs/protocol.md §12.16).
+
+    While :meth:`active`, new connections and HTTP requests are refused with 503 except a share
+    ``accept`` of them (:meth:`admits`); a WebSocket let through is dropped with ``code`` within
+    ``linger`` seconds, and no later than the window's end (:meth:`doom_delay`, :meth:`drop`).
+    Times are on the server's clock.
+    """
+
+    def __init__(self, random: Callable[[], float]) -> None:
+        self.until = 0.0
+        self.accept = 0.0
+        self.linger = 1.0
+        self.code = 1006
+        self.counts = {"refused": 0, "admitted": 0, "dropped": 0}
+        self._random = random
+
+    def active(self, now: float) -> bool:
+        """True while the window lasts."""
+        return now < self.until
+
+    def admits(self) -> bool:
+        """During the window: whether this attempt gets through (counted either way)."""
+        if self._random() >= self.accept:
+            self.counts["refused"] += 1
+            return False
+        self.counts["admitted"] += 1
+        return True
+
+    def doom_delay(self, now: float) -> float:
+        """Seconds from ``now`` until a connection let through is dropped."""
+        return max(0.0, min(self._random() * self.linger, self.until - now))
+
+    def drop(self, conn: Connection) -> None:
+        """Drop a connection let through (the timer :meth:`doom_delay` set has fired)."""
+        conn.doomed = None
+        if not conn.closing:
+            self.counts["dropped"] += 1
+            code = self.code
+            conn.close(code, "" if code == 1006 else "Service restart")
+
+
+class IdleCws:
+    """The idle ``/cws`` fault's state (docs/protocol.md §12.16, ALOR's behaviour of
+    docs/protocol.md §9.6): ``seconds`` of idleness (None: off) and the staleness it caused.
+
+    A ``/cws`` connection without a command for longer than ``seconds`` goes stale
+    (:meth:`go_stale`, when the server's idle timer fires). Every token issued until then, the
+    account's, on any connection, is "old": ``authorize`` with one is answered 200 and changes
+    nothing, and the next command on a stale connection is not executed: the TCP connection is
+    cut (:meth:`cut`: 1006, no reply). ``authorize`` with a token issued later clears it and
+    restarts the idle clock (:meth:`authorized`).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.resets = 0  # commands refused by cutting the connection
+        self._cutoff: dict[str, int] = {}  # per account: tokens up to this serial are old
+
+    def set(self, seconds: float | None) -> None:
+        """Turn it on (``seconds``) or off (None: every account's old tokens are forgotten)."""
+        self.seconds = seconds
+        if seconds is None:
+            self._cutoff.clear()
+
+    def go_stale(self, conn: Connection, issued: int) -> None:
+        """``conn`` has been idle for ``seconds``; ``issued`` is the newest token serial."""
+        if conn.closing or self.seconds is None:
+            return
+        # Every token issued so far predates the staleness: none of them clears it, here or
+        # on the account's next connection (docs/protocol.md §9.6: only a freshly issued token
+        # helps).
+        conn.stale = True
+        conn.stale_serial = issued
+        if conn.login is not None and issued > self._cutoff.get(conn.login, 0):
+            self._cutoff[conn.login] = issued
+
+    def authorized(self, conn: Connection, claims: Claims, now: float) -> bool:
+        """``authorize`` accepted on ``conn``: an old token leaves (or makes) it stale, a token
+        issued after the staleness clears it. True when its idle timer must be re-armed."""
+        if self.seconds is None:
+            return False
+        cutoff = self._cutoff.get(claims.login, 0)
+        if conn.stale:
+            cutoff = max(cutoff, conn.stale_serial)
+        if claims.serial <= cutoff:
+            conn.stale = True
+            conn.stale_serial = cutoff
+            return True  # stops the timer: it is stale already
+        if conn.stale:
+            conn.stale = False
+            conn.last_command = now
+            return True
+        return False
+
+    def cut(self, conn: Connection) -> None:
+        """A command on a stale connection: not executed, the connection is cut."""
+        self.resets += 1
+        conn.close(1006, "", discard=False)
+
+
+# -- the fault API -----------------------------------------------------------------------------
+
+
+class Faults:
+    """Fault injection on a running simulator, in-process (``sim.faults``).
+
+    * :meth:`drop`: close connections now, with close code 1000, 1011, 1012 (a close frame)
+      or 1006 (no close frame: the TCP connection is just cut).
+    * :meth:`random_drops`: the same at random intervals, with a random code from a set.
+    * :meth:`stall`: stop sending to connections for N seconds (their queues keep filling,
+      and the unread limit still applies).
+    * :meth:`refuse`: new connections (and HTTP) get 503 for N seconds.
+    * :meth:`delay`: every reply (and the data behind it) waits N seconds.
+    * :meth:`expire_tokens`: every JWT issued so far is invalid from now on.
+    * :meth:`inject`: send an arbitrary (malformed or unknown) frame to connections.
+    * :meth:`restart`: drop every connection and refuse new ones for a while.
+
+    The production behaviours of docs/protocol.md §9.6, as docs/protocol.md §12.16 models them:
+    :meth:`idle_cws` (see :class:`IdleCws`); :meth:`restart_window`, ALOR's daily restart (see
+    :class:`RestartWindow`), repeated every day at a Moscow time by :meth:`daily_restart`;
+    :meth:`silence`: chosen subscriptions stop receiving data while their connection, its pings
+    and its other subscriptions carry on; :meth:`unsilence` ends it.
+
+    Durations are finite seconds within ``0..MAX_SECONDS``; close codes come from
+    :data:`CLOSE_REASONS`. A background fault (``random_drops``, ``daily_restart``) survives a
+    failing round: the failure is logged, counted in :attr:`errors` (part of the server's
+    ``errors``) and shown in :meth:`stats`.
+
+    Args:
+        hub: the server's connections and subscriptions.
+        tokens: the server's token service (:meth:`expire_tokens`).
+        seed: seeds the random faults.
+        clock: the server's clock, seconds.
+        arm_idle: (re)starts the idle timer of a ``/cws`` connection (the server's).
+    """
+
+    def __init__(
+        self,
+        hub: Hub[Connection],
+        tokens: TokenService,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float],
+        arm_idle: Callable[[Connection], None],
+    ) -> None:
+        self._hub = hub
+        self._tokens = tokens
+        self._clock = clock
+        self._arm_idle = arm_idle
         self._random = random.Random(seed)
+        #: Clock time before which new connections and HTTP requests get 503.
+        self.refuse_until = 0.0
+        #: Seconds every reply waits.
+        self.reply_delay = 0.0
+        self.window = RestartWindow(self._random.random)
+        self.idle = IdleCws()
+        self.injected = 0
+        self.dropped = 0
+        self.errors = 0
         self._drops_task: asyncio.Task[None] | None = None
         self._drops: dict[str, Any] = {"running": False}
         self._daily_task: asyncio.Task[None] | None = None
@@ -177,9 +320,14 @@ class Faults:
         self._silenced: dict[int, Subscription] = {}
         self._silence_timers: dict[int, asyncio.TimerHandle] = {}
         self._silence_rounds = 0
-        self.injected = 0
-        self.dropped = 0
-        server.window_random = self._random.random
+
+    def turn_away(self) -> bool:
+        """Whether a new connection or HTTP request is answered 503 now: a refusal lasts, or
+        a restart window does and does not let this attempt through (counted)."""
+        now = self._clock()
+        if now < self.refuse_until:
+            return True
+        return self.window.active(now) and not self.window.admits()
 
     def stats(self) -> dict[str, Any]:
         """State of the faults (part of ``GET /sim/stats``).
@@ -191,33 +339,26 @@ class Faults:
         through and dropped. ``daily_restart``: its schedule (Moscow time). ``silenced``:
         subscriptions silent now.
         """
-        server = self._server
-        try:
-            left = max(0.0, server.window_until - asyncio.get_running_loop().time())
-        except RuntimeError:  # no running loop: stats() read after the simulator stopped
-            left = 0.0
-        active = left > 0
+        window = self.window
+        left = max(0.0, window.until - self._clock())
+        stale = sum(1 for c in self._hub.connections.values() if c.kind == "cws" and c.stale)
         return {
             "random_drops": dict(self._drops),
-            "idle_cws": {
-                "idle": server.cws_idle,
-                "stale": server.stale_connections(),
-                "resets": server.stale_resets,
-            },
+            "idle_cws": {"idle": self.idle.seconds, "stale": stale, "resets": self.idle.resets},
             "restart_window": {
-                "active": active,
+                "active": left > 0,
                 "seconds_left": round(left, 3),
-                "accept": server.window_accept,
-                "linger": server.window_linger,
-                "code": server.window_code,
-                **server.window_counts,
+                "accept": window.accept,
+                "linger": window.linger,
+                "code": window.code,
+                **window.counts,
             },
             "daily_restart": dict(self._daily),
             "silenced": sum(1 for sub in self._silenced.values() if sub.silent and sub.alive),
         }
 
     def _targets(self, account: str | None = None, kind: str | None = None) -> list[Connection]:
-        conns = list(self._server.hub.connections.values())
+        conns = list(self._hub.connections.values())
         return [
             c
             for c in conns
@@ -284,7 +425,7 @@ class Faults:
         self._drops["running"] = False
         if not task.cancelled() and task.exception() is not None:
             self._drops["stopped"] = repr(task.exception())
-            self._server.errors += 1
+            self.errors += 1
             log.error("random drops stopped: %r", task.exception())
 
     async def _drop_randomly(self, every: float, codes: list[int], account: str | None) -> None:
@@ -298,13 +439,13 @@ class Faults:
             except Exception as exc:  # one failed round must not end the fault
                 state["failures"] += 1
                 state["last_error"] = repr(exc)
-                self._server.errors += 1
+                self.errors += 1
                 log.exception("random drops: a round failed")
 
     def stall(self, seconds: float, account: str | None = None, kind: str | None = None) -> int:
         """Stop sending anything to the current connections for ``seconds``."""
         seconds = check_seconds("seconds", seconds)
-        until = asyncio.get_running_loop().time() + seconds
+        until = self._clock() + seconds
         targets = self._targets(check_account(account), check_kind(kind))
         for conn in targets:
             conn.stalled_until = until
@@ -313,15 +454,15 @@ class Faults:
     def refuse(self, seconds: float) -> None:
         """New connections and HTTP requests get 503 for ``seconds`` (0 ends a refusal)."""
         seconds = check_seconds("seconds", seconds)
-        self._server.refuse_until = asyncio.get_running_loop().time() + seconds
+        self.refuse_until = self._clock() + seconds
 
     def delay(self, seconds: float) -> None:
         """Delay every reply by ``seconds`` from now on (0 turns it off)."""
-        self._server.reply_delay = check_seconds("seconds", seconds)
+        self.reply_delay = check_seconds("seconds", seconds)
 
     def expire_tokens(self) -> None:
         """Every JWT issued so far is invalid now (new requests get 401; live subs go on)."""
-        self._server.tokens.expire_all()
+        self._tokens.expire_all()
 
     def inject(
         self, frame: str | bytes, account: str | None = None, kind: str | None = None
@@ -358,7 +499,13 @@ class Faults:
         """
         if seconds is not None:
             seconds = check_seconds("seconds", seconds, MIN_IDLE)
-        self._server.set_cws_idle(seconds)
+        self.idle.set(seconds)
+        for conn in list(self._hub.connections.values()):
+            if conn.kind != "cws":
+                continue
+            if seconds is None:
+                conn.stale = False
+            self._arm_idle(conn)
 
     def restart_window(
         self,
@@ -381,11 +528,11 @@ class Faults:
         accept = check_share("accept", accept)
         linger = check_seconds("linger", linger)
         code = check_code(code)
-        server = self._server
-        server.window_until = asyncio.get_running_loop().time() + seconds
-        server.window_accept = accept
-        server.window_linger = linger
-        server.window_code = code
+        window = self.window
+        window.until = self._clock() + seconds
+        window.accept = accept
+        window.linger = linger
+        window.code = code
         return self.drop(code) if seconds > 0 else 0
 
     def daily_restart(
@@ -440,7 +587,7 @@ class Faults:
                     self._daily["windows"] += 1
                 except Exception as exc:  # one failed round must not end the schedule
                     self._daily["last_error"] = repr(exc)
-                    self._server.errors += 1
+                    self.errors += 1
                     log.exception("daily restart: a window failed")
                 await asyncio.sleep(length - into + 1.0)
             else:
@@ -479,7 +626,7 @@ class Faults:
             raise InvalidArgumentError("connection", f"must be a connection id, got {connection!r}")
         wanted_opcode = opcode.casefold() if opcode is not None else None
         wanted_symbol = symbol.casefold() if symbol is not None else None
-        hub = self._server.hub
+        hub = self._hub
         chosen: list[Subscription] = []
         for conn in self._targets(account, "ws"):
             if connection is not None and conn.id != connection:
@@ -504,7 +651,7 @@ class Faults:
 
     def _end_silence(self, key: int, subs: list[Subscription]) -> None:
         self._silence_timers.pop(key, None)
-        hub = self._server.hub
+        hub = self._hub
         for sub in subs:
             self._silenced.pop(id(sub), None)
             hub.unsilence(sub)
@@ -514,7 +661,7 @@ class Faults:
         for timer in self._silence_timers.values():
             timer.cancel()
         self._silence_timers.clear()
-        hub = self._server.hub
+        hub = self._hub
         subs, self._silenced = list(self._silenced.values()), {}
         return sum(1 for sub in subs if hub.unsilence(sub))
 
@@ -532,3 +679,181 @@ class Faults:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+# -- the admin endpoints -----------------------------------------------------------------------
+
+_MAX_INJECT: Final = 1 << 20  # /sim/inject may carry a larger frame (it is sent, not parsed)
+
+
+class AdminApi:
+    """The ``/sim/*`` endpoints: :class:`Faults` over HTTP, plus the ground truth and stats.
+
+    The server registers them only with ``admin=True``. With a ``token`` every request must
+    carry it, as ``Authorization: Bearer <admin token>`` or ``X-Sim-Admin: <admin token>``;
+    otherwise :meth:`refusal` answers 401. :class:`Faults` checks every argument: a bad one
+    raises :class:`~alorws.errors.InvalidArgumentError`, which the server answers with a 400
+    naming it; nothing changes.
+
+    Args:
+        faults: what the endpoints drive.
+        token: the admin token, or None (no token required).
+        ground_truth: the engine's ground-truth log (``GET /sim/ground-truth``).
+        stats: the server's stats (``GET /sim/stats``).
+    """
+
+    def __init__(
+        self,
+        faults: Faults,
+        *,
+        token: str | None,
+        ground_truth: Callable[[], list[dict[str, Any]]],
+        stats: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.faults = faults
+        self.token = token
+        self._ground_truth = ground_truth
+        self._stats = stats
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        """Register every ``/sim/*`` endpoint on ``router``."""
+        r = router
+        r.add_post("/sim/drop", self._drop)
+        r.add_post("/sim/stall", self._stall)
+        r.add_post("/sim/refuse", self._refuse)
+        r.add_post("/sim/delay", self._delay)
+        r.add_post("/sim/expire-tokens", self._expire)
+        r.add_post("/sim/inject", self._inject)
+        r.add_post("/sim/restart", self._restart)
+        r.add_post("/sim/random-drops", self._random_drops)
+        r.add_post("/sim/idle-cws", self._idle_cws)
+        r.add_post("/sim/restart-window", self._restart_window)
+        r.add_post("/sim/daily-restart", self._daily_restart)
+        r.add_post("/sim/silence", self._silence)
+        r.add_post("/sim/unsilence", self._unsilence)
+        r.add_get("/sim/ground-truth", self._get_ground_truth)
+        r.add_get("/sim/stats", self._get_stats)
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 401 answer for a request without the admin token, or None to serve it."""
+        if self.token is None:
+            return None
+        given = request.headers.get("X-Sim-Admin")
+        if given is None:
+            header = request.headers.get("Authorization", "")
+            given = header[7:].strip() if header.startswith("Bearer ") else ""
+        if hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
+        return json_response(
+            {
+                "code": 401,
+                "message": "Admin token required: send 'Authorization: Bearer <admin "
+                "token>' or 'X-Sim-Admin: <admin token>'",
+            },
+            401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def _drop(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request) or {}
+        n = self.faults.drop(body.get("code", 1006), account=body.get("account"))
+        return json_response({"dropped": n})
+
+    async def _stall(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request) or {}
+        n = self.faults.stall(body.get("seconds", 1.0), account=body.get("account"))
+        return json_response({"stalled": n})
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request) or {}
+        self.faults.refuse(body.get("seconds", 1.0))
+        return json_response({"ok": True})
+
+    async def _delay(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request) or {}
+        self.faults.delay(body.get("seconds", 0.0))
+        return json_response({"ok": True})
+
+    async def _expire(self, request: web.Request) -> web.StreamResponse:
+        self.faults.expire_tokens()
+        return json_response({"ok": True})
+
+    async def _inject(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request, _MAX_INJECT) or {}
+        frame = body.get("frame")
+        if not isinstance(frame, str):
+            return error_response(400, "frame: must be a string")
+        n = self.faults.inject(frame, account=body.get("account"))
+        return json_response({"injected": n})
+
+    async def _restart(self, request: web.Request) -> web.StreamResponse:
+        body = await read_json(request) or {}
+        n = self.faults.restart(body.get("seconds", 2.0), code=body.get("code", 1006))
+        return json_response({"dropped": n})
+
+    async def _idle_cws(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds": s}`` makes idle /cws connections stale after s; null turns it off."""
+        body = await read_json(request) or {}
+        self.faults.idle_cws(body.get("seconds"))
+        return json_response({"ok": True})
+
+    async def _restart_window(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds", "accept", "linger", "code"}``: a restart window from now."""
+        body = await read_json(request) or {}
+        n = self.faults.restart_window(
+            body.get("seconds", 2.0),
+            accept=body.get("accept", 0.0),
+            linger=body.get("linger", 1.0),
+            code=body.get("code", 1006),
+        )
+        return json_response({"dropped": n})
+
+    async def _daily_restart(self, request: web.Request) -> web.StreamResponse:
+        """``{"start": "09:00", "end": "10:00", ...}`` (Moscow time); ``start`` null stops."""
+        body = await read_json(request) or {}
+        faults = self.faults
+        if body.get("start") is None:
+            faults.stop_daily_restart()
+        else:
+            faults.daily_restart(
+                body["start"],
+                body.get("end", ""),
+                accept=body.get("accept", 0.0),
+                linger=body.get("linger", 1.0),
+                code=body.get("code", 1006),
+            )
+        return json_response({"ok": True})
+
+    async def _silence(self, request: web.Request) -> web.StreamResponse:
+        """``{"seconds", "guid", "opcode", "symbol", "account", "connection"}``."""
+        body = await read_json(request) or {}
+        n = self.faults.silence(
+            body.get("seconds"),
+            guid=body.get("guid"),
+            opcode=body.get("opcode"),
+            symbol=body.get("symbol"),
+            account=body.get("account"),
+            connection=body.get("connection"),
+        )
+        return json_response({"silenced": n})
+
+    async def _unsilence(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"restored": self.faults.unsilence()})
+
+    async def _random_drops(self, request: web.Request) -> web.StreamResponse:
+        """``{"every": s, "codes": [...], "account": login}`` starts; ``every`` null stops."""
+        body = await read_json(request) or {}
+        every = body.get("every")
+        faults = self.faults
+        if every is None:
+            faults.stop_random_drops()
+        else:
+            codes = body.get("codes", [1000, 1006, 1011, 1012])
+            faults.random_drops(every, codes=codes, account=body.get("account"))
+        return json_response({"ok": True})
+
+    async def _get_ground_truth(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self._ground_truth())
+
+    async def _get_stats(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self._stats())

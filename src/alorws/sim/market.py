@@ -66,6 +66,7 @@ __all__ = [
     "bucket_start",
     "iso_time",
     "symbols_of",
+    "tf_seconds",
 ]
 
 #: 2025-06-23 07:00:00 UTC (10:00 MSK, a Monday), the default "now" of a new market.
@@ -101,6 +102,12 @@ _MAX_TIMEFRAMES: Final = 32  # candle series kept per instrument
 # Build keys besides timeframes: the one-minute and the 15-second history.
 _MINUTES: Final = -60
 _QUARTERS: Final = -15
+
+
+def tf_seconds(tf: str | int) -> int:
+    """``"60"`` -> 60, ``"D"`` -> 86400 (requests are already validated; docs/protocol.md §4.3)."""
+    text = str(tf)
+    return TIMEFRAMES.get(text) or int(text)
 
 
 def iso_time(ms: int) -> str:

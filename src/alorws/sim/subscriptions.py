@@ -1,36 +1,23 @@
-"""Per-connection state of the simulator: outgoing queue, subscriptions, fan-out, throttling.
+"""The simulator's subscriptions: which exist, what each one sends and when. Pure: no asyncio.
 
-* :class:`Connection` owns one socket's **outgoing queue** and the sender task that writes it.
-  Every frame the server produces for the connection goes through the queue, in order, so a
-  status reply always precedes the first data message of its guid (docs/protocol.md §12.2). The
-  number of frames queued and not yet handed to the transport is the connection's *unread* count:
-  above ``max_unread`` the connection is closed with 1008 ``Buffer overflow`` and all its
-  subscriptions are dropped (docs/protocol.md §12.9). The sender writes only
-  while the transport is below its high-water mark (64 KiB, see ``server.py``), so what a client
-  does not read backs up in the queue, after the kernel's socket buffers. A history replay sits in
-  the queue as one lazily built item: a long replay to a fast reader is not "unread".
-* :class:`Hub` is the registry of every subscription, indexed by what feeds it (an instrument's
-  book, a portfolio's orders, ...). The market loop hands it events; it encodes each payload once
-  per format and fans the bytes out. State streams are conflated to one message per
-  ``frequency`` interval; event streams are never conflated (docs/protocol.md §12.4).
-* :meth:`Hub.handle_ws` answers one ``/ws`` request (docs/protocol.md §3-5 and
-  docs/protocol.md §12.2): subscribe, unsubscribe (any case), ping. A request
-  whose history is not built yet (the first candles of a timeframe, the first quote of an
-  instrument) hands back an awaitable that builds it in bounded steps, so one long history never
-  blocks the event loop for the other connections.
+* :class:`Hub` registers every connection and subscription, counts connections against their
+  accounts (docs/protocol.md §12.9), answers ``/ws`` requests (:meth:`Hub.handle_ws`) and fans
+  market and account events out.
+* :class:`Subscription` and its conflated kinds turn an event or a state into a data message.
+
+A connection is a :class:`Peer` here: the hub hands it frames, and the asyncio side
+(:class:`~alorws.sim.connection.Connection`) queues and writes them. Time comes from the clocks
+the server passes in; nothing here reads a clock of its own or waits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
-import logging
-import struct
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -55,7 +42,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
-from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES
+from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, tf_seconds
 from .wire import encode_payload
 
 
@@ -68,11 +55,12 @@ __all__ = [
     "DEFAULT_FREQUENCY_MS",
     "HISTORY_CAP",
     "MAX_GUID_LEN",
-    "Connection",
+    "HistoryWait",
     "Hub",
     "Limits",
-    "Wire",
-    "encode_payload",
+    "Peer",
+    "Subscription",
+    "guid_error",
     "status_frame",
 ]
 
@@ -82,12 +70,6 @@ HISTORY_CAP: Final = 3000  # replays send at most the newest 3000 (docs/protocol
 #: characters); a guid is echoed in every data message, so a longer one is refused rather than
 #: repeated.
 MAX_GUID_LEN: Final = 128
-_BATCH_BYTES: Final = 256 * 1024  # bytes the sender hands the transport in one write
-_YIELD_BYTES: Final = 2 * 1024 * 1024  # bytes a sender writes before letting others run
-_REPLAY_CHUNK: Final = 256  # replayed frames built per sender turn
-_TF_LETTERS: Final = {"D": 86_400, "W": 604_800, "M": 2_592_000, "Y": 31_536_000}
-
-log = logging.getLogger("alorws.sim")
 
 _ENC: Final = msgspec.json.Encoder()
 _DATA: Final = b'{"data":'
@@ -118,265 +100,47 @@ def _as_existing(model: Model) -> Model:
     return msgspec.structs.replace(model, existing=True)
 
 
-def tf_seconds(tf: str | int) -> int:
-    """``"60"`` -> 60, ``"D"`` -> 86400 (requests are already validated; docs/protocol.md §4.3)."""
-    text = str(tf)
-    return _TF_LETTERS.get(text) or int(text)
+class Peer(Protocol):
+    """What the hub needs of a connection (:class:`~alorws.sim.connection.Connection` is one)."""
 
-
-# -- frames on the wire -----------------------------------------------------------------------
-
-_PACK2: Final = struct.Struct("!BBH").pack
-_PACK8: Final = struct.Struct("!BBQ").pack
-# Headers of unmasked final text frames (RFC 6455 §5.2), precomputed for the usual sizes.
-_HEADERS: Final = [bytes((0x81, n)) if n < 126 else _PACK2(0x81, 126, n) for n in range(8192)]
-
-
-def _text_header(n: int) -> bytes:
-    """RFC 6455 header of an unmasked, final text frame of ``n`` payload bytes."""
-    if n < 8192:
-        return _HEADERS[n]
-    if n < 65536:
-        return _PACK2(0x81, 126, n)
-    return _PACK8(0x81, 127, n)
-
-
-class Wire(Protocol):
-    """What the sender needs from a transport (implemented over aiohttp in ``server.py``)."""
-
-    def write(self, data: bytes) -> None:
-        """Hand bytes to the transport (never blocks)."""
-
-    def writing_paused(self) -> bool:
-        """True while the transport's buffer is above its high-water mark."""
-
-    def drain(self) -> Awaitable[None]:
-        """Wait until the transport's buffer is below its low-water mark."""
-
-
-class _Replay:
-    """A history replay queued as one item and built lazily by the sender, so a long replay
-    to a fast reader neither counts as unread nor costs memory up front."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterator[bytes]) -> None:
-        self._items = items
-
-    def take(self, n: int) -> tuple[list[bytes], bool]:
-        out = list(itertools.islice(self._items, n))
-        return out, len(out) < n
-
-
-class Connection:
-    """One ``/ws`` or ``/cws`` socket: its queue, sender task, subscriptions and account.
-
-    Args:
-        kind: ``"ws"`` or ``"cws"``.
-        wire: the transport to write to.
-        max_unread: frames the queue may hold before the connection is dropped
-            (docs/protocol.md §12.9).
-        on_close: called once with ``(code, reason)`` when the server decides to close it.
-    """
-
-    _ids: ClassVar[Iterator[int]] = itertools.count(1)
-
-    def __init__(
-        self,
-        kind: str,
-        wire: Wire,
-        max_unread: int,
-        on_close: Callable[[int, str], None],
-    ) -> None:
-        self.id = next(self._ids)
-        self.kind = kind
-        self.wire = wire
-        self.max_unread = max_unread
-        self.on_close = on_close
-        self.subs: dict[str, Subscription] = {}
-        self.login: str | None = None  # the account it counts against (docs/protocol.md §12.9)
-        self.claims: Claims | None = None  # /cws: the authorized token's claims
-        self.closing = False
-        self.close_code: int | None = None
-        self.stalled_until = 0.0  # loop time; the sender writes nothing before it
-        self.sent = 0  # frames handed to the transport
-        # /cws, the idle fault (see server.py): when the last command came (loop time), whether
-        # the connection is stale, and the timer that makes it so.
-        self.last_command = 0.0
-        self.stale = False
-        self.stale_serial = 0  # tokens up to this serial do not clear the staleness
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.doomed: asyncio.TimerHandle | None = None  # the restart window drops it at this
-        self._queue: deque[bytes | _Replay] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._pending_close: tuple[int, str] | None = None
-        self.hub: Hub | None = None
+    id: int
+    login: str | None  # the account it counts against, once known
+    subs: dict[str, Subscription]  # by guid; the hub fills it
+    closing: bool
 
     @property
     def unread(self) -> int:
-        """Frames produced for this connection that the transport has not taken yet."""
-        return len(self._queue)
-
-    def start(self) -> None:
-        """Start the sender task (call from the event loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._send_loop())
-
-    async def stop(self) -> None:
-        """Stop the sender and forget what is queued."""
-        self._queue.clear()
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not task.cancelled():  # we were cancelled ourselves, not just the task
-                    raise
+        """Frames handed to the connection and not yet written."""
 
     def put(self, frame: bytes) -> None:
-        """Queue one frame; drop the connection if that makes it overflow
-        (docs/protocol.md §12.9)."""
-        if self.closing:
-            return
-        queue = self._queue
-        queue.append(frame)
-        if len(queue) > self.max_unread:
-            self.close(1008, "Buffer overflow")
-            return
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        """Queue one frame (the connection closes itself if that overflows it)."""
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue one frame of a fan-out; False when that overflowed it (the hub then closes
+        it)."""
 
     def put_replay(self, frames: Iterator[bytes]) -> None:
-        """Queue a lazily built sequence of frames (history), in order with the rest."""
-        if self.closing:
-            return
-        self._queue.append(_Replay(frames))
-        self.put_nothing()
-
-    def put_nothing(self) -> None:
-        """Wake the sender (e.g. after a stall ends or a replay was queued)."""
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def flush_now(self) -> None:
-        """Hand every queued frame to the transport now: a close frame is about to be written
-        (the client closed, or sent a frame too big), and what was queued before it, replies
-        to commands already executed included, must precede it. A stalled connection sends
-        nothing; an unfinished history replay is dropped (the connection ends)."""
-        queue = self._queue
-        if not queue or self.stalled_until > asyncio.get_running_loop().time():
-            return
-        parts: list[bytes] = []
-        count = 0
-        for item in queue:
-            if type(item) is bytes:
-                parts.append(_text_header(len(item)))
-                parts.append(item)
-                count += 1
-        queue.clear()
-        if parts:
-            self.wire.write(b"".join(parts))
-            self.sent += count
+        """Queue frames built lazily, as the connection sends them."""
 
     def close(self, code: int, reason: str, *, discard: bool = True) -> None:
-        """Decide to close: nothing more is queued; subscriptions go; the server closes it.
+        """Close with ``code``; with ``discard=False`` what is queued goes out first."""
 
-        With ``discard=False`` what is already queued (e.g. the reply explaining the close)
-        is sent first.
-        """
-        if self.closing:
-            return
-        self.closing = True
-        self.close_code = code
-        if discard:
-            self._queue.clear()
-        if self.hub is not None:
-            self.hub.drop_subscriptions(self)
-        if self._queue and self._task is not None and not self._task.done():
-            self._pending_close = (code, reason)
-            self.put_nothing()
-        else:
-            self.on_close(code, reason)
 
-    async def _send_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue = self._queue
-        wire = self.wire
-        header = _text_header
-        headers = _HEADERS
-        since_yield = 0
-        while True:
-            if not queue:
-                if self._pending_close is not None:
-                    code, reason = self._pending_close
-                    self._pending_close = None
-                    self.on_close(code, reason)
-                    return
-                waiter = loop.create_future()
-                self._waiter = waiter
-                await waiter
-                since_yield = 0
-                continue
-            pause = self.stalled_until - loop.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
-                continue
-            parts: list[bytes] = []
-            size = 0
-            count = 0
-            replaying = False
-            append = parts.append
-            while queue and size < _BATCH_BYTES:
-                item = queue.popleft()
-                if type(item) is bytes:
-                    n = len(item)
-                    append(headers[n] if n < 8192 else header(n))
-                    append(item)
-                    size += n
-                    count += 1
-                    continue
-                assert isinstance(item, _Replay)
-                try:
-                    frames, done = item.take(_REPLAY_CHUNK)
-                except Exception:  # a bug building the replay: drop it, keep the connection
-                    log.exception("a history replay failed")
-                    if self.hub is not None:
-                        self.hub.errors += 1
-                    frames, done = [], True
-                for frame in frames:
-                    parts.append(header(len(frame)))
-                    parts.append(frame)
-                    size += len(frame)
-                count += len(frames)
-                if not done:
-                    queue.appendleft(item)
-                    replaying = True
-                    break
-            if parts:
-                wire.write(b"".join(parts))
-                self.sent += count
-                since_yield += size
-            try:
-                if wire.writing_paused():
-                    # The transport holds more than its high-water mark: what stays in the
-                    # queue from now on is what the client has not taken (the unread count).
-                    await wire.drain()
-                    since_yield = 0
-                elif replaying or since_yield >= _YIELD_BYTES:
-                    # Let the producers and other senders run; a replay builds its frames
-                    # here, so it yields after every chunk.
-                    await asyncio.sleep(0)
-                    since_yield = 0
-            except ConnectionError:  # the peer is gone; the reader side cleans up
-                self._queue.clear()
-                return
+C = TypeVar("C", bound=Peer)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWait:
+    """A subscription that needs history built first (:meth:`Hub.handle_ws`).
+
+    The caller runs :attr:`step` (one bounded piece of work) until it returns True, letting
+    other connections be served in between and giving up if :attr:`conn` closes, then runs
+    :attr:`finish`, which subscribes.
+    """
+
+    conn: Peer
+    step: Callable[[], bool]
+    finish: Callable[[], None]
 
 
 # -- subscriptions ----------------------------------------------------------------------------
@@ -402,7 +166,7 @@ class Subscription:
     conflated: ClassVar[bool] = False
 
     def __init__(
-        self, guid: str, conn: Connection, fmt: Format, key: tuple[str, str], interval: float
+        self, guid: str, conn: Peer, fmt: Format, key: tuple[str, str], interval: float
     ) -> None:
         self.guid = guid
         self.conn = conn
@@ -421,7 +185,7 @@ class Subscription:
         """The data message ``{"data": payload, "guid": …}`` (docs/protocol.md §3.4)."""
         return _DATA + payload + self.tail
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         """Send the current state (conflated kinds only)."""
 
 
@@ -430,13 +194,13 @@ class _BookSub(Subscription):
     conflated = True
 
     def __init__(
-        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, depth: int
+        self, guid: str, conn: Peer, fmt: Format, interval: float, symbol: str, depth: int
     ) -> None:
         super().__init__(guid, conn, fmt, ("book", symbol), interval)
         self.symbol = symbol
         self.depth = depth
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         self.conn.put(self.frame(hub.book_payload(self.symbol, self.depth, self.fmt, False)))
 
 
@@ -444,13 +208,11 @@ class _QuoteSub(Subscription):
     __slots__ = ("symbol",)
     conflated = True
 
-    def __init__(
-        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str
-    ) -> None:
+    def __init__(self, guid: str, conn: Peer, fmt: Format, interval: float, symbol: str) -> None:
         super().__init__(guid, conn, fmt, ("quote", symbol), interval)
         self.symbol = symbol
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         self.conn.put(self.frame(hub.quote_payload(self.symbol, self.fmt)))
 
 
@@ -459,14 +221,14 @@ class _BarsSub(Subscription):
     conflated = True
 
     def __init__(
-        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, tf: int
+        self, guid: str, conn: Peer, fmt: Format, interval: float, symbol: str, tf: int
     ) -> None:
         super().__init__(guid, conn, fmt, ("bars", symbol), interval)
         self.symbol = symbol
         self.tf = tf
         self.last_time: int | None = None
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         bar = hub.market.forming_bar(self.symbol, self.tf)
         if bar is None:
             return
@@ -486,9 +248,7 @@ class _InstrumentSub(Subscription):
     __slots__ = ("pending", "symbol")
     conflated = True
 
-    def __init__(
-        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str
-    ) -> None:
+    def __init__(self, guid: str, conn: Peer, fmt: Format, interval: float, symbol: str) -> None:
         super().__init__(guid, conn, fmt, ("instrument", symbol), interval)
         self.symbol = symbol
         self.pending: InstrumentPatch | None = None
@@ -503,7 +263,7 @@ class _InstrumentSub(Subscription):
         }
         self.pending = msgspec.structs.replace(self.pending, **changes)
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         if self.pending is not None:
             patch, self.pending = self.pending, None
             self.conn.put(self.frame(encode_payload(patch, self.fmt)))
@@ -514,7 +274,7 @@ class _ClustersSub(Subscription):
     conflated = True
 
     def __init__(
-        self, guid: str, conn: Connection, fmt: Format, interval: float, symbol: str, tf: int
+        self, guid: str, conn: Peer, fmt: Format, interval: float, symbol: str, tf: int
     ) -> None:
         super().__init__(guid, conn, fmt, ("clusters", symbol), interval)
         self.symbol = symbol
@@ -537,7 +297,7 @@ class _ClustersSub(Subscription):
             buy += trade.qty
         self.buckets[trade.price] = (buy, sell)
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         snap = ClusterSnapshot(
             timestamp=self.period,
             trade_clusters=[
@@ -556,12 +316,12 @@ class _StateSub(Subscription):
     conflated = True
 
     def __init__(
-        self, guid: str, conn: Connection, fmt: Format, key: tuple[str, str], interval: float
+        self, guid: str, conn: Peer, fmt: Format, key: tuple[str, str], interval: float
     ) -> None:
         super().__init__(guid, conn, fmt, key, interval)
         self.pending: Model | None = None
 
-    def flush(self, hub: Hub) -> None:
+    def flush(self, hub: Hub[Any]) -> None:
         if self.pending is not None:
             model, self.pending = self.pending, None
             self.conn.put(self.frame(encode_payload(model, self.fmt)))
@@ -591,12 +351,23 @@ class Limits(msgspec.Struct, kw_only=True):
 # -- the hub ----------------------------------------------------------------------------------
 
 
-class Hub:
+class Hub(Generic[C]):
     """Every connection and subscription of one simulator, and the fan-out between them.
+
+    Subscriptions are indexed by what feeds them (an instrument's book, a portfolio's orders,
+    ...). The market loop hands the hub each step's events; it encodes a payload once per
+    format and hands the bytes to every subscriber. State streams are conflated to one message
+    per ``frequency`` interval, event streams never are (docs/protocol.md §12.4).
 
     Connection accounting (docs/protocol.md §12.9): a ``/ws`` connection counts against the account
     of the first valid token it presents (the handshake carries none in ALOR's protocol), a ``/cws``
     connection against the account it authorizes as. See ``server.py`` for the handshake side.
+
+    Args:
+        market, engine, tokens: what requests are answered from.
+        limits: connections per account, subscriptions per connection, unread frames.
+        clock: seconds, for the conflation intervals (the server's clock).
+        wall: Unix seconds, the end of a candle replay and the current cluster period.
     """
 
     def __init__(
@@ -605,14 +376,17 @@ class Hub:
         engine: TradingEngine,
         tokens: TokenService,
         limits: Limits,
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
     ) -> None:
         self.market = market
         self.engine = engine
         self.tokens = tokens
         self.limits = limits
         self._clock = clock
-        self.connections: dict[int, Connection] = {}
+        self._wall = wall
+        self.connections: dict[int, C] = {}
         self.per_account: dict[str, set[int]] = {}
         self._index: dict[tuple[str, str], dict[int, Subscription]] = {}
         self._heap: list[tuple[float, int, Subscription]] = []
@@ -624,12 +398,11 @@ class Hub:
 
     # -- connections --------------------------------------------------------------------------
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: C) -> None:
         """Register a new connection (not yet counted against any account)."""
-        conn.hub = self
         self.connections[conn.id] = conn
 
-    def attach(self, conn: Connection, login: str) -> bool:
+    def attach(self, conn: Peer, login: str) -> bool:
         """Count ``conn`` against ``login``; False if that account is at its limit
         (docs/protocol.md §12.9).
 
@@ -649,7 +422,7 @@ class Hub:
         """Whether one more connection of ``login`` would be within the limit."""
         return len(self.per_account.get(login, ())) < self.limits.max_connections
 
-    def remove(self, conn: Connection) -> None:
+    def remove(self, conn: C) -> None:
         """Forget a closed connection and everything it subscribed to."""
         self.drop_subscriptions(conn)
         self.connections.pop(conn.id, None)
@@ -660,7 +433,7 @@ class Hub:
                 if not ids:
                     del self.per_account[conn.login]
 
-    def drop_subscriptions(self, conn: Connection) -> None:
+    def drop_subscriptions(self, conn: Peer) -> None:
         """Remove every subscription of ``conn`` (docs/protocol.md §3.8: they last as long as the
         connection)."""
         for sub in conn.subs.values():
@@ -686,13 +459,15 @@ class Hub:
 
     # -- /ws requests -------------------------------------------------------------------------
 
-    def handle_ws(self, conn: Connection, frame: bytes | str) -> Awaitable[None] | None:
+    def handle_ws(self, conn: Peer, frame: bytes | str) -> HistoryWait | None:
         """Answer one ``/ws`` request: a subscription (docs/protocol.md §3.2 and
         docs/protocol.md §12.2), an unsubscribe (docs/protocol.md §3.8) or a ping
         (docs/protocol.md §12.3).
 
-        Returns None when done, or an awaitable to await before the next request of this
-        connection: the request needs history that is built in steps first.
+        Returns None when done, or a :class:`HistoryWait` to see through before the next
+        request of this connection: the request needs history that is built in bounded steps
+        first (the first candles of a timeframe, the first quote of an instrument), so one
+        long history never holds up the other connections.
         """
         self.requests_handled += 1
         try:
@@ -748,12 +523,16 @@ class Hub:
             return None
         needs = self._needs_history(symbol, request)
         if needs is not None and not self.market.series_ready(symbol, needs):
-            return self._subscribe_when_built(conn, guid, request, symbol, needs)
+            return HistoryWait(
+                conn,
+                partial(self.market.build_series, symbol, needs),
+                partial(self._subscribe_built, conn, guid, request, symbol),
+            )
         self._subscribe(conn, guid, request, symbol)
         return None
 
     def _resolve(
-        self, conn: Connection, guid: str, req: SubscriptionRequest, claims: Claims
+        self, conn: Peer, guid: str, req: SubscriptionRequest, claims: Claims
     ) -> str | None:
         """The instrument's ticker or the portfolio a request is about; None after a refusal
         (already answered)."""
@@ -806,21 +585,14 @@ class Hub:
             return TIMEFRAMES["D"]  # a quote carries the day's candle (docs/protocol.md §4.2)
         return None
 
-    async def _subscribe_when_built(
-        self, conn: Connection, guid: str, req: SubscriptionRequest, symbol: str, tf: int
+    def _subscribe_built(
+        self, conn: Peer, guid: str, req: SubscriptionRequest, symbol: str
     ) -> None:
-        market = self.market
-        while not market.build_series(symbol, tf):
-            await asyncio.sleep(0)  # one bounded step per turn of the loop
-            if conn.closing:
-                return
-        if conn.closing:
-            return
-        self._subscribe(conn, guid, req, symbol)
+        """:meth:`_subscribe` once the history is built, unless ``conn`` closed meanwhile."""
+        if not conn.closing:
+            self._subscribe(conn, guid, req, symbol)
 
-    def _subscribe(
-        self, conn: Connection, guid: str, req: SubscriptionRequest, symbol: str
-    ) -> None:
+    def _subscribe(self, conn: Peer, guid: str, req: SubscriptionRequest, symbol: str) -> None:
         fmt = req.format
         market = self.market
         freq = getattr(req, "frequency", None)
@@ -855,7 +627,7 @@ class Hub:
                 if req.skip_history is not True:
                     # docs/protocol.md §12.6: every candle from `from` to now, oldest first, then
                     # the forming one.
-                    bars = market.bars(symbol, tf, req.from_, int(time.time()))
+                    bars = market.bars(symbol, tf, req.from_, int(self._wall()))
                     if forming is not None and bars and bars[-1].time == forming.time:
                         bars = bars[:-1]
                     if forming is not None and forming.time >= req.from_:
@@ -883,7 +655,7 @@ class Hub:
                 tf = tf_seconds(req.tf)
                 clusters = sub = _ClustersSub(guid, conn, fmt, interval, symbol, tf)
                 reply()
-                now_s = int(time.time())
+                now_s = int(self._wall())
                 start = now_s - now_s % tf
                 for trade in market.last_trades(symbol, HISTORY_CAP):
                     if (trade.timestamp or 0) // 1000 >= start:
@@ -1081,9 +853,9 @@ class Hub:
     @staticmethod
     def _send_event(subs: dict[int, Subscription], item: Model) -> None:
         # The hot path of the fan-out: one encoding per format, whatever the number of
-        # subscribers (docs/protocol.md §12.4: never conflated), and Connection.put inlined.
+        # subscribers (docs/protocol.md §12.4: never conflated).
         encoded: dict[Format, bytes] = {}
-        overflowed: list[Connection] = []
+        overflowed: list[Peer] = []
         for sub in subs.values():
             conn = sub.conn
             if conn.closing:
@@ -1091,12 +863,8 @@ class Hub:
             head = encoded.get(sub.fmt)
             if head is None:
                 head = encoded[sub.fmt] = _DATA + encode_payload(item, sub.fmt)
-            queue = conn._queue
-            queue.append(head + sub.tail)
-            if len(queue) > conn.max_unread:
+            if not conn.offer(head + sub.tail):
                 overflowed.append(conn)  # closed after the loop: closing edits ``subs``
-            elif conn._waiter is not None:
-                conn.put_nothing()
         for conn in overflowed:
             conn.close(1008, "Buffer overflow")
 

@@ -1,0 +1,76 @@
+"""What the simulator's aiohttp endpoints share: JSON answers, JSON bodies, bearer tokens.
+
+Used by the WebSocket shell (:mod:`~alorws.sim.server`), the HTTP API (:mod:`~alorws.sim.http`)
+and the admin endpoints (:mod:`~alorws.sim.faults`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+from .auth import Claims, TokenService
+
+
+__all__ = [
+    "DUPLICATE_WINDOW",
+    "MAX_REQUEST",
+    "bearer",
+    "error_response",
+    "json_response",
+    "read_json",
+]
+
+#: Largest WebSocket frame and HTTP body accepted, bytes: requests are small (an order with a
+#: 100-character comment is under 1 KiB). Above it: close 1009, or HTTP 413.
+MAX_REQUEST: Final = 64 * 1024
+#: docs/protocol.md §12.11: a /cws guid or an HTTP ``X-REQID`` is remembered for an hour, seconds.
+DUPLICATE_WINDOW: Final = 3600.0
+
+_ENC: Final = msgspec.json.Encoder()
+_JSON: Final = msgspec.json.Decoder()
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``data`` as a JSON answer."""
+    return web.Response(
+        body=_ENC.encode(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """``{"code": status, "message": message}`` with that status."""
+    return json_response({"code": status, "message": message}, status)
+
+
+async def read_json(request: web.Request, limit: int = MAX_REQUEST) -> dict[str, Any] | None:
+    """The request's JSON object body (None without a body); 400 for anything else.
+
+    ``limit`` bounds the body (413 above it).
+    """
+    if not request.can_read_body:
+        return None
+    if limit != MAX_REQUEST:
+        request = request.clone(client_max_size=limit)
+    data = await request.read()
+    try:
+        body = _JSON.decode(data)
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8
+        raise web.HTTPBadRequest(text=f"Body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(text="Body is not valid JSON: nested too deeply") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=f"Body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def bearer(tokens: TokenService, request: web.Request) -> Claims | None:
+    """The claims of the request's valid ``Authorization: Bearer`` JWT, or None."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    return tokens.verify(header[7:].strip())

@@ -136,9 +136,10 @@ class RateLimit:
 class HttpApi:
     """The HTTP endpoints: reference data, history, portfolio views and HTTP orders.
 
-    Every bad parameter or body is answered 4xx with a message naming it (docs/protocol.md
-    §12.2). A history or a quote that needs candles not built yet builds them in bounded steps,
-    and a long history page is encoded in chunks, so other clients are served meanwhile.
+    Every bad parameter or body is answered 4xx with a message naming it
+    (docs/protocol.md §12.2). A history or a quote that needs candles not built yet builds them
+    in bounded steps, and a long history page is encoded in chunks, so other clients are served
+    meanwhile.
 
     Args:
         market, engine, tokens: what the answers come from.

@@ -759,6 +759,12 @@ class SyntheticMarket:
     loop in between, so a first long request never blocks it; the other methods build what they
     need at once. At most ``max_timeframes`` candle series are kept per instrument: the least
     recently used one that no subscription has pinned (:meth:`pin`) makes room for a new one.
+
+    Why one wide class: every method reads or steps the same seeded per-instrument state (book,
+    tape, candles, status), and the engine, the hub, the HTTP API and the tests all query it by
+    ticker. Its sections (lookup, the clock, activity, liquidity, snapshots, candles, history
+    building, bonds) share that state rather than hand it on; the candle storage itself is
+    apart, in ``_Series``.
     """
 
     def __init__(

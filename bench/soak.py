@@ -1097,9 +1097,9 @@ class Soak:
             if await self.pause(rng.uniform(lo, hi), self.stop_chaos):
                 return
             kind = rng.choices(names, weights)[0]
-            # A production fault not drawn by a third of the run comes now: every run uses each.
+            # A production fault not drawn by a quarter of the run comes now: every run has each.
             unused = [k for k in production if not self.faults[k]]
-            if unused and time.monotonic() - self.t0 > self.args.seconds / 3:
+            if unused and time.monotonic() - self.t0 > self.args.seconds / 4:
                 kind = unused[0]
             self.faults[kind] += 1
             if self.args.verbose:
@@ -1608,9 +1608,9 @@ class Soak:
 #: weight in the chaos draw). Each is probed before the run (a GET on a POST route answers 405,
 #: a missing route 404) and skipped when absent; a 400 to a body is reported, not fatal.
 OPTIONAL_FAULTS: dict[str, tuple[tuple[str, ...], float]] = {
-    "idle cws": (("/sim/idle-cws",), 0.7),
-    "restart window": (("/sim/restart-window",), 1.0),
     "silence": (("/sim/silence", "/sim/unsilence"), 1.5),
+    "restart window": (("/sim/restart-window",), 1.0),
+    "idle cws": (("/sim/idle-cws",), 0.7),  # the longest: last when they are due together
 }
 
 

@@ -707,6 +707,7 @@ class Soak:
         self.inject_waits_missed = 0
         self.aimed_skipped: list[str] = []
         self.stall_until = 0.0
+        self.window_until = 0.0
         self.t0 = time.monotonic()
         self.stop_chaos = asyncio.Event()
         self.stop_flow = asyncio.Event()
@@ -716,6 +717,7 @@ class Soak:
         self.silence_ends: dict[str, float] = {}
         self.silence_until = 0.0
         self.silences: list[dict[str, Any]] = []  # one per subscription silenced, and what came
+        self.idle_holds: list[dict[str, Any]] = []  # one per hold of the flows, and what came
         # The order flows send a command only while this is set: the idle /cws fault clears
         # it to leave the connection idle; ``in_flight`` counts commands awaiting a reply.
         self.flow_gate = asyncio.Event()
@@ -1147,10 +1149,12 @@ class Soak:
             # ALOR's daily restart, scaled down: everything refused, or flapping (a share of
             # the attempts gets through and is dropped again within ``linger``).
             flapping = rng.random() < 0.5
+            seconds = rng.uniform(1.0, 6.0)
+            self.window_until = max(self.window_until, time.monotonic() + seconds)
             await a.post(
                 "/sim/restart-window",
                 {
-                    "seconds": rng.uniform(1.0, 6.0),
+                    "seconds": seconds,
                     "accept": rng.uniform(0.2, 0.6) if flapping else 0.0,
                     "linger": rng.uniform(0.2, 1.5),
                     "code": rng.choice(_CLOSE_CODES),
@@ -1185,11 +1189,38 @@ class Soak:
             for name, seconds in holds:
                 if await self.pause(rng.uniform(1.0, 4.0), self.stop_chaos):
                     return
-                if await self.hold_flows(seconds):
-                    self.fault_detail[f"idle cws: flows held {name}"] += 1
+                before = await self.idle_counters()
+                if not await self.hold_flows(seconds):
+                    return
+                self.fault_detail[f"idle cws: flows held {name}"] += 1
+                # What the first command after the hold met (the counters' changes).
+                done = self.outcomes.results.total()
+                await self.until(lambda done=done: self.outcomes.results.total() > done, 15.0)
+                after = await self.idle_counters()
+                self.idle_holds.append(
+                    {
+                        "held": name,
+                        "seconds": round(seconds, 1),
+                        "idle": round(idle, 1),
+                        **{k: after[k] - before[k] for k in after},
+                    }
+                )
             await self.pause(rng.uniform(1.0, 3.0), self.stop_chaos)
         finally:
             await self.admin.post("/sim/idle-cws", {"seconds": None})
+
+    async def idle_counters(self) -> dict[str, int]:
+        """The counters of the idle ``/cws`` fault: the simulator's resets of commands on a
+        stale connection, the client's re-authorizations before a command after an idle time
+        and its authorizations with a fresh token, and token refreshes."""
+        sim = ((await self.admin.get("/sim/stats")).get("faults") or {}).get("idle_cws") or {}
+        trading = self._client().trading.stats()
+        return {
+            "sim resets": int(sim.get("resets") or 0),
+            "idle reauthorizations": trading["idle_reauthorizations"],
+            "fresh authorizations": trading["fresh_authorizations"],
+            "token refreshes": self._client().stats()["tokens"].get("refreshes") or 0,
+        }
 
     async def hold_flows(self, seconds: float) -> bool:
         """No command for ``seconds`` after the last reply; False if the chaos ended first."""
@@ -1205,10 +1236,13 @@ class Soak:
         than its silence timeout: the client must notice and subscribe it again. Data meant
         for a silent subscription is never sent, so an account stream is whole again only
         through the re-subscription's replay and snapshot. Only once the client has settled,
-        so that the subscriptions are there to silence."""
+        so that the subscriptions are there to silence; and mostly the chaos waits until the
+        client has subscribed each again (or its silence is over) before the next fault, since a
+        restore would subscribe it again first (on a new connection, where it is not silent)."""
         if not await self.quiet_moment():
             self.fault_detail["silence: skipped, not settled in 15 s"] += 1
             return
+        waits: list[tuple[Recorder, int, float]] = []
         watched = [r for r in self.recorders.values() if r.stream.silence_timeout and r.stream.guid]
         which = rng.choice(("market", "account", "both"))
         for group in ("market", "account"):
@@ -1243,6 +1277,16 @@ class Soak:
                 asyncio.get_running_loop().call_later(
                     seconds + SILENCE_SLACK, self._silence_outcome, r, record, base
                 )
+                waits.append((r, r.resubscribed, end))
+        if rng.random() < 0.3:
+            self.fault_detail["silence: other faults meanwhile"] += 1
+            return
+
+        def over() -> bool:
+            now = time.monotonic()
+            return all(r.resubscribed > before or now > end for r, before, end in waits)
+
+        await self.until(over, max((end for _, _, end in waits), default=0.0) - time.monotonic())
 
     @staticmethod
     def _silence_outcome(r: Recorder, record: dict[str, Any], base: tuple[int, int]) -> None:
@@ -1252,9 +1296,9 @@ class Soak:
         record["restored meanwhile"] = r.restores > base[1]
 
     async def quiet_moment(self) -> bool:
-        """Wait for any stall to end and the client to settle (15 s at most); False if it did
-        not settle, or the chaos ended meanwhile."""
-        wait = max(0.0, self.stall_until - time.monotonic())
+        """Wait for any stall or restart window to end and the client to settle (15 s at
+        most); False if it did not settle, or the chaos ended meanwhile."""
+        wait = max(0.0, self.stall_until - time.monotonic(), self.window_until - time.monotonic())
         if wait and await self.pause(wait + 0.1, self.stop_chaos):
             return False
         return await self.until(self.settled, 15.0) and not self.stop_chaos.is_set()
@@ -1583,6 +1627,7 @@ class Soak:
             "detail": dict(sorted(self.fault_detail.items())),
             "silenced": dict(self.silenced_subs),
             "silences": self.silences,
+            "idle_holds": self.idle_holds,
             "sim_stale_resets": (sim_faults.get("idle_cws") or {}).get("resets"),
             "sim_window": {k: window.get(k) for k in ("refused", "admitted", "dropped")},
             "idle_reauthorizations": trading["idle_reauthorizations"],
@@ -1729,6 +1774,8 @@ def report(r: dict[str, Any], failed: list[str]) -> None:
         f"{p['watched']} subscriptions watched, re-subscribed {p['lane_resubscribes']}, failed "
         f"{p['lane_resubscribe_failures']}"
     )
+    for hold in p["idle_holds"]:
+        print(f"  idle /cws hold: {hold}")
     for silence in p["silences"]:
         print(f"  silence: {silence}")
     print(
@@ -1783,7 +1830,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reauth-after-idle",
         type=float,
         default=3.0,
-        help="the client's reauth_after_idle, seconds (>= 1.5; the idle /cws fault makes the "
+        help="the client's reauth_after_idle, seconds (1.5-30; the idle /cws fault makes the "
         "simulator's idle time shorter, at most half of it)",
     )
     p.add_argument(
@@ -1810,8 +1857,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="print every fault as it starts")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
-    if not args.reauth_after_idle >= 1.5:
-        p.error("--reauth-after-idle must be at least 1.5 s")
+    if not 1.5 <= args.reauth_after_idle <= 30:
+        p.error("--reauth-after-idle must be 1.5-30 s (the order flows are held that long)")
     if len(args.silence_timeout) != 2 or not all(t > 0 for t in args.silence_timeout):
         p.error("--silence-timeout takes two timeouts > 0: MARKET,ACCOUNT")
     if args.seed is None:

@@ -718,6 +718,7 @@ class Soak:
         self.silence_until = 0.0
         self.silences: list[dict[str, Any]] = []  # one per subscription silenced, and what came
         self.idle_holds: list[dict[str, Any]] = []  # one per hold of the flows, and what came
+        self._watching: set[asyncio.Task[None]] = set()  # the silences' outcomes, being read
         # The order flows send a command only while this is set: the idle /cws fault clears
         # it to leave the connection idle; ``in_flight`` counts commands awaiting a reply.
         self.flow_gate = asyncio.Event()
@@ -1264,7 +1265,7 @@ class Soak:
                         request, "portfolio", None
                     )
                     how = "by opcode and symbol"
-                base = (r.silent_in_fault, r.restores)
+                base = (r.silent_in_fault, r.restores, r.resubscribed)
                 reply = await self.admin.post("/sim/silence", body)
                 end = time.monotonic() + seconds
                 self.silence_ends[stream.guid] = end
@@ -1274,9 +1275,11 @@ class Soak:
                 self.fault_detail[f"silence: {group}, {how}"] += 1
                 record = {"stream": r.name, "silenced": n, "seconds": round(seconds, 1)}
                 self.silences.append(record)
-                asyncio.get_running_loop().call_later(
-                    seconds + SILENCE_SLACK, self._silence_outcome, r, record, base
+                task = asyncio.get_running_loop().create_task(
+                    self._silence_outcome(r, record, base, seconds + SILENCE_SLACK)
                 )
+                self._watching.add(task)
+                task.add_done_callback(self._watching.discard)
                 waits.append((r, r.resubscribed, end))
         if rng.random() < 0.3:
             self.fault_detail["silence: other faults meanwhile"] += 1
@@ -1288,12 +1291,15 @@ class Soak:
 
         await self.until(over, max((end for _, _, end in waits), default=0.0) - time.monotonic())
 
-    @staticmethod
-    def _silence_outcome(r: Recorder, record: dict[str, Any], base: tuple[int, int]) -> None:
-        """After a silence (and its slack): whether the client noticed it, and whether the
-        connection was lost meanwhile (a restore subscribes it again anyway)."""
+    async def _silence_outcome(
+        self, r: Recorder, record: dict[str, Any], base: tuple[int, int, int], seconds: float
+    ) -> None:
+        """Once the stream is subscribed again (or the silence and its slack are over): whether
+        the client noticed the silence, and whether a restore came first (the connection was
+        lost: a new one subscribes everything again, nothing silent)."""
+        await self.until(lambda: r.resubscribed > base[2], seconds)
         record["noticed"] = r.silent_in_fault > base[0]
-        record["restored meanwhile"] = r.restores > base[1]
+        record["restored first"] = r.restores > base[1]
 
     async def quiet_moment(self) -> bool:
         """Wait for any stall or restart window to end and the client to settle (15 s at
@@ -1768,8 +1774,8 @@ def report(r: dict[str, Any], failed: list[str]) -> None:
         f"{p['idle_reauthorizations']}, authorized with a fresh token {p['fresh_authorizations']} "
         f"(re-authorizations {p['reauthorizations']}); silences noticed "
         f"{sum(1 for x in p['silences'] if x.get('noticed'))} of {len(p['silences'])} "
-        f"({sum(1 for x in p['silences'] if x.get('restored meanwhile'))} with a restore "
-        f"meanwhile); stream events: silent {p['silent_in_fault']} during a silence + "
+        f"({sum(1 for x in p['silences'] if x.get('restored first'))} restored before the client "
+        f"noticed); stream events: silent {p['silent_in_fault']} during a silence + "
         f"{p['silent_quiet']} of a quiet stream, resubscribed {p['resubscribed']}; lanes: "
         f"{p['watched']} subscriptions watched, re-subscribed {p['lane_resubscribes']}, failed "
         f"{p['lane_resubscribe_failures']}"

@@ -882,13 +882,15 @@ class Soak:
         return round(round(price / step) * step, decimals)
 
     async def command(
-        self, what: str, make: Callable[[str], Awaitable[OrderAck]]
+        self, what: str, make: Callable[[str], Awaitable[OrderAck]], *, gated: bool = True
     ) -> OrderAck | None:
-        """Send one command; resend with the same guid while its outcome is unknown."""
+        """Send one command; resend with the same guid while its outcome is unknown. Each
+        attempt waits while the flows are held, unless not ``gated``."""
         guid = self._guid()
         self.outcomes.commands[what] += 1
         for attempt in range(5):
-            await self.flow_gate.wait()
+            if gated:
+                await self.flow_gate.wait()
             self.in_flight += 1
             try:
                 ack = await make(guid)
@@ -1170,8 +1172,9 @@ class Soak:
     async def idle_cws(self, rng: random.Random) -> None:
         """The idle ``/cws`` fault on for a while, then off: the simulator makes a ``/cws``
         connection stale after ``idle`` s without a command, and the client re-authorizes
-        before a command after ``--reauth-after-idle`` s (longer). The flows are held twice
-        meanwhile: past the client's idle time (it re-authorizes with a fresh token first), and
+        before a command after ``--reauth-after-idle`` s (longer). Twice meanwhile the flows
+        are held and the connection left without a command for a chosen time, then a command
+        is sent: past the client's idle time (it re-authorizes with a fresh token first), and
         between the two (the command meets a stale connection: reset, then re-sent with its
         guid on a connection authorized with a fresh token). The flows' own pauses longer than
         ``idle`` do the latter too."""
@@ -1194,10 +1197,7 @@ class Soak:
                 if not await self.hold_flows(seconds):
                     return
                 self.fault_detail[f"idle cws: flows held {name}"] += 1
-                # What the first command after the hold met (the counters' changes).
-                done = self.outcomes.results.total()
-                await self.until(lambda done=done: self.outcomes.results.total() > done, 15.0)
-                after = await self.idle_counters()
+                after = await self.idle_counters()  # what the command after the hold met
                 self.idle_holds.append(
                     {
                         "held": name,
@@ -1223,14 +1223,43 @@ class Soak:
             "token refreshes": self._client().stats()["tokens"].get("refreshes") or 0,
         }
 
-    async def hold_flows(self, seconds: float) -> bool:
-        """No command for ``seconds`` after the last reply; False if the chaos ended first."""
+    def cws_idle(self) -> float:
+        """Seconds since the client last sent a command on ``/cws`` (its own idle clock)."""
+        return time.monotonic() - self._client().trading._last_command
+
+    async def hold_flows(self, idle_for: float) -> bool:
+        """Hold the flows until the ``/cws`` connection has carried no command for
+        ``idle_for`` seconds, then send one and wait for its outcome; False if the chaos ended
+        first."""
         self.flow_gate.clear()
         try:
             await self.until(lambda: self.in_flight == 0, 15.0)
-            return not await self.pause(seconds, self.stop_chaos)
+            if self.cws_idle() > idle_for - 0.2:  # idle too long already: start the clock now
+                await self.probe_command()
+            if await self.pause(max(0.0, idle_for - self.cws_idle()), self.stop_chaos):
+                return False
+            await self.probe_command()
+            return True
         finally:
             self.flow_gate.set()
+
+    async def probe_command(self) -> None:
+        """One command now, whatever the flows do: a buy limit on SBER far below the price,
+        left resting for the SBER flow to modify or cancel."""
+        symbol = "SBER"
+        q = self._quote(symbol)
+        if q is None or q.bid is None:
+            return
+        trading = self._client().trading
+        p = self.portfolio
+        price = self._price(symbol, q.bid - 50 * self.steps[symbol])
+        ack = await self.command(
+            "place limit (rests)",
+            lambda g: trading.place_limit(p, symbol, "buy", 1, price, comment=g, guid=g),
+            gated=False,
+        )
+        if ack is not None and ack.order_number:
+            self._resting[symbol].append((ack.order_number, "buy"))
 
     async def silence(self, rng: random.Random) -> None:
         """Silence one or two watched subscriptions, market, account or both, each for longer

@@ -24,7 +24,8 @@ How the next subscription is fed is set by ``POST /feed/config`` (JSON), read ba
     doubles it). Small values make the unread count meaningful: what the client does not read
     piles up here, not in buffers nobody sees.
 
-The last frame of every stream carries ``"volume": -1`` (a sentinel for consumers that conflate).
+The last frame of every stream carries ``"volume": LAST_VOLUME`` (a sentinel for consumers that
+conflate: a volume no quote of this feed has, and one the ``Quote`` model accepts).
 
     python bench/_feed.py                          # self-check: feed ceiling, ~2 s
     python bench/_feed.py --serve [--port 0] [--cpu 1]   # serve; prints "url: http://..."
@@ -86,6 +87,11 @@ QUOTE_DATA: dict[str, Any] = {
 }
 
 
+#: The ``volume`` of the last frame of every stream: the consumers' end-of-stream sentinel. A
+#: valid volume (``Quote`` refuses negative ones), far above the feed's ``QUOTE_DATA`` volume.
+LAST_VOLUME = 999_999_999_999_999
+
+
 def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """An unmasked server frame (FIN set)."""
     n = len(payload)
@@ -104,7 +110,7 @@ def quote_payload(guid: str, stamp: int | None = None, *, last: bool = False) ->
     if stamp is not None:
         data["ob_ms_timestamp"] = stamp
     if last:
-        data["volume"] = -1
+        data["volume"] = LAST_VOLUME
     return json.dumps(
         {"data": data, "guid": guid}, separators=(",", ":"), ensure_ascii=False
     ).encode()

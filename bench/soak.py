@@ -17,8 +17,13 @@ lifetime so tokens expire many times). This process runs one ``AlorClient`` with
   drops with mixed close codes, random-drop windows, stalls up to several seconds, refusal
   windows, restarts, token expiry, delayed replies, hostile frames (junk, cut JSON, deep
   nesting, wrong types, huge numbers, token-shaped text; some aimed at a subscription's guid
-  so they reach its consumer). Fault kinds the simulator does not serve are skipped (each
-  optional endpoint is probed first).
+  so they reach its consumer), and the production faults of docs/protocol.md §9.6: an idle
+  ``/cws`` going stale (on for a while, the order flows held once past the client's
+  ``reauth_after_idle`` and once short of it, then off), restart windows refusing everything
+  or flapping, and silences of watched market and account subscriptions longer than the
+  client's ``silence_timeout``. Their endpoints are probed first (skipped when absent); each
+  run uses each of them, and the output counts them and the client's reactions
+  (re-authorizations, re-subscriptions).
 
 Then the chaos stops, every order still working is cancelled, the client settles, a quiet
 period passes, and what the consumers received is compared with the simulator's ground truth
@@ -46,7 +51,8 @@ It prints the invariants and a ``RESULT: PASS`` / ``RESULT: FAIL (...)`` line; e
 PASS, 1 on FAIL. ``--json PATH`` also writes them as JSON.
 
     python bench/soak.py [--seconds 120] [--seed N] [--order-rate 1.5] [--rate 40]
-                         [--token-lifetime 20] [--chaos-gap 0.5,3] [--warmup S] [--quiet S]
+                         [--token-lifetime 20] [--reauth-after-idle 3] [--silence-timeout 1.5,3]
+                         [--chaos-gap 0.5,3] [--warmup S] [--quiet S]
                          [--pin] [--verbose] [--trace-memory] [--json PATH]
 
 bench/README.md describes the run and the invariants in full.
@@ -104,6 +110,23 @@ FD_SLACK = 4
 HTTP_POOL = 16
 #: Tasks alive in either event loop may grow at most this much after the warm-up.
 TASK_SLACK = 20
+#: Stream kinds the client watches for silence (``AlorClient(silence_timeout=...)``), market or
+#: account: ``--silence-timeout MARKET,ACCOUNT`` gives the seconds. The SBER all-trades stream
+#: is watched on its own (``silence_timeout=`` on the stream, twice the market timeout: trades
+#: pause in the simulator's trading breaks); bars are not (one may not change for a minute).
+#: Account streams go quiet between orders, so they are subscribed again now and then without
+#: a fault too: each such replay must lose and repeat nothing either.
+SILENCE_KINDS = {
+    "quotes": "market",
+    "order_book": "market",
+    "orders": "account",
+    "stop_orders": "account",
+    "own_trades": "account",
+    "positions": "account",
+}
+#: A ``silent`` event this long after a silence of its subscription ended still counts as
+#: caused by it (seconds).
+SILENCE_SLACK = 2.0
 
 _FINAL = frozenset({"filled", "canceled", "rejected"})
 _CLOSE_CODES = (1000, 1001, 1006, 1008, 1011, 1012)
@@ -316,7 +339,12 @@ class Admin:
 class Recorder:
     """Consumes one stream in a task and keeps what the invariants need, compactly."""
 
-    def __init__(self, name: str, stream: Stream[Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        stream: Stream[Any],
+        silenced: Callable[[str | None], bool] = lambda guid: False,
+    ) -> None:
         self.name = name
         self.stream = stream
         self.count = 0
@@ -324,6 +352,12 @@ class Recorder:
         self.last: Any = None
         self.disconnects = 0
         self.restores = 0
+        # Silence detection: ``silent`` events while the chaos had this subscription silenced,
+        # and those of a stream that was just quiet (an account stream between orders).
+        self._silenced = silenced
+        self.silent_in_fault = 0
+        self.silent_quiet = 0
+        self.resubscribed = 0
         self.errors: list[str] = []
         self.lost = 0  # items the client said it lost (BufferOverflowError)
         self.regressions = 0  # market data that went back (a repeat)
@@ -342,6 +376,13 @@ class Recorder:
             self.disconnects += 1
         elif event.kind == "restored":
             self.restores += 1
+        elif event.kind == "silent":
+            if self._silenced(self.stream.guid):
+                self.silent_in_fault += 1
+            else:
+                self.silent_quiet += 1
+        elif event.kind == "resubscribed":
+            self.resubscribed += 1
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"soak {self.name}")
@@ -666,9 +707,24 @@ class Soak:
         self.inject_waits_missed = 0
         self.aimed_skipped: list[str] = []
         self.stall_until = 0.0
+        self.window_until = 0.0
         self.t0 = time.monotonic()
         self.stop_chaos = asyncio.Event()
         self.stop_flow = asyncio.Event()
+        # Production faults: how each was used, and the silences (guid -> when it ends).
+        self.fault_detail: Counter[str] = Counter()
+        self.silenced_subs: Counter[str] = Counter()  # market/account -> subscriptions
+        self.silence_ends: dict[str, float] = {}
+        self.silence_until = 0.0
+        self.silences: list[dict[str, Any]] = []  # one per subscription silenced, and what came
+        self.idle_holds: list[dict[str, Any]] = []  # one per hold of the flows, and what came
+        self._watching: set[asyncio.Task[None]] = set()  # the silences' outcomes, being read
+        # The order flows send a command only while this is set: the idle /cws fault clears
+        # it to leave the connection idle; ``in_flight`` counts commands awaiting a reply.
+        self.flow_gate = asyncio.Event()
+        self.flow_gate.set()
+        self.in_flight = 0
+        self.trades_silence = 2 * args.silence_timeout[0]
         self.log = LogWatch()
         self.unhandled: list[str] = []
         self.samples: dict[str, Any] = {}
@@ -698,6 +754,13 @@ class Soak:
         total += client.trading.stats()["bad_frames"]
         total += sum(s.bad_payloads for s in client._streams)
         return total
+
+    def resubscribes(self) -> tuple[int, int]:
+        """Re-subscriptions of silent subscriptions: begun so far, and in flight now."""
+        lanes = list(self._client()._lanes.values())
+        return sum(lane.resubscribes for lane in lanes), sum(
+            len(lane._resubscribing) for lane in lanes
+        )
 
     def settled(self) -> bool:
         """Every lane open, every subscription active, the order connection authorized."""
@@ -773,7 +836,8 @@ class Soak:
             ("book SBER Simple", client.order_book("SBER", depth=10)),
             ("book GAZP Slim", client.order_book("GAZP", depth=5, format="Slim")),
             ("book VTBR Heavy queue", client.order_book("VTBR", format="Heavy", policy="queue")),
-            ("trades SBER Simple", client.all_trades("SBER")),
+            # Watched for silence on its own (the kind is not): see SILENCE_KINDS.
+            ("trades SBER Simple", client.all_trades("SBER", silence_timeout=self.trades_silence)),
             ("trades GAZP Heavy", client.all_trades("GAZP", format="Heavy")),
             ("trades VTBR Slim", client.all_trades("VTBR", format="Slim")),
             ("bars SBER 60 Simple", client.bars("SBER", 60)),
@@ -786,15 +850,20 @@ class Soak:
             ("summaries", client.summaries(p)),
             ("risks", client.risks(p, format="Heavy")),
         ]
-        self.recorders = {name: Recorder(name, stream) for name, stream in specs}
+        self.recorders = {name: Recorder(name, stream, self.silenced_now) for name, stream in specs}
 
     async def probe_optional(self) -> None:
         """Which optional fault endpoints the simulator serves (a GET on a POST route: 405)."""
-        for kind, (path, _) in OPTIONAL_FAULTS.items():
+        for kind, (paths, _) in OPTIONAL_FAULTS.items():
             try:
-                self.optional[kind] = await self.admin.has(path)
+                self.optional[kind] = all([await self.admin.has(path) for path in paths])
             except aiohttp.ClientError:
                 self.optional[kind] = False
+
+    def silenced_now(self, guid: str | None) -> bool:
+        """Whether the chaos has (or just had) subscription ``guid`` silenced."""
+        end = self.silence_ends.get(guid or "")
+        return end is not None and time.monotonic() <= end + SILENCE_SLACK
 
     # -- order flow -----------------------------------------------------------------------
 
@@ -813,12 +882,16 @@ class Soak:
         return round(round(price / step) * step, decimals)
 
     async def command(
-        self, what: str, make: Callable[[str], Awaitable[OrderAck]]
+        self, what: str, make: Callable[[str], Awaitable[OrderAck]], *, gated: bool = True
     ) -> OrderAck | None:
-        """Send one command; resend with the same guid while its outcome is unknown."""
+        """Send one command; resend with the same guid while its outcome is unknown. Each
+        attempt waits while the flows are held, unless not ``gated``."""
         guid = self._guid()
         self.outcomes.commands[what] += 1
         for attempt in range(5):
+            if gated:
+                await self.flow_gate.wait()
+            self.in_flight += 1
             try:
                 ack = await make(guid)
             except OrderRejected:
@@ -835,6 +908,8 @@ class Soak:
                 self.outcomes.results[type(exc).__name__] += 1
                 self.outcomes.errors.append(f"{what}: {type(exc).__name__}: {scrub(str(exc))}")
                 return None
+            finally:
+                self.in_flight -= 1
             self.outcomes.results["ack"] += 1
             if what.startswith(("place", "modify")):
                 self.outcomes.acks[guid] = ack.order_number
@@ -1018,15 +1093,19 @@ class Soak:
             "delay replies": 1.0,
             "inject": 3.0,
         }
-        for kind, present in self.optional.items():
-            if present:
-                kinds[kind] = 1.0
+        production = [kind for kind, present in self.optional.items() if present]
+        for kind in production:
+            kinds[kind] = OPTIONAL_FAULTS[kind][1]
         names, weights = list(kinds), list(kinds.values())
         lo, hi = self.args.chaos_gap
         while not self.stop_chaos.is_set():
             if await self.pause(rng.uniform(lo, hi), self.stop_chaos):
                 return
             kind = rng.choices(names, weights)[0]
+            # A production fault not drawn by a quarter of the run comes now: every run has each.
+            unused = [k for k in production if not self.faults[k]]
+            if unused and time.monotonic() - self.t0 > self.args.seconds / 4:
+                kind = unused[0]
             self.faults[kind] += 1
             if self.args.verbose:
                 print(f"  fault at {time.monotonic() - self.t0:7.1f}s: {kind}", flush=True)
@@ -1067,18 +1146,204 @@ class Soak:
             await a.post("/sim/delay", {"seconds": 0})
         elif kind == "inject":
             await self.inject(rng)
+        elif kind == "idle cws":
+            await self.idle_cws(rng)
+        elif kind == "restart window":
+            # ALOR's daily restart, scaled down: everything refused, or flapping (a share of
+            # the attempts gets through and is dropped again within ``linger``).
+            flapping = rng.random() < 0.5
+            seconds = rng.uniform(1.0, 6.0)
+            self.window_until = max(self.window_until, time.monotonic() + seconds)
+            await a.post(
+                "/sim/restart-window",
+                {
+                    "seconds": seconds,
+                    "accept": rng.uniform(0.2, 0.6) if flapping else 0.0,
+                    "linger": rng.uniform(0.2, 1.5),
+                    "code": rng.choice(_CLOSE_CODES),
+                },
+            )
+            self.fault_detail["restart window, flapping" if flapping else "restart window"] += 1
+        elif kind == "silence":
+            await self.silence(rng)
         else:
-            path, body = OPTIONAL_FAULTS[kind]
-            await a.post(path, body(rng))
+            raise ValueError(f"unknown fault kind {kind!r}")
+
+    async def idle_cws(self, rng: random.Random) -> None:
+        """The idle ``/cws`` fault on for a while, then off: the simulator makes a ``/cws``
+        connection stale after ``idle`` s without a command, and the client re-authorizes
+        before a command after ``--reauth-after-idle`` s (longer). Twice meanwhile the flows
+        are held and the connection left without a command for a chosen time, then a command
+        is sent: past the client's idle time (it re-authorizes with a fresh token first), and
+        between the two (the command meets a stale connection: reset, then re-sent with its
+        guid on a connection authorized with a fresh token). The flows' own pauses longer than
+        ``idle`` do the latter too."""
+        reauth = self.args.reauth_after_idle
+        idle = rng.uniform(0.4, reauth / 2)
+        if not await self.quiet_moment():
+            self.fault_detail["idle cws: skipped, not settled in 15 s"] += 1
+            return
+        await self.admin.post("/sim/idle-cws", {"seconds": idle})
+        try:
+            holds = [
+                ("past reauth_after_idle", rng.uniform(reauth + 0.5, reauth + 2.0)),
+                ("stale, within reauth_after_idle", rng.uniform(idle + 0.3, reauth - 0.3)),
+            ]
+            rng.shuffle(holds)
+            for name, seconds in holds:
+                if await self.pause(rng.uniform(1.0, 4.0), self.stop_chaos):
+                    return
+                before = await self.idle_counters()
+                if not await self.hold_flows(seconds):
+                    return
+                self.fault_detail[f"idle cws: flows held {name}"] += 1
+                after = await self.idle_counters()  # what the command after the hold met
+                self.idle_holds.append(
+                    {
+                        "held": name,
+                        "seconds": round(seconds, 1),
+                        "idle": round(idle, 1),
+                        **{k: after[k] - before[k] for k in after},
+                    }
+                )
+            await self.pause(rng.uniform(1.0, 3.0), self.stop_chaos)
+        finally:
+            await self.admin.post("/sim/idle-cws", {"seconds": None})
+
+    async def idle_counters(self) -> dict[str, int]:
+        """The counters of the idle ``/cws`` fault: the simulator's resets of commands on a
+        stale connection, the client's re-authorizations before a command after an idle time
+        and its authorizations with a fresh token, and token refreshes."""
+        sim = ((await self.admin.get("/sim/stats")).get("faults") or {}).get("idle_cws") or {}
+        trading = self._client().trading.stats()
+        return {
+            "sim resets": int(sim.get("resets") or 0),
+            "idle reauthorizations": trading["idle_reauthorizations"],
+            "fresh authorizations": trading["fresh_authorizations"],
+            "token refreshes": self._client().stats()["tokens"].get("refreshes") or 0,
+        }
+
+    def cws_idle(self) -> float:
+        """Seconds since the client last sent a command on ``/cws`` (its own idle clock)."""
+        return time.monotonic() - self._client().trading._last_command
+
+    async def hold_flows(self, idle_for: float) -> bool:
+        """Hold the flows until the ``/cws`` connection has carried no command for
+        ``idle_for`` seconds, then send one and wait for its outcome; False if the chaos ended
+        first."""
+        self.flow_gate.clear()
+        try:
+            await self.until(lambda: self.in_flight == 0, 15.0)
+            if self.cws_idle() > idle_for - 0.2:  # idle too long already: start the clock now
+                await self.probe_command()
+            if await self.pause(max(0.0, idle_for - self.cws_idle()), self.stop_chaos):
+                return False
+            await self.probe_command()
+            return True
+        finally:
+            self.flow_gate.set()
+
+    async def probe_command(self) -> None:
+        """One command now, whatever the flows do: a buy limit on SBER far below the price,
+        left resting for the SBER flow to modify or cancel."""
+        symbol = "SBER"
+        q = self._quote(symbol)
+        if q is None or q.bid is None:
+            return
+        trading = self._client().trading
+        p = self.portfolio
+        price = self._price(symbol, q.bid - 50 * self.steps[symbol])
+        ack = await self.command(
+            "place limit (rests)",
+            lambda g: trading.place_limit(p, symbol, "buy", 1, price, comment=g, guid=g),
+            gated=False,
+        )
+        if ack is not None and ack.order_number:
+            self._resting[symbol].append((ack.order_number, "buy"))
+
+    async def silence(self, rng: random.Random) -> None:
+        """Silence one or two watched subscriptions, market, account or both, each for longer
+        than its silence timeout: the client must notice and subscribe it again. Data meant
+        for a silent subscription is never sent, so an account stream is whole again only
+        through the re-subscription's replay and snapshot. Only once the client has settled,
+        so that the subscriptions are there to silence; and mostly the chaos waits until the
+        client has subscribed each again (or its silence is over) before the next fault, since a
+        restore would subscribe it again first (on a new connection, where it is not silent)."""
+        if not await self.quiet_moment():
+            self.fault_detail["silence: skipped, not settled in 15 s"] += 1
+            return
+        waits: list[tuple[Recorder, int, float]] = []
+        watched = [r for r in self.recorders.values() if r.stream.silence_timeout and r.stream.guid]
+        which = rng.choice(("market", "account", "both"))
+        for group in ("market", "account"):
+            pool = [r for r in watched if r.stream.account == (group == "account")]
+            if which not in (group, "both") or not pool:
+                continue
+            for r in rng.sample(pool, rng.randint(1, min(2, len(pool)))):
+                stream = r.stream
+                assert stream.guid is not None and stream.silence_timeout is not None
+                seconds = 1.25 * stream.silence_timeout + rng.uniform(1.5, 4.0)
+                body: dict[str, Any] = {"seconds": seconds}
+                if rng.random() < 0.5:
+                    body["guid"] = stream.guid
+                    how = "by guid"
+                else:  # every subscription of that kind on that instrument or portfolio
+                    request = stream.request
+                    body["opcode"] = request.opcode.value
+                    body["symbol"] = getattr(request, "code", None) or getattr(
+                        request, "portfolio", None
+                    )
+                    how = "by opcode and symbol"
+                base = (r.silent_in_fault, r.restores, r.resubscribed)
+                reply = await self.admin.post("/sim/silence", body)
+                end = time.monotonic() + seconds
+                self.silence_ends[stream.guid] = end
+                self.silence_until = max(self.silence_until, end)
+                n = int(reply.get("silenced", 0))
+                self.silenced_subs[group] += n
+                self.fault_detail[f"silence: {group}, {how}"] += 1
+                record = {"stream": r.name, "silenced": n, "seconds": round(seconds, 1)}
+                self.silences.append(record)
+                task = asyncio.get_running_loop().create_task(
+                    self._silence_outcome(r, record, base, seconds + SILENCE_SLACK)
+                )
+                self._watching.add(task)
+                task.add_done_callback(self._watching.discard)
+                waits.append((r, r.resubscribed, end))
+        if rng.random() < 0.3:
+            self.fault_detail["silence: other faults meanwhile"] += 1
+            return
+
+        def over() -> bool:
+            now = time.monotonic()
+            return all(r.resubscribed > before or now > end for r, before, end in waits)
+
+        await self.until(over, max((end for _, _, end in waits), default=0.0) - time.monotonic())
+
+    async def _silence_outcome(
+        self, r: Recorder, record: dict[str, Any], base: tuple[int, int, int], seconds: float
+    ) -> None:
+        """Once the stream is subscribed again (or the silence and its slack are over): whether
+        the client noticed the silence, and whether a restore came first (the connection was
+        lost: a new one subscribes everything again, nothing silent)."""
+        await self.until(lambda: r.resubscribed > base[2], seconds)
+        record["noticed"] = r.silent_in_fault > base[0]
+        record["restored first"] = r.restores > base[1]
+
+    async def quiet_moment(self) -> bool:
+        """Wait for any stall or restart window to end and the client to settle (15 s at
+        most); False if it did not settle, or the chaos ended meanwhile."""
+        wait = max(0.0, self.stall_until - time.monotonic(), self.window_until - time.monotonic())
+        if wait and await self.pause(wait + 0.1, self.stop_chaos):
+            return False
+        return await self.until(self.settled, 15.0) and not self.stop_chaos.is_set()
 
     async def inject(self, rng: random.Random) -> None:
         """Hostile frames, injected only while nothing else is going on, so each one reaches
         its connections; then wait until the client has counted them all."""
-        wait = max(0.0, self.stall_until - time.monotonic())
-        if wait and await self.pause(wait + 0.1, self.stop_chaos):
-            return
-        if not await self.until(self.settled, 15.0):
-            self.inject_skipped += 1
+        if not await self.quiet_moment():
+            if not self.stop_chaos.is_set():
+                self.inject_skipped += 1
             return
         targets = [
             s
@@ -1107,13 +1372,23 @@ class Soak:
             self.inject_waits_missed += 1
 
     async def calm(self) -> None:
-        """End every fault: no random drops, no delay, no refusal, stalls over."""
-        await self.admin.post("/sim/random-drops", {"every": None})
-        await self.admin.post("/sim/delay", {"seconds": 0})
-        await self.admin.post("/sim/refuse", {"seconds": 0})
-        wait = self.stall_until - time.monotonic()
+        """End every fault: no random drops, no delay, no refusal or restart window, no stale
+        ``/cws``; stalls and silences over."""
+        a = self.admin
+        await a.post("/sim/random-drops", {"every": None})
+        await a.post("/sim/delay", {"seconds": 0})
+        await a.post("/sim/refuse", {"seconds": 0})
+        if self.optional.get("restart window"):
+            await a.post("/sim/restart-window", {"seconds": 0})
+        if self.optional.get("idle cws"):
+            await a.post("/sim/idle-cws", {"seconds": None})
+        # A silence runs to its end, not cut short: the client notices one only after its
+        # timeout, and what a silent account subscription missed comes back only then.
+        wait = max(self.stall_until, self.silence_until) - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        if self.optional.get("silence"):
+            await a.post("/sim/unsilence")
 
     # -- monitoring -----------------------------------------------------------------------
 
@@ -1168,12 +1443,18 @@ class Soak:
             + (", ".join(f"{k} {'on' if v else 'absent'}" for k, v in self.optional.items()))
         )
         result: dict[str, Any] = {}
+        market_silence, account_silence = args.silence_timeout
         async with AlorClient(
             self.sim.refresh,
             base_url=self.sim.url,
             backoff=Backoff(base=0.2, cap=2.0),
             ping_interval=1.0,
             ping_timeout=2.0,
+            silence_timeout={
+                kind: market_silence if group == "market" else account_silence
+                for kind, group in SILENCE_KINDS.items()
+            },
+            reauth_after_idle=args.reauth_after_idle,
         ) as client:
             self.client = client
 
@@ -1282,7 +1563,15 @@ class Soak:
             and (sub := registry.get(s.guid)) is not None
             and sub.state is SubscriptionState.ACTIVE
         ]
-        sim_stats = await self.admin.get("/sim/stats")
+        # Both counts at one moment: while a re-subscription is in flight (a quiet account
+        # stream's, see SILENCE_KINDS) the simulator holds one subscription fewer for a moment.
+        for _ in range(20):
+            before = self.resubscribes()
+            sim_stats = await self.admin.get("/sim/stats")
+            client_subs = client.stats()["subscriptions"]
+            if before == self.resubscribes() and before[1] == 0:
+                break
+            await asyncio.sleep(0.1)
         sim_subs = sim_stats.get("subscriptions", -1)
         market_silent = [
             r.name
@@ -1312,7 +1601,7 @@ class Soak:
             "executed_twice_examples": twice_o_ex + twice_s_ex,
             "subscriptions": len(streams),
             "restored": len(restored),
-            "client_subscriptions": stats["subscriptions"],
+            "client_subscriptions": client_subs,
             "sim_subscriptions": sim_subs,
             "sim_connections": sim_stats.get("connections", -1),
             "sim_errors": sim_stats.get("errors", -1),
@@ -1344,6 +1633,7 @@ class Soak:
             "rss_growth_mb": st["end"]["rss_mb"] - st["warmup"]["rss_mb"],
             "faults": dict(self.faults),
             "optional_faults": self.optional,
+            "production": self.production(sim_stats, stats),
             "admin_failures": self.admin.failures[:10],
             "commands": dict(self.outcomes.commands),
             "command_results": dict(self.outcomes.results),
@@ -1359,6 +1649,33 @@ class Soak:
             "memory_growth_top": self.memory_growth(),
         }
 
+    def production(self, sim_stats: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+        """The production faults used, what the simulator counted of them, and how the client
+        reacted: re-authorizations of an idle ``/cws``, re-subscriptions of silent streams."""
+        trading = self._client().trading.stats()
+        sim_faults = sim_stats.get("faults") or {}
+        window = sim_faults.get("restart_window") or {}
+        rec = list(self.recorders.values())
+        lanes = stats["lanes"]
+        return {
+            "used": {kind: self.faults[kind] for kind in OPTIONAL_FAULTS},
+            "detail": dict(sorted(self.fault_detail.items())),
+            "silenced": dict(self.silenced_subs),
+            "silences": self.silences,
+            "idle_holds": self.idle_holds,
+            "sim_stale_resets": (sim_faults.get("idle_cws") or {}).get("resets"),
+            "sim_window": {k: window.get(k) for k in ("refused", "admitted", "dropped")},
+            "idle_reauthorizations": trading["idle_reauthorizations"],
+            "fresh_authorizations": trading["fresh_authorizations"],
+            "reauthorizations": trading["reauthorizations"],
+            "silent_in_fault": sum(r.silent_in_fault for r in rec),
+            "silent_quiet": sum(r.silent_quiet for r in rec),
+            "resubscribed": sum(r.resubscribed for r in rec),
+            "watched": sum(lane["watched"] for lane in lanes),
+            "lane_resubscribes": sum(lane["resubscribes"] for lane in lanes),
+            "lane_resubscribe_failures": sum(lane["resubscribe_failures"] for lane in lanes),
+        }
+
     def memory_growth(self, top: int = 12) -> list[str]:
         """With ``--trace-memory``: where Python memory grew from the warm-up to the end."""
         if not {"warmup", "end"} <= self.snapshots.keys():
@@ -1367,13 +1684,13 @@ class Soak:
         return [str(d) for d in diff[:top]]
 
 
-#: Fault kinds some simulators serve and some do not: kind -> (endpoint, body from the rng).
-#: Each is probed before the run (a GET on a POST route answers 405, a missing route 404) and
-#: skipped when absent; a 400 to the body (other arguments) is reported, not fatal.
-OPTIONAL_FAULTS: dict[str, tuple[str, Callable[[random.Random], dict[str, Any]]]] = {
-    "idle cws": ("/sim/idle-cws", lambda rng: {"seconds": rng.uniform(1.0, 5.0)}),
-    "restart window": ("/sim/restart-window", lambda rng: {"seconds": rng.uniform(1.0, 4.0)}),
-    "silent stream": ("/sim/silent", lambda rng: {"seconds": rng.uniform(1.0, 6.0)}),
+#: The production faults (docs/protocol.md §9.6): kind -> (the admin endpoints it needs, its
+#: weight in the chaos draw). Each is probed before the run (a GET on a POST route answers 405,
+#: a missing route 404) and skipped when absent; a 400 to a body is reported, not fatal.
+OPTIONAL_FAULTS: dict[str, tuple[tuple[str, ...], float]] = {
+    "silence": (("/sim/silence", "/sim/unsilence"), 1.5),
+    "restart window": (("/sim/restart-window",), 1.0),
+    "idle cws": (("/sim/idle-cws",), 0.7),  # the longest: last when they are due together
 }
 
 
@@ -1473,6 +1790,29 @@ def report(r: dict[str, Any], failed: list[str]) -> None:
     )
     print("== detail")
     print(f"faults: {r['faults']}; optional: {r['optional_faults']}")
+    p = r["production"]
+    window = p["sim_window"]
+    print(
+        f"production faults: {p['used']}; {p['detail']}; subscriptions silenced {p['silenced']}; "
+        f"at the simulator: commands reset on a stale /cws {p['sim_stale_resets']}, restart "
+        f"window attempts refused {window['refused']}, let through {window['admitted']}, "
+        f"dropped {window['dropped']}"
+    )
+    print(
+        f"client reactions: /cws re-authorized before a command after idle "
+        f"{p['idle_reauthorizations']}, authorized with a fresh token {p['fresh_authorizations']} "
+        f"(re-authorizations {p['reauthorizations']}); silences noticed "
+        f"{sum(1 for x in p['silences'] if x.get('noticed'))} of {len(p['silences'])} "
+        f"({sum(1 for x in p['silences'] if x.get('restored first'))} restored before the client "
+        f"noticed); stream events: silent {p['silent_in_fault']} during a silence + "
+        f"{p['silent_quiet']} of a quiet stream, resubscribed {p['resubscribed']}; lanes: "
+        f"{p['watched']} subscriptions watched, re-subscribed {p['lane_resubscribes']}, failed "
+        f"{p['lane_resubscribe_failures']}"
+    )
+    for hold in p["idle_holds"]:
+        print(f"  idle /cws hold: {hold}")
+    for silence in p["silences"]:
+        print(f"  silence: {silence}")
     print(
         f"commands: {r['commands']}; results {r['command_results']}; retried with the same "
         f"guid {r['command_retries']}; unresolved {len(r['commands_unresolved'])}; re-sent by "
@@ -1522,6 +1862,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=40.0, help="simulator market events/s")
     p.add_argument("--token-lifetime", type=float, default=20.0, help="JWT lifetime, seconds")
     p.add_argument(
+        "--reauth-after-idle",
+        type=float,
+        default=3.0,
+        help="the client's reauth_after_idle, seconds (1.5-30; the idle /cws fault makes the "
+        "simulator's idle time shorter, at most half of it)",
+    )
+    p.add_argument(
+        "--silence-timeout",
+        type=lambda s: tuple(float(x) for x in s.split(",")),
+        default=(1.5, 3.0),
+        help="MARKET,ACCOUNT: the client's silence timeouts, seconds",
+    )
+    p.add_argument(
         "--chaos-gap",
         type=lambda s: tuple(float(x) for x in s.split(",")),
         default=(0.5, 3.0),
@@ -1539,6 +1892,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="print every fault as it starts")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
+    if not 1.5 <= args.reauth_after_idle <= 30:
+        p.error("--reauth-after-idle must be 1.5-30 s (the order flows are held that long)")
+    if len(args.silence_timeout) != 2 or not all(t > 0 for t in args.silence_timeout):
+        p.error("--silence-timeout takes two timeouts > 0: MARKET,ACCOUNT")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 1_000_000)
     if args.warmup is None:

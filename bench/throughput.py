@@ -74,7 +74,7 @@ import aiohttp
 import picows
 from websockets.sync.client import ClientConnection as SyncConnection, connect as sync_connect
 
-from _feed import FeedProcess, percentile, pin, subscribe_frame
+from _feed import LAST_VOLUME, FeedProcess, percentile, pin, subscribe_frame
 from alorws.client import AlorClient
 from alorws.protocol.backoff import Backoff
 from alorws.protocol.codec import DataMessage, decoder_for, route
@@ -143,7 +143,7 @@ async def alorws_stack(
                         acc += q.last_price  # type: ignore[operator]
                     else:
                         consume(q)
-                    if q.volume == -1:  # the feed's last frame
+                    if q.volume == LAST_VOLUME:  # the feed's last frame
                         break
                 end = time.perf_counter_ns()
             sstats = stream.stats()

@@ -19,7 +19,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import pytest
+
+from alorws.sim.app import Simulator
+
+from ._sim import DAY
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +83,34 @@ def test_soak_loses_repeats_and_leaks_nothing(tmp_path: Path) -> None:
     assert r["command_results"].get("ack", 0) > 0 and r["trades_at_sim"] > 0
     assert r["events_compared"] > 0
     assert r["bad_injected"] > 0 or r["faults"].get("inject", 0) == 0
+    # Every production fault was used, with bodies the simulator took.
+    assert all(r["optional_faults"].values()), r["optional_faults"]
+    assert all(n > 0 for n in r["production"]["used"].values()), r["production"]
+    assert r["admin_failures"] == [], r["admin_failures"]
+
+
+async def test_the_production_fault_endpoints_are_served() -> None:
+    """Every endpoint the chaos driver's production faults need is served by the simulator, and
+    takes the bodies the driver sends (a restart window that flaps, a silence by opcode and
+    portfolio, the idle /cws fault on and off)."""
+    soak = _soak_module()
+    async with (
+        Simulator(port=0, day_order_lifetime=DAY, history_days=1, rate=5.0, admin=True) as sim,
+        aiohttp.ClientSession(base_url=sim.url) as session,
+    ):
+        admin = soak.Admin(session)
+        for kind, (paths, _) in soak.OPTIONAL_FAULTS.items():
+            for path in paths:
+                assert await admin.has(path), f"{kind}: {path} is not served"
+        await admin.post("/sim/idle-cws", {"seconds": 0.5})
+        await admin.post("/sim/idle-cws", {"seconds": None})
+        body = {"seconds": 0.2, "accept": 0.4, "linger": 0.1, "code": 1012}
+        assert (await admin.post("/sim/restart-window", body)) == {"dropped": 0}
+        body = {"seconds": 1.0, "opcode": "OrdersGetAndSubscribeV2", "symbol": "D00001"}
+        assert (await admin.post("/sim/silence", body)) == {"silenced": 0}
+        assert (await admin.post("/sim/unsilence")) == {"restored": 0}
+        assert admin.failures == []
+        assert sim.stats()["errors"] == 0
 
 
 # -- the comparisons themselves (no simulator, no sockets) ------------------------------------

@@ -1185,7 +1185,8 @@ def _ack_reply(ack: OrderAck) -> bytes:
 
 
 def _digest(obj: Model) -> str:
-    fields = msgspec.structs.asdict(obj)
+    # UNSET (a key the format lacks, e.g. Summary's Slim-only one) cannot be encoded: left out.
+    fields = {k: v for k, v in msgspec.structs.asdict(obj).items() if v is not msgspec.UNSET}
     fields.pop("existing", None)
     return hashlib.blake2b(msgspec.json.encode(fields), digest_size=10).hexdigest()
 

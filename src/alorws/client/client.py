@@ -99,8 +99,9 @@ class AlorClient(ClientStreams):
         silence_timeout: seconds without data after which a subscription of a kind is
             subscribed again (docs/protocol.md §9.6), by kind: ``{"quotes": 60, "order_book": 60}``;
             kinds not named (and every kind by default) are not watched. Kinds are the stream
-            methods' names (:data:`~alorws.client.sources.STREAM_KINDS`). The market-data
-            methods take ``silence_timeout=`` per stream too (0 turns it off for that one).
+            methods' names (:data:`~alorws.client.sources.STREAM_KINDS`). The stream methods
+            and :meth:`stream` take ``silence_timeout=`` per stream too (0 turns it off for
+            that one).
             See docs/client.md, "Silent subscriptions".
         reauth_after_idle: before a command on a ``/cws`` connection idle for this many
             seconds, authorize it with a token issued now (docs/protocol.md §9.6); None turns it

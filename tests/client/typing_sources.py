@@ -9,15 +9,7 @@ from typing import Any
 
 from alorws.bus import BusClient, BusStream
 from alorws.client import AlorClient, DataStream, OrderAck, Stream, StreamSource
-from alorws.protocol.account import (
-    Order,
-    OwnTrade,
-    Position,
-    Risk,
-    SpectraRisk,
-    StopOrder,
-    Summary,
-)
+from alorws.protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from alorws.protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from alorws.protocol.requests import QuotesRequest
 from alorws.record import Replay

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,37 +21,18 @@ from alorws.protocol.account import StopOrder
 from alorws.protocol.requests import InstrumentRequest, SpectraRisksRequest
 from alorws.sim.app import Simulator
 
+from ..client.test_orders import FAR_SELL, statuses
 from .conftest import LEASE
+from .test_gateway import first as first_of
 
 
-FAR_SELL = 355.0  # SBER trades near 312 within a 15% band: a sell here rests
 SBER = "SBER"
 
 
-def statuses(sim: Simulator, portfolio: str) -> dict[str, str]:
-    """Order id -> status, orders and stop orders (the simulator's truth)."""
-    found = {o.id: str(o.status) for o in sim.engine.orders(portfolio)}
-    found.update({o.id: str(o.status) for o in sim.engine.stop_orders(portfolio)})
-    return found
-
-
-async def first(stream: Any, sim: Simulator, within: float = 10.0) -> Any:
-    """The first message of ``stream`` (subscribing it), with market events made meanwhile."""
-
-    async def poke() -> None:
-        while True:
-            sim.burst(SBER, 5)
-            await asyncio.sleep(0.05)
-
-    poker = asyncio.ensure_future(poke())
-    try:
-        async with asyncio.timeout(within):
-            await stream.subscribe()
-            return await stream.get()
-    finally:
-        poker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poker
+async def first(stream: Any, sim: Simulator) -> Any:
+    """The first message of ``stream``, subscribing it (market events made meanwhile)."""
+    await stream.subscribe()
+    return await first_of(stream, sim, SBER, within=10.0)
 
 
 @pytest.fixture

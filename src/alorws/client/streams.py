@@ -30,15 +30,7 @@ import msgspec
 
 from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
-from ..protocol.account import (
-    Order,
-    OwnTrade,
-    Position,
-    Risk,
-    SpectraRisk,
-    StopOrder,
-    Summary,
-)
+from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import (
     DATA_HEAD,
     decoder_for,

@@ -130,6 +130,7 @@ if TYPE_CHECKING:
     from .client import (
         AlorClient as AlorClient,
         BufferEmpty as BufferEmpty,
+        DataStream as DataStream,
         Endpoints as Endpoints,
         HttpClient as HttpClient,
         LaneEvent as LaneEvent,
@@ -142,6 +143,7 @@ if TYPE_CHECKING:
         Portfolio as Portfolio,
         Stream as Stream,
         StreamBuffer as StreamBuffer,
+        StreamSource as StreamSource,
         TokenManager as TokenManager,
         resolve_endpoints as resolve_endpoints,
     )
@@ -150,6 +152,7 @@ _CLIENT_NAMES = frozenset(
     {
         "AlorClient",
         "BufferEmpty",
+        "DataStream",
         "Endpoints",
         "HttpClient",
         "LaneEvent",
@@ -162,6 +165,7 @@ _CLIENT_NAMES = frozenset(
         "Policy",
         "Stream",
         "StreamBuffer",
+        "StreamSource",
         "TokenManager",
         "resolve_endpoints",
     }
@@ -208,6 +212,7 @@ __all__ = [
     "CreateStopLimit",
     "CurrencyBuyingPower",
     "DataMessage",
+    "DataStream",
     "DeleteLimit",
     "DeleteMarket",
     "DeleteStop",
@@ -268,6 +273,7 @@ __all__ = [
     "StreamBuffer",
     "StreamClosed",
     "StreamError",
+    "StreamSource",
     "SubscriptionLimitError",
     "SubscriptionOpcode",
     "SubscriptionRequest",

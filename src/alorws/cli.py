@@ -907,6 +907,12 @@ def history(
 # -- recording and replay ------------------------------------------------------------------------
 
 _STREAM_KINDS = ("quotes", "book", "trades", "bars")
+_REPLAY_OPCODES = {
+    "quotes": "QuotesSubscribe",
+    "book": "OrderBookGetAndSubscribe",
+    "trades": "AllTradesGetAndSubscribe",
+    "bars": "BarsGetAndSubscribe",
+}
 
 
 def _parse_streams(text: str) -> list[str]:
@@ -1033,13 +1039,17 @@ def replay(
     lasts: dict[str, str] = {}
 
     def open_stream(rep: Replay, kind: str, symbol: str) -> Stream[Any]:
-        if kind == "quotes":
-            return rep.quotes(symbol)
-        if kind == "book":
-            return rep.order_book(symbol)
-        if kind == "trades":
-            return rep.all_trades(symbol)
-        return rep.bars(symbol)
+        # Whatever was recorded of that kind for the symbol (any format, depth, timeframe).
+        opcode = _REPLAY_OPCODES[kind]
+        found = [
+            s.request
+            for s in rep.subscriptions()
+            if s.opcode == opcode and getattr(s.request, "code", None) == symbol
+        ]
+        if len(found) != 1:
+            what = f"{len(found)} recorded subscriptions" if found else "no recorded subscription"
+            raise ConfigurationError(f"{what} of {kind} {symbol} in {root}; recorded")
+        return rep.stream(found[0])
 
     async def follow(stream: Stream[Any], key: str) -> None:
         async for item in stream:

@@ -34,26 +34,7 @@ def comparable(model: Any) -> tuple[str, Any]:
 
 def _twin(client: AlorClient, name: str, stream: Stream[Any]) -> Stream[Any]:
     """A lossless stream with the same request as the demo's stream ``name``."""
-    req: Any = stream.request
-    kind, _, arg = name.partition(" ")
-    if kind == "quotes":
-        twin: Stream[Any] = client.quotes(arg, policy="queue")
-    elif kind == "book":
-        twin = client.order_book(arg, depth=req.depth, policy="queue")
-    elif kind == "trades":
-        twin = client.all_trades(arg, policy="queue")
-    elif kind == "bars":
-        twin = client.bars(arg, req.tf, from_=req.from_, policy="queue")
-    elif name == "orders":
-        twin = client.orders(req.portfolio, policy="queue")
-    elif name == "positions":
-        twin = client.positions(req.portfolio, policy="queue")
-    elif name == "summary":
-        twin = client.summaries(req.portfolio, policy="queue")
-    elif name == "own trades":
-        twin = client.own_trades(req.portfolio, policy="queue")
-    else:
-        raise AssertionError(f"the demo has a stream this helper does not know: {name}")
+    twin = client.stream(stream.request, policy="queue")
     assert twin.request == stream.request, (name, twin.request, stream.request)
     return twin
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 import pytest
 
 from alorws.errors import ConfigurationError
+from alorws.protocol.requests import OrdersRequest, QuotesRequest
 from alorws.record import Replay
 
 from .conftest import Recording, collect, streams
@@ -72,6 +74,35 @@ async def test_subscriptions_and_unknown_stream(recording: Recording) -> None:
         assert "QuotesRequest(code='SBER'" in str(err.value)
         with pytest.raises(ConfigurationError, match="no recorded subscription"):
             replay.order_book("SBER", depth=7)
+
+
+async def test_stream_of_a_request_replays_the_recorded_subscription(
+    recording: Recording,
+) -> None:
+    """``replay.stream(request)`` serves the recorded subscription equal to ``request``, as the
+    typed method selects it; an orders request that skips history is served by the one
+    recorded with it, filtered as live; an unrecorded request lists what was recorded."""
+
+    async def read(pick: Callable[[Replay], Any]) -> list[Any]:
+        async with Replay(recording.root) as replay:
+            return [item async for item in pick(replay)]
+
+    async with Replay(recording.root) as replay:
+        recorded = [s.request for s in replay.subscriptions()]
+        assert all(replay.stream(r).request == r for r in recorded)
+        sber = next(r for r in recorded if isinstance(r, QuotesRequest) and r.code == "SBER")
+        with pytest.raises(ConfigurationError, match="no recorded subscription is.*LKOH") as err:
+            replay.stream(QuotesRequest(code="LKOH"))
+        assert "QuotesRequest(code='SBER'" in str(err.value)
+    by_request = await read(lambda r: r.stream(sber))
+    assert by_request and by_request == await read(lambda r: r.quotes("SBER"))
+    portfolio = recording.portfolio
+    skipping = OrdersRequest(portfolio=portfolio, skip_history=True)
+    new_only = await read(lambda r: r.stream(skipping))
+    assert new_only == await read(lambda r: r.orders(portfolio, skip_history=True))
+    everything = await read(lambda r: r.orders(portfolio))
+    assert new_only and not any(o.existing for o in new_only)
+    assert len(new_only) <= len(everything)
 
 
 async def test_speed_paces_with_injected_clock(recording: Recording) -> None:

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar, Unpack, cast
 
 import msgspec
 import nats
@@ -50,17 +52,18 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
-from ..client.orders import OrderAck
-from ..client.streams import (
-    bad_frame_error,
-    decode_inline,
-    default_policy,
-    market_request,
-    portfolio_request,
+from ..client.orders import OrderAck, OrderClient
+from ..client.sources import (
+    StreamMethods,
+    StreamOptions,
+    check_request,
+    split_history,
+    stream_name,
+    takes_options,
 )
+from ..client.streams import StreamBase, decode_inline, default_policy
 from ..client.whole import StreamFilter, filter_for
 from ..errors import (
     AlorError,
@@ -68,15 +71,14 @@ from ..errors import (
     FrameError,
     InvalidState,
     OrderStatusUnknown,
-    StreamClosed,
     TransportTimeout,
 )
 from ..protocol import requests as rq
 from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, Position, Risk, StopOrder, Summary
-from ..protocol.codec import decoder_for
-from ..protocol.enums import Exchange, Format, OrderStatus, OrderType, Side, TimeInForce
-from ..protocol.market import Bar, OrderBook, Quote, Trade
+from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.codec import decoder_for, model_for
+from ..protocol.enums import Format, OrderStatus
+from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from . import wire
 from ._natslink import NatsLink, describe, safe_url
 
@@ -87,17 +89,19 @@ _CONNECT_TIMEOUT = 10.0
 _GOODBYE_WAIT = 2.0
 
 
-__all__ = ["BusClient", "BusStream", "BusTrading"]
+__all__ = ["BusClient", "BusStream", "BusStreams", "BusTrading"]
 
 log = logging.getLogger("alorws.bus")
 
 M = TypeVar("M", bound=Model)
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
-class BusStream(Generic[M], AsyncIterator[M]):
+class BusStream(StreamBase[M]):
     """One stream through the gateway: awaitable, async iterator, async context manager, like
-    :class:`~alorws.client.Stream`. Create it with the :class:`BusClient` methods."""
+    :class:`~alorws.client.Stream` (both are :class:`~alorws.client.DataStream`). Create it with
+    the :class:`BusClient` methods."""
 
     def __init__(
         self,
@@ -112,27 +116,24 @@ class BusStream(Generic[M], AsyncIterator[M]):
         statuses: frozenset[OrderStatus] | None = None,
         name: str,
     ) -> None:
+        super().__init__(
+            request,
+            model,
+            policy=policy,
+            account=type(request).opcode in wire.ACCOUNT_OPCODES,
+            name=name,
+            logger=log,
+        )
         self._bus = bus
-        self.request = request
-        self.model = model
-        self.policy = policy
-        self.name = name
         self.handle = uuid.uuid4().hex
-        self.account = type(request).opcode in wire.ACCOUNT_OPCODES
         self.subject = wire.subject_for(bus.prefix, request)
-        self._format = Format(request.format)
         self._decoder = decoder_for(model, self._format)
         self._filter = filter
         self._skip_history = skip_history
         self._statuses = statuses
         self._buffer: StreamBuffer[Any] = StreamBuffer(policy, maxsize=max_buffer, name=name)
         self._sub: Subscription | None = None
-        self._state = "new"  # new -> subscribing -> open -> closed
         self._received = 0
-        self.events: list[LaneEvent] = []
-        self._callbacks: list[Callable[[LaneEvent], object]] = []
-        self.bad_payloads = 0
-        self._bad_log = BadFrameLog(log, name)
         # Gap state: the consumer's own gap (its NATS connection, or no gateway holding the
         # stream), and the gateway's ALOR subscription restoring (its in-band events).
         self._own_gap = False
@@ -145,22 +146,11 @@ class BusStream(Generic[M], AsyncIterator[M]):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    @property
-    def is_open(self) -> bool:
-        """True between a confirmed subscribe and the unsubscribe."""
-        return self._state == "open"
-
-    def __await__(self) -> Generator[Any, None, BusStream[M]]:
-        return self.subscribe().__await__()
-
-    async def subscribe(self) -> BusStream[M]:
+    async def subscribe(self) -> Self:
         """Subscribe (once) through the gateway; returns the stream. Raises what the gateway's
         client raised (``SubscriptionLimitError``, ``ServerRejected``, …)."""
-        if self._state == "open":
+        if not self._subscribing():
             return self
-        if self._state != "new":
-            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
-        self._state = "subscribing"
         bus = self._bus
         try:
             bus._check_connected()
@@ -367,16 +357,6 @@ class BusStream(Generic[M], AsyncIterator[M]):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def __aenter__(self) -> BusStream[M]:
-        return await self.subscribe()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def on_event(self, callback: Callable[[LaneEvent], object]) -> None:
-        """Call ``callback(event)`` on every ``disconnected``/``restored`` event."""
-        self._callbacks.append(callback)
-
     async def _on_msg(self, msg: Msg) -> None:
         if self.account:
             seq = _stream_seq(msg)
@@ -399,15 +379,6 @@ class BusStream(Generic[M], AsyncIterator[M]):
         self._buffer.push(msg.data)
 
     # -- consuming ----------------------------------------------------------------------------
-
-    def __aiter__(self) -> BusStream[M]:
-        return self
-
-    async def __anext__(self) -> M:
-        try:
-            return await self.get()
-        except StreamClosed:
-            raise StopAsyncIteration from None
 
     async def get(self) -> M:
         """The next message (see :meth:`alorws.client.Stream.get`)."""
@@ -434,21 +405,14 @@ class BusStream(Generic[M], AsyncIterator[M]):
 
     def _handle(self, item: Any) -> M | None:
         if isinstance(item, LaneEvent):
-            self.events.append(item)
             if item.kind == "restored" and self._filter is not None:
                 self._filter.restored()
-            for cb in self._callbacks:
-                try:
-                    cb(item)
-                except Exception:
-                    log.exception("%s: on_event callback failed", self.name)
+            self._notify(item)
             return None
         try:
             obj: M = self._decoder.decode(item)
         except Exception as exc:  # any failure to decode (RecursionError too) skips the item
-            self.bad_payloads += 1
-            error = bad_frame_error(exc, item, self.model, self._format, frame=False)
-            self._bad_log.report(error, type(exc).__name__)
+            self._bad(item, exc, frame=False)
             return None
         if self._filter is not None and not self._filter.accept(obj):
             return None
@@ -478,8 +442,48 @@ class BusStream(Generic[M], AsyncIterator[M]):
         return f"<BusStream {self.name} {self.subject} {self._state}>"
 
 
+#: The typed stream methods of a :class:`BusClient`: each returns ``BusStream[<its model>]``.
+BusStreams = StreamMethods[
+    BusStream[Quote],
+    BusStream[OrderBook],
+    BusStream[Bar],
+    BusStream[Trade],
+    BusStream[InstrumentPatch],
+    BusStream[Position],
+    BusStream[Summary],
+    BusStream[Risk],
+    BusStream[SpectraRisk],
+    BusStream[OwnTrade],
+    BusStream[Order],
+    BusStream[StopOrder],
+]
+
+
+def _forward(
+    op: Callable[Concatenate[OrderClient, P], Coroutine[Any, Any, OrderAck]],
+) -> Callable[Concatenate[BusTrading, P], Coroutine[Any, Any, OrderAck]]:
+    """``OrderClient``'s operation ``op`` through the gateway, with its signature and docstring:
+    the arguments given (None left out, as ``op`` reads them) go to the gateway, which calls
+    ``op`` of its client by name (``wire.ORDER_OPS``); ``guid`` is the idempotency key."""
+    signature = inspect.signature(op)
+    name = op.__name__
+
+    async def forward(self: BusTrading, /, *args: P.args, **kwargs: P.kwargs) -> OrderAck:
+        # A call op would refuse (a missing or unknown argument) fails here, before sending.
+        given = signature.bind(None, *args, **kwargs).arguments
+        given.pop("self", None)
+        guid = given.pop("guid", None)
+        return await self._send(name, guid, **given)
+
+    functools.update_wrapper(forward, op)  # name, docstring, and the signature (__wrapped__)
+    forward.__qualname__ = f"BusTrading.{name}"
+    forward.__doc__ = f"Through the gateway (see :class:`BusTrading`): {op.__doc__ or ''}"
+    return forward
+
+
 class BusTrading:
-    """Orders through the gateway, with :class:`~alorws.client.OrderClient`'s signatures.
+    """Orders through the gateway, with :class:`~alorws.client.OrderClient`'s operations and
+    signatures: every ``place_*``, ``modify_*`` and ``cancel``.
 
     ``guid`` is the idempotency key (default: a fresh uuid4): the gateway maps it to the
     ``/cws`` guid, so sending the same key again never places a second order. A request that
@@ -502,83 +506,16 @@ class BusTrading:
         #: Requests sent again with the same key (no answer in time, or the connection lost).
         self.resent = 0
 
-    async def place_limit(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        price: float,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        time_in_force: TimeInForce | str | None = None,
-        iceberg_fixed: int | None = None,
-        iceberg_variance: float | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a limit order (see :meth:`alorws.client.OrderClient.place_limit`)."""
-        return await self._send(
-            "place_limit",
-            guid,
-            portfolio=portfolio,
-            symbol=symbol,
-            side=side,
-            quantity=quantity,
-            price=price,
-            exchange=exchange,
-            board=board,
-            time_in_force=time_in_force,
-            iceberg_fixed=iceberg_fixed,
-            iceberg_variance=iceberg_variance,
-            comment=comment,
-            allow_margin=allow_margin,
-        )
-
-    async def place_market(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        time_in_force: TimeInForce | str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a market order (see :meth:`alorws.client.OrderClient.place_market`)."""
-        return await self._send(
-            "place_market",
-            guid,
-            portfolio=portfolio,
-            symbol=symbol,
-            side=side,
-            quantity=quantity,
-            exchange=exchange,
-            board=board,
-            time_in_force=time_in_force,
-            comment=comment,
-            allow_margin=allow_margin,
-        )
-
-    async def cancel(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        *,
-        kind: OrderType | str = OrderType.LIMIT,
-        exchange: Exchange | str = Exchange.MOEX,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Cancel an order (see :meth:`alorws.client.OrderClient.cancel`)."""
-        return await self._send(
-            "cancel", guid, order_id=order_id, portfolio=portfolio, kind=kind, exchange=exchange
-        )
+    # OrderClient's operations, each with its signature and docstring (see _forward).
+    place_market = _forward(OrderClient.place_market)
+    place_limit = _forward(OrderClient.place_limit)
+    place_stop = _forward(OrderClient.place_stop)
+    place_stop_limit = _forward(OrderClient.place_stop_limit)
+    modify_market = _forward(OrderClient.modify_market)
+    modify_limit = _forward(OrderClient.modify_limit)
+    modify_stop = _forward(OrderClient.modify_stop)
+    modify_stop_limit = _forward(OrderClient.modify_stop_limit)
+    cancel = _forward(OrderClient.cancel)
 
     async def _send(self, op: str, guid: str | None, **args: Any) -> OrderAck:
         key = guid or uuid.uuid4().hex
@@ -651,8 +588,10 @@ class BusTrading:
         )
 
 
-class BusClient:
-    """A consumer of a :class:`~alorws.gateway.Gateway` over NATS, with ``AlorClient``'s API.
+class BusClient(BusStreams):
+    """A consumer of a :class:`~alorws.gateway.Gateway` over NATS, with ``AlorClient``'s API:
+    the same stream methods (:class:`~alorws.client.sources.StreamMethods`) and ``trading``
+    (:class:`BusTrading`).
 
     Args:
         nats_url: the NATS server the gateway serves on.
@@ -971,301 +910,41 @@ class BusClient:
                 task.add_done_callback(self._tasks.discard)
 
     # -- streams ------------------------------------------------------------------------------
+    #
+    # The typed methods (quotes, order_book, …, stop_orders) are StreamMethods', shared with
+    # AlorClient and Replay; they build the request and call stream().
 
-    def _stream(
-        self,
-        request: rq.SubscriptionRequest,
-        model: type[M],
-        *,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        name: str,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-    ) -> BusStream[M]:
+    @takes_options(StreamOptions)
+    def stream(
+        self, request: rq.SubscriptionRequest, **options: Unpack[StreamOptions]
+    ) -> BusStream[Any]:
+        """The typed stream of any subscription request through the gateway (not yet
+        subscribed), as :meth:`alorws.client.AlorClient.stream`: the same model, default policy
+        and filters. Account streams read the gateway's JetStream stream of the portfolio,
+        stream and exchange and apply ``skip_history`` and ``order_statuses`` on this side.
+        ``silence_timeout`` is unused: the gateway's client watches its subscriptions."""
         self._nats()
+        _, skip_history = split_history(check_request(request))
+        model = model_for(type(request).opcode)
+        statuses = getattr(request, "order_statuses", None)
         return BusStream(
             self,
             request,
             model,
-            policy=default_policy(model, policy),
-            max_buffer=max_buffer or self._max_buffer,
+            policy=default_policy(model, options.get("policy")),
+            max_buffer=options.get("max_buffer") or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
             skip_history=skip_history,
-            statuses=None if statuses is None else frozenset(OrderStatus(s) for s in statuses),
-            name=name,
+            statuses=frozenset(statuses) if isinstance(statuses, tuple) else None,
+            name=stream_name(request),
         )
 
-    def quotes(
-        self,
-        code: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Quote]:
-        """Quotes of one instrument; see :meth:`alorws.client.AlorClient.quotes`."""
-        req = market_request(
-            rq.QuotesRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            frequency=frequency,
-        )
-        return self._stream(req, Quote, policy=policy, max_buffer=max_buffer, name=f"quotes {code}")
+    def _default_format(self) -> Format:
+        return self.format
 
-    def order_book(
-        self,
-        code: str,
-        *,
-        depth: int = 20,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[OrderBook]:
-        """The order book of one instrument; see :meth:`alorws.client.AlorClient.order_book`."""
-        req = market_request(
-            rq.OrderBookRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            depth=depth,
-            frequency=frequency,
-        )
-        return self._stream(
-            req, OrderBook, policy=policy, max_buffer=max_buffer, name=f"book {code}"
-        )
-
-    def all_trades(
-        self,
-        code: str,
-        *,
-        depth: int | None = None,
-        include_virtual_trades: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Trade]:
-        """The anonymous tape; see :meth:`alorws.client.AlorClient.all_trades`. (``depth``'s
-        replay reaches only the consumer whose request opened the gateway's subscription.)"""
-        req = market_request(
-            rq.AllTradesRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            depth=depth,
-            include_virtual_trades=include_virtual_trades,
-        )
-        return self._stream(req, Trade, policy=policy, max_buffer=max_buffer, name=f"trades {code}")
-
-    def bars(
-        self,
-        code: str,
-        tf: int | str,
-        *,
-        from_: int | None = None,
-        skip_history: bool = False,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Bar]:
-        """Candles; see :meth:`alorws.client.AlorClient.bars`. ``from_`` defaults to the
-        current minute so that consumers asking at about the same time share a subscription."""
-        start = (int(time.time()) // 60) * 60 if from_ is None else from_
-        req = market_request(
-            rq.BarsRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            tf=tf,
-            from_=start,
-            skip_history=skip_history,
-            frequency=frequency,
-        )
-        return self._stream(req, Bar, policy=policy, max_buffer=max_buffer, name=f"bars {code}")
-
-    def _portfolio(
-        self,
-        cls: Callable[..., rq.SubscriptionRequest],
-        model: type[M],
-        portfolio: str,
-        *,
-        exchange: Exchange | str,
-        format: Format | str | None,
-        skip_history: bool,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        name: str,
-        statuses: Sequence[OrderStatus | str] | None = None,
-    ) -> BusStream[M]:
-        req = portfolio_request(cls, portfolio, exchange=exchange, format=format or self.format)
-        return self._stream(
-            req,
-            model,
-            policy=policy,
-            max_buffer=max_buffer,
-            name=f"{name} {portfolio}",
-            skip_history=skip_history,
-            statuses=statuses,
-        )
-
-    def orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Order]:
-        """The portfolio's orders (from the JetStream stream), as
-        :meth:`alorws.client.AlorClient.orders`: each state further along once."""
-        return self._portfolio(
-            rq.OrdersRequest,
-            Order,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="orders",
-            statuses=statuses,
-        )
-
-    def stop_orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[StopOrder]:
-        """The portfolio's stop orders, as :meth:`alorws.client.AlorClient.stop_orders`."""
-        return self._portfolio(
-            rq.StopOrdersRequest,
-            StopOrder,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="stop orders",
-            statuses=statuses,
-        )
-
-    def own_trades(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[OwnTrade]:
-        """The portfolio's fills, each trade once."""
-        return self._portfolio(
-            rq.OwnTradesRequest,
-            OwnTrade,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="own trades",
-        )
-
-    def positions(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Position]:
-        """The portfolio's positions, each new state once."""
-        return self._portfolio(
-            rq.PositionsRequest,
-            Position,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="positions",
-        )
-
-    def summaries(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Summary]:
-        """Portfolio summary snapshots; ``latest`` policy by default."""
-        return self._portfolio(
-            rq.SummariesRequest,
-            Summary,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="summaries",
-        )
-
-    def risks(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> BusStream[Risk]:
-        """Portfolio risk snapshots; ``latest`` policy by default."""
-        return self._portfolio(
-            rq.RisksRequest,
-            Risk,
-            portfolio,
-            exchange=exchange,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="risks",
-        )
+    def _bars_from(self) -> int:
+        # The current minute: consumers asking at about the same time share a subscription.
+        return (int(time.time()) // 60) * 60
 
     def stats(self) -> dict[str, Any]:
         """Streams, lease and renewals, and the NATS connection (connected, disconnects,

@@ -79,8 +79,21 @@ FORMAT_HEADER: Final = "Alorws-Format"
 #: The key of the leader lease in the ``<PREFIX>_LEADER`` KV bucket.
 LEADER_KEY: Final = "leader"
 
-#: Order operations served over ``<prefix>.orders.<op>``.
-ORDER_OPS: Final = frozenset({"place_limit", "place_market", "cancel"})
+#: Order operations served over ``<prefix>.orders.<op>``: the methods of the gateway client's
+#: ``OrderClient`` of that name, with the arguments the consumer gave (``OrderCtl.args``).
+ORDER_OPS: Final = frozenset(
+    {
+        "place_market",
+        "place_limit",
+        "place_stop",
+        "place_stop_limit",
+        "modify_market",
+        "modify_limit",
+        "modify_stop",
+        "modify_stop_limit",
+        "cancel",
+    }
+)
 
 #: Short stream names used in subjects.
 _STREAM_NAMES: Final[dict[SubscriptionOpcode, str]] = {

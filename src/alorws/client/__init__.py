@@ -12,6 +12,7 @@ from .http import HttpClient as HttpClient
 from .lane import LaneEvent as LaneEvent, LaneKind as LaneKind, LaneState as LaneState
 from .orders import OrderAck as OrderAck, OrderClient as OrderClient
 from .portfolio import Portfolio as Portfolio
+from .sources import DataStream as DataStream, StreamSource as StreamSource
 from .state import OrderBookView as OrderBookView
 from .streams import Stream as Stream
 
@@ -19,6 +20,7 @@ from .streams import Stream as Stream
 __all__ = [
     "AlorClient",
     "BufferEmpty",
+    "DataStream",
     "Endpoints",
     "HttpClient",
     "LaneEvent",
@@ -31,6 +33,7 @@ __all__ = [
     "Portfolio",
     "Stream",
     "StreamBuffer",
+    "StreamSource",
     "TokenManager",
     "resolve_endpoints",
 ]

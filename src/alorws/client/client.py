@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import msgspec
 
@@ -37,20 +37,28 @@ from ..errors import (
     redact,
 )
 from ..protocol import requests as rq
-from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.backoff import Backoff
-from ..protocol.enums import Exchange, Format, OrderStatus
-from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
+from ..protocol.codec import model_for
+from ..protocol.enums import Format
 from ..protocol.registry import SubscriptionRegistry, SubscriptionState
 from .auth import TokenManager
-from .buffer import Policy, StreamBuffer, WakeBatcher
+from .buffer import StreamBuffer, WakeBatcher
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
 from .lane import Lane, LaneKind, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
 from .runtime import IORuntime
-from .streams import STREAM_KINDS, Stream, default_policy, market_request, portfolio_request
+from .sources import (
+    STREAM_KINDS,
+    StreamOptions,
+    check_request,
+    is_account,
+    split_history,
+    stream_kind,
+    stream_name,
+    takes_options,
+)
+from .streams import ClientStreams, Stream, default_policy
 from .whole import filter_for
 
 
@@ -58,12 +66,17 @@ __all__ = ["AlorClient"]
 
 log = logging.getLogger("alorws.client")
 
-M = TypeVar("M", bound=Model)
 T = TypeVar("T")
 
 
-class AlorClient:
+class AlorClient(ClientStreams):
     """A connection to one ALOR account: typed streams, limits, reconnect-and-restore.
+
+    The stream methods (``quotes``, ``order_book``, ``bars``, ``all_trades``, ``instrument``,
+    ``positions``, ``summaries``, ``risks``, ``spectra_risks``, ``own_trades``, ``orders``,
+    ``stop_orders``) and :meth:`stream` are those of every stream source
+    (:class:`~alorws.client.sources.StreamMethods`): a strategy runs unchanged on a
+    ``BusClient`` or a ``Replay``.
 
     Args:
         refresh_token: the long-lived token from the ALOR developer portal (never logged).
@@ -86,8 +99,9 @@ class AlorClient:
         silence_timeout: seconds without data after which a subscription of a kind is
             subscribed again (docs/protocol.md §9.6), by kind: ``{"quotes": 60, "order_book": 60}``;
             kinds not named (and every kind by default) are not watched. Kinds are the stream
-            methods' names (:data:`~alorws.client.streams.STREAM_KINDS`). The market-data
-            methods take ``silence_timeout=`` per stream too (0 turns it off for that one).
+            methods' names (:data:`~alorws.client.sources.STREAM_KINDS`). The stream methods
+            and :meth:`stream` take ``silence_timeout=`` per stream too (0 turns it off for
+            that one).
             See docs/client.md, "Silent subscriptions".
         reauth_after_idle: before a command on a ``/cws`` connection idle for this many
             seconds, authorize it with a token issued now (docs/protocol.md §9.6); None turns it
@@ -302,452 +316,47 @@ class AlorClient:
         return self._loop_tokens
 
     # -- streams ------------------------------------------------------------------------------
+    #
+    # The typed methods (quotes, order_book, …, stop_orders) are StreamMethods', shared with
+    # BusClient and Replay; they build the request and call stream().
 
-    def _stream(
-        self,
-        request: rq.SubscriptionRequest,
-        model: type[M],
-        *,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        account: bool,
-        skip_history: bool = False,
-        name: str,
-        kind: str,
-        silence_timeout: float | None = None,
-    ) -> Stream[M]:
+    @takes_options(StreamOptions)
+    def stream(
+        self, request: rq.SubscriptionRequest, **options: Unpack[StreamOptions]
+    ) -> Stream[Any]:
+        """The typed stream of any subscription request (not yet subscribed: ``await`` it or
+        use it as a context manager); its model follows from the request's opcode.
+
+        ``policy`` None: the model's default (``latest`` for state streams); ``max_buffer``
+        None: the client's. ``silence_timeout``: seconds without data after which the
+        subscription is subscribed again while the connection lives (docs/protocol.md §9.6);
+        None takes the client's ``silence_timeout`` for the kind, 0 turns it off. Streams of
+        orders, stop orders, fills and positions are subscribed with the server's history and
+        apply ``skip_history`` client-side (see docs/client.md, "Reconnect and restore")."""
         if self._state != "open":
             raise InvalidState("the client is not open: use `async with AlorClient(...)`")
+        wire, skip_history = split_history(check_request(request))
+        model = model_for(type(request).opcode)
+        silence_timeout = options.get("silence_timeout")
         if silence_timeout is None:
-            silence_timeout = self._silence.get(kind)
+            silence_timeout = self._silence.get(stream_kind(request))
         else:
             silence_timeout = _check_silence("silence_timeout", silence_timeout, call=True) or None
         return Stream(
             self,
-            request,
+            wire,
             model,
-            policy=default_policy(model, policy),
-            account=account,
-            max_buffer=max_buffer or self._max_buffer,
+            policy=default_policy(model, options.get("policy")),
+            account=is_account(request),
+            max_buffer=options.get("max_buffer") or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
-            name=name,
+            name=stream_name(request),
             batcher=self._batcher,
             silence_timeout=silence_timeout,
         )
 
-    def quotes(
-        self,
-        code: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-        silence_timeout: float | None = None,
-    ) -> Stream[Quote]:
-        """Quotes of one instrument (``QuotesSubscribe``, docs/protocol.md §4.2); ``latest`` policy
-        by default.
-
-        ``silence_timeout`` (here and on the other market-data streams): seconds without data
-        after which the subscription is subscribed again while the connection lives
-        (docs/protocol.md §9.6); None takes the client's ``silence_timeout`` for the kind, 0 turns
-        it off."""
-        req = market_request(
-            rq.QuotesRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            frequency=frequency,
-        )
-        return self._stream(
-            req,
-            Quote,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=False,
-            name=f"quotes {code}",
-            kind="quotes",
-            silence_timeout=silence_timeout,
-        )
-
-    def order_book(
-        self,
-        code: str,
-        *,
-        depth: int = 20,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-        silence_timeout: float | None = None,
-    ) -> Stream[OrderBook]:
-        """The order book of one instrument, ``depth`` levels a side (docs/protocol.md §4.1);
-        ``latest`` policy. ``silence_timeout``: see :meth:`quotes`."""
-        req = market_request(
-            rq.OrderBookRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            depth=depth,
-            frequency=frequency,
-        )
-        return self._stream(
-            req,
-            OrderBook,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=False,
-            name=f"book {code}",
-            kind="order_book",
-            silence_timeout=silence_timeout,
-        )
-
-    def bars(
-        self,
-        code: str,
-        tf: int | str,
-        *,
-        from_: int | None = None,
-        skip_history: bool = False,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-        silence_timeout: float | None = None,
-    ) -> Stream[Bar]:
-        """Candles of timeframe ``tf`` (seconds or D/W/M/Y) from ``from_`` (Unix s; default:
-        now, i.e. only the forming candle), docs/protocol.md §4.3. Lossless by default.
-        ``silence_timeout``: see :meth:`quotes`."""
-        req = market_request(
-            rq.BarsRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            tf=tf,
-            from_=int(time.time()) if from_ is None else from_,
-            skip_history=skip_history,
-            frequency=frequency,
-        )
-        return self._stream(
-            req,
-            Bar,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=False,
-            name=f"bars {code} {tf}",
-            kind="bars",
-            silence_timeout=silence_timeout,
-        )
-
-    def all_trades(
-        self,
-        code: str,
-        *,
-        depth: int | None = None,
-        include_virtual_trades: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-        silence_timeout: float | None = None,
-    ) -> Stream[Trade]:
-        """The anonymous tape (docs/protocol.md §4.4); ``depth`` replays the last N trades first.
-        Lossless. ``silence_timeout``: see :meth:`quotes`."""
-        req = market_request(
-            rq.AllTradesRequest,
-            code,
-            exchange=exchange,
-            board=board,
-            format=format or self.format,
-            depth=depth,
-            include_virtual_trades=include_virtual_trades,
-        )
-        return self._stream(
-            req,
-            Trade,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=False,
-            name=f"trades {code}",
-            kind="all_trades",
-            silence_timeout=silence_timeout,
-        )
-
-    def instrument(
-        self,
-        code: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        policy: Policy | str | None = Policy.QUEUE,
-        max_buffer: int | None = None,
-        silence_timeout: float | None = None,
-    ) -> Stream[InstrumentPatch]:
-        """Trading status and limits of an instrument (docs/protocol.md §4.5): a full message, then
-        patches.
-
-        Patches must all be seen to fold them (``InstrumentState.apply``), so the default
-        policy is ``queue``. ``silence_timeout``: see :meth:`quotes`."""
-        req = market_request(
-            rq.InstrumentRequest, code, exchange=exchange, board=board, format=format or self.format
-        )
-        return self._stream(
-            req,
-            InstrumentPatch,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=False,
-            name=f"instrument {code}",
-            kind="instrument",
-            silence_timeout=silence_timeout,
-        )
-
-    def _portfolio_stream(
-        self,
-        cls: Callable[..., rq.SubscriptionRequest],
-        model: type[M],
-        portfolio: str,
-        *,
-        exchange: Exchange | str,
-        board: str | None,
-        format: Format | str | None,
-        skip_history: bool,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        name: str,
-        **extra: Any,
-    ) -> Stream[M]:
-        whole = model in (Order, StopOrder, OwnTrade, Position)
-        req = portfolio_request(
-            cls,
-            portfolio,
-            exchange=exchange,
-            instrument_group=board,
-            format=format or self.format,
-            # Event streams are always replayed from the server so a restore can fill the gap;
-            # the consumer's skip_history is applied client-side (alorws.client.whole).
-            skip_history=False if whole else skip_history,
-            **extra,
-        )
-        return self._stream(
-            req,
-            model,
-            policy=policy,
-            max_buffer=max_buffer,
-            account=True,
-            skip_history=skip_history,
-            name=f"{name} {portfolio}",
-            kind=name.replace(" ", "_"),
-        )
-
-    def positions(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Position]:
-        """Positions (securities and money) of a portfolio (docs/protocol.md §4.6); each change
-        once.
-
-        ``board`` (``instrumentGroup``) is passed to the server as AlorPy does, for every
-        portfolio stream; ``None`` leaves it out."""
-        return self._portfolio_stream(
-            rq.PositionsRequest,
-            Position,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="positions",
-        )
-
-    def summaries(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Summary]:
-        """Portfolio summary snapshots (docs/protocol.md §4.7); ``latest`` policy by default."""
-        return self._portfolio_stream(
-            rq.SummariesRequest,
-            Summary,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="summaries",
-        )
-
-    def risks(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Risk]:
-        """Portfolio risk snapshots (docs/protocol.md §4.8); ``latest`` policy by default."""
-        return self._portfolio_stream(
-            rq.RisksRequest,
-            Risk,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="risks",
-        )
-
-    def spectra_risks(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[SpectraRisk]:
-        """FORTS risk snapshots of a derivatives portfolio (docs/protocol.md §4.9); ``latest`` by
-        default."""
-        return self._portfolio_stream(
-            rq.SpectraRisksRequest,
-            SpectraRisk,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="spectra risks",
-        )
-
-    def own_trades(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[OwnTrade]:
-        """The portfolio's fills (docs/protocol.md §4.10); each trade once, across reconnects, none
-        merged."""
-        return self._portfolio_stream(
-            rq.OwnTradesRequest,
-            OwnTrade,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="own trades",
-        )
-
-    def orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Order]:
-        """The portfolio's orders (docs/protocol.md §4.11): a copy whenever an order moves further
-        along (a final status, more lots filled), never twice in the same state, never rolled back.
-        Changes made while disconnected arrive merged into one, the order's state at the restore
-        (see docs/client.md, "What a restore guarantees"); count fills with :meth:`own_trades`.
-
-        ``statuses`` filters only the initial replay (a server rule)."""
-        extra = (
-            {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
-        )
-        return self._portfolio_stream(
-            rq.OrdersRequest,
-            Order,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="orders",
-            **extra,
-        )
-
-    def stop_orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[StopOrder]:
-        """The portfolio's stop and stop-limit orders (docs/protocol.md §4.12), delivered as
-        :meth:`orders`: each state further along once; changes while disconnected merged into the
-        latest."""
-        extra = (
-            {} if statuses is None else {"order_statuses": tuple(OrderStatus(s) for s in statuses)}
-        )
-        return self._portfolio_stream(
-            rq.StopOrdersRequest,
-            StopOrder,
-            portfolio,
-            exchange=exchange,
-            board=board,
-            format=format,
-            skip_history=skip_history,
-            policy=policy,
-            max_buffer=max_buffer,
-            name="stop orders",
-            **extra,
-        )
+    def _default_format(self) -> Format:
+        return self.format
 
     # -- subscribe / unsubscribe (consumer side -> I/O loop) ----------------------------------
 

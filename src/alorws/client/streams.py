@@ -24,13 +24,13 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
 import msgspec
 
 from ..errors import FrameError, InvalidState, StreamClosed
 from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import (
     DATA_HEAD,
     decoder_for,
@@ -38,12 +38,13 @@ from ..protocol.codec import (
     frame_payload,
     frame_tail,
 )
-from ..protocol.enums import Exchange, Format
-from ..protocol.market import InstrumentPatch, OrderBook, Quote
+from ..protocol.enums import Format
+from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
 from .buffer import Policy, StreamBuffer, WakeBatcher
 from .lane import LaneEvent
+from .sources import STREAM_KINDS, StreamMethods
 from .whole import StreamFilter
 
 
@@ -53,12 +54,12 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_MODELS",
     "STREAM_KINDS",
+    "ClientStreams",
     "Stream",
+    "StreamBase",
     "bad_frame_error",
     "decode_inline",
     "default_policy",
-    "market_request",
-    "portfolio_request",
 ]
 
 log = logging.getLogger("alorws.stream")
@@ -67,32 +68,9 @@ M = TypeVar("M", bound=Model)
 
 
 #: State streams: every message is the whole state, so only the newest matters (``latest``).
-#: Everything else is an event stream and is delivered losslessly (``queue``).
-STATE_MODELS: tuple[type[Model], ...] = (
-    Quote,
-    OrderBook,
-    InstrumentPatch,
-    Summary,
-    Risk,
-    SpectraRisk,
-)
-
-
-#: The kinds of stream, named after the client's methods: the keys of ``silence_timeout``.
-STREAM_KINDS: tuple[str, ...] = (
-    "quotes",
-    "order_book",
-    "bars",
-    "all_trades",
-    "instrument",
-    "positions",
-    "summaries",
-    "risks",
-    "spectra_risks",
-    "own_trades",
-    "orders",
-    "stop_orders",
-)
+#: Everything else (instrument patches too: each must be seen to fold them) is delivered
+#: losslessly (``queue``).
+STATE_MODELS: tuple[type[Model], ...] = (Quote, OrderBook, Summary, Risk, SpectraRisk)
 
 
 def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
@@ -100,42 +78,6 @@ def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
     if policy is not None:
         return Policy(policy)
     return Policy.LATEST if issubclass(model, STATE_MODELS) else Policy.QUEUE
-
-
-def market_request(
-    cls: Callable[..., SubscriptionRequest],
-    code: str,
-    *,
-    exchange: Exchange | str,
-    board: str | None,
-    format: Format | str,
-    **fields: Any,
-) -> SubscriptionRequest:
-    """A market-data request; optional fields left as None are not sent (they stay UNSET)."""
-    return cls(
-        code=code,
-        exchange=Exchange(exchange),
-        format=Format(format),
-        **_set(instrument_group=board, **fields),
-    )
-
-
-def portfolio_request(
-    cls: Callable[..., SubscriptionRequest],
-    portfolio: str,
-    *,
-    exchange: Exchange | str,
-    format: Format | str,
-    **fields: Any,
-) -> SubscriptionRequest:
-    """An account-stream request; optional fields left as None are not sent."""
-    return cls(
-        portfolio=portfolio, exchange=Exchange(exchange), format=Format(format), **_set(**fields)
-    )
-
-
-def _set(**fields: Any) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 def decode_inline(
@@ -191,7 +133,107 @@ class _Backfill(NamedTuple):
 _BACKFILLED = (Order, StopOrder, OwnTrade)
 
 
-class Stream(Generic[M], AsyncIterator[M]):
+class StreamBase(Generic[M], AsyncIterator[M]):
+    """What every stream class shares (:class:`Stream`; ``BusStream``): the
+    :class:`~alorws.client.sources.DataStream` API. A subclass implements ``subscribe``,
+    ``aclose``, ``get`` and ``get_batch``, and passes connection events to :meth:`_notify`."""
+
+    def __init__(
+        self,
+        request: SubscriptionRequest,
+        model: type[M],
+        *,
+        policy: Policy,
+        account: bool,
+        name: str,
+        logger: logging.Logger,
+    ) -> None:
+        self.request = request
+        self.model = model
+        self.policy = policy
+        self.account = account
+        self.name = name
+        self._format = Format(getattr(request, "format", Format.SIMPLE))
+        self._state = "new"  # new -> subscribing -> open -> closed
+        self.events: list[LaneEvent] = []
+        self._callbacks: list[Callable[[LaneEvent], object]] = []
+        self.bad_payloads = 0
+        self._log = logger
+        self._bad_log = BadFrameLog(logger, name)
+
+    @property
+    def is_open(self) -> bool:
+        """True between a confirmed subscribe and the unsubscribe."""
+        return self._state == "open"
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.subscribe().__await__()
+
+    async def subscribe(self) -> Self:
+        """Subscribe (once) and wait for the confirmation; returns the stream."""
+        raise NotImplementedError
+
+    def _subscribing(self) -> bool:
+        """new -> subscribing (True), or False if the stream is open already."""
+        if self._state == "open":
+            return False
+        if self._state != "new":
+            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
+        self._state = "subscribing"
+        return True
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration ends."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return await self.subscribe()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def on_event(self, callback: Callable[[LaneEvent], object]) -> None:
+        """Call ``callback(event)`` (in the consumer's loop) on every connection event
+        (``disconnected``, ``restored``; on a direct client also ``silent``,
+        ``resubscribed``)."""
+        self._callbacks.append(callback)
+
+    def _notify(self, event: LaneEvent) -> None:
+        """Keep a connection event and pass it to the ``on_event`` callbacks."""
+        self.events.append(event)
+        for cb in self._callbacks:
+            try:
+                cb(event)
+            except Exception:
+                self._log.exception("%s: on_event callback failed", self.name)
+
+    def _bad(self, item: Any, exc: BaseException, *, frame: bool) -> None:
+        """Count an item that does not decode and log why, rate-limited (the stream goes on)."""
+        self.bad_payloads += 1
+        error = bad_frame_error(exc, item, self.model, self._format, frame=frame)
+        self._bad_log.report(error, type(exc).__name__)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> M:
+        try:
+            return await self.get()
+        except StreamClosed:  # a normal end; failures raise their own exception instead
+            raise StopAsyncIteration from None
+
+    async def get(self) -> M:
+        """The next message (waiting for it); raises StreamClosed at the end."""
+        raise NotImplementedError
+
+    async def get_batch(self, max_items: int = 1000) -> list[M]:
+        """Everything available now (at least one message, at most ``max_items``)."""
+        raise NotImplementedError
+
+
+class Stream(StreamBase[M]):
     """One subscription as a typed async stream. Create it with the client's methods."""
 
     def __init__(
@@ -208,15 +250,17 @@ class Stream(Generic[M], AsyncIterator[M]):
         batcher: WakeBatcher | None = None,
         silence_timeout: float | None = None,
     ) -> None:
+        super().__init__(
+            request,
+            model,
+            policy=policy,
+            account=account,
+            name=name or f"{type(request).__name__}",
+            logger=log,
+        )
         self._client = client
-        self.request = request
-        self.model = model
-        self.policy = policy
-        self.account = account
-        self.name = name or f"{type(request).__name__}"
         #: Seconds without data before the subscription is subscribed again (None: never).
         self.silence_timeout = silence_timeout
-        self._format = Format(getattr(request, "format", Format.SIMPLE))
         # Lanes push whole frames (bytes: envelope and payload decoded in one pass); a replay
         # pushes payloads alone (msgspec.Raw: the data object's JSON).
         self._frame_decoder = frame_decoder_for(model, self._format)
@@ -227,13 +271,8 @@ class Stream(Generic[M], AsyncIterator[M]):
         )
         self._guid: str | None = None
         self._lane: int | None = None
-        self._state = "new"  # new -> subscribing -> open -> closed
-        self.events: list[LaneEvent] = []
-        self._callbacks: list[Callable[[LaneEvent], object]] = []
         self._ready: collections.deque[M] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.bad_payloads = 0
-        self._bad_log = BadFrameLog(log, self.name)
         self.backfilled = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -243,21 +282,10 @@ class Stream(Generic[M], AsyncIterator[M]):
         """The server subscription's guid (shared by de-duplicated streams)."""
         return self._guid
 
-    @property
-    def is_open(self) -> bool:
-        """True between a confirmed subscribe and the unsubscribe."""
-        return self._state == "open"
-
-    def __await__(self) -> Generator[Any, None, Stream[M]]:
-        return self.subscribe().__await__()
-
-    async def subscribe(self) -> Stream[M]:
+    async def subscribe(self) -> Self:
         """Subscribe (once) and wait for the server's confirmation; returns the stream."""
-        if self._state == "open":
+        if not self._subscribing():
             return self
-        if self._state != "new":
-            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
-        self._state = "subscribing"
         try:
             self._guid, self._lane = await self._client._subscribe(self)
         except BaseException:
@@ -294,27 +322,7 @@ class Stream(Generic[M], AsyncIterator[M]):
         if was_open and self._guid is not None and self._lane is not None:
             await self._client._unsubscribe(self._guid, self._lane, self._buffer)
 
-    async def __aenter__(self) -> Stream[M]:
-        return await self.subscribe()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def on_event(self, callback: Callable[[LaneEvent], object]) -> None:
-        """Call ``callback(event)`` (in the consumer's loop) on every connection event
-        (``disconnected``, ``restored``, ``silent``, ``resubscribed``)."""
-        self._callbacks.append(callback)
-
     # -- consuming ---------------------------------------------------------------------------
-
-    def __aiter__(self) -> Stream[M]:
-        return self
-
-    async def __anext__(self) -> M:
-        try:
-            return await self.get()
-        except StreamClosed:  # a normal end; failures raise their own exception instead
-            raise StopAsyncIteration from None
 
     async def get(self) -> M:
         """The next message (waiting for it). Raises StreamClosed at the end of the stream,
@@ -396,17 +404,12 @@ class Stream(Generic[M], AsyncIterator[M]):
             self._take_backfill(item.items)
             return self._ready.popleft() if self._ready else None
         if isinstance(item, LaneEvent):
-            self.events.append(item)
             # A restore and a re-subscription both replay the server's snapshot: not new.
             if item.kind in ("restored", "resubscribed") and self._filter is not None:
                 self._filter.restored()
                 if issubclass(self.model, _BACKFILLED):
                     self._start_backfill()
-            for cb in self._callbacks:
-                try:
-                    cb(item)
-                except Exception:
-                    log.exception("%s: on_event callback failed", self.name)
+            self._notify(item)
             return None
         try:  # a payload alone (msgspec.Raw), as a replay pushes it
             obj = self._decoder.decode(item)
@@ -416,12 +419,6 @@ class Stream(Generic[M], AsyncIterator[M]):
         if self._filter is not None and not self._filter.accept(obj):
             return None
         return obj
-
-    def _bad(self, item: Any, exc: BaseException, *, frame: bool) -> None:
-        """Count an item that does not decode and log why, rate-limited (the stream goes on)."""
-        self.bad_payloads += 1
-        error = bad_frame_error(exc, item, self.model, self._format, frame=frame)
-        self._bad_log.report(error, type(exc).__name__)
 
     def _start_backfill(self) -> None:
         task = asyncio.get_running_loop().create_task(self._backfill())
@@ -472,3 +469,21 @@ class Stream(Generic[M], AsyncIterator[M]):
 
     def __repr__(self) -> str:
         return f"<Stream {self.name} guid={self._guid} {self._state}>"
+
+
+#: The typed stream methods of a source whose streams are :class:`Stream` (``AlorClient``,
+#: ``Replay``): each returns ``Stream[<its model>]``.
+ClientStreams = StreamMethods[
+    Stream[Quote],
+    Stream[OrderBook],
+    Stream[Bar],
+    Stream[Trade],
+    Stream[InstrumentPatch],
+    Stream[Position],
+    Stream[Summary],
+    Stream[Risk],
+    Stream[SpectraRisk],
+    Stream[OwnTrade],
+    Stream[Order],
+    Stream[StopOrder],
+]

@@ -77,7 +77,6 @@ from typing import Any, Final, TypeVar
 import msgspec
 import nats
 import nats.errors
-from msgspec import UNSET
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -1186,81 +1185,21 @@ def _ack_reply(ack: OrderAck) -> bytes:
 
 
 def _digest(obj: Model) -> str:
-    fields = msgspec.structs.asdict(obj)
+    # UNSET (a key the format lacks, e.g. Summary's Slim-only one) cannot be encoded: left out.
+    fields = {k: v for k, v in msgspec.structs.asdict(obj).items() if v is not msgspec.UNSET}
     fields.pop("existing", None)
     return hashlib.blake2b(msgspec.json.encode(fields), digest_size=10).hexdigest()
-
-
-def _v(value: Any) -> Any:
-    return None if value is UNSET else value
 
 
 def open_stream(
     client: AlorClient, req: rq.SubscriptionRequest, *, policy: Policy | None = None
 ) -> Stream[Any]:
     """The :class:`~alorws.client.Stream` of ``client`` for ``req`` (not yet subscribed), with
-    buffer ``policy`` (default: the client's for that stream)."""
-    ex, fmt = req.exchange, req.format
-    if isinstance(req, rq.QuotesRequest):
-        return client.quotes(
-            req.code,
-            exchange=ex,
-            format=fmt,
-            board=_v(req.instrument_group),
-            frequency=_v(req.frequency),
-            policy=policy,
-        )
-    if isinstance(req, rq.OrderBookRequest):
-        return client.order_book(
-            req.code,
-            depth=req.depth,
-            exchange=ex,
-            format=fmt,
-            board=_v(req.instrument_group),
-            frequency=_v(req.frequency),
-            policy=policy,
-        )
-    if isinstance(req, rq.BarsRequest):
-        return client.bars(
-            req.code,
-            req.tf,
-            from_=req.from_,
-            skip_history=bool(_v(req.skip_history)),
-            exchange=ex,
-            format=fmt,
-            board=_v(req.instrument_group),
-            frequency=_v(req.frequency),
-            policy=policy,
-        )
-    if isinstance(req, rq.AllTradesRequest):
-        return client.all_trades(
-            req.code,
-            depth=_v(req.depth),
-            include_virtual_trades=_v(req.include_virtual_trades),
-            exchange=ex,
-            format=fmt,
-            board=_v(req.instrument_group),
-            policy=policy,
-        )
+    buffer ``policy`` (default: the client's for that stream; instrument patches always the
+    client's, ``queue``: each must be seen to fold them)."""
     if isinstance(req, rq.InstrumentRequest):
-        # Patches must all be seen to fold them: always the client's default (queue).
-        return client.instrument(req.code, exchange=ex, format=fmt, board=_v(req.instrument_group))
-    portfolio = getattr(req, "portfolio", None)
-    methods: dict[type[rq.SubscriptionRequest], Callable[..., Stream[Any]]] = {
-        rq.PositionsRequest: client.positions,
-        rq.SummariesRequest: client.summaries,
-        rq.RisksRequest: client.risks,
-        rq.SpectraRisksRequest: client.spectra_risks,
-        rq.OwnTradesRequest: client.own_trades,
-        rq.OrdersRequest: client.orders,
-        rq.StopOrdersRequest: client.stop_orders,
-    }
-    method = methods.get(type(req))
-    if method is None or not isinstance(portfolio, str):
-        raise InvalidArgumentError(
-            "request", f"{type(req).opcode} is not served through the gateway yet"
-        )
-    return method(portfolio, exchange=ex, format=fmt, policy=policy)
+        policy = None
+    return client.stream(req, policy=policy)
 
 
 async def _close_nats(nc: NatsClient) -> None:

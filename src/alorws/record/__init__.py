@@ -3,7 +3,8 @@
 * :class:`Recorder` taps a client's connections and writes Parquet off the reader's path, in a
   writer process by default (:mod:`alorws.record.recorder`, :mod:`alorws.record._writer`);
 * :class:`Replay` feeds a recording through the live router and models, as the client's own
-  streams (:mod:`alorws.record.replay`); :class:`StreamSource` is what both offer a strategy;
+  streams (:mod:`alorws.record.replay`); :data:`StreamSource` is what every source (a
+  client, a ``BusClient``, a replay) offers a strategy;
 * :mod:`alorws.record.format` documents the files (schema, layout, crash journal).
 
 The replay names are loaded on first use (they import the client), so the writer process

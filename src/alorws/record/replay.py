@@ -8,14 +8,16 @@
                 ...
 
 A :class:`Replay` has the client's stream methods (``quotes``, ``order_book``, ``bars``,
-``all_trades``, ``instrument``, ``orders``, ``positions``, …) and they return the same
-:class:`~alorws.client.streams.Stream` objects: recorded frames go through the same router
-(:func:`~alorws.protocol.codec.route`), the same stream buffer, the same typed decoders and the
-same de-duplicating filters as live frames. A strategy written against :class:`StreamSource`
-runs unchanged on either.
+``all_trades``, ``instrument``, ``orders``, ``positions``, …, and ``stream(request)``; they are
+written once for every source, :class:`~alorws.client.sources.StreamMethods`) and they return
+the same :class:`~alorws.client.streams.Stream` objects: recorded frames go through the same
+router (:func:`~alorws.protocol.codec.route`), the same stream buffer, the same typed decoders
+and the same de-duplicating filters as live frames. A strategy written against
+:data:`StreamSource` runs unchanged on a client, a ``BusClient`` or a replay.
 
-Matching: a call selects the recorded subscription with that opcode whose request agrees on
-every argument given (``None``/omitted = any value). No match, or several, raises
+Matching: a typed method selects the recorded subscription with that opcode whose request agrees
+on every argument given (``None``/omitted = any value; ``skip_history=False`` too).
+``stream(request)`` selects the one equal to ``request``. No match, or several, raises
 :class:`~alorws.errors.ConfigurationError` listing what was recorded
 (:meth:`Replay.subscriptions`).
 
@@ -42,9 +44,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Unpack, cast
 
 import msgspec
 import pyarrow as pa
@@ -54,14 +56,21 @@ import pyarrow.parquet as pq
 from ..client._badframes import BadFrameLog
 from ..client.buffer import Policy, StreamBuffer
 from ..client.lane import LaneEvent
-from ..client.streams import Stream
+from ..client.sources import (
+    StreamOptions,
+    StreamSource,
+    check_request,
+    is_account,
+    is_whole,
+    split_history,
+    stream_name,
+    takes_options,
+)
+from ..client.streams import ClientStreams, Stream
 from ..client.whole import filter_for
 from ..errors import ConfigurationError, FrameError, InvalidState, scrub
-from ..protocol._model import Model
-from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
-from ..protocol.codec import STREAM_MODELS, DataMessage, route
-from ..protocol.enums import Exchange, Format, OrderStatus, SubscriptionOpcode
-from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
+from ..protocol.codec import STREAM_MODELS, DataMessage, model_for, route
+from ..protocol.enums import SubscriptionOpcode
 from ..protocol.requests import AnySubscriptionRequest, SubscriptionRequest
 from .format import list_parts
 
@@ -70,48 +79,8 @@ __all__ = ["RecordedSubscription", "Replay", "StreamSource"]
 
 log = logging.getLogger("alorws.replay")
 
-M = TypeVar("M", bound=Model)
-
 _COLUMNS: Final = ["recv_ns", "connection", "guid", "kind", "frame"]
 _INDEX_COLUMNS: Final = ["guid", "opcode", "params"]
-
-
-class StreamSource(Protocol):
-    """What both :class:`~alorws.client.AlorClient` and :class:`Replay` offer a strategy.
-
-    Write a strategy against it (``async def run(source: StreamSource)``) and pass it a started
-    client or an open replay.
-    """
-
-    def quotes(self, code: str, *, format: Format | str | None = None) -> Stream[Quote]: ...
-
-    def order_book(
-        self, code: str, *, depth: int = ..., format: Format | str | None = None
-    ) -> Stream[OrderBook]: ...
-
-    def bars(
-        self, code: str, tf: int | str, *, format: Format | str | None = None
-    ) -> Stream[Bar]: ...
-
-    def all_trades(self, code: str, *, format: Format | str | None = None) -> Stream[Trade]: ...
-
-    def instrument(
-        self, code: str, *, format: Format | str | None = None
-    ) -> Stream[InstrumentPatch]: ...
-
-    def positions(self, portfolio: str, *, skip_history: bool = False) -> Stream[Position]: ...
-
-    def summaries(self, portfolio: str) -> Stream[Summary]: ...
-
-    def risks(self, portfolio: str) -> Stream[Risk]: ...
-
-    def spectra_risks(self, portfolio: str) -> Stream[SpectraRisk]: ...
-
-    def own_trades(self, portfolio: str, *, skip_history: bool = False) -> Stream[OwnTrade]: ...
-
-    def orders(self, portfolio: str, *, skip_history: bool = False) -> Stream[Order]: ...
-
-    def stop_orders(self, portfolio: str, *, skip_history: bool = False) -> Stream[StopOrder]: ...
 
 
 class RecordedSubscription(msgspec.Struct, frozen=True):
@@ -151,8 +120,9 @@ class _NoSnapshots:
         return []
 
 
-class Replay:
-    """A recording under ``root`` (see :mod:`alorws.record.format`) as typed streams.
+class Replay(ClientStreams):
+    """A recording under ``root`` (see :mod:`alorws.record.format`) as typed streams, with the
+    client's stream methods (:class:`~alorws.client.sources.StreamMethods`) and :meth:`stream`.
 
     Args:
         root: the recording's directory.
@@ -244,354 +214,62 @@ class Replay:
             raise InvalidState("the replay is not open: use `async with Replay(root)`")
 
     # -- streams ------------------------------------------------------------------------------
+    #
+    # The typed methods (quotes, order_book, …, stop_orders) are StreamMethods', shared with
+    # AlorClient and BusClient; here they select a recorded subscription (_typed).
 
-    def quotes(
-        self,
-        code: str,
-        *,
-        exchange: Exchange | str | None = None,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Quote]:
-        """The recorded quotes of ``code`` (as :meth:`AlorClient.quotes`)."""
-        return self._stream(
-            SubscriptionOpcode.QUOTES,
-            Quote,
-            f"quotes {code}",
-            policy,
-            max_buffer,
-            code=code,
-            exchange=exchange,
-            instrument_group=board,
-            format=format,
-            frequency=frequency,
+    @takes_options(StreamOptions)
+    def stream(self, request: SubscriptionRequest, **options: Unpack[StreamOptions]) -> Stream[Any]:
+        """The recorded stream of ``request``: the recorded subscription equal to it, or to
+        the request a live client makes for it (a client subscribes orders, stop orders, fills
+        and positions with history and skips it on its side, and so does a replay). Lossless
+        by default (``policy="queue"``); ``silence_timeout`` is unused (nothing to watch).
+        Not recorded: :class:`~alorws.errors.ConfigurationError` listing what was."""
+        self._require_streams()
+        made, skip_history = split_history(check_request(request))
+        for candidate in (made, request):
+            if candidate in self._subs:
+                return self._open(candidate, skip_history, options)
+        raise ConfigurationError(
+            f"no recorded subscription is {request!r} in {self.root}; recorded:\n  "
+            + self._recorded()
         )
 
-    def order_book(
-        self,
-        code: str,
-        *,
-        depth: int | None = None,
-        exchange: Exchange | str | None = None,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[OrderBook]:
-        """The recorded order book of ``code`` (as :meth:`AlorClient.order_book`)."""
-        return self._stream(
-            SubscriptionOpcode.ORDER_BOOK,
-            OrderBook,
-            f"book {code}",
-            policy,
-            max_buffer,
-            code=code,
-            depth=depth,
-            exchange=exchange,
-            instrument_group=board,
-            format=format,
-            frequency=frequency,
-        )
+    def _typed(
+        self, cls: type[SubscriptionRequest], fields: dict[str, Any], options: StreamOptions
+    ) -> Stream[Any]:
+        self._require_streams()
+        criteria = {k: v for k, v in fields.items() if v is not None}
+        skip_history = False
+        if is_whole(cls):
+            # Recorded with history and filtered client-side, as live (alorws.client.whole).
+            skip_history = bool(criteria.pop("skip_history", False))
+        elif not criteria.get("skip_history"):
+            criteria.pop("skip_history", None)  # False: any
+        return self._open(self._match(cls.opcode, criteria), skip_history, options)
 
-    def bars(
-        self,
-        code: str,
-        tf: int | str | None = None,
-        *,
-        from_: int | None = None,
-        skip_history: bool = False,
-        exchange: Exchange | str | None = None,
-        board: str | None = None,
-        format: Format | str | None = None,
-        frequency: int | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Bar]:
-        """The recorded candles of ``code`` (as :meth:`AlorClient.bars`; ``from_`` is matched
-        only if given, since the client's default is "now")."""
-        return self._stream(
-            SubscriptionOpcode.BARS,
-            Bar,
-            f"bars {code}",
-            policy,
-            max_buffer,
-            code=code,
-            tf=tf,
-            from_=from_,
-            skip_history=skip_history or None,
-            exchange=exchange,
-            instrument_group=board,
-            format=format,
-            frequency=frequency,
-        )
-
-    def all_trades(
-        self,
-        code: str,
-        *,
-        depth: int | None = None,
-        include_virtual_trades: bool | None = None,
-        exchange: Exchange | str | None = None,
-        board: str | None = None,
-        format: Format | str | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Trade]:
-        """The recorded tape of ``code`` (as :meth:`AlorClient.all_trades`)."""
-        return self._stream(
-            SubscriptionOpcode.ALL_TRADES,
-            Trade,
-            f"trades {code}",
-            policy,
-            max_buffer,
-            code=code,
-            depth=depth,
-            include_virtual_trades=include_virtual_trades,
-            exchange=exchange,
-            instrument_group=board,
-            format=format,
-        )
-
-    def instrument(
-        self,
-        code: str,
-        *,
-        exchange: Exchange | str | None = None,
-        board: str | None = None,
-        format: Format | str | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[InstrumentPatch]:
-        """The recorded instrument patches of ``code`` (as :meth:`AlorClient.instrument`)."""
-        return self._stream(
-            SubscriptionOpcode.INSTRUMENT,
-            InstrumentPatch,
-            f"instrument {code}",
-            policy,
-            max_buffer,
-            code=code,
-            exchange=exchange,
-            instrument_group=board,
-            format=format,
-        )
-
-    def _account(
-        self,
-        opcode: SubscriptionOpcode,
-        model: type[M],
-        portfolio: str,
-        exchange: Exchange | str | None,
-        format: Format | str | None,
-        skip_history: bool,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        statuses: Sequence[OrderStatus | str] | None = None,
-    ) -> Stream[M]:
-        # Event streams were recorded with skipHistory=false and are filtered client-side, as
-        # live (alorws.client.whole); state streams carry skip_history in the request.
-        whole = model in (Order, StopOrder, OwnTrade, Position)
-        return self._stream(
-            opcode,
-            model,
-            f"{opcode} {portfolio}",
-            policy,
-            max_buffer,
-            skip=skip_history if whole else False,
-            portfolio=portfolio,
-            exchange=exchange,
-            format=format,
-            order_statuses=None if statuses is None else tuple(statuses),
-            **({} if whole else {"skip_history": skip_history or None}),
-        )
-
-    def positions(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Position]:
-        """The recorded positions of ``portfolio`` (as :meth:`AlorClient.positions`)."""
-        return self._account(
-            SubscriptionOpcode.POSITIONS,
-            Position,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-        )
-
-    def summaries(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Summary]:
-        """The recorded summaries of ``portfolio`` (as :meth:`AlorClient.summaries`)."""
-        return self._account(
-            SubscriptionOpcode.SUMMARIES,
-            Summary,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-        )
-
-    def risks(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Risk]:
-        """The recorded risks of ``portfolio`` (as :meth:`AlorClient.risks`)."""
-        return self._account(
-            SubscriptionOpcode.RISKS,
-            Risk,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-        )
-
-    def spectra_risks(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[SpectraRisk]:
-        """The recorded FORTS risks of ``portfolio`` (as :meth:`AlorClient.spectra_risks`)."""
-        return self._account(
-            SubscriptionOpcode.SPECTRA_RISKS,
-            SpectraRisk,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-        )
-
-    def own_trades(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[OwnTrade]:
-        """The recorded fills of ``portfolio`` (as :meth:`AlorClient.own_trades`)."""
-        return self._account(
-            SubscriptionOpcode.TRADES,
-            OwnTrade,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-        )
-
-    def orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[Order]:
-        """The recorded orders of ``portfolio`` (as :meth:`AlorClient.orders`)."""
-        return self._account(
-            SubscriptionOpcode.ORDERS,
-            Order,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-            statuses,
-        )
-
-    def stop_orders(
-        self,
-        portfolio: str,
-        *,
-        exchange: Exchange | str | None = None,
-        format: Format | str | None = None,
-        skip_history: bool = False,
-        statuses: Sequence[OrderStatus | str] | None = None,
-        policy: Policy | str | None = None,
-        max_buffer: int | None = None,
-    ) -> Stream[StopOrder]:
-        """The recorded stop orders of ``portfolio`` (as :meth:`AlorClient.stop_orders`)."""
-        return self._account(
-            SubscriptionOpcode.STOP_ORDERS,
-            StopOrder,
-            portfolio,
-            exchange,
-            format,
-            skip_history,
-            policy,
-            max_buffer,
-            statuses,
-        )
-
-    def _stream(
-        self,
-        opcode: SubscriptionOpcode,
-        model: type[M],
-        name: str,
-        policy: Policy | str | None,
-        max_buffer: int | None,
-        *,
-        skip: bool = False,
-        **criteria: Any,
-    ) -> Stream[M]:
-        if self._state != "open":
-            raise InvalidState("the replay is not open: use `async with Replay(root)`")
-        request = self._match(opcode, {k: v for k, v in criteria.items() if v is not None})
-        account = "portfolio" in type(request).__struct_fields__
+    def _open(
+        self, request: SubscriptionRequest, skip_history: bool, options: StreamOptions
+    ) -> Stream[Any]:
+        model = model_for(type(request).opcode)
         # The Stream talks to its "client" through _subscribe/_unsubscribe only: this object.
         return Stream(
             cast(Any, self),
             request,
             model,
-            policy=Policy(policy or Policy.QUEUE),
-            account=account,
-            max_buffer=max_buffer or self.max_buffer,
-            filter=filter_for(model, skip_history=skip),
-            name=f"replay {name}",
+            policy=Policy(options.get("policy") or Policy.QUEUE),
+            account=is_account(request),
+            max_buffer=options.get("max_buffer") or self.max_buffer,
+            filter=filter_for(model, skip_history=skip_history),
+            name=f"replay {stream_name(request)}",
         )
+
+    def _require_streams(self) -> None:
+        if self._state != "open":
+            raise InvalidState("the replay is not open: use `async with Replay(root)`")
+
+    def _recorded(self) -> str:
+        return "\n  ".join(repr(s.request) for s in self.subscriptions()) or "(nothing)"
 
     def _match(self, opcode: SubscriptionOpcode, criteria: dict[str, Any]) -> SubscriptionRequest:
         found = []
@@ -607,10 +285,9 @@ class Replay:
         if len(found) == 1:
             return found[0]
         asked = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
-        recorded = "\n  ".join(repr(s.request) for s in self.subscriptions()) or "(nothing)"
         what = "no recorded subscription" if not found else f"{len(found)} recorded subscriptions"
         raise ConfigurationError(
-            f"{what} match {opcode}({asked}) in {self.root}; recorded:\n  {recorded}"
+            f"{what} match {opcode}({asked}) in {self.root}; recorded:\n  {self._recorded()}"
         )
 
     # -- the Stream's client side -----------------------------------------------------------------

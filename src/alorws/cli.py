@@ -1202,6 +1202,29 @@ def gateway(
     node: Annotated[
         str | None, typer.Option("--node", help="This gateway's unique name in the election.")
     ] = None,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="Connections the account allows (ALOR: 10), /cws included.",
+        ),
+    ] = 10,
+    max_subscriptions_per_connection: Annotated[
+        int,
+        typer.Option(
+            "--max-subscriptions-per-connection", min=1, help="Subscriptions per connection."
+        ),
+    ] = 5000,
+    reserve_connections: Annotated[
+        int,
+        typer.Option(
+            "--reserve-connections",
+            min=0,
+            help="Connections market data may not take: kept for account data, orders and "
+            "other applications of the account.",
+        ),
+    ] = 2,
     sim: SimOpt = False,
     env: EnvOpt = Env.prod,
     url: UrlOpt = None,
@@ -1213,10 +1236,14 @@ def gateway(
     """Share this account's ALOR connections with many processes through NATS JetStream."""
     if (nats is None) == (not embedded_nats):
         raise typer.BadParameter("give exactly one of --nats URL or --embedded-nats")
+    if reserve_connections >= max_connections:
+        raise typer.BadParameter("--reserve-connections must be below --max-connections")
     target = _target(sim, env, url, token_file, debug)
     console = _console()
 
     async def body() -> None:
+        import functools
+
         from .client import AlorClient
         from .gateway import Gateway, NatsServer
         from .protocol.backoff import Backoff
@@ -1227,29 +1254,23 @@ def gateway(
                 server = await stack.enter_async_context(NatsServer())
                 nats_url = server.url
             assert nats_url is not None
-            source: AlorClient | Callable[[], AlorClient]
-            if leader_ttl is None:
-                source = (await stack.enter_async_context(_connect(target))).client
-            else:  # the client is made only while this gateway leads
-                base_url: str | None
-                if target.sim:
-                    from .sim.app import Simulator
+            base_url: str | None
+            if target.sim:
+                from .sim.app import Simulator
 
-                    simulator = await stack.enter_async_context(
-                        Simulator(port=0, seed=1, rate=50.0)
-                    )
-                    token, base_url = simulator.demo_refresh_token, simulator.url
-                else:
-                    token, base_url = _read_token(target), target.url
-
-                def source() -> AlorClient:
-                    return AlorClient(
-                        token,
-                        env=target.env.value,
-                        base_url=base_url,
-                        backoff=Backoff(base=0.05, cap=5.0) if target.sim else None,
-                    )
-
+                simulator = await stack.enter_async_context(Simulator(port=0, seed=1, rate=50.0))
+                token, base_url = simulator.demo_refresh_token, simulator.url
+            else:
+                token, base_url = _read_token(target), target.url
+            # The gateway builds the client when it leads (at once without --leader-ttl), with
+            # its budget as keyword arguments.
+            source = functools.partial(
+                AlorClient,
+                token,
+                env=target.env.value,
+                base_url=base_url,
+                backoff=Backoff(base=0.05, cap=5.0) if target.sim else None,
+            )
             gw = await stack.enter_async_context(
                 Gateway(
                     source,
@@ -1258,6 +1279,9 @@ def gateway(
                     lease_seconds=lease,
                     leader_ttl=leader_ttl,
                     node=node,
+                    max_connections=max_connections,
+                    max_subscriptions_per_connection=max_subscriptions_per_connection,
+                    reserve_connections=reserve_connections,
                 )
             )
             collector = None

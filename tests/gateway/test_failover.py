@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,11 @@ from alorws.protocol.account import Order, OwnTrade
 from alorws.protocol.market import Quote
 from alorws.sim.app import Simulator
 
+from ._procs import GatewayProcess
 from .conftest import FAST, LEASE
 
+
+log = logging.getLogger(__name__)
 
 TTL = 1.5  # seconds of the leader lease: a dead leader is replaced within about this
 SUBPROCESS_LEASE = 2.0
@@ -301,4 +306,90 @@ async def test_sigkill_of_the_leader_loses_and_repeats_nothing(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await nc.close()
+
+
+# -- an order in flight at a SIGKILLed leader ---------------------------------------------------
+
+#: The consumer's per-attempt order timeout: far above the bound below, so that only the re-send
+#: on the new leader's announcement can meet it (a retry after the timeout cannot).
+ORDER_TIMEOUT = 30.0
+#: Seconds from the new leader's announcement to the order's answer.
+RESEND_BOUND = 6.0
+#: How long the simulator holds the killed leader's reply: until it is dead.
+HELD_REPLY = 5.0
+
+
+async def within(aw: Any, seconds: float, what: str) -> Any:
+    try:
+        async with asyncio.timeout(seconds):
+            return await aw
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def executed(orders: Any, comment: str) -> Order:
+    """The first order event with ``comment`` on a direct client's orders stream."""
+    async for order in orders:
+        if order.comment == comment:
+            return order  # type: ignore[no-any-return]
+    raise AssertionError("the orders stream ended")
+
+
+@pytest.mark.timeout(120)
+async def test_an_order_in_flight_at_a_killed_leader_is_sent_again_on_the_announcement(
+    sim: Simulator, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Two gateways are subprocesses; a bus order reaches the leader, ALOR executes it and its
+    reply is held; the leader gets SIGKILL. When the standby announces itself as the new
+    leader, the consumer sends the pending order again with its key at once: it is answered
+    well within the order timeout, with the order ALOR executed, which it executed once."""
+    portfolio = sim.demo.portfolios[0]
+    token_file = tmp_path / "token"
+    token_file.write_text(sim.demo_refresh_token, encoding="utf-8")
+    nc = await nats.connect(nats_server.url)
+    announced: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_leader(msg: Any) -> None:
+        await announced.put(msgspec.json.decode(msg.data, type=wire.LeaderInfo).node)
+
+    await nc.subscribe(wire.leader_subject("alorws"), cb=on_leader)
+    await nc.flush()
+    options = ("--lease", str(SUBPROCESS_LEASE), "--leader-ttl", str(TTL), "--node")
+    leader = await GatewayProcess.start(nats_server.url, sim.url, token_file, *options, "gw-a")
+    standby: GatewayProcess | None = None
+    try:
+        assert await leader.started(60.0) == "leader"
+        assert await within(announced.get(), 10.0, "the leader's announcement") == "gw-a"
+        standby = await GatewayProcess.start(nats_server.url, sim.url, token_file, *options, "gw-b")
+        assert await standby.started(60.0) == "standby"
+        async with (
+            AlorClient(sim.demo_refresh_token, base_url=sim.url, backoff=FAST) as watcher,
+            watcher.orders(portfolio, skip_history=True) as orders,
+            BusClient(nats_server.url, order_timeout=ORDER_TIMEOUT) as bus,
+        ):
+            # The leader's /cws connection is open and authorized before replies are held.
+            await bus.trading.place_market(portfolio, "SBER", "buy", 1, comment="warm-up")
+            sim.faults.delay(HELD_REPLY)
+            in_flight = asyncio.ensure_future(
+                bus.trading.place_market(portfolio, "SBER", "buy", 1, comment="in-flight")
+            )
+            order = await within(executed(orders, "in-flight"), 20.0, "ALOR to execute it")
+            await leader.kill()
+            sim.faults.delay(0.0)
+            assert not in_flight.done(), "the killed leader answered the order"
+            new = await within(announced.get(), 30.0, "the standby's announcement")
+            assert new == "gw-b"
+            announced_at = time.monotonic()
+            ack = await within(in_flight, RESEND_BOUND, "the order's answer after the announcement")
+            log.info("announcement -> answer: %.2f s", time.monotonic() - announced_at)
+            assert ack.order_number == order.id
+            # Executed once: one order with that comment (each of its states is a record).
+            records = truth(sim, portfolio, "orders")
+            assert {d["id"] for d in records if d["comment"] == "in-flight"} == {order.id}
+            assert (bus.trading.resent_on_announce, bus.trading.resent) == (1, 0)
+    finally:
+        await leader.aclose()
+        if standby is not None:
+            await standby.aclose()
         await nc.close()

@@ -16,8 +16,8 @@ like ``AlorClient``'s: each trade is seen once, an order each time it moves furt
 twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
 holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
 (a restart, a failover to a standby gateway, an expired lease) they are subscribed again. A
-gateway that starts serving, or reconnects to NATS, announces itself, and every consumer renews
-at once.
+gateway that starts serving, or reconnects to NATS, announces itself: every consumer renews at
+once, and sends its pending orders again with their keys (a new leader never got them).
 
 Gaps look as they do on a direct ``AlorClient``: a stream gets one ``disconnected`` event when
 its data may stop (the consumer's NATS connection is lost, no gateway answers, the gateway
@@ -488,7 +488,9 @@ class BusTrading:
     ``guid`` is the idempotency key (default: a fresh uuid4): the gateway maps it to the
     ``/cws`` guid, so sending the same key again never places a second order. A request that
     gets no answer, or whose answer may be lost with the NATS connection, is sent again with
-    the same key, ``attempts`` times in all. While the NATS connection is down the request
+    the same key, ``attempts`` times in all; so is one waiting when a gateway announces itself
+    (a new leader after a failover never got it; the one that did joins the copy to the command
+    in flight or answers it from its cache). While the NATS connection is down the request
     waits for it, and while no gateway serves (a failover) for one, each up to ``timeout``.
 
     Outcomes, as :class:`~alorws.client.OrderClient`'s: an :class:`OrderAck`;
@@ -505,6 +507,8 @@ class BusTrading:
         self._attempts = max(1, attempts)
         #: Requests sent again with the same key (no answer in time, or the connection lost).
         self.resent = 0
+        #: Requests sent again with the same key because a gateway announced itself meanwhile.
+        self.resent_on_announce = 0
 
     # OrderClient's operations, each with its signature and docstring (see _forward).
     place_market = _forward(OrderClient.place_market)
@@ -534,14 +538,25 @@ class BusTrading:
         while attempts < self._attempts:
             if not await bus._wait_connected(deadline - loop.time()):
                 break
+            # An announcement ends the wait for the answer only while a send is left for it.
+            announced = bus._announced
+            until = announced if attempts + 1 < self._attempts else None
             try:
-                msg = await bus._request(subject, payload, self._timeout)
+                msg = await bus._request(subject, payload, self._timeout, until=until)
             except nats.errors.NoRespondersError:
-                # Nobody got it: no gateway serves right now (a failover?); wait for one.
+                # Nobody got it: no gateway serves right now (a failover?); wait for one, or
+                # for its announcement.
                 if loop.time() >= deadline:
                     break
-                await asyncio.sleep(min(0.05 * 2**absent, 0.5))
+                await _first_of(announced, min(0.05 * 2**absent, 0.5))
                 absent += 1
+                continue
+            except _Announced:
+                # A gateway started serving (or came back to NATS) while we waited: a new
+                # leader never got the request. Send it again now, with the same key.
+                reached = True
+                attempts += 1
+                self.resent_on_announce += 1
                 continue
             except nats.errors.TimeoutError:
                 reached = True  # it may have reached the gateway: retry with the same key
@@ -636,6 +651,8 @@ class BusClient(BusStreams):
         self._wake = asyncio.Event()
         self._leader_sub: Subscription | None = None
         self.leaders_seen = 0
+        # Resolved, and replaced, when a gateway announces itself (pending orders are re-sent).
+        self._announced: asyncio.Future[None] | None = None
         self._link = NatsLink(
             log,
             f"bus {self.consumer_id[:12]}",
@@ -681,14 +698,19 @@ class BusClient(BusStreams):
         self._lost = asyncio.get_running_loop().create_future()
         self._connected.set()
         self._js = self._nc.jetstream()
+        self._announced = asyncio.get_running_loop().create_future()
         self._leader_sub = await self._nc.subscribe(
             wire.leader_subject(self.prefix), cb=self._on_leader
         )
         self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
 
     async def _on_leader(self, msg: Msg) -> None:
-        """A gateway started serving: renew now (it may know none of our handles)."""
+        """A gateway started serving (or is back on NATS): renew now (it may know none of our
+        handles), and send pending orders again (it may never have got them)."""
         self.leaders_seen += 1
+        announced, self._announced = self._announced, asyncio.get_running_loop().create_future()
+        if announced is not None and not announced.done():
+            announced.set_result(None)
         self._wake.set()
 
     async def _nats_lost(self) -> None:
@@ -731,25 +753,33 @@ class BusClient(BusStreams):
                 await self._connected.wait()
         return self._nats().is_connected
 
-    async def _request(self, subject: str, payload: bytes, wait: float) -> Msg:
+    async def _request(
+        self,
+        subject: str,
+        payload: bytes,
+        wait: float,
+        *,
+        until: asyncio.Future[None] | None = None,
+    ) -> Msg:
         """A NATS request that fails fast when the connection is down (:class:`_NotSent`) or
-        lost before the answer (:class:`_Lost`); nats-py's own errors otherwise."""
+        lost before the answer (:class:`_Lost`), or when ``until`` is resolved first
+        (:class:`_Announced`); nats-py's own errors otherwise."""
         nc = self._nats()
         self._check_connected()
         lost = self._lost
         task = asyncio.ensure_future(nc.request(subject, payload, timeout=wait))
+        ends = [f for f in (task, lost, until) if f is not None]
         try:
-            if lost is not None:
-                await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
-            else:
-                await asyncio.wait((task,))
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
         if task.cancelled():
-            raise _Lost(f"the NATS connection to {self._link.url} was lost before the answer")
+            if lost is not None and lost.done():
+                raise _Lost(f"the NATS connection to {self._link.url} was lost before the answer")
+            raise _Announced("a gateway announced itself before the answer")
         try:
             return task.result()
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
@@ -972,6 +1002,20 @@ class _NotSent(ConnectError):
 
 class _Lost(ConnectError):
     """The NATS connection was lost after the request was sent: it may have been answered."""
+
+
+class _Announced(ConnectError):
+    """A gateway announced itself after the request was sent: it may never get an answer."""
+
+
+async def _first_of(event: asyncio.Future[None] | None, seconds: float) -> None:
+    """Return when ``event`` is resolved or after ``seconds``, whichever comes first."""
+    if event is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(event)
 
 
 class _ErrorOnly(msgspec.Struct):

@@ -125,9 +125,8 @@ class Election:
             with contextlib.suppress(BaseException):
                 await self._elector
             self._elector = None
-        leading = self.role is Role.LEADER
-        await self._step_down()
-        if leading:
+        await self._stop_holding()
+        if self.role is Role.LEADER:
             await self._stop()
             await self._resign()
         self.role = Role.STOPPED
@@ -204,9 +203,10 @@ class Election:
         try:
             await self._serve()
         except BaseException:
-            await self._step_down()
+            await self._stop_holding()
             await self._stop()
             await self._resign()
+            self.role = Role.STANDBY
             raise
 
     async def _hold(self) -> str:
@@ -274,15 +274,13 @@ class Election:
                 log.error("gateway %s: won the lead but cannot serve: %s", self.node, exc)
                 await asyncio.sleep(ttl)
 
-    async def _step_down(self) -> None:
-        """Stop renewing the lease (the role follows from the caller)."""
+    async def _stop_holding(self) -> None:
+        """Stop renewing the lease."""
         if self._holder is not None:
             self._holder.cancel()
             with contextlib.suppress(BaseException):
                 await self._holder
             self._holder = None
-        if self.role is Role.LEADER:
-            self.role = Role.STANDBY
 
     async def _resign(self) -> None:
         """Delete our leader entry (a standby takes over at its next look)."""

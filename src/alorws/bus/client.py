@@ -7,27 +7,6 @@
             async for q in quotes:          # the same Quote models as AlorClient gives
                 print(q.last_price)
         ack = await bus.trading.place_limit(portfolio, "SBER", "buy", 1, price=300.0, guid=key)
-
-A strategy written against ``AlorClient`` runs unchanged: same models, same default buffer
-policies, same errors (a gateway's error reply is rebuilt into the same alorws exception).
-Market data arrives on core NATS subjects; account streams come from the gateway's JetStream
-stream (by default everything it holds, so a consumer that was offline catches up), filtered
-like ``AlorClient``'s: each trade is seen once, an order each time it moves further along, never
-twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
-holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
-(a restart, a failover to a standby gateway, an expired lease) they are subscribed again. A
-gateway that starts serving, or reconnects to NATS, announces itself: every consumer renews at
-once, and sends its pending orders again with their keys (a new leader never got them).
-
-Gaps look as they do on a direct ``AlorClient``: a stream gets one ``disconnected`` event when
-its data may stop (the consumer's NATS connection is lost, no gateway answers, the gateway
-forgot the stream, the gateway's ALOR connection dropped, or the gateway dropped data while its
-own NATS connection was down) and one ``restored``, with the downtime, once it is held again,
-however many of these causes overlap; never an error. After a lost NATS connection the gap ends
-when the gateway answers a renewal, and account streams read the JetStream stream again from
-the message after the last one taken (the server's consumer may not survive a restart), so
-nothing is lost or repeated. Orders wait for the connection, and one whose answer may have been
-lost with it is sent again with the same idempotency key.
 """
 
 from __future__ import annotations
@@ -607,6 +586,27 @@ class BusClient(BusStreams):
     """A consumer of a :class:`~alorws.gateway.Gateway` over NATS, with ``AlorClient``'s API:
     the same stream methods (:class:`~alorws.client.sources.StreamMethods`) and ``trading``
     (:class:`BusTrading`).
+
+    A strategy written against ``AlorClient`` runs unchanged: same models, same default buffer
+    policies, same errors (a gateway's error reply is rebuilt into the same alorws exception).
+    Market data arrives on core NATS subjects; account streams come from the gateway's JetStream
+    stream (by default everything it holds, so a consumer that was offline catches up), filtered
+    like ``AlorClient``'s: each trade is seen once, an order each time it moves further along, never
+    twice in the same state (states of a gap arrive merged, as with ``AlorClient``). Every consumer
+    holds its subscriptions under a lease, renewed in the background; if the gateway forgot them
+    (a restart, a failover to a standby gateway, an expired lease) they are subscribed again. A
+    gateway that starts serving, or reconnects to NATS, announces itself: every consumer renews at
+    once, and sends its pending orders again with their keys (a new leader never got them).
+
+    Gaps look as they do on a direct ``AlorClient``: a stream gets one ``disconnected`` event when
+    its data may stop (the consumer's NATS connection is lost, no gateway answers, the gateway
+    forgot the stream, the gateway's ALOR connection dropped, or the gateway dropped data while its
+    own NATS connection was down) and one ``restored``, with the downtime, once it is held again,
+    however many of these causes overlap; never an error. After a lost NATS connection the gap ends
+    when the gateway answers a renewal, and account streams read the JetStream stream again from
+    the message after the last one taken (the server's consumer may not survive a restart), so
+    nothing is lost or repeated. Orders wait for the connection, and one whose answer may have been
+    lost with it is sent again with the same idempotency key.
 
     Args:
         nats_url: the NATS server the gateway serves on.

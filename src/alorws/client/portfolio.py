@@ -99,8 +99,8 @@ class Change(enum.StrEnum):
 SNAPSHOT_RETRY: Final = Backoff(base=0.05, cap=5.0)
 
 _FINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
-#: Connection events that open a gap (a silent subscription subscribed again, docs/protocol.md
-#: §9.6, is one like an outage), and those that close it.
+#: Connection events that open a gap, and those that close it (a silent subscription subscribed
+#: again is a gap like an outage: docs/protocol.md §9.6).
 _GAP_OPENS: Final = frozenset({"disconnected", "silent"})
 _GAP_CLOSES: Final = frozenset({"restored", "resubscribed"})
 

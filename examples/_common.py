@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from alorws.client import AlorClient
+from alorws import AlorClient
 from alorws.sim.app import Simulator
 
 

@@ -17,7 +17,7 @@ import contextlib
 import time
 
 from _common import connect, parser, run, say
-from alorws.client import OrderBookView
+from alorws import OrderBookView
 
 
 async def main(args: argparse.Namespace) -> None:

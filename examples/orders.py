@@ -16,8 +16,7 @@ import argparse
 import asyncio
 
 from _common import connect, parser, run, say
-from alorws.client import Stream
-from alorws.protocol import Order, OrderStatus, OwnTrade
+from alorws import Order, OrderStatus, OwnTrade, Stream
 
 
 class Watcher:

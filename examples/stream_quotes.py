@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 
 from _common import connect, parser, run, say
-from alorws.client import AlorClient
+from alorws import AlorClient
 
 
 async def follow(client: AlorClient, symbol: str, counts: dict[str, int]) -> None:

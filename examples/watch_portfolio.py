@@ -16,7 +16,7 @@ import contextlib
 from typing import Any
 
 from _common import connect, parser, run, say
-from alorws.client.portfolio import Portfolio
+from alorws import Portfolio
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -1,11 +1,24 @@
 """alorws: a fast, safe, typed asyncio toolkit for the ALOR Broker WebSocket API.
 
-The top level re-exports :class:`AlorClient` and its stream types, the public names of
-:mod:`alorws.errors`, and the protocol's enums, models, requests and commands. The sans-I/O
-machinery (router, registry, JWT helpers) lives in :mod:`alorws.protocol`. The client is loaded
-lazily, so ``import alorws.protocol`` loads no asyncio or network module.
+The top level holds what an application uses: the clients (:class:`AlorClient`,
+:class:`HttpClient`, :class:`OrderClient`, :class:`BusClient`, :class:`Replay`, the local state
+:class:`Portfolio` and :class:`OrderBookView`, :class:`Recorder`), what they take and return
+(the stream types and :class:`DataStream`, the subscription requests ``stream(request)``
+takes, the models, the enums, :class:`Backoff`, :class:`Policy`, :class:`OrderAck`,
+:class:`LaneEvent`), and every exception of :mod:`alorws.errors`.
+
+The wire machinery (frame encoders and decoders, the router, ``/cws`` command structs, the
+registry, JWT helpers) is in :mod:`alorws.protocol`; the client's building blocks (lanes,
+buffers, endpoints) in :mod:`alorws.client`; :func:`alorws.errors.redact` and
+:func:`alorws.errors.scrub` in :mod:`alorws.errors`.
+
+The clients are loaded on first use, so ``import alorws`` (and ``import alorws.protocol``)
+loads no asyncio or network module, nor NATS or Arrow.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import TYPE_CHECKING, Any
 
 
@@ -14,7 +27,9 @@ __version__ = "0.1.0"
 from .errors import (
     AlorError as AlorError,
     AuthError as AuthError,
+    BufferEmpty as BufferEmpty,
     BufferOverflowError as BufferOverflowError,
+    CommandFrameError as CommandFrameError,
     ConfigurationError as ConfigurationError,
     ConnectError as ConnectError,
     ConnectionClosed as ConnectionClosed,
@@ -28,6 +43,7 @@ from .errors import (
     OrderRejected as OrderRejected,
     OrderStatusUnknown as OrderStatusUnknown,
     ProtocolError as ProtocolError,
+    RecorderError as RecorderError,
     RemoteProtocolError as RemoteProtocolError,
     ServerLimitExceeded as ServerLimitExceeded,
     ServerRejected as ServerRejected,
@@ -37,9 +53,6 @@ from .errors import (
     TokenRejected as TokenRejected,
     TransportError as TransportError,
     TransportTimeout as TransportTimeout,
-    redact as redact,
-    rejection_for as rejection_for,
-    scrub as scrub,
 )
 from .protocol.account import (
     CurrencyBuyingPower as CurrencyBuyingPower,
@@ -53,33 +66,9 @@ from .protocol.account import (
     StopOrder as StopOrder,
     Summary as Summary,
 )
-from .protocol.codec import DataMessage as DataMessage, StatusReply as StatusReply
-from .protocol.commands import (
-    COMMAND_TYPES as COMMAND_TYPES,
-    AnyCommand as AnyCommand,
-    Command as Command,
-    CommandFrameError as CommandFrameError,
-    CreateLimit as CreateLimit,
-    CreateMarket as CreateMarket,
-    CreateStop as CreateStop,
-    CreateStopLimit as CreateStopLimit,
-    DeleteLimit as DeleteLimit,
-    DeleteMarket as DeleteMarket,
-    DeleteStop as DeleteStop,
-    DeleteStopLimit as DeleteStopLimit,
-    InstrumentRef as InstrumentRef,
-    UpdateLimit as UpdateLimit,
-    UpdateMarket as UpdateMarket,
-    UpdateStop as UpdateStop,
-    UpdateStopLimit as UpdateStopLimit,
-    User as User,
-    decode_command as decode_command,
-    encode_authorize as encode_authorize,
-    encode_command as encode_command,
-)
+from .protocol.backoff import Backoff as Backoff
 from .protocol.enums import (
     ClientType as ClientType,
-    CommandOpcode as CommandOpcode,
     Condition as Condition,
     Exchange as Exchange,
     Format as Format,
@@ -87,9 +76,14 @@ from .protocol.enums import (
     OrderType as OrderType,
     RiskStatus as RiskStatus,
     Side as Side,
-    SubscriptionOpcode as SubscriptionOpcode,
     TimeInForce as TimeInForce,
     TradingStatus as TradingStatus,
+)
+from .protocol.http_models import (
+    AllTradesPage as AllTradesPage,
+    HistoryPage as HistoryPage,
+    HttpOrderAck as HttpOrderAck,
+    Security as Security,
 )
 from .protocol.market import (
     Bar as Bar,
@@ -103,9 +97,7 @@ from .protocol.market import (
     Trade as Trade,
 )
 from .protocol.requests import (
-    REQUEST_TYPES as REQUEST_TYPES,
     AllTradesRequest as AllTradesRequest,
-    AnySubscriptionRequest as AnySubscriptionRequest,
     BarsRequest as BarsRequest,
     ClustersRequest as ClustersRequest,
     InstrumentRequest as InstrumentRequest,
@@ -119,120 +111,102 @@ from .protocol.requests import (
     StopOrdersRequest as StopOrdersRequest,
     SubscriptionRequest as SubscriptionRequest,
     SummariesRequest as SummariesRequest,
-    encode_ping as encode_ping,
-    encode_subscribe as encode_subscribe,
-    encode_unsubscribe as encode_unsubscribe,
-    validate_guid as validate_guid,
 )
 
 
 if TYPE_CHECKING:
+    from .bus import BusClient as BusClient, BusStream as BusStream
     from .client import (
         AlorClient as AlorClient,
-        BufferEmpty as BufferEmpty,
         DataStream as DataStream,
-        Endpoints as Endpoints,
         HttpClient as HttpClient,
         LaneEvent as LaneEvent,
-        LaneKind as LaneKind,
-        LaneState as LaneState,
         OrderAck as OrderAck,
         OrderBookView as OrderBookView,
         OrderClient as OrderClient,
         Policy as Policy,
         Portfolio as Portfolio,
         Stream as Stream,
-        StreamBuffer as StreamBuffer,
         StreamSource as StreamSource,
         TokenManager as TokenManager,
-        resolve_endpoints as resolve_endpoints,
     )
+    from .record import Recorder as Recorder, Replay as Replay
 
-_CLIENT_NAMES = frozenset(
-    {
-        "AlorClient",
-        "BufferEmpty",
-        "DataStream",
-        "Endpoints",
-        "HttpClient",
-        "LaneEvent",
-        "LaneKind",
-        "LaneState",
-        "OrderAck",
-        "OrderBookView",
-        "OrderClient",
-        "Portfolio",
-        "Policy",
-        "Stream",
-        "StreamBuffer",
-        "StreamSource",
-        "TokenManager",
-        "resolve_endpoints",
-    }
-)
+#: Names loaded on first use, and their modules: the asyncio client, the NATS bus, Arrow.
+_LAZY = {
+    "AlorClient": "alorws.client",
+    "DataStream": "alorws.client",
+    "HttpClient": "alorws.client",
+    "LaneEvent": "alorws.client",
+    "OrderAck": "alorws.client",
+    "OrderBookView": "alorws.client",
+    "OrderClient": "alorws.client",
+    "Policy": "alorws.client",
+    "Portfolio": "alorws.client",
+    "Stream": "alorws.client",
+    "StreamSource": "alorws.client",
+    "TokenManager": "alorws.client",
+    "BusClient": "alorws.bus",
+    "BusStream": "alorws.bus",
+    "Recorder": "alorws.record",
+    "Replay": "alorws.record",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The asyncio client is imported on first use, keeping the protocol core I/O-free.
-    if name in _CLIENT_NAMES:
-        from . import client
+    # The clients are imported on first use, keeping `import alorws` free of I/O modules.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alorws' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
 
-        return getattr(client, name)
-    raise AttributeError(f"module 'alorws' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
+    "AllTradesPage",
     "AllTradesRequest",
     "AlorClient",
     "AlorError",
-    "AnyCommand",
-    "AnySubscriptionRequest",
     "AuthError",
+    "Backoff",
     "Bar",
     "BarsRequest",
     "BookLevel",
     "BufferEmpty",
     "BufferOverflowError",
-    "COMMAND_TYPES",
+    "BusClient",
+    "BusStream",
     "ClientType",
     "Cluster",
     "ClusterSnapshot",
     "ClustersRequest",
-    "Command",
     "CommandFrameError",
-    "CommandOpcode",
     "Condition",
     "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
     "ConnectionLimitError",
-    "CreateLimit",
-    "CreateMarket",
-    "CreateStop",
-    "CreateStopLimit",
     "CurrencyBuyingPower",
-    "DataMessage",
     "DataStream",
-    "DeleteLimit",
-    "DeleteMarket",
-    "DeleteStop",
-    "DeleteStopLimit",
-    "Endpoints",
     "Exchange",
     "Format",
     "FrameError",
+    "HistoryPage",
     "HttpClient",
+    "HttpOrderAck",
     "Iceberg",
     "InstrumentPatch",
-    "InstrumentRef",
     "InstrumentRequest",
     "InstrumentState",
     "InvalidArgumentError",
     "InvalidState",
     "InvalidTokenError",
     "LaneEvent",
-    "LaneKind",
-    "LaneState",
     "LimitError",
     "LocalProtocolError",
     "Order",
@@ -241,7 +215,6 @@ __all__ = [
     "OrderBookRequest",
     "OrderBookView",
     "OrderClient",
-    "Portfolio",
     "OrderRejected",
     "OrderStatus",
     "OrderStatusUnknown",
@@ -250,32 +223,33 @@ __all__ = [
     "OwnTrade",
     "OwnTradesRequest",
     "Policy",
+    "Portfolio",
     "Position",
     "PositionsRequest",
     "ProtocolError",
     "Quote",
     "QuotesRequest",
-    "REQUEST_TYPES",
+    "Recorder",
+    "RecorderError",
     "RemoteProtocolError",
+    "Replay",
     "RepoFields",
     "Risk",
     "RiskStatus",
     "RisksRequest",
+    "Security",
     "ServerLimitExceeded",
     "ServerRejected",
     "Side",
     "SpectraRisk",
     "SpectraRisksRequest",
-    "StatusReply",
     "StopOrder",
     "StopOrdersRequest",
     "Stream",
-    "StreamBuffer",
     "StreamClosed",
     "StreamError",
     "StreamSource",
     "SubscriptionLimitError",
-    "SubscriptionOpcode",
     "SubscriptionRequest",
     "SummariesRequest",
     "Summary",
@@ -286,21 +260,5 @@ __all__ = [
     "TradingStatus",
     "TransportError",
     "TransportTimeout",
-    "UpdateLimit",
-    "UpdateMarket",
-    "UpdateStop",
-    "UpdateStopLimit",
-    "User",
     "__version__",
-    "decode_command",
-    "encode_authorize",
-    "encode_command",
-    "encode_ping",
-    "encode_subscribe",
-    "encode_unsubscribe",
-    "redact",
-    "rejection_for",
-    "resolve_endpoints",
-    "scrub",
-    "validate_guid",
 ]

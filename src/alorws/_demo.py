@@ -53,6 +53,8 @@ BAR_SYMBOL, BAR_TF = "SBER", 60
 class _State:
     """Everything the live view and the summary show."""
 
+    #: The demo's clock: set again once every stream is subscribed, so that ``duration``
+    #: (and each step of the script) counts streaming time, however long set-up took.
     started: float = field(default_factory=time.monotonic)
     quotes: dict[str, Quote] = field(default_factory=dict)
     book: OrderBookView = field(default_factory=OrderBookView)
@@ -83,7 +85,8 @@ def run(
     metrics_port: int | None = None,
     observe: Observer | None = None,
 ) -> int:
-    """Run the demo for about ``duration`` seconds; returns the exit code (0)."""
+    """Run the demo: it streams for ``duration`` seconds from the moment every stream is
+    subscribed (set-up before and the summary after come on top); returns the exit code (0)."""
     console = console or Console(markup=False, highlight=False, emoji=False)
     return asyncio.run(_demo(max(1.0, duration), Path(out), console, metrics_port, observe))
 
@@ -128,6 +131,7 @@ async def _demo(
         recorder = await _start_recorder(stack, client, out, note)
 
         streams = await _subscribe(stack, client, portfolio, state, observe)
+        state.started = time.monotonic()  # streaming starts now: the duration counts from here
         note(f"subscribed {len(streams)} streams on {client.stats()['connections']} connections")
         workers = [asyncio.create_task(_consume(name, s, state)) for name, s in streams.items()]
         workers.append(asyncio.create_task(state.book.follow(streams[f"book {BOOK_SYMBOL}"])))

@@ -8,6 +8,7 @@ The tree::
     │   │   └── InvalidArgumentError    (also ValueError) a bad request argument; names it
     │   └── RemoteProtocolError         the server sent something we cannot understand
     │       └── FrameError              one frame is junk (bad JSON, wrong types, no guid, ...)
+    │           └── CommandFrameError   a /cws frame is not a valid order command (the simulator)
     ├── ServerRejected                  the server answered httpCode != 200 (http_code, message)
     │   ├── TokenRejected               (also AuthError) 401: the JWT is invalid or expired
     │   ├── ServerLimitExceeded         (also LimitError) 429: a server-side limit was hit
@@ -15,15 +16,18 @@ The tree::
     ├── AuthError                       cannot obtain or use an access token
     │   └── InvalidTokenError           (also ValueError) a JWT cannot be read
     ├── LimitError                      a client-side budget would be exceeded
-    │   ├── SubscriptionLimitError      more than the allowed subscriptions per connection
-    │   └── ConnectionLimitError        more than the allowed connections per account
+    │   └── SubscriptionLimitError      a new subscription does not fit; nothing was sent
+    │       └── ConnectionLimitError    ...because it needs a connection beyond the account's
+    │                                       budget (also raised for the /cws connection)
     ├── TransportError                  the network failed
     │   ├── ConnectError                a connection could not be opened
     │   ├── ConnectionClosed            an open connection was closed (code, reason)
     │   └── TransportTimeout            (also TimeoutError) no answer in time
     ├── StreamError                     a subscription stream cannot deliver normally
     │   ├── BufferOverflowError         a lossless buffer was full: messages were dropped (counted)
+    │   ├── BufferEmpty                 get_nowait() found nothing to deliver
     │   └── StreamClosed                the stream ended (unsubscribed, client closed, or failed)
+    ├── RecorderError                   the recorder's writer stopped: frames were not written
     ├── ConfigurationError              (also ValueError) the client was set up wrongly
     ├── OrderStatusUnknown              an order command got no reply; its outcome is unknown
     └── InvalidState                    (also AssertionError) an object was used in the wrong state
@@ -45,7 +49,9 @@ from typing import Final
 __all__ = [
     "AlorError",
     "AuthError",
+    "BufferEmpty",
     "BufferOverflowError",
+    "CommandFrameError",
     "ConfigurationError",
     "ConnectError",
     "ConnectionClosed",
@@ -59,6 +65,7 @@ __all__ = [
     "OrderRejected",
     "OrderStatusUnknown",
     "ProtocolError",
+    "RecorderError",
     "RemoteProtocolError",
     "ServerLimitExceeded",
     "ServerRejected",
@@ -166,6 +173,18 @@ class FrameError(RemoteProtocolError):
         super().__init__(f"{reason}{hint}" + (f" (frame starts: {text!r})" if text else ""))
 
 
+class CommandFrameError(FrameError):
+    """A ``/cws`` frame is not a valid order command (``decode_command``, which the simulator
+    uses); ``guid`` is its guid when one was readable. A frame that may hold a token is never
+    quoted (docs/protocol.md §2.5)."""
+
+    def __init__(self, reason: str, frame: bytes | str, guid: str | None) -> None:
+        self.guid = guid
+        lowered = frame.lower()
+        quotable = not (b"token" in lowered if isinstance(lowered, bytes) else "token" in lowered)
+        super().__init__(reason, frame if quotable else None)
+
+
 # -- server rejections ------------------------------------------------------------------------
 
 
@@ -229,8 +248,15 @@ class SubscriptionLimitError(LimitError):
     """
 
 
-class ConnectionLimitError(LimitError):
-    """A new connection would exceed the connections allowed per account (ALOR allows 10)."""
+class ConnectionLimitError(SubscriptionLimitError):
+    """A new connection would exceed the connections allowed per account (ALOR allows 10,
+    ``/ws`` and ``/cws`` together).
+
+    Raised, before anything is sent, by a subscription that needs one more ``/ws`` connection
+    (hence also a :class:`SubscriptionLimitError`), and by ``AlorClient.trading`` when the
+    ``/cws`` connection would not fit. Close streams, lower ``reserve_connections`` or raise
+    ``max_connections`` if the account allows more.
+    """
 
 
 class OrderRejected(ServerRejected):
@@ -291,8 +317,20 @@ class BufferOverflowError(StreamError):
         )
 
 
+class BufferEmpty(StreamError):
+    """``get_nowait()`` found nothing to deliver: wait with ``get()`` instead, or try later."""
+
+
 class StreamClosed(StreamError):
     """The stream has ended: it was unsubscribed, the client closed, or the server refused it."""
+
+
+class RecorderError(AlorError):
+    """The recorder's writer (thread or process) stopped: frames were not written.
+
+    ``Recorder.stats()`` tells what was written and dropped; the parts the writer left open are
+    finished from their journals by the next recorder on the same directory.
+    """
 
 
 class ConfigurationError(AlorError, ValueError):

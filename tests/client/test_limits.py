@@ -1,4 +1,5 @@
-"""Client-side limits and sharding against the simulator: thousands of subscriptions."""
+"""Client-side limits and sharding against the simulator: thousands of subscriptions, and the
+account's connection budget, ``/cws`` included."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from alorws.client import AlorClient, LaneKind
-from alorws.errors import ServerRejected, SubscriptionLimitError
+from alorws.errors import ConnectionLimitError, ServerRejected, SubscriptionLimitError
 from alorws.protocol import Quote
 from alorws.sim.app import Simulator
 
@@ -59,17 +60,28 @@ async def test_the_50001st_subscription_raises_without_sending(quiet_sim: Simula
         backoff=FAST,
         reserve_connections=0,
         subscribe_timeout=240,
+        ping_interval=3600,  # no pings: every request the simulator counts is a subscription
     ) as c:
         streams = _requests(c, quiet_sim, 50_001)
         await _subscribe_all(c, streams[:50_000])
         assert c.stats()["connections"] == 10
         frames_before = [lane["messages"] for lane in c.stats()["lanes"]]
+        requests_before = quiet_sim.stats()["requests"]
         with pytest.raises(SubscriptionLimitError, match="Nothing was sent"):
             await streams[-1]
         assert c.stats()["subscriptions"] == 50_000
         with pytest.raises(SubscriptionLimitError):
             await c.positions(c.portfolios[0])  # no connection left for account streams either
         assert len(frames_before) == 10
+        # Nothing was sent: close one stream per connection, each waiting for the server's
+        # answer to its unsubscribe, so that anything sent before on that connection has been
+        # handled. The server then counts exactly those 10 requests more.
+        one_per_lane = {s._lane: s for s in streams[:50_000]}
+        assert len(one_per_lane) == 10
+        for stream in one_per_lane.values():
+            await stream.aclose()
+        assert c.stats()["connections"] == 10
+        assert quiet_sim.stats()["requests"] == requests_before + 10
 
 
 async def test_subscribe_all_settles_every_stream_and_raises_the_first_failure(
@@ -84,3 +96,64 @@ async def test_subscribe_all_settles_every_stream_and_raises_the_first_failure(
         assert all(s.is_open for s in good) and not bad.is_open
         assert c.stats()["subscriptions"] == 3
         assert isinstance(await anext(aiter(good[0])), Quote)
+
+
+async def test_cws_holds_one_connection_of_the_budget(quiet_sim: Simulator) -> None:
+    """Once trading is used, /ws lanes get max_connections - 1: the lane that would be one too
+    many raises ConnectionLimitError, before anything is sent."""
+    async with AlorClient(
+        quiet_sim.demo_refresh_token,
+        base_url=quiet_sim.url,
+        backoff=FAST,
+        max_connections=2,
+        reserve_connections=0,
+        max_subscriptions_per_connection=1,
+    ) as c:
+        portfolio = c.portfolios[0]
+        await c.trading.place_market(portfolio, "SBER", "buy", 1)  # /cws is connected
+        await c.quotes("SBER")
+        with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
+            await c.quotes("GAZP")
+        assert c.stats()["connections"] == 1
+        assert quiet_sim.stats()["connections"] == 2  # one /ws, one /cws: the budget
+
+
+async def test_trading_is_refused_when_ws_lanes_take_the_budget(quiet_sim: Simulator) -> None:
+    """With every connection taken by /ws lanes (no reserve), the first use of trading raises
+    ConnectionLimitError instead of opening one connection too many."""
+    async with AlorClient(
+        quiet_sim.demo_refresh_token,
+        base_url=quiet_sim.url,
+        backoff=FAST,
+        max_connections=2,
+        reserve_connections=0,
+        max_subscriptions_per_connection=1,
+    ) as c:
+        await c.quotes("SBER")
+        await c.quotes("GAZP")
+        with pytest.raises(ConnectionLimitError, match="/cws"):
+            c.trading  # noqa: B018  # the property is what reserves the connection
+        assert quiet_sim.stats()["connections"] == 2
+
+
+async def test_the_reserve_is_used_by_the_account_lane_and_cws(quiet_sim: Simulator) -> None:
+    """reserve_connections keeps connections for the account lane and /cws, and they use it:
+    with both open, market data still gets max_connections - reserve_connections."""
+    async with AlorClient(
+        quiet_sim.demo_refresh_token,
+        base_url=quiet_sim.url,
+        backoff=FAST,
+        max_connections=4,
+        reserve_connections=2,
+        max_subscriptions_per_connection=1,
+    ) as c:
+        portfolio = c.portfolios[0]
+        await c.positions(portfolio)
+        await c.trading.place_market(portfolio, "SBER", "buy", 1)
+        await c.quotes("SBER")
+        await c.quotes("GAZP")
+        with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
+            await c.quotes("LKOH")
+        kinds = sorted(lane["kind"] for lane in c.stats()["lanes"])
+        assert kinds == [LaneKind.ACCOUNT, LaneKind.MARKET, LaneKind.MARKET]
+        assert quiet_sim.stats()["connections"] == 4

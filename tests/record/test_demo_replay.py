@@ -14,13 +14,18 @@ CPU, in its own interpreter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import pickle
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from alorws.client import LaneEvent
+from alorws import _demo
+from alorws.client import AlorClient, LaneEvent, Stream
 from alorws.protocol.enums import OrderStatus
 from alorws.record import Replay
 
@@ -101,3 +106,26 @@ async def test_a_minute_of_the_demo_replays_identically(demo_run: DemoRun | None
 def test_the_demo_test_name_is_what_the_session_fixture_looks_for() -> None:
     """The fixture starts the demo only for a test of this name: keep them in step."""
     assert DEMO_TEST == test_a_minute_of_the_demo_replays_identically.__name__
+
+
+@pytest.mark.timeout(60)
+def test_the_demo_streams_for_its_duration_however_long_set_up_takes(tmp_path: Path) -> None:
+    """The demo's duration is streaming time, counted from when every stream is subscribed: a
+    set-up that takes 2 s more (a loaded machine) does not shorten the recording."""
+
+    async def slow_set_up(
+        client: AlorClient, streams: dict[str, Stream[Any]], stack: contextlib.AsyncExitStack
+    ) -> None:
+        await asyncio.sleep(2.0)  # set-up work that takes long, not a synchronisation
+
+    seconds = 3.0
+    out = io.StringIO()
+    console = Console(file=out, markup=False, highlight=False, emoji=False, width=120)
+    assert _demo.run(seconds, tmp_path / "rec", console, observe=slow_set_up) == 0, out.getvalue()
+
+    async def recorded() -> float:
+        async with Replay(tmp_path / "rec") as replay:
+            return replay.duration
+
+    # The recording runs from the first confirmation to the streams' close: the whole duration.
+    assert asyncio.run(recorded()) >= seconds - 0.5

@@ -135,3 +135,31 @@ async def test_speed_is_a_lower_bound_in_real_time(recording: Recording) -> None
         elapsed = loop.time() - started
         assert n > 0
         assert elapsed >= replay.duration / 20.0 - 0.05
+
+
+async def test_the_pump_waits_for_a_full_buffer_without_polling(
+    recording: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that does not read stalls the pump, which awaits the buffer draining: no
+    timed sleep (polling) while it waits, and every frame still arrives once the consumer
+    reads."""
+    real_sleep = asyncio.sleep
+    timed: list[float] = []
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            timed.append(delay)
+        return await real_sleep(delay, result)
+
+    async with Replay(recording.root) as replay:  # what a consumer that keeps up gets
+        expected = [trade async for trade in replay.all_trades("SBER")]
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    async with Replay(recording.root, max_buffer=4) as replay:
+        trades = replay.all_trades("SBER")
+        await trades.subscribe()
+        for _ in range(50):  # the consumer is busy elsewhere for a while
+            await real_sleep(0)
+        assert trades.stats()["depth"] >= 4  # full: the pump waits for it
+        got = [trade async for trade in trades]
+    assert timed == []
+    assert got == expected and len(got) > 4

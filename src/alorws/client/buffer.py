@@ -29,11 +29,17 @@ Events
     pending newest item.
 
 Consuming
-    ``await get()`` returns the next entry; ``get_nowait()`` raises :class:`BufferEmpty` (an
-    ``asyncio.QueueEmpty``) when there is none; ``await get_batch(n)`` waits for one entry and
-    returns everything available up to ``n`` (it stops before an overflow marker, so the error
-    comes from the next call); ``async for item in buf`` iterates. One consumer task at a time:
-    a second task waiting concurrently gets :class:`~alorws.errors.InvalidState`.
+    ``await get()`` returns the next entry; ``get_nowait()`` raises
+    :class:`~alorws.errors.BufferEmpty` when there is none; ``await get_batch(n)`` waits for one
+    entry and returns everything available up to ``n`` (it stops before an overflow marker, so
+    the error comes from the next call); ``async for item in buf`` iterates. One consumer task
+    at a time: a second task waiting concurrently gets :class:`~alorws.errors.InvalidState`.
+
+Backpressure
+    A producer that may wait for its consumer (a replay; never a connection's reader) awaits
+    ``drained(n)``: it returns once fewer than ``n`` entries wait, or the buffer is closed. The
+    consumer wakes it as it takes entries, the way the producer wakes a parked consumer (the
+    waiter is published, then the depth looked at, under the lock), so nobody polls.
 
 Closing
     ``close(exc=None)`` may be called from any thread, more than once (the first wins). Pushes
@@ -97,7 +103,7 @@ from enum import Enum, StrEnum
 from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 from ..errors import (
-    AlorError,
+    BufferEmpty,
     BufferOverflowError,
     ConfigurationError,
     InvalidState,
@@ -105,6 +111,7 @@ from ..errors import (
 )
 
 
+# BufferEmpty lives in alorws.errors; re-exported here, where get_nowait raises it.
 __all__ = ["BufferEmpty", "Policy", "StreamBuffer", "WakeBatcher"]
 
 T = TypeVar("T")
@@ -117,10 +124,6 @@ class Policy(StrEnum):
     LATEST = "latest"
     #: Lossless bounded FIFO (orders, own trades, positions, stop orders, all trades, bars).
     QUEUE = "queue"
-
-
-class BufferEmpty(AlorError, asyncio.QueueEmpty):
-    """``get_nowait()`` found nothing to deliver (also an :class:`asyncio.QueueEmpty`)."""
 
 
 class _Overflow:
@@ -198,6 +201,9 @@ class StreamBuffer(Generic[T]):
         "_closed",
         "_delivered",
         "_dq",
+        "_drain",
+        "_drain_below",
+        "_drain_tid",
         "_dropped",
         "_ev",
         "_events",
@@ -249,6 +255,10 @@ class StreamBuffer(Generic[T]):
         self._close_exc: BaseException | None = None
         self._batcher = batcher
         self._wake_due = False  # a batched wake-up is scheduled (producer's loop only)
+        # A producer waiting in drained(): its future, the depth it waits for, its thread.
+        self._drain: asyncio.Future[None] | None = None
+        self._drain_below = 0
+        self._drain_tid = 0
         # Producer-side counters (written only by the producer; wakeups under the lock).
         self._pushed = 0
         self._dropped = 0
@@ -322,6 +332,8 @@ class StreamBuffer(Generic[T]):
             self._closed = True
             self._bound = -1  # routes every later push to _reject()
         self._wake()
+        if self._drain is not None:
+            self._wake_drain(force=True)
 
     def _reject(self) -> None:
         """A push that does not fit: after close it is ignored, else the QUEUE is full."""
@@ -368,6 +380,46 @@ class StreamBuffer(Generic[T]):
         except RuntimeError:  # the consumer's loop is closed: nobody is left to wake
             pass
 
+    async def drained(self, below: int) -> None:
+        """Wait until fewer than ``below`` entries wait, or the buffer is closed (see
+        "Backpressure"). One producer task waits at a time (a second gets
+        :class:`~alorws.errors.InvalidState`)."""
+        if below < 1:
+            raise ConfigurationError(f"below must be at least 1, got {below}")
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._drain is not None:
+                raise InvalidState(f"another task already waits for buffer {self.name!r} to drain")
+            # Publish first, then look: a consumer taking meanwhile sees the waiter.
+            self._drain, self._drain_below = fut, below
+            self._drain_tid = threading.get_ident()
+            if self._closed or len(self._dq) + len(self._ev) < below:
+                self._drain = None
+                return
+        try:
+            await fut
+        finally:
+            if self._drain is fut:  # cancelled: withdraw
+                with self._lock:
+                    if self._drain is fut:
+                        self._drain = None
+
+    def _wake_drain(self, *, force: bool = False) -> None:
+        """Wake the producer waiting in drained() if the depth fell below its mark (or
+        ``force``, at close)."""
+        with self._lock:
+            fut = self._drain
+            if fut is None or (not force and len(self._dq) + len(self._ev) >= self._drain_below):
+                return
+            self._drain = None
+        if threading.get_ident() == self._drain_tid:
+            _resolve(fut)
+            return
+        try:
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+        except RuntimeError:  # the producer's loop is closed
+            pass
+
     # -- consumer (its own loop) -------------------------------------------------------------
 
     def _next(self) -> T | Literal[_Empty.EMPTY]:
@@ -376,13 +428,18 @@ class StreamBuffer(Generic[T]):
         if ev:
             self._events_out += 1
             self._delivered += 1
-            return cast(T, ev.popleft())
+            event = ev.popleft()
+            if self._drain is not None:
+                self._wake_drain()
+            return cast(T, event)
         dq = self._dq
         if dq:
             n = len(dq)  # depth peaks right before a take: this makes max_depth exact
             if n > self._max_depth:
                 self._max_depth = n
             x = dq.popleft()
+            if self._drain is not None:
+                self._wake_drain()
             if type(x) is _Overflow:
                 raise self._overflow_error(x)
             self._delivered += 1
@@ -484,6 +541,8 @@ class StreamBuffer(Generic[T]):
             n += 1
             delivered += 1
         self._delivered += delivered
+        if self._drain is not None:
+            self._wake_drain()
         return out
 
     def __aiter__(self) -> StreamBuffer[T]:

@@ -10,8 +10,10 @@
 The client owns an I/O thread (:mod:`alorws.client.runtime`) where every connection is read and
 written, a token manager that refreshes the JWT ahead of its ``exp``, and a pool of *lanes*
 (connections): market data and account events never share one, market data is sharded over as
-many connections as it needs, and the account's budget (10 connections, 5000 subscriptions per
-connection, docs/protocol.md §7) is enforced before anything is sent.
+many connections as it needs, and the account's budget (10 connections, ``/ws`` and ``/cws``
+together, 5000 subscriptions per connection, docs/protocol.md §7) is enforced before anything is
+sent. The I/O-thread half (the lanes, where a subscription goes, the budget's rules, the taps)
+is :class:`~alorws.client.pool.LanePool`; this class is what the consumer's loop calls.
 """
 
 from __future__ import annotations
@@ -32,21 +34,21 @@ from ..errors import (
     ConfigurationError,
     InvalidArgumentError,
     InvalidState,
-    SubscriptionLimitError,
-    TransportTimeout,
     redact,
 )
+from ..lifecycle import Lifecycle, StreamState
 from ..protocol import requests as rq
 from ..protocol.backoff import Backoff
 from ..protocol.codec import model_for
 from ..protocol.enums import Format
-from ..protocol.registry import SubscriptionRegistry, SubscriptionState
+from ..protocol.registry import SubscriptionRegistry
 from .auth import TokenManager
-from .buffer import StreamBuffer, WakeBatcher
+from .buffer import WakeBatcher
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
-from .lane import Lane, LaneKind, Tap
+from .lane import Lane, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
+from .pool import LanePool
 from .runtime import IORuntime
 from .sources import (
     STREAM_KINDS,
@@ -78,6 +80,9 @@ class AlorClient(ClientStreams):
     (:class:`~alorws.client.sources.StreamMethods`): a strategy runs unchanged on a
     ``BusClient`` or a ``Replay``.
 
+    Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`, ``stats()["state"]``):
+    ``new -> starting -> open -> closing -> closed``.
+
     Args:
         refresh_token: the long-lived token from the ALOR developer portal (never logged).
         env: ``"prod"`` or ``"dev"`` (ALOR's test environment); ignored with ``base_url``.
@@ -86,10 +91,13 @@ class AlorClient(ClientStreams):
         oauth_url: overrides where ``/refresh`` is called.
         cafile: a CA bundle to trust (e.g. the simulator's self-signed certificate).
         format: wire format for streams (default Simple; Slim is smaller, Heavy richest).
-        max_connections: connections allowed for the account (ALOR: 10), /cws included.
+        max_connections: connections allowed for the account (ALOR: 10), ``/cws`` included: once
+            :attr:`trading` is used it holds one, whatever the ``/ws`` lanes need. A
+            subscription that needs a connection beyond it raises
+            :class:`~alorws.errors.ConnectionLimitError` (see :mod:`alorws.client.pool`).
         max_subscriptions_per_connection: ALOR: 5000.
         reserve_connections: connections market data may not take, kept for the account
-            lane and the order connection.
+            lane and the order connection (and used by them).
         backoff: reconnect delays (exponential, full jitter, unlimited by default).
         ping_interval, ping_timeout: liveness of silent connections (seconds).
         io_thread: run the network in a dedicated thread (default), so a consumer that blocks
@@ -162,8 +170,6 @@ class AlorClient(ClientStreams):
         self.max_subscriptions_per_connection = max_subscriptions_per_connection
         self.reserve_connections = reserve_connections
         self._backoff = backoff or Backoff()
-        self._ping = (ping_interval, ping_timeout)
-        self._subscribe_timeout = subscribe_timeout
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
         # Wake-ups of parked consumers, coalesced per iteration of the I/O loop (bound at start).
@@ -171,21 +177,31 @@ class AlorClient(ClientStreams):
         self._registry: SubscriptionRegistry[rq.SubscriptionRequest, int] = SubscriptionRegistry(
             max_per_connection=max_subscriptions_per_connection
         )
-        self._lanes: dict[int, Lane] = {}
-        self._next_lane = 1
+        self._pool = LanePool(
+            self.endpoints.ws,
+            self._registry,
+            max_connections=max_connections,
+            reserve_connections=reserve_connections,
+            max_subscriptions_per_connection=max_subscriptions_per_connection,
+            subscribe_timeout=subscribe_timeout,
+            cafile=cafile,
+            backoff=self._backoff,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
+        self._lanes: dict[int, Lane] = self._pool.lanes  # the same dict: read-only here
         self._tokens: TokenManager | None = None
-        self._state = "new"
-        self._streams: set[Stream[Any]] = set()
+        self._state = Lifecycle.NEW
+        self._streams: set[Stream[Any]] = set()  # subscribing or open (the consumer's loop)
         self._started_at: float | None = None
         self._loop_tokens: _LoopTokens | None = None
-        self._taps: list[Tap] = []  # I/O loop only (or before start)
         self._steps: dict[tuple[str, str], float | None] = {}
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<AlorClient {self.endpoints.http} {self._state} "
+            f"<AlorClient {self.endpoints.http} {self._state.value} "
             f"refresh_token={redact(self._refresh_token)}>"
         )
 
@@ -200,21 +216,21 @@ class AlorClient(ClientStreams):
 
     async def start(self) -> None:
         """Start the I/O thread and get the first access token (fails fast on a bad token)."""
-        if self._state != "new":
-            raise InvalidState(f"cannot start a client that is {self._state}")
-        self._state = "starting"
+        if self._state is not Lifecycle.NEW:
+            raise InvalidState(f"cannot start a client that is {self._state.value}")
+        self._state = Lifecycle.STARTING
         await self._runtime.start()
         self._batcher.loop = self._runtime.loop
         try:
             await self._runtime.call(self._io_start)
         except BaseException:
             await self._runtime.stop(self._io_shutdown)
-            self._state = "closed"
+            self._state = Lifecycle.CLOSED
             raise
         self._started_at = time.monotonic()
         assert self._tokens is not None
         self._loop_tokens = _LoopTokens(self._tokens, self._runtime)
-        self._state = "open"
+        self._state = Lifecycle.OPEN
 
     async def _io_start(self) -> None:
         self._tokens = TokenManager(
@@ -223,15 +239,17 @@ class AlorClient(ClientStreams):
             ssl=ssl_context_for(self.endpoints.oauth, cafile=self._cafile),
         )
         await self._tokens.start()
+        self._pool.tokens = self._tokens
 
     async def aclose(self) -> None:
-        """Unsubscribe every stream, close every connection, stop the I/O thread."""
-        if self._state in ("closed", "new"):
-            self._state = "closed"
+        """End every stream, close every connection, stop the I/O thread."""
+        if self._state in (Lifecycle.CLOSED, Lifecycle.NEW):
+            self._state = Lifecycle.CLOSED
             return
-        self._state = "closing"
-        for stream in list(self._streams):
-            stream._buffer.close()
+        self._state = Lifecycle.CLOSING
+        streams, self._streams = self._streams, set()
+        for stream in streams:
+            stream._end()  # the connections go away: nothing to unsubscribe
         for closer in (self._trading, self._http):
             if closer is not None:
                 try:
@@ -241,11 +259,10 @@ class AlorClient(ClientStreams):
         if self._loop_tokens is not None:
             self._loop_tokens.close()
         await self._runtime.stop(self._io_shutdown)
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
 
     async def _io_shutdown(self) -> None:
-        lanes = list(self._lanes.values())
-        await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+        await self._pool.aclose()
         if self._tokens is not None:
             await self._tokens.aclose()
 
@@ -258,7 +275,7 @@ class AlorClient(ClientStreams):
         return tokens.portfolios
 
     def _require_tokens(self) -> TokenManager:
-        if self._tokens is None or self._state not in ("open", "closing"):
+        if self._tokens is None or self._state not in (Lifecycle.OPEN, Lifecycle.CLOSING):
             raise InvalidState("the client is not started: use `async with AlorClient(...)`")
         return self._tokens
 
@@ -270,10 +287,13 @@ class AlorClient(ClientStreams):
 
         ``await client.trading.place_limit(portfolio, "SBER", "buy", 1, price=310.5)`` returns an
         :class:`~alorws.client.orders.OrderAck` or raises :class:`~alorws.errors.OrderRejected`.
-        Runs in the caller's event loop; counts against the connection budget.
+        Runs in the caller's event loop. From its first use it holds one connection of the
+        budget (``max_connections``); :class:`~alorws.errors.ConnectionLimitError` if the
+        ``/ws`` connections already take them all.
         """
         if self._trading is None:
             tokens = self._require_loop_tokens()
+            self._pool.reserve_cws()
             self._trading = OrderClient(
                 self.endpoints.cws,
                 tokens,
@@ -311,7 +331,7 @@ class AlorClient(ClientStreams):
         return self._steps[key]
 
     def _require_loop_tokens(self) -> _LoopTokens:
-        if self._loop_tokens is None or self._state != "open":
+        if self._loop_tokens is None or self._state is not Lifecycle.OPEN:
             raise InvalidState("the client is not open: use `async with AlorClient(...)`")
         return self._loop_tokens
 
@@ -333,7 +353,7 @@ class AlorClient(ClientStreams):
         None takes the client's ``silence_timeout`` for the kind, 0 turns it off. Streams of
         orders, stop orders, fills and positions are subscribed with the server's history and
         apply ``skip_history`` client-side (see docs/client.md, "Reconnect and restore")."""
-        if self._state != "open":
+        if self._state is not Lifecycle.OPEN:
             raise InvalidState("the client is not open: use `async with AlorClient(...)`")
         wire, skip_history = split_history(check_request(request))
         model = model_for(type(request).opcode)
@@ -363,7 +383,7 @@ class AlorClient(ClientStreams):
     async def _subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
         self._streams.add(stream)
         try:
-            return await self._runtime.call(self._io_subscribe, stream)
+            return await self._runtime.call(self._pool.subscribe, stream)
         except BaseException:
             self._streams.discard(stream)
             raise
@@ -372,14 +392,29 @@ class AlorClient(ClientStreams):
         """Subscribe many streams at once and wait for every confirmation.
 
         One hop to the I/O thread for the whole batch instead of one per stream: thousands of
-        subscriptions go out pipelined. Streams that fail are closed; the first failure is
-        raised after the others are settled (check ``stream.is_open``).
+        subscriptions go out pipelined. Streams that fail are closed with their error; the
+        first failure is raised after the others are settled (check ``stream.is_open``). If
+        the batch cannot reach the I/O thread at all (the client closed meanwhile, the call
+        cancelled), every stream of it is closed with that error, which is raised.
         """
         batch = list(streams)
-        for stream in batch:
-            stream._begin()
-            self._streams.add(stream)
-        results = await self._runtime.call(self._io_subscribe_many, batch)
+        begun: list[Stream[Any]] = []
+        try:
+            for stream in batch:
+                stream._begin()
+                begun.append(stream)
+        except InvalidState:  # a stream not new (or twice in the batch): the batch is refused
+            for stream in begun:
+                stream._state = StreamState.NEW
+            raise
+        self._streams.update(batch)
+        try:
+            results = await self._runtime.call(self._pool.subscribe_many, batch)
+        except BaseException as exc:
+            for stream in batch:
+                stream._finish(exc)
+                self._streams.discard(stream)
+            raise
         first: BaseException | None = None
         for stream, result in zip(batch, results, strict=True):
             stream._finish(result)
@@ -389,120 +424,13 @@ class AlorClient(ClientStreams):
         if first is not None:
             raise first
 
-    async def _io_subscribe_many(
-        self, streams: list[Stream[Any]]
-    ) -> list[tuple[str, int] | BaseException]:
-        return await asyncio.gather(
-            *(self._io_subscribe(s) for s in streams), return_exceptions=True
-        )
-
-    async def _unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
-        self._streams = {s for s in self._streams if s._buffer is not buffer}
-        if self._state != "open":
+    async def _unsubscribe(self, stream: Stream[Any]) -> None:
+        self._streams.discard(stream)
+        if self._state is not Lifecycle.OPEN:
             return  # closing: the connections go away anyway
-        await self._runtime.call(self._io_unsubscribe, guid, lane_id, buffer)
-
-    async def _io_subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
-        request = stream.request
-        existing = self._registry.find(request)
-        if existing is not None and existing.is_live:
-            result = self._registry.subscribe(request, existing.connection_id)
-            sub = result.subscription
-            lane = self._lanes[sub.connection_id]
-            lane.attach(sub.guid, stream._buffer)
-            if stream.silence_timeout:
-                lane.watch(sub.guid, stream.silence_timeout)
-            waiter = lane._waiters.get(sub.guid)
-            if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
-                await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
-            return sub.guid, lane.id
-        kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
-        lane = self._pick_lane(kind)
-        result = self._registry.subscribe(request, lane.id)
-        sub = result.subscription
-        waiter = await lane.add(sub, stream._buffer)
-        if stream.silence_timeout:
-            lane.watch(sub.guid, stream.silence_timeout)
-        await self._confirm(waiter, sub.guid, lane, stream)
-        return sub.guid, lane.id
-
-    async def _confirm(self, waiter: Any, guid: str, lane: Lane, stream: Stream[Any]) -> None:
-        try:
-            async with asyncio.timeout(self._subscribe_timeout):
-                await waiter
-        except TimeoutError:
-            await self._io_unsubscribe(guid, lane.id, stream._buffer)
-            raise TransportTimeout(
-                f"{stream.name}: no confirmation within {self._subscribe_timeout} s "
-                f"({lane.last_error or 'connection not open'}); check the network or the URL"
-            ) from None
-        except BaseException:
-            lane.detach(guid, stream._buffer)
-            sub = self._registry.get(guid)
-            if sub is not None and sub.state is SubscriptionState.FAILED:
-                self._registry.unsubscribe(guid)
-            raise
-
-    async def _io_unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
-        lane = self._lanes.get(lane_id)
-        if lane is None:
-            return
-        lane.detach(guid, buffer)
-        sub = self._registry.get(guid)
-        if sub is None or sub.state in (SubscriptionState.CLOSED, SubscriptionState.CLOSING):
-            return
-        if self._registry.unsubscribe(guid):
-            await lane.remove(guid)
-
-    def _pick_lane(self, kind: LaneKind) -> Lane:
-        """A lane of ``kind`` with room, opening a new one if the budget allows."""
-        lanes = [lane for lane in self._lanes.values() if lane.kind is kind]
-        for lane in lanes:
-            if self._registry.room(lane.id) > 0:
-                return lane
-        total = len(self._lanes) + (1 if self._trading is not None else 0)  # /cws counts too
-        market = sum(1 for lane in self._lanes.values() if lane.kind is LaneKind.MARKET)
-        if kind is LaneKind.MARKET:
-            allowed = self.max_connections - self.reserve_connections - (total - market)
-            can_open = market < allowed and total < self.max_connections
-        else:
-            can_open = total < self.max_connections
-        if not can_open:
-            used = sum(self._registry.count(lane.id) for lane in lanes)
-            raise SubscriptionLimitError(
-                f"no room for another {kind.value} subscription: {len(lanes)} {kind.value} "
-                f"connection(s) hold {used} subscriptions (limit "
-                f"{self.max_subscriptions_per_connection} each) and the account's budget of "
-                f"{self.max_connections} connections (reserve {self.reserve_connections}) is used; "
-                "unsubscribe something or raise the budget. Nothing was sent."
-            )
-        lane_id = self._next_lane
-        self._next_lane += 1
-        lane = Lane(
-            lane_id,
-            kind,
-            self.endpoints.ws,
-            self._registry,
-            self._io_token,
-            self._io_refresh,
-            ssl_context=ssl_context_for(self.endpoints.ws, cafile=self._cafile),
-            backoff=self._backoff,
-            ping_interval=self._ping[0],
-            ping_timeout=self._ping[1],
-        )
-        for tap in self._taps:
-            lane.add_tap(tap)
-        self._lanes[lane_id] = lane
-        lane.ensure_started()
-        return lane
-
-    async def _io_token(self) -> str:
-        assert self._tokens is not None
-        return await self._tokens.token()
-
-    async def _io_refresh(self) -> str:
-        assert self._tokens is not None
-        return await self._tokens.refresh(force=True)
+        guid, lane = stream.guid, stream._lane
+        if guid is not None and lane is not None:
+            await self._runtime.call(self._pool.unsubscribe, guid, lane, stream._buffer)
 
     # -- observability -----------------------------------------------------------------------
 
@@ -518,10 +446,10 @@ class AlorClient(ClientStreams):
         not touch the list again; every tap gets the same list, so none may change it. A tap
         runs in the I/O thread and must only enqueue. Called from another thread,
         adding (and removing) takes effect at the I/O loop's next turn."""
-        self._in_io(self._io_add_tap, tap)
+        self._in_io(self._pool.add_tap, tap)
 
         def remove() -> None:
-            self._in_io(self._io_remove_tap, tap)
+            self._in_io(self._pool.remove_tap, tap)
 
         return remove
 
@@ -532,20 +460,6 @@ class AlorClient(ClientStreams):
         else:
             with contextlib.suppress(InvalidState, RuntimeError):  # closed: nothing to tap
                 runtime.call_soon(fn, tap)
-
-    def _io_add_tap(self, tap: Tap) -> None:
-        """:meth:`add_tap` in the I/O loop: from this frame on."""
-        if tap not in self._taps:
-            self._taps.append(tap)
-        for lane in list(self._lanes.values()):
-            lane.add_tap(tap)
-
-    def _io_remove_tap(self, tap: Tap) -> None:
-        """Remove ``tap`` in the I/O loop (after handing it what each lane holds)."""
-        with contextlib.suppress(ValueError):
-            self._taps.remove(tap)
-        for lane in list(self._lanes.values()):
-            lane.remove_tap(tap)
 
     async def call_in_io(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn(*args)`` in the client's I/O loop and return its result (for extensions
@@ -565,9 +479,9 @@ class AlorClient(ClientStreams):
 
     def stats(self) -> dict[str, Any]:
         """Connections, subscriptions, counters and buffer depths (safe to call any time)."""
-        lanes = [lane.stats() for lane in list(self._lanes.values())]
+        lanes = self._pool.stats()
         return {
-            "state": self._state,
+            "state": self._state.value,
             "connections": len(lanes),
             "lanes": lanes,
             "subscriptions": self._registry.total(),
@@ -582,11 +496,7 @@ class AlorClient(ClientStreams):
 
     async def drop_connections(self) -> None:
         """Close every connection now (they reconnect and restore): for tests and drills."""
-        await self._runtime.call(self._io_drop)
-
-    async def _io_drop(self) -> None:
-        for lane in self._lanes.values():
-            lane.drop("dropped on request")
+        await self._runtime.call(self._pool.drop)
 
 
 def _check_silence(name: str, value: object, *, call: bool = False) -> float:

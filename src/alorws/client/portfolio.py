@@ -26,23 +26,31 @@ Merge rules (each makes the result independent of how stream updates and snapsho
   than the snapshot. Stream updates after the snapshot always win.
 
 ``stale`` is true until the first snapshot, from a disconnect of any of the portfolio's streams
-until that stream's restore *and* the snapshot after it, and while a snapshot is being retried.
+until that stream's restore *and* the snapshot after it, and while a snapshot is being retried
+(with a jittered :class:`~alorws.protocol.backoff.Backoff`, ``retry=``).
+
+Each stream is a :class:`Feed`; what a feed's stream is, how its snapshot is fetched and how
+either is merged are tables keyed by it. Changes are reported as a :class:`Change`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import logging
 import math
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from ..errors import BufferOverflowError, InvalidState, StreamClosed
+from ..lifecycle import Lifecycle
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
+from ..protocol.backoff import Backoff
 from ..protocol.enums import Exchange, OrderStatus
 from ..protocol.jwt import portfolio_kind
 from ..protocol.timeutil import parse_iso
@@ -52,14 +60,77 @@ from .streams import Stream
 
 if TYPE_CHECKING:
     from .client import AlorClient
+    from .http import HttpClient
 
-__all__ = ["Portfolio"]
+__all__ = ["SNAPSHOT_RETRY", "Change", "Feed", "Portfolio", "order_progress"]
 
 log = logging.getLogger("alorws.portfolio")
 
-#: What a stream carries (its snapshot is taken per kind) -> the change kind it notifies.
-_KINDS = ("orders", "stop_orders", "trades", "positions", "summary", "risk", "forts_risk")
+
+class Feed(enum.StrEnum):
+    """One of a portfolio's streams; its HTTP snapshot is taken per feed. The value names the
+    feed in ``stats()`` (and, for the single ones, the attribute that holds it)."""
+
+    ORDERS = "orders"
+    STOP_ORDERS = "stop_orders"
+    TRADES = "trades"
+    POSITIONS = "positions"
+    SUMMARY = "summary"
+    RISK = "risk"
+    FORTS_RISK = "forts_risk"  # FORTS portfolios only
+
+
+class Change(enum.StrEnum):
+    """What changed, as ``on_change`` callbacks and ``wait_change`` get it (equal to the plain
+    string, e.g. ``Change.ORDER == "order"``)."""
+
+    ORDER = "order"
+    STOP_ORDER = "stop_order"
+    TRADE = "trade"
+    POSITION = "position"
+    #: A snapshot no longer lists the symbol; the object is the position last held.
+    POSITION_REMOVED = "position_removed"
+    SUMMARY = "summary"
+    RISK = "risk"
+    FORTS_RISK = "forts_risk"
+
+
+#: Retries of a failed snapshot (after the first: a failure of the first fails ``start``).
+SNAPSHOT_RETRY: Final = Backoff(base=0.05, cap=5.0)
+
 _FINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
+#: Connection events that open a gap, and those that close it (a silent subscription subscribed
+#: again is a gap like an outage: docs/protocol.md §9.6).
+_GAP_OPENS: Final = frozenset({"disconnected", "silent"})
+_GAP_CLOSES: Final = frozenset({"restored", "resubscribed"})
+
+#: Per feed: its stream on a client (portfolio, exchange). Orders, stop orders, fills and
+#: positions skip the server's history: the first snapshot brings it.
+_OPEN: Final[dict[Feed, Callable[[AlorClient, str, Exchange], Stream[Any]]]] = {
+    Feed.ORDERS: lambda c, p, ex: c.orders(p, exchange=ex, skip_history=True),
+    Feed.STOP_ORDERS: lambda c, p, ex: c.stop_orders(p, exchange=ex, skip_history=True),
+    Feed.TRADES: lambda c, p, ex: c.own_trades(p, exchange=ex, skip_history=True),
+    Feed.POSITIONS: lambda c, p, ex: c.positions(p, exchange=ex, skip_history=True),
+    Feed.SUMMARY: lambda c, p, ex: c.summaries(p, exchange=ex),
+    Feed.RISK: lambda c, p, ex: c.risks(p, exchange=ex),
+    Feed.FORTS_RISK: lambda c, p, ex: c.spectra_risks(p, exchange=ex),
+}
+#: Per feed: its HTTP snapshot (portfolio, exchange).
+_FETCH: Final[dict[Feed, Callable[[HttpClient, str, Exchange], Awaitable[Any]]]] = {
+    Feed.ORDERS: lambda h, p, ex: h.orders(p, ex),
+    Feed.STOP_ORDERS: lambda h, p, ex: h.stop_orders(p, ex),
+    Feed.TRADES: lambda h, p, ex: h.trades(p, ex),
+    Feed.POSITIONS: lambda h, p, ex: h.positions(p, ex),
+    Feed.SUMMARY: lambda h, p, ex: h.summary(p, ex),
+    Feed.RISK: lambda h, p, ex: h.risk(p, ex),
+    Feed.FORTS_RISK: lambda h, p, ex: h.forts_risk(p, ex),
+}
+#: The feeds that hold one object (``summary``, ``risk``, ``forts_risk``), and its change.
+_SINGLE: Final = {
+    Feed.SUMMARY: Change.SUMMARY,
+    Feed.RISK: Change.RISK,
+    Feed.FORTS_RISK: Change.FORTS_RISK,
+}
 
 ChangeCallback = Callable[[str, Any], object]
 
@@ -96,11 +167,16 @@ def _same(a: Model | None, b: Model) -> bool:
 class Portfolio:
     """Orders, stop orders, own trades, positions, summary and risks of one portfolio.
 
+    Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`, ``stats()["state"]``):
+    ``new -> starting -> open -> closing -> closed``.
+
     Args:
         client: an open :class:`~alorws.client.AlorClient`.
         portfolio: the portfolio id (``D…``, ``G…`` or a FORTS ``75…`` code; FORTS risks only
             for FORTS).
         exchange: the exchange of the portfolio's streams and snapshots.
+        retry: delays between attempts of a snapshot that failed (unlimited by default; when
+            they run out the feed stays stale until its stream's next restore).
 
     Attributes:
         orders: market and limit orders by id.
@@ -109,11 +185,16 @@ class Portfolio:
         positions: positions (money included, e.g. ``RUB``) by symbol.
         summary, risk, forts_risk: the latest of each (``forts_risk`` only for a FORTS portfolio).
         ready: set once the first snapshot is merged.
-        snapshots: how many snapshots (of one kind each) were merged.
+        snapshots: how many snapshots (of one feed each) were merged.
     """
 
     def __init__(
-        self, client: AlorClient, portfolio: str, *, exchange: Exchange | str = Exchange.MOEX
+        self,
+        client: AlorClient,
+        portfolio: str,
+        *,
+        exchange: Exchange | str = Exchange.MOEX,
+        retry: Backoff = SNAPSHOT_RETRY,
     ) -> None:
         self.client = client
         self.portfolio = portfolio
@@ -127,21 +208,34 @@ class Portfolio:
         self.forts_risk: SpectraRisk | None = None
         self.ready = asyncio.Event()
         self.snapshots = 0
-        self._kinds = _KINDS if portfolio_kind(portfolio) == "derivatives" else _KINDS[:-1]
-        self._state = "new"
-        self._streams: dict[str, Stream[Any]] = {}
+        self._retry = retry
+        feeds = list(Feed)
+        self._feeds = feeds if portfolio_kind(portfolio) == "derivatives" else feeds[:-1]
+        self._state = Lifecycle.NEW
+        self._streams: dict[Feed, Stream[Any]] = {}
         self._consumers: list[asyncio.Task[None]] = []
-        self._runners: dict[str, asyncio.Task[None]] = {}
-        self._pending: set[str] = set()
-        self._syncing: set[str] = set()
-        self._down: set[str] = set()
-        self._touched: dict[str, set[Hashable]] = {}
+        self._runners: dict[Feed, asyncio.Task[None]] = {}
+        self._pending: set[Feed] = set()
+        self._syncing: set[Feed] = set()
+        self._down: set[Feed] = set()
+        self._touched: dict[Feed, set[Hashable]] = {}
         self._listeners: list[ChangeCallback] = []
         self._waiters: list[asyncio.Future[tuple[str, Any]]] = []
+        # What one object of a feed's stream does to the state (a snapshot's list of orders,
+        # stop orders or fills merges item by item the same way).
+        self._apply: dict[Feed, Callable[[Any], None]] = {
+            Feed.ORDERS: functools.partial(self._merge_order, self.orders, Change.ORDER),
+            Feed.STOP_ORDERS: functools.partial(
+                self._merge_order, self.stop_orders, Change.STOP_ORDER
+            ),
+            Feed.TRADES: self._merge_trade,
+            Feed.POSITIONS: self._stream_position,
+            **{feed: functools.partial(self._stream_single, feed) for feed in _SINGLE},
+        }
 
     def __repr__(self) -> str:
         return (
-            f"<Portfolio {self.portfolio} {self._state}{' stale' if self.stale else ''} "
+            f"<Portfolio {self.portfolio} {self._state.value}{' stale' if self.stale else ''} "
             f"orders={len(self.orders)} trades={len(self.trades)} "
             f"positions={len(self.positions)}>"
         )
@@ -157,43 +251,37 @@ class Portfolio:
 
     async def start(self) -> None:
         """Subscribe to the account streams, merge the first HTTP snapshot, set ``ready``."""
-        if self._state != "new":
-            raise InvalidState(f"cannot start a portfolio that is {self._state}")
-        self._state = "starting"
-        c, p, ex = self.client, self.portfolio, self.exchange
-        makers: dict[str, Callable[[], Stream[Any]]] = {
-            "orders": lambda: c.orders(p, exchange=ex, skip_history=True),
-            "stop_orders": lambda: c.stop_orders(p, exchange=ex, skip_history=True),
-            "trades": lambda: c.own_trades(p, exchange=ex, skip_history=True),
-            "positions": lambda: c.positions(p, exchange=ex, skip_history=True),
-            "summary": lambda: c.summaries(p, exchange=ex),
-            "risk": lambda: c.risks(p, exchange=ex),
-            "forts_risk": lambda: c.spectra_risks(p, exchange=ex),
-        }
+        if self._state is not Lifecycle.NEW:
+            raise InvalidState(f"cannot start a portfolio that is {self._state.value}")
+        self._state = Lifecycle.STARTING
         try:
-            for kind in self._kinds:
-                self._streams[kind] = makers[kind]()
+            for feed in self._feeds:
+                self._streams[feed] = _OPEN[feed](self.client, self.portfolio, self.exchange)
             # Subscribe first (UI pattern, docs/protocol.md §9.5): whatever changes after the
             # snapshot was taken then arrives on the streams.
             await asyncio.gather(*(s.subscribe() for s in self._streams.values()))
             loop = asyncio.get_running_loop()
-            for kind, stream in self._streams.items():
-                stream.on_event(self._event_handler(kind))
-                self._consumers.append(loop.create_task(self._consume(kind, stream)))
-            for kind in self._kinds:
-                self._request_sync(kind)
+            for feed, stream in self._streams.items():
+                stream.on_event(self._event_handler(feed))
+                self._consumers.append(loop.create_task(self._consume(feed, stream)))
+            for feed in self._feeds:
+                self._request_sync(feed)
             await asyncio.gather(*list(self._runners.values()))
         except BaseException:
             await self.aclose()
             raise
-        self._state = "open"
+        self._state = Lifecycle.OPEN
         self.ready.set()
+
+    @property
+    def _ending(self) -> bool:
+        return self._state in (Lifecycle.CLOSING, Lifecycle.CLOSED)
 
     async def aclose(self) -> None:
         """Stop the consumers and snapshots and unsubscribe the streams."""
-        if self._state == "closed":
+        if self._ending:
             return
-        self._state = "closed"
+        self._state = Lifecycle.CLOSING
         tasks = [*self._consumers, *self._runners.values()]
         for task in tasks:
             task.cancel()
@@ -207,6 +295,7 @@ class Portfolio:
             if not fut.done():
                 fut.set_exception(InvalidState(f"portfolio {self.portfolio} is closed"))
         self._waiters.clear()
+        self._state = Lifecycle.CLOSED
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -223,9 +312,9 @@ class Portfolio:
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call ``callback(kind, obj)`` after every change, in the consumer's loop.
 
-        ``kind`` is ``"order"``, ``"stop_order"``, ``"trade"``, ``"position"``,
-        ``"position_removed"`` (a snapshot no longer lists the symbol), ``"summary"``,
-        ``"risk"`` or ``"forts_risk"``; ``obj`` the new model. Returns a remover.
+        ``kind`` is a :class:`Change` (a ``str``): ``"order"``, ``"stop_order"``, ``"trade"``,
+        ``"position"``, ``"position_removed"`` (a snapshot no longer lists the symbol),
+        ``"summary"``, ``"risk"`` or ``"forts_risk"``; ``obj`` the new model. Returns a remover.
         """
         self._listeners.append(callback)
 
@@ -237,7 +326,7 @@ class Portfolio:
 
     async def wait_change(self) -> tuple[str, Any]:
         """Wait for the next change; returns ``(kind, obj)`` as :meth:`on_change` gets them."""
-        if self._state == "closed":
+        if self._ending:
             raise InvalidState(f"portfolio {self.portfolio} is closed")
         fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -251,21 +340,21 @@ class Portfolio:
         """Counts, snapshots taken, staleness and the streams' counters."""
         return {
             "portfolio": self.portfolio,
-            "state": self._state,
+            "state": self._state.value,
             "stale": self.stale,
             "orders": len(self.orders),
             "stop_orders": len(self.stop_orders),
             "trades": len(self.trades),
             "positions": len(self.positions),
             "snapshots": self.snapshots,
-            "down": sorted(self._down),
-            "syncing": sorted(self._syncing),
-            "streams": {k: s.stats() for k, s in self._streams.items()},
+            "down": sorted(feed.value for feed in self._down),
+            "syncing": sorted(feed.value for feed in self._syncing),
+            "streams": {feed.value: s.stats() for feed, s in self._streams.items()},
         }
 
     # -- notifications --------------------------------------------------------------------------
 
-    def _notify(self, kind: str, obj: Any) -> None:
+    def _notify(self, kind: Change, obj: Any) -> None:
         for cb in list(self._listeners):
             try:
                 cb(kind, obj)
@@ -278,19 +367,18 @@ class Portfolio:
 
     # -- streams --------------------------------------------------------------------------------
 
-    def _event_handler(self, kind: str) -> Callable[[LaneEvent], None]:
+    def _event_handler(self, feed: Feed) -> Callable[[LaneEvent], None]:
         def handle(event: LaneEvent) -> None:
-            # A silent subscription subscribed again (docs/protocol.md §9.6) is a gap like an
-            # outage.
-            if event.kind in ("disconnected", "silent"):
-                self._down.add(kind)
-            elif event.kind in ("restored", "resubscribed"):
-                self._down.discard(kind)
-                self._request_sync(kind)
+            if event.kind in _GAP_OPENS:
+                self._down.add(feed)
+            elif event.kind in _GAP_CLOSES:
+                self._down.discard(feed)
+                self._request_sync(feed)
 
         return handle
 
-    async def _consume(self, kind: str, stream: Stream[Any]) -> None:
+    async def _consume(self, feed: Feed, stream: Stream[Any]) -> None:
+        apply = self._apply[feed]
         while True:
             try:
                 batch = await stream.get_batch()
@@ -298,40 +386,34 @@ class Portfolio:
                 return
             except BufferOverflowError as exc:  # updates were lost: the snapshot fills in
                 log.warning("%s: %s; taking a snapshot", self.portfolio, exc)
-                self._request_sync(kind)
+                self._request_sync(feed)
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._state != "closed":
-                    log.error("%s: %s stream ended: %s", self.portfolio, kind, exc)
-                    self._down.add(kind)
+                if not self._ending:
+                    log.error("%s: %s stream ended: %s", self.portfolio, feed.value, exc)
+                    self._down.add(feed)
                 return
             for obj in batch:
-                self._apply_stream(kind, obj)
+                apply(obj)
 
-    def _apply_stream(self, kind: str, obj: Any) -> None:
-        if kind == "orders":
-            self._merge_order(self.orders, obj, "order")
-        elif kind == "stop_orders":
-            self._merge_order(self.stop_orders, obj, "stop_order")
-        elif kind == "trades":
-            self._merge_trade(obj)
-        elif kind == "positions":
-            self._touch(kind, obj.symbol)
-            self._set_position(obj)
-        else:
-            self._touch(kind, kind)
-            self._set_single(kind, obj)
+    def _stream_position(self, position: Position) -> None:
+        self._touch(Feed.POSITIONS, position.symbol)
+        self._set_position(position)
 
-    def _touch(self, kind: str, key: Hashable) -> None:
-        touched = self._touched.get(kind)
+    def _stream_single(self, feed: Feed, obj: Any) -> None:
+        self._touch(feed, feed)
+        self._set_single(feed, obj)
+
+    def _touch(self, feed: Feed, key: Hashable) -> None:
+        touched = self._touched.get(feed)
         if touched is not None:
             touched.add(key)
 
     # -- merging --------------------------------------------------------------------------------
 
-    def _merge_order(self, store: dict[str, Any], order: Order | StopOrder, kind: str) -> None:
+    def _merge_order(self, store: dict[str, Any], kind: Change, order: Order | StopOrder) -> None:
         held = store.get(order.id)
         if held is not None and order_progress(order) <= order_progress(held):
             return
@@ -342,92 +424,91 @@ class Portfolio:
         if trade.id in self.trades:
             return
         self.trades[trade.id] = trade
-        self._notify("trade", trade)
+        self._notify(Change.TRADE, trade)
 
     def _set_position(self, position: Position) -> None:
         if _same(self.positions.get(position.symbol), position):
             return
         self.positions[position.symbol] = position
-        self._notify("position", position)
+        self._notify(Change.POSITION, position)
 
-    def _set_single(self, kind: str, obj: Any) -> None:
-        if _same(getattr(self, kind), obj):
+    def _set_single(self, feed: Feed, obj: Any) -> None:
+        if _same(getattr(self, feed.value), obj):
             return
-        setattr(self, kind, obj)
-        self._notify(kind, obj)
+        setattr(self, feed.value, obj)
+        self._notify(_SINGLE[feed], obj)
+
+    def _merge_snapshot(self, feed: Feed, snapshot: Any, touched: set[Hashable]) -> None:
+        """Merge ``feed``'s HTTP snapshot (see the module docstring for the rules)."""
+        if feed is Feed.POSITIONS:
+            listed = {pos.symbol for pos in snapshot}
+            for symbol in [s for s in self.positions if s not in listed | touched]:
+                self._notify(Change.POSITION_REMOVED, self.positions.pop(symbol))
+            for pos in snapshot:
+                if pos.symbol not in touched:
+                    self._set_position(pos)
+        elif feed in _SINGLE:
+            if feed not in touched:
+                self._set_single(feed, snapshot)
+        else:  # orders, stop orders, fills: merged as if they came on the stream
+            apply = self._apply[feed]
+            for obj in snapshot:
+                apply(obj)
 
     # -- snapshots ------------------------------------------------------------------------------
 
-    def _request_sync(self, kind: str) -> None:
-        """Take a snapshot of ``kind`` (again, once the running one is done, if one runs)."""
-        if self._state == "closed":
+    def _request_sync(self, feed: Feed) -> None:
+        """Take a snapshot of ``feed`` (again, once the running one is done, if one runs)."""
+        if self._ending:
             return
-        self._syncing.add(kind)
-        task = self._runners.get(kind)
+        self._syncing.add(feed)
+        task = self._runners.get(feed)
         if task is not None and not task.done():
-            self._pending.add(kind)
+            self._pending.add(feed)
             return
-        self._runners[kind] = asyncio.get_running_loop().create_task(self._run_sync(kind))
+        self._runners[feed] = asyncio.get_running_loop().create_task(self._run_sync(feed))
 
-    async def _run_sync(self, kind: str) -> None:
-        delay = 0.05
+    async def _run_sync(self, feed: Feed) -> None:
+        delays = self._retry.delays()
         while True:
-            self._pending.discard(kind)
+            self._pending.discard(feed)
             try:
-                await self._sync(kind)
+                await self._sync(feed)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if not self.ready.is_set():
                     raise  # the first snapshot: start() fails
+                delay = next(delays, None)
+                if delay is None:
+                    log.error(
+                        "%s: %s snapshot failed (%s); giving up until the stream's next restore",
+                        self.portfolio,
+                        feed.value,
+                        exc,
+                    )
+                    return  # still syncing: the feed stays stale
                 log.warning(
                     "%s: %s snapshot failed (%s); retrying in %.2f s",
                     self.portfolio,
-                    kind,
+                    feed.value,
                     exc,
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._pending.add(kind)
+                self._pending.add(feed)
                 continue
-            if kind not in self._pending:
+            if feed not in self._pending:
                 break
-        self._syncing.discard(kind)
+            delays = self._retry.delays()  # a success starts the backoff over
+        self._syncing.discard(feed)
 
-    async def _sync(self, kind: str) -> None:
-        """Fetch one kind over HTTP and merge it (see the module docstring for the rules)."""
-        http, p, ex = self.client.http, self.portfolio, self.exchange
-        self._touched[kind] = set()
+    async def _sync(self, feed: Feed) -> None:
+        """Fetch one feed over HTTP and merge it (see the module docstring for the rules)."""
+        touched = self._touched[feed] = set()
         try:
-            if kind == "orders":
-                for order in await http.orders(p, ex):
-                    self._merge_order(self.orders, order, "order")
-            elif kind == "stop_orders":
-                for stop in await http.stop_orders(p, ex):
-                    self._merge_order(self.stop_orders, stop, "stop_order")
-            elif kind == "trades":
-                for trade in await http.trades(p, ex):
-                    self._merge_trade(trade)
-            elif kind == "positions":
-                snapshot = await http.positions(p, ex)
-                touched = self._touched[kind]
-                listed = {pos.symbol for pos in snapshot}
-                for symbol in [s for s in self.positions if s not in listed | touched]:
-                    self._notify("position_removed", self.positions.pop(symbol))
-                for pos in snapshot:
-                    if pos.symbol not in touched:
-                        self._set_position(pos)
-            else:
-                obj: Summary | Risk | SpectraRisk
-                if kind == "summary":
-                    obj = await http.summary(p, ex)
-                elif kind == "risk":
-                    obj = await http.risk(p, ex)
-                else:
-                    obj = await http.forts_risk(p, ex)
-                if kind not in self._touched[kind]:
-                    self._set_single(kind, obj)
+            snapshot = await _FETCH[feed](self.client.http, self.portfolio, self.exchange)
+            self._merge_snapshot(feed, snapshot, touched)
         finally:
-            del self._touched[kind]
+            del self._touched[feed]
         self.snapshots += 1

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..errors import InvalidState
+from ..lifecycle import Lifecycle
 
 
 __all__ = ["IORuntime"]
@@ -29,14 +30,18 @@ T = TypeVar("T")
 
 
 class IORuntime:
-    """Runs the client's network coroutines on a dedicated event loop thread."""
+    """Runs the client's network coroutines on a dedicated event loop thread.
+
+    Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`): ``new -> starting -> open ->
+    closing -> closed`` (``closing`` while :meth:`stop` runs the shutdown coroutine).
+    """
 
     def __init__(self, *, threaded: bool = True, name: str = "alorws-io") -> None:
         self.threaded = threaded
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopped = False
+        self._state = Lifecycle.NEW
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -63,10 +68,12 @@ class IORuntime:
 
     async def start(self) -> None:
         """Start the I/O thread and its loop; returns once the loop runs."""
-        if self._loop is not None:
+        if self._state is not Lifecycle.NEW:
             raise InvalidState("the I/O runtime was already started")
+        self._state = Lifecycle.STARTING
         if not self.threaded:
             self._loop = asyncio.get_running_loop()
+            self._state = Lifecycle.OPEN
             return
         ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
 
@@ -84,6 +91,7 @@ class IORuntime:
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
         self._thread.start()
         self._loop = await asyncio.wrap_future(ready)
+        self._state = Lifecycle.OPEN
 
     async def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn(*args)`` in the I/O loop and await its result from the caller's loop.
@@ -93,7 +101,7 @@ class IORuntime:
         loop = self.loop
         if not self.threaded or self.in_io_thread():
             return await fn(*args)
-        if self._stopped:
+        if self._state is Lifecycle.CLOSED:
             raise InvalidState("the I/O runtime is stopped")
         fut = asyncio.run_coroutine_threadsafe(fn(*args), loop)
         return await asyncio.wrap_future(fut)
@@ -108,11 +116,16 @@ class IORuntime:
 
     async def stop(self, shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
         """Run ``shutdown()`` in the I/O loop, cancel what is left there, stop the thread."""
-        if self._loop is None or self._stopped:
+        if self._loop is None or self._state in (Lifecycle.CLOSING, Lifecycle.CLOSED):
             return
-        if shutdown is not None:
-            await self.call(shutdown)
-        self._stopped = True
+        self._state = Lifecycle.CLOSING
+        try:
+            if shutdown is not None:
+                await self.call(shutdown)
+        except BaseException:
+            self._state = Lifecycle.OPEN  # the loop still runs: stop() may be called again
+            raise
+        self._state = Lifecycle.CLOSED
         if not self.threaded:
             return
         loop = self._loop

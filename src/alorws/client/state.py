@@ -1,9 +1,12 @@
-"""Local state kept from streams: an order book view (and, with HTTP snapshots, a portfolio).
+"""Local state kept from a stream: :class:`OrderBookView`, the current book of one instrument.
 
 Every order-book message is the whole top-``depth`` book (docs/protocol.md §4.1 and
 docs/protocol.md §12.5), so the view is simply replaced per message; what it adds is convenient
 reads and a **staleness flag**: between a disconnect and the first book after the restore the view
 says ``stale`` so a strategy does not trade on a frozen book.
+
+A whole portfolio kept from its account streams and HTTP snapshots is
+:class:`~alorws.client.portfolio.Portfolio`, in its own module.
 """
 
 from __future__ import annotations

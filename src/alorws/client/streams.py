@@ -12,10 +12,12 @@ A :class:`Stream` is
 Iteration survives reconnects: the stream keeps its place while the client restores the
 subscription, and account streams are de-duplicated (:mod:`alorws.client.whole`). Connection
 events (``disconnected``/``restored``, with the downtime; ``silent``/``resubscribed`` when a
-watched subscription went quiet and was subscribed again, docs/protocol.md §9.6) are kept in
-:attr:`Stream.events` and passed to ``on_event`` callbacks. A ``resubscribed`` stream is made
-whole like a restored one: the server's replay is de-duplicated and account streams of orders
-and fills fetch the HTTP snapshot.
+watched subscription went quiet and was subscribed again, docs/protocol.md §9.6) are passed to
+``on_event`` callbacks and counted by kind in :attr:`StreamBase.event_counts`; the last
+:data:`EVENTS_KEPT` of them are kept in :attr:`StreamBase.events` (a client that lives for
+weeks on a flaky network must not keep every one). A ``resubscribed`` stream is made whole like
+a restored one: the server's replay is de-duplicated and account streams of orders and fills
+fetch the HTTP snapshot.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
 import msgspec
 
 from ..errors import FrameError, InvalidState, StreamClosed
+from ..lifecycle import StreamState
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.codec import (
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
     from .client import AlorClient
 
 __all__ = [
+    "EVENTS_KEPT",
     "STATE_MODELS",
     "STREAM_KINDS",
     "ClientStreams",
@@ -71,6 +76,10 @@ M = TypeVar("M", bound=Model)
 #: Everything else (instrument patches too: each must be seen to fold them) is delivered
 #: losslessly (``queue``).
 STATE_MODELS: tuple[type[Model], ...] = (Quote, OrderBook, Summary, Risk, SpectraRisk)
+
+#: How many connection events a stream keeps in ``events`` (the newest); older ones are only
+#: counted (``event_counts``).
+EVENTS_KEPT = 100
 
 
 def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
@@ -154,8 +163,12 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         self.account = account
         self.name = name
         self._format = Format(getattr(request, "format", Format.SIMPLE))
-        self._state = "new"  # new -> subscribing -> open -> closed
+        # A StreamState (typed str: a subclass may still assign the plain value).
+        self._state: str = StreamState.NEW
+        #: The last EVENTS_KEPT connection events, oldest first.
         self.events: list[LaneEvent] = []
+        #: Every connection event so far, counted by kind (``"disconnected"``: 3, …).
+        self.event_counts: Counter[str] = Counter()
         self._callbacks: list[Callable[[LaneEvent], object]] = []
         self.bad_payloads = 0
         self._log = logger
@@ -164,7 +177,7 @@ class StreamBase(Generic[M], AsyncIterator[M]):
     @property
     def is_open(self) -> bool:
         """True between a confirmed subscribe and the unsubscribe."""
-        return self._state == "open"
+        return self._state == StreamState.OPEN
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self.subscribe().__await__()
@@ -175,12 +188,17 @@ class StreamBase(Generic[M], AsyncIterator[M]):
 
     def _subscribing(self) -> bool:
         """new -> subscribing (True), or False if the stream is open already."""
-        if self._state == "open":
+        if self._state == StreamState.OPEN:
             return False
-        if self._state != "new":
-            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
-        self._state = "subscribing"
+        self._begin()
         return True
+
+    def _begin(self) -> None:
+        """new -> subscribing; any other state is a misuse."""
+        if self._state != StreamState.NEW:
+            state = StreamState(self._state).value
+            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {state}")
+        self._state = StreamState.SUBSCRIBING
 
     async def aclose(self) -> None:
         """Unsubscribe; iteration ends."""
@@ -199,8 +217,13 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         self._callbacks.append(callback)
 
     def _notify(self, event: LaneEvent) -> None:
-        """Keep a connection event and pass it to the ``on_event`` callbacks."""
-        self.events.append(event)
+        """Keep a connection event (the last EVENTS_KEPT), count it, and pass it to the
+        ``on_event`` callbacks."""
+        events = self.events
+        events.append(event)
+        if len(events) > EVENTS_KEPT:
+            del events[0]  # a short list: cheaper than a deque, and still a list
+        self.event_counts[event.kind] += 1
         for cb in self._callbacks:
             try:
                 cb(event)
@@ -282,52 +305,56 @@ class Stream(StreamBase[M]):
         """The server subscription's guid (shared by de-duplicated streams)."""
         return self._guid
 
+    @property
+    def is_open(self) -> bool:
+        """True between a confirmed subscribe and the unsubscribe (or the end of the stream:
+        its client closed, the server ended it, the recording ran out)."""
+        return self._state == StreamState.OPEN and not self._buffer.closed
+
     async def subscribe(self) -> Self:
         """Subscribe (once) and wait for the server's confirmation; returns the stream."""
         if not self._subscribing():
             return self
         try:
-            self._guid, self._lane = await self._client._subscribe(self)
-        except BaseException:
-            self._state = "closed"
-            self._buffer.close()
+            result = await self._client._subscribe(self)
+        except BaseException as exc:
+            self._finish(exc)
             raise
-        self._state = "open"
+        self._finish(result)
         return self
 
-    def _begin(self) -> None:
-        """new -> subscribing (used by the client's batched subscribe)."""
-        if self._state != "new":
-            raise InvalidState(f"{self.name}: cannot subscribe a stream that is {self._state}")
-        self._state = "subscribing"
-
     def _finish(self, result: tuple[str, int] | BaseException) -> None:
-        """subscribing -> open with (guid, lane), or closed on an error."""
+        """subscribing -> open with (guid, lane), or closed on an error (the error ends the
+        stream: ``get()`` raises it once what was buffered is taken)."""
         if isinstance(result, BaseException):
-            self._state = "closed"
-            self._buffer.close()
+            self._end(result if isinstance(result, Exception) else None)
         else:
             self._guid, self._lane = result
-            self._state = "open"
+            self._state = StreamState.OPEN
+
+    def _end(self, exc: BaseException | None = None) -> None:
+        """-> closed without unsubscribing (the subscription is gone or never was): the buffer
+        ends with ``exc`` (None: a normal end), the backfill stops."""
+        self._state = StreamState.CLOSED
+        self._buffer.close(exc)
+        for task in self._tasks:
+            task.cancel()
 
     async def aclose(self) -> None:
         """Unsubscribe (the server subscription ends when its last stream closes)."""
-        if self._state == "closed":
+        if self._state == StreamState.CLOSED:
             return
-        was_open = self._state == "open"
-        self._state = "closed"
-        self._buffer.close()
-        for task in self._tasks:
-            task.cancel()
+        was_open = self._state == StreamState.OPEN
+        self._end()
         if was_open and self._guid is not None and self._lane is not None:
-            await self._client._unsubscribe(self._guid, self._lane, self._buffer)
+            await self._client._unsubscribe(self)
 
     # -- consuming ---------------------------------------------------------------------------
 
     async def get(self) -> M:
         """The next message (waiting for it). Raises StreamClosed at the end of the stream,
         the server's rejection if it failed, BufferOverflowError where messages were lost."""
-        if self._state == "new":
+        if self._state == StreamState.NEW:
             await self.subscribe()
         while True:
             if self._ready:
@@ -339,7 +366,7 @@ class Stream(StreamBase[M]):
 
     async def get_batch(self, max_items: int = 1000) -> list[M]:
         """Everything available now (at least one message, at most ``max_items``)."""
-        if self._state == "new":
+        if self._state == StreamState.NEW:
             await self.subscribe()
         while True:
             out: list[M] = []
@@ -366,7 +393,7 @@ class Stream(StreamBase[M]):
                 f"{self.name}: this stream is de-duplicated client-side and cannot be read "
                 "undecoded; use get_batch()"
             )
-        if self._state == "new":
+        if self._state == StreamState.NEW:
             await self.subscribe()
         while True:
             out: list[bytes | LaneEvent] = []
@@ -463,12 +490,12 @@ class Stream(StreamBase[M]):
             bad_payloads=self.bad_payloads,
             backfilled=self.backfilled,
             duplicates=self._filter.duplicates if self._filter is not None else 0,
-            events=len(self.events),
+            events=sum(self.event_counts.values()),
         )
         return out
 
     def __repr__(self) -> str:
-        return f"<Stream {self.name} guid={self._guid} {self._state}>"
+        return f"<Stream {self.name} guid={self._guid} {StreamState(self._state).value}>"
 
 
 #: The typed stream methods of a source whose streams are :class:`Stream` (``AlorClient``,

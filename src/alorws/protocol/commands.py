@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Final
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..errors import FrameError, InvalidArgumentError
+# CommandFrameError lives in alorws.errors; re-exported here, where decode_command raises it.
+from ..errors import CommandFrameError, InvalidArgumentError
 from .enums import CommandOpcode, Condition, Exchange, Side, TimeInForce
 from .requests import (
     _ENCODER,
@@ -388,22 +389,6 @@ def encode_authorize(guid: str, token: str) -> bytes:
 
 
 # -- decoding (simulator side) ----------------------------------------------------------------
-
-
-class CommandFrameError(FrameError):
-    """A ``/cws`` frame is not a valid order command; ``guid`` is its guid when one was readable."""
-
-    def __init__(self, reason: str, frame: bytes | str, guid: str | None) -> None:
-        self.guid = guid
-        super().__init__(reason, _quotable(frame))  # never quote a frame that may hold a token
-
-
-def _quotable(frame: bytes | str) -> bytes | str | None:
-    """``frame`` if it may be quoted in an error, None if it could hold a token
-    (docs/protocol.md §2.5)."""
-    if isinstance(frame, bytes):
-        return None if b"token" in frame.lower() else frame
-    return None if "token" in frame.lower() else frame
 
 
 class _Head(msgspec.Struct, gc=False):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import RecorderError as RecorderError  # its home is alorws.errors
 from .format import SCHEMA as SCHEMA, recover as recover
-from .recorder import Recorder as Recorder, RecorderError as RecorderError
+from .recorder import Recorder as Recorder
 
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "recover",
     # .recorder
     "Recorder",
+    # alorws.errors
     "RecorderError",
     # .replay
     "RecordedSubscription",

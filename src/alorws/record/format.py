@@ -101,11 +101,6 @@ def day_of(recv_ns: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=recv_ns // NS_PER_DAY)).isoformat()
 
 
-def last_midnight_ns(recv_ns: int) -> int:
-    """The UTC midnight at or before ``recv_ns`` (nanoseconds)."""
-    return recv_ns - recv_ns % NS_PER_DAY
-
-
 def partition_dir(root: str | os.PathLike[str], day: str, stream: str) -> Path:
     """``<root>/date=<day>/stream=<stream>``."""
     return Path(root) / f"date={day}" / f"stream={stream}"

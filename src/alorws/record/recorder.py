@@ -86,7 +86,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ..errors import AlorError, InvalidState
+from ..errors import InvalidState, RecorderError
+from ..lifecycle import Lifecycle
 from ._writer import (
     BATCH,
     BEAT,
@@ -112,7 +113,7 @@ from .format import recover
 if TYPE_CHECKING:
     from ..client.client import AlorClient
 
-__all__ = ["Recorder", "RecorderError"]
+__all__ = ["Recorder"]
 
 log = logging.getLogger("alorws.record")
 
@@ -136,12 +137,10 @@ _NO_PROGRESS: Final[_Progress] = {
 }
 
 
-class RecorderError(AlorError):
-    """The recorder's writer (thread or process) stopped: frames were not written."""
-
-
 class Recorder:
     """Records every frame ``client`` receives on ``/ws`` under ``root``; see the module doc.
+
+    Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`): ``new -> open -> closed``.
 
     Args:
         client: an :class:`~alorws.client.AlorClient` (started before :meth:`start`).
@@ -184,7 +183,7 @@ class Recorder:
         self.process = process
         self._writer: _ThreadWriter | _ProcessWriter | None = None
         self._remove_tap: Any = None
-        self._state = "new"
+        self._state = Lifecycle.NEW
         self.recovered: list[Path] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -199,9 +198,9 @@ class Recorder:
     async def start(self) -> None:
         """Start the writer (it first finishes parts a crash left open: ``recovered``), then
         install the tap."""
-        if self._state != "new":
-            raise InvalidState(f"cannot start a recorder that is {self._state}")
-        self._state = "open"
+        if self._state is not Lifecycle.NEW:
+            raise InvalidState(f"cannot start a recorder that is {self._state.value}")
+        self._state = Lifecycle.OPEN
         self.root.mkdir(parents=True, exist_ok=True)
         config = WriterConfig(
             str(self.root),
@@ -217,7 +216,7 @@ class Recorder:
             self._writer = writer
             await self.client.call_in_io(self._io_open)
         except BaseException:
-            self._state = "closed"
+            self._state = Lifecycle.CLOSED
             if self._writer is not None:
                 await asyncio.to_thread(writer.stop)
             raise
@@ -235,10 +234,10 @@ class Recorder:
 
         Raises :class:`RecorderError` if the writer stopped before it had written everything
         (``stats()`` still tells what was written and dropped)."""
-        if self._state != "open":
-            self._state = "closed"
+        if self._state is not Lifecycle.OPEN:
+            self._state = Lifecycle.CLOSED
             return
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         writer = self._writer
         assert writer is not None
         try:
@@ -305,7 +304,7 @@ class Recorder:
 
     def __repr__(self) -> str:
         mode = "process" if self.process else "thread"
-        return f"<Recorder {self.root} {self._state} ({mode})>"
+        return f"<Recorder {self.root} {self._state.value} ({mode})>"
 
 
 def _renice() -> None:

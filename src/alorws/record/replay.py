@@ -26,8 +26,9 @@ when the first stream subscribes, one loop turn later (so streams opened togethe
 the beginning). A stream opened later starts where the pump is, as a live subscription would.
 ``speed=None`` replays as fast as the consumers take it; ``speed=x`` keeps recorded gaps
 divided by ``x``. Replayed streams are lossless by default (``policy="queue"``) and the pump
-waits for a consumer whose buffer holds ``max_buffer`` items, so a stream that is opened but
-never read stalls the replay. When the recording ends, every stream ends (``async for``
+waits for a consumer whose buffer holds ``max_buffer`` items until it has taken half of them
+(it awaits the buffer's ``drained``, never polls), so a stream that is opened but never read
+stalls the replay. When the recording ends, every stream ends (``async for``
 finishes).
 
 A subscription confirmed a second time with the same guid (a restore after a reconnect,
@@ -69,6 +70,7 @@ from ..client.sources import (
 from ..client.streams import ClientStreams, Stream
 from ..client.whole import filter_for
 from ..errors import ConfigurationError, FrameError, InvalidState, scrub
+from ..lifecycle import Lifecycle
 from ..protocol.codec import STREAM_MODELS, DataMessage, model_for, route
 from ..protocol.enums import SubscriptionOpcode
 from ..protocol.requests import AnySubscriptionRequest, SubscriptionRequest
@@ -124,6 +126,8 @@ class Replay(ClientStreams):
     """A recording under ``root`` (see :mod:`alorws.record.format`) as typed streams, with the
     client's stream methods (:class:`~alorws.client.sources.StreamMethods`) and :meth:`stream`.
 
+    Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`): ``new -> open -> closed``.
+
     Args:
         root: the recording's directory.
         speed: ``None``: as fast as the consumers go; ``x``: recorded pace times ``x``.
@@ -152,7 +156,7 @@ class Replay(ClientStreams):
         self._by_guid: dict[str, SubscriptionRequest] = {}
         self._slots: dict[SubscriptionRequest, _Slot] = {}
         self._pump: asyncio.Task[None] | None = None
-        self._state = "new"
+        self._state = Lifecycle.NEW
         self.frames_replayed = 0
         #: Recorded frames of a replayed subscription that the router refused (skipped,
         #: logged rate-limited); a payload that does not decode is counted in its stream's
@@ -174,14 +178,19 @@ class Replay(ClientStreams):
 
     async def open(self) -> None:
         """Read the recording (in a worker thread) and index its subscriptions."""
-        if self._state != "new":
-            raise InvalidState(f"cannot open a replay that is {self._state}")
-        self._table, self._subs, self._by_guid = await asyncio.to_thread(_load, self.root)
-        self._state = "open"
+        if self._state is not Lifecycle.NEW:
+            raise InvalidState(f"cannot open a replay that is {self._state.value}")
+        self._state = Lifecycle.STARTING
+        try:
+            self._table, self._subs, self._by_guid = await asyncio.to_thread(_load, self.root)
+        except BaseException:
+            self._state = Lifecycle.CLOSED
+            raise
+        self._state = Lifecycle.OPEN
 
     async def aclose(self) -> None:
         """Stop the pump and end every stream."""
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         if self._pump is not None:
             self._pump.cancel()
             try:
@@ -210,7 +219,7 @@ class Replay(ClientStreams):
         return float(ns[-1].as_py() - ns[0].as_py()) / 1e9
 
     def _require_open(self) -> None:
-        if self._state == "new":
+        if self._state in (Lifecycle.NEW, Lifecycle.STARTING):
             raise InvalidState("the replay is not open: use `async with Replay(root)`")
 
     # -- streams ------------------------------------------------------------------------------
@@ -265,7 +274,7 @@ class Replay(ClientStreams):
         )
 
     def _require_streams(self) -> None:
-        if self._state != "open":
+        if self._state is not Lifecycle.OPEN:
             raise InvalidState("the replay is not open: use `async with Replay(root)`")
 
     def _recorded(self) -> str:
@@ -293,7 +302,7 @@ class Replay(ClientStreams):
     # -- the Stream's client side -----------------------------------------------------------------
 
     async def _subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
-        if self._state != "open" or (self._pump is not None and self._pump.done()):
+        if self._state is not Lifecycle.OPEN or (self._pump is not None and self._pump.done()):
             stream._buffer.close()  # the recording is over: the stream ends at once
         else:
             self._slots.setdefault(stream.request, _Slot()).buffers.append(stream._buffer)
@@ -301,10 +310,10 @@ class Replay(ClientStreams):
                 self._pump = asyncio.get_running_loop().create_task(self._run(), name="replay")
         return f"replay:{stream.request}", 0
 
-    async def _unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
-        for slot in self._slots.values():
-            if buffer in slot.buffers:
-                slot.buffers.remove(buffer)
+    async def _unsubscribe(self, stream: Stream[Any]) -> None:
+        slot = self._slots.get(stream.request)
+        if slot is not None and stream._buffer in slot.buffers:
+            slot.buffers.remove(stream._buffer)
 
     # -- the pump ---------------------------------------------------------------------------------
 
@@ -327,6 +336,7 @@ class Replay(ClientStreams):
         first_ns = recv[0]
         start = self._clock()
         by_guid, slots, speed, high = self._by_guid, self._slots, self.speed, self.max_buffer
+        low = max(1, high // 2)  # a full buffer is waited for until its consumer took half
         for i, guid in enumerate(guids):
             request = by_guid.get(guid) if guid is not None else None
             slot = slots.get(request) if request is not None else None
@@ -364,10 +374,9 @@ class Replay(ClientStreams):
                 slot.confirmed.add(msg.request_guid)
             self.frames_replayed += 1
             await asyncio.sleep(0)  # consumers take their item before the next one comes
-            for buffer in slot.buffers:
-                # Backpressure: wait for this consumer (a buffer has no "drained" event to await).
-                while buffer.depth >= high and not buffer.closed:  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
+            for buffer in list(slot.buffers):
+                if buffer.depth >= high:  # backpressure: wait for this consumer
+                    await buffer.drained(low)
 
     def _end_streams(self) -> None:
         for slot in self._slots.values():

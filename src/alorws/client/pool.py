@@ -1,0 +1,267 @@
+"""The I/O-thread half of ``AlorClient``: its ``/ws`` lanes, where a subscription goes, the
+account's connection budget, and the taps.
+
+Everything here runs in the client's I/O loop, but :meth:`LanePool.reserve_cws` (the consumer's
+loop, when ``client.trading`` is first used) and the read-only :meth:`LanePool.stats`.
+
+The connection budget (docs/protocol.md §7.1: ALOR allows ``max_connections`` per account,
+``/ws`` and ``/cws`` together):
+
+* the ``/cws`` connection holds one connection of the budget from the moment ``client.trading``
+  is first used (whether connected or reconnecting: it must always be able to come back), so
+  ``/ws`` lanes then take at most ``max_connections - 1``;
+* market data takes at most ``max_connections - max(reserve_connections, c)``, where ``c`` is
+  the account lanes plus the ``/cws`` connection: the reserve is kept for those, and used by
+  them once they exist;
+* a subscription that finds no room on its lanes opens a new lane if the budget allows, and
+  otherwise raises :class:`~alorws.errors.ConnectionLimitError` (a
+  :class:`~alorws.errors.SubscriptionLimitError`) before anything is sent; the first use of
+  ``client.trading`` when ``/ws`` lanes already take every connection raises it too.
+
+Lanes are never closed before the client is (an empty one stays for later subscriptions), so
+the count of lanes is the count of ``/ws`` connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConnectionLimitError, TransportTimeout
+from ..protocol import requests as rq
+from ..protocol.backoff import Backoff
+from ..protocol.registry import SubscriptionRegistry, SubscriptionState
+from .auth import TokenManager
+from .buffer import StreamBuffer
+from .endpoints import ssl_context_for
+from .lane import Lane, LaneKind, Tap
+
+
+if TYPE_CHECKING:
+    from .streams import Stream
+
+__all__ = ["LanePool"]
+
+
+class LanePool:
+    """The lanes of one client and the rules for placing subscriptions on them (see the module
+    docstring).
+
+    Args:
+        url: the ``/ws`` URL every lane connects to.
+        registry: the client's subscription registry (shared with the lanes).
+        max_connections, reserve_connections: the account's budget (``/cws`` included) and
+            the connections market data may not take.
+        max_subscriptions_per_connection: the registry's limit (for messages).
+        subscribe_timeout: how long a subscription waits for the server's confirmation.
+        cafile: a CA bundle every lane's TLS trusts (``AlorClient(cafile=...)``).
+        backoff, ping_interval, ping_timeout: passed to every lane.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        registry: SubscriptionRegistry[rq.SubscriptionRequest, int],
+        *,
+        max_connections: int,
+        reserve_connections: int,
+        max_subscriptions_per_connection: int,
+        subscribe_timeout: float,
+        cafile: str | None,
+        backoff: Backoff,
+        ping_interval: float,
+        ping_timeout: float,
+    ) -> None:
+        self.url = url
+        self.registry = registry
+        #: Where lanes get tokens: set once the client has its token manager.
+        self.tokens: TokenManager | None = None
+        self.max_connections = max_connections
+        self.reserve_connections = reserve_connections
+        self.max_subscriptions_per_connection = max_subscriptions_per_connection
+        self.subscribe_timeout = subscribe_timeout
+        self._cafile = cafile
+        self._backoff = backoff
+        self._ping = (ping_interval, ping_timeout)
+        self.lanes: dict[int, Lane] = {}
+        self.taps: list[Tap] = []  # I/O loop only (or before the client starts)
+        self._next_lane = 1
+        # Guards the budget: lanes are opened in the I/O loop, /cws is reserved from the
+        # consumer's loop, and neither may take the last connection from under the other.
+        self._budget = threading.Lock()
+        self._cws = False
+
+    # -- the budget ---------------------------------------------------------------------------
+
+    def reserve_cws(self) -> None:
+        """Count the ``/cws`` connection against the budget (once; any thread). Raises
+        :class:`~alorws.errors.ConnectionLimitError` if ``/ws`` lanes already take it all."""
+        with self._budget:
+            if self._cws:
+                return
+            if len(self.lanes) >= self.max_connections:
+                raise ConnectionLimitError(
+                    f"no connection left for /cws (orders): {len(self.lanes)} /ws connection(s) "
+                    f"take the account's budget of {self.max_connections}; keep "
+                    "reserve_connections >= 1 for trading, or raise max_connections if the "
+                    "account allows more. Nothing was sent."
+                )
+            self._cws = True
+
+    def _pick(self, kind: LaneKind) -> Lane:
+        """A lane of ``kind`` with room, or a new one if the budget allows (else
+        ConnectionLimitError, nothing sent)."""
+        lanes = [lane for lane in self.lanes.values() if lane.kind is kind]
+        for lane in lanes:
+            if self.registry.room(lane.id) > 0:
+                return lane
+        with self._budget:
+            self._check_budget(kind, lanes)
+            lane = self._open(kind)
+        lane.ensure_started()
+        return lane
+
+    def _check_budget(self, kind: LaneKind, lanes: list[Lane]) -> None:
+        """Raise ConnectionLimitError unless one more lane of ``kind`` fits (lock held)."""
+        cws = 1 if self._cws else 0
+        total = len(self.lanes) + cws
+        if kind is LaneKind.MARKET:
+            others = total - len(lanes)  # account lanes and /cws
+            allowed = self.max_connections - max(self.reserve_connections, others)
+            fits = len(lanes) < allowed
+        else:
+            allowed = self.max_connections - (total - len(lanes))
+            fits = total < self.max_connections
+        if fits:
+            return
+        used = sum(self.registry.count(lane.id) for lane in lanes)
+        cap = self.max_subscriptions_per_connection
+        raise ConnectionLimitError(
+            f"no room for another {kind.value} subscription: {len(lanes)} {kind.value} "
+            f"connection(s) hold {used} subscriptions (limit {cap} each) and may not grow: "
+            f"{kind.value} data may use {max(allowed, 0)} of the account's "
+            f"{self.max_connections} connections ({len(self.lanes)} /ws open, /cws "
+            f"{'counted' if cws else 'not used'}, reserve {self.reserve_connections}); "
+            "unsubscribe something or raise the budget. Nothing was sent."
+        )
+
+    def _open(self, kind: LaneKind) -> Lane:
+        """A new lane of ``kind``, with the taps (lock held)."""
+        lane_id = self._next_lane
+        self._next_lane += 1
+        lane = Lane(
+            lane_id,
+            kind,
+            self.url,
+            self.registry,
+            self._token,
+            self._refresh,
+            ssl_context=ssl_context_for(self.url, cafile=self._cafile),
+            backoff=self._backoff,
+            ping_interval=self._ping[0],
+            ping_timeout=self._ping[1],
+        )
+        for tap in self.taps:
+            lane.add_tap(tap)
+        self.lanes[lane_id] = lane
+        return lane
+
+    async def _token(self) -> str:
+        assert self.tokens is not None
+        return await self.tokens.token()
+
+    async def _refresh(self) -> str:
+        assert self.tokens is not None
+        return await self.tokens.refresh(force=True)
+
+    # -- subscribe / unsubscribe --------------------------------------------------------------
+
+    async def subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
+        """Subscribe ``stream`` (sharing an identical live subscription) and wait for the
+        confirmation; returns ``(guid, lane id)``."""
+        request = stream.request
+        existing = self.registry.find(request)
+        if existing is not None and existing.is_live:
+            sub = self.registry.subscribe(request, existing.connection_id).subscription
+            lane = self.lanes[sub.connection_id]
+            lane.attach(sub.guid, stream._buffer)
+            if stream.silence_timeout:
+                lane.watch(sub.guid, stream.silence_timeout)
+            waiter = lane._waiters.get(sub.guid)
+            if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
+                await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+            return sub.guid, lane.id
+        lane = self._pick(LaneKind.ACCOUNT if stream.account else LaneKind.MARKET)
+        sub = self.registry.subscribe(request, lane.id).subscription
+        waiter = await lane.add(sub, stream._buffer)
+        if stream.silence_timeout:
+            lane.watch(sub.guid, stream.silence_timeout)
+        await self._confirm(waiter, sub.guid, lane, stream)
+        return sub.guid, lane.id
+
+    async def subscribe_many(
+        self, streams: list[Stream[Any]]
+    ) -> list[tuple[str, int] | BaseException]:
+        """:meth:`subscribe` each stream at once; each result or exception, in order."""
+        return await asyncio.gather(*(self.subscribe(s) for s in streams), return_exceptions=True)
+
+    async def _confirm(self, waiter: Any, guid: str, lane: Lane, stream: Stream[Any]) -> None:
+        try:
+            async with asyncio.timeout(self.subscribe_timeout):
+                await waiter
+        except TimeoutError:
+            await self.unsubscribe(guid, lane.id, stream._buffer)
+            raise TransportTimeout(
+                f"{stream.name}: no confirmation within {self.subscribe_timeout} s "
+                f"({lane.last_error or 'connection not open'}); check the network or the URL"
+            ) from None
+        except BaseException:
+            lane.detach(guid, stream._buffer)
+            sub = self.registry.get(guid)
+            if sub is not None and sub.state is SubscriptionState.FAILED:
+                self.registry.unsubscribe(guid)
+            raise
+
+    async def unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
+        """Stop delivering to ``buffer``; the last holder of ``guid`` unsubscribes it."""
+        lane = self.lanes.get(lane_id)
+        if lane is None:
+            return
+        lane.detach(guid, buffer)
+        sub = self.registry.get(guid)
+        if sub is None or sub.state in (SubscriptionState.CLOSED, SubscriptionState.CLOSING):
+            return
+        if self.registry.unsubscribe(guid):
+            await lane.remove(guid)
+
+    # -- taps, drills, shutdown ---------------------------------------------------------------
+
+    def add_tap(self, tap: Tap) -> None:
+        """``AlorClient.add_tap`` in the I/O loop: from this frame on, on every lane."""
+        if tap not in self.taps:
+            self.taps.append(tap)
+        for lane in list(self.lanes.values()):
+            lane.add_tap(tap)
+
+    def remove_tap(self, tap: Tap) -> None:
+        """Remove ``tap`` in the I/O loop (after handing it what each lane holds)."""
+        with contextlib.suppress(ValueError):
+            self.taps.remove(tap)
+        for lane in list(self.lanes.values()):
+            lane.remove_tap(tap)
+
+    async def drop(self) -> None:
+        """Close every connection now; the lanes reconnect and restore."""
+        for lane in self.lanes.values():
+            lane.drop("dropped on request")
+
+    async def aclose(self) -> None:
+        """Close every lane."""
+        lanes = list(self.lanes.values())
+        await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each lane's stats (any thread)."""
+        return [lane.stats() for lane in list(self.lanes.values())]

@@ -52,6 +52,7 @@ from ..errors import (
     OrderStatusUnknown,
     TransportTimeout,
 )
+from ..lifecycle import StreamState
 from ..protocol import requests as rq
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
@@ -148,12 +149,12 @@ class BusStream(StreamBase[M]):
             bus._streams[self.handle] = self
             await self._ask()
         except BaseException:
-            self._state = "closed"
+            self._state = StreamState.CLOSED
             self._buffer.close()
             bus._streams.pop(self.handle, None)
             await self._drop_sub()
             raise
-        self._state = "open"
+        self._state = StreamState.OPEN
         return self
 
     async def _read_jetstream(self) -> JetStreamContext.PushSubscription:
@@ -218,7 +219,7 @@ class BusStream(StreamBase[M]):
             self._buffer.push(data)
 
     def _gap_starts(self, why: str) -> None:
-        if self._state != "open" or self._own_gap:
+        if self._state is not StreamState.OPEN or self._own_gap:
             return
         self._own_gap = True
         if not self._lane_down:
@@ -228,7 +229,7 @@ class BusStream(StreamBase[M]):
     def _gap_ends(self, why: str, lane_down: bool) -> None:
         """The stream is held again; ``lane_down``: the gateway's ALOR subscription is still
         restoring (its own ``restored`` will end the gap)."""
-        if self._state != "open" or not self._own_gap:
+        if self._state is not StreamState.OPEN or not self._own_gap:
             return
         self._own_gap = False
         self._lane_down = lane_down
@@ -316,10 +317,10 @@ class BusStream(StreamBase[M]):
 
     async def aclose(self) -> None:
         """Unsubscribe (the gateway's ALOR subscription ends when its last holder leaves)."""
-        if self._state == "closed":
+        if self._state is StreamState.CLOSED:
             return
-        was_open = self._state == "open"
-        self._state = "closed"
+        was_open = self._state is StreamState.OPEN
+        self._state = StreamState.CLOSED
         self._buffer.close()
         self._bus._streams.pop(self.handle, None)
         await self._drop_sub()
@@ -361,7 +362,7 @@ class BusStream(StreamBase[M]):
 
     async def get(self) -> M:
         """The next message (see :meth:`alorws.client.Stream.get`)."""
-        if self._state == "new":
+        if self._state is StreamState.NEW:
             await self.subscribe()
         while True:
             obj = self._handle(await self._buffer.get())
@@ -370,7 +371,7 @@ class BusStream(StreamBase[M]):
 
     async def get_batch(self, max_items: int = 1000) -> list[M]:
         """Everything available now (at least one message, at most ``max_items``)."""
-        if self._state == "new":
+        if self._state is StreamState.NEW:
             await self.subscribe()
         while True:
             items = await self._buffer.get_batch(max_items)
@@ -412,7 +413,7 @@ class BusStream(StreamBase[M]):
             received=self._received,
             bad_payloads=self.bad_payloads,
             duplicates=self._filter.duplicates if self._filter is not None else 0,
-            events=len(self.events),
+            events=sum(self.event_counts.values()),
             in_gap=self.in_gap,
         )
         return out
@@ -795,7 +796,7 @@ class BusClient(BusStreams):
         self._nc = nc  # still needed to say goodbye
         self._link.closing = True  # from here on, a lost connection is no gap to report
         for stream in list(self._streams.values()):
-            stream._state = "closed"
+            stream._state = StreamState.CLOSED
             stream._buffer.close()
             await stream._drop_sub()
         self._streams.clear()

@@ -118,7 +118,8 @@ class DataStream(Protocol[M]):
 
     @property
     def events(self) -> list[LaneEvent]:
-        """Connection events so far, in order."""
+        """The last connection events, in order (a bounded window; ``event_counts`` counts
+        them all)."""
 
     @property
     def bad_payloads(self) -> int:

@@ -164,7 +164,7 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         self.name = name
         self._format = Format(getattr(request, "format", Format.SIMPLE))
         # A StreamState (typed str: a subclass may still assign the plain value).
-        self._state: str = StreamState.NEW
+        self._state = StreamState.NEW
         #: The last EVENTS_KEPT connection events, oldest first.
         self.events: list[LaneEvent] = []
         #: Every connection event so far, counted by kind (``"disconnected"``: 3, …).

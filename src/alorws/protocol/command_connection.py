@@ -380,7 +380,7 @@ class CommandConnection:
             self.late_replies += 1
             log.debug("cws: reply %d to unknown or abandoned command %s", http_code, scrub(guid))
             return
-        self.latencies.append(int((now - pending.sent_at) * 1_000_000))
+        self.latencies.append(round((now - pending.sent_at) * 1_000_000))
         if http_code == 200:
             self.acks += 1
             number = order_number

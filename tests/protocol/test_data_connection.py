@@ -303,7 +303,9 @@ def test_a_quiet_connection_is_probed_and_kept_when_the_app_ping_is_answered() -
     assert guid is not None
     lane.reply(guid, now=5.1)
     assert lane.conn.app_ping_works is True
+    assert lane.conn.timer_moved  # the driver must ask next_tick() again
     assert lane.conn.next_tick() == -math.inf  # look at the counter again at once
+    assert not lane.conn.timer_moved
     lane.tick(5.1, messages=1)
     assert lane.events() == [] and lane.conn.next_tick() == pytest.approx(10.1)
     assert lane.registry.get(guid) is None  # the ping guid is not a subscription

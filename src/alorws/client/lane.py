@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import ssl
 import time
 from collections.abc import Callable
@@ -203,8 +202,7 @@ class Lane:
         self._close_waiters: dict[str, asyncio.Future[None]] = {}  # guid -> its unsubscribe
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._flusher: asyncio.Task[None] | None = None  # writes what the rules queue
-        self._timer_at = math.inf  # when the timer task calls tick() next
-        self._wake = asyncio.Event()  # tick() is due sooner than that
+        self._wake = asyncio.Event()  # tick() may be due sooner than the timer sleeps
         self._disconnected = asyncio.Event()
         self._opened = asyncio.Event()
         self._closing = False
@@ -310,10 +308,16 @@ class Lane:
             self._on_status(msg)
 
     def _on_status(self, reply: StatusReply) -> None:
-        self._conn.receive_status(
-            reply.request_guid, reply.http_code, reply.message, time.monotonic()
-        )
-        self._after()
+        conn = self._conn
+        conn.receive_status(reply.request_guid, reply.http_code, reply.message, time.monotonic())
+        # _after(), inlined: every reply of a restore burst comes through here.
+        events = conn.events_received()
+        if events:
+            self._dispatch(events)
+        if conn.has_data_to_send():
+            self._kick()
+        if conn.timer_moved:
+            self._wake.set()
 
     def _on_pong(self) -> None:
         self._conn.receive_pong(time.monotonic())
@@ -328,8 +332,7 @@ class Lane:
             self._dispatch(events)
         if conn.has_data_to_send():
             self._kick()
-        at = conn.next_tick()
-        if at is not None and at < self._timer_at:
+        if conn.timer_moved:
             self._wake.set()
 
     def _dispatch(self, events: list[DataEvent]) -> None:
@@ -423,20 +426,16 @@ class Lane:
         """Call the connection's tick() when it asks, or sooner when woken."""
         conn = self._conn
         wake = self._wake
-        try:
-            while True:
-                at = conn.next_tick()
-                self._timer_at = math.inf if at is None else at
-                wake.clear()
-                delay = None if at is None else at - time.monotonic()
-                if delay is None or delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await wake.wait()
-                conn.tick(time.monotonic(), self.messages, self._received)
-                self._after()
-        finally:
-            self._timer_at = math.inf
+        while True:
+            at = conn.next_tick()
+            wake.clear()
+            delay = None if at is None else at - time.monotonic()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+            conn.tick(time.monotonic(), self.messages, self._received)
+            self._after()
 
     def _received(self, guid: str) -> int | None:
         sink = self._sinks.get(guid)

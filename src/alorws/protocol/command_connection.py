@@ -14,9 +14,9 @@ The rules
 * **Generations.** Each connection attempt has a number; a command remembers the one it was last
   sent on. When a connection is lost, the commands in flight on it become *ambiguous* (they may
   have executed) and are re-sent, byte for byte with the same guid, after the next ``authorize``:
-  ``checkDuplicates`` makes the server execute a guid once (docs/protocol.md §6.1, §12.11). A
-  command built with ``check_duplicates=False`` is not re-sent: it ends as
-  :class:`~alorws.errors.OrderStatusUnknown`.
+  ``checkDuplicates`` makes the server execute a guid once (docs/protocol.md §6.1,
+  docs/protocol.md §12.11). A command built with ``check_duplicates=False`` is not re-sent: it
+  ends as :class:`~alorws.errors.OrderStatusUnknown`.
 * **Outcomes.** 200 acknowledges (:class:`CommandAcked`). A refusal is
   :class:`~alorws.errors.OrderRejected`, except for an ambiguous command: a server may refuse a
   duplicate guid (400, docs/protocol.md §5.3, unconfirmed), so that refusal does not prove the
@@ -29,10 +29,10 @@ The rules
   token if it has not changed) and the command re-sent on it, at most ``auth_retries`` times;
   then :class:`~alorws.errors.TokenRejected`. An ``authorize`` refused with 401 is retried once
   on a new connection with a refreshed token, then the failure is final.
-* **Tokens** (docs/protocol.md §2.6, §9.6). A new token re-authorizes the open connection. A
-  command sent after ``reauth_after_idle`` seconds without one first waits for ``authorize``
-  with a token issued now (an idle connection may have gone stale); so does the next connection
-  after one reset under a command in flight.
+* **Tokens** (docs/protocol.md §2.6, docs/protocol.md §9.6). A new token re-authorizes the open
+  connection. A command sent after ``reauth_after_idle`` seconds without one first waits for
+  ``authorize`` with a token issued now (an idle connection may have gone stale); so does the
+  next connection after one reset under a command in flight.
 
 What the caller must do
 -----------------------
@@ -62,8 +62,9 @@ import enum
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from ..errors import (
     AlorError,
@@ -129,8 +130,7 @@ class TokenChoice(enum.Enum):
     FRESH = "fresh"  # one issued now (docs/protocol.md §9.6); the current one if none comes
 
 
-@dataclass(frozen=True, slots=True)
-class AuthPlan:
+class AuthPlan(msgspec.Struct, frozen=True, gc=False):
     """What one ``authorize`` is for; hand it back to ``opened``/``reauthorized``.
 
     Attributes:
@@ -147,8 +147,7 @@ class AuthPlan:
 # -- events --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CommandAcked:
+class CommandAcked(msgspec.Struct, frozen=True, gc=False):
     """The server accepted command ``guid`` (``httpCode`` 200): give its caller the ack."""
 
     guid: str
@@ -156,21 +155,18 @@ class CommandAcked:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class CommandFailed:
+class CommandFailed(msgspec.Struct, frozen=True):
     """Command ``guid`` ends with ``error`` (rejected, unknown outcome, not sent, ...)."""
 
     guid: str
     error: AlorError
 
 
-@dataclass(frozen=True, slots=True)
-class ReauthorizeNeeded:
+class ReauthorizeNeeded(msgspec.Struct, frozen=True, gc=False):
     """Authorize the open connection again (unless that is already under way)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectNeeded:
+class ConnectNeeded(msgspec.Struct, frozen=True, gc=False):
     """A command waits for a connection: start connecting if nothing is."""
 
 
@@ -400,9 +396,9 @@ class CommandConnection:
             self._events.append(ReauthorizeNeeded())
         elif pending.ambiguous:
             # An earlier send was in flight when a connection dropped, so it may have executed.
-            # The simulator replays the first reply to a duplicate guid (docs/protocol.md
-            # §12.11), but a real server may refuse the duplicate instead (400,
-            # docs/protocol.md §5.3; unconfirmed): this refusal does not prove it was not placed.
+            # The simulator replays the first reply to a duplicate guid (docs/protocol.md §12.11),
+            # but a real server may refuse the duplicate instead (400, docs/protocol.md §5.3;
+            # unconfirmed): this refusal does not prove it was not placed.
             self.unknown += 1
             self._resolve(
                 pending,

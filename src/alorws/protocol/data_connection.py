@@ -18,11 +18,12 @@ The rules
   times per subscription, and never with the token that was refused (the caller refreshes, see
   :meth:`~DataConnection.token_refused`); a burst of 401s needs one refresh. The next 401 fails
   it (:class:`Failed` with :class:`~alorws.errors.TokenRejected`).
-* **Ping probing** (docs/protocol.md §3.7, §12.3). A connection that read nothing for
-  ``ping_interval`` seconds is probed: a WebSocket ping (:class:`SendPing`) and, unless the server
-  is known to ignore it, an ``opcode: "ping"`` request matched by its guid. An answer to either,
-  or any frame read meanwhile, within ``ping_timeout`` keeps it; otherwise :class:`Close`. The
-  connection learns whether the server answers the app ping and stops sending it if not.
+* **Ping probing** (docs/protocol.md §3.7, docs/protocol.md §12.3). A connection that read
+  nothing for ``ping_interval`` seconds is probed: a WebSocket ping (:class:`SendPing`) and,
+  unless the server is known to ignore it, an ``opcode: "ping"`` request matched by its guid. An
+  answer to either, or any frame read meanwhile, within ``ping_timeout`` keeps it; otherwise
+  :class:`Close`. The connection learns whether the server answers the app ping and stops
+  sending it if not.
 * **Silence** (docs/protocol.md §9.6). A subscription given a timeout
   (:meth:`~DataConnection.watch`) whose ``received`` counter stayed unchanged for longer than
   the timeout while it was ``ACTIVE`` on a live connection gets :class:`Silent`, then is
@@ -59,8 +60,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from ..errors import (
     AlorError,
@@ -69,7 +71,13 @@ from ..errors import (
     TokenRejected,
     TransportTimeout,
 )
-from .registry import StatusKind, Subscription, SubscriptionRegistry, SubscriptionState
+from .registry import (
+    StatusKind,
+    StatusOutcome,
+    Subscription,
+    SubscriptionRegistry,
+    SubscriptionState,
+)
 from .requests import SubscriptionRequest, encode_ping, encode_subscribe, encode_unsubscribe
 
 
@@ -101,45 +109,39 @@ _PENDING = SubscriptionState.PENDING
 # -- events: what the caller must act on ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Confirmed:
+class Confirmed(msgspec.Struct, frozen=True, gc=False):
     """The server confirmed subscription ``guid``: wake whoever waits for it."""
 
     guid: str
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(msgspec.Struct, frozen=True):
     """Subscription ``guid`` is refused for good: close its consumers with ``error``."""
 
     guid: str
     error: AlorError
 
 
-@dataclass(frozen=True, slots=True)
-class Unsubscribed:
+class Unsubscribed(msgspec.Struct, frozen=True, gc=False):
     """The server answered the unsubscribe of ``guid``: it is gone."""
 
     guid: str
 
 
-@dataclass(frozen=True, slots=True)
-class Disconnected:
+class Disconnected(msgspec.Struct, frozen=True, gc=False):
     """The connection is gone (every consumer of the lane): data may be missing from now on."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Restored:
+class Restored(msgspec.Struct, frozen=True, gc=False):
     """Every subscription of the lane was re-sent on a new connection, ``downtime`` seconds
     after the last one was lost (every consumer of the lane)."""
 
     downtime: float
 
 
-@dataclass(frozen=True, slots=True)
-class Silent:
+class Silent(msgspec.Struct, frozen=True, gc=False):
     """Subscription ``guid`` received nothing for ``silent_for`` seconds; it is being subscribed
     again (its consumers)."""
 
@@ -147,8 +149,7 @@ class Silent:
     silent_for: float
 
 
-@dataclass(frozen=True, slots=True)
-class Resubscribed:
+class Resubscribed(msgspec.Struct, frozen=True, gc=False):
     """The server confirmed ``guid`` again after :class:`Silent`; ``downtime`` is seconds since
     its last data (its consumers)."""
 
@@ -156,13 +157,11 @@ class Resubscribed:
     downtime: float
 
 
-@dataclass(frozen=True, slots=True)
-class SendPing:
+class SendPing(msgspec.Struct, frozen=True, gc=False):
     """Send a WebSocket ping frame now (the connection is being probed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(msgspec.Struct, frozen=True, gc=False):
     """Close the connection (``reason`` says why); then reconnect and restore as after any loss."""
 
     reason: str
@@ -272,6 +271,10 @@ class DataConnection:
         self._seen: dict[str, tuple[int, float]] = {}
         self._look_at: float | None = None
         self._resub: dict[str, _Resub] = {}
+        #: True when :meth:`next_tick` may have moved earlier since it was last called (an
+        #: answered ping, a new watch, a re-subscription step): read it after each call and
+        #: ask ``next_tick()`` again if set. ``next_tick()`` clears it.
+        self.timer_moved = False
 
         #: Connections restored after a loss.
         self.reconnects = 0
@@ -337,6 +340,7 @@ class DataConnection:
     def next_tick(self) -> float | None:
         """When to call :meth:`tick` next (same clock as ``now``), or None: not before another
         call into this object."""
+        self.timer_moved = False
         if not self._open:
             return None
         if self._check_seen is None:
@@ -376,6 +380,7 @@ class DataConnection:
         self._probe = None
         self._seen.clear()
         self._look_at = now + self._look_period() if self._watch else None
+        self.timer_moved = True
         if self._down_since is not None:
             self.reconnects += 1
             self._events.append(Restored(now - self._down_since))
@@ -461,6 +466,7 @@ class DataConnection:
             look_at = now + self._look_period()
             if self._look_at is None or look_at < self._look_at:
                 self._look_at = look_at
+                self.timer_moved = True
 
     # -- what the server says ------------------------------------------------------------------
 
@@ -476,10 +482,22 @@ class DataConnection:
                 self._probe = None
                 self._check_seen = None  # look again one interval from now
                 self.app_ping_works = True
+                self.timer_moved = True
             return  # a late answer: that probe was already judged
         resub = self._resub.get(guid)
         if resub is not None:
             self._resub_reply(guid, resub, http_code, message, now)
+            return
+        if http_code == 200:
+            # The common case (every reply of a restore burst), without a helper call.
+            outcome = self._registry.on_status(guid, 200, message)
+            if outcome.kind is StatusKind.CONFIRMED:
+                self._sent_with.pop(guid, None)
+                if self._auth_retries:
+                    self._auth_retries.pop(guid, None)
+                self._events.append(Confirmed(guid))
+            elif outcome.kind is not StatusKind.UNKNOWN:
+                self._report(guid, 200, message, outcome)
             return
         if http_code == 401:
             sub = self._registry.get(guid)
@@ -549,7 +567,18 @@ class DataConnection:
     def _apply_status(
         self, guid: str, http_code: int, message: str, error: AlorError | None = None
     ) -> None:
-        outcome = self._registry.on_status(guid, http_code, message)
+        self._report(
+            guid, http_code, message, self._registry.on_status(guid, http_code, message), error
+        )
+
+    def _report(
+        self,
+        guid: str,
+        http_code: int,
+        message: str,
+        outcome: StatusOutcome[SubscriptionRequest, int],
+        error: AlorError | None = None,
+    ) -> None:
         kind = outcome.kind
         if kind is StatusKind.CONFIRMED:
             self._auth_retries.pop(guid, None)
@@ -654,11 +683,13 @@ class DataConnection:
             resub.subscribing = True
             resub.retried = False
             resub.deadline = now + self._step_timeout
+            self.timer_moved = True
             self._out.append(_Out(_RESUB, guid, sub.request))
             return
         if http_code == 401 and not resub.retried:
             resub.retried = True
             resub.deadline = now + self._step_timeout
+            self.timer_moved = True
             request = resub.sub.request if resub.subscribing else None
             self._out.append(_Out(_RESUB, guid, request, self._sent_with.get(guid)))
             return

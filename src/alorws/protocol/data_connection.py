@@ -38,7 +38,8 @@ What the caller must do
 After every call below, drain :meth:`~DataConnection.events_received` and act on each event, and
 when :meth:`~DataConnection.has_data_to_send` is true, get a token and write every frame of
 :meth:`~DataConnection.data_to_send`. Then call :meth:`~DataConnection.tick` at
-:meth:`~DataConnection.next_tick` (sooner is harmless).
+:meth:`~DataConnection.next_tick` (sooner is harmless), and ask ``next_tick()`` again whenever
+:attr:`~DataConnection.timer_moved` is set.
 
 ``connection_opened(now)``
     The WebSocket is open. Send the restore burst (``data_to_send``) before anything else.

@@ -1,14 +1,20 @@
-"""Opening connections: a caller that gives up mid-handshake leaves no socket open."""
+"""Opening connections: a caller that gives up mid-handshake leaves no socket open; the shared
+reconnect iterator follows its policy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 import picows
+import pytest
 
-from alorws.client._ws import settle, ws_connect
+from alorws.client._ws import reconnecting, settle, ws_connect
+from alorws.errors import ConnectError, TokenRejected
+from alorws.protocol.backoff import NO_DELAY
+from alorws.protocol.reconnect import ReconnectPolicy, Retry
 
 
 async def test_cancel_during_the_handshake_closes_the_socket() -> None:
@@ -48,3 +54,50 @@ async def test_cancel_during_the_handshake_closes_the_socket() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class Flaky:
+    """A connect callable that fails as told, then returns numbered connections."""
+
+    def __init__(self, *outcomes: Exception | None) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        return self.calls
+
+
+async def test_reconnecting_retries_failures_and_reconnects_after_each_close() -> None:
+    """Failed attempts are retried by the policy; each opened connection is yielded once the
+    previous one is done with; the iteration ends when the backoff runs out."""
+    connect = Flaky(ConnectError("refused"), None, OSError("reset"), None)
+    seen: list[Exception] = []
+
+    def process(exc: Exception) -> Retry:
+        seen.append(exc)
+        return Retry.LATER
+
+    policy = ReconnectPolicy(dataclasses.replace(NO_DELAY, max_attempts=3))
+    async with asyncio.timeout(10):
+        got = [conn async for conn in reconnecting(connect, policy, process)]
+    # Attempt 1 fails, 2 opens, 3 fails, 4 opens; after it closes the three delays are used up.
+    assert got == [2, 4]
+    assert [type(e) for e in seen] == [ConnectError, OSError]
+    assert connect.calls == 4
+
+
+async def test_reconnecting_retries_at_once_or_gives_up_as_told() -> None:
+    """Retry.NOW uses no delay of the budget; Retry.NEVER re-raises the failure."""
+    refused = TokenRejected(401, "expired")
+    connect = Flaky(refused, refused)
+    verdicts = iter([Retry.NOW, Retry.NEVER])
+    policy = ReconnectPolicy(dataclasses.replace(NO_DELAY, max_attempts=0))
+    with pytest.raises(TokenRejected):
+        async with asyncio.timeout(10):
+            async for _ in reconnecting(connect, policy, lambda exc: next(verdicts)):
+                pass
+    assert connect.calls == 2

@@ -1,10 +1,16 @@
-"""Opening a picows connection without leaking its socket when the caller gives up.
+"""The picows side shared by lanes and the order client: connect, listen, reconnect.
 
-``picows.ws_connect`` aborts its transport on errors, but not when the awaiting task is
-cancelled (or times out) during the WebSocket handshake: the socket then stays open until the
-garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
-stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
-disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+* :func:`ws_connect` opens a connection without leaking its socket when the caller gives up.
+  ``picows.ws_connect`` aborts its transport on errors, but not when the awaiting task is
+  cancelled (or times out) during the WebSocket handshake: the socket then stays open until the
+  garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
+  stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
+  disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+* :class:`FrameListener` is the one picows listener: it hands every complete text or binary
+  message to a callback and reports pongs, the peer's close and the disconnect to others.
+* :func:`reconnecting` is the one reconnect loop: ``async for conn in reconnecting(...)`` yields
+  each opened connection and, once the loop body is done with it, waits what the pure
+  :class:`~alorws.protocol.reconnect.ReconnectPolicy` says before the next attempt.
 
 Every connect first passes the URL through :func:`~alorws.client.endpoints.check_url` (plain
 ``ws://`` only to loopback hosts), before any name is resolved, and HTTP redirects of the
@@ -15,21 +21,136 @@ clear text, and ALOR's sockets do not redirect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import picows
 
+from ..protocol.reconnect import STABLE_SECONDS, ReconnectPolicy, Retry
 from .endpoints import check_url
 
 
-__all__ = ["STABLE_SECONDS", "settle", "ws_connect"]
+__all__ = ["STABLE_SECONDS", "FrameListener", "reconnecting", "settle", "ws_connect"]
 
-#: A connection that lasted less than this (seconds) counts as a failed attempt: the reconnect
-#: backoff goes on growing instead of starting over, so a server that accepts and drops at
-#: once (a restart window flapping, docs/protocol.md §9.6) is not hammered at the backoff's base
-#: rate.
-STABLE_SECONDS = 10.0
+T = TypeVar("T")
+
+_TEXT = picows.WSMsgType.TEXT
+_BINARY = picows.WSMsgType.BINARY
+_CONT = picows.WSMsgType.CONTINUATION
+_CLOSE = picows.WSMsgType.CLOSE
+_PONG = picows.WSMsgType.PONG
+
+
+class FrameListener(picows.WSListener):
+    """picows callbacks for one connection: whole messages to ``on_frame``, nothing else.
+
+    Args:
+        on_frame: called with the payload of every complete text or binary message (fragments
+            joined), in the I/O loop; it must not raise.
+        on_disconnected: called once the connection is gone.
+        on_close: called with the peer's close code (None if none) and reason, before the
+            close is answered.
+        on_pong: called for every pong frame (``None``: pongs are ignored).
+        on_connected: called with the transport once the handshake is done.
+    """
+
+    def __init__(
+        self,
+        on_frame: Callable[[bytes], None],
+        on_disconnected: Callable[[], None],
+        *,
+        on_close: Callable[[int | None, str], None] | None = None,
+        on_pong: Callable[[], None] | None = None,
+        on_connected: Callable[[picows.WSTransport], None] | None = None,
+    ) -> None:
+        self.on_frame = on_frame
+        self._on_disconnected = on_disconnected
+        self._on_close = on_close
+        self._on_pong = on_pong
+        self._on_connected = on_connected
+        self.parts: list[bytes] | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        if self._on_connected is not None:
+            self._on_connected(transport)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        # Hot path without reading ``frame.msg_type`` (converting it to the Python enum costs
+        # more than the rest of the reader's work): picows answers PINGs itself, a control
+        # frame (PONG, CLOSE) carries at most 125 bytes (RFC 6455 §5.5), and outside a
+        # fragmented message a final frame is a whole TEXT/BINARY message.
+        if frame.fin and self.parts is None:
+            payload = frame.get_payload_as_bytes()
+            if len(payload) > 125:
+                self.on_frame(payload)
+                return
+        kind = frame.msg_type
+        if kind is _TEXT or kind is _BINARY:
+            if frame.fin:
+                self.on_frame(frame.get_payload_as_bytes())
+            else:
+                self.parts = [frame.get_payload_as_bytes()]
+        elif kind is _CONT:
+            if self.parts is not None:
+                self.parts.append(frame.get_payload_as_bytes())
+                if frame.fin:
+                    payload = b"".join(self.parts)
+                    self.parts = None
+                    self.on_frame(payload)
+        elif kind is _PONG:
+            if self._on_pong is not None:
+                self._on_pong()
+        elif kind is _CLOSE:
+            code = frame.get_close_code()
+            if self._on_close is not None:
+                self._on_close(getattr(code, "value", None), frame.get_close_reason() or "")
+            with contextlib.suppress(Exception):
+                if code is picows.WSCloseCode.NO_INFO:
+                    transport.send_close()
+                else:
+                    transport.send_close(code)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self._on_disconnected()
+
+
+async def reconnecting(
+    connect: Callable[[], Awaitable[T]],
+    policy: ReconnectPolicy,
+    process_exception: Callable[[Exception], Retry] = lambda exc: Retry.LATER,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncGenerator[T, None]:
+    """Connect, yield the connection, and after the loop body is done with it connect again.
+
+    Use it as ``async for conn in reconnecting(...)``: the body runs the connection until it is
+    gone; the next iteration waits the policy's delay and connects again. ``connect`` raising
+    asks ``process_exception`` what to do (:class:`~alorws.protocol.reconnect.Retry`):
+    ``LATER`` waits a backoff delay, ``NOW`` tries again at once, ``NEVER`` re-raises the
+    exception. The iteration ends when the policy gives up (the backoff ran out): the caller
+    fails what waits. Wrap it in :func:`contextlib.aclosing` when the body may ``break``.
+    """
+    while True:
+        try:
+            conn = await connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            retry = process_exception(exc)
+            if retry is Retry.NEVER:
+                raise
+            delay = policy.connect_failed(retry)
+        else:
+            policy.opened(clock())
+            yield conn
+            delay = policy.closed(clock())
+        if delay is None:
+            return
+        await asyncio.sleep(delay)
 
 
 async def ws_connect(

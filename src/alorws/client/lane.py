@@ -6,22 +6,15 @@ buffer. A data frame in the server's compact shape (``{"data":{…},"guid":"…"
 docs/protocol.md §3.4) is matched by its tail alone, one slice and one dict lookup, without parsing;
 anything else is routed by :func:`alorws.protocol.route`. Consumers decode later, in their own loop,
 envelope and payload in one pass (:func:`alorws.protocol.codec.frame_decoder_for`), so a frame
-nobody takes (a conflated ``latest`` item) is never parsed at all. Status replies drive the shared
-:class:`~alorws.protocol.registry.SubscriptionRegistry`.
+nobody takes (a conflated ``latest`` item) is never parsed at all.
 
-On any close or error the lane marks its subscriptions ``RESTORING``, waits a jittered
-exponential delay, reconnects with a fresh token and re-sends every subscription with its
-original guid in one pipelined burst (docs/protocol.md §9.5), without waiting for each reply.
-
-Silent subscriptions (docs/protocol.md §9.6). A subscription given a silence timeout
-(:meth:`Lane.watch`) is checked by a task of the I/O loop, a few times per timeout: it compares the
-sink's ``received`` counter (kept by the buffer anyway) with the last look, so the reader does
-nothing extra per frame. One that received nothing for longer than its timeout while the connection
-lives is subscribed again on the same connection, with the same guid: ``unsubscribe``, its reply,
-then the subscribe again (docs/protocol.md §3.8; a subscribe with a guid that is still active is
-refused, docs/protocol.md §12.2). The stream gets a ``silent`` event, then ``resubscribed`` once the
-server confirms. Should either step fail (no reply in time, a refusal), the lane drops its
-connection and restores everything: a new connection is sure to start empty (docs/protocol.md §3.8).
+The lane is a thin asyncio shell: every decision about the connection is taken by its
+:class:`~alorws.protocol.data_connection.DataConnection`, which documents the rules (restore with
+the original guids, the 401 re-send budget, ping probing, silent subscriptions subscribed again,
+docs/protocol.md §9.5-9.6). The lane feeds it status replies, pongs and the clock, writes the
+frames it asks for with a token from the token manager, and turns its events into
+:class:`LaneEvent` items, confirmations and failures for the consumers. Reconnects go through
+:func:`~alorws.client._ws.reconnecting` (jittered backoff, reset once a connection was stable).
 """
 
 from __future__ import annotations
@@ -38,27 +31,27 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import (
-    AlorError,
-    ConnectionClosed,
-    FrameError,
-    InvalidArgumentError,
-    ServerRejected,
-    TokenRejected,
-    TransportTimeout,
-    scrub,
-)
+from ..errors import AlorError, ConnectionClosed, FrameError, scrub
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
-from ..protocol.registry import StatusKind, Subscription, SubscriptionRegistry, SubscriptionState
-from ..protocol.requests import (
-    SubscriptionRequest,
-    encode_ping,
-    encode_subscribe,
-    encode_unsubscribe,
+from ..protocol.data_connection import (
+    Close,
+    Confirmed,
+    DataConnection,
+    DataEvent,
+    Disconnected,
+    Failed,
+    Restored,
+    Resubscribed,
+    SendPing,
+    Silent,
+    Unsubscribed,
 )
+from ..protocol.reconnect import ReconnectPolicy, Retry
+from ..protocol.registry import Subscription, SubscriptionRegistry
+from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
-from ._ws import STABLE_SECONDS, settle, ws_connect
+from ._ws import FrameListener, reconnecting, settle, ws_connect
 from .endpoints import check_url
 
 
@@ -67,13 +60,6 @@ __all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
 log = logging.getLogger("alorws.lane")
 
 _TEXT = picows.WSMsgType.TEXT
-_BINARY = picows.WSMsgType.BINARY
-_CONT = picows.WSMsgType.CONTINUATION
-_CLOSE = picows.WSMsgType.CLOSE
-_PONG = picows.WSMsgType.PONG
-
-#: 401 replies retried with a fresh token before the rejection reaches the consumer.
-_AUTH_RETRIES = 2
 
 
 class LaneKind(enum.StrEnum):
@@ -164,56 +150,6 @@ class Fanout:
         return max((sink.received for sink in self.sinks), default=0)
 
 
-class _Listener(picows.WSListener):
-    """picows callbacks: hand every complete text frame to the lane, nothing else."""
-
-    def __init__(self, lane: Lane) -> None:
-        self.lane = lane
-        self.on_frame = lane._on_frame
-        self.parts: list[bytes] | None = None
-
-    def on_ws_connected(self, transport: picows.WSTransport) -> None:
-        self.lane._transport = transport
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        # Hot path without reading ``frame.msg_type`` (converting it to the Python enum costs
-        # more than the rest of the reader's work): picows answers PINGs itself, a control
-        # frame (PONG, CLOSE) carries at most 125 bytes (RFC 6455 §5.5), and outside a
-        # fragmented message a final frame is a whole TEXT/BINARY message.
-        if frame.fin and self.parts is None:
-            payload = frame.get_payload_as_bytes()
-            if len(payload) > 125:
-                self.on_frame(payload)
-                return
-        kind = frame.msg_type
-        if kind is _TEXT or kind is _BINARY:
-            if frame.fin:
-                self.on_frame(frame.get_payload_as_bytes())
-            else:
-                self.parts = [frame.get_payload_as_bytes()]
-        elif kind is _CONT:
-            if self.parts is not None:
-                self.parts.append(frame.get_payload_as_bytes())
-                if frame.fin:
-                    payload = b"".join(self.parts)
-                    self.parts = None
-                    self.on_frame(payload)
-        elif kind is _PONG:
-            self.lane._last_pong = time.monotonic()
-        elif kind is _CLOSE:
-            code = frame.get_close_code()
-            self.lane._close_info = (getattr(code, "value", None), frame.get_close_reason() or "")
-            with contextlib.suppress(Exception):
-                if code is picows.WSCloseCode.NO_INFO:
-                    transport.send_close()
-                else:
-                    transport.send_close(code)
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        self.lane._on_disconnected()
-
-
 class Lane:
     """One reconnecting ``/ws`` connection and the subscriptions living on it.
 
@@ -244,9 +180,15 @@ class Lane:
         self._refresh = refresh_token  # async () -> force a refresh, returns the new token
         self._ssl = ssl_context
         self._backoff = backoff or Backoff()
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
         self._connect_timeout = connect_timeout
+        # Every rule of the connection lives here; the lane only does the I/O.
+        self._conn = DataConnection(
+            lane_id,
+            registry,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            step_timeout=connect_timeout,
+        )
 
         self.state = LaneState.IDLE
         # Taps (see add_tap): the frames of the current I/O-loop iteration, handed over once
@@ -256,42 +198,46 @@ class Lane:
         self._tapped_ns = 0
         self._transport: picows.WSTransport | None = None
         self._sinks: TailTable[Sink] = TailTable()
-        self._waiters: dict[str, asyncio.Future[None]] = {}
-        self._close_waiters: dict[str, asyncio.Future[None]] = {}
-        self._unsent: dict[str, SubscriptionRequest] = {}
-        self._auth_retries: dict[str, int] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, asyncio.Future[None]] = {}  # guid -> its confirmation
+        self._close_waiters: dict[str, asyncio.Future[None]] = {}  # guid -> its unsubscribe
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
-        self._last_token: str | None = None  # the token of the last frames sent
+        self._flusher: asyncio.Task[None] | None = None  # writes what the rules queue
+        self._wake = asyncio.Event()  # tick() may be due sooner than the timer sleeps
         self._disconnected = asyncio.Event()
         self._opened = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._close_info: tuple[int | None, str] | None = None
         self._drop_reason: str | None = None  # why we closed it ourselves, if we did
-        self._last_pong = 0.0
-        self._ping_guid: str | None = None
-        self._app_pong: asyncio.Event = asyncio.Event()
-        self._app_ping_works: bool | None = None  # learned: does the server answer opcode ping?
-        # Silence watch (docs/protocol.md §9.6): guid -> seconds without data before it is
-        # subscribed again; the task checking them; re-subscriptions under way and the reply each
-        # one awaits.
-        self._watch: dict[str, float] = {}
-        self._silence_task: asyncio.Task[None] | None = None
-        self._resubscribing: dict[str, asyncio.Task[None]] = {}
-        self._resub_waiters: dict[str, asyncio.Future[StatusReply]] = {}
+        self._lost: ConnectionClosed | None = None  # how the last attempt ended
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
         self.bad_frames = 0
         self._bad_log = BadFrameLog(log, f"lane {lane_id}")
         self.unrouted = 0
-        self.reconnects = 0
         self.connect_failures = 0
-        self.resubscribes = 0
-        self.resubscribe_failures = 0
         self.last_restore_seconds: float | None = None
         self.last_error: str | None = None
+
+    @property
+    def reconnects(self) -> int:
+        """Connections restored after a loss."""
+        return self._conn.reconnects
+
+    @property
+    def resubscribes(self) -> int:
+        """Silent subscriptions subscribed again."""
+        return self._conn.resubscribes
+
+    @property
+    def resubscribe_failures(self) -> int:
+        """Re-subscriptions of silent subscriptions that failed (the connection was dropped)."""
+        return self._conn.resubscribe_failures
+
+    @property
+    def _app_ping_works(self) -> bool | None:
+        return self._conn.app_ping_works
 
     # -- reader hot path ------------------------------------------------------------------
 
@@ -362,76 +308,138 @@ class Lane:
             self._on_status(msg)
 
     def _on_status(self, reply: StatusReply) -> None:
-        guid = reply.request_guid
-        if guid == self._ping_guid:
-            self._app_pong.set()
-            return
-        step = self._resub_waiters.pop(guid, None)
-        if step is not None:  # a step of a re-subscription (the registry keeps it ACTIVE)
-            if not step.done():
-                step.set_result(reply)
-            return
-        sub = self._registry.get(guid)
-        if (
-            reply.http_code == 401
-            and sub is not None
-            and sub.state is SubscriptionState.PENDING
-            and self._auth_retries.get(guid, 0) < _AUTH_RETRIES
-        ):
-            # The token expired under us (docs/protocol.md §2.6): refresh and resend with the same
-            # guid.
-            self._auth_retries[guid] = self._auth_retries.get(guid, 0) + 1
-            task = asyncio.get_running_loop().create_task(self._resend_with_fresh_token(sub))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            return
-        outcome = self._registry.on_status(guid, reply.http_code, reply.message)
-        waiter = self._waiters.pop(guid, None) if outcome.kind is not StatusKind.IGNORED else None
-        if outcome.kind is StatusKind.CONFIRMED:
-            self._auth_retries.pop(guid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        elif outcome.kind is StatusKind.REJECTED:
-            err: ServerRejected = outcome.error or ServerRejected(
-                reply.http_code, reply.message, guid
-            )
-            sink = self._sinks.pop(guid)
-            if sink is not None:
-                sink.close(err)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(err)
-        elif outcome.kind is StatusKind.CLOSED:
-            self._sinks.pop(guid)
-            closed = self._close_waiters.pop(guid, None)
-            if closed is not None and not closed.done():
-                closed.set_result(None)
-        elif outcome.kind is StatusKind.IGNORED:
-            log.debug("lane %d: status %s for %s ignored", self.id, reply.http_code, guid)
+        conn = self._conn
+        conn.receive_status(reply.request_guid, reply.http_code, reply.message, time.monotonic())
+        # _after(), inlined: every reply of a restore burst comes through here.
+        events = conn.events_received()
+        if events:
+            self._dispatch(events)
+        if conn.has_data_to_send():
+            self._kick()
+        if conn.timer_moved:
+            self._wake.set()
 
-    async def _resend_with_fresh_token(self, sub: Subscription[SubscriptionRequest, int]) -> None:
-        try:
-            # A burst of 401s (every subscription of a restore) needs one refresh, not one
-            # each: force it only if nobody has replaced the refused token yet.
+    def _on_pong(self) -> None:
+        self._conn.receive_pong(time.monotonic())
+
+    # -- acting on the rules ----------------------------------------------------------------
+
+    def _after(self) -> None:
+        """Act on what the connection decided: events, frames to write, the timer."""
+        conn = self._conn
+        events = conn.events_received()
+        if events:
+            self._dispatch(events)
+        if conn.has_data_to_send():
+            self._kick()
+        if conn.timer_moved:
+            self._wake.set()
+
+    def _dispatch(self, events: list[DataEvent]) -> None:
+        for event in events:
+            match event:
+                case Confirmed(guid=guid):
+                    waiter = self._waiters.pop(guid, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                case Failed(guid=guid, error=error):
+                    sink = self._sinks.pop(guid)
+                    if sink is not None:
+                        sink.close(error)
+                    waiter = self._waiters.pop(guid, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(error)
+                case Unsubscribed(guid=guid):
+                    self._sinks.pop(guid)
+                    closed = self._close_waiters.pop(guid, None)
+                    if closed is not None and not closed.done():
+                        closed.set_result(None)
+                case Disconnected(reason=reason):
+                    for closed in self._close_waiters.values():
+                        if not closed.done():
+                            closed.set_result(None)  # the server forgot it with the socket
+                    self._close_waiters.clear()
+                    self._broadcast(LaneEvent("disconnected", self.id, reason=reason))
+                case Restored(downtime=downtime):
+                    self._broadcast(LaneEvent("restored", self.id, downtime=downtime))
+                case Silent(guid=guid, silent_for=silent_for):
+                    sink = self._sinks.get(guid)
+                    if sink is not None:
+                        sink.push_event(
+                            LaneEvent(
+                                "silent",
+                                self.id,
+                                reason=f"no data for {silent_for:.1f} s; subscribing again",
+                                downtime=silent_for,
+                            )
+                        )
+                case Resubscribed(guid=guid, downtime=downtime):
+                    sink = self._sinks.get(guid)
+                    if sink is not None:
+                        sink.push_event(LaneEvent("resubscribed", self.id, downtime=downtime))
+                case SendPing():
+                    transport = self._transport
+                    if transport is not None:
+                        with contextlib.suppress(Exception):
+                            transport.send_ping()
+                case Close(reason=reason):
+                    self.drop(reason)
+
+    def _write_out(self, token: str, refreshed: bool = False) -> None:
+        for frame in self._conn.data_to_send(token, refreshed=refreshed):
+            if not self._send(frame):
+                break
+
+    async def _flush(self) -> None:
+        """Write what the connection queued, with a token it accepts (refreshed if it was
+        refused). Raises what the token manager raises."""
+        conn = self._conn
+        while conn.has_data_to_send():
             token = await self._token()
-            if token == self._last_token:
+            refreshed = False
+            if conn.token_refused(token):
+                # A burst of 401s needs one refresh: forced only while the refused token is
+                # still the current one.
                 token = await self._refresh()
-        except AlorError as exc:
-            self._fail_pending(sub.guid, exc)
-            return
-        self._last_token = token
-        if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
-            return
-        self._unsent[sub.guid] = sub.request  # connection gone: goes out with the restore
+                refreshed = True
+            self._write_out(token, refreshed)
 
-    def _fail_pending(self, guid: str, exc: AlorError) -> None:
-        outcome = self._registry.on_status(guid, 401, str(exc))
-        err = outcome.error or TokenRejected(401, str(exc), guid)
-        sink = self._sinks.pop(guid)
-        if sink is not None:
-            sink.close(err)
-        waiter = self._waiters.pop(guid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(err)
+    def _kick(self) -> None:
+        """Flush in the background (for callers that cannot await)."""
+        if self._flusher is None and not self._closing:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_in_background(), name=f"alorws-lane-{self.id}-send"
+            )
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self._flush()
+        except AlorError as exc:
+            log.warning("lane %d: no token to send with: %s", self.id, exc)
+            self._conn.token_failed(exc)
+            self._dispatch(self._conn.events_received())
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+
+    async def _run_timer(self) -> None:
+        """Call the connection's tick() when it asks, or sooner when woken."""
+        conn = self._conn
+        wake = self._wake
+        while True:
+            at = conn.next_tick()
+            wake.clear()
+            delay = None if at is None else at - time.monotonic()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+            conn.tick(time.monotonic(), self.messages, self._received)
+            self._after()
+
+    def _received(self, guid: str) -> int | None:
+        sink = self._sinks.get(guid)
+        return None if sink is None else sink.received
 
     # -- subscribe / unsubscribe (called by the pool) ---------------------------------------
 
@@ -450,12 +458,13 @@ class Lane:
         self._sinks[sub.guid] = sink
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[sub.guid] = waiter
-        if self.state is LaneState.OPEN:
+        if self._conn.is_open:
             token = await self._token()
-            self._last_token = token
-            if self._send(encode_subscribe(sub.request, guid=sub.guid, token=token)):
+            if self._conn.subscribe(sub):
+                self._write_out(token)
                 return waiter
-        self._unsent[sub.guid] = sub.request
+        else:
+            self._conn.subscribe(sub)  # goes out with the next restore
         self.ensure_started()
         return waiter
 
@@ -486,177 +495,28 @@ class Lane:
         """The last holder left: send the unsubscribe (the registry already said so) and wait
         up to ``wait`` s for the server's reply (a lost connection forgets it anyway)."""
         self._sinks.pop(guid)
-        self._unsent.pop(guid, None)
-        self._watch.pop(guid, None)
-        self._stop_resubscribe(guid)
+        self._conn.release(guid)
         waiter = self._waiters.pop(guid, None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
-        if self.state is not LaneState.OPEN:
+        if not self._conn.is_open:
             return
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close_waiters[guid] = closed
         token = await self._token()
-        if self._send(encode_unsubscribe(guid, token)):
+        if self._conn.send_unsubscribe(guid):
+            self._write_out(token)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await asyncio.shield(closed)
         self._close_waiters.pop(guid, None)
 
-    # -- silent subscriptions (docs/protocol.md §9.6) -----------------------------------------
-
     def watch(self, guid: str, timeout: float) -> None:
         """Subscribe ``guid`` again when it receives nothing for ``timeout`` seconds while the
-        connection lives. Streams sharing a subscription share the shortest timeout."""
-        if not (timeout > 0 and timeout < float("inf")):
-            raise InvalidArgumentError(
-                "silence_timeout", f"must be a finite number of seconds > 0, got {timeout!r}"
-            )
-        current = self._watch.get(guid)
-        self._watch[guid] = timeout if current is None else min(current, timeout)
-        self._start_silence_watch()
-
-    def _start_silence_watch(self) -> None:
-        if self._silence_task is None and self._watch and self.state is LaneState.OPEN:
-            self._silence_task = asyncio.get_running_loop().create_task(
-                self._silence_watch(), name=f"alorws-lane-{self.id}-silence"
-            )
-
-    async def _silence_watch(self) -> None:
-        """Look at every watched subscription's counter a few times per timeout."""
-        # (count at the last change, when it last changed); a first look starts the clock, so
-        # silence is measured from the (re)connect at the earliest.
-        seen: dict[str, tuple[int, float]] = {}
-        try:
-            while self._watch:
-                period = min(max(min(self._watch.values()) / 4, 0.02), 5.0)
-                await asyncio.sleep(period)
-                self._look(seen, time.monotonic())
-        finally:
-            if self._silence_task is asyncio.current_task():
-                self._silence_task = None
-
-    def _look(self, seen: dict[str, tuple[int, float]], now: float) -> None:
-        """One look at every watched subscription; ``seen`` keeps (count, when it changed)."""
-        for guid, timeout in list(self._watch.items()):
-            sink = self._sinks.get(guid)
-            sub = self._registry.get(guid)
-            if sink is None or sub is None:
-                self._watch.pop(guid, None)
-                seen.pop(guid, None)
-                continue
-            count = sink.received
-            last = seen.get(guid)
-            if (
-                last is None
-                or last[0] != count
-                or sub.state is not SubscriptionState.ACTIVE
-                or guid in self._resubscribing
-            ):
-                seen[guid] = (count, now)
-            elif now - last[1] > timeout:
-                seen[guid] = (count, now)  # the clock restarts with the re-subscribe
-                self._start_resubscribe(guid, now - last[1])
-        if len(seen) > len(self._watch):
-            for guid in [g for g in seen if g not in self._watch]:
-                del seen[guid]
-
-    def _start_resubscribe(self, guid: str, silent_for: float) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._resubscribe(guid, silent_for), name=f"alorws-lane-{self.id}-resubscribe"
-        )
-        self._resubscribing[guid] = task
-        task.add_done_callback(lambda t: self._resubscribe_done(guid, t))
-
-    def _resubscribe_done(self, guid: str, task: asyncio.Task[None]) -> None:
-        if self._resubscribing.get(guid) is task:
-            del self._resubscribing[guid]
-
-    def _stop_resubscribe(self, guid: str) -> None:
-        task = self._resubscribing.pop(guid, None)
-        if task is not None:
-            task.cancel()
-        waiter = self._resub_waiters.pop(guid, None)
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
-
-    async def _resubscribe(self, guid: str, silent_for: float) -> None:
-        """Unsubscribe, then subscribe again with the same guid (docs/protocol.md §3.8), on this
-        connection."""
-        sub = self._registry.get(guid)
-        sink = self._sinks.get(guid)
-        if sub is None or sink is None:
-            return
-        last_data = time.monotonic() - silent_for
-        self.resubscribes += 1
-        log.info("lane %d: %s silent for %.1f s; subscribing again", self.id, guid, silent_for)
-        sink.push_event(
-            LaneEvent(
-                "silent",
-                self.id,
-                reason=f"no data for {silent_for:.1f} s; subscribing again",
-                downtime=silent_for,
-            )
-        )
-        try:
-            await self._step(guid, lambda token: encode_unsubscribe(guid, token))
-            if self._registry.get(guid) is not sub or sub.state is not SubscriptionState.ACTIVE:
-                return  # released or lost meanwhile: nothing to put back
-            await self._step(
-                guid, lambda token: encode_subscribe(sub.request, guid=guid, token=token)
-            )
-        except asyncio.CancelledError:
-            raise
-        except AlorError as exc:
-            self.resubscribe_failures += 1
-            still = self._registry.get(guid) is sub and sub.state is SubscriptionState.ACTIVE
-            if still and self._transport is not None:
-                # The server may still hold a broken subscription under this guid: only a new
-                # connection is sure to start empty (docs/protocol.md §3.8).
-                self.drop(f"subscribing {guid} again failed: {exc}")
-            return
-        current = self._sinks.get(guid)
-        if current is not None:
-            current.push_event(
-                LaneEvent("resubscribed", self.id, downtime=time.monotonic() - last_data)
-            )
-
-    async def _step(self, guid: str, frame: Callable[[str], bytes]) -> None:
-        """Send one request for ``guid`` and wait for its reply; a 401 is retried once with a
-        refreshed token. Raises the refusal, ConnectionClosed or TransportTimeout."""
-        token = await self._token()
-        for attempt in range(2):
-            waiter: asyncio.Future[StatusReply] = asyncio.get_running_loop().create_future()
-            self._resub_waiters[guid] = waiter
-            self._last_token = token
-            try:
-                if not self._send(frame(token)):
-                    raise ConnectionClosed(None, "the connection closed")
-                try:
-                    async with asyncio.timeout(self._connect_timeout):
-                        reply = await waiter
-                except TimeoutError:
-                    raise TransportTimeout(f"no reply within {self._connect_timeout} s") from None
-            finally:
-                if self._resub_waiters.get(guid) is waiter:
-                    del self._resub_waiters[guid]
-            if reply.http_code == 200:
-                return
-            if reply.http_code != 401 or attempt:
-                raise ServerRejected(reply.http_code, reply.message, guid)
-            token = await self._refresh()
-
-    def _stop_silence_work(self) -> None:
-        """The connection is gone: its re-subscriptions with it (the restore re-sends all)."""
-        task, self._silence_task = self._silence_task, None
-        if task is not None:
-            task.cancel()
-        for guid in list(self._resubscribing):
-            self._stop_resubscribe(guid)
-        for waiter in self._resub_waiters.values():
-            if not waiter.done():
-                waiter.cancel()
-        self._resub_waiters.clear()
+        connection lives (docs/protocol.md §9.6). Streams sharing a subscription share the
+        shortest timeout."""
+        self._conn.watch(guid, timeout, time.monotonic())
+        self._after()
 
     # -- connection lifecycle ---------------------------------------------------------------
 
@@ -682,6 +542,12 @@ class Lane:
             return False
         return True
 
+    def _on_connected(self, transport: picows.WSTransport) -> None:
+        self._transport = transport
+
+    def _on_close(self, code: int | None, reason: str) -> None:
+        self._close_info = (code, reason)
+
     def _on_disconnected(self) -> None:
         self._transport = None
         self._disconnected.set()
@@ -694,10 +560,17 @@ class Lane:
             transport.disconnect(graceful=False)
 
     async def _connect(self) -> picows.WSTransport:
+        self.state = LaneState.CONNECTING
         self._disconnected.clear()
         self._close_info = None
         return await ws_connect(
-            lambda: _Listener(self),
+            lambda: FrameListener(
+                self._on_frame,
+                self._on_disconnected,
+                on_close=self._on_close,
+                on_pong=self._on_pong,
+                on_connected=self._on_connected,
+            ),
             self.url,
             ssl_context=self._ssl,
             step_timeout=self._connect_timeout,
@@ -707,126 +580,64 @@ class Lane:
             logger_name=f"alorws.lane{self.id}",
         )
 
+    def _connect_failed(self, exc: Exception) -> Retry:
+        self.connect_failures += 1
+        self.last_error = scrub(f"connect failed: {exc!r}")
+        log.info("lane %d: %s", self.id, self.last_error)
+        self._lost = ConnectionClosed(None, self.last_error)
+        self.state = LaneState.BACKOFF
+        return Retry.LATER
+
     async def _run(self) -> None:
-        delays = self._backoff.delays()
-        down_since: float | None = None
-        while not self._closing:
-            self.state = LaneState.CONNECTING
-            try:
-                transport = await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.connect_failures += 1
-                self.last_error = scrub(f"connect failed: {exc!r}")
-                log.info("lane %d: %s", self.id, self.last_error)
-                delay = next(delays, None)
-                if delay is None:
-                    self._fail_all(ConnectionClosed(None, self.last_error))
-                    return
+        attempts = reconnecting(
+            lambda: self._connect(), ReconnectPolicy(self._backoff), self._connect_failed
+        )
+        async with contextlib.aclosing(attempts):
+            async for transport in attempts:
+                await self._serve(transport)
+                if self._closing:
+                    break
                 self.state = LaneState.BACKOFF
-                await asyncio.sleep(delay)
-                continue
-            self._transport = transport
-            self.state = LaneState.OPEN
-            started = time.monotonic()
-            await self._restore()
-            self.last_restore_seconds = time.monotonic() - started
-            if down_since is not None:
-                self.reconnects += 1
-                self._broadcast(
-                    LaneEvent("restored", self.id, downtime=time.monotonic() - down_since)
-                )
-            opened_at = time.monotonic()
-            self._opened.set()
-            watchdog = asyncio.get_running_loop().create_task(self._watchdog(transport))
-            self._start_silence_watch()
-            try:
-                await self._disconnected.wait()
-            finally:
-                self._stop_silence_work()
-                watchdog.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
-            self._opened.clear()
-            self._transport = None
-            if self._closing:
-                break
-            down_since = time.monotonic()
-            if down_since - opened_at >= STABLE_SECONDS:
-                delays = self._backoff.delays()  # it worked for a while: start over
-            code, reason = self._close_info or (None, "connection lost")
-            # The close reason is the server's text: scrubbed, like every frame excerpt.
-            self.last_error = self._drop_reason or f"closed (code={code}, reason={scrub(reason)!r})"
-            self._drop_reason = None
-            log.info("lane %d: %s; restoring", self.id, self.last_error)
-            self._registry.connection_lost(self.id)
-            for closed in self._close_waiters.values():
-                if not closed.done():
-                    closed.set_result(None)  # the server forgot the subscription with the socket
-            self._close_waiters.clear()
-            self._broadcast(LaneEvent("disconnected", self.id, reason=self.last_error))
-            self.state = LaneState.BACKOFF
-            delay = next(delays, None)
-            if delay is None:
-                self._fail_all(ConnectionClosed(code, reason))
-                return
-            await asyncio.sleep(delay)
+        if not self._closing and self._lost is not None:
+            self._fail_all(self._lost)  # the backoff ran out
         self.state = LaneState.CLOSED
 
-    async def _restore(self) -> None:
-        """Re-send every subscription of this lane with its original guid, pipelined."""
-        token = await self._token()
-        self._last_token = token
-        frames: list[bytes] = []
-        for sub in self._registry.restore_plan(self.id):
-            frames.append(encode_subscribe(sub.request, guid=sub.guid, token=token))
-            self._registry.mark_resent(sub.guid)
-            self._unsent.pop(sub.guid, None)
-        for guid, request in list(self._unsent.items()):
-            pending = self._registry.get(guid)
-            if pending is not None and pending.state is SubscriptionState.PENDING:
-                frames.append(encode_subscribe(request, guid=guid, token=token))
-        self._unsent.clear()
-        for frame in frames:
-            if not self._send(frame):
-                break
-
-    async def _watchdog(self, transport: picows.WSTransport) -> None:
-        """Liveness: when the lane is silent, ping; no answer within the timeout = dead."""
-        # Silence is read off the message counter (no clock call per frame in the reader).
-        interval, timeout = self._ping_interval, self._ping_timeout
-        while True:
-            seen = self.messages
-            await asyncio.sleep(interval)
-            if self.messages != seen:
-                continue
-            # docs/protocol.md §3.7: the UI pings with opcode "ping" and matches the reply by
-            # requestGuid; the real server's answer is unverified (docs/protocol.md §12.3), so learn
-            # whether it answers, and fall back to WebSocket ping frames if it does not.
-            sent_at = time.monotonic()
-            seen = self.messages
-            self._app_pong.clear()
-            if self._app_ping_works is not False:
-                self._ping_guid = self._registry.new_guid()
-                self._send(encode_ping(self._ping_guid, await self._token()))
-            with contextlib.suppress(Exception):
-                transport.send_ping()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._app_pong.wait()
-            if self._app_pong.is_set():
-                self._app_ping_works = True
-                continue
-            if self._app_ping_works is None and self._last_pong >= sent_at:
-                self._app_ping_works = False  # the server ignores opcode ping: use WS pings
-                continue
-            if self._app_ping_works is False and self._last_pong >= sent_at:
-                continue
-            if self.messages != seen:
-                continue  # data arrived meanwhile
-            self.drop(f"no answer to ping within {timeout} s")
+    async def _serve(self, transport: picows.WSTransport) -> None:
+        """One connection: restore, run the timer until it is gone, then record the loss."""
+        self._transport = transport
+        self.state = LaneState.OPEN
+        conn = self._conn
+        started = time.monotonic()
+        conn.connection_opened(started)
+        try:
+            await self._flush()  # the restore burst, pipelined (docs/protocol.md §9.5)
+        except AlorError as exc:
+            # No token to restore with: this connection is useless; the next one tries again.
+            self.drop(f"no token to restore the subscriptions: {exc}")
+        self.last_restore_seconds = time.monotonic() - started
+        self._after()
+        self._opened.set()
+        timer = asyncio.get_running_loop().create_task(
+            self._run_timer(), name=f"alorws-lane-{self.id}-timer"
+        )
+        try:
+            await self._disconnected.wait()
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        self._opened.clear()
+        self._transport = None
+        if self._closing:
             return
+        code, reason = self._close_info or (None, "connection lost")
+        # The close reason is the server's text: scrubbed, like every frame excerpt.
+        self.last_error = self._drop_reason or f"closed (code={code}, reason={scrub(reason)!r})"
+        self._drop_reason = None
+        log.info("lane %d: %s; restoring", self.id, self.last_error)
+        self._lost = ConnectionClosed(code, reason)
+        conn.connection_lost(time.monotonic(), self.last_error)
+        self._after()
 
     def _broadcast(self, event: LaneEvent) -> None:
         for sink in list(self._sinks.by_guid.values()):
@@ -852,15 +663,10 @@ class Lane:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await transport.wait_disconnected()
-        task = self._task
-        if task is not None:
+        tasks = [t for t in (self._task, self._flusher) if t is not None]
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._stop_silence_work()
-        for bg in list(self._background):
-            bg.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await settle(self._attempts, self._connect_timeout)
         for waiter in self._waiters.values():
             if not waiter.done():
@@ -881,7 +687,7 @@ class Lane:
             "unrouted": self.unrouted,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
-            "watched": len(self._watch),
+            "watched": self._conn.watched,
             "resubscribes": self.resubscribes,
             "resubscribe_failures": self.resubscribe_failures,
             "last_restore_seconds": self.last_restore_seconds,

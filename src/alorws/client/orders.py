@@ -54,6 +54,11 @@ is authorized with a token issued now too, and the command is re-sent with the s
 "Exactly once"). If the auth server cannot be reached for that fresh token, the current one is
 used.
 
+Every rule above is decided by :class:`~alorws.protocol.command_connection.CommandConnection`
+(sans-I/O, tested without sockets); :class:`OrderClient` does the I/O around it: the socket, the
+token manager, the waiting callers. Reconnects go through :func:`~alorws.client._ws.reconnecting`,
+as the lanes' do.
+
 Tokens are never logged, never part of a ``repr`` or an exception message.
 """
 
@@ -61,14 +66,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import itertools
 import logging
 import math
 import ssl
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Final
@@ -85,8 +89,6 @@ from ..errors import (
     FrameError,
     InvalidArgumentError,
     InvalidState,
-    OrderRejected,
-    OrderStatusUnknown,
     TokenRejected,
     TransportError,
     TransportTimeout,
@@ -95,6 +97,16 @@ from ..errors import (
 )
 from ..protocol.backoff import Backoff
 from ..protocol.codec import StatusReply, decode_status
+from ..protocol.command_connection import (
+    DEFAULT_REAUTH_AFTER_IDLE,
+    CommandAcked,
+    CommandConnection,
+    CommandFailed,
+    ConnectNeeded,
+    ReauthorizeNeeded,
+    TokenChoice,
+    percentile,
+)
 from ..protocol.commands import (
     Command,
     CreateLimit,
@@ -115,8 +127,9 @@ from ..protocol.commands import (
     encode_command,
 )
 from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
+from ..protocol.reconnect import ReconnectPolicy, Retry
 from ._badframes import BadFrameLog
-from ._ws import STABLE_SECONDS, settle, ws_connect
+from ._ws import FrameListener, reconnecting, settle, ws_connect
 from .auth import RotatingTokenSource
 from .endpoints import check_url
 
@@ -126,18 +139,6 @@ __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 log = logging.getLogger("alorws.orders")
 
 _TEXT = picows.WSMsgType.TEXT
-_BINARY = picows.WSMsgType.BINARY
-_CONT = picows.WSMsgType.CONTINUATION
-_CLOSE = picows.WSMsgType.CLOSE
-
-#: 401 replies to one command answered by re-authorizing and re-sending, before TokenRejected.
-_AUTH_RETRIES: Final = 2
-#: Round-trip samples kept for the latency percentiles in ``stats()``.
-_LATENCY_SAMPLES: Final = 4096
-#: Default of ``reauth_after_idle``, seconds: well below the ~30 minutes after which an idle
-#: ``/cws`` connection is reported to go stale (docs/protocol.md §9.6), however the server counts
-#: them.
-DEFAULT_REAUTH_AFTER_IDLE: Final = 600.0
 
 _DELETES: Final[dict[str, type[Command]]] = {
     OrderType.MARKET.value: DeleteMarket,
@@ -166,44 +167,6 @@ class OrderAck(msgspec.Struct, frozen=True, gc=False):
     guid: str
 
 
-class _State(enum.StrEnum):
-    IDLE = "idle"  # not started yet, or given up (the next command starts it again)
-    CONNECTING = "connecting"
-    AUTHORIZING = "authorizing"
-    OPEN = "open"  # authorized: commands go straight out
-    BACKOFF = "backoff"
-    CLOSED = "closed"
-
-
-class _Pending:
-    """One command from submission to its reply."""
-
-    __slots__ = (
-        "ambiguous",
-        "auth_retries",
-        "command",
-        "frame",
-        "future",
-        "guid",
-        "needs_auth",
-        "sends",
-        "sent_gen",
-        "sent_ns",
-    )
-
-    def __init__(self, command: Command, frame: bytes, future: asyncio.Future[OrderAck]) -> None:
-        self.command = command
-        self.guid = command.guid
-        self.frame = frame  # encoded once: a re-send is byte-for-byte the same command
-        self.future = future
-        self.sends = 0
-        self.sent_gen = 0  # the connection it was last sent on (0: never sent)
-        self.sent_ns = 0
-        self.needs_auth = False  # got a 401: not executed, re-send after re-authorizing
-        self.auth_retries = 0
-        self.ambiguous = False  # a connection dropped while it was in flight
-
-
 class _Conn:
     """One ``/cws`` connection attempt."""
 
@@ -217,41 +180,8 @@ class _Conn:
         self.auth_waiters: dict[str, asyncio.Future[StatusReply]] = {}
         self.reauth: asyncio.Task[None] | None = None
 
-
-class _Listener(picows.WSListener):
-    """picows callbacks: hand each complete frame of one connection to the client."""
-
-    def __init__(self, client: OrderClient, conn: _Conn) -> None:
-        self.client = client
-        self.conn = conn
-        self.parts: list[bytes] | None = None
-
-    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is _TEXT or kind is _BINARY:
-            if frame.fin:
-                self.client._on_frame(self.conn, frame.get_payload_as_bytes())
-            else:
-                self.parts = [frame.get_payload_as_bytes()]
-        elif kind is _CONT:
-            if self.parts is not None:
-                self.parts.append(frame.get_payload_as_bytes())
-                if frame.fin:
-                    payload = b"".join(self.parts)
-                    self.parts = None
-                    self.client._on_frame(self.conn, payload)
-        elif kind is _CLOSE:
-            code = frame.get_close_code()
-            self.conn.close_info = (getattr(code, "value", None), frame.get_close_reason() or "")
-            with contextlib.suppress(Exception):
-                if code is picows.WSCloseCode.NO_INFO:
-                    transport.send_close()
-                else:
-                    transport.send_close(code)
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
-        self.client._on_disconnected(self.conn)
+    def on_close(self, code: int | None, reason: str) -> None:
+        self.close_info = (code, reason)
 
 
 def _default_guid_factory() -> Callable[[], str]:
@@ -262,13 +192,6 @@ def _default_guid_factory() -> Callable[[], str]:
     prefix = uuid.uuid4().hex[:20]
     counter = itertools.count(1)
     return lambda: f"{prefix}-{next(counter)}"
-
-
-def _percentile(ordered: list[int], q: float) -> int | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class OrderClient:
@@ -339,49 +262,25 @@ class OrderClient:
         self._price_step = price_step
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._ping = (ping_interval, ping_timeout)
-        self._reauth_after_idle = reauth_after_idle
+        # Every rule of the connection lives here; the client only does the I/O.
+        self._cmd = CommandConnection(reauth_after_idle=reauth_after_idle)
 
-        self._state = _State.IDLE
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: _Conn | None = None
-        self._gens = itertools.count(1)
-        self._pending: dict[str, _Pending] = {}  # insertion order = submission order
-        self._hold = False  # a command got 401: queue new ones until re-authorized
-        self._authorized_token: str | None = None  # which token this connection runs on
-        # When the connection last carried a command (monotonic), and whether the next
-        # authorize must use a token issued now (docs/protocol.md §9.6: after an idle time, or a
-        # reset).
-        self._last_command = 0.0
-        self._want_fresh = False
+        self._futures: dict[str, asyncio.Future[OrderAck]] = {}  # guid -> its waiting caller
         self._closed = False
         self._unlisten = tokens.add_listener(self._on_new_token)
-
-        # Counters (plain ints: everything runs in one loop).
-        self._commands = 0
-        self._frames_sent = 0
-        self._acks = 0
-        self._rejections = 0
-        self._resends = 0
-        self._unknown = 0
-        self._not_sent = 0
-        self._reconnects = 0
-        self._connect_failures = 0
-        self._authorizations = 0
-        self._reauthorizations = 0
-        self._idle_reauthorizations = 0
-        self._fresh_authorizations = 0
-        self._late_replies = 0
         self._bad_frames = 0
         self._bad_log = BadFrameLog(log, "cws")
-        self._latencies: deque[int] = deque(maxlen=_LATENCY_SAMPLES)
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
-        queued = self._queued()
+        cmd = self._cmd
+        queued = cmd.queued()
         return (
-            f"<OrderClient {self.url} {self._state.value} in_flight="
-            f"{len(self._pending) - queued} queued={queued} acks={self._acks}>"
+            f"<OrderClient {self.url} {cmd.state.value} in_flight="
+            f"{cmd.pending() - queued} queued={queued} acks={cmd.acks}>"
         )
 
     async def __aenter__(self) -> OrderClient:
@@ -761,83 +660,54 @@ class OrderClient:
         loop = self._check_usable()
         frame = encode_command(command)  # raises InvalidArgumentError for a non-command
         await self._check_price_step(command)
-        guid = command.guid
-        if guid in self._pending:
-            raise InvalidArgumentError(
-                "guid", f"{guid!r} is already in flight; await that command instead"
-            )
-        pending = _Pending(command, frame, loop.create_future())
-        self._pending[guid] = pending
-        self._commands += 1
-        if self._ready():
-            conn = self._conn
-            assert conn is not None
-            idle = self._reauth_after_idle
-            if idle is not None and time.monotonic() - self._last_command > idle:
-                # docs/protocol.md §9.6: the server may hold this idle connection stale; only an
-                # authorize with a token issued now clears it. The command waits for it (flushed
-                # after).
-                self._idle_reauthorizations += 1
-                self._want_fresh = True
-                self._request_reauth(conn, hold=True)
-            else:
-                self._transmit(conn, pending)
-        else:
-            self._ensure_started()
+        cmd = self._cmd
+        pending = cmd.submit(command, frame, time.monotonic())  # refuses a guid in flight
+        guid = pending.guid
+        future: asyncio.Future[OrderAck] = loop.create_future()
+        self._futures[guid] = future
+        self._act()
         deadline = asyncio.timeout(self._reply_timeout)
         try:
             async with deadline:
-                return await pending.future
+                return await future
         except TimeoutError:
             if not deadline.expired():
                 raise  # the command failed with a TimeoutError of its own
-            if not _maybe_executed(pending):
-                self._not_sent += 1
-                raise TransportTimeout(
-                    f"order command {guid!r} was not executed: no authorized /cws connection "
-                    f"within {self._reply_timeout} s ({self.last_error or 'still connecting'})"
-                ) from None
-            self._unknown += 1
-            raise OrderStatusUnknown(
-                guid, f"no reply within {self._reply_timeout} s after {pending.sends} send(s)"
-            ) from None
+            detail = self.last_error or "still connecting"
+            raise cmd.expire(pending, self._reply_timeout, detail) from None
         finally:
-            if self._pending.get(guid) is pending:
-                del self._pending[guid]
+            cmd.discard(pending)
+            if self._futures.get(guid) is future:
+                del self._futures[guid]
 
-    def _queued(self) -> int:
-        """Commands waiting to be sent (never sent, or refused with 401 and waiting)."""
-        return sum(1 for p in self._pending.values() if p.sends == 0 or p.needs_auth)
+    # -- acting on the rules ------------------------------------------------------------------
 
-    def _ready(self) -> bool:
-        return self._state is _State.OPEN and not self._hold and self._conn is not None
-
-    def _transmit(self, conn: _Conn, pending: _Pending) -> None:
-        """Send (or re-send) one command on ``conn``; a failed write counts as sent."""
-        if pending.sends:
-            self._resends += 1
-            log.info("cws: re-sending command %s (send #%d)", pending.guid, pending.sends + 1)
-        pending.sends += 1
-        pending.sent_gen = conn.gen
-        pending.needs_auth = False
-        pending.sent_ns = time.perf_counter_ns()
-        self._last_command = time.monotonic()
-        self._frames_sent += 1
-        # A frame written to a socket that dies may or may not have arrived: the command is
-        # "in flight" either way, and the connection-lost path re-sends it with the same guid.
-        self._write(conn, pending.frame)
-
-    def _flush(self) -> None:
-        """Send every command not in flight on the current connection, in submission order."""
-        conn = self._conn
-        if conn is None:
-            return
-        for pending in list(self._pending.values()):
-            if not self._ready():
-                return
-            if pending.sent_gen == conn.gen and not pending.needs_auth:
-                continue  # in flight here already
-            self._transmit(conn, pending)
+    def _act(self) -> None:
+        """Write what the rules queued on the current connection, then act on their events."""
+        cmd = self._cmd
+        frames = cmd.data_to_send()
+        if frames:
+            conn = self._conn
+            if conn is not None:
+                for frame in frames:
+                    # A frame written to a socket that dies may or may not have arrived: the
+                    # command is in flight either way (the lost connection makes it ambiguous).
+                    self._write(conn, frame)
+        for event in cmd.events_received():
+            match event:
+                case CommandAcked(guid=guid, order_number=number, message=message):
+                    future = self._futures.pop(guid, None)
+                    if future is not None and not future.done():
+                        future.set_result(OrderAck(number, 200, message, guid))
+                case CommandFailed(guid=guid, error=error):
+                    future = self._futures.pop(guid, None)
+                    if future is not None and not future.done():
+                        future.set_exception(error)
+                case ReauthorizeNeeded():
+                    if self._conn is not None:
+                        self._request_reauth(self._conn)
+                case ConnectNeeded():
+                    self._ensure_started()
 
     def _write(self, conn: _Conn, frame: bytes) -> bool:
         transport = conn.transport
@@ -869,65 +739,10 @@ class OrderClient:
             if not waiter.done():
                 waiter.set_result(reply)
             return
-        pending = self._pending.get(guid)
-        if pending is None:
-            # The caller timed out or went away; or a reply to a command from another client.
-            self._late_replies += 1
-            log.debug(
-                "cws: reply %d to unknown or abandoned command %s", reply.http_code, scrub(guid)
-            )
-            return
-        self._latencies.append((time.perf_counter_ns() - pending.sent_ns) // 1000)
-        code = reply.http_code
-        if code == 200:
-            self._acks += 1
-            number = reply.order_number
-            if number is None:
-                # docs/protocol.md §5 documents orderNumber on every order reply; a delete names the
-                # order anyway.
-                number = getattr(pending.command, "order_id", "") if _is_delete(pending) else ""
-            self._resolve(pending, OrderAck(number, code, reply.message, guid))
-        elif code == 401 and pending.auth_retries < _AUTH_RETRIES:
-            # docs/protocol.md §12.11: authorization is checked before anything runs: not executed,
-            # safe to resend.
-            pending.auth_retries += 1
-            pending.needs_auth = True
-            log.info("cws: command %s got 401; re-authorizing and re-sending", guid)
-            self._request_reauth(conn, hold=True)
-        elif pending.ambiguous:
-            # An earlier send was in flight when a connection dropped, so it may have executed.
-            # The simulator replays the first reply to a duplicate guid (docs/protocol.md §12.11),
-            # but a real server may refuse the duplicate instead (400, docs/protocol.md §5.3;
-            # unconfirmed): a refusal here does not prove the order was not placed.
-            self._unknown += 1
-            self._resolve(
-                pending,
-                OrderStatusUnknown(
-                    guid,
-                    f"the server answered {code} {reply.message!r} to a re-send after a "
-                    "reconnect; an earlier send may have executed (a server may refuse a "
-                    "duplicate guid)",
-                ),
-            )
-        else:
-            self._rejections += 1
-            err = (
-                TokenRejected(code, reply.message, guid)
-                if code == 401
-                else OrderRejected(code, reply.message, guid)
-            )
-            self._resolve(pending, err)
-
-    def _resolve(self, pending: _Pending, result: OrderAck | BaseException) -> None:
-        if self._pending.get(pending.guid) is pending:
-            del self._pending[pending.guid]
-        future = pending.future
-        if future.done():
-            return
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        self._cmd.receive_reply(
+            guid, reply.http_code, reply.message, reply.order_number, time.monotonic()
+        )
+        self._act()
 
     # -- connection lifecycle -----------------------------------------------------------------
 
@@ -951,7 +766,11 @@ class OrderClient:
     async def _connect(self, conn: _Conn) -> None:
         interval, timeout = self._ping
         conn.transport = await ws_connect(
-            lambda: _Listener(self, conn),
+            lambda: FrameListener(
+                functools.partial(self._on_frame, conn),
+                functools.partial(self._on_disconnected, conn),
+                on_close=conn.on_close,
+            ),
             self.url,
             ssl_context=self._ssl,
             step_timeout=self._connect_timeout,
@@ -985,8 +804,13 @@ class OrderClient:
             conn.auth_waiters.pop(guid, None)
         if reply.http_code != 200:
             raise rejection_for(reply.http_code, reply.message, guid)
-        self._authorized_token = token
-        self._authorizations += 1
+
+    async def _token_for(self, choice: TokenChoice) -> str:
+        if choice is TokenChoice.REFRESH:
+            return await self._tokens.refresh(force=True)
+        if choice is TokenChoice.FRESH:
+            return await self._fresh_token()
+        return await self._tokens.token()
 
     def _on_disconnected(self, conn: _Conn) -> None:
         conn.transport = None
@@ -1009,136 +833,92 @@ class OrderClient:
             async with asyncio.timeout(self._connect_timeout):
                 await conn.closed.wait()
 
+    async def _open(self) -> _Conn:
+        """One attempt: connect and authorize; the connection is usable when this returns."""
+        cmd = self._cmd
+        conn = self._conn = _Conn(cmd.connecting())
+        try:
+            await self._connect(conn)
+            cmd.authorizing()
+            plan = cmd.authorize_plan()
+            token = await self._token_for(plan.choice)
+            await self._authorize(conn, token)
+        except asyncio.CancelledError:
+            self._drop(conn)
+            raise
+        except Exception as exc:
+            self._drop(conn)
+            if isinstance(exc, TokenRejected) or not isinstance(exc, AuthError | InvalidState):
+                # docs/protocol.md §12.11: a refused authorize is closed by the server anyway.
+                await self._wait_closed(conn)
+            self._connection_lost(conn)
+            raise
+        cmd.opened(token, plan, time.monotonic())
+        log.info("cws: connected and authorized (%s)", self.url)
+        cmd.token_rotated(self._tokens.current)  # it may have rotated while we authorized
+        self._act()
+        return conn
+
+    def _open_failed(self, exc: Exception) -> Retry:
+        retry = self._cmd.open_failed(exc)
+        if isinstance(exc, TokenRejected):
+            self.last_error = f"authorize refused: {exc.http_code} {exc.message}"
+            if retry is Retry.NEVER:
+                log.error("cws: %s, also with a refreshed token", self.last_error)
+            else:
+                log.warning("cws: %s; retrying with a refreshed token", self.last_error)
+        elif retry is Retry.NEVER:  # the token manager gave up: final
+            self.last_error = f"no access token: {exc}"
+            log.error("cws: %s", self.last_error)
+        else:
+            self.last_error = scrub(f"connect or authorize failed: {exc!r}")
+            log.info("cws: %s", self.last_error)
+        return retry
+
     async def _run(self) -> None:
         """Connect, authorize, flush, wait for the drop; again, forever (or until given up)."""
-        delays = self._backoff.delays()
-        rejected = 0  # consecutive 401s to authorize
+        attempts = reconnecting(self._open, ReconnectPolicy(self._backoff), self._open_failed)
         try:
-            while not self._closed:
-                conn = self._conn = _Conn(next(self._gens))
-                self._state = _State.CONNECTING
-                try:
-                    await self._connect(conn)
-                    self._state = _State.AUTHORIZING
-                    fresh = self._want_fresh
-                    if rejected:  # refused once; retry with a fresh token (docs/protocol.md §2.6)
-                        token = await self._tokens.refresh(force=True)
-                    elif fresh:  # reset under a command last time (docs/protocol.md §9.6)
-                        token = await self._fresh_token()
-                    else:
-                        token = await self._tokens.token()
-                    await self._authorize(conn, token)
-                    if fresh:
-                        self._want_fresh = False
-                        self._fresh_authorizations += 1
-                except TokenRejected as exc:
-                    rejected += 1
-                    self.last_error = f"authorize refused: {exc.http_code} {exc.message}"
-                    self._drop(conn)  # docs/protocol.md §12.11: the server closes it anyway (1008)
-                    await self._wait_closed(conn)
-                    self._connection_lost(conn)
-                    if rejected > 1:
-                        log.error("cws: %s, also with a refreshed token", self.last_error)
-                        self._fail_all(exc)
-                        return
-                    log.warning("cws: %s; retrying with a refreshed token", self.last_error)
-                    continue
-                except (AuthError, InvalidState) as exc:  # the token manager gave up: final
-                    self.last_error = f"no access token: {exc}"
-                    log.error("cws: %s", self.last_error)
-                    self._drop(conn)
-                    self._connection_lost(conn)
-                    self._fail_all(exc)
-                    return
-                except asyncio.CancelledError:
-                    self._drop(conn)
-                    raise
-                except Exception as exc:
-                    self._connect_failures += 1
-                    self.last_error = scrub(f"connect or authorize failed: {exc!r}")
-                    log.info("cws: %s", self.last_error)
-                    self._drop(conn)
-                    await self._wait_closed(conn)
-                else:
-                    rejected = 0
-                    opened_at = time.monotonic()
-                    self._state = _State.OPEN
-                    self._last_command = time.monotonic()  # a new connection is not idle
-                    log.info("cws: connected and authorized (%s)", self.url)
-                    if self._tokens.current != self._authorized_token:
-                        self._request_reauth(conn)  # the token rotated while we authorized
-                    self._flush()
+            async with contextlib.aclosing(attempts):
+                async for conn in attempts:
                     await conn.closed.wait()
                     code, reason = conn.close_info or (None, "connection lost")
                     self.last_error = f"closed (code={code}, reason={scrub(reason)!r})"
                     if not self._closed:
                         log.info("cws: %s; reconnecting", self.last_error)
-                        self._reconnects += 1
-                    if time.monotonic() - opened_at >= STABLE_SECONDS:
-                        delays = self._backoff.delays()  # it worked for a while: start over
-                self._connection_lost(conn)
-                if self._closed:
-                    break
-                self._state = _State.BACKOFF
-                delay = next(delays, None)
-                if delay is None:
-                    self._fail_all(
-                        ConnectError(f"could not connect to {self.url}: {self.last_error}")
-                    )
-                    return
-                await asyncio.sleep(delay)
+                    self._connection_lost(conn)
+                    if self._closed:
+                        break
+            if not self._closed:  # the backoff ran out
+                self._fail_all(ConnectError(f"could not connect to {self.url}: {self.last_error}"))
+        except AlorError as exc:  # final (Retry.NEVER): no token, or authorize refused twice
+            self._fail_all(exc)
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
             self._conn = None
-            if not self._closed:
-                self._state = _State.IDLE
+            self._cmd.stopped()
 
     def _connection_lost(self, conn: _Conn) -> None:
-        """Forget the connection; decide the fate of the commands in flight on it."""
+        """Forget the connection; the rules decide the fate of the commands in flight on it."""
         if conn.reauth is not None:
             conn.reauth.cancel()
-        if self._conn is conn:
-            self._hold = False
-            self._authorized_token = None
-        for pending in list(self._pending.values()):
-            if pending.sent_gen != conn.gen or pending.needs_auth:
-                continue  # queued, or refused with 401 (not executed): just send it again
-            # docs/protocol.md §9.6: a connection reset under a command may have gone stale; only a
-            # token issued now clears that, on the next connection too.
-            self._want_fresh = True
-            pending.ambiguous = True  # it may have executed: a re-send must be deduplicated
-            if not pending.command.check_duplicates:
-                self._unknown += 1
-                self._resolve(
-                    pending,
-                    OrderStatusUnknown(
-                        pending.guid,
-                        "the connection dropped before the reply and the command has "
-                        "checkDuplicates off, so re-sending it could execute it twice",
-                    ),
-                )
+        self._cmd.connection_lost(conn.gen)
+        self._act()
 
     def _fail_all(self, exc: AlorError) -> None:
         """The loop gives up: fail every pending command (sent ones are unknown, not failed)."""
-        for pending in list(self._pending.values()):
-            if _maybe_executed(pending):
-                self._unknown += 1
-                self._resolve(pending, OrderStatusUnknown(pending.guid, str(exc)))
-            else:
-                self._resolve(pending, exc)
+        self._cmd.give_up(exc)
+        self._act()
 
     # -- re-authorization ---------------------------------------------------------------------
 
     def _on_new_token(self, token: str) -> None:
         """Token manager listener: re-authorize the open connection with the new token."""
-        conn = self._conn
-        if conn is not None and self._state is _State.OPEN and token != self._authorized_token:
-            self._request_reauth(conn)
+        self._cmd.token_rotated(token)
+        self._act()
 
-    def _request_reauth(self, conn: _Conn, *, hold: bool = False) -> None:
-        if hold:
-            self._hold = True  # queue new commands until the connection is authorized again
+    def _request_reauth(self, conn: _Conn) -> None:
         if conn.reauth is None or conn.reauth.done():
             conn.reauth = asyncio.get_running_loop().create_task(
                 self._reauthorize(conn), name="alorws-cws-reauth"
@@ -1146,29 +926,21 @@ class OrderClient:
 
     async def _reauthorize(self, conn: _Conn) -> None:
         """Send ``authorize`` on the open connection until it runs on the current token."""
+        cmd = self._cmd
         try:
-            while self._conn is conn and self._state is _State.OPEN:
-                hold = self._hold
-                fresh = self._want_fresh
+            while self._conn is conn:
                 token = await self._tokens.token()
-                if fresh:
-                    token = await self._fresh_token()  # docs/protocol.md §9.6: a long idle time
-                elif token == self._authorized_token:
-                    if not hold:
-                        return  # up to date
-                    # A command got 401 on this very token: the server thinks it expired.
-                    token = await self._tokens.refresh(force=True)
+                plan = cmd.reauthorization(token)
+                if plan is None:
+                    return  # up to date
+                if plan.choice is not TokenChoice.CURRENT:
+                    token = await self._token_for(plan.choice)
                 if self._conn is not conn:
                     return
                 await self._authorize(conn, token)
-                self._reauthorizations += 1
-                if fresh:
-                    self._want_fresh = False
-                    self._fresh_authorizations += 1
+                cmd.reauthorized(token, plan, time.monotonic())
                 log.debug("cws: re-authorized on the open connection")
-                if hold:
-                    self._hold = False
-                    self._flush()
+                self._act()
         except asyncio.CancelledError:
             raise
         except AlorError as exc:
@@ -1199,6 +971,7 @@ class OrderClient:
         if self._closed:
             return
         self._closed = True
+        self._cmd.start_closing()
         self._unlisten()
         conn = self._conn
         if conn is not None and conn.transport is not None:
@@ -1214,19 +987,8 @@ class OrderClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await settle(self._attempts, self._connect_timeout)
-        for pending in list(self._pending.values()):
-            if _maybe_executed(pending):
-                self._unknown += 1
-                self._resolve(
-                    pending,
-                    OrderStatusUnknown(pending.guid, "the OrderClient was closed before the reply"),
-                )
-            else:
-                self._resolve(
-                    pending,
-                    InvalidState("the OrderClient was closed before the command was sent"),
-                )
-        self._state = _State.CLOSED
+        self._cmd.close()
+        self._act()
 
     def stats(self) -> dict[str, Any]:
         """Counters, state and ack round-trip latency (µs, last 4096 acks and rejections).
@@ -1239,31 +1001,32 @@ class OrderClient:
         with a token fetched for it: after an idle time or a reset, docs/protocol.md §9.6);
         ``in_flight`` and ``queued`` now.
         """
-        ordered = sorted(self._latencies)
-        queued = self._queued()
+        cmd = self._cmd
+        ordered = sorted(cmd.latencies)
+        queued = cmd.queued()
         return {
-            "state": self._state.value,
+            "state": cmd.state.value,
             "url": self.url,
-            "commands": self._commands,
-            "sent": self._frames_sent,
-            "acks": self._acks,
-            "rejections": self._rejections,
-            "resends": self._resends,
-            "unknown": self._unknown,
-            "not_sent": self._not_sent,
-            "reconnects": self._reconnects,
-            "connect_failures": self._connect_failures,
-            "authorizations": self._authorizations,
-            "reauthorizations": self._reauthorizations,
-            "idle_reauthorizations": self._idle_reauthorizations,
-            "fresh_authorizations": self._fresh_authorizations,
-            "in_flight": len(self._pending) - queued,
+            "commands": cmd.commands,
+            "sent": cmd.frames_sent,
+            "acks": cmd.acks,
+            "rejections": cmd.rejections,
+            "resends": cmd.resends,
+            "unknown": cmd.unknown,
+            "not_sent": cmd.not_sent,
+            "reconnects": cmd.reconnects,
+            "connect_failures": cmd.connect_failures,
+            "authorizations": cmd.authorizations,
+            "reauthorizations": cmd.reauthorizations,
+            "idle_reauthorizations": cmd.idle_reauthorizations,
+            "fresh_authorizations": cmd.fresh_authorizations,
+            "in_flight": cmd.pending() - queued,
             "queued": queued,
-            "late_replies": self._late_replies,
+            "late_replies": cmd.late_replies,
             "bad_frames": self._bad_frames,
             "latency_us": {
-                "p50": _percentile(ordered, 0.50),
-                "p99": _percentile(ordered, 0.99),
+                "p50": percentile(ordered, 0.50),
+                "p99": percentile(ordered, 0.99),
                 "samples": len(ordered),
             },
             "last_error": self.last_error,
@@ -1273,12 +1036,3 @@ class OrderClient:
 def _put(fields: dict[str, Any], **optional: Any) -> None:
     """Add the optional fields that are set (unset ones stay UNSET: not sent)."""
     fields.update({name: value for name, value in optional.items() if value is not None})
-
-
-def _is_delete(pending: _Pending) -> bool:
-    return isinstance(pending.command, DeleteMarket | DeleteLimit | DeleteStop | DeleteStopLimit)
-
-
-def _maybe_executed(pending: _Pending) -> bool:
-    """Whether the server may have executed the command (so failing it must say "unknown")."""
-    return pending.ambiguous or (pending.sends > 0 and not pending.needs_auth)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from alorws.client import AlorClient, LaneEvent, Stream
+from alorws.errors import AuthError
 from alorws.protocol import Order, OwnTrade, Position
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
@@ -384,3 +385,49 @@ async def test_a_burst_of_401s_refreshes_the_token_once(client: AlorClient, sim:
     assert 1 <= client._tokens.stats["refreshes"] - before <= 2
     for s in streams:
         await s.aclose()
+
+
+async def test_a_refresh_token_refused_during_a_restore_ends_the_streams_with_the_error(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """The refresh token is revoked and every access token expires; the next restore cannot get
+    a token: the lane's streams end with an AuthError instead of hanging, and the lane stops."""
+    quotes = await client.quotes("SBER")
+    book = await client.order_book("GAZP")
+    await asyncio.wait_for(quotes.get(), 10)
+    assert sim.engine.revoke_refresh_token(sim.demo_refresh_token)
+    sim.faults.expire_tokens()
+    sim.faults.drop(1006)
+    for stream in (quotes, book):
+        with pytest.raises(AuthError):
+            async with asyncio.timeout(15):
+                while True:
+                    await stream.get()
+        assert not stream.is_open
+
+
+async def test_a_refused_refresh_token_at_a_restore_ends_the_streams(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """The token source refuses (the refresh token was revoked) just when a restore needs a
+    token: the lane's streams end with that AuthError instead of hanging (the lane task used to
+    die silently) or retrying forever, and nothing more is sent."""
+    quotes = await client.quotes("SBER")
+    book = await client.order_book("GAZP")
+    await asyncio.wait_for(quotes.get(), 10)
+    tokens = client._tokens
+    assert tokens is not None
+    refused = AuthError("the refresh token was refused (HTTP 403)")
+
+    async def token() -> str:
+        raise refused
+
+    tokens.token = token  # type: ignore[method-assign]
+    tokens.refresh = lambda force=False: token()  # type: ignore[method-assign]
+    sim.faults.drop(1006)
+    for stream in (quotes, book):
+        with pytest.raises(AuthError, match="refresh token was refused"):
+            async with asyncio.timeout(15):
+                while True:
+                    await stream.get()
+        assert not stream.is_open

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from alorws.errors import AuthError, InvalidArgumentError, ServerRejected, TokenRejected
+from alorws.errors import (
+    AuthError,
+    ConnectError,
+    InvalidArgumentError,
+    ServerRejected,
+    TokenRejected,
+)
 from alorws.protocol.data_connection import (
     AUTH_RETRIES,
     Close,
@@ -244,6 +250,61 @@ def test_a_401_with_no_token_to_be_had_fails_the_subscription() -> None:
     (event,) = lane.events()
     assert isinstance(event, Failed) and isinstance(event.error, TokenRejected)
     assert "refresh token was refused" in str(event.error)
+    assert lane.state(guid) is SubscriptionState.FAILED
+
+
+def _restoring(lane: Lane) -> str:
+    """A subscription confirmed once, its connection lost and reopened: re-sent, PENDING."""
+    (guid,) = _open_with(lane, 1)
+    lane.conn.connection_lost(1.0, "closed (code=1006)")
+    lane.conn.connection_opened(2.0)
+    assert [f["guid"] for f in lane.sent("t0")] == [guid]
+    lane.events()
+    return guid
+
+
+def test_a_restoring_subscription_refused_past_the_budget_closes_the_connection() -> None:
+    """A subscription being restored is live to its consumers: 401s past the budget (a token
+    that expired under the restore) close the connection for the next one to restore it; the
+    subscription is not failed."""
+    lane = Lane()
+    guid = _restoring(lane)
+    for attempt in range(1, AUTH_RETRIES + 1):
+        lane.reply(guid, 401)
+        assert lane.events() == []
+        lane.sent(f"t{attempt}")
+    lane.reply(guid, 401)
+    (event,) = lane.events()
+    assert isinstance(event, Close) and "reconnecting" in event.reason
+    assert lane.state(guid) is SubscriptionState.PENDING
+    lane.conn.connection_lost(3.0, event.reason)
+    assert lane.state(guid) is SubscriptionState.RESTORING
+    lane.conn.connection_opened(4.0)
+    assert [(f["guid"], f["token"]) for f in lane.sent("t9")] == [(guid, "t9")]
+    lane.reply(guid)  # and the budget starts over
+    assert lane.state(guid) is SubscriptionState.ACTIVE
+
+
+def test_a_restoring_subscription_with_no_token_for_now_closes_the_connection() -> None:
+    """No token can be had because the auth server is unreachable (a transport error, e.g. a
+    restart of ALOR's servers): the restoring subscription is kept and the connection closes."""
+    lane = Lane()
+    guid = _restoring(lane)
+    lane.reply(guid, 401)
+    lane.conn.token_failed(ConnectError("could not refresh the access token: HTTP 503"))
+    events = lane.events()
+    assert [type(e) for e in events] == [Close]
+    assert lane.state(guid) is SubscriptionState.PENDING
+
+
+def test_a_restoring_subscription_fails_when_the_refresh_token_is_refused() -> None:
+    """The refresh token itself refused (an AuthError) is final, restoring or not."""
+    lane = Lane()
+    guid = _restoring(lane)
+    lane.reply(guid, 401)
+    lane.conn.token_failed(AuthError("the refresh token was refused"))
+    (event,) = lane.events()
+    assert isinstance(event, Failed) and isinstance(event.error, TokenRejected)
     assert lane.state(guid) is SubscriptionState.FAILED
 
 

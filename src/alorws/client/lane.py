@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import AlorError, ConnectionClosed, FrameError, scrub
+from ..errors import AlorError, AuthError, ConnectionClosed, FrameError, scrub
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.data_connection import (
@@ -210,6 +210,7 @@ class Lane:
         self._close_info: tuple[int | None, str] | None = None
         self._drop_reason: str | None = None  # why we closed it ourselves, if we did
         self._lost: ConnectionClosed | None = None  # how the last attempt ended
+        self._fatal: AuthError | None = None  # the refresh token was refused: stop, fail all
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
@@ -595,10 +596,13 @@ class Lane:
         async with contextlib.aclosing(attempts):
             async for transport in attempts:
                 await self._serve(transport)
-                if self._closing:
+                if self._closing or self._fatal is not None:
                     break
                 self.state = LaneState.BACKOFF
-        if not self._closing and self._lost is not None:
+        if self._fatal is not None and not self._closing:
+            log.error("lane %d: %s; its streams end with that error", self.id, self._fatal)
+            self._fail_all(self._fatal)
+        elif not self._closing and self._lost is not None:
             self._fail_all(self._lost)  # the backoff ran out
         self.state = LaneState.CLOSED
 
@@ -611,8 +615,13 @@ class Lane:
         conn.connection_opened(started)
         try:
             await self._flush()  # the restore burst, pipelined (docs/protocol.md §9.5)
+        except AuthError as exc:
+            # The refresh token itself was refused: no later connection can do better.
+            self._fatal = exc
+            self.drop(f"no token to restore the subscriptions: {exc}")
         except AlorError as exc:
-            # No token to restore with: this connection is useless; the next one tries again.
+            # No token to restore with for now (the auth server is unreachable): this connection
+            # is useless; the next one tries again after the backoff.
             self.drop(f"no token to restore the subscriptions: {exc}")
         self.last_restore_seconds = time.monotonic() - started
         self._after()

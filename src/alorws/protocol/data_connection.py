@@ -17,7 +17,13 @@ The rules
   executed: it is re-sent with the same guid on the same connection, at most ``auth_retries``
   times per subscription, and never with the token that was refused (the caller refreshes, see
   :meth:`~DataConnection.token_refused`); a burst of 401s needs one refresh. The next 401 fails
-  it (:class:`Failed` with :class:`~alorws.errors.TokenRejected`).
+  a subscribe that was never restored (:class:`Failed` with
+  :class:`~alorws.errors.TokenRejected`: its caller learns at once that the token is wrong). A
+  subscription being restored is live to its consumers: it is never failed for a token that
+  expired or could not be fetched under it (expiry, a restart of ALOR's servers); the
+  connection closes instead (:class:`Close`) and the next one restores it after the backoff.
+  Only a definitive refusal of the refresh token itself (:class:`~alorws.errors.AuthError`
+  other than a transport failure) fails it.
 * **Ping probing** (docs/protocol.md §3.7, docs/protocol.md §12.3). A connection that read
   nothing for ``ping_interval`` seconds is probed: a WebSocket ping (:class:`SendPing`) and,
   unless the server is known to ignore it, an ``opcode: "ping"`` request matched by its guid. An
@@ -70,6 +76,7 @@ from ..errors import (
     InvalidArgumentError,
     ServerRejected,
     TokenRejected,
+    TransportError,
     TransportTimeout,
 )
 from .registry import (
@@ -503,13 +510,24 @@ class DataConnection:
         if http_code == 401:
             sub = self._registry.get(guid)
             retries = self._auth_retries.get(guid, 0)
-            if sub is not None and sub.state is _PENDING and retries < self._auth_retries_max:
-                # docs/protocol.md §2.6: the token expired under us; the subscribe was not
-                # executed. Same guid, another token.
-                self._auth_retries[guid] = retries + 1
-                self._out.append(_Out(_RETRY, guid, sub.request, self._sent_with.get(guid)))
-                return
+            if sub is not None and sub.state is _PENDING:
+                if retries < self._auth_retries_max:
+                    # docs/protocol.md §2.6: the token expired under us; the subscribe was not
+                    # executed. Same guid, another token.
+                    self._auth_retries[guid] = retries + 1
+                    self._out.append(_Out(_RETRY, guid, sub.request, self._sent_with.get(guid)))
+                    return
+                if sub.restore_count:
+                    self._retry_later(guid, f"401 to restoring {guid} with fresh tokens")
+                    return
         self._apply_status(guid, http_code, message)
+
+    def _retry_later(self, guid: str, reason: str) -> None:
+        """Keep a subscription being restored: close, so the next connection restores it."""
+        self._auth_retries.pop(guid, None)
+        self._sent_with.pop(guid, None)
+        if not any(isinstance(event, Close) for event in self._events):
+            self._events.append(Close(f"{reason}; reconnecting"))
 
     def receive_pong(self, now: float) -> None:
         """A WebSocket pong frame arrived at ``now``."""
@@ -518,14 +536,21 @@ class DataConnection:
     def token_failed(self, error: AlorError) -> None:
         """No token could be had for what :meth:`has_data_to_send` holds.
 
-        Subscribes re-sent after a 401 fail (:class:`Failed`); a re-subscription step fails
-        as if refused; a ping is dropped (the probe goes on with the WebSocket ping). Anything
-        else stays queued for the next :meth:`data_to_send`. Then: act on
-        ``events_received()``.
+        Subscribes re-sent after a 401 fail (:class:`Failed`), unless they are being restored
+        and ``error`` may pass (a :class:`~alorws.errors.TransportError`: the auth server could
+        not be reached): then the connection closes (:class:`Close`) and the next one restores
+        them. A re-subscription step fails as if refused; a ping is dropped (the probe goes on
+        with the WebSocket ping). Anything else stays queued for the next :meth:`data_to_send`.
+        Then: act on ``events_received()``.
         """
         out, self._out = self._out, []
+        transient = isinstance(error, TransportError)
         for item in out:
             if item.why == _RETRY:
+                sub = self._registry.get(item.guid)
+                if transient and sub is not None and sub.restore_count:
+                    self._retry_later(item.guid, f"no token to restore {item.guid} with: {error}")
+                    continue
                 self._apply_status(
                     item.guid, 401, str(error), TokenRejected(401, str(error), item.guid)
                 )

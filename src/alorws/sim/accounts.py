@@ -305,6 +305,11 @@ class Ledger:
         """The account a refresh token belongs to."""
         return self._by_token.get(refresh_token)
 
+    def revoke_refresh_token(self, refresh_token: str) -> bool:
+        """Refuse ``refresh_token`` from now on (as ALOR does once a user revokes it); access
+        tokens issued with it stay valid until they expire. Returns whether it was known."""
+        return self._by_token.pop(refresh_token, None) is not None
+
     def account_for_portfolio(self, portfolio: str) -> Account | None:
         """The account owning ``portfolio``."""
         p = self._portfolios.get(portfolio)

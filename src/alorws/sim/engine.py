@@ -124,6 +124,10 @@ class TradingEngine:
         """The account a refresh token belongs to."""
         return self.ledger.account_for_token(refresh_token)
 
+    def revoke_refresh_token(self, refresh_token: str) -> bool:
+        """Refuse ``refresh_token`` from now on; see :meth:`Ledger.revoke_refresh_token`."""
+        return self.ledger.revoke_refresh_token(refresh_token)
+
     def account_for_portfolio(self, portfolio: str) -> Account | None:
         """The account owning ``portfolio``."""
         return self.ledger.account_for_portfolio(portfolio)

@@ -157,3 +157,33 @@ async def test_the_reserve_is_used_by_the_account_lane_and_cws(quiet_sim: Simula
         kinds = sorted(lane["kind"] for lane in c.stats()["lanes"])
         assert kinds == [LaneKind.ACCOUNT, LaneKind.MARKET, LaneKind.MARKET]
         assert quiet_sim.stats()["connections"] == 4
+
+
+async def test_a_server_limit_below_ours_moves_subscriptions_to_another_connection() -> None:
+    """The server takes 3 subscriptions per connection, the client thinks 5000: the 4th and 5th
+    quotes are refused with 429 on the first connection, then placed on a second one instead
+    of failing; the first lane takes nothing more; the budget still ends it."""
+    async with (
+        Simulator(
+            port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1, max_subscriptions=3
+        ) as sim,
+        AlorClient(
+            sim.demo_refresh_token,
+            base_url=sim.url,
+            backoff=FAST,
+            max_connections=3,
+            reserve_connections=1,
+        ) as c,
+    ):
+        symbols = sorted(sim.market.instruments)
+        streams = [await c.quotes(sym) for sym in symbols[:6]]
+        lanes = [s.stats()["lane"] for s in streams]
+        assert lanes[:3] == [lanes[0]] * 3 and lanes[3:] == [lanes[3]] * 3
+        assert lanes[0] != lanes[3]
+        assert sim.stats()["subscriptions"] == 6 and sim.stats()["connections"] == 2
+        with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
+            await c.quotes(symbols[6])  # both market lanes are full; the reserve stays free
+        assert sim.stats()["connections"] == 2
+        await streams[0].aclose()  # a slot freed on the first lane is used again
+        again = await c.quotes(symbols[7])
+        assert again.stats()["lane"] == lanes[0]

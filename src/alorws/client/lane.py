@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import AlorError, AuthError, ConnectionClosed, FrameError, scrub
+from ..errors import AlorError, AuthError, ConnectionClosed, FrameError, LimitError, scrub
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.data_connection import (
@@ -345,10 +345,14 @@ class Lane:
                         waiter.set_result(None)
                 case Failed(guid=guid, error=error):
                     sink = self._sinks.pop(guid)
-                    if sink is not None:
-                        sink.close(error)
                     waiter = self._waiters.pop(guid, None)
-                    if waiter is not None and not waiter.done():
+                    placing = waiter is not None and not waiter.done()
+                    # A first subscribe refused for the server's limit is placed again by the
+                    # pool on another connection: its stream does not end here.
+                    if sink is not None and not (placing and isinstance(error, LimitError)):
+                        sink.close(error)
+                    if placing:
+                        assert waiter is not None
                         waiter.set_exception(error)
                 case Unsubscribed(guid=guid):
                     self._sinks.pop(guid)

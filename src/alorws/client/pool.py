@@ -17,6 +17,10 @@ The connection budget (docs/protocol.md §7.1: ALOR allows ``max_connections`` p
   otherwise raises :class:`~alorws.errors.ConnectionLimitError` (a
   :class:`~alorws.errors.SubscriptionLimitError`) before anything is sent; the first use of
   ``client.trading`` when ``/ws`` lanes already take every connection raises it too.
+* a server that refuses a subscribe for its limit (429, :class:`~alorws.errors.ServerLimitExceeded`)
+  below ``max_subscriptions_per_connection`` (another application shares the account, or the
+  server's limit is lower) teaches the pool that lane's real capacity: the lane takes nothing
+  more and the subscription is placed again, on another lane or a new one within the budget.
 
 Lanes are never closed before the client is (an empty one stays for later subscriptions), so
 the count of lanes is the count of ``/ws`` connections.
@@ -26,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionLimitError, TransportTimeout
+from ..errors import ConnectionLimitError, ServerLimitExceeded, TransportTimeout
 from ..protocol import requests as rq
 from ..protocol.backoff import Backoff
 from ..protocol.registry import SubscriptionRegistry, SubscriptionState
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
     from .streams import Stream
 
 __all__ = ["LanePool"]
+
+log = logging.getLogger("alorws.client")
 
 
 class LanePool:
@@ -92,6 +99,9 @@ class LanePool:
         # consumer's loop, and neither may take the last connection from under the other.
         self._budget = threading.Lock()
         self._cws = False
+        # Lane -> how many subscriptions it held when the server refused one more for its
+        # limit (429): the lane's real capacity, lower than ours.
+        self._caps: dict[int, int] = {}
 
     # -- the budget ---------------------------------------------------------------------------
 
@@ -115,13 +125,20 @@ class LanePool:
         ConnectionLimitError, nothing sent)."""
         lanes = [lane for lane in self.lanes.values() if lane.kind is kind]
         for lane in lanes:
-            if self.registry.room(lane.id) > 0:
+            if self._room(lane.id) > 0:
                 return lane
         with self._budget:
             self._check_budget(kind, lanes)
             lane = self._open(kind)
         lane.ensure_started()
         return lane
+
+    def _room(self, lane_id: int) -> int:
+        """New subscriptions ``lane_id`` can take: the registry's room, within what the server
+        showed it accepts."""
+        room = self.registry.room(lane_id)
+        cap = self._caps.get(lane_id)
+        return room if cap is None else min(room, cap - self.registry.count(lane_id))
 
     def _check_budget(self, kind: LaneKind, lanes: list[Lane]) -> None:
         """Raise ConnectionLimitError unless one more lane of ``kind`` fits (lock held)."""
@@ -193,13 +210,27 @@ class LanePool:
             if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
                 await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
             return sub.guid, lane.id
-        lane = self._pick(LaneKind.ACCOUNT if stream.account else LaneKind.MARKET)
-        sub = self.registry.subscribe(request, lane.id).subscription
-        waiter = await lane.add(sub, stream._buffer)
-        if stream.silence_timeout:
-            lane.watch(sub.guid, stream.silence_timeout)
-        await self._confirm(waiter, sub.guid, lane, stream)
-        return sub.guid, lane.id
+        kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
+        while True:
+            lane = self._pick(kind)  # raises ConnectionLimitError once the budget is used
+            sub = self.registry.subscribe(request, lane.id).subscription
+            waiter = await lane.add(sub, stream._buffer)
+            if stream.silence_timeout:
+                lane.watch(sub.guid, stream.silence_timeout)
+            try:
+                await self._confirm(waiter, sub.guid, lane, stream)
+            except ServerLimitExceeded as exc:
+                # The server's limit for this connection is lower than ours: it is full.
+                self._caps[lane.id] = self.registry.count(lane.id)
+                log.warning(
+                    "lane %d: the server refused subscription %d on it (%s); placing it on "
+                    "another connection",
+                    lane.id,
+                    self.registry.count(lane.id) + 1,
+                    exc.message,
+                )
+                continue
+            return sub.guid, lane.id
 
     async def subscribe_many(
         self, streams: list[Stream[Any]]

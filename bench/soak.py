@@ -757,9 +757,9 @@ class Soak:
 
     def resubscribes(self) -> tuple[int, int]:
         """Re-subscriptions of silent subscriptions: begun so far, and in flight now."""
-        lanes = list(self._client()._lanes.values())
-        return sum(lane.resubscribes for lane in lanes), sum(
-            len(lane._resubscribing) for lane in lanes
+        lanes = self._client().stats()["lanes"]
+        return sum(lane["resubscribes"] for lane in lanes), sum(
+            lane["resubscribing"] for lane in lanes
         )
 
     def settled(self) -> bool:
@@ -1225,7 +1225,8 @@ class Soak:
 
     def cws_idle(self) -> float:
         """Seconds since the client last sent a command on ``/cws`` (its own idle clock)."""
-        return time.monotonic() - self._client().trading._last_command
+        idle = self._client().trading.stats()["idle_s"]
+        return float("inf") if idle is None else float(idle)
 
     async def hold_flows(self, idle_for: float) -> bool:
         """Hold the flows until the ``/cws`` connection has carried no command for

@@ -153,7 +153,7 @@ class ClientCollector(Collector):
         if trading is None:
             return None
         stats: dict[str, Any] = trading.stats()
-        samples = list(getattr(trading, "_latencies", ()))
+        samples = trading.latencies_us()
         return stats, samples
 
     def _poll_orders(self) -> None:

@@ -153,7 +153,12 @@ class Fanout:
 class Lane:
     """One reconnecting ``/ws`` connection and the subscriptions living on it.
 
-    Created and driven by the client's lane pool; every method runs in the I/O loop.
+    Created and driven by the client's lane pool; every method runs in the I/O loop. The rules
+    are in :class:`~alorws.protocol.data_connection.DataConnection`; this is their asyncio
+    shell, and it stays one class (about 40 methods: the picows callbacks, the handles the pool
+    uses, the drivers of the rules, the reconnect loop and the taps) because the reader's path
+    per frame (:meth:`_on_frame`) reads the transport, the sinks and the taps directly:
+    splitting them into objects of their own would add an attribute hop or a call per frame.
     """
 
     def __init__(
@@ -204,7 +209,6 @@ class Lane:
         self._flusher: asyncio.Task[None] | None = None  # writes what the rules queue
         self._wake = asyncio.Event()  # tick() may be due sooner than the timer sleeps
         self._disconnected = asyncio.Event()
-        self._opened = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._close_info: tuple[int | None, str] | None = None
@@ -532,10 +536,6 @@ class Lane:
                 self._run(), name=f"alorws-lane-{self.id}"
             )
 
-    async def wait_open(self) -> None:
-        """Wait until the lane is connected (and its subscriptions re-sent)."""
-        await self._opened.wait()
-
     def _send(self, frame: bytes) -> bool:
         transport = self._transport
         if transport is None or self.state is not LaneState.OPEN:
@@ -629,7 +629,6 @@ class Lane:
             self.drop(f"no token to restore the subscriptions: {exc}")
         self.last_restore_seconds = time.monotonic() - started
         self._after()
-        self._opened.set()
         timer = asyncio.get_running_loop().create_task(
             self._run_timer(), name=f"alorws-lane-{self.id}-timer"
         )
@@ -639,7 +638,6 @@ class Lane:
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
-        self._opened.clear()
         self._transport = None
         if self._closing:
             return
@@ -703,6 +701,7 @@ class Lane:
             "watched": self._conn.watched,
             "resubscribes": self.resubscribes,
             "resubscribe_failures": self.resubscribe_failures,
+            "resubscribing": self._conn.resubscribing(),
             "last_restore_seconds": self.last_restore_seconds,
             "last_error": self.last_error,
         }

@@ -75,9 +75,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
-import msgspec
 import picows
 
 from ..errors import (
@@ -109,29 +108,16 @@ from ..protocol.command_connection import (
 )
 from ..protocol.commands import (
     Command,
-    CreateLimit,
-    CreateMarket,
-    CreateStop,
-    CreateStopLimit,
-    DeleteLimit,
-    DeleteMarket,
-    DeleteStop,
-    DeleteStopLimit,
     InstrumentRef,
-    UpdateLimit,
-    UpdateMarket,
-    UpdateStop,
-    UpdateStopLimit,
-    User,
     encode_authorize,
     encode_command,
 )
-from ..protocol.enums import Condition, Exchange, OrderType, Side, TimeInForce
 from ..protocol.reconnect import ReconnectPolicy, Retry
 from ._badframes import BadFrameLog
 from ._ws import FrameListener, reconnecting, settle, ws_connect
 from .auth import RotatingTokenSource
 from .endpoints import check_url
+from .order_methods import OrderAck, OrderMethods
 
 
 __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
@@ -139,32 +125,6 @@ __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 log = logging.getLogger("alorws.orders")
 
 _TEXT = picows.WSMsgType.TEXT
-
-_DELETES: Final[dict[str, type[Command]]] = {
-    OrderType.MARKET.value: DeleteMarket,
-    OrderType.LIMIT.value: DeleteLimit,
-    OrderType.STOP.value: DeleteStop,
-    OrderType.STOP_LIMIT.value: DeleteStopLimit,
-}
-
-
-class OrderAck(msgspec.Struct, frozen=True, gc=False):
-    """The server accepted an order command (``httpCode`` 200, docs/protocol.md §5).
-
-    Attributes:
-        order_number: the order's id. After a ``modify_*`` it is the **new** id
-            (docs/protocol.md §6.3: an update cancels the order and places a new one); after
-            ``cancel`` the cancelled id. Empty if a server ever accepts a create or update without
-            ``orderNumber`` (docs/protocol.md §5 documents it on every order reply).
-        http_code: always 200.
-        message: the server's text, verbatim (free text: never match on it).
-        guid: the command's guid (its idempotency key).
-    """
-
-    order_number: str
-    http_code: int
-    message: str
-    guid: str
 
 
 class _Conn:
@@ -194,7 +154,7 @@ def _default_guid_factory() -> Callable[[], str]:
     return lambda: f"{prefix}-{next(counter)}"
 
 
-class OrderClient:
+class OrderClient(OrderMethods):
     """Order management over one ``/cws`` connection (docs/protocol.md §6), exactly once across
     reconnects.
 
@@ -293,326 +253,6 @@ class OrderClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    # -- typed commands -----------------------------------------------------------------------
-
-    async def place_market(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        time_in_force: TimeInForce | str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a market order of ``quantity`` lots (docs/protocol.md §6.3 ``create:market``).
-
-        ``board`` goes into ``instrument.instrumentGroup`` (docs/protocol.md §12.8). ``guid`` is the
-        command's idempotency key: pass the guid of an earlier attempt to retry it without a second
-        execution. Invalid arguments raise :class:`~alorws.errors.InvalidArgumentError` (naming
-        the field) before anything is sent.
-        """
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(fields, time_in_force=time_in_force)
-        return await self.send(CreateMarket(**fields))
-
-    async def place_limit(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        price: float,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        time_in_force: TimeInForce | str | None = None,
-        iceberg_fixed: int | None = None,
-        iceberg_variance: float | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a limit order at ``price`` (docs/protocol.md §6.3 ``create:limit``); see
-        :meth:`place_market`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(
-            fields,
-            price=price,
-            time_in_force=time_in_force,
-            iceberg_fixed=iceberg_fixed,
-            iceberg_variance=iceberg_variance,
-        )
-        return await self.send(CreateLimit(**fields))
-
-    async def place_stop(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        trigger_price: float,
-        condition: Condition | str,
-        *,
-        stop_end_unix_time: int = 0,
-        protecting_seconds: int | None = None,
-        activate: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a stop (market) order that fires when the last price meets ``condition``
-        against ``trigger_price`` (docs/protocol.md §6.3 ``create:stop``). ``stop_end_unix_time`` 0
-        is the server's default expiry. See :meth:`place_market`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(
-            fields,
-            trigger_price=trigger_price,
-            condition=condition,
-            stop_end_unix_time=stop_end_unix_time,
-            protecting_seconds=protecting_seconds,
-            activate=activate,
-        )
-        return await self.send(CreateStop(**fields))
-
-    async def place_stop_limit(
-        self,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        price: float,
-        trigger_price: float,
-        condition: Condition | str,
-        *,
-        stop_end_unix_time: int = 0,
-        time_in_force: TimeInForce | str | None = None,
-        iceberg_fixed: int | None = None,
-        iceberg_variance: float | None = None,
-        protecting_seconds: int | None = None,
-        activate: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Place a stop-limit order: a limit order at ``price`` once the trigger is met
-        (docs/protocol.md §6.3 ``create:stopLimit``). See :meth:`place_stop`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(
-            fields,
-            price=price,
-            trigger_price=trigger_price,
-            condition=condition,
-            stop_end_unix_time=stop_end_unix_time,
-            time_in_force=time_in_force,
-            iceberg_fixed=iceberg_fixed,
-            iceberg_variance=iceberg_variance,
-            protecting_seconds=protecting_seconds,
-            activate=activate,
-        )
-        return await self.send(CreateStopLimit(**fields))
-
-    async def modify_market(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        *,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        time_in_force: TimeInForce | str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Replace market order ``order_id`` (docs/protocol.md §6.3 ``update:market``).
-
-        Every ``modify_*`` cancels the order and places a new one: the ack's ``order_number``
-        is the **new** id, and ``order_id`` is cancelled.
-        """
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(fields, order_id=order_id, time_in_force=time_in_force)
-        return await self.send(UpdateMarket(**fields))
-
-    async def modify_limit(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        price: float,
-        *,
-        iceberg_fixed: int | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Replace limit order ``order_id`` (docs/protocol.md §6.3 ``update:limit``; ALOR
-        takes no ``time_in_force`` on it); the ack carries the new id. See :meth:`modify_market`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(fields, order_id=order_id, price=price, iceberg_fixed=iceberg_fixed)
-        return await self.send(UpdateLimit(**fields))
-
-    async def modify_stop(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        trigger_price: float,
-        condition: Condition | str,
-        *,
-        stop_end_unix_time: int = 0,
-        protecting_seconds: int | None = None,
-        activate: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Replace stop order ``order_id`` (docs/protocol.md §6.3 ``update:stop``); the ack carries
-        the new id. See :meth:`modify_market`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(
-            fields,
-            order_id=order_id,
-            trigger_price=trigger_price,
-            condition=condition,
-            stop_end_unix_time=stop_end_unix_time,
-            protecting_seconds=protecting_seconds,
-            activate=activate,
-        )
-        return await self.send(UpdateStop(**fields))
-
-    async def modify_stop_limit(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        price: float,
-        trigger_price: float,
-        condition: Condition | str,
-        *,
-        stop_end_unix_time: int = 0,
-        time_in_force: TimeInForce | str | None = None,
-        iceberg_fixed: int | None = None,
-        protecting_seconds: int | None = None,
-        activate: bool | None = None,
-        exchange: Exchange | str = Exchange.MOEX,
-        board: str | None = None,
-        comment: str | None = None,
-        allow_margin: bool | None = None,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Replace stop-limit order ``order_id`` (docs/protocol.md §6.3 ``update:stopLimit``); the
-        ack carries the new id. See :meth:`modify_market`."""
-        fields = self._order_fields(
-            guid, portfolio, symbol, side, quantity, exchange, board, comment, allow_margin
-        )
-        _put(
-            fields,
-            order_id=order_id,
-            price=price,
-            trigger_price=trigger_price,
-            condition=condition,
-            stop_end_unix_time=stop_end_unix_time,
-            time_in_force=time_in_force,
-            iceberg_fixed=iceberg_fixed,
-            protecting_seconds=protecting_seconds,
-            activate=activate,
-        )
-        return await self.send(UpdateStopLimit(**fields))
-
-    async def cancel(
-        self,
-        order_id: str | int,
-        portfolio: str,
-        *,
-        kind: OrderType | str = OrderType.LIMIT,
-        exchange: Exchange | str = Exchange.MOEX,
-        guid: str | None = None,
-    ) -> OrderAck:
-        """Cancel order ``order_id`` (docs/protocol.md §6.3 ``delete:*``).
-
-        ``kind`` is the order's type: ``"market"``, ``"limit"`` (default), ``"stop"`` or
-        ``"stoplimit"`` (stop and stop-limit orders live in a separate book on the server).
-        """
-        key = str(kind).replace("_", "").replace("-", "").casefold()
-        cls = _DELETES.get(key)
-        if cls is None:
-            raise InvalidArgumentError(
-                "kind",
-                f"{kind!r} is not an order type; use 'market', 'limit', 'stop' or 'stoplimit'",
-            )
-        fields: dict[str, Any] = {
-            "guid": self._guid(guid),
-            "user": User(portfolio=portfolio),
-            "order_id": order_id,
-            "exchange": exchange,
-        }
-        return await self.send(cls(**fields))
-
-    def _guid(self, guid: str | None) -> str:
-        # Validated with the rest of the command (Command.__post_init__).
-        return self._new_guid() if guid is None else guid
-
-    def _order_fields(
-        self,
-        guid: str | None,
-        portfolio: str,
-        symbol: str,
-        side: Side | str,
-        quantity: int,
-        exchange: Exchange | str,
-        board: str | None,
-        comment: str | None,
-        allow_margin: bool | None,
-    ) -> dict[str, Any]:
-        """The fields every create/update command has; the Structs validate them all."""
-        instrument: dict[str, Any] = {"symbol": symbol, "exchange": exchange}
-        if board is not None:
-            instrument["instrument_group"] = board  # wins over a top-level board
-        fields: dict[str, Any] = {
-            "guid": self._guid(guid),
-            "user": User(portfolio=portfolio),
-            "side": side,
-            "quantity": quantity,
-            "instrument": InstrumentRef(**instrument),
-        }
-        _put(fields, comment=comment, allow_margin=allow_margin)
-        return fields
 
     async def _check_price_step(self, command: Command) -> None:
         """Refuse prices off the instrument's price grid, when its step is known."""
@@ -999,7 +639,8 @@ class OrderClient:
         and ``reauthorizations`` (on an open connection); ``idle_reauthorizations`` (commands
         that waited for one after ``reauth_after_idle``) and ``fresh_authorizations`` (authorize
         with a token fetched for it: after an idle time or a reset, docs/protocol.md §9.6);
-        ``in_flight`` and ``queued`` now.
+        ``in_flight`` and ``queued`` now; ``idle_s``: seconds since the connection last carried
+        a command or opened (None before the first).
         """
         cmd = self._cmd
         ordered = sorted(cmd.latencies)
@@ -1029,10 +670,10 @@ class OrderClient:
                 "p99": percentile(ordered, 0.99),
                 "samples": len(ordered),
             },
+            "idle_s": time.monotonic() - cmd.idle_since() if cmd.idle_since() else None,
             "last_error": self.last_error,
         }
 
-
-def _put(fields: dict[str, Any], **optional: Any) -> None:
-    """Add the optional fields that are set (unset ones stay UNSET: not sent)."""
-    fields.update({name: value for name, value in optional.items() if value is not None})
+    def latencies_us(self) -> list[int]:
+        """Round trips (send to reply, µs) of the last 4096 acks and rejections, oldest first."""
+        return list(self._cmd.latencies)

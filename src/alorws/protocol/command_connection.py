@@ -276,6 +276,10 @@ class CommandConnection:
         """Whether a command submitted now goes straight out."""
         return self._state is CommandState.OPEN and not self._hold
 
+    def idle_since(self) -> float:
+        """When the connection last carried a command or opened (the caller's clock), 0 before."""
+        return self._last_command
+
     def queued(self) -> int:
         """Commands waiting to be sent (never sent, or refused with 401 and waiting)."""
         return sum(1 for p in self._pending.values() if p.queued)

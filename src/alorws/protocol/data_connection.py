@@ -683,6 +683,10 @@ class DataConnection:
             for guid in [g for g in seen if g not in self._watch]:
                 del seen[guid]
 
+    def resubscribing(self) -> int:
+        """Silent subscriptions being subscribed again now."""
+        return len(self._resub)
+
     def _start_resub(
         self, guid: str, sub: Subscription[SubscriptionRequest, int], now: float, silent_for: float
     ) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import nats
 import pytest
 
-from alorws.bus import BusClient
+from alorws.bus import BusClient, wire
 from alorws.client import AlorClient
 from alorws.errors import (
     ConnectError,
@@ -281,37 +281,35 @@ async def test_account_events_through_jetstream_without_duplicates(
     """Orders and own trades reach every consumer once per change, equal to the simulator's
     truth; a consumer that joins later replays the same history from JetStream."""
 
-    async def collect(
-        bus: BusClient, n_orders: int, n_trades: int
-    ) -> tuple[list[Order], list[OwnTrade]]:
+    async def collect(bus: BusClient, fence: int) -> tuple[list[Order], list[OwnTrade]]:
+        """Everything up to the fence order's fill and its trade: published last, they come
+        after every copy of an earlier event, so a duplicate would be among what was read."""
         orders, trades = bus.orders(portfolio), bus.own_trades(portfolio)
         await orders.subscribe()
         await trades.subscribe()
+        return await read(orders, trades, fence)
+
+    async def read(orders: Any, trades: Any, fence: int) -> tuple[list[Order], list[OwnTrade]]:
         got_o: list[Order] = []
         got_t: list[OwnTrade] = []
         async with asyncio.timeout(10.0):
-            while len({o.id for o in got_o if o.status == "filled"}) < n_orders:
+            while not got_o or not (got_o[-1].id == fence and got_o[-1].status == "filled"):
                 got_o.append(await orders.get())
-            while len(got_t) < n_trades:
-                got_t.append(await trades.get())
-        await asyncio.sleep(0.3)  # anything more would be a duplicate
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.01):
-                got_o.append(await orders.get())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.01):
+            while not got_t or got_t[-1].order_no != fence:
                 got_t.append(await trades.get())
         return got_o, got_t
 
     async with BusClient(nats_server.url) as first_bus:
-        listener = asyncio.ensure_future(collect(first_bus, 3, 3))
-        await asyncio.sleep(0.5)
+        orders, trades = first_bus.orders(portfolio), first_bus.own_trades(portfolio)
+        await orders.subscribe()  # subscribed before the orders: every event reaches it live
+        await trades.subscribe()
         acks = [
             await first_bus.trading.place_market(portfolio, "SBER", "buy", 1, guid=f"m{i}")
-            for i in range(3)
+            for i in range(4)
         ]
         placed = {ack.order_number for ack in acks}
-        got_o, got_t = await listener
+        fence = acks[-1].order_number
+        got_o, got_t = await read(orders, trades, fence)
         truth_orders = {o.id: o for o in sim.engine.orders(portfolio)}
         truth_trades = {t.id for t in sim.engine.trades(portfolio)}
         assert placed <= {o.id for o in got_o}
@@ -326,7 +324,7 @@ async def test_account_events_through_jetstream_without_duplicates(
 
         # A consumer arriving later replays the same events from the JetStream stream.
         async with BusClient(nats_server.url) as late:
-            late_o, late_t = await collect(late, 3, 3)
+            late_o, late_t = await collect(late, fence)
         assert [(o.id, o.status) for o in late_o] == [(o.id, o.status) for o in got_o]
         assert [t.id for t in late_t] == ids
         assert sim_subscriptions(sim) == 2  # one orders + one own trades upstream, shared
@@ -347,11 +345,9 @@ async def test_restarted_gateway_republishes_nothing_twice(
         nc = await nats.connect(nats_server.url)
         try:
             js = nc.jetstream()
-            stored = (await js.stream_info("ALORWS_ACCOUNT")).state.messages
+            stored = (await js.stream_info("ALORWS_ACCOUNT")).state.last_seq
             async with Gateway(client, nats_server.url, lease_seconds=LEASE) as second:
                 await eventually(lambda: second.stats()["subscriptions"] == 1, within=LEASE * 3)
-                await asyncio.sleep(0.5)  # the replay is published by now
-                assert (await js.stream_info("ALORWS_ACCOUNT")).state.messages == stored
                 ack2 = await bus.trading.place_market(portfolio, "SBER", "buy", 1)
                 async with asyncio.timeout(5.0):
                     seen = await orders.get()
@@ -359,6 +355,16 @@ async def test_restarted_gateway_republishes_nothing_twice(
                         assert seen.id != ack.order_number, "an old order came again"
                         seen = await orders.get()
                 assert [e.kind for e in orders.events] == ["disconnected", "restored"]
+                # The replay came before the new order's events, which are published now:
+                # every order state stored since is about the new order.
+                last = (await js.stream_info("ALORWS_ACCOUNT")).state.last_seq
+                assert last > stored
+                for seq in range(stored + 1, last + 1):
+                    msg = await js.get_msg("ALORWS_ACCOUNT", seq)
+                    if msg.subject != orders.subject:
+                        continue  # another account stream (own trades of the new order)
+                    fmt = (msg.headers or {})[wire.FORMAT_HEADER]
+                    assert decoder_for(Order, fmt).decode(msg.data).id == ack2.order_number
         finally:
             await nc.close()
 

@@ -27,7 +27,7 @@ import collections
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import msgspec
 
@@ -53,7 +53,7 @@ from .whole import StreamFilter
 
 
 if TYPE_CHECKING:
-    from .client import AlorClient
+    from .http import HttpClient
 
 __all__ = [
     "EVENTS_KEPT",
@@ -256,12 +256,25 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         raise NotImplementedError
 
 
+class StreamHost(Protocol):
+    """What a stream needs from the client that opened it (an ``AlorClient``)."""
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP API, for account streams' snapshots after a restore."""
+        ...
+
+    async def _subscribe(self, stream: Stream[Any]) -> tuple[str, int]: ...
+
+    async def _unsubscribe(self, stream: Stream[Any]) -> None: ...
+
+
 class Stream(StreamBase[M]):
     """One subscription as a typed async stream. Create it with the client's methods."""
 
     def __init__(
         self,
-        client: AlorClient,
+        client: StreamHost,
         request: SubscriptionRequest,
         model: type[M],
         *,

@@ -8,17 +8,44 @@ in one field, so a test can tell its own frame from the simulator's live market.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any, Final
 
 import msgspec
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 
 from ._fixtures import cases
 
 
 #: How many examples a fuzz test runs: small in the suite, more with ALORWS_FUZZ_EXAMPLES.
 FUZZ_EXAMPLES: Final = int(os.environ.get("ALORWS_FUZZ_EXAMPLES", "0")) or None
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of a fuzz test: ``examples`` in the suite (or ALORWS_FUZZ_EXAMPLES),
+    no deadline (sockets), and no complaint about module fixtures, slow or large examples."""
+    return settings(
+        max_examples=FUZZ_EXAMPLES or examples,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+    )
+
+
+class LogLines(logging.Handler):
+    """Keeps every log message, to look for token-shaped text in them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
 
 #: A JWT as ALOR issues them (header, claims, signature: three base64url parts).
 JWT: Final = (

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from alorws.client import AlorClient
 from alorws.client.streams import Stream
@@ -40,7 +40,7 @@ from alorws.errors import FrameError
 from alorws.protocol.codec import DATA_HEAD, DataMessage, frame_decoder_for, frame_tail, route
 from alorws.sim.app import Simulator
 
-from .._hostile import FUZZ_EXAMPLES, SECRETS, good, hostile, marker_of
+from .._hostile import SECRETS, LogLines, fuzz_settings, good, hostile, marker_of
 from .._sim import DAY
 from .conftest import FAST
 
@@ -50,15 +50,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 KINDS = ("quotes", "trades", "orders")
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @dataclass
 class Rig:
     """The module's simulator, client and streams, and what the examples did."""
@@ -66,7 +57,7 @@ class Rig:
     sim: Simulator
     client: AlorClient
     streams: dict[str, Stream[Any]]
-    log: _Records
+    log: LogLines
     marker: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("frames", "bad"), 0))
 
@@ -93,7 +84,7 @@ class Rig:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rig() -> AsyncIterator[Rig]:
     """A quiet simulator (little live data), a client, and its quotes/trades/orders streams."""
-    records = _Records()
+    records = LogLines()
     logger = logging.getLogger("alorws")
     logger.addHandler(records)
     old_level = logger.level
@@ -161,15 +152,7 @@ async def _read_until(stream: Stream[Any], kind: str, marker: int, style: int) -
                 return
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES or 60,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@fuzz_settings(60)
 @given(data=st.data())
 async def test_hostile_frames_never_escape_a_consumer(rig: Rig, data: st.DataObject) -> None:
     """A few hostile frames, then a good one: the consumer gets the good one; each hostile

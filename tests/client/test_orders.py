@@ -29,6 +29,7 @@ from alorws.protocol.jwt import decode_claims
 from alorws.sim.app import Simulator
 
 from .._sim import DAY
+from ._collect import until
 from .conftest import FAST
 
 
@@ -131,13 +132,6 @@ def order_ids_by_comment(sim: Simulator, prefix: str) -> dict[str, set[str]]:
         if record["stream"] in ("orders", "stop_orders") and comment.startswith(prefix):
             ids[comment].add(data["id"])
     return ids
-
-
-async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:
-    """Wait (bounded) for a condition that nothing signals, such as a stats counter."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - a counter has no event to await
-            await asyncio.sleep(0.01)
 
 
 def statuses(sim: Simulator, portfolio: str) -> dict[str, str]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 
-from alorws.client import AlorClient, LaneEvent, Stream
+from alorws.client import AlorClient, Stream
 from alorws.client.auth import TokenManager
 from alorws.client.orders import OrderAck, OrderClient
 from alorws.errors import ConfigurationError, InvalidArgumentError, OrderStatusUnknown
@@ -21,66 +21,13 @@ from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
 from .._sim import DAY
+from ._collect import Collector, until
 from .conftest import FAST
 
 
 SBER = "SBER"
 FAR_SELL = 355.0  # SBER trades near 312 with a 15% band: a sell here rests
 _run = itertools.count(1)
-
-
-class Collector:
-    """Consumes a stream in a task, keeping items and connection events."""
-
-    def __init__(self, stream: Stream[Any]) -> None:
-        self.stream = stream
-        self.items: list[Any] = []
-        self.events: list[LaneEvent] = []
-        self.got = asyncio.Event()
-        self.evented = asyncio.Event()
-        stream.on_event(self._on_event)
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    def _on_event(self, event: LaneEvent) -> None:
-        self.events.append(event)
-        self.evented.set()
-
-    async def _run(self) -> None:
-        async for item in self.stream:
-            self.items.append(item)
-            self.got.set()
-
-    async def next_item(self, wait: float = 10.0) -> Any:
-        """Wait for an item that arrives from now on."""
-        self.got.clear()
-        async with asyncio.timeout(wait):
-            await self.got.wait()
-        return self.items[-1]
-
-    async def event(self, kind: str, wait: float = 10.0) -> LaneEvent:
-        """Wait for the first event of ``kind`` (already received or still to come)."""
-        async with asyncio.timeout(wait):
-            while True:
-                for event in self.events:
-                    if event.kind == kind:
-                        return event
-                self.evented.clear()
-                await self.evented.wait()
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
-async def until(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    """Wait (bounded) for a condition that nothing signals, such as a stats counter."""
-    async with asyncio.timeout(limit):
-        while not condition():  # noqa: ASYNC110 - counters of another thread have no event
-            await asyncio.sleep(0.01)
 
 
 def truth(sim: Simulator, portfolio: str, stream: str) -> list[dict[str, Any]]:
@@ -274,7 +221,7 @@ async def test_restart_window_restores_everything_unattended(sim: Simulator, acc
                 sub.state is SubscriptionState.ACTIVE for sub in client._registry.subscriptions()
             )
 
-        await until(restored, 20)
+        await until(restored, limit=20)
         assert {s.guid for s in market + account} == guids
         for stream in market:
             await collectors[stream].next_item()  # data flows on every lane again
@@ -397,7 +344,7 @@ async def test_without_a_silence_timeout_nothing_is_done(sim: Simulator) -> None
             assert sim.faults.silence(guid=streams[0].guid) == 1
             count = len(loud.items)
             # The other stream's data is the clock: well past any timeout the test could miss.
-            await until(lambda: len(loud.items) >= count + 300, 20)
+            await until(lambda: len(loud.items) >= count + 300, limit=20)
             assert quiet.events == [] and loud.events == []
             lane = client.stats()["lanes"][0]
             assert lane["watched"] == 0 and lane["resubscribes"] == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from alorws.client import AlorClient, LaneEvent, Stream
+from alorws.client import AlorClient
 from alorws.errors import AuthError
 from alorws.protocol import Order, OwnTrade, Position
 from alorws.protocol.registry import SubscriptionState
@@ -21,49 +21,8 @@ from alorws.sim.app import Simulator
 
 from .._sim import DAY
 from ..sim.wsclient import RawWS
+from ._collect import Collector, until
 from .conftest import FAST
-
-
-async def _until(predicate: Any, what: str, wait: float = 10.0) -> None:
-    """Poll a cheap predicate (client-side counters have no event to await)."""
-    async with asyncio.timeout(wait):
-        while not predicate():  # noqa: ASYNC110 - polling counters owned by another thread
-            await asyncio.sleep(0.01)
-
-
-class Collector:
-    """Consumes a stream in a task, keeping items and connection events."""
-
-    def __init__(self, stream: Stream[Any]) -> None:
-        self.stream = stream
-        self.items: list[Any] = []
-        self.events: list[LaneEvent] = []
-        self.restored = asyncio.Event()
-        self.got = asyncio.Event()
-        stream.on_event(self._on_event)
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    def _on_event(self, event: LaneEvent) -> None:
-        self.events.append(event)
-        if event.kind == "restored":
-            self.restored.set()
-
-    async def _run(self) -> None:
-        async for item in self.stream:
-            self.items.append(item)
-            self.got.set()
-
-    async def next_item(self, wait: float = 10.0) -> Any:
-        """Wait for an item that arrives from now on."""
-        self.got.clear()
-        async with asyncio.timeout(wait):
-            await self.got.wait()
-        return self.items[-1]
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
 
 async def test_drop_restores_every_subscription_with_its_guid(
@@ -87,7 +46,7 @@ async def test_drop_restores_every_subscription_with_its_guid(
         for guid in guids:
             sub = client._registry.get(guid)
             assert sub is not None and sub.restore_count >= 3
-        await _until(
+        await until(
             lambda: all(
                 (s := client._registry.get(g)) is not None and s.state is SubscriptionState.ACTIVE
                 for g in guids
@@ -267,10 +226,10 @@ async def test_random_kills_lose_and_repeat_nothing(client: AlorClient, sim: Sim
         assert placed > 0
 
         truth_trades = _truth(sim, portfolio, "trades")
-        await _until(lambda: len(trades.items) >= len(truth_trades), "all own trades")
+        await until(lambda: len(trades.items) >= len(truth_trades), "all own trades")
         truth_orders = _truth(sim, portfolio, "orders")
         final_orders = {d["id"]: d for d in truth_orders}
-        await _until(
+        await until(
             lambda: (
                 {o.id: o.status.value for o in orders.items}
                 == {k: v["status"] for k, v in final_orders.items()}
@@ -298,7 +257,7 @@ async def test_random_kills_lose_and_repeat_nothing(client: AlorClient, sim: Sim
             final: dict[str, Position] = {x.symbol: x for x in positions.items}
             return {k: v.qty_units for k, v in final.items() if k in truth_pos}
 
-        await _until(lambda: last_positions() == truth_pos, "positions final")
+        await until(lambda: last_positions() == truth_pos, "positions final")
         restores = sum(1 for e in quotes.events if e.kind == "restored")
         assert restores >= kills * 0.8  # kills landing mid-restore merge into one
         for c in (orders, trades, positions, quotes):
@@ -315,7 +274,7 @@ async def test_a_stalled_connection_is_detected_and_restored(sim: Simulator) -> 
             risks = Collector(r)
             await risks.next_item()
             lane = client._lanes[r._lane]  # type: ignore[index]
-            await _until(lambda: lane._app_ping_works is True, "an answered app ping")
+            await until(lambda: lane._app_ping_works is True, "an answered app ping")
             sim.faults.stall(seconds=5.0)
             async with asyncio.timeout(10):
                 await risks.restored.wait()
@@ -353,9 +312,9 @@ async def test_http_snapshot_fills_what_a_capped_replay_leaves_out(
                     }
                 )
                 ids.append(reply["orderNumber"])
-            await _until(lambda: {x.id for x in orders.items} >= set(ids), "every order", wait=15)
-            await _until(
-                lambda: len({x.order_no for x in trades.items}) >= 12, "every fill", wait=15
+            await until(lambda: {x.id for x in orders.items} >= set(ids), "every order", limit=15)
+            await until(
+                lambda: len({x.order_no for x in trades.items}) >= 12, "every fill", limit=15
             )
             assert o.stats()["backfilled"] >= 7
             seen = [(x.id, x.status.value) for x in orders.items]
@@ -375,7 +334,7 @@ async def test_a_burst_of_401s_refreshes_the_token_once(client: AlorClient, sim:
     before = client._tokens.stats["refreshes"]
     sim.faults.expire_tokens()
     sim.faults.drop(code=1006, kind="ws")
-    await _until(
+    await until(
         lambda: (
             sum(s.restore_count for s in client._registry.subscriptions()) >= 60
             and all(s.state is SubscriptionState.ACTIVE for s in client._registry.subscriptions())

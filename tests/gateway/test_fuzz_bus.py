@@ -34,7 +34,7 @@ import msgspec
 import nats
 import pytest
 import pytest_asyncio
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -56,12 +56,13 @@ from alorws.protocol.market import Quote, Trade
 from alorws.sim.app import Simulator
 
 from .._hostile import (
-    FUZZ_EXAMPLES,
     JWT,
     REFRESH,
     SECRETS,
+    LogLines,
     deep,
     edge_values,
+    fuzz_settings,
     good,
     good_payload,
     hostile,
@@ -75,24 +76,7 @@ from .conftest import FAST
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 KINDS = ("quotes", "trades", "orders")
-SETTINGS = settings(
-    max_examples=FUZZ_EXAMPLES or 50,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+SETTINGS = fuzz_settings(50)
 
 
 @dataclass
@@ -106,7 +90,7 @@ class Rig:
     nc: NatsClient
     js: JetStreamContext
     streams: dict[str, BusStream[Any]]
-    log: _Records
+    log: LogLines
     marker: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -163,7 +147,7 @@ async def read_until(stream: Any, kind: str, marker: int, style: int = 0) -> Non
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rig() -> AsyncIterator[Rig]:
-    records = _Records()
+    records = LogLines()
     logger = logging.getLogger("alorws")
     logger.addHandler(records)
     old_level = logger.level

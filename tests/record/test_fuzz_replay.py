@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from alorws.errors import FrameError
 from alorws.protocol.account import Order
@@ -40,10 +40,10 @@ from alorws.record import Replay
 from alorws.record._writer import Partitions, Sub, WriterConfig, classify
 
 from .._hostile import (
-    FUZZ_EXAMPLES,
     SECRETS,
     deep,
     echoed_token,
+    fuzz_settings,
     good,
     hostile,
     marker_of,
@@ -141,11 +141,7 @@ async def replay(root: Path) -> tuple[dict[str, list[int]], dict[str, int], int]
         return got, bad, source.bad_frames
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES or 40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@fuzz_settings(40)
 @given(data=st.data())
 def test_hostile_recorded_frames_never_escape_a_replay(data: st.DataObject) -> None:
     """Hostile recorded frames between good ones: every good one is replayed, in order, each

@@ -7,6 +7,7 @@ in one field, so a test can tell its own frame from the simulator's live market.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -262,3 +263,21 @@ def hostile_payload(kind: str) -> st.SearchStrategy[bytes]:
     """Every kind of hostile ``data`` payload of a ``kind`` stream (no envelope)."""
     base = msgspec.json.encode(payload(kind))
     return st.one_of(structured_payload(kind), damaged(base))
+
+
+async def read_until(stream: Any, kind: str, marker: int, style: int = 0) -> None:
+    """Consume ``stream`` until the object :func:`good` marked ``marker`` arrives, reading with
+    ``get_batch`` (style 0), ``get`` (1) or ``async for`` (2)."""
+    async with asyncio.timeout(20):
+        while True:
+            if style == 0:
+                got = await stream.get_batch(50)
+            elif style == 1:
+                got = [await stream.get()]
+            else:
+                got = []
+                async for obj in stream:
+                    got.append(obj)
+                    break
+            if any(marker_of(kind, obj) == marker for obj in got):
+                return

@@ -24,7 +24,6 @@ run set ``ALORWS_FUZZ_EXAMPLES``, e.g.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from alorws.errors import FrameError
 from alorws.protocol.codec import DATA_HEAD, DataMessage, frame_decoder_for, frame_tail, route
 from alorws.sim.app import Simulator
 
-from .._hostile import SECRETS, LogLines, fuzz_settings, good, hostile, marker_of
+from .._hostile import SECRETS, LogLines, fuzz_settings, good, hostile, read_until
 from .._sim import DAY
 from .conftest import FAST
 
@@ -71,7 +70,7 @@ class Rig:
             markers[name] = self.marker
             assert self.sim.faults.inject(good(name, s.guid, self.marker), kind="ws") >= 1
         for name, s in self.streams.items():
-            await _read_until(s, name, markers[name], style)
+            await read_until(s, name, markers[name], style)
 
     def lane_by_id(self, lane_id: int) -> dict[str, Any]:
         return next(x for x in self.client.stats()["lanes"] if x["id"] == lane_id)
@@ -134,22 +133,6 @@ def expected(frame: bytes, on_lane: dict[str, Stream[Any]]) -> tuple[str, Stream
     except Exception:
         return "bad_payload", target
     return "model", target
-
-
-async def _read_until(stream: Stream[Any], kind: str, marker: int, style: int) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            if style == 0:
-                got = await stream.get_batch(50)
-            elif style == 1:
-                got = [await stream.get()]
-            else:
-                got = []
-                async for obj in stream:
-                    got.append(obj)
-                    break
-            if any(marker_of(kind, obj) == marker for obj in got):
-                return
 
 
 @fuzz_settings(60)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -123,6 +125,27 @@ async def test_an_echoed_token_never_reaches_the_log(
         assert secret not in text
 
 
+@contextlib.asynccontextmanager
+async def _serving(method: str, path: str, bodies: list[str]) -> AsyncIterator[int]:
+    """A loopback HTTP server answering ``method path`` with each of ``bodies`` in turn; yields
+    its port."""
+    served = iter(bodies)
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=next(served), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route(method, path, answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 async def test_http_answers_with_a_token_or_nested_deep_are_frame_errors_without_it() -> None:
     """The HTTP client: an answer that echoes a token where a number belongs, or a body nested
     thousands deep, raises FrameError (never RecursionError) whose message has no token."""
@@ -131,19 +154,7 @@ async def test_http_answers_with_a_token_or_nested_deep_are_frame_errors_without
         "[" * 6000 + "]" * 6000,
         '"' + JWT + '"',
     ]
-    served = iter(bodies)
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        return web.Response(text=next(served), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/md/v2/time", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with _serving("GET", "/md/v2/time", bodies) as port:
         async with HttpClient(f"http://127.0.0.1:{port}") as http:
             for _ in bodies:
                 with pytest.raises(FrameError) as info:
@@ -151,8 +162,6 @@ async def test_http_answers_with_a_token_or_nested_deep_are_frame_errors_without
                 text = str(info.value) + repr(info.value)
                 for secret in SECRETS:
                     assert secret not in text
-    finally:
-        await runner.cleanup()
 
 
 async def test_an_auth_server_answer_nested_deep_is_an_auth_error() -> None:
@@ -163,19 +172,7 @@ async def test_an_auth_server_answer_nested_deep_is_an_auth_error() -> None:
         "[" * 6000 + "]" * 6000,
         '{"AccessToken":"eyJhbGciOiJub25lIn0.' + claims.decode() + '.c2ln"}',
     ]
-    served = iter(bodies)
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        return web.Response(text=next(served), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/refresh", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with _serving("POST", "/refresh", bodies) as port:
         for _ in bodies:
             tokens = TokenManager(REFRESH, f"http://127.0.0.1:{port}")
             try:
@@ -184,5 +181,3 @@ async def test_an_auth_server_answer_nested_deep_is_an_auth_error() -> None:
                 assert REFRESH not in str(info.value)
             finally:
                 await tokens.aclose()
-    finally:
-        await runner.cleanup()

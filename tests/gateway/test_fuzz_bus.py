@@ -67,7 +67,7 @@ from .._hostile import (
     good_payload,
     hostile,
     hostile_payload,
-    marker_of,
+    read_until,
 )
 from .._sim import DAY
 from .conftest import FAST
@@ -126,23 +126,6 @@ class Rig:
     def assert_clean_log(self, since: int) -> None:
         for line in self.log.lines[since:]:
             assert not any(secret in line for secret in SECRETS)
-
-
-async def read_until(stream: Any, kind: str, marker: int, style: int = 0) -> None:
-    """Consume ``stream`` until the object :func:`good` marked ``marker`` arrives."""
-    async with asyncio.timeout(20):
-        while True:
-            if style == 0:
-                got = await stream.get_batch(50)
-            elif style == 1:
-                got = [await stream.get()]
-            else:
-                got = []
-                async for obj in stream:
-                    got.append(obj)
-                    break
-            if any(marker_of(kind, obj) == marker for obj in got):
-                return
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -213,6 +213,46 @@ def test_check_duplicates_off_but_queued_at_a_drop_still_goes_out() -> None:
     assert cws.sent() == [encode_command(command)]
 
 
+def test_a_frame_never_written_is_not_ambiguous_at_the_drop() -> None:
+    """The driver found the socket closed before writing: the command was surely not
+    executed, so the drop neither fails it as unknown nor asks for a fresh token; it goes out
+    on the next connection."""
+    cws = Cws()
+    cws.open()
+    command = _order(check_duplicates=False)
+    cws.submit(command)
+    frames = cws.sent()
+    cws.conn.not_written(frames)
+    cws.lose()
+    assert cws.events() == []
+    assert cws.conn.unknown == 0 and cws.conn.frames_sent == 0
+    plan = cws.open("t2")
+    assert not plan.fresh
+    assert cws.sent() == frames
+    cws.reply(command.guid)
+    (ack,) = cws.events()
+    assert isinstance(ack, CommandAcked)
+
+
+def test_a_resend_never_written_stays_ambiguous() -> None:
+    """A command already ambiguous from an earlier drop stays so when its re-send was not
+    written: a refusal of the next re-send is still "unknown", never a plain rejection."""
+    cws = Cws()
+    cws.open()
+    command = _order()
+    cws.submit(command)
+    cws.sent()
+    cws.lose()
+    cws.open("t2")
+    cws.conn.not_written(cws.sent())
+    cws.lose()
+    cws.open("t3")
+    assert cws.sent() == [encode_command(command)]
+    cws.reply(command.guid, code=400)
+    (event,) = cws.events()
+    assert isinstance(event, CommandFailed) and isinstance(event.error, OrderStatusUnknown)
+
+
 def test_a_reset_under_a_command_asks_for_a_fresh_token_next_time() -> None:
     """After a connection reset with a command in flight, the next authorize needs a token
     issued now (the old one may reset again); once used, the demand is met."""

@@ -328,11 +328,12 @@ class OrderClient(OrderMethods):
         frames = cmd.data_to_send()
         if frames:
             conn = self._conn
-            if conn is not None:
-                for frame in frames:
-                    # A frame written to a socket that dies may or may not have arrived: the
-                    # command is in flight either way (the lost connection makes it ambiguous).
-                    self._write(conn, frame)
+            for i, frame in enumerate(frames):
+                # A frame written to a socket that dies may or may not have arrived (the lost
+                # connection makes it ambiguous); one never written was surely not executed.
+                if conn is None or not self._write(conn, frame):
+                    cmd.not_written(frames[i:])
+                    break
         for event in cmd.events_received():
             match event:
                 case CommandAcked(guid=guid, order_number=number, message=message):

@@ -193,7 +193,7 @@ class PendingCommand:
         self.guid: str = command.guid
         self.frame = frame  # encoded once: a re-send is byte for byte the same command
         self.sends = 0
-        self.sent_gen = 0  # the connection it was last sent on (0: never sent)
+        self.sent_gen = 0  # the connection it is in flight on (0: none)
         self.sent_at = 0.0
         self.needs_auth = False  # got a 401: not executed, re-send after re-authorizing
         self.auth_retries = 0
@@ -296,11 +296,25 @@ class CommandConnection:
     def data_to_send(self) -> list[bytes]:
         """The command frames to write now on the current connection, in order.
 
-        A frame whose write fails needs nothing more: it counts as in flight, and the lost
-        connection makes it ambiguous (re-sent with the same guid).
+        A frame whose write fails may have reached the server: it counts as in flight, and the
+        lost connection makes it ambiguous (re-sent with the same guid). Frames the driver
+        surely did not write (the socket was already closed) go back with :meth:`not_written`.
         """
         frames, self._frames = self._frames, []
         return frames
+
+    def not_written(self, frames: list[bytes]) -> None:
+        """``frames`` (from :meth:`data_to_send`) were never handed to the socket: their commands
+        are not in flight, so losing this connection leaves them unambiguous (not executed)
+        and they go out again on the next one."""
+        unsent = {id(f) for f in frames}
+        for pending in self._pending.values():
+            if id(pending.frame) in unsent and pending.sent_gen == self._gen:
+                pending.sends -= 1
+                pending.sent_gen = 0  # in flight nowhere; ``ambiguous`` keeps an earlier drop
+                self.frames_sent -= 1
+                if pending.sends:
+                    self.resends -= 1
 
     # -- commands ------------------------------------------------------------------------------
 

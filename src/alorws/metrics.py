@@ -83,10 +83,18 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
+class _OrderLatencies(Protocol):
+    def latencies_us(self) -> list[int]: ...
+
+
 class StatsSource(Protocol):
-    """What the collector reads: :class:`~alorws.client.AlorClient` fits."""
+    """What the collector reads: :class:`~alorws.client.AlorClient` fits. ``trading`` is read
+    only once ``stats()["orders"]`` says the order client exists (reading it creates one)."""
 
     def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def trading(self) -> _OrderLatencies: ...
 
 
 class _Histogram:
@@ -144,24 +152,14 @@ class ClientCollector(Collector):
                 if self._seen_restore.get(int(lane["id"])) != key:
                     self._seen_restore[int(lane["id"])] = key
                     self._restores.observe(float(seconds))
-            self._poll_orders()
+            self._poll_orders(stats.get("orders"))
         return stats
 
-    def _trading_stats(self) -> tuple[dict[str, Any], list[int]] | None:
-        # The trading client is created on first use: only look if it exists.
-        trading = getattr(self._client, "_trading", None)
-        if trading is None:
-            return None
-        stats: dict[str, Any] = trading.stats()
-        samples = trading.latencies_us()
-        return stats, samples
-
-    def _poll_orders(self) -> None:
-        found = self._trading_stats()
-        if found is None:
+    def _poll_orders(self, orders: dict[str, Any] | None) -> None:
+        if orders is None:  # no order client yet: reading ``trading`` would create one
             return
-        stats, samples = found
-        replies = int(stats.get("acks", 0)) + int(stats.get("rejections", 0))
+        samples = self._client.trading.latencies_us()
+        replies = int(orders.get("acks", 0)) + int(orders.get("rejections", 0))
         new = min(replies - self._seen_replies, len(samples))
         self._seen_replies = replies
         for micros in samples[len(samples) - new :] if new > 0 else ():
@@ -182,12 +180,11 @@ class ClientCollector(Collector):
                 "alorws_restore_duration_seconds",
                 "Time from a disconnect to the restored subscriptions, per restore.",
             )
-            found = self._trading_stats()
-            if found is not None:
+            ostats = stats.get("orders")
+            if ostats is not None:
                 orders = CounterMetricFamily(
                     "alorws_orders", "Order commands by outcome.", labels=["result"]
                 )
-                ostats = found[0]
                 orders.add_metric(["acked"], float(ostats.get("acks", 0)))
                 orders.add_metric(["rejected"], float(ostats.get("rejections", 0)))
                 orders.add_metric(["unknown"], float(ostats.get("unknown", 0)))
@@ -296,8 +293,14 @@ class _ActiveClient:
         return {} if client is None else dict(client.stats())
 
     @property
-    def _trading(self) -> Any:
-        return getattr(self._gateway.active_client, "_trading", None)
+    def trading(self) -> _OrderLatencies:
+        client = self._gateway.active_client
+        return _NoOrders() if client is None else client.trading  # None: lost the lead meanwhile
+
+
+class _NoOrders:
+    def latencies_us(self) -> list[int]:
+        return []
 
 
 class GatewayCollector(ClientCollector):

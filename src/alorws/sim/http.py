@@ -324,11 +324,10 @@ class HttpApi:
 
     async def _built(self, symbol: str, tf: int | None) -> None:
         """Build the ``tf`` candles (None: the minute history) of ``symbol`` in bounded steps,
-        yielding to the loop between them."""
-        market = self.market
-        step = market.build_history if tf is None else lambda s: market.build_series(s, tf)
-        while not step(symbol):  # noqa: ASYNC110 - doing the work in steps, not waiting
-            await asyncio.sleep(0)
+        yielding to the loop between them (a request cancelled meanwhile leaves the build)."""
+        with self.market.building(symbol, tf) as step:
+            while not step():  # noqa: ASYNC110 - doing the work in steps, not waiting
+                await asyncio.sleep(0)
 
     async def _orderbook(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)

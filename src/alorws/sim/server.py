@@ -405,14 +405,14 @@ class SimServer:
             await self._finish(conn)
         return ws
 
-    @staticmethod
-    async def _see_through(wait: HistoryWait) -> None:
+    async def _see_through(self, wait: HistoryWait) -> None:
         """Build a request's history one bounded step per turn of the loop, then subscribe
         (unless the connection closed meanwhile)."""
-        while not wait.step():
-            await asyncio.sleep(0)
-            if wait.conn.closing:
-                return
+        with self.market.building(wait.symbol, wait.tf) as step:
+            while not step():
+                await asyncio.sleep(0)
+                if wait.conn.closing:
+                    return
         wait.finish()
 
     # -- /cws ---------------------------------------------------------------------------------

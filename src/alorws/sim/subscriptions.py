@@ -133,13 +133,15 @@ C = TypeVar("C", bound=Peer)
 class HistoryWait:
     """A subscription that needs history built first (:meth:`Hub.handle_ws`).
 
-    The caller runs :attr:`step` (one bounded piece of work) until it returns True, letting
-    other connections be served in between and giving up if :attr:`conn` closes, then runs
-    :attr:`finish`, which subscribes.
+    The caller builds the :attr:`tf` candles of :attr:`symbol` in bounded steps
+    (:meth:`~alorws.sim.market.SyntheticMarket.building`), letting other connections be served
+    in between and giving up if :attr:`conn` closes, then runs :attr:`finish`, which
+    subscribes.
     """
 
     conn: Peer
-    step: Callable[[], bool]
+    symbol: str
+    tf: int
     finish: Callable[[], None]
 
 
@@ -524,9 +526,7 @@ class Hub(Generic[C]):
         needs = self._needs_history(symbol, request)
         if needs is not None and not self.market.series_ready(symbol, needs):
             return HistoryWait(
-                conn,
-                partial(self.market.build_series, symbol, needs),
-                partial(self._subscribe_built, conn, guid, request, symbol),
+                conn, symbol, needs, partial(self._subscribe_built, conn, guid, request, symbol)
             )
         self._subscribe(conn, guid, request, symbol)
         return None

@@ -29,7 +29,14 @@ from ..protocol.market import Trade
 from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
 from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
-from .web import DUPLICATE_WINDOW, bearer, error_response, json_response, read_json
+from .web import (
+    DUPLICATE_WINDOW,
+    bearer,
+    build_in_steps,
+    error_response,
+    json_response,
+    read_json,
+)
 from .wire import wire
 
 
@@ -318,16 +325,11 @@ class HttpApi:
             exchange, _, symbol = ticker.strip().rpartition(":")
             info = self.market.find(symbol, (exchange or "MOEX").upper())
             if info is not None:
-                await self._built(info.symbol, TIMEFRAMES["D"])  # a quote reads the day
+                await build_in_steps(
+                    self.market, info.symbol, TIMEFRAMES["D"]
+                )  # a quote reads the day
                 out.append(wire(self.market.quote(info.symbol), fmt))
         return json_response(out)
-
-    async def _built(self, symbol: str, tf: int | None) -> None:
-        """Build the ``tf`` candles (None: the minute history) of ``symbol`` in bounded steps,
-        yielding to the loop between them (a request cancelled meanwhile leaves the build)."""
-        with self.market.building(symbol, tf) as step:
-            while not step():  # noqa: ASYNC110 - doing the work in steps, not waiting
-                await asyncio.sleep(0)
 
     async def _orderbook(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)
@@ -373,7 +375,7 @@ class HttpApi:
         market = self.market
         if not market.timeframe_available(symbol, tf):
             raise _bad("tf", f"{market.max_timeframes} other timeframes are in use", text)
-        await self._built(symbol, tf)
+        await build_in_steps(market, symbol, tf)
         bars = market.bars(symbol, tf, start, end)
         if count_back > 0 and len(bars) < count_back:
             # docs/protocol.md §8.3: move `from` back until the range holds countBack candles.
@@ -459,7 +461,7 @@ class HttpApi:
             raise web.HTTPBadRequest(text="limit: required, 1..50000")
         offset = _int_arg(request, "offset", 0) or 0
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
-        await self._built(info.symbol, None)
+        await build_in_steps(self.market, info.symbol, None)
         total, page = self.market.trades_history(info.symbol, start, end, offset, limit)
         return json_response(wire(AllTradesPage(total=total, trades=page), fmt))
 
@@ -472,7 +474,7 @@ class HttpApi:
         info = self.market.actual_future(request.match_info["symbol"], exchange)
         if info is None:
             raise web.HTTPNotFound(text="No active future with this base code")
-        await self._built(info.symbol, TIMEFRAMES["D"])
+        await build_in_steps(self.market, info.symbol, TIMEFRAMES["D"])
         return json_response(wire(self.market.quote(info.symbol), fmt))
 
     # -- account views over HTTP (docs/protocol.md §8.4) --------------------------------------

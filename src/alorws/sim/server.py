@@ -28,8 +28,8 @@ from .auth import Claims, TokenService
 from .connection import Connection
 from .faults import AdminApi, Faults
 from .http import HttpApi
-from .subscriptions import MAX_GUID_LEN, HistoryWait, Hub, Limits, guid_error, status_frame
-from .web import DUPLICATE_WINDOW, MAX_REQUEST, bearer, error_response
+from .subscriptions import MAX_GUID_LEN, Hub, Limits, guid_error, status_frame
+from .web import DUPLICATE_WINDOW, MAX_REQUEST, bearer, build_in_steps, error_response
 
 
 if TYPE_CHECKING:
@@ -394,8 +394,11 @@ class SimServer:
                     await asyncio.sleep(faults.reply_delay)
                 try:
                     wait = hub.handle_ws(conn, msg.data)
-                    if wait is not None:
-                        await self._see_through(wait)  # this connection waits meanwhile
+                    # History to build first: this connection waits meanwhile, others not.
+                    if wait is not None and await build_in_steps(
+                        self.market, wait.symbol, wait.tf, lambda: conn.closing
+                    ):
+                        wait.finish()
                 except Exception:
                     self._failed(conn, msg.data, "/ws")
                 handled += 1
@@ -404,16 +407,6 @@ class SimServer:
         finally:
             await self._finish(conn)
         return ws
-
-    async def _see_through(self, wait: HistoryWait) -> None:
-        """Build a request's history one bounded step per turn of the loop, then subscribe
-        (unless the connection closed meanwhile)."""
-        with self.market.building(wait.symbol, wait.tf) as step:
-            while not step():
-                await asyncio.sleep(0)
-                if wait.conn.closing:
-                    return
-        wait.finish()
 
     # -- /cws ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""What the simulator's aiohttp endpoints share: JSON answers, JSON bodies, bearer tokens.
+"""What the simulator's aiohttp endpoints share: JSON answers, JSON bodies, bearer tokens, and
+candles built in steps.
 
 Used by the WebSocket shell (:mod:`~alorws.sim.server`), the HTTP API (:mod:`~alorws.sim.http`)
 and the admin endpoints (:mod:`~alorws.sim.faults`).
@@ -6,7 +7,9 @@ and the admin endpoints (:mod:`~alorws.sim.faults`).
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from aiohttp import web
@@ -14,10 +17,15 @@ from aiohttp import web
 from .auth import Claims, TokenService
 
 
+if TYPE_CHECKING:
+    from .market import SyntheticMarket
+
+
 __all__ = [
     "DUPLICATE_WINDOW",
     "MAX_REQUEST",
     "bearer",
+    "build_in_steps",
     "error_response",
     "json_response",
     "read_json",
@@ -74,3 +82,24 @@ def bearer(tokens: TokenService, request: web.Request) -> Claims | None:
     if not header.startswith("Bearer "):
         return None
     return tokens.verify(header[7:].strip())
+
+
+async def build_in_steps(
+    market: SyntheticMarket,
+    symbol: str,
+    tf: int | None,
+    gave_up: Callable[[], bool] | None = None,
+) -> bool:
+    """Build the ``tf`` candles (None: the minute history) of ``symbol`` one bounded step per
+    turn of the event loop, so other clients are served meanwhile; True once built.
+
+    False as soon as ``gave_up()`` is true (e.g. the connection closed): the caller leaves the
+    build, which is dropped if nobody else steps it (``SyntheticMarket.building``); so is it
+    when the caller is cancelled.
+    """
+    with market.building(symbol, tf) as step:
+        while not step():
+            await asyncio.sleep(0)
+            if gave_up is not None and gave_up():
+                return False
+    return True

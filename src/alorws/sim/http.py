@@ -30,7 +30,7 @@ from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
 from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
 from .web import (
-    DUPLICATE_WINDOW,
+    RecentReplies,
     bearer,
     build_in_steps,
     error_response,
@@ -172,7 +172,7 @@ class HttpApi:
         self._execute = execute
         self._clock = clock
         self._rate = RateLimit(http_rate, clock)
-        self._seen_http: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
+        self._seen_http: RecentReplies[tuple[int, dict[str, Any]]] = RecentReplies(clock)
         self._http_serial = 0
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -605,14 +605,12 @@ class HttpApi:
         # The body first: no await may come between the duplicate check and the execution,
         # or two requests with one X-REQID could both run.
         body = await read_json(request) or {}
-        key = (claims.login, reqid)
-        now = self._clock()
-        seen = self._seen_http.get(key)
-        if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+        seen = self._seen_http.get(claims.login, reqid)
+        if seen is not None:
             return json_response(
                 {
                     "message": "Request with such X-ALOR-REQID was already handled.",
-                    "oldResponse": {"statusCode": seen[1], "body": seen[2]},
+                    "oldResponse": {"statusCode": seen[0], "body": seen[1]},
                 },
                 400,
             )
@@ -630,11 +628,7 @@ class HttpApi:
                 out = {"message": "success", "orderNumber": reply.get("orderNumber")}
             else:
                 out = {"message": reply["message"]}
-        if len(self._seen_http) > 100_000:
-            self._seen_http = {
-                k: v for k, v in self._seen_http.items() if now - v[0] < DUPLICATE_WINDOW
-            }
-        self._seen_http[key] = (now, status, out)
+        self._seen_http.put(claims.login, reqid, (status, out))
         return json_response(out, status)
 
     def _next_serial(self) -> int:

@@ -55,12 +55,14 @@ __all__ = [
     "DEFAULT_FREQUENCY_MS",
     "HISTORY_CAP",
     "MAX_GUID_LEN",
+    "Envelope",
     "HistoryWait",
     "Hub",
     "Limits",
     "Peer",
     "Subscription",
     "guid_error",
+    "read_envelope",
     "status_frame",
 ]
 
@@ -90,6 +92,34 @@ def status_frame(guid: str, code: int, message: str, order_number: str | None = 
 def guid_error(guid: str) -> str:
     """The 400 message for a guid over :data:`MAX_GUID_LEN` (the guid itself is not quoted)."""
     return f"guid: at most {MAX_GUID_LEN} characters, got {len(guid)}"
+
+
+class Envelope(msgspec.Struct, gc=False):
+    """The fields every ``/ws`` and ``/cws`` request has, whatever their types; the rest is
+    decoded by the request and command classes."""
+
+    opcode: Any = None
+    guid: Any = None
+    token: Any = None
+    checkDuplicates: Any = True  # /cws (docs/protocol.md §12.11)
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(Envelope)
+
+
+def read_envelope(frame: bytes | str) -> tuple[Envelope, str] | bytes:
+    """A ``/ws`` or ``/cws`` frame's envelope and guid, or the 400 status frame refusing it
+    (not JSON, no guid, a guid over :data:`MAX_GUID_LEN`; docs/protocol.md §12.2)."""
+    try:
+        env = _ENVELOPE.decode(frame)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        return status_frame("", 400, f"Invalid JSON: {exc}")
+    guid = env.guid
+    if type(guid) is not str or not guid:
+        return status_frame("", 400, "Missing or invalid field 'guid'")
+    if len(guid) > MAX_GUID_LEN:
+        return status_frame("", 400, guid_error(guid))
+    return env, guid
 
 
 def _as_existing(model: Model) -> Model:
@@ -472,18 +502,11 @@ class Hub(Generic[C]):
         long history never holds up the other connections.
         """
         self.requests_handled += 1
-        try:
-            env = _ENVELOPE.decode(frame)
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            conn.put(status_frame("", 400, f"Invalid JSON: {exc}"))
+        read = read_envelope(frame)
+        if isinstance(read, bytes):
+            conn.put(read)
             return None
-        guid = env.guid
-        if type(guid) is not str or not guid:
-            conn.put(status_frame("", 400, "Missing or invalid field 'guid'"))
-            return None
-        if len(guid) > MAX_GUID_LEN:
-            conn.put(status_frame("", 400, guid_error(guid)))
-            return None
+        env, guid = read
         opcode = env.opcode
         if type(opcode) is not str:
             conn.put(status_frame(guid, 400, "Missing or invalid field 'opcode'"))
@@ -896,12 +919,4 @@ class Hub(Generic[C]):
         return heap[0][0] if heap else None
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    # The fields every /ws request has; the rest is decoded by the request classes.
-    opcode: Any = None
-    guid: Any = None
-    token: Any = None
-
-
-_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
 _REQUEST: Final = msgspec.json.Decoder(AnySubscriptionRequest)

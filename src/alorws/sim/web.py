@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DUPLICATE_WINDOW",
     "MAX_REQUEST",
+    "RecentReplies",
     "bearer",
     "build_in_steps",
     "error_response",
@@ -39,6 +40,43 @@ DUPLICATE_WINDOW: Final = 3600.0
 
 _ENC: Final = msgspec.json.Encoder()
 _JSON: Final = msgspec.json.Decoder()
+
+R = TypeVar("R")
+
+
+class RecentReplies(Generic[R]):
+    """The reply to each request checked for duplicates, by account and request id (a ``/cws``
+    guid, an HTTP ``X-REQID``), for ``window`` seconds (docs/protocol.md §12.11).
+
+    Past ``limit`` replies, those older than the window are forgotten. ``clock`` gives
+    seconds (the server's clock).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        window: float = DUPLICATE_WINDOW,
+        limit: int = 100_000,
+    ) -> None:
+        self._clock = clock
+        self.window = window
+        self.limit = limit
+        self._replies: dict[tuple[str, str], tuple[float, R]] = {}
+
+    def get(self, login: str, request_id: str) -> R | None:
+        """The reply to ``request_id`` of ``login`` within the window, or None."""
+        seen = self._replies.get((login, request_id))
+        if seen is None or self._clock() - seen[0] >= self.window:
+            return None
+        return seen[1]
+
+    def put(self, login: str, request_id: str, reply: R) -> None:
+        """Remember ``reply`` from now on."""
+        now = self._clock()
+        if len(self._replies) > self.limit:
+            window = self.window
+            self._replies = {k: v for k, v in self._replies.items() if now - v[0] < window}
+        self._replies[login, request_id] = (now, reply)
 
 
 def json_response(

@@ -28,7 +28,7 @@ from ..protocol.http_models import AllTradesPage
 from ..protocol.market import Trade
 from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
-from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
+from .market import MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
 from .web import (
     RecentReplies,
     bearer,
@@ -365,16 +365,15 @@ class HttpApi:
             tf = tf_seconds(text)
         except ValueError:
             raise _bad("tf", "must be seconds or D/W/M/Y", text) from None
-        if not 0 < tf <= MAX_TF:
-            raise _bad("tf", f"must be 1..{MAX_TF} seconds or D/W/M/Y", text)
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
         if start is None or end is None:
             raise _bad("from" if start is None else "to", "required, Unix seconds", "")
         count_back = _int_arg(request, "countBack", 0) or 0
         symbol = info.symbol
         market = self.market
-        if not market.timeframe_available(symbol, tf):
-            raise _bad("tf", f"{market.max_timeframes} other timeframes are in use", text)
+        problem = market.check_candles(symbol, tf, start)
+        if problem is not None:
+            raise web.HTTPBadRequest(text=problem)
         await build_in_steps(market, symbol, tf)
         bars = market.bars(symbol, tf, start, end)
         if count_back > 0 and len(bars) < count_back:

@@ -1432,6 +1432,27 @@ class SyntheticMarket:
         """One bounded step of generating the minute history of ``symbol``; True once done."""
         return self._advance(self._sym(symbol), _MINUTES)
 
+    def check_candles(
+        self, symbol: str, tf: int, from_s: int, *, series: bool = True
+    ) -> str | None:
+        """What is wrong with asking for the ``tf`` candles of ``symbol`` from ``from_s``:
+        the message of the 400 refusing it, or None.
+
+        ``tf`` must be 1..:data:`MAX_TF` seconds and ``from_s`` below :data:`MAX_TIME_S`
+        (:meth:`bars` reads an earlier one as 0); with ``series`` (candles, not clusters) the
+        candles must be kept or can be (:meth:`timeframe_available`).
+        """
+        if not 0 < tf <= MAX_TF:
+            return f"tf: must be 1..{MAX_TF} seconds or D/W/M/Y, got {tf}"
+        if from_s >= MAX_TIME_S:
+            return f"from: must be Unix seconds below {MAX_TIME_S} (year 9999), got {from_s}"
+        if series and not self.timeframe_available(symbol, tf):
+            return (
+                f"tf: {self.max_timeframes} other timeframes of {symbol} are in use; "
+                "use one of them or unsubscribe"
+            )
+        return None
+
     @contextlib.contextmanager
     def building(self, symbol: str, tf: int | None) -> Iterator[Callable[[], bool]]:
         """Join the callers stepping the ``tf`` candles (None: the minute history) of

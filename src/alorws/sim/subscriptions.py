@@ -42,7 +42,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
-from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, tf_seconds
+from .market import TIMEFRAMES, tf_seconds
 from .wire import encode_payload
 
 
@@ -579,25 +579,13 @@ class Hub(Generic[C]):
                 return None
             return portfolio
         if isinstance(req, BarsRequest | ClustersRequest):
-            problem = self._check_candles(symbol, req)
+            problem = self.market.check_candles(
+                symbol, tf_seconds(req.tf), req.from_, series=isinstance(req, BarsRequest)
+            )
             if problem is not None:
                 conn.put(status_frame(guid, 400, problem))
                 return None
         return symbol
-
-    def _check_candles(self, symbol: str, req: BarsRequest | ClustersRequest) -> str | None:
-        """What is wrong with a candle request's numbers, beyond what the model checks."""
-        tf = tf_seconds(req.tf)
-        if tf > MAX_TF:
-            return f"tf: at most {MAX_TF} seconds (Y), got {req.tf}"
-        if req.from_ >= MAX_TIME_S:
-            return f"from: must be Unix seconds below {MAX_TIME_S} (year 9999), got {req.from_}"
-        if isinstance(req, BarsRequest) and not self.market.timeframe_available(symbol, tf):
-            return (
-                f"tf: {self.market.max_timeframes} other timeframes of {symbol} are in use; "
-                "use one of them or unsubscribe"
-            )
-        return None
 
     @staticmethod
     def _needs_history(symbol: str, req: SubscriptionRequest) -> int | None:

@@ -613,8 +613,7 @@ class HttpApi:
                 },
                 400,
             )
-        self._http_serial += 1
-        guid = f"http-{self._http_serial}"
+        guid = f"http-{self._next_serial()}"
         frame = _ENC.encode({**body, **extra, "opcode": opcode, "guid": guid})
         try:
             command = decode_command(frame)

@@ -42,7 +42,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
-from .market import TIMEFRAMES, tf_seconds
+from .market import TIMEFRAMES, BookUpdated, StatusChanged, TradePrinted, tf_seconds
 from .wire import encode_payload
 
 
@@ -812,8 +812,6 @@ class Hub(Generic[C]):
 
     def publish_market(self, events: Iterable[MarketEvent]) -> None:
         """Fan one market step's events out (the caller then calls :meth:`flush_due`)."""
-        from .market import BookUpdated, StatusChanged, TradePrinted
-
         self._cache.clear()
         index = self._index
         touch = self._touch

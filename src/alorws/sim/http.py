@@ -325,9 +325,8 @@ class HttpApi:
             exchange, _, symbol = ticker.strip().rpartition(":")
             info = self.market.find(symbol, (exchange or "MOEX").upper())
             if info is not None:
-                await build_in_steps(
-                    self.market, info.symbol, TIMEFRAMES["D"]
-                )  # a quote reads the day
+                # A quote reads the day candles.
+                await build_in_steps(self.market, info.symbol, TIMEFRAMES["D"])
                 out.append(wire(self.market.quote(info.symbol), fmt))
         return json_response(out)
 

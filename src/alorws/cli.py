@@ -907,12 +907,8 @@ def history(
 # -- recording and replay ------------------------------------------------------------------------
 
 _STREAM_KINDS = ("quotes", "book", "trades", "bars")
-_REPLAY_OPCODES = {
-    "quotes": "QuotesSubscribe",
-    "book": "OrderBookGetAndSubscribe",
-    "trades": "AllTradesGetAndSubscribe",
-    "bars": "BarsGetAndSubscribe",
-}
+#: The --streams names as stream kinds (the typed methods' names, as Replay.find takes them).
+_REPLAY_KINDS = {"quotes": "quotes", "book": "order_book", "trades": "all_trades", "bars": "bars"}
 
 
 def _parse_streams(text: str) -> list[str]:
@@ -1040,16 +1036,7 @@ def replay(
 
     def open_stream(rep: Replay, kind: str, symbol: str) -> Stream[Any]:
         # Whatever was recorded of that kind for the symbol (any format, depth, timeframe).
-        opcode = _REPLAY_OPCODES[kind]
-        found = [
-            s.request
-            for s in rep.subscriptions()
-            if s.opcode == opcode and getattr(s.request, "code", None) == symbol
-        ]
-        if len(found) != 1:
-            what = f"{len(found)} recorded subscriptions" if found else "no recorded subscription"
-            raise ConfigurationError(f"{what} of {kind} {symbol} in {root}; recorded")
-        return rep.stream(found[0])
+        return rep.stream(rep.find(_REPLAY_KINDS[kind], code=symbol))
 
     async def follow(stream: Stream[Any], key: str) -> None:
         async for item in stream:
@@ -1090,7 +1077,7 @@ def replay(
                     except ConfigurationError as exc:
                         if symbols:  # asked for explicitly: say what is there
                             raise CliError(
-                                str(exc).split("; recorded")[0],
+                                str(exc).partition("\n")[0],  # the rest lists the requests
                                 "recorded: "
                                 + ", ".join(
                                     f"{s.opcode} {getattr(s.request, 'code', '')}".strip()

@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from alorws import cli
 from alorws.errors import ConfigurationError
 from alorws.protocol.requests import OrdersRequest, QuotesRequest
 from alorws.record import Replay
@@ -74,6 +75,44 @@ async def test_subscriptions_and_unknown_stream(recording: Recording) -> None:
         assert "QuotesRequest(code='SBER'" in str(err.value)
         with pytest.raises(ConfigurationError, match="no recorded subscription"):
             replay.order_book("SBER", depth=7)
+
+
+async def test_find_selects_one_recorded_subscription(recording: Recording) -> None:
+    """``find`` takes an opcode or a stream kind and the fields to agree on; none or several
+    matching is an error whose first line says so and whose next lines list what was
+    recorded."""
+    async with Replay(recording.root) as replay:
+        sber = replay.find("quotes", code="SBER")
+        assert isinstance(sber, QuotesRequest) and sber.code == "SBER"
+        assert replay.find("QuotesSubscribe", code="SBER") == sber
+        assert replay.find("bars", code="GAZP").code == "GAZP"
+        recorded = [repr(s.request) for s in replay.subscriptions()]
+        with pytest.raises(ConfigurationError) as err:
+            replay.find("quotes", code="LKOH")
+        lines = str(err.value).splitlines()
+        root = recording.root
+        assert lines[0] == f"no recorded subscription matches quotes(code='LKOH') in {root}"
+        assert lines[1] == "recorded:" and [line.strip() for line in lines[2:]] == recorded
+        with pytest.raises(ConfigurationError) as err:
+            replay.find("order_book")
+        assert str(err.value).splitlines()[0] == (
+            f"2 recorded subscriptions match order_book() in {root}"
+        )
+
+
+def test_cli_replay_of_an_unrecorded_symbol_says_what_was_recorded(
+    recording: Recording, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``alorws replay ROOT LKOH``: one line naming what was not found, and a hint with what
+    the recording holds."""
+    assert cli.main(["replay", str(recording.root), "LKOH", "--streams", "quotes"]) == 1
+    out, err = capsys.readouterr()
+    message, hint = err.splitlines()
+    assert message == (
+        f"alorws: error: no recorded subscription matches quotes(code='LKOH') in {recording.root}"
+    )
+    assert hint.startswith("hint: recorded: ") and "QuotesSubscribe SBER" in hint
+    assert "OrderBookGetAndSubscribe GAZP" in hint and out == ""
 
 
 async def test_stream_of_a_request_replays_the_recorded_subscription(

@@ -23,6 +23,7 @@ from alorws.protocol.commands import (
     User,
 )
 from alorws.protocol.enums import Condition, Exchange, OrderStatus, RiskStatus, Side, TimeInForce
+from alorws.sim.accounts import random_refresh_token, seeded_refresh_token
 from alorws.sim.engine import AccountEvent, CommandResult, TradingEngine
 from alorws.sim.market import SyntheticMarket, TradePrinted
 
@@ -104,6 +105,29 @@ def test_accounts_get_deterministic_portfolios_and_tokens(market: SyntheticMarke
         e.add_account("alice")
     with pytest.raises(ValueError, match="refresh token"):
         e.add_account("carol", refresh_token=a.refresh_token)
+
+
+def test_refresh_tokens_come_from_the_engines_factory(market: SyntheticMarket) -> None:
+    """An account added without a refresh token gets the factory's: seeded by default (the
+    same in every run), random when asked (as a running simulator does); UUID-shaped."""
+    seen: list[tuple[str, int]] = []
+
+    def factory(login: str, n: int) -> str:
+        seen.append((login, n))
+        return "rt"
+
+    e = TradingEngine(market, refresh_tokens=factory)
+    e.add_account("alice")
+    e.add_account("bob", refresh_token="given")
+    assert seen == [("alice", 0)] and e.account_for_token("rt") is not None
+    assert (
+        seeded_refresh_token("alice", 0) == TradingEngine(market).add_account("alice").refresh_token
+    )
+    one, two = random_refresh_token("alice", 0), random_refresh_token("alice", 0)
+    assert one != two
+    for token in (one, seeded_refresh_token("bob", 1)):
+        assert [len(part) for part in token.split("-")] == [8, 4, 4, 4, 12]
+        int(token.replace("-", ""), 16)
 
 
 def test_fresh_portfolio_views(engine: TradingEngine) -> None:

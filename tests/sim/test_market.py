@@ -302,6 +302,44 @@ def test_candles_of_every_timeframe_are_consistent() -> None:
     assert datetime.fromtimestamp(month.time, UTC).day == 1
 
 
+def test_the_day_candles_count_against_max_timeframes() -> None:
+    """A quote builds the day candles, which are never evicted: with the rest pinned no new
+    timeframe is available, and the series kept stay within the limit."""
+    m = SyntheticMarket(history_days=1)
+    m.max_timeframes = 2
+    m.quote("SBER")
+    m.pin("SBER", 60)
+    m.bars("SBER", 60, 0, m.now_ms // 1000)
+    assert not m.timeframe_available("SBER", 120)
+    m.unpin("SBER", 60)
+    assert m.timeframe_available("SBER", 120)
+    m.bars("SBER", 120, 0, m.now_ms // 1000)  # evicts 60, not the day
+    kept = [tf for tf in (60, 120, TIMEFRAMES["D"]) if m.series_ready("SBER", tf)]
+    assert kept == [120, TIMEFRAMES["D"]]
+
+
+def test_a_build_every_caller_left_is_dropped() -> None:
+    """An unfinished build stays while one caller still steps it; once the last leaves it is
+    dropped and no longer holds a place among ``max_timeframes``."""
+    m = SyntheticMarket(history_days=1)
+    m.max_timeframes = 2
+    m.build_chunk = 100
+    m.pin("SBER", 60)
+    m.bars("SBER", 60, 0, m.now_ms // 1000)
+    with m.building("SBER", 120) as first:
+        assert not first()
+        with m.building("SBER", 120) as second:
+            assert not second()
+        assert not m.timeframe_available("SBER", 180)  # 60 and the build of 120
+        assert not first()  # the build goes on where it was
+    assert m.timeframe_available("SBER", 180)  # the place of 120 is free again
+    assert not m.series_ready("SBER", 120)
+    with m.building("SBER", 120) as step:  # a new caller starts it afresh
+        while not step():
+            pass
+    assert m.series_ready("SBER", 120)
+
+
 def test_forming_bar_follows_the_last_trade() -> None:
     """The forming candle is the current period's and closes at the last in-order price."""
     m = SyntheticMarket(seed=4)

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from alorws.sim.app import Simulator
+from alorws.sim.web import RecentReplies
 
 from .._sim import DAY
 from .conftest import Connect, new_guid, request
@@ -105,6 +106,22 @@ async def test_duplicate_guid_replays_first_reply(sim: Simulator, cws: RawWS) ->
     await cws.request(unchecked)
     await cws.request(unchecked)
     assert len(sim.engine.orders(portfolio)) == 3
+
+
+def test_recent_replies_last_for_the_window() -> None:
+    """The memory behind duplicate guids and X-REQIDs: a reply is found, per account, for
+    ``window`` seconds; past ``limit`` entries the expired ones are forgotten."""
+    now = [0.0]
+    seen: RecentReplies[bytes] = RecentReplies(lambda: now[0], window=10.0, limit=1)
+    seen.put("alice", "g1", b"first")
+    assert seen.get("alice", "g1") == b"first" and seen.get("bob", "g1") is None
+    now[0] = 9.5
+    seen.put("alice", "g2", b"second")
+    assert seen.get("alice", "g1") == b"first"
+    now[0] = 10.0
+    assert seen.get("alice", "g1") is None and seen.get("alice", "g2") == b"second"
+    seen.put("alice", "g3", b"third")  # over the limit: g1 (expired) is dropped
+    assert len(seen._replies) == 2 and seen.get("alice", "g2") == b"second"
 
 
 async def test_fill_moves_positions_consistently_with_ground_truth(

@@ -75,6 +75,24 @@ async def test_refuse_new_connections(sim: Simulator, ws: RawWS) -> None:
         assert (await again.request({"opcode": "ping", "guid": new_guid()}))["httpCode"] == 200
 
 
+async def test_refusal_is_not_a_restart_window(sim: Simulator, connect: Connect) -> None:
+    """refuse() and restart() answer 503 without touching the restart window's state or
+    counters; a restart window and a refusal end separately."""
+    sim.faults.restart(30)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await connect("/ws")
+    window = sim.faults.stats()["restart_window"]
+    assert not window["active"] and window["refused"] == 0
+    sim.faults.restart_window(30)
+    sim.faults.refuse(0)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await connect("/ws")
+    assert sim.faults.stats()["restart_window"]["refused"] == 1
+    sim.faults.restart_window(0)
+    assert sim.faults.refuse_until <= sim.server.clock()
+    await connect("/ws")
+
+
 async def test_delay_replies(sim: Simulator, ws: RawWS, token: str) -> None:
     """delay(N): every reply (and the data behind it) comes N seconds late."""
     sim.faults.delay(0.3)

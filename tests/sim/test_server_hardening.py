@@ -20,7 +20,7 @@ from alorws.errors import InvalidArgumentError
 from alorws.sim.app import Simulator
 
 from .._sim import DAY
-from .conftest import new_guid, request
+from .conftest import Connect, new_guid, request
 from .test_server_cws import SBER, far_limit, order
 from .wsclient import PipeWS, RawWS
 
@@ -655,3 +655,69 @@ async def test_failing_replay_keeps_the_connection(
     trades = sim.burst("SBER", 40)
     assert len(await ws.data(req["guid"], trades)) == trades
     assert sim.stats()["errors"] == 1
+
+
+async def test_timeframes_stay_bounded_after_a_quote(sim: Simulator, ws: RawWS, token: str) -> None:
+    """The day candles a quote builds are never evicted: they count against
+    ``max_timeframes``, so once the rest are in use a new timeframe is refused (over /ws and
+    HTTP) and the kept series stay within the limit."""
+    sim.market.max_timeframes = 2
+    assert (await ws.request(request("QuotesSubscribe", token, code="SBER")))["httpCode"] == 200
+    subs = [
+        request("BarsGetAndSubscribe", token, code="SBER", tf=tf, skipHistory=True, **{"from": 0})
+        for tf in (60, 120, 180)
+    ]
+    assert (await ws.request(subs[0]))["httpCode"] == 200
+    for sub in subs[1:]:
+        refused = await ws.request(sub)
+        assert refused["httpCode"] == 400, refused
+        assert refused["message"] == (
+            "tf: 2 other timeframes of SBER are in use; use one of them or unsubscribe"
+        )
+    async with aiohttp.ClientSession(base_url=sim.url) as http:
+        query = {"symbol": "SBER", "exchange": "MOEX", "tf": "240", "from": "0", "to": "10"}
+        resp = await http.get("/md/v2/history", params=query)
+        assert resp.status == 400
+        assert await resp.text() == (
+            "tf: 2 other timeframes of SBER are in use; use one of them or unsubscribe"
+        )
+    kept = [tf for tf in (60, 120, 180, 240, 86_400) if sim.market.series_ready("SBER", tf)]
+    assert kept == [60, 86_400]
+    assert sim.stats()["errors"] == 0
+
+
+async def test_an_abandoned_history_build_frees_its_timeframe(
+    sim: Simulator, ws: RawWS, token: str, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /ws connection closed while its candles are being built gives the build up: it no
+    longer counts against ``max_timeframes``, so another timeframe can be subscribed."""
+    sim.market.max_timeframes = 2
+    bars = [
+        request("BarsGetAndSubscribe", token, code="SBER", tf=tf, skipHistory=True, **{"from": 0})
+        for tf in (60, 120, 180)
+    ]
+    assert (await ws.request(bars[0]))["httpCode"] == 200  # built and in use
+    market = sim.market
+    real = market.build_series
+    started = asyncio.Event()
+
+    def stuck(symbol: str, tf: int) -> bool:
+        # The build of 120 takes one real step (so it exists), then never ends: the close
+        # comes in the middle of it.
+        if tf != 120:
+            return real(symbol, tf)
+        if not started.is_set():
+            real(symbol, tf)
+            started.set()
+        return False
+
+    monkeypatch.setattr(market, "build_series", stuck)
+    gone = await connect()
+    await gone.send({**bars[1], "token": sim.access_token(sim.add_account("other"))})
+    async with asyncio.timeout(5):
+        await started.wait()
+    assert sim.faults.drop(1000, account="other") == 1
+    assert await gone.wait_closed() == 1000
+    assert (await ws.request(bars[2]))["httpCode"] == 200
+    assert not market.series_ready("SBER", 120)
+    assert sim.stats()["errors"] == 0

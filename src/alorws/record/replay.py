@@ -16,9 +16,9 @@ and the same de-duplicating filters as live frames. A strategy written against
 :data:`StreamSource` runs unchanged on a client, a ``BusClient`` or a replay.
 
 Matching: a typed method selects the recorded subscription with that opcode whose request agrees
-on every argument given (``None``/omitted = any value; ``skip_history=False`` too).
-``stream(request)`` selects the one equal to ``request``. No match, or several, raises
-:class:`~alorws.errors.ConfigurationError` listing what was recorded
+on every argument given (``None``/omitted = any value; ``skip_history=False`` too); that
+selection is :meth:`Replay.find`. ``stream(request)`` selects the one equal to ``request``. No
+match, or several, raises :class:`~alorws.errors.ConfigurationError` listing what was recorded
 (:meth:`Replay.subscriptions`).
 
 Timing: one pump task feeds every open stream in ``recv_ns`` order, across partitions. It starts
@@ -64,6 +64,7 @@ from ..client.sources import (
     is_account,
     is_whole,
     split_history,
+    stream_kind,
     stream_name,
     takes_options,
 )
@@ -255,7 +256,7 @@ class Replay(ClientStreams):
             skip_history = bool(criteria.pop("skip_history", False))
         elif not criteria.get("skip_history"):
             criteria.pop("skip_history", None)  # False: any
-        return self._open(self._match(cls.opcode, criteria), skip_history, options)
+        return self._open(self.find(cls.opcode, **criteria), skip_history, options)
 
     def _open(
         self, request: SubscriptionRequest, skip_history: bool, options: StreamOptions
@@ -280,10 +281,22 @@ class Replay(ClientStreams):
     def _recorded(self) -> str:
         return "\n  ".join(repr(s.request) for s in self.subscriptions()) or "(nothing)"
 
-    def _match(self, opcode: SubscriptionOpcode, criteria: dict[str, Any]) -> SubscriptionRequest:
+    def find(self, opcode: SubscriptionOpcode | str, **criteria: Any) -> SubscriptionRequest:
+        """The one recorded subscription request of ``opcode`` that agrees with ``criteria``;
+        open it with :meth:`stream`.
+
+        ``opcode`` is a subscription opcode (``"QuotesSubscribe"``) or a stream kind, the name
+        of the typed method (``"quotes"``, ``"order_book"``, ``"all_trades"``, ``"bars"``, …;
+        :data:`~alorws.client.sources.STREAM_KINDS`). ``criteria`` are fields of the request
+        by their Python names (``code="SBER"``, ``tf=60``); a field not given matches any
+        value. None or several matching raise :class:`~alorws.errors.ConfigurationError`: its
+        first line says what did not match, the lines after it list what was recorded.
+        """
+        self._require_open()
+        wanted = str(opcode)
         found = []
         for request in self._subs:
-            if type(request).opcode is not opcode:
+            if wanted not in (str(type(request).opcode), stream_kind(request)):
                 continue
             try:
                 same = msgspec.structs.replace(request, **criteria) == request
@@ -294,9 +307,13 @@ class Replay(ClientStreams):
         if len(found) == 1:
             return found[0]
         asked = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
-        what = "no recorded subscription" if not found else f"{len(found)} recorded subscriptions"
+        what = (
+            "no recorded subscription matches"
+            if not found
+            else f"{len(found)} recorded subscriptions match"
+        )
         raise ConfigurationError(
-            f"{what} match {opcode}({asked}) in {self.root}; recorded:\n  {self._recorded()}"
+            f"{what} {wanted}({asked}) in {self.root}\nrecorded:\n  {self._recorded()}"
         )
 
     # -- the Stream's client side -----------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -37,9 +39,12 @@ __all__ = [
     "AccountEvent",
     "Ledger",
     "Portfolio",
+    "RefreshTokens",
     "Reserving",
     "end_of_day",
     "money",
+    "random_refresh_token",
+    "seeded_refresh_token",
 ]
 
 #: The account streams an :class:`AccountEvent` can belong to (one per portfolio opcode,
@@ -57,6 +62,26 @@ STREAMS: Final = (
 GROUND_TRUTH_STREAMS: Final = frozenset({"orders", "stop_orders", "trades", "positions"})
 
 _FIRST_TRADE_ID: Final = 9_012_345_677
+
+#: Makes a new account's refresh token from its login and the number of accounts before it.
+RefreshTokens = Callable[[str, int], str]
+
+
+def _uuid_shaped(digits: str) -> str:
+    """32 hex digits as a UUID, the shape of ALOR's refresh tokens (docs/protocol.md §2.1)."""
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:32]}"
+
+
+def seeded_refresh_token(login: str, n: int) -> str:
+    """The same refresh token for the same login and place, in every run (tests, replays)."""
+    return _uuid_shaped(hashlib.sha256(f"alorws-sim:{login}:{n}".encode()).hexdigest())
+
+
+def random_refresh_token(login: str, n: int) -> str:
+    """A fresh random refresh token, whatever the login (a running simulator's)."""
+    return _uuid_shaped(secrets.token_hex(16))
+
+
 _DAY_MS: Final = 86_400_000
 _FORTS_FEE_PER_LOT: Final = 1.0
 
@@ -225,6 +250,9 @@ class Ledger:
             and risks of a portfolio holding a traded instrument; ``None`` never.
         ground_truth_path: when set, each ground-truth record is also appended to this JSONL
             file (by :meth:`flush`).
+        refresh_tokens: makes the refresh token of an account added without one;
+            :func:`seeded_refresh_token` (the default: the ledger stays deterministic) or
+            :func:`random_refresh_token`.
     """
 
     def __init__(
@@ -234,8 +262,10 @@ class Ledger:
         commission_rate: float = 0.0005,
         mark_to_market_ms: int | None = 1000,
         ground_truth_path: str | os.PathLike[str] | None = None,
+        refresh_tokens: RefreshTokens = seeded_refresh_token,
     ) -> None:
         self.market = market
+        self.refresh_tokens = refresh_tokens
         self.commission_rate = commission_rate
         self.mark_to_market_ms = mark_to_market_ms
         self.ground_truth_path = ground_truth_path
@@ -266,20 +296,16 @@ class Ledger:
         """Create an account with ``agreements`` x (``D…``, ``G…``, ``7500…``) portfolios.
 
         Ids are deterministic (``D00001``, ``G00001``, ``7500001`` for the first agreement
-        created, and so on); so is the refresh token unless one is given. Each portfolio opens
-        with ``cash`` RUB. Raises ``ValueError`` for a login or refresh token already in use.
+        created, and so on); the refresh token, unless one is given, is :attr:`refresh_tokens`'s.
+        Each portfolio opens with ``cash`` RUB. Raises ``ValueError`` for a login or refresh
+        token already in use.
         """
         if login in self._accounts:
             raise ValueError(f"account {login!r} already exists")
         if agreements < 1:
             raise ValueError(f"agreements must be >= 1, got {agreements}")
         if refresh_token is None:
-            digest = hashlib.sha256(
-                f"alorws-sim:{login}:{len(self._accounts)}".encode()
-            ).hexdigest()
-            refresh_token = "-".join(
-                (digest[:8], digest[8:12], digest[12:16], digest[16:20], digest[20:32])
-            )
+            refresh_token = self.refresh_tokens(login, len(self._accounts))
         if refresh_token in self._by_token:
             raise ValueError("this refresh token is already in use")
         account = Account(login=login, refresh_token=refresh_token, agreements=[], portfolios=[])

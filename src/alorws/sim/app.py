@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidArgumentError
+from .accounts import random_refresh_token
 from .auth import TokenService
 from .engine import Account, TradingEngine
 from .faults import (
@@ -80,12 +81,6 @@ def exposure_warning(host: str, admin: bool) -> str | None:
         "anyone who can reach it and has the admin token can drop connections and inject "
         "frames. Keep the admin token secret, or listen on 127.0.0.1"
     )
-
-
-def _random_refresh_token() -> str:
-    """A fresh refresh token, UUID-shaped like ALOR's (docs/protocol.md §2.1)."""
-    h = secrets.token_hex(16)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Simulator:
@@ -152,6 +147,7 @@ class Simulator:
             day_order_lifetime_ms=None
             if day_order_lifetime is None
             else round(day_order_lifetime * 1000),
+            refresh_tokens=random_refresh_token,
         )
         self.tokens = TokenService(token_lifetime)
         self.limits = Limits(
@@ -172,9 +168,7 @@ class Simulator:
             close_timeout=close_timeout,
         )
         self.faults: Faults = self.server.faults
-        self.demo = self.engine.add_account(
-            "demo", refresh_token=demo_refresh_token or _random_refresh_token()
-        )
+        self.demo = self.engine.add_account("demo", refresh_token=demo_refresh_token or None)
         self.cert_path: str | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
@@ -257,8 +251,6 @@ class Simulator:
         """
         if login is None:
             login = f"user{len(self.engine_accounts()) + 1}"
-        if kwargs.get("refresh_token") is None:
-            kwargs["refresh_token"] = _random_refresh_token()
         return self.engine.add_account(login, **kwargs)
 
     def engine_accounts(self) -> list[Account]:

@@ -152,15 +152,8 @@ class Connection:
     def put(self, frame: bytes) -> None:
         """Queue one frame; drop the connection if that makes it overflow
         (docs/protocol.md §12.9)."""
-        if self.closing:
-            return
-        queue = self._queue
-        queue.append(frame)
-        if len(queue) > self.max_unread:
+        if not self.closing and not self.offer(frame):
             self.close(1008, "Buffer overflow")
-            return
-        if self._waiter is not None:
-            self.put_nothing()
 
     def offer(self, frame: bytes) -> bool:
         """Queue one frame of a fan-out (the caller checked :attr:`closing`); False when the

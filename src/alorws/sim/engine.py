@@ -15,7 +15,15 @@ from typing import Any
 
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.commands import Command
-from .accounts import GROUND_TRUTH_STREAMS, STREAMS, Account, AccountEvent, Ledger
+from .accounts import (
+    GROUND_TRUTH_STREAMS,
+    STREAMS,
+    Account,
+    AccountEvent,
+    Ledger,
+    RefreshTokens,
+    seeded_refresh_token,
+)
 from .market import MarketEvent, SyntheticMarket
 from .matching import CommandResult, Matcher
 
@@ -51,6 +59,8 @@ class TradingEngine:
         day_order_lifetime_ms: How long a day order (``oneday``, the default time in force)
             lives; ``None``: until the end of the UTC day it was placed in (23:59:59.999, as
             TV-13). Tests set it so that an order placed just before midnight does not expire.
+        refresh_tokens: makes the refresh token of an account added without one (see
+            :class:`~alorws.sim.accounts.Ledger`); deterministic by default.
     """
 
     def __init__(
@@ -62,6 +72,7 @@ class TradingEngine:
         mark_to_market_ms: int | None = 1000,
         ground_truth_path: str | os.PathLike[str] | None = None,
         day_order_lifetime_ms: int | None = None,
+        refresh_tokens: RefreshTokens = seeded_refresh_token,
     ) -> None:
         self.market = market
         self.history_cap = history_cap
@@ -70,6 +81,7 @@ class TradingEngine:
             commission_rate=commission_rate,
             mark_to_market_ms=mark_to_market_ms,
             ground_truth_path=ground_truth_path,
+            refresh_tokens=refresh_tokens,
         )
         self.matcher = Matcher(market, self.ledger, day_order_lifetime_ms=day_order_lifetime_ms)
 

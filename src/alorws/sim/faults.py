@@ -51,6 +51,7 @@ __all__ = [
     "check_kind",
     "check_seconds",
     "check_share",
+    "check_window",
 ]
 
 log = logging.getLogger("alorws.sim")
@@ -153,13 +154,21 @@ def check_kind(value: object) -> str | None:
 # -- the conditions the server reads -----------------------------------------------------------
 
 
+def check_window(accept: object, linger: object, code: object) -> tuple[float, float, int]:
+    """A restart window's settings checked: ``accept`` a share, ``linger`` a duration,
+    ``code`` a close code (:data:`CLOSE_REASONS`)."""
+    return check_share("accept", accept), check_seconds("linger", linger), check_code(code)
+
+
 class RestartWindow:
-    """A restart window: its settings and what it did (docs/protocol.md §12.16).
+    """A span of 503s: a restart window or a plain refusal, its settings and what it did
+    (docs/protocol.md §12.16).
 
     While :meth:`active`, new connections and HTTP requests are refused with 503 except a share
-    ``accept`` of them (:meth:`admits`); a WebSocket let through is dropped with ``code`` within
-    ``linger`` seconds, and no later than the window's end (:meth:`doom_delay`, :meth:`drop`).
-    Times are on the server's clock.
+    ``accept`` of them (:meth:`turns_away`); a WebSocket let through is dropped with ``code``
+    within ``linger`` seconds, and no later than the window's end (:meth:`doom_delay`,
+    :meth:`drop`). A refusal lets nobody through (``accept`` 0). Times are on the server's
+    clock.
     """
 
     def __init__(self, random: Callable[[], float]) -> None:
@@ -170,13 +179,34 @@ class RestartWindow:
         self.counts = {"refused": 0, "admitted": 0, "dropped": 0}
         self._random = random
 
+    def open(
+        self,
+        now: float,
+        seconds: float,
+        *,
+        accept: float = 0.0,
+        linger: float = 1.0,
+        code: int = 1006,
+    ) -> None:
+        """Last ``seconds`` from ``now`` (0 ends it) with these (checked) settings."""
+        self.until = now + seconds
+        self.accept = accept
+        self.linger = linger
+        self.code = code
+
     def active(self, now: float) -> bool:
         """True while the window lasts."""
         return now < self.until
 
+    def turns_away(self, now: float) -> bool:
+        """Whether an attempt now gets 503: the window lasts and does not let it through
+        (counted either way)."""
+        return self.active(now) and not self.admits()
+
     def admits(self) -> bool:
         """During the window: whether this attempt gets through (counted either way)."""
-        if self._random() >= self.accept:
+        # With nobody let through there is nothing to draw.
+        if self.accept <= 0.0 or self._random() >= self.accept:
             self.counts["refused"] += 1
             return False
         self.counts["admitted"] += 1
@@ -304,11 +334,12 @@ class Faults:
         self._clock = clock
         self._arm_idle = arm_idle
         self._random = random.Random(seed)
-        #: Clock time before which new connections and HTTP requests get 503.
-        self.refuse_until = 0.0
         #: Seconds every reply waits.
         self.reply_delay = 0.0
+        #: :meth:`restart_window` (and :meth:`daily_restart`), in :meth:`stats`.
         self.window = RestartWindow(self._random.random)
+        #: :meth:`refuse` (and :meth:`restart`): a window that lets nobody through.
+        self.refusal = RestartWindow(self._random.random)
         self.idle = IdleCws()
         self.injected = 0
         self.dropped = 0
@@ -321,13 +352,16 @@ class Faults:
         self._silence_timers: dict[int, asyncio.TimerHandle] = {}
         self._silence_rounds = 0
 
+    @property
+    def refuse_until(self) -> float:
+        """Clock time before which :meth:`refuse` answers new connections and HTTP with 503."""
+        return self.refusal.until
+
     def turn_away(self) -> bool:
         """Whether a new connection or HTTP request is answered 503 now: a refusal lasts, or
         a restart window does and does not let this attempt through (counted)."""
         now = self._clock()
-        if now < self.refuse_until:
-            return True
-        return self.window.active(now) and not self.window.admits()
+        return self.refusal.turns_away(now) or self.window.turns_away(now)
 
     def stats(self) -> dict[str, Any]:
         """State of the faults (part of ``GET /sim/stats``).
@@ -453,8 +487,7 @@ class Faults:
 
     def refuse(self, seconds: float) -> None:
         """New connections and HTTP requests get 503 for ``seconds`` (0 ends a refusal)."""
-        seconds = check_seconds("seconds", seconds)
-        self.refuse_until = self._clock() + seconds
+        self.refusal.open(self._clock(), check_seconds("seconds", seconds))
 
     def delay(self, seconds: float) -> None:
         """Delay every reply by ``seconds`` from now on (0 turns it off)."""
@@ -480,7 +513,10 @@ class Faults:
         return len(targets)
 
     def restart(self, seconds: float = 2.0, code: int = 1006) -> int:
-        """Drop every connection and refuse new ones for ``seconds`` (ALOR's daily restart)."""
+        """Drop every connection and refuse new ones for ``seconds`` (ALOR's daily restart).
+
+        The refusal is :meth:`refuse`'s (``refuse(0)`` ends it, :meth:`stats` does not count
+        it); :meth:`restart_window` is the counted, flapping kind."""
         code = check_code(code)
         self.refuse(seconds)
         return self.drop(code)
@@ -525,14 +561,8 @@ class Faults:
         replaces a running one; ``seconds`` 0 ends it.
         """
         seconds = check_seconds("seconds", seconds)
-        accept = check_share("accept", accept)
-        linger = check_seconds("linger", linger)
-        code = check_code(code)
-        window = self.window
-        window.until = self._clock() + seconds
-        window.accept = accept
-        window.linger = linger
-        window.code = code
+        accept, linger, code = check_window(accept, linger, code)
+        self.window.open(self._clock(), seconds, accept=accept, linger=linger, code=code)
         return self.drop(code) if seconds > 0 else 0
 
     def daily_restart(
@@ -550,9 +580,7 @@ class Faults:
         last = check_clock("end", end)
         if first == last:
             raise InvalidArgumentError("end", f"must differ from start, got {end!r}")
-        accept = check_share("accept", accept)
-        linger = check_seconds("linger", linger)
-        code = check_code(code)
+        accept, linger, code = check_window(accept, linger, code)  # now, not at the window
         loop = asyncio.get_running_loop()
         self.stop_daily_restart()
         self._daily = {

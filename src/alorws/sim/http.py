@@ -28,8 +28,15 @@ from ..protocol.http_models import AllTradesPage
 from ..protocol.market import Trade
 from ..protocol.timeutil import parse_iso
 from .auth import Claims, TokenService
-from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
-from .web import DUPLICATE_WINDOW, bearer, error_response, json_response, read_json
+from .market import MAX_TIME_S, TIMEFRAMES, bucket_end, bucket_start, tf_seconds
+from .web import (
+    RecentReplies,
+    bearer,
+    build_in_steps,
+    error_response,
+    json_response,
+    read_json,
+)
 from .wire import wire
 
 
@@ -165,7 +172,7 @@ class HttpApi:
         self._execute = execute
         self._clock = clock
         self._rate = RateLimit(http_rate, clock)
-        self._seen_http: dict[tuple[str, str], tuple[float, int, dict[str, Any]]] = {}
+        self._seen_http: RecentReplies[tuple[int, dict[str, Any]]] = RecentReplies(clock)
         self._http_serial = 0
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -318,17 +325,10 @@ class HttpApi:
             exchange, _, symbol = ticker.strip().rpartition(":")
             info = self.market.find(symbol, (exchange or "MOEX").upper())
             if info is not None:
-                await self._built(info.symbol, TIMEFRAMES["D"])  # a quote reads the day
+                # A quote reads the day candles.
+                await build_in_steps(self.market, info.symbol, TIMEFRAMES["D"])
                 out.append(wire(self.market.quote(info.symbol), fmt))
         return json_response(out)
-
-    async def _built(self, symbol: str, tf: int | None) -> None:
-        """Build the ``tf`` candles (None: the minute history) of ``symbol`` in bounded steps,
-        yielding to the loop between them."""
-        market = self.market
-        step = market.build_history if tf is None else lambda s: market.build_series(s, tf)
-        while not step(symbol):  # noqa: ASYNC110 - doing the work in steps, not waiting
-            await asyncio.sleep(0)
 
     async def _orderbook(self, request: web.Request) -> web.StreamResponse:
         self._auth(request)
@@ -364,17 +364,16 @@ class HttpApi:
             tf = tf_seconds(text)
         except ValueError:
             raise _bad("tf", "must be seconds or D/W/M/Y", text) from None
-        if not 0 < tf <= MAX_TF:
-            raise _bad("tf", f"must be 1..{MAX_TF} seconds or D/W/M/Y", text)
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
         if start is None or end is None:
             raise _bad("from" if start is None else "to", "required, Unix seconds", "")
         count_back = _int_arg(request, "countBack", 0) or 0
         symbol = info.symbol
         market = self.market
-        if not market.timeframe_available(symbol, tf):
-            raise _bad("tf", f"{market.max_timeframes} other timeframes are in use", text)
-        await self._built(symbol, tf)
+        problem = market.check_candles(symbol, tf, start)
+        if problem is not None:
+            raise web.HTTPBadRequest(text=problem)
+        await build_in_steps(market, symbol, tf)
         bars = market.bars(symbol, tf, start, end)
         if count_back > 0 and len(bars) < count_back:
             # docs/protocol.md §8.3: move `from` back until the range holds countBack candles.
@@ -460,7 +459,7 @@ class HttpApi:
             raise web.HTTPBadRequest(text="limit: required, 1..50000")
         offset = _int_arg(request, "offset", 0) or 0
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
-        await self._built(info.symbol, None)
+        await build_in_steps(self.market, info.symbol, None)
         total, page = self.market.trades_history(info.symbol, start, end, offset, limit)
         return json_response(wire(AllTradesPage(total=total, trades=page), fmt))
 
@@ -473,7 +472,7 @@ class HttpApi:
         info = self.market.actual_future(request.match_info["symbol"], exchange)
         if info is None:
             raise web.HTTPNotFound(text="No active future with this base code")
-        await self._built(info.symbol, TIMEFRAMES["D"])
+        await build_in_steps(self.market, info.symbol, TIMEFRAMES["D"])
         return json_response(wire(self.market.quote(info.symbol), fmt))
 
     # -- account views over HTTP (docs/protocol.md §8.4) --------------------------------------
@@ -604,19 +603,16 @@ class HttpApi:
         # The body first: no await may come between the duplicate check and the execution,
         # or two requests with one X-REQID could both run.
         body = await read_json(request) or {}
-        key = (claims.login, reqid)
-        now = self._clock()
-        seen = self._seen_http.get(key)
-        if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+        seen = self._seen_http.get(claims.login, reqid)
+        if seen is not None:
             return json_response(
                 {
                     "message": "Request with such X-ALOR-REQID was already handled.",
-                    "oldResponse": {"statusCode": seen[1], "body": seen[2]},
+                    "oldResponse": {"statusCode": seen[0], "body": seen[1]},
                 },
                 400,
             )
-        self._http_serial += 1
-        guid = f"http-{self._http_serial}"
+        guid = f"http-{self._next_serial()}"
         frame = _ENC.encode({**body, **extra, "opcode": opcode, "guid": guid})
         try:
             command = decode_command(frame)
@@ -629,11 +625,7 @@ class HttpApi:
                 out = {"message": "success", "orderNumber": reply.get("orderNumber")}
             else:
                 out = {"message": reply["message"]}
-        if len(self._seen_http) > 100_000:
-            self._seen_http = {
-                k: v for k, v in self._seen_http.items() if now - v[0] < DUPLICATE_WINDOW
-            }
-        self._seen_http[key] = (now, status, out)
+        self._seen_http.put(claims.login, reqid, (status, out))
         return json_response(out, status)
 
     def _next_serial(self) -> int:

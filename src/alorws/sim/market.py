@@ -27,6 +27,7 @@ The engine trades against the book with :meth:`SyntheticMarket.take`; the server
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import math
 import random
@@ -34,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -693,6 +695,7 @@ class _Sym:
         "spec",
         "status",
         "status_info",
+        "waiters",
     )
 
     def __init__(self, index: int, info: InstrumentInfo, spec: _Spec, seed: int) -> None:
@@ -720,6 +723,7 @@ class _Sym:
         self.series: dict[int, _Series] = {}  # least recently used first
         self.pins: dict[int, int] = {}  # timeframe -> live subscriptions using it
         self.builders: dict[int, Iterator[None]] = {}  # builds in progress, by build key
+        self.waiters: dict[int, int] = {}  # build key -> callers stepping it (building())
         self.history: list[tuple[int, int, int, int, int, int]] | None = None
         self.history15: list[tuple[int, int, int, int, int, int]] | None = None
 
@@ -756,9 +760,12 @@ class SyntheticMarket:
 
     History is built lazily, per instrument and timeframe, in bounded steps: a server calls
     :meth:`build_series` (or :meth:`build_history`) until it returns True, yielding to its event
-    loop in between, so a first long request never blocks it; the other methods build what they
-    need at once. At most ``max_timeframes`` candle series are kept per instrument: the least
-    recently used one that no subscription has pinned (:meth:`pin`) makes room for a new one.
+    loop in between (inside :meth:`building`, so a build every caller gave up is dropped), so a
+    first long request never blocks it; the other methods build what they need at once. At most
+    ``max_timeframes`` candle series are kept per instrument: the least recently used one that
+    no subscription has pinned (:meth:`pin`) makes room for a new one. The day candles are never
+    evicted (every quote reads them) and count like any other; a quote builds them even when
+    the others are all pinned, the one case with a series more.
 
     Why one wide class: every method reads or steps the same seeded per-instrument state (book,
     tape, candles, status), and the engine, the hub, the HTTP API and the tests all query it by
@@ -1425,14 +1432,66 @@ class SyntheticMarket:
         """One bounded step of generating the minute history of ``symbol``; True once done."""
         return self._advance(self._sym(symbol), _MINUTES)
 
+    def check_candles(
+        self, symbol: str, tf: int, from_s: int, *, series: bool = True
+    ) -> str | None:
+        """What is wrong with asking for the ``tf`` candles of ``symbol`` from ``from_s``:
+        the message of the 400 refusing it, or None.
+
+        ``tf`` must be 1..:data:`MAX_TF` seconds and ``from_s`` below :data:`MAX_TIME_S`
+        (:meth:`bars` reads an earlier one as 0); with ``series`` (candles, not clusters) the
+        candles must be kept or can be (:meth:`timeframe_available`).
+        """
+        if not 0 < tf <= MAX_TF:
+            return f"tf: must be 1..{MAX_TF} seconds or D/W/M/Y, got {tf}"
+        if from_s >= MAX_TIME_S:
+            return f"from: must be Unix seconds below {MAX_TIME_S} (year 9999), got {from_s}"
+        if series and not self.timeframe_available(symbol, tf):
+            return (
+                f"tf: {self.max_timeframes} other timeframes of {symbol} are in use; "
+                "use one of them or unsubscribe"
+            )
+        return None
+
+    @contextlib.contextmanager
+    def building(self, symbol: str, tf: int | None) -> Iterator[Callable[[], bool]]:
+        """Join the callers stepping the ``tf`` candles (None: the minute history) of
+        ``symbol``; yields the step (:meth:`build_series` or :meth:`build_history`).
+
+        When the last caller leaves before the build is done (its connection closed, its
+        request was cancelled), the unfinished build is dropped: it no longer counts against
+        ``max_timeframes``, and the next caller starts it afresh.
+        """
+        s = self._sym(symbol)
+        key = _MINUTES if tf is None else tf
+        s.waiters[key] = s.waiters.get(key, 0) + 1
+        try:
+            if tf is None:
+                yield partial(self.build_history, symbol)
+            else:
+                yield partial(self.build_series, symbol, tf)
+        finally:
+            left = s.waiters.pop(key) - 1
+            if left:
+                s.waiters[key] = left
+            elif key > 0:  # the shared minute history is kept: every timeframe needs it
+                s.builders.pop(key, None)
+
     def timeframe_available(self, symbol: str, tf: int) -> bool:
         """Whether ``tf`` candles of ``symbol`` are kept or can be: False only when
-        ``max_timeframes`` series are kept (or being built) and every one is pinned."""
+        ``max_timeframes`` series are kept (or being built) and none can make room (every
+        one is pinned, or the day candles, which are never evicted)."""
         s = self._sym(symbol)
         if tf in s.series or tf in s.builders:
             return True
         kept = len(s.series) + sum(1 for key in s.builders if key > 0)
-        return kept < self.max_timeframes or any(not s.pins.get(t) for t in s.series)
+        return kept < self.max_timeframes or any(self._evictable(s, t) for t in s.series)
+
+    @staticmethod
+    def _evictable(s: _Sym, tf: int) -> bool:
+        """Whether the ``tf`` series may go to make room: no subscription uses it, and it is
+        not the day candles (every quote reads them)."""
+        return not s.pins.get(tf) and tf != TIMEFRAMES["D"]
 
     def pin(self, symbol: str, tf: int) -> None:
         """Keep the ``tf`` candles of ``symbol`` while a subscription uses them."""
@@ -1515,11 +1574,8 @@ class SyntheticMarket:
                 top = max(top, ts)
         series_map = s.series
         while len(series_map) >= self.max_timeframes:
-            # Evict the least recently used series no subscription needs (never the day
-            # candles: every quote reads them).
-            victim = next(
-                (t for t in series_map if not s.pins.get(t) and t != TIMEFRAMES["D"]), None
-            )
+            # Evict the least recently used series that may go.
+            victim = next((t for t in series_map if self._evictable(s, t)), None)
             if victim is None:
                 break
             del series_map[victim]

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
 from aiohttp import WSMsgType, web
 
 from ..errors import InvalidArgumentError
@@ -28,8 +27,8 @@ from .auth import Claims, TokenService
 from .connection import Connection
 from .faults import AdminApi, Faults
 from .http import HttpApi
-from .subscriptions import MAX_GUID_LEN, HistoryWait, Hub, Limits, guid_error, status_frame
-from .web import DUPLICATE_WINDOW, MAX_REQUEST, bearer, error_response
+from .subscriptions import Hub, Limits, read_envelope, status_frame
+from .web import MAX_REQUEST, RecentReplies, bearer, build_in_steps, error_response
 
 
 if TYPE_CHECKING:
@@ -44,16 +43,6 @@ log = logging.getLogger("alorws.sim")
 _TICK: Final = 0.005  # market loop period; below the smallest frequency (Slim, 10 ms)
 _MAX_STEP_MS: Final = 20  # market time advanced per turn at most: bounds the work per turn
 _HIGH_WATER: Final = 64 * 1024  # transport write buffer per connection, bytes
-
-
-class _Env(msgspec.Struct, gc=False):
-    opcode: Any = None
-    guid: Any = None
-    token: Any = None
-    checkDuplicates: Any = True
-
-
-_ENV: Final = msgspec.json.Decoder(_Env)
 
 
 class _SimWebSocket(web.WebSocketResponse):
@@ -183,7 +172,7 @@ class SimServer:
         self.sockets: dict[int, web.WebSocketResponse] = {}
         self.transports: dict[int, asyncio.Transport] = {}
         self._closers: set[asyncio.Task[Any]] = set()
-        self._seen_cws: dict[tuple[str, str], tuple[float, bytes]] = {}
+        self._seen_cws: RecentReplies[bytes] = RecentReplies(clock)
         self._market_task: asyncio.Task[None] | None = None
         # Failures inside the simulator (bugs, never bad input): a handler, a /ws or /cws
         # message, the market loop. Each is logged.
@@ -372,11 +361,11 @@ class SimServer:
         self.errors += 1
         log.exception("handling a %s frame failed", where)
         try:
-            guid = _ENV.decode(frame).guid
-        except Exception:
-            guid = None
-        ok = type(guid) is str and len(guid) <= MAX_GUID_LEN
-        conn.put(status_frame(guid if ok else "", 500, "Internal simulator error"))
+            read = read_envelope(frame)
+        except Exception:  # what failed once may fail again: the 500 must still go out
+            read = b""
+        guid = "" if isinstance(read, bytes) else read[1]
+        conn.put(status_frame(guid, 500, "Internal simulator error"))
 
     # -- /ws ----------------------------------------------------------------------------------
 
@@ -394,8 +383,11 @@ class SimServer:
                     await asyncio.sleep(faults.reply_delay)
                 try:
                     wait = hub.handle_ws(conn, msg.data)
-                    if wait is not None:
-                        await self._see_through(wait)  # this connection waits meanwhile
+                    # History to build first: this connection waits meanwhile, others not.
+                    if wait is not None and await build_in_steps(
+                        self.market, wait.symbol, wait.tf, lambda: conn.closing
+                    ):
+                        wait.finish()
                 except Exception:
                     self._failed(conn, msg.data, "/ws")
                 handled += 1
@@ -404,16 +396,6 @@ class SimServer:
         finally:
             await self._finish(conn)
         return ws
-
-    @staticmethod
-    async def _see_through(wait: HistoryWait) -> None:
-        """Build a request's history one bounded step per turn of the loop, then subscribe
-        (unless the connection closed meanwhile)."""
-        while not wait.step():
-            await asyncio.sleep(0)
-            if wait.conn.closing:
-                return
-        wait.finish()
 
     # -- /cws ---------------------------------------------------------------------------------
 
@@ -446,16 +428,11 @@ class SimServer:
         """One ``/cws`` frame -> its status reply (docs/protocol.md §6 and
         docs/protocol.md §12.11)."""
         self.hub.requests_handled += 1
-        try:
-            env = _ENV.decode(frame)
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            return status_frame("", 400, f"Invalid JSON: {exc}")
-        guid = env.guid if type(env.guid) is str else ""
+        read = read_envelope(frame)
+        if isinstance(read, bytes):
+            return read
+        env, guid = read
         opcode = env.opcode.lower() if type(env.opcode) is str else ""
-        if not guid:
-            return status_frame("", 400, "Missing or invalid field 'guid'")
-        if len(guid) > MAX_GUID_LEN:
-            return status_frame("", 400, guid_error(guid))
         if opcode == "ping":
             return status_frame(guid, 200, "Handled successfully")
         idle = self.faults.idle
@@ -479,28 +456,23 @@ class SimServer:
         if conn.stale:  # not executed: the connection is reset, no reply (docs/protocol.md §9.6)
             idle.cut(conn)
             return None
-        conn.last_command = now = self.clock()
+        conn.last_command = self.clock()
         if idle.seconds is not None:
             self._arm_idle(conn)
         if claims.exp <= time.time():
             return status_frame(guid, 401, "Invalid JWT token! Authorize again")
         check = env.checkDuplicates is not False
-        key = (claims.login, guid)
         if check:
-            seen = self._seen_cws.get(key)
-            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
-                return seen[1]  # replay the first reply, do not execute again
+            seen = self._seen_cws.get(claims.login, guid)
+            if seen is not None:
+                return seen  # replay the first reply, do not execute again
         try:
             command = decode_command(frame)
         except CommandFrameError as exc:
             return status_frame(guid, 400, exc.reason)
         reply = self._execute(claims, command, guid)
         if check:
-            if len(self._seen_cws) > 100_000:
-                self._seen_cws = {
-                    k: v for k, v in self._seen_cws.items() if now - v[0] < DUPLICATE_WINDOW
-                }
-            self._seen_cws[key] = (now, reply)
+            self._seen_cws.put(claims.login, guid, reply)
         return reply
 
     def _execute(self, claims: Claims, command: Command, guid: str) -> bytes:

@@ -42,7 +42,7 @@ from ..protocol.requests import (
     SummariesRequest,
 )
 from .auth import Claims, TokenService
-from .market import MAX_TF, MAX_TIME_S, TIMEFRAMES, tf_seconds
+from .market import TIMEFRAMES, BookUpdated, StatusChanged, TradePrinted, tf_seconds
 from .wire import encode_payload
 
 
@@ -55,12 +55,14 @@ __all__ = [
     "DEFAULT_FREQUENCY_MS",
     "HISTORY_CAP",
     "MAX_GUID_LEN",
+    "Envelope",
     "HistoryWait",
     "Hub",
     "Limits",
     "Peer",
     "Subscription",
     "guid_error",
+    "read_envelope",
     "status_frame",
 ]
 
@@ -90,6 +92,34 @@ def status_frame(guid: str, code: int, message: str, order_number: str | None = 
 def guid_error(guid: str) -> str:
     """The 400 message for a guid over :data:`MAX_GUID_LEN` (the guid itself is not quoted)."""
     return f"guid: at most {MAX_GUID_LEN} characters, got {len(guid)}"
+
+
+class Envelope(msgspec.Struct, gc=False):
+    """The fields every ``/ws`` and ``/cws`` request has, whatever their types; the rest is
+    decoded by the request and command classes."""
+
+    opcode: Any = None
+    guid: Any = None
+    token: Any = None
+    checkDuplicates: Any = True  # /cws (docs/protocol.md §12.11)
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(Envelope)
+
+
+def read_envelope(frame: bytes | str) -> tuple[Envelope, str] | bytes:
+    """A ``/ws`` or ``/cws`` frame's envelope and guid, or the 400 status frame refusing it
+    (not JSON, no guid, a guid over :data:`MAX_GUID_LEN`; docs/protocol.md §12.2)."""
+    try:
+        env = _ENVELOPE.decode(frame)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        return status_frame("", 400, f"Invalid JSON: {exc}")
+    guid = env.guid
+    if type(guid) is not str or not guid:
+        return status_frame("", 400, "Missing or invalid field 'guid'")
+    if len(guid) > MAX_GUID_LEN:
+        return status_frame("", 400, guid_error(guid))
+    return env, guid
 
 
 def _as_existing(model: Model) -> Model:
@@ -133,13 +163,15 @@ C = TypeVar("C", bound=Peer)
 class HistoryWait:
     """A subscription that needs history built first (:meth:`Hub.handle_ws`).
 
-    The caller runs :attr:`step` (one bounded piece of work) until it returns True, letting
-    other connections be served in between and giving up if :attr:`conn` closes, then runs
-    :attr:`finish`, which subscribes.
+    The caller builds the :attr:`tf` candles of :attr:`symbol` in bounded steps
+    (:meth:`~alorws.sim.market.SyntheticMarket.building`), letting other connections be served
+    in between and giving up if :attr:`conn` closes, then runs :attr:`finish`, which
+    subscribes.
     """
 
     conn: Peer
-    step: Callable[[], bool]
+    symbol: str
+    tf: int
     finish: Callable[[], None]
 
 
@@ -470,18 +502,11 @@ class Hub(Generic[C]):
         long history never holds up the other connections.
         """
         self.requests_handled += 1
-        try:
-            env = _ENVELOPE.decode(frame)
-        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-            conn.put(status_frame("", 400, f"Invalid JSON: {exc}"))
+        read = read_envelope(frame)
+        if isinstance(read, bytes):
+            conn.put(read)
             return None
-        guid = env.guid
-        if type(guid) is not str or not guid:
-            conn.put(status_frame("", 400, "Missing or invalid field 'guid'"))
-            return None
-        if len(guid) > MAX_GUID_LEN:
-            conn.put(status_frame("", 400, guid_error(guid)))
-            return None
+        env, guid = read
         opcode = env.opcode
         if type(opcode) is not str:
             conn.put(status_frame(guid, 400, "Missing or invalid field 'opcode'"))
@@ -524,9 +549,7 @@ class Hub(Generic[C]):
         needs = self._needs_history(symbol, request)
         if needs is not None and not self.market.series_ready(symbol, needs):
             return HistoryWait(
-                conn,
-                partial(self.market.build_series, symbol, needs),
-                partial(self._subscribe_built, conn, guid, request, symbol),
+                conn, symbol, needs, partial(self._subscribe_built, conn, guid, request, symbol)
             )
         self._subscribe(conn, guid, request, symbol)
         return None
@@ -556,25 +579,13 @@ class Hub(Generic[C]):
                 return None
             return portfolio
         if isinstance(req, BarsRequest | ClustersRequest):
-            problem = self._check_candles(symbol, req)
+            problem = self.market.check_candles(
+                symbol, tf_seconds(req.tf), req.from_, series=isinstance(req, BarsRequest)
+            )
             if problem is not None:
                 conn.put(status_frame(guid, 400, problem))
                 return None
         return symbol
-
-    def _check_candles(self, symbol: str, req: BarsRequest | ClustersRequest) -> str | None:
-        """What is wrong with a candle request's numbers, beyond what the model checks."""
-        tf = tf_seconds(req.tf)
-        if tf > MAX_TF:
-            return f"tf: at most {MAX_TF} seconds (Y), got {req.tf}"
-        if req.from_ >= MAX_TIME_S:
-            return f"from: must be Unix seconds below {MAX_TIME_S} (year 9999), got {req.from_}"
-        if isinstance(req, BarsRequest) and not self.market.timeframe_available(symbol, tf):
-            return (
-                f"tf: {self.market.max_timeframes} other timeframes of {symbol} are in use; "
-                "use one of them or unsubscribe"
-            )
-        return None
 
     @staticmethod
     def _needs_history(symbol: str, req: SubscriptionRequest) -> int | None:
@@ -801,8 +812,6 @@ class Hub(Generic[C]):
 
     def publish_market(self, events: Iterable[MarketEvent]) -> None:
         """Fan one market step's events out (the caller then calls :meth:`flush_due`)."""
-        from .market import BookUpdated, StatusChanged, TradePrinted
-
         self._cache.clear()
         index = self._index
         touch = self._touch
@@ -896,12 +905,4 @@ class Hub(Generic[C]):
         return heap[0][0] if heap else None
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    # The fields every /ws request has; the rest is decoded by the request classes.
-    opcode: Any = None
-    guid: Any = None
-    token: Any = None
-
-
-_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
 _REQUEST: Final = msgspec.json.Decoder(AnySubscriptionRequest)

@@ -119,8 +119,13 @@ class BusStream(StreamBase[M]):
         self._own_gap = False
         self._lane_down = False
         self._gap_since = 0.0
-        self._held: deque[bytes] = deque(maxlen=max_buffer)  # data arriving in the own gap
+        # Data arriving in the own gap, pushed after its ``restored``. Market data: the newest
+        # ``max_buffer``. Account streams take nothing in a gap (JetStream keeps it; read again
+        # from ``_last_seq + 1`` once the gateway holds the stream), only what the new read
+        # brings before the gap ends: never cut, it goes through the buffer's overflow rule.
+        self._held: deque[bytes] = deque(maxlen=None if self.account else max_buffer)
         self._restoring = False
+        self._rejoining = False  # an account stream's new read is starting: take what it brings
         self._last_seq = 0  # account streams: the last JetStream sequence taken (or skipped)
         self._js_started = False  # read again from ``_last_seq + 1`` from now on
 
@@ -263,18 +268,22 @@ class BusStream(StreamBase[M]):
         return self._own_gap or (self.account and self._sub is None)
 
     async def _restore(self, missing: bool, lane_down: bool, generation: int) -> None:
-        """Hold the stream again after a gap: read the account stream again from where it
-        stopped (after an outage), subscribe again if the gateway forgot it (restart,
-        failover, lease expired), then end the gap. If that fails the stream stays in its
-        gap; the next renewal tries again."""
+        """Hold the stream again after a gap: subscribe again if the gateway forgot it
+        (restart, failover, lease expired), read the account stream again from where it
+        stopped, then end the gap. If that fails the stream stays in its gap; the next
+        renewal tries again.
+
+        An account stream reads JetStream again only once the gateway answered: what is
+        stored meanwhile stays there (nothing is held in memory while the answer can take up
+        to ``request_timeout``), and the gap ends right after the new read starts."""
         if self._restoring:
             return
         self._restoring = True
         try:
             if missing:
                 self._gap_starts("the gateway lost the subscription")
-            if self.account and self._sub is None and not await self._rejoin(generation):
-                return
+            if self.account and self._own_gap:
+                await self._drop_sub()  # its messages since the gap started were not taken
             if missing:
                 try:
                     await self._ask()
@@ -283,11 +292,16 @@ class BusStream(StreamBase[M]):
                         "%s: subscribing again through the gateway failed: %s", self.name, exc
                     )
                     return
+            if self.account and self._sub is None:
+                self._rejoining = True
+                if not await self._rejoin(generation):
+                    return
             if self._bus._generation == generation:
                 why = "subscribed again through the gateway" if missing else "held again"
                 self._gap_ends(why, lane_down)
         finally:
             self._restoring = False
+            self._rejoining = False
 
     async def _rejoin(self, generation: int) -> bool:
         """Read the account stream again after the last message taken (the server's consumer
@@ -339,6 +353,8 @@ class BusStream(StreamBase[M]):
 
     async def _on_msg(self, msg: Msg) -> None:
         if self.account:
+            if self._own_gap and not self._rejoining:
+                return  # not taken: read again from ``_last_seq + 1`` when the gap ends
             seq = _stream_seq(msg)
             if seq is not None:
                 if seq <= self._last_seq:

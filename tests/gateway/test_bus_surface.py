@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -217,6 +218,23 @@ async def test_unanswered_or_unserved_operations(nats_server: NatsServer) -> Non
     finally:
         await sub.unsubscribe()
         await nc.close()
+
+
+@pytest.mark.parametrize("userinfo", ["alice:s3cret-pw", "s3cret-token"])
+async def test_nats_credentials_never_reach_a_message_a_repr_or_the_log(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture, userinfo: str
+) -> None:
+    """A NATS URL with a user and password, or a token: the bus client's repr and the error of
+    a subscribe no gateway answers name the server, never the credentials."""
+    caplog.set_level(logging.DEBUG)
+    url = nats_server.url.replace("nats://", f"nats://{userinfo}@")
+    server = f"127.0.0.1:{nats_server.port}"
+    async with BusClient(url, prefix="nobody", request_timeout=2.0) as bus:
+        assert server in repr(bus) and "s3cret" not in repr(bus)
+        with pytest.raises(ConnectError, match="no gateway answers") as info:
+            await bus.quotes(SBER).subscribe()
+        assert server in str(info.value) and "s3cret" not in str(info.value)
+    assert "s3cret" not in caplog.text
 
 
 def wire_key(data: bytes) -> str:

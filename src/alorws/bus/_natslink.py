@@ -41,7 +41,8 @@ _OTHER_ERROR_EVERY = 60.0  # seconds between two lines of the same kind of other
 
 
 def safe_url(url: str) -> str:
-    """``url`` without user, password or token (``nats://user:pw@host:4222`` -> host:port)."""
+    """``url`` without user, password or token: ``nats://user:pw@host:4222`` ->
+    ``nats://host:4222``."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""

@@ -684,7 +684,7 @@ class BusClient(BusStreams):
         self._covered: deque[str] = deque(maxlen=64)  # gateway outages our own gaps covered
 
     def __repr__(self) -> str:
-        return f"<BusClient {self.nats_url} {self.prefix} consumer={self.consumer_id}>"
+        return f"<BusClient {self._link.url} {self.prefix} consumer={self.consumer_id}>"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -858,7 +858,7 @@ class BusClient(BusStreams):
         except nats.errors.NoRespondersError:
             raise ConnectError(
                 f"no gateway answers on {subject}: is `alorws gateway` running with prefix "
-                f"{self.prefix!r} on {self.nats_url}?"
+                f"{self.prefix!r} on {self._link.url}?"
             ) from None
         except nats.errors.TimeoutError:
             raise TransportTimeout(f"the gateway did not answer {op} within {wait} s") from None

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from ..bus import wire
-from ..bus._natslink import describe
+from ..bus._natslink import Lost, describe
 from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
@@ -27,7 +27,7 @@ from ..protocol.account import Order, OwnTrade, Position, StopOrder
 from ..protocol.codec import decoder_for
 from ..protocol.enums import Format
 from ..protocol.market import OrderBook, Quote
-from .link import GatewayLink, Lost, unless
+from .link import GatewayLink
 
 
 __all__ = ["Publisher", "Upstream", "ensure_account_stream", "open_stream", "valid_snapshot"]
@@ -218,9 +218,10 @@ class Publisher:
         while True:
             if not link.up.is_set():  # wait in the ALOR stream's buffer, not nats-py's
                 await link.up.wait()
-            lost = link.lost
             try:
-                await unless(js.publish(up.subject, payload, headers=headers, timeout=5.0), lost)
+                await link.unless_lost(
+                    js.publish(up.subject, payload, headers=headers, timeout=5.0)
+                )
             except Lost:  # the ack may be lost with the connection: publish again when back
                 continue
             except Exception as exc:

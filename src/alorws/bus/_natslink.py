@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
 import nats
@@ -24,6 +24,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from ..errors import ConnectError, InvalidState, scrub
+from ..protocol.backoff import Backoff
 
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Interrupted",
     "Lost",
     "NatsLink",
+    "Retry",
     "describe",
     "safe_url",
 ]
@@ -69,6 +71,41 @@ def describe(exc: BaseException) -> str:
     """One line about ``exc`` (its text, else its class), scrubbed and cut short."""
     text = str(exc).strip() or type(exc).__name__
     return scrub(text if len(text) <= 200 else text[:200] + "…")
+
+
+class Retry:
+    """Retrying an operation until it works: the delays between attempts come from a
+    :class:`~alorws.protocol.backoff.Backoff` (by default 0.1 s doubling up to 2 s), and a run
+    of failures is two log lines, its first failure and the success that ends it.
+
+    Several callers may share one (one pair of lines for all of them); each run of attempts
+    takes its own :meth:`delays`.
+    """
+
+    def __init__(self, log: logging.Logger, backoff: Backoff | None = None) -> None:
+        self._log = log
+        self._backoff = backoff or Backoff(base=0.1, cap=2.0, jitter=False)
+        self.failing = False
+
+    def delays(self) -> Iterator[float]:
+        """The delays of one run of attempts."""
+        return self._backoff.delays()
+
+    async def failed(
+        self, delays: Iterator[float], msg: str, *args: object, say: bool = True
+    ) -> None:
+        """An attempt failed: log ``msg % args`` if it is the first failure (and ``say``: a
+        failure not worth a line does not start the run), then wait the next delay."""
+        if say and not self.failing:
+            self.failing = True
+            self._log.warning(msg, *args)
+        await asyncio.sleep(next(delays))
+
+    def worked(self, msg: str, *args: object) -> None:
+        """An attempt worked: log ``msg % args`` if it ends a run of failures."""
+        if self.failing:
+            self.failing = False
+            self._log.warning(msg, *args)
 
 
 class Lost(Exception):

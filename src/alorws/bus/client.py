@@ -59,7 +59,7 @@ from ..protocol.codec import decoder_for, model_for
 from ..protocol.enums import Format, OrderStatus
 from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from . import wire
-from ._natslink import Interrupted, Lost, NatsLink, describe
+from ._natslink import Interrupted, Lost, NatsLink, Retry, describe
 
 
 #: Seconds to wait for the gateway to acknowledge an unsubscribe (the lease is the backstop).
@@ -304,25 +304,20 @@ class BusStream(StreamBase[M]):
         """Read the account stream again after the last message taken (the server's consumer
         may be gone with a restart); retried until it works or the connection is lost again."""
         bus = self._bus
-        delay = 0.1
-        failing = False
+        retry = Retry(log)
+        delays = retry.delays()
         while self.is_open and bus._link.disconnects == generation:
             try:
                 sub = await self._read_jetstream()
             except AlorError as exc:
-                if not failing:
-                    log.warning("%s: %s; retrying", self.name, exc)
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await retry.failed(delays, "%s: %s; retrying", self.name, exc)
                 continue
             if not self.is_open or bus._link.disconnects != generation:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
                 return False
             self._sub = sub
-            if failing:
-                log.warning("%s: reading the account stream again", self.name)
+            retry.worked("%s: reading the account stream again", self.name)
             return True
         return False
 

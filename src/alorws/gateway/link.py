@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from ..bus._natslink import NatsLink, describe
+from ..bus._natslink import NatsLink, Retry, describe
 from ..errors import InvalidState
 
 
@@ -127,22 +127,18 @@ class GatewayLink:
         ``setup`` until it works or the connection is lost again."""
         with contextlib.suppress(Exception):
             await self._announce()
-        delay = 0.1
-        failing = False
+        retry = Retry(log)
+        delays = retry.delays()
         while self.up.is_set():
             try:
                 await self._setup()
             except Exception as exc:
-                if not failing:
-                    log.warning(
-                        "gateway %s: JetStream does not answer yet (%s); retrying",
-                        self.node,
-                        describe(exc),
-                    )
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await retry.failed(
+                    delays,
+                    "gateway %s: JetStream does not answer yet (%s); retrying",
+                    self.node,
+                    describe(exc),
+                )
                 continue
-            if failing:
-                log.warning("gateway %s: JetStream answers again", self.node)
+            retry.worked("gateway %s: JetStream answers again", self.node)
             return

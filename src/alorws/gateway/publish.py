@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from ..bus import wire
-from ..bus._natslink import Lost, describe
+from ..bus._natslink import Lost, Retry, describe
 from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
@@ -24,6 +24,7 @@ from ..errors import BufferOverflowError, InvalidState, StreamClosed
 from ..protocol import requests as rq
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, StopOrder
+from ..protocol.backoff import Backoff
 from ..protocol.codec import decoder_for
 from ..protocol.enums import Format
 from ..protocol.market import OrderBook, Quote
@@ -87,7 +88,8 @@ class Publisher:
         self._link = link
         self._counters = counters
         self._epoch = secrets.token_hex(4)  # where this gateway's snapshot id chains start
-        self._js_failing = False
+        # One pair of lines for every stream: the first failure, and the first success after.
+        self._js_retry = Retry(log, Backoff(base=0.05, cap=2.0, jitter=False))
 
     async def pump(self, up: Upstream) -> None:
         """Publish everything the ALOR subscription delivers."""
@@ -214,7 +216,8 @@ class Publisher:
         js = self._link.jetstream()
         link = self._link
         headers = {"Nats-Msg-Id": self._msg_id(up, obj), wire.FORMAT_HEADER: fmt.value}
-        delay = 0.05
+        retry = self._js_retry
+        delays = retry.delays()
         while True:
             if not link.up.is_set():  # wait in the ALOR stream's buffer, not nats-py's
                 await link.up.wait()
@@ -229,19 +232,15 @@ class Publisher:
                 task = asyncio.current_task()
                 if up.closed or (task is not None and task.cancelling()):
                     raise asyncio.CancelledError from exc
-                if link.up.is_set() and not self._js_failing:
-                    self._js_failing = True  # one line for every stream, until one succeeds
-                    log.warning(
-                        "gateway: publishing to JetStream failed (%s: %s); retrying",
-                        up.subject,
-                        describe(exc),
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await retry.failed(
+                    delays,
+                    "gateway: publishing to JetStream failed (%s: %s); retrying",
+                    up.subject,
+                    describe(exc),
+                    say=link.up.is_set(),  # lost with the connection: its own lines say so
+                )
                 continue
-            if self._js_failing:
-                self._js_failing = False
-                log.warning("gateway: publishing to JetStream works again (%s)", up.subject)
+            retry.worked("gateway: publishing to JetStream works again (%s)", up.subject)
             return
 
     def _msg_id(self, up: Upstream, obj: Model) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -104,51 +105,26 @@ class Publisher:
         and bars are kept whole across restores by a client-side filter, which decodes."""
         stream = up.stream
         assert stream is not None
-        nc = self._link.nats()
-        publish = nc.publish
-        subject = up.subject
-        keep_last = issubclass(stream.model, _STATE_MODELS)
-        counters = self._counters
         first = True
         while not up.closed:
             items: list[bytes | LaneEvent]
             try:
                 items = await stream.get_payloads(1000)
             except BufferOverflowError as exc:
-                log.warning("gateway: %s: %s", subject, exc)
+                log.warning("gateway: %s: %s", up.subject, exc)
                 items = [*_overflow_gap(exc)]
             except StreamClosed:
                 return True
             except InvalidState:
                 if first:
                     return False
-                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return True
             except Exception:
-                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return True
             first = False
-            if not nc.is_connected:
-                self._drop_while_down(up, items)
-                continue
-            last: bytes | None = None
-            sent = 0
-            try:
-                if up.outage is not None:
-                    await self._mark_outage(up)
-                for item in items:
-                    if type(item) is bytes:
-                        last = item
-                        await publish(subject, item)
-                        counters["published_market"] += 1
-                        up.published += 1
-                    elif isinstance(item, LaneEvent):
-                        await self._publish_event(up, item)
-                    sent += 1
-            except (nats.errors.Error, OSError):  # the connection went down under us
-                self._drop_while_down(up, items[sent:])
-            if keep_last and last is not None:
-                up.last = last
+            await self._publish_market(up, items, None)
         return True
 
     async def _pump_models(self, up: Upstream) -> None:
@@ -156,9 +132,7 @@ class Publisher:
         and market streams that a client-side filter keeps whole (all trades, bars)."""
         stream = up.stream
         assert stream is not None
-        nc = self._link.nats()
         fmt = Format(up.request.format)
-        keep_last = issubclass(stream.model, _STATE_MODELS)
         events: list[LaneEvent] = []
         stream.on_event(events.append)
         while not up.closed:
@@ -183,27 +157,43 @@ class Publisher:
                     self._counters["published_account"] += 1
                     up.published += 1
                 continue
-            items: list[Any] = [*pending, *batch]
-            if not nc.is_connected:
-                self._drop_while_down(up, items)
-                continue
-            sent = 0
-            try:
-                if up.outage is not None:
-                    await self._mark_outage(up)
-                for item in items:
-                    if isinstance(item, LaneEvent):
-                        await self._publish_event(up, item)
-                    else:
-                        payload = wire.encode_model(item, fmt)
-                        await nc.publish(up.subject, payload)
-                        self._counters["published_market"] += 1
-                        if keep_last:
-                            up.last = payload
-                        up.published += 1
-                    sent += 1
-            except (nats.errors.Error, OSError):  # the connection went down under us
-                self._drop_while_down(up, items[sent:])
+            await self._publish_market(
+                up, [*pending, *batch], lambda obj: wire.encode_model(obj, fmt)
+            )
+
+    async def _publish_market(
+        self, up: Upstream, items: list[Any], encode: Callable[[Any], bytes] | None
+    ) -> None:
+        """Publish a batch of market data on core NATS, connection events in place: payloads
+        as they are (``encode`` None) or models encoded. While NATS is down what cannot be
+        published is dropped and marked (:meth:`_drop_while_down`)."""
+        nc = self._link.nats()
+        if not nc.is_connected:
+            self._drop_while_down(up, items)
+            return
+        publish, subject = nc.publish, up.subject
+        last: bytes | None = None
+        sent = published = 0
+        try:
+            if up.outage is not None:
+                await self._mark_outage(up)
+            for item in items:
+                if isinstance(item, LaneEvent):
+                    await self._publish_event(up, item)
+                else:
+                    payload = item if encode is None else encode(item)
+                    await publish(subject, payload)
+                    last = payload
+                    published += 1
+                sent += 1
+        except (nats.errors.Error, OSError):  # the connection went down under us
+            self._drop_while_down(up, items[sent:])
+        finally:
+            self._counters["published_market"] += published
+            up.published += published
+        if last is not None and up.stream is not None:
+            if issubclass(up.stream.model, _STATE_MODELS):
+                up.last = last  # the subscribe reply's snapshot
 
     async def _publish_event(self, up: Upstream, ev: LaneEvent) -> None:
         up.lane_down = ev.kind == "disconnected"

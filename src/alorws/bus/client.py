@@ -37,6 +37,7 @@ from ..client.sources import (
     StreamMethods,
     StreamOptions,
     check_request,
+    is_account,
     split_history,
     stream_name,
     takes_options,
@@ -97,7 +98,7 @@ class BusStream(StreamBase[M]):
             request,
             model,
             policy=policy,
-            account=type(request).opcode in wire.ACCOUNT_OPCODES,
+            account=is_account(request),
             name=name,
             logger=log,
         )

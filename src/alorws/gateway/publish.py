@@ -20,6 +20,7 @@ from ..bus._natslink import Lost, Retry, describe
 from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
+from ..client.sources import is_account
 from ..client.streams import Stream
 from ..errors import BufferOverflowError, InvalidState, StreamClosed
 from ..protocol import requests as rq
@@ -46,7 +47,7 @@ class Upstream:
         self.key = key
         self.request = request
         self.subject = subject
-        self.account = type(request).opcode in wire.ACCOUNT_OPCODES
+        self.account = is_account(request)
         self.holders: set[tuple[str, str]] = set()
         self.opening: asyncio.Task[None] | None = None
         self.stream: Stream[Any] | None = None

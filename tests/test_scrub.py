@@ -46,12 +46,31 @@ def test_a_jwt_cut_short_is_still_removed(cut: int) -> None:
     assert scrub(text) == "x" * 50 + "<token>"
 
 
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [
+        ("nats://alice:s3cret@127.0.0.1:4222", "nats://<redacted>@127.0.0.1:4222"),
+        ("no gateway answers on nats://s3cret@nats.example:4222?", "@nats.example:4222?"),
+        ("cannot connect to tls://alice:s3cret@h9:4443/x: refused", "@h9:4443/x: refused"),
+        ("nats://a:s3cret@h1:4222,nats://b:s3cret@h2:4222", "@h2:4222"),
+        ("an @ in the password: nats://alice:s3c@s3cret@h3:4222", "@h3:4222"),
+        ('{"url":"wss://alice:s3cret@h4/ws","x":"a@b"}', '@h4/ws","x":"a@b"}'),
+    ],
+)
+def test_scrub_removes_the_credentials_of_a_url(text: str, host: str) -> None:
+    """A URL's user, password or token (``scheme://userinfo@host``) goes; the host stays."""
+    out = scrub(text)
+    assert "s3cret" not in out and "alice" not in out
+    assert "://<redacted>@" in out and out.endswith(host)
+
+
 def test_scrub_leaves_frames_without_secrets_alone() -> None:
     """Ordinary frames, status replies and guids are unchanged."""
     for text in (
         '{"data":{"symbol":"SBER","last_price":272.5},"guid":"c328fcf1-e495"}',
         '{"requestGuid":"g-1","httpCode":200,"message":"Handled successfully"}',
         "tokens are refreshed ahead of exp",
+        "lost the NATS connection to nats://127.0.0.1:4222 (mail ops@example.com)",
     ):
         assert scrub(text) == text
 

@@ -103,6 +103,9 @@ _SECRET_VALUE: Final = re.compile(
     re.IGNORECASE,
 )
 _BEARER: Final = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+#: The userinfo of a URL (``nats://user:password@host``, ``nats://token@host``), up to the last
+#: ``@`` before the path: a password may hold an ``@`` of its own.
+_URL_USERINFO: Final = re.compile(r"""(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#"'<>]*@""")
 
 
 def scrub(text: str) -> str:
@@ -111,7 +114,8 @@ def scrub(text: str) -> str:
     Replaced: JWTs (three base64url parts starting ``eyJ``, also cut short, as at the end of a
     frame excerpt), the values of ``"token"``, ``"refreshToken"``, ``"AccessToken"``,
     ``"Authorization"`` (any key ending in ``token``, and ``password``/``secret``) in JSON or
-    escaped JSON, string values cut short included, and ``Bearer <credentials>``.
+    escaped JSON, string values cut short included, ``Bearer <credentials>``, and the user,
+    password or token of a URL (``nats://user:pw@host`` -> ``nats://<redacted>@host``).
     """
     if "eyJ" in text:
         text = _JWT.sub("<token>", text)
@@ -119,6 +123,8 @@ def scrub(text: str) -> str:
         text = _SECRET_VALUE.sub(r'\1"<redacted>"', text)
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1 <redacted>", text)
+    if "://" in text and "@" in text:
+        text = _URL_USERINFO.sub(r"\1<redacted>@", text)
     return text
 
 

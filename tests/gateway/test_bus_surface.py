@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,10 +16,17 @@ import pytest
 
 from alorws.bus import BusClient, BusTrading, wire
 from alorws.client import AlorClient, OrderAck, OrderClient
-from alorws.errors import ConnectError, OrderRejected, OrderStatusUnknown
+from alorws.errors import (
+    AlorError,
+    ConnectError,
+    InvalidArgumentError,
+    OrderRejected,
+    OrderStatusUnknown,
+)
 from alorws.gateway import Gateway, NatsServer
 from alorws.protocol import model_for
 from alorws.protocol.account import StopOrder
+from alorws.protocol.commands import Command
 from alorws.protocol.requests import InstrumentRequest, SpectraRisksRequest
 from alorws.sim.app import Simulator
 
@@ -191,6 +200,52 @@ async def test_refusals_come_back_as_order_rejected(
     assert (len(sim.engine.orders(portfolio)), len(sim.engine.stop_orders(portfolio))) == before
 
 
+async def test_only_arguments_the_operation_does_not_take_are_bad_arguments(
+    sim: Simulator,
+    client: AlorClient,
+    bus: BusClient,
+    nats_server: NatsServer,
+    portfolio: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error raised after the command went out (here a TypeError) reaches the consumer as
+    raised, not as InvalidArgumentError: the order is live. It is no definite outcome either:
+    the same key reaches the client again. Arguments the operation does not take are
+    InvalidArgumentError, and nothing is sent."""
+    send = client.trading.send
+    calls: list[str] = []
+    acks: list[OrderAck] = []
+
+    async def send_then_fail(command: Command) -> OrderAck:
+        calls.append(command.guid)
+        with contextlib.suppress(AlorError):  # the same guid again may be refused
+            acks.append(await send(command))
+        raise TypeError("a fault after the command was sent")
+
+    monkeypatch.setattr(client.trading, "send", send_then_fail)
+    place = bus.trading.place_limit
+    with pytest.raises(AlorError, match="TypeError") as info:
+        await place(portfolio, SBER, "sell", 1, FAR_SELL, guid="live-1")
+    assert not isinstance(info.value, InvalidArgumentError), info.value
+    assert len(acks) == 1 and statuses(sim, portfolio)[acks[0].order_number] == "working"
+    with pytest.raises(AlorError, match="TypeError"):
+        await place(portfolio, SBER, "sell", 1, FAR_SELL, guid="live-1")
+    assert calls == ["live-1", "live-1"]  # not answered from the cache: sent again
+
+    orders = len(sim.engine.orders(portfolio))
+    nc = await nats.connect(nats_server.url)
+    try:
+        args = {"portfolio": portfolio, "symbol": SBER, "side": "sell", "quantity": 1}
+        for bad in ({**args, "price": FAR_SELL, "colour": "red"}, args):
+            ctl = wire.OrderCtl(consumer="raw", key=f"bad-{len(bad)}", args=bad)
+            msg = await nc.request("alorws.orders.place_limit", msgspec.json.encode(ctl), 10.0)
+            error = msgspec.json.decode(msg.data, type=wire.OrderReply).error
+            assert error is not None and error.type == "InvalidArgumentError", error
+    finally:
+        await nc.close()
+    assert len(calls) == 2 and len(sim.engine.orders(portfolio)) == orders
+
+
 async def test_unanswered_or_unserved_operations(nats_server: NatsServer) -> None:
     """An operation that reached a gateway and got no answer is OrderStatusUnknown (sent again
     with the same key each attempt); one no gateway serves is ConnectError (never sent)."""
@@ -217,6 +272,23 @@ async def test_unanswered_or_unserved_operations(nats_server: NatsServer) -> Non
     finally:
         await sub.unsubscribe()
         await nc.close()
+
+
+@pytest.mark.parametrize("userinfo", ["alice:s3cret-pw", "s3cret-token"])
+async def test_nats_credentials_never_reach_a_message_a_repr_or_the_log(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture, userinfo: str
+) -> None:
+    """A NATS URL with a user and password, or a token: the bus client's repr and the error of
+    a subscribe no gateway answers name the server, never the credentials."""
+    caplog.set_level(logging.DEBUG)
+    url = nats_server.url.replace("nats://", f"nats://{userinfo}@")
+    server = f"127.0.0.1:{nats_server.port}"
+    async with BusClient(url, prefix="nobody", request_timeout=2.0) as bus:
+        assert server in repr(bus) and "s3cret" not in repr(bus)
+        with pytest.raises(ConnectError, match="no gateway answers") as info:
+            await bus.quotes(SBER).subscribe()
+        assert server in str(info.value) and "s3cret" not in str(info.value)
+    assert "s3cret" not in caplog.text
 
 
 def wire_key(data: bytes) -> str:

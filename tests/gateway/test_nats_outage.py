@@ -28,10 +28,11 @@ import nats.errors
 import pytest
 
 from alorws.bus import BusClient, BusStream, wire
-from alorws.bus._natslink import NatsLink
+from alorws.bus._natslink import NatsLink, Retry
 from alorws.client import AlorClient
 from alorws.gateway import Gateway, NatsServer
 from alorws.protocol.account import Order, OwnTrade
+from alorws.protocol.backoff import NO_DELAY
 from alorws.protocol.market import OrderBook, Quote
 from alorws.sim.app import Simulator
 
@@ -491,3 +492,22 @@ async def test_nats_link_logs_one_line_per_event_without_credentials(
     assert all(r.exc_info is None for r in caplog.records)
     assert "s3cret" not in caplog.text and "alice" not in caplog.text
     assert link.stats() == {"connected": True, "disconnects": 1, "reconnects": 1, "attempts": 0}
+
+
+async def test_retry_logs_a_run_of_failures_in_two_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """Retry (the JetStream retries of both sides): the first failure and the success that
+    ends the run are one line each, whatever the number of attempts; a failure not worth a
+    line does not start a run; the delays are the Backoff's."""
+    caplog.set_level(logging.DEBUG, logger="tests.retry")
+    retry = Retry(logging.getLogger("tests.retry"), NO_DELAY)
+    retry.worked("works")  # no failure before: nothing to say
+    delays = retry.delays()
+    await retry.failed(delays, "quiet %d", 0, say=False)
+    assert not retry.failing
+    for attempt in range(1, 50):
+        await retry.failed(delays, "failed %d", attempt)
+    retry.worked("works again")
+    retry.worked("works again")
+    assert [r.getMessage() for r in caplog.records] == ["failed 1", "works again"]
+    ceilings = Retry(logging.getLogger("tests.retry")).delays()
+    assert [next(ceilings) for _ in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]

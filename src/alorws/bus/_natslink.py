@@ -1,5 +1,6 @@
-"""nats-py's connection callbacks, logged one line per event (shared by the gateway and
-``BusClient``).
+"""One NATS connection and its state, shared by the gateway and ``BusClient``: connecting,
+closing, whether it is up, waits that end when it is lost, and nats-py's callbacks logged one
+line per event.
 
 nats-py's default error callback logs a full traceback for every failed reconnect attempt. This
 one logs: the loss of the connection (once), the failed reconnect attempts (the first, then at
@@ -10,26 +11,39 @@ traceback. URLs are logged without their credentials; every text is scrubbed of 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final, TypeVar
 
+import nats
 import nats.errors
+from nats.aio.client import Client as NatsClient
 
-from ..errors import scrub
+from ..errors import ConnectError, InvalidState, scrub
+from ..protocol.backoff import Backoff
 
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "MAX_OUTSTANDING_PINGS",
     "PING_INTERVAL",
     "RECONNECT_WAIT",
+    "Interrupted",
+    "Lost",
     "NatsLink",
+    "Retry",
     "describe",
     "safe_url",
 ]
 
+T = TypeVar("T")
+
+#: Seconds for the first connect (nats-py's default of 2 s fails on a loaded machine).
+CONNECT_TIMEOUT: Final = 10.0
 #: Seconds between reconnect attempts (nats-py's default of 2 s adds up to 2 s to every outage).
 RECONNECT_WAIT: Final = 0.5
 #: Seconds between client PINGs, and how many may go unanswered: a silent loss (no FIN, no RST)
@@ -41,7 +55,8 @@ _OTHER_ERROR_EVERY = 60.0  # seconds between two lines of the same kind of other
 
 
 def safe_url(url: str) -> str:
-    """``url`` without user, password or token (``nats://user:pw@host:4222`` -> host:port)."""
+    """``url`` without user, password or token: ``nats://user:pw@host:4222`` ->
+    ``nats://host:4222``."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
@@ -58,8 +73,55 @@ def describe(exc: BaseException) -> str:
     return scrub(text if len(text) <= 200 else text[:200] + "…")
 
 
+class Retry:
+    """Retrying an operation until it works: the delays between attempts come from a
+    :class:`~alorws.protocol.backoff.Backoff` (by default 0.1 s doubling up to 2 s), and a run
+    of failures is two log lines, its first failure and the success that ends it.
+
+    Several callers may share one (one pair of lines for all of them); each run of attempts
+    takes its own :meth:`delays`.
+    """
+
+    def __init__(self, log: logging.Logger, backoff: Backoff | None = None) -> None:
+        self._log = log
+        self._backoff = backoff or Backoff(base=0.1, cap=2.0, jitter=False)
+        self.failing = False
+
+    def delays(self) -> Iterator[float]:
+        """The delays of one run of attempts."""
+        return self._backoff.delays()
+
+    async def failed(
+        self, delays: Iterator[float], msg: str, *args: object, say: bool = True
+    ) -> None:
+        """An attempt failed: log ``msg % args`` if it is the first failure (and ``say``: a
+        failure not worth a line does not start the run), then wait the next delay."""
+        if say and not self.failing:
+            self.failing = True
+            self._log.warning(msg, *args)
+        await asyncio.sleep(next(delays))
+
+    def worked(self, msg: str, *args: object) -> None:
+        """An attempt worked: log ``msg % args`` if it ends a run of failures."""
+        if self.failing:
+            self.failing = False
+            self._log.warning(msg, *args)
+
+
+class Lost(Exception):
+    """The NATS connection was lost while waiting (:meth:`NatsLink.unless_lost`)."""
+
+
+class Interrupted(Exception):
+    """The ``until`` future was resolved while waiting (:meth:`NatsLink.unless_lost`)."""
+
+
 class NatsLink:
-    """The callbacks of one NATS connection and its state, for ``nats.connect(**link.options())``.
+    """One NATS connection (:meth:`connect`, :meth:`close`), its state and nats-py's callbacks.
+
+    While the connection is down :attr:`up` is clear and :attr:`lost` resolved (a new one
+    replaces it once back); :attr:`disconnects` counts the losses, so a number taken before a
+    wait tells whether the connection was lost meanwhile.
 
     Args:
         log: where the lines go.
@@ -83,6 +145,10 @@ class NatsLink:
         self._log = log
         self.who = who
         self.url = safe_url(url)
+        self._server = url  # credentials included: only for connecting
+        self.nc: NatsClient | None = None
+        self.up = asyncio.Event()
+        self.lost: asyncio.Future[None] | None = None  # resolved when the connection is lost
         self._on_lost = on_lost
         self._on_back = on_back
         self._every = every
@@ -96,6 +162,71 @@ class NatsLink:
         self._last_error_at = 0.0
         self._attempt_logged_at = 0.0
         self._other_logged: dict[str, tuple[float, int]] = {}  # kind -> (last line, suppressed)
+
+    async def connect(self, *, name: str, **options: Any) -> NatsClient:
+        """Connect (``options`` go to ``nats.connect``); from then on nats-py reconnects by
+        itself.
+
+        Raises:
+            ConnectError: the server cannot be reached.
+        """
+        self.closing = False
+        try:
+            nc = await nats.connect(
+                self._server,
+                name=name,
+                connect_timeout=CONNECT_TIMEOUT,
+                **options,
+                **self.options(),
+            )
+        except Exception as exc:
+            raise ConnectError(f"cannot connect to NATS at {self.url}: {describe(exc)}") from None
+        self.nc = nc
+        self.connected = True
+        self.lost = asyncio.get_running_loop().create_future()
+        self.up.set()
+        return nc
+
+    def nats(self) -> NatsClient:
+        """The connection (after :meth:`connect`, until :meth:`close`)."""
+        if self.nc is None:
+            raise InvalidState(f"{self.who} is not connected to NATS")
+        return self.nc
+
+    async def close(self) -> None:
+        """Flush what is pending (bounded), then close; waits on :attr:`lost` end now."""
+        nc, self.nc = self.nc, None
+        self.closing = True
+        if nc is not None:
+            # Bounded flush, then close: ``drain()`` can wait for its full timeout.
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self.up.clear()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    async def unless_lost(self, aw: Awaitable[T], until: asyncio.Future[Any] | None = None) -> T:
+        """Await ``aw``, or cancel it as soon as the connection is lost (:class:`Lost`) or
+        ``until`` is resolved (:class:`Interrupted`)."""
+        lost = self.lost
+        task = asyncio.ensure_future(aw)
+        ends = [f for f in (task, lost, until) if f is not None]
+        if len(ends) == 1:
+            return await task
+        try:
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            if until is None or (lost is not None and lost.done()):
+                raise Lost
+            raise Interrupted
+        return task.result()
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``: these callbacks, endless reconnects."""
@@ -172,6 +303,9 @@ class NatsLink:
         self.disconnects += 1
         self.attempts = 0
         self.down_since = time.monotonic()
+        self.up.clear()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
         recent = self.down_since - self._last_error_at < 5.0
         self._log.warning(
             "%s: lost the NATS connection to %s (%s); reconnecting",
@@ -199,6 +333,8 @@ class NatsLink:
         )
         self.attempts = 0
         self.down_since = None
+        self.lost = asyncio.get_running_loop().create_future()
+        self.up.set()
         if self._on_back is not None:
             await self._on_back()
 

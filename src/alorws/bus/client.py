@@ -23,7 +23,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar, Unpack, cast
 
 import msgspec
-import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -38,6 +37,7 @@ from ..client.sources import (
     StreamMethods,
     StreamOptions,
     check_request,
+    is_account,
     split_history,
     stream_name,
     takes_options,
@@ -60,11 +60,9 @@ from ..protocol.codec import decoder_for, model_for
 from ..protocol.enums import Format, OrderStatus
 from ..protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from . import wire
-from ._natslink import NatsLink, describe, safe_url
+from ._natslink import Interrupted, Lost, NatsLink, Retry, describe
 
 
-#: Seconds for the first NATS connect (nats-py's default of 2 s fails on a loaded machine).
-_CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for the gateway to acknowledge an unsubscribe (the lease is the backstop).
 _GOODBYE_WAIT = 2.0
 
@@ -100,7 +98,7 @@ class BusStream(StreamBase[M]):
             request,
             model,
             policy=policy,
-            account=type(request).opcode in wire.ACCOUNT_OPCODES,
+            account=is_account(request),
             name=name,
             logger=log,
         )
@@ -119,8 +117,13 @@ class BusStream(StreamBase[M]):
         self._own_gap = False
         self._lane_down = False
         self._gap_since = 0.0
-        self._held: deque[bytes] = deque(maxlen=max_buffer)  # data arriving in the own gap
+        # Data arriving in the own gap, pushed after its ``restored``. Market data: the newest
+        # ``max_buffer``. Account streams take nothing in a gap (JetStream keeps it; read again
+        # from ``_last_seq + 1`` once the gateway holds the stream), only what the new read
+        # brings before the gap ends: never cut, it goes through the buffer's overflow rule.
+        self._held: deque[bytes] = deque(maxlen=None if self.account else max_buffer)
         self._restoring = False
+        self._rejoining = False  # an account stream's new read is starting: take what it brings
         self._last_seq = 0  # account streams: the last JetStream sequence taken (or skipped)
         self._js_started = False  # read again from ``_last_seq + 1`` from now on
 
@@ -263,18 +266,22 @@ class BusStream(StreamBase[M]):
         return self._own_gap or (self.account and self._sub is None)
 
     async def _restore(self, missing: bool, lane_down: bool, generation: int) -> None:
-        """Hold the stream again after a gap: read the account stream again from where it
-        stopped (after an outage), subscribe again if the gateway forgot it (restart,
-        failover, lease expired), then end the gap. If that fails the stream stays in its
-        gap; the next renewal tries again."""
+        """Hold the stream again after a gap: subscribe again if the gateway forgot it
+        (restart, failover, lease expired), read the account stream again from where it
+        stopped, then end the gap. If that fails the stream stays in its gap; the next
+        renewal tries again.
+
+        An account stream reads JetStream again only once the gateway answered: what is
+        stored meanwhile stays there (nothing is held in memory while the answer can take up
+        to ``request_timeout``), and the gap ends right after the new read starts."""
         if self._restoring:
             return
         self._restoring = True
         try:
             if missing:
                 self._gap_starts("the gateway lost the subscription")
-            if self.account and self._sub is None and not await self._rejoin(generation):
-                return
+            if self.account and self._own_gap:
+                await self._drop_sub()  # its messages since the gap started were not taken
             if missing:
                 try:
                     await self._ask()
@@ -283,35 +290,35 @@ class BusStream(StreamBase[M]):
                         "%s: subscribing again through the gateway failed: %s", self.name, exc
                     )
                     return
-            if self._bus._generation == generation:
+            if self.account and self._sub is None:
+                self._rejoining = True
+                if not await self._rejoin(generation):
+                    return
+            if self._bus._link.disconnects == generation:
                 why = "subscribed again through the gateway" if missing else "held again"
                 self._gap_ends(why, lane_down)
         finally:
             self._restoring = False
+            self._rejoining = False
 
     async def _rejoin(self, generation: int) -> bool:
         """Read the account stream again after the last message taken (the server's consumer
         may be gone with a restart); retried until it works or the connection is lost again."""
         bus = self._bus
-        delay = 0.1
-        failing = False
-        while self.is_open and bus._generation == generation:
+        retry = Retry(log)
+        delays = retry.delays()
+        while self.is_open and bus._link.disconnects == generation:
             try:
                 sub = await self._read_jetstream()
             except AlorError as exc:
-                if not failing:
-                    log.warning("%s: %s; retrying", self.name, exc)
-                failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await retry.failed(delays, "%s: %s; retrying", self.name, exc)
                 continue
-            if not self.is_open or bus._generation != generation:
+            if not self.is_open or bus._link.disconnects != generation:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
                 return False
             self._sub = sub
-            if failing:
-                log.warning("%s: reading the account stream again", self.name)
+            retry.worked("%s: reading the account stream again", self.name)
             return True
         return False
 
@@ -339,6 +346,8 @@ class BusStream(StreamBase[M]):
 
     async def _on_msg(self, msg: Msg) -> None:
         if self.account:
+            if self._own_gap and not self._rejoining:
+                return  # not taken: read again from ``_last_seq + 1`` when the gap ends
             seq = _stream_seq(msg)
             if seq is not None:
                 if seq <= self._last_seq:
@@ -661,14 +670,11 @@ class BusClient(BusStreams):
             on_lost=self._nats_lost,
             on_back=self._nats_back,
         )
-        self._connected = asyncio.Event()
-        self._lost: asyncio.Future[None] | None = None  # resolved when the connection is lost
-        self._generation = 0  # NATS connections lost so far
         self._recovering = False  # the next answered renewal ends an outage
         self._covered: deque[str] = deque(maxlen=64)  # gateway outages our own gaps covered
 
     def __repr__(self) -> str:
-        return f"<BusClient {self.nats_url} {self.prefix} consumer={self.consumer_id}>"
+        return f"<BusClient {self._link.url} {self.prefix} consumer={self.consumer_id}>"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -683,21 +689,7 @@ class BusClient(BusStreams):
         """Connect to NATS and start renewing the lease."""
         if self._nc is not None:
             raise InvalidState("the bus client is already started")
-        self._link.closing = False
-        try:
-            self._nc = await nats.connect(
-                self.nats_url,
-                name=f"alorws-bus-{self.consumer_id}",
-                connect_timeout=_CONNECT_TIMEOUT,
-                **self._link.options(),
-            )
-        except Exception as exc:
-            raise ConnectError(
-                f"cannot connect to NATS at {safe_url(self.nats_url)}: {describe(exc)}"
-            ) from None
-        self._link.connected = True
-        self._lost = asyncio.get_running_loop().create_future()
-        self._connected.set()
+        self._nc = await self._link.connect(name=f"alorws-bus-{self.consumer_id}")
         self._js = self._nc.jetstream()
         self._announced = asyncio.get_running_loop().create_future()
         self._leader_sub = await self._nc.subscribe(
@@ -716,11 +708,7 @@ class BusClient(BusStreams):
 
     async def _nats_lost(self) -> None:
         """The NATS connection is lost: every stream's gap starts now (nats-py reconnects)."""
-        self._generation += 1
-        self._connected.clear()
         self._recovering = True
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
         for stream in list(self._streams.values()):
             if not stream.is_open:
                 continue
@@ -733,8 +721,6 @@ class BusClient(BusStreams):
     async def _nats_back(self) -> None:
         """Connected again (nats-py re-sent the core subscriptions): renew now; the answer
         ends the streams' gaps."""
-        self._lost = asyncio.get_running_loop().create_future()
-        self._connected.set()
         self._wake.set()
 
     def _check_connected(self) -> None:
@@ -751,7 +737,7 @@ class BusClient(BusStreams):
             return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._connected.wait()
+                await self._link.up.wait()
         return self._nats().is_connected
 
     async def _request(
@@ -767,22 +753,14 @@ class BusClient(BusStreams):
         (:class:`_Announced`); nats-py's own errors otherwise."""
         nc = self._nats()
         self._check_connected()
-        lost = self._lost
-        task = asyncio.ensure_future(nc.request(subject, payload, timeout=wait))
-        ends = [f for f in (task, lost, until) if f is not None]
         try:
-            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if task.cancelled():
-            if lost is not None and lost.done():
-                raise _Lost(f"the NATS connection to {self._link.url} was lost before the answer")
-            raise _Announced("a gateway announced itself before the answer")
-        try:
-            return task.result()
+            return await self._link.unless_lost(nc.request(subject, payload, timeout=wait), until)
+        except Lost:
+            raise _Lost(
+                f"the NATS connection to {self._link.url} was lost before the answer"
+            ) from None
+        except Interrupted:
+            raise _Announced("a gateway announced itself before the answer") from None
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             raise
         except nats.errors.Error as exc:  # OutboundBufferLimitError, ConnectionClosedError…
@@ -790,10 +768,8 @@ class BusClient(BusStreams):
 
     async def aclose(self) -> None:
         """Close every stream, release everything at the gateway, disconnect."""
-        nc, self._nc = self._nc, None
-        if nc is None:
+        if self._nc is None:
             return
-        self._nc = nc  # still needed to say goodbye
         self._link.closing = True  # from here on, a lost connection is no gap to report
         for stream in list(self._streams.values()):
             stream._state = StreamState.CLOSED
@@ -816,9 +792,7 @@ class BusClient(BusStreams):
                 _GOODBYE_WAIT,
             )
         self._nc = None
-        await _close_nats(nc)
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)  # requests still waiting end now
+        await self._link.close()  # requests still waiting end now
 
     def _nats(self) -> NatsClient:
         if self._nc is None:
@@ -842,7 +816,7 @@ class BusClient(BusStreams):
         except nats.errors.NoRespondersError:
             raise ConnectError(
                 f"no gateway answers on {subject}: is `alorws gateway` running with prefix "
-                f"{self.prefix!r} on {self.nats_url}?"
+                f"{self.prefix!r} on {self._link.url}?"
             ) from None
         except nats.errors.TimeoutError:
             raise TransportTimeout(f"the gateway did not answer {op} within {wait} s") from None
@@ -893,12 +867,12 @@ class BusClient(BusStreams):
         handles = [h for h, s in self._streams.items() if s.is_open]
         if not handles or self._nc is None or not self._nc.is_connected:
             return  # while NATS is down the streams are in their gap; renewed once back
-        generation = self._generation
+        generation = self._link.disconnects
         ctl = wire.RenewCtl(consumer=self.consumer_id, handles=handles)
         try:
             reply = await self._ctl("renew", ctl, wire.RenewReply, max(0.5, self._lease / 3))
         except AlorError as exc:
-            if generation != self._generation:
+            if generation != self._link.disconnects:
                 return  # the NATS connection was lost meanwhile: its line says so
             now = time.monotonic()
             if not self._renew_failing:
@@ -918,7 +892,7 @@ class BusClient(BusStreams):
                     if stream is not None:
                         stream._gap_starts("no gateway answers")
             return
-        if generation != self._generation:
+        if generation != self._link.disconnects:
             return  # an answer from before the connection was lost ends nothing
         if self._renew_failing and self._failure_logged:
             log.info("bus: the gateway answers again")
@@ -1021,11 +995,3 @@ async def _first_of(event: asyncio.Future[None] | None, seconds: float) -> None:
 
 class _ErrorOnly(msgspec.Struct):
     error: wire.ErrorInfo | None = None
-
-
-async def _close_nats(nc: NatsClient) -> None:
-    """Flush what is pending (bounded), then close: ``drain()`` can wait for its full timeout."""
-    with contextlib.suppress(Exception):
-        await nc.flush(timeout=2)
-    with contextlib.suppress(Exception):
-        await nc.close()

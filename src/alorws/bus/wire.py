@@ -29,6 +29,7 @@ from typing import Any, Final
 import msgspec
 
 from .. import errors as _errors
+from ..client.sources import is_account
 from ..errors import AlorError
 from ..protocol import requests as rq
 from ..protocol._model import Model, to_wire
@@ -36,7 +37,6 @@ from ..protocol.enums import Format, SubscriptionOpcode
 
 
 __all__ = [
-    "ACCOUNT_OPCODES",
     "EVENT_HEADER",
     "FORMAT_HEADER",
     "LEADER_KEY",
@@ -112,19 +112,6 @@ _STREAM_NAMES: Final[dict[SubscriptionOpcode, str]] = {
     SubscriptionOpcode.STOP_ORDERS: "stoporders",
 }
 
-#: Account streams: published to JetStream, lossless and replayable.
-ACCOUNT_OPCODES: Final = frozenset(
-    {
-        SubscriptionOpcode.POSITIONS,
-        SubscriptionOpcode.SUMMARIES,
-        SubscriptionOpcode.RISKS,
-        SubscriptionOpcode.SPECTRA_RISKS,
-        SubscriptionOpcode.TRADES,
-        SubscriptionOpcode.ORDERS,
-        SubscriptionOpcode.STOP_ORDERS,
-    }
-)
-
 _BAD_TOKEN: Final = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -161,8 +148,9 @@ def account_subject(prefix: str, request: rq.SubscriptionRequest) -> str:
 
 
 def subject_for(prefix: str, request: rq.SubscriptionRequest) -> str:
-    """The data subject of ``request`` (market or account)."""
-    if type(request).opcode in ACCOUNT_OPCODES:
+    """The data subject of ``request``: account streams (published to JetStream, lossless and
+    replayable) or market data."""
+    if is_account(request):
         return account_subject(prefix, request)
     return market_subject(prefix, request)
 

@@ -16,6 +16,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from ..bus import wire
+from ..errors import InvalidState
 
 
 __all__ = ["Election", "Role"]
@@ -93,13 +94,14 @@ class Election:
         """True while this gateway serves."""
         return self.role is Role.LEADER
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def start(self) -> None:
         """Lead at once (no ``ttl``), or campaign once and keep campaigning in the
-        background."""
+        background (the bucket made by :meth:`ensure_bucket` first)."""
         if self.ttl is None:
             await self._lead(None)
             return
-        await self.ensure_bucket(js)
+        if self._kv is None:
+            raise InvalidState("the leader bucket is not made yet: call ensure_bucket() first")
         self.role = Role.STANDBY
         rev = await self._campaign()
         if rev is not None:
@@ -131,9 +133,11 @@ class Election:
             await self._resign()
         self.role = Role.STOPPED
 
-    def announcement(self) -> bytes:
-        """The :class:`~alorws.bus.wire.LeaderInfo` of this gateway's lead, encoded."""
-        return msgspec.json.encode(wire.LeaderInfo(node=self.node, since=self.since))
+    def announcement(self, since: float | None = None) -> bytes:
+        """The :class:`~alorws.bus.wire.LeaderInfo` of this gateway's lead, encoded; ``since``
+        (default: when it took the lead) is now for a claim of the lead."""
+        info = wire.LeaderInfo(node=self.node, since=self.since if since is None else since)
+        return msgspec.json.encode(info)
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class Election:
         now = time.monotonic()
         if found is None:
             try:
-                return await self._kv.create(wire.LEADER_KEY, self._claim())
+                return await self._kv.create(wire.LEADER_KEY, self.announcement(time.time()))
             except BadRequestError:  # another gateway created it first
                 return None
         rev, node = found
@@ -176,13 +180,10 @@ class Election:
             now - self._seen_at,
         )
         try:
-            return await self._kv.update(wire.LEADER_KEY, self._claim(), last=rev)
+            claim = self.announcement(time.time())
+            return await self._kv.update(wire.LEADER_KEY, claim, last=rev)
         except BadRequestError:  # renewed or taken meanwhile
             return None
-
-    def _claim(self) -> bytes:
-        """The value of a leader entry this gateway writes to take the lead."""
-        return msgspec.json.encode(wire.LeaderInfo(node=self.node, since=time.time()))
 
     async def _lead(self, rev: int | None) -> None:
         """Serve; with election, ``rev`` is our lease, renewed in the background."""

@@ -214,9 +214,8 @@ class Gateway:
         await self._link.connect()
         self._running = True
         try:
-            js = self._link.jetstream()
-            await ensure_account_stream(js, self.prefix, self.duplicate_window)
-            await self._election.start(js)
+            await self._ensure_jetstream()
+            await self._election.start()
         except BaseException:
             await self.aclose()
             raise
@@ -249,7 +248,7 @@ class Gateway:
             self._subs.append(await nc.subscribe(f"{self.prefix}.{subject}", cb=callback))
         await nc.flush()
         self._relay.start()
-        await nc.publish(wire.leader_subject(self.prefix), self._election.announcement())
+        await self._announce()
 
     async def _stop_serving(self) -> None:
         """Stop answering, close every upstream, forget the consumers, close our client."""
@@ -272,12 +271,14 @@ class Gateway:
         self._relay.restart_leases()
 
     async def _announce(self) -> None:
+        """Say on ``<prefix>.ctl.leader`` that this gateway serves (if it does)."""
         if self._responder.serving:
             await self._link.nats().publish(
                 wire.leader_subject(self.prefix), self._election.announcement()
             )
 
     async def _ensure_jetstream(self) -> None:
+        """The account stream and the leader bucket exist (made, or used as they are)."""
         js = self._link.jetstream()
         await ensure_account_stream(js, self.prefix, self.duplicate_window)
         await self._election.ensure_bucket(js)

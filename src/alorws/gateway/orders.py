@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
@@ -98,10 +99,13 @@ class OrderDesk:
     async def _execute(self, op: str, args: dict[str, Any], guid: str) -> OrderAck:
         args.pop("guid", None)
         method = getattr(self._client().trading, op)
+        # Arguments the operation does not take are refused before the call; an error from the
+        # call itself may come after the command went out, so it keeps its own type.
         try:
-            result: OrderAck = await method(**args, guid=guid)
+            call = inspect.signature(method).bind(**args, guid=guid)
         except TypeError as exc:
             raise InvalidArgumentError("args", f"{op}: {exc}") from None
+        result: OrderAck = await method(*call.args, **call.kwargs)
         return result
 
     def _finished(self, guid: str, task: asyncio.Task[OrderAck]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -15,19 +16,21 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from ..bus import wire
-from ..bus._natslink import describe
+from ..bus._natslink import Lost, Retry, describe
 from ..client.buffer import Policy
 from ..client.client import AlorClient
 from ..client.lane import LaneEvent
+from ..client.sources import is_account
 from ..client.streams import Stream
 from ..errors import BufferOverflowError, InvalidState, StreamClosed
 from ..protocol import requests as rq
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, StopOrder
+from ..protocol.backoff import Backoff
 from ..protocol.codec import decoder_for
 from ..protocol.enums import Format
 from ..protocol.market import OrderBook, Quote
-from .link import GatewayLink, Lost, unless
+from .link import GatewayLink
 
 
 __all__ = ["Publisher", "Upstream", "ensure_account_stream", "open_stream", "valid_snapshot"]
@@ -44,7 +47,7 @@ class Upstream:
         self.key = key
         self.request = request
         self.subject = subject
-        self.account = type(request).opcode in wire.ACCOUNT_OPCODES
+        self.account = is_account(request)
         self.holders: set[tuple[str, str]] = set()
         self.opening: asyncio.Task[None] | None = None
         self.stream: Stream[Any] | None = None
@@ -87,7 +90,8 @@ class Publisher:
         self._link = link
         self._counters = counters
         self._epoch = secrets.token_hex(4)  # where this gateway's snapshot id chains start
-        self._js_failing = False
+        # One pair of lines for every stream: the first failure, and the first success after.
+        self._js_retry = Retry(log, Backoff(base=0.05, cap=2.0, jitter=False))
 
     async def pump(self, up: Upstream) -> None:
         """Publish everything the ALOR subscription delivers."""
@@ -102,51 +106,26 @@ class Publisher:
         and bars are kept whole across restores by a client-side filter, which decodes."""
         stream = up.stream
         assert stream is not None
-        nc = self._link.nats()
-        publish = nc.publish
-        subject = up.subject
-        keep_last = issubclass(stream.model, _STATE_MODELS)
-        counters = self._counters
         first = True
         while not up.closed:
             items: list[bytes | LaneEvent]
             try:
                 items = await stream.get_payloads(1000)
             except BufferOverflowError as exc:
-                log.warning("gateway: %s: %s", subject, exc)
+                log.warning("gateway: %s: %s", up.subject, exc)
                 items = [*_overflow_gap(exc)]
             except StreamClosed:
                 return True
             except InvalidState:
                 if first:
                     return False
-                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return True
             except Exception:
-                log.exception("gateway: %s failed; it publishes nothing more", subject)
+                log.exception("gateway: %s failed; it publishes nothing more", up.subject)
                 return True
             first = False
-            if not nc.is_connected:
-                self._drop_while_down(up, items)
-                continue
-            last: bytes | None = None
-            sent = 0
-            try:
-                if up.outage is not None:
-                    await self._mark_outage(up)
-                for item in items:
-                    if type(item) is bytes:
-                        last = item
-                        await publish(subject, item)
-                        counters["published_market"] += 1
-                        up.published += 1
-                    elif isinstance(item, LaneEvent):
-                        await self._publish_event(up, item)
-                    sent += 1
-            except (nats.errors.Error, OSError):  # the connection went down under us
-                self._drop_while_down(up, items[sent:])
-            if keep_last and last is not None:
-                up.last = last
+            await self._publish_market(up, items, None)
         return True
 
     async def _pump_models(self, up: Upstream) -> None:
@@ -154,9 +133,7 @@ class Publisher:
         and market streams that a client-side filter keeps whole (all trades, bars)."""
         stream = up.stream
         assert stream is not None
-        nc = self._link.nats()
         fmt = Format(up.request.format)
-        keep_last = issubclass(stream.model, _STATE_MODELS)
         events: list[LaneEvent] = []
         stream.on_event(events.append)
         while not up.closed:
@@ -181,27 +158,43 @@ class Publisher:
                     self._counters["published_account"] += 1
                     up.published += 1
                 continue
-            items: list[Any] = [*pending, *batch]
-            if not nc.is_connected:
-                self._drop_while_down(up, items)
-                continue
-            sent = 0
-            try:
-                if up.outage is not None:
-                    await self._mark_outage(up)
-                for item in items:
-                    if isinstance(item, LaneEvent):
-                        await self._publish_event(up, item)
-                    else:
-                        payload = wire.encode_model(item, fmt)
-                        await nc.publish(up.subject, payload)
-                        self._counters["published_market"] += 1
-                        if keep_last:
-                            up.last = payload
-                        up.published += 1
-                    sent += 1
-            except (nats.errors.Error, OSError):  # the connection went down under us
-                self._drop_while_down(up, items[sent:])
+            await self._publish_market(
+                up, [*pending, *batch], lambda obj: wire.encode_model(obj, fmt)
+            )
+
+    async def _publish_market(
+        self, up: Upstream, items: list[Any], encode: Callable[[Any], bytes] | None
+    ) -> None:
+        """Publish a batch of market data on core NATS, connection events in place: payloads
+        as they are (``encode`` None) or models encoded. While NATS is down what cannot be
+        published is dropped and marked (:meth:`_drop_while_down`)."""
+        nc = self._link.nats()
+        if not nc.is_connected:
+            self._drop_while_down(up, items)
+            return
+        publish, subject = nc.publish, up.subject
+        last: bytes | None = None
+        sent = published = 0
+        try:
+            if up.outage is not None:
+                await self._mark_outage(up)
+            for item in items:
+                if isinstance(item, LaneEvent):
+                    await self._publish_event(up, item)
+                else:
+                    payload = item if encode is None else encode(item)
+                    await publish(subject, payload)
+                    last = payload
+                    published += 1
+                sent += 1
+        except (nats.errors.Error, OSError):  # the connection went down under us
+            self._drop_while_down(up, items[sent:])
+        finally:
+            self._counters["published_market"] += published
+            up.published += published
+        if last is not None and up.stream is not None:
+            if issubclass(up.stream.model, _STATE_MODELS):
+                up.last = last  # the subscribe reply's snapshot
 
     async def _publish_event(self, up: Upstream, ev: LaneEvent) -> None:
         up.lane_down = ev.kind == "disconnected"
@@ -214,13 +207,15 @@ class Publisher:
         js = self._link.jetstream()
         link = self._link
         headers = {"Nats-Msg-Id": self._msg_id(up, obj), wire.FORMAT_HEADER: fmt.value}
-        delay = 0.05
+        retry = self._js_retry
+        delays = retry.delays()
         while True:
             if not link.up.is_set():  # wait in the ALOR stream's buffer, not nats-py's
                 await link.up.wait()
-            lost = link.lost
             try:
-                await unless(js.publish(up.subject, payload, headers=headers, timeout=5.0), lost)
+                await link.unless_lost(
+                    js.publish(up.subject, payload, headers=headers, timeout=5.0)
+                )
             except Lost:  # the ack may be lost with the connection: publish again when back
                 continue
             except Exception as exc:
@@ -228,19 +223,15 @@ class Publisher:
                 task = asyncio.current_task()
                 if up.closed or (task is not None and task.cancelling()):
                     raise asyncio.CancelledError from exc
-                if link.up.is_set() and not self._js_failing:
-                    self._js_failing = True  # one line for every stream, until one succeeds
-                    log.warning(
-                        "gateway: publishing to JetStream failed (%s: %s); retrying",
-                        up.subject,
-                        describe(exc),
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await retry.failed(
+                    delays,
+                    "gateway: publishing to JetStream failed (%s: %s); retrying",
+                    up.subject,
+                    describe(exc),
+                    say=link.up.is_set(),  # lost with the connection: its own lines say so
+                )
                 continue
-            if self._js_failing:
-                self._js_failing = False
-                log.warning("gateway: publishing to JetStream works again (%s)", up.subject)
+            retry.worked("gateway: publishing to JetStream works again (%s)", up.subject)
             return
 
     def _msg_id(self, up: Upstream, obj: Model) -> str:

@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from ..bus import wire
 from ..client.buffer import Policy
 from ..client.client import AlorClient
+from ..client.sources import is_account
 from ..errors import scrub
 from ..protocol import requests as rq
 from ..protocol.enums import Format
@@ -130,7 +131,7 @@ class Relay:
         """The request the gateway makes for ``request``: account streams are one upstream per
         portfolio, stream and exchange (full history, the gateway's format); market data as
         asked."""
-        if type(request).opcode in wire.ACCOUNT_OPCODES:
+        if is_account(request):
             portfolio = str(getattr(request, "portfolio", ""))
             return type(request)(  # type: ignore[call-arg]
                 portfolio=portfolio, exchange=request.exchange, format=self.account_format

@@ -51,12 +51,12 @@ class Session:
         max_subscriptions_per_connection: int | None = None,
         reserve_connections: int | None = None,
     ) -> None:
-        given = {
-            "max_connections": max_connections,
-            "max_subscriptions_per_connection": max_subscriptions_per_connection,
-            "reserve_connections": reserve_connections,
+        given = (max_connections, max_subscriptions_per_connection, reserve_connections)
+        self.limits: dict[str, int] = {
+            name: value
+            for name, value in zip(BUDGET_LIMITS, given, strict=True)
+            if value is not None
         }
-        self.limits: dict[str, int] = {k: v for k, v in given.items() if v is not None}
         _check_limits(self.limits)
         if isinstance(client, AlorClient):
             self._client: AlorClient | None = client
@@ -103,27 +103,16 @@ class Session:
         client = self._client
         if client is None:
             return dict.fromkeys(
-                (
-                    "connections",
-                    "subscriptions",
-                    "max_connections",
-                    "max_subscriptions",
-                    "max_subscriptions_per_connection",
-                    "reserve_connections",
-                ),
-                0,
+                ("connections", "subscriptions", "max_subscriptions", *BUDGET_LIMITS), 0
             )
         cstats = client.stats()
         orders = cstats.get("orders") or {}
         cws = 1 if orders.get("state") in _CWS_HELD else 0
-        per = client.max_subscriptions_per_connection
         return {
             "connections": int(cstats["connections"]) + cws,
             "subscriptions": int(cstats["subscriptions"]),
-            "max_connections": client.max_connections,
-            "max_subscriptions": client.max_connections * per,
-            "max_subscriptions_per_connection": per,
-            "reserve_connections": client.reserve_connections,
+            "max_subscriptions": client.max_connections * client.max_subscriptions_per_connection,
+            **{name: int(getattr(client, name)) for name in BUDGET_LIMITS},
         }
 
     def _check_client(self, client: AlorClient, what: str) -> None:

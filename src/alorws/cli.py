@@ -1279,7 +1279,9 @@ def gateway(
                 stack.callback(metrics.close)
                 collector = metrics.collector
                 console.print(f"metrics: {metrics.url}")
-            console.print(f"nats: {nats_url}")
+            from .errors import scrub
+
+            console.print(f"nats: {scrub(nats_url)}")  # no credentials of the URL on screen
             console.print(f"prefix: {prefix}")
             console.print(f"node: {gw.node} ({gw.role})")
 

@@ -61,23 +61,42 @@ Thread safety and cost (CPython with the GIL)
     the right) and one consumer (popping on the left) a deque needs nothing else. The producer
     then reads ``_waiter``; only when the consumer is parked (``_waiter`` is set) does it take
     the lock, claim the waiter and make one ``loop.call_soon_threadsafe`` call. While the
-    consumer is busy, or already woken, pushes cost one deque append and a few attribute reads
+    consumer is busy, or already woken, pushes cost one append and a few attribute reads
     and make **no** cross-thread call (see ``wakeups`` against ``pushed`` in :meth:`stats`).
     ``bench/handoff.py`` measures it: about 160 ns of producer CPU per item, some 25 times less
     than one ``loop.call_soon_threadsafe`` per item (each of which writes to the loop's
     self-pipe), and 3 million items/s end to end from a thread into a ``get_batch`` consumer.
 
+    ``LATEST`` keeps its pending item in a list of at most one element. Taking it must be an
+    exchange (read it *and* leave nothing behind): with a plain attribute, read then cleared,
+    an item stored between the two steps would be lost. ``list.pop()`` is that exchange in one
+    C call; the producer replaces the pending item with ``lst[0] = item`` (one C call) or, when
+    there is none, appends it. If the consumer takes the item between the producer's look and
+    its store, the store raises ``IndexError`` and the producer appends instead: the list is
+    empty then, as only the producer adds to it. So the list never holds more than the newest
+    item, and a taken item is never delivered again.
+
+    Containers are created by the first entry (``()`` stands for "none yet": it has a length
+    and a truth value, so every look works unchanged, and no ``append``, so the first push
+    fails over to the slow path). The producer builds the container holding the entry and
+    publishes it with one attribute store, under the lock (a backfill event may come from the
+    consumer's thread); the consumer sees either no container or one with the entry. Every
+    look that decides (parking, the end of a closed stream) reads the attribute again. A
+    container stays once created: dropping an empty one could race with a push into it.
+
     No lost wake-up: the consumer, under the lock, first publishes its waiter, *then* looks at
-    the deque (and the closed flag) and withdraws if anything is there. The producer appends
-    *first*, then reads the waiter. Under the GIL these steps interleave sequentially
-    consistently, so either the consumer's look sees the new item or the producer's read sees
-    the waiter. Claiming and withdrawing the waiter both happen under the lock, so a waiter is
-    woken at most once and a stale wake-up (of a future nobody awaits any more) is harmless.
-    ``close`` and the overflow bookkeeping (rare paths) also take the lock: the consumer reads
-    an episode's ``dropped`` count and marks it taken atomically, so a drop is reported exactly
-    once. Several producer threads pushing at the same time stay memory-safe and lose no
-    wake-up, but the counters and the bound may be off by a few; keep one producer per buffer.
-    On free-threaded builds (no GIL) this reasoning needs revisiting.
+    the containers (and the closed flag) and withdraws if anything is there. The producer
+    stores the entry *first*, then reads the waiter. Under the GIL these steps interleave
+    sequentially consistently, so either the consumer's look sees the new item or the
+    producer's read sees the waiter. Claiming and withdrawing the waiter both happen under the
+    lock, so a waiter is woken at most once and a stale wake-up (of a future nobody awaits any
+    more) is harmless. ``close`` and the overflow bookkeeping (rare paths) also take the lock:
+    the consumer reads an episode's ``dropped`` count and marks it taken atomically, so a drop
+    is reported exactly once. Several producer threads pushing at the same time stay
+    memory-safe and lose no wake-up, but the counters and the bound may be off by a few, and
+    ``LATEST`` may deliver an older item after a newer one; keep one producer of data per
+    buffer (events may come from any thread). On free-threaded builds (no GIL) this reasoning
+    needs revisiting.
 
 Batched wake-ups
     A buffer given a :class:`WakeBatcher` (the client gives every stream the one of its I/O
@@ -95,7 +114,6 @@ Batched wake-ups
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -141,6 +159,9 @@ class _Empty(Enum):
 
 
 _EMPTY: Final = _Empty.EMPTY
+#: A container not created yet: empty, so ``len()`` and the truth test work on it, and without
+#: ``append``, so the first push fails over to :meth:`StreamBuffer._put_slow`.
+_NONE: Final[tuple[()]] = ()
 
 
 class WakeBatcher:
@@ -176,6 +197,18 @@ class WakeBatcher:
             buffer._wake()
 
 
+#: Locks shared by the buffers (a buffer's lock is one of these, by its address), so that
+#: 50,000 buffers need not own 50,000 locks: a lock guards a few attribute writes of one
+#: buffer, and code holding it never takes another. Reentrant, because an allocation under
+#: the lock may run the garbage collector, and a finalizer (a dropped stream's parked
+#: consumer) may then take the lock of a buffer that shares it, in the same thread.
+_LOCKS: Final = tuple(threading.RLock() for _ in range(64))
+
+
+def _lock_for(buffer: object) -> threading.RLock:
+    return _LOCKS[(id(buffer) >> 4) % len(_LOCKS)]
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     """Wake a parked consumer (runs in the consumer's loop)."""
     if not fut.done():
@@ -202,8 +235,6 @@ class StreamBuffer(Generic[T]):
         "_delivered",
         "_dq",
         "_drain",
-        "_drain_below",
-        "_drain_tid",
         "_dropped",
         "_ev",
         "_events",
@@ -223,7 +254,6 @@ class StreamBuffer(Generic[T]):
         "_wakeups",
         "maxsize",
         "name",
-        "policy",
     )
 
     def __init__(
@@ -235,19 +265,22 @@ class StreamBuffer(Generic[T]):
         loop: asyncio.AbstractEventLoop | None = None,
         batcher: WakeBatcher | None = None,
     ) -> None:
-        self.policy = Policy(policy)
+        policy = Policy(policy)
         if maxsize < 1:
             raise ConfigurationError(f"maxsize must be at least 1, got {maxsize}")
         self.maxsize = maxsize
         self.name = name
-        self._latest = self.policy is Policy.LATEST
-        # Data entries (plus, for QUEUE, events and overflow markers in stream order). For
-        # LATEST a one-slot deque: append() replaces the pending item atomically.
-        self._dq: deque[Any] = deque(maxlen=1) if self._latest else deque()
-        # LATEST only: pending events, delivered before the pending item.
-        self._ev: deque[Any] = deque()
-        self._bound = sys.maxsize if self._latest else maxsize
-        self._lock = threading.Lock()
+        self._latest = policy is Policy.LATEST
+        # Data entries, created by the first push (``()`` until then: most subscriptions of a
+        # big client sit idle, and an empty deque costs 760 bytes). QUEUE: a deque, with events
+        # and overflow markers in stream order. LATEST: a list holding at most the pending
+        # newest item (see "Thread safety and cost").
+        self._dq: Any = _NONE
+        # LATEST only: pending events, delivered before the pending item (a deque, created by
+        # the first event).
+        self._ev: Any = _NONE
+        self._bound = 1 if self._latest else maxsize
+        self._lock = _lock_for(self)
         self._waiter: asyncio.Future[None] | None = None
         self._loop = loop
         self._loop_tid = 0
@@ -256,9 +289,7 @@ class StreamBuffer(Generic[T]):
         self._batcher = batcher
         self._wake_due = False  # a batched wake-up is scheduled (producer's loop only)
         # A producer waiting in drained(): its future, the depth it waits for, its thread.
-        self._drain: asyncio.Future[None] | None = None
-        self._drain_below = 0
-        self._drain_tid = 0
+        self._drain: tuple[asyncio.Future[None], int, int] | None = None
         # Producer-side counters (written only by the producer; wakeups under the lock).
         self._pushed = 0
         self._dropped = 0
@@ -276,14 +307,25 @@ class StreamBuffer(Generic[T]):
 
     def push(self, item: T) -> None:
         """Add one item. Never blocks and never raises (see the policies for what is kept)."""
-        # The hot path: one length check (close() sets the bound to -1, so it covers "closed"
-        # too), one append, one counter, one attribute read. No lock, no cross-thread call
-        # unless the consumer is parked.
+        # The hot path: one length check, one append (or, LATEST, one store over the pending
+        # item), one counter, one attribute read. No lock, no cross-thread call unless the
+        # consumer is parked. The check sends a full QUEUE, a LATEST buffer with an item
+        # pending (its bound is 1) and a closed buffer (close() sets the bound to -1) to the
+        # second branch; the first is the plain append.
         dq = self._dq
-        if len(dq) >= self._bound:
+        if len(dq) < self._bound:
+            try:
+                dq.append(item)
+            except AttributeError:  # no container yet: the first push creates it
+                self._put_slow(item)
+        elif self._closed or not self._latest:
             self._reject()
             return
-        dq.append(item)
+        else:
+            try:
+                dq[0] = item  # LATEST: replaces the pending item
+            except IndexError:  # the consumer took it since the check: nothing pending now
+                self._put_slow(item)
         self._pushed += 1
         if self._waiter is not None:
             self._wake_soon()
@@ -296,12 +338,14 @@ class StreamBuffer(Generic[T]):
         if self._closed:
             self._ignored += k
             return
+        if self._latest:  # only the newest can be pending: the others are conflated at once
+            self._pushed += k - 1
+            self.push(items[-1])
+            return
         dq = self._dq
-        if self._latest:
-            dq.append(items[-1])
-        elif len(dq) + k <= self._bound:
+        if type(dq) is deque and len(dq) + k <= self._bound:
             dq.extend(items)
-        else:
+        else:  # no deque yet (the first push creates it), or not everything fits
             for item in items:
                 self.push(item)
             return
@@ -318,7 +362,10 @@ class StreamBuffer(Generic[T]):
         if self._closed:
             self._ignored += 1
             return
-        (self._ev if self._latest else self._dq).append(event)
+        try:
+            (self._ev if self._latest else self._dq).append(event)
+        except AttributeError:  # the first entry: no container yet
+            self._put_slow(event, event=True)
         self._events += 1
         if self._waiter is not None:
             self._wake()
@@ -334,6 +381,25 @@ class StreamBuffer(Generic[T]):
         self._wake()
         if self._drain is not None:
             self._wake_drain(force=True)
+
+    def _put_slow(self, item: Any, *, event: bool = False) -> None:
+        """The rare path of a push: the first entry (the container is created holding it, then
+        published by one store: the consumer sees either no container or the entry), or, for
+        LATEST data, the consumer took the pending item between push()'s look and its store
+        (the list is empty now: append). Under the lock, as another thread (a backfill event
+        from the consumer's loop) may create the container too."""
+        with self._lock:
+            if event and self._latest:
+                if type(self._ev) is tuple:
+                    self._ev = deque((item,))
+                else:
+                    self._ev.append(item)
+                return
+            dq = self._dq
+            if type(dq) is tuple:
+                self._dq = [item] if self._latest else deque((item,))
+            else:
+                dq.append(item)
 
     def _reject(self) -> None:
         """A push that does not fit: after close it is ignored, else the QUEUE is full."""
@@ -391,28 +457,30 @@ class StreamBuffer(Generic[T]):
             if self._drain is not None:
                 raise InvalidState(f"another task already waits for buffer {self.name!r} to drain")
             # Publish first, then look: a consumer taking meanwhile sees the waiter.
-            self._drain, self._drain_below = fut, below
-            self._drain_tid = threading.get_ident()
+            self._drain = (fut, below, threading.get_ident())
             if self._closed or len(self._dq) + len(self._ev) < below:
                 self._drain = None
                 return
         try:
             await fut
         finally:
-            if self._drain is fut:  # cancelled: withdraw
+            drain = self._drain
+            if drain is not None and drain[0] is fut:  # cancelled: withdraw
                 with self._lock:
-                    if self._drain is fut:
+                    drain = self._drain
+                    if drain is not None and drain[0] is fut:
                         self._drain = None
 
     def _wake_drain(self, *, force: bool = False) -> None:
         """Wake the producer waiting in drained() if the depth fell below its mark (or
         ``force``, at close)."""
         with self._lock:
-            fut = self._drain
-            if fut is None or (not force and len(self._dq) + len(self._ev) >= self._drain_below):
+            drain = self._drain
+            if drain is None or (not force and len(self._dq) + len(self._ev) >= drain[1]):
                 return
             self._drain = None
-        if threading.get_ident() == self._drain_tid:
+        fut, _, tid = drain
+        if threading.get_ident() == tid:
             _resolve(fut)
             return
         try:
@@ -437,7 +505,7 @@ class StreamBuffer(Generic[T]):
             n = len(dq)  # depth peaks right before a take: this makes max_depth exact
             if n > self._max_depth:
                 self._max_depth = n
-            x = dq.popleft()
+            x = dq.pop() if self._latest else dq.popleft()
             if self._drain is not None:
                 self._wake_drain()
             if type(x) is _Overflow:
@@ -446,8 +514,9 @@ class StreamBuffer(Generic[T]):
             return cast(T, x)
         if not self._closed:
             return _EMPTY
-        # Closed: whatever was pushed before close() is visible now (we read the flag first).
-        if ev or dq:
+        # Closed: whatever was pushed before close() is visible now (the flag is read after
+        # the containers; read them again, as the first push may have created one since).
+        if self._ev or self._dq:
             return self._next()
         raise self._close_error()
 
@@ -522,25 +591,31 @@ class StreamBuffer(Generic[T]):
         if max_items < 1:
             raise ConfigurationError(f"max_items must be at least 1, got {max_items}")
         out = [await self.get()]
-        ev = self._ev
-        dq = self._dq
         n = 1
-        delivered = 0
-        while n < max_items:
-            if ev:
-                out.append(ev.popleft())
-                self._events_out += 1
-            elif dq:
+        if self._latest:
+            # Events first, then the pending item; read again each time, as the first event or
+            # item creates its container.
+            while n < max_items:
+                ev = self._ev
+                if ev:
+                    out.append(ev.popleft())
+                    self._events_out += 1
+                else:
+                    dq = self._dq
+                    if not dq:
+                        break
+                    out.append(dq.pop())
+                n += 1
+        else:
+            dq = self._dq  # exists: get() took an entry from it
+            while n < max_items and dq:
                 x = dq.popleft()
                 if type(x) is _Overflow:
                     dq.appendleft(x)  # the consumer owns the left end: put it back for next call
                     break
                 out.append(x)
-            else:
-                break
-            n += 1
-            delivered += 1
-        self._delivered += delivered
+                n += 1
+        self._delivered += n - 1
         if self._drain is not None:
             self._wake_drain()
         return out
@@ -561,6 +636,11 @@ class StreamBuffer(Generic[T]):
             await self._park()
 
     # -- observation (any thread) ----------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        """``Policy.LATEST`` or ``Policy.QUEUE``."""
+        return Policy.LATEST if self._latest else Policy.QUEUE
 
     @property
     def depth(self) -> int:

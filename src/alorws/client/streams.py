@@ -145,7 +145,27 @@ _BACKFILLED = (Order, StopOrder, OwnTrade)
 class StreamBase(Generic[M], AsyncIterator[M]):
     """What every stream class shares (:class:`Stream`; ``BusStream``): the
     :class:`~alorws.client.sources.DataStream` API. A subclass implements ``subscribe``,
-    ``aclose``, ``get`` and ``get_batch``, and passes connection events to :meth:`_notify`."""
+    ``aclose``, ``get`` and ``get_batch``, and passes connection events to :meth:`_notify`.
+
+    Slotted, and what most streams never use (the event window and counts, the callbacks, the
+    bad-frame log) is created on first use: a client may hold 50,000 idle streams."""
+
+    __slots__ = (
+        "__weakref__",
+        "_bad_log",
+        "_callbacks",
+        "_event_counts",
+        "_events",
+        "_format",
+        "_log",
+        "_state",
+        "account",
+        "bad_payloads",
+        "model",
+        "name",
+        "policy",
+        "request",
+    )
 
     def __init__(
         self,
@@ -165,14 +185,27 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         self._format = Format(getattr(request, "format", Format.SIMPLE))
         # A StreamState (typed str: a subclass may still assign the plain value).
         self._state = StreamState.NEW
-        #: The last EVENTS_KEPT connection events, oldest first.
-        self.events: list[LaneEvent] = []
-        #: Every connection event so far, counted by kind (``"disconnected"``: 3, …).
-        self.event_counts: Counter[str] = Counter()
-        self._callbacks: list[Callable[[LaneEvent], object]] = []
+        # Created on first use (see the class): events, their counts, callbacks, the log.
+        self._events: list[LaneEvent] | None = None
+        self._event_counts: Counter[str] | None = None
+        self._callbacks: list[Callable[[LaneEvent], object]] | None = None
         self.bad_payloads = 0
         self._log = logger
-        self._bad_log = BadFrameLog(logger, name)
+        self._bad_log: BadFrameLog | None = None
+
+    @property
+    def events(self) -> list[LaneEvent]:
+        """The last :data:`EVENTS_KEPT` connection events, oldest first."""
+        if self._events is None:
+            self._events = []
+        return self._events
+
+    @property
+    def event_counts(self) -> Counter[str]:
+        """Every connection event so far, counted by kind (``"disconnected"``: 3, …)."""
+        if self._event_counts is None:
+            self._event_counts = Counter()
+        return self._event_counts
 
     @property
     def is_open(self) -> bool:
@@ -214,6 +247,8 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         """Call ``callback(event)`` (in the consumer's loop) on every connection event
         (``disconnected``, ``restored``; on a direct client also ``silent``,
         ``resubscribed``)."""
+        if self._callbacks is None:
+            self._callbacks = []
         self._callbacks.append(callback)
 
     def _notify(self, event: LaneEvent) -> None:
@@ -224,7 +259,7 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         if len(events) > EVENTS_KEPT:
             del events[0]  # a short list: cheaper than a deque, and still a list
         self.event_counts[event.kind] += 1
-        for cb in self._callbacks:
+        for cb in self._callbacks or ():
             try:
                 cb(event)
             except Exception:
@@ -234,6 +269,8 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         """Count an item that does not decode and log why, rate-limited (the stream goes on)."""
         self.bad_payloads += 1
         error = bad_frame_error(exc, item, self.model, self._format, frame=frame)
+        if self._bad_log is None:
+            self._bad_log = BadFrameLog(self._log, self.name)
         self._bad_log.report(error, type(exc).__name__)
 
     # -- consuming ---------------------------------------------------------------------------
@@ -272,6 +309,20 @@ class StreamHost(Protocol):
 class Stream(StreamBase[M]):
     """One subscription as a typed async stream. Create it with the client's methods."""
 
+    __slots__ = (
+        "_buffer",
+        "_client",
+        "_decoder",
+        "_filter",
+        "_frame_decoder",
+        "_guid",
+        "_lane",
+        "_ready",
+        "_tasks",
+        "backfilled",
+        "silence_timeout",
+    )
+
     def __init__(
         self,
         client: StreamHost,
@@ -307,8 +358,10 @@ class Stream(StreamBase[M]):
         )
         self._guid: str | None = None
         self._lane: int | None = None
-        self._ready: collections.deque[M] = collections.deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # A restore's HTTP snapshot: the items to deliver, and the task fetching it (created
+        # when an account stream is restored).
+        self._ready: collections.deque[M] | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
         self.backfilled = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -350,7 +403,7 @@ class Stream(StreamBase[M]):
         ends with ``exc`` (None: a normal end), the backfill stops."""
         self._state = StreamState.CLOSED
         self._buffer.close(exc)
-        for task in self._tasks:
+        for task in self._tasks or ():
             task.cancel()
 
     async def aclose(self) -> None:
@@ -370,8 +423,9 @@ class Stream(StreamBase[M]):
         if self._state == StreamState.NEW:
             await self.subscribe()
         while True:
-            if self._ready:
-                return self._ready.popleft()
+            ready = self._ready
+            if ready:
+                return ready.popleft()
             item = await self._buffer.get()
             obj = self._handle(item)
             if obj is not None:
@@ -383,8 +437,9 @@ class Stream(StreamBase[M]):
             await self.subscribe()
         while True:
             out: list[M] = []
-            while self._ready and len(out) < max_items:
-                out.append(self._ready.popleft())
+            ready = self._ready
+            while ready and len(out) < max_items:
+                out.append(ready.popleft())
             if out:
                 return out
             items = await self._buffer.get_batch(max_items)
@@ -442,7 +497,8 @@ class Stream(StreamBase[M]):
             return obj
         if isinstance(item, _Backfill):
             self._take_backfill(item.items)
-            return self._ready.popleft() if self._ready else None
+            ready = self._ready
+            return ready.popleft() if ready else None
         if isinstance(item, LaneEvent):
             # A restore and a re-subscription both replay the server's snapshot: not new.
             if item.kind in ("restored", "resubscribed") and self._filter is not None:
@@ -462,6 +518,8 @@ class Stream(StreamBase[M]):
 
     def _start_backfill(self) -> None:
         task = asyncio.get_running_loop().create_task(self._backfill())
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -487,6 +545,8 @@ class Stream(StreamBase[M]):
     def _take_backfill(self, items: list[Any]) -> None:
         # Only ids never seen: a snapshot copy of a known order may be older than what the
         # stream already delivered, and must not roll it back.
+        if self._ready is None:
+            self._ready = collections.deque()
         for obj in items:
             if self._filter is None or (self._filter.is_new(obj) and self._filter.accept(obj)):
                 self._ready.append(obj)
@@ -503,7 +563,7 @@ class Stream(StreamBase[M]):
             bad_payloads=self.bad_payloads,
             backfilled=self.backfilled,
             duplicates=self._filter.duplicates if self._filter is not None else 0,
-            events=sum(self.event_counts.values()),
+            events=sum(self._event_counts.values()) if self._event_counts else 0,
         )
         return out
 

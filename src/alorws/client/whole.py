@@ -46,6 +46,17 @@ def _state(obj: Model) -> tuple[Any, ...]:
 class StreamFilter:
     """Drops items a consumer has already seen; see the module docstring."""
 
+    __slots__ = (
+        "_by_state",
+        "_initial",
+        "_key",
+        "_memory",
+        "_progress",
+        "_seen",
+        "_skip_history",
+        "duplicates",
+    )
+
     def __init__(
         self,
         key: Callable[[Any], Hashable],
@@ -109,6 +120,8 @@ def _order_progress(order: Any) -> tuple[int, int]:
 
 class _BarFilter(StreamFilter):
     """Bars: drop replayed history older than the newest bar seen; same time = an update."""
+
+    __slots__ = ("_last", "_last_time")
 
     def __init__(self) -> None:
         super().__init__(lambda b: b.time, by_state=True)

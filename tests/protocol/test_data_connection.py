@@ -132,6 +132,18 @@ def test_the_first_connection_is_not_a_restore() -> None:
     assert lane.events() == [] and lane.conn.reconnects == 0
 
 
+def test_a_token_the_encoder_refuses_leaves_the_queue_intact() -> None:
+    """data_to_send checks the token once, before taking anything off the queue: a bad one
+    raises InvalidArgumentError and the burst goes out whole with the next token."""
+    lane = Lane()
+    guids = [lane.subscribe(i) for i in range(3)]
+    lane.conn.connection_opened(1.0)
+    with pytest.raises(InvalidArgumentError, match="token"):
+        lane.conn.data_to_send("")
+    assert lane.conn.has_data_to_send()
+    assert [f["guid"] for f in lane.sent("t2")] == guids
+
+
 def test_nothing_queued_survives_a_loss() -> None:
     """Frames queued but not yet written when the connection is lost are not sent later; the
     restore covers them."""

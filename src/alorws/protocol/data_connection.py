@@ -86,7 +86,13 @@ from .registry import (
     SubscriptionRegistry,
     SubscriptionState,
 )
-from .requests import SubscriptionRequest, encode_ping, encode_subscribe, encode_unsubscribe
+from .requests import (
+    SubscriptionRequest,
+    _frame_tail,
+    _ping_frame,
+    _subscribe_frame,
+    _unsubscribe_frame,
+)
 
 
 __all__ = [
@@ -186,18 +192,15 @@ DataEvent = (
 _NEW, _RETRY, _RESUB, _UNSUB, _PING = range(5)
 
 
-class _Out:
-    """A request waiting for :meth:`DataConnection.data_to_send` (encoded there, with the token)."""
+class _Out(msgspec.Struct, gc=False):
+    """A request waiting for :meth:`DataConnection.data_to_send` (encoded there, with the token).
 
-    __slots__ = ("avoid", "guid", "request", "why")
+    A Struct: a restore queues thousands at once, and its constructor is C code."""
 
-    def __init__(
-        self, why: int, guid: str, request: SubscriptionRequest | None, avoid: str | None = None
-    ) -> None:
-        self.why = why
-        self.guid = guid
-        self.request = request  # None: an unsubscribe or a ping
-        self.avoid = avoid  # a token refused for it (401): never send it with that one
+    why: int
+    guid: str
+    request: SubscriptionRequest | None  # None: an unsubscribe or a ping
+    avoid: str | None = None  # a token refused for it (401): never send it with that one
 
 
 class _Probe:
@@ -329,20 +332,22 @@ class DataConnection:
         out = self._out
         if not out:
             return []
+        tail = _frame_tail(token)  # checked and encoded once for the whole burst
         self._out = keep = []
         frames: list[bytes] = []
         sent_with = self._sent_with
         for item in out:
+            guid = item.guid
             if item.avoid is not None and item.avoid == token and not refreshed:
                 keep.append(item)
+            elif item.request is not None:
+                frames.append(_subscribe_frame(item.request, guid, tail))
+                sent_with[guid] = token
             elif item.why == _PING:
-                frames.append(encode_ping(item.guid, token))
-            elif item.request is None:
-                frames.append(encode_unsubscribe(item.guid, token))
-                sent_with[item.guid] = token
+                frames.append(_ping_frame(guid, tail))
             else:
-                frames.append(encode_subscribe(item.request, guid=item.guid, token=token))
-                sent_with[item.guid] = token
+                frames.append(_unsubscribe_frame(guid, tail))
+                sent_with[guid] = token
         return frames
 
     def next_tick(self) -> float | None:
@@ -375,15 +380,16 @@ class DataConnection:
         unsent = self._unsent
         # docs/protocol.md §9.5: the server forgot them with the old connection; the same guids
         # keep the consumers' identity. Original subscribe order.
-        for sub in registry.restore_plan(self.id):
-            registry.mark_resent(sub.guid)
-            unsent.pop(sub.guid, None)
-            out.append(_Out(_NEW, sub.guid, sub.request))
-        for guid, request in unsent.items():
-            pending = registry.get(guid)
-            if pending is not None and pending.state is _PENDING:
-                out.append(_Out(_NEW, guid, request))
-        unsent.clear()
+        plan = registry.resend_all(self.id)
+        out.extend([_Out(_NEW, sub.guid, sub.request) for sub in plan])
+        if unsent:
+            for sub in plan:
+                unsent.pop(sub.guid, None)
+            for guid, request in unsent.items():
+                pending = registry.get(guid)
+                if pending is not None and pending.state is _PENDING:
+                    out.append(_Out(_NEW, guid, request))
+            unsent.clear()
         self._check_seen = None
         self._probe = None
         self._seen.clear()

@@ -51,8 +51,10 @@ when :meth:`~DataConnection.has_data_to_send` is true, get a token and write eve
     The WebSocket is open. Send the restore burst (``data_to_send``) before anything else.
 ``connection_lost(now, reason)``
     No frame will be read from it any more. Nothing queued is sent; :class:`Disconnected` follows.
-``subscribe(subscription)`` / ``release(guid)`` then ``send_unsubscribe(guid)``
-    A new subscription of the registry on this lane / its last holder left.
+``subscribe(subscription)``, ``subscribe_many(subscriptions)``
+    New subscriptions of the registry on this lane (one, or a batch in one burst).
+``release(guid)`` then ``send_unsubscribe(guid)``
+    The last holder of a subscription left.
 ``receive_status(guid, http_code, message, now)``
     Every status reply read from the connection (docs/protocol.md §3.3).
 ``receive_pong(now)``
@@ -66,7 +68,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import msgspec
@@ -433,6 +435,24 @@ class DataConnection:
             self._out.append(_Out(_NEW, subscription.guid, subscription.request))
             return True
         self._unsent[subscription.guid] = subscription.request
+        return False
+
+    def subscribe_many(
+        self, subscriptions: Iterable[Subscription[SubscriptionRequest, int]]
+    ) -> bool:
+        """:meth:`subscribe` for a batch, in order: one burst of frames on an open connection.
+
+        The batch needs no window of its own: a lane holds at most 5000 subscriptions
+        (docs/protocol.md §7.1), the size of the restore burst that re-sends them all at once.
+
+        Returns:
+            True if they are queued: write ``data_to_send(token)``. False while the connection
+            is not open: they go out after the next restore.
+        """
+        if self._open:
+            self._out.extend([_Out(_NEW, sub.guid, sub.request) for sub in subscriptions])
+            return True
+        self._unsent.update({sub.guid: sub.request for sub in subscriptions})
         return False
 
     def release(self, guid: str) -> None:

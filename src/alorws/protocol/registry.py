@@ -166,12 +166,12 @@ _BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 
 
 def _base62(n: int) -> str:
-    digits = []
-    while True:
+    text = _BASE62[n % 62]
+    n //= 62
+    while n:
         n, rem = divmod(n, 62)
-        digits.append(_BASE62[rem])
-        if n == 0:
-            return "".join(reversed(digits))
+        text = _BASE62[rem] + text
+    return text
 
 
 class GuidFactory:
@@ -273,11 +273,14 @@ class Subscription(Generic[R, C]):
         )
 
 
-class SubscribeResult(msgspec.Struct, Generic[R, C], frozen=True):
+class SubscribeResult(msgspec.Struct, Generic[R, C], frozen=True, gc=False):
     """What :meth:`SubscriptionRegistry.subscribe` did.
 
     ``send`` is True when a new server subscription was created: the caller must send the
     request with ``subscription.guid`` on ``subscription.connection_id``.
+
+    Not tracked by the garbage collector (it only points at a Subscription, which never points
+    back): a batch of 50,000 subscribes makes no collections run for these.
     """
 
     subscription: Subscription[R, C]
@@ -348,10 +351,12 @@ class SubscriptionRegistry(Generic[R, C]):
 
         The registry does not track it: a reply to it is reported ``UNKNOWN``.
         """
-        guid = self._guid_factory()
+        factory = self._guid_factory
+        guid = factory()
         # Printable ASCII without quotes (docs/protocol.md §3.2), as requests.validate_guid wants
-        # for splicing.
-        if (
+        # for splicing. GuidFactory's guids are so by construction (its prefix is checked, the
+        # counter is base 62): a batch of 50,000 subscribes skips the check.
+        if type(factory) is not GuidFactory and (
             not isinstance(guid, str)
             or not 0 < len(guid) <= MAX_GUID_LENGTH
             or not (guid.isascii() and guid.isprintable())

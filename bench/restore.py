@@ -36,7 +36,9 @@ alorws is close to it, the server is the bottleneck).
 
 Servers: ``sim`` is ``python -m alorws.sim`` in its own process (``--max-subscriptions 5000``, its
 default unread limit of 5000; it encodes a first quote per subscribe, so its own speed is part of
-the number); ``feed`` is ``bench/_feed.py``, which only answers (the client-bound time).
+the number); ``feed`` is ``bench/_feed.py``, which only answers (the client-bound time). Each is
+warmed up first with 1,000 subscriptions, unmeasured (a fresh simulator is about twice as slow
+over its first few thousand).
 
     python bench/restore.py [--sizes 5000,20000,50000] [--repeat 3] [--servers sim,feed]
                             [--strict]
@@ -365,8 +367,27 @@ async def raw_restore(url: str, refresh: str, n: int, frequency_base: int, how: 
 # -- driver ---------------------------------------------------------------------------------
 
 
+async def warm_up(url: str, refresh: str, frequency_base: int) -> None:
+    """Subscribe and drop 1,000 streams, unmeasured: a fresh simulator takes about twice as long
+    over its first thousands of subscribes (its own warm-up), which is not the client's."""
+    async with AlorClient(
+        refresh,
+        base_url=url,
+        reserve_connections=0,
+        max_subscriptions_per_connection=PER_CONNECTION,
+    ) as client:
+        await client.subscribe_all(
+            [
+                client.quotes(r.code, frequency=r.frequency)
+                for r in requests_for(1000, frequency_base)
+            ]
+        )
+
+
 async def bench_server(name: str, url: str, refresh: str, args: argparse.Namespace) -> list[Any]:
     rows = []
+    await warm_up(url, refresh, args.frequency_base)
+    await asyncio.sleep(0.3)
     for n in args.sizes:
         runs = await alorws_restores(url, refresh, n, args.repeat, args.frequency_base)
         await asyncio.sleep(0.3)  # the server forgets the closed connections

@@ -326,7 +326,7 @@ class LanePool:
         registry = self.registry
         again: list[int] = []
         cleanup: list[Coroutine[Any, Any, None]] = []
-        refused: dict[Lane, list[BaseException]] = {}
+        refused: dict[Lane, list[ServerLimitExceeded]] = {}
         for part in batch.parts:
             lane, answers = part.lane, part.waiter
             assert answers is not None
@@ -365,7 +365,7 @@ class LanePool:
                 lane.id,
                 len(errors),
                 self._caps[lane.id],
-                getattr(errors[0], "message", errors[0]),
+                errors[0].message,
             )
         for i, lane, guid, waiter in batch.joined:
             if not waiter.done():

@@ -132,6 +132,77 @@ def test_the_first_connection_is_not_a_restore() -> None:
     assert lane.events() == [] and lane.conn.reconnects == 0
 
 
+def test_a_token_the_encoder_refuses_leaves_the_queue_intact() -> None:
+    """data_to_send checks the token once, before taking anything off the queue: a bad one
+    raises InvalidArgumentError and the burst goes out whole with the next token."""
+    lane = Lane()
+    guids = [lane.subscribe(i) for i in range(3)]
+    lane.conn.connection_opened(1.0)
+    with pytest.raises(InvalidArgumentError, match="token"):
+        lane.conn.data_to_send("")
+    assert lane.conn.has_data_to_send()
+    assert [f["guid"] for f in lane.sent("t2")] == guids
+
+
+def _register(lane: Lane, numbers: range) -> list[Any]:
+    """New subscriptions of the registry on the lane, not yet handed to the connection."""
+    subs = [lane.registry.subscribe(_request(i), LANE).subscription for i in numbers]
+    assert all(sub.state is SubscriptionState.PENDING for sub in subs)
+    return subs
+
+
+def test_a_batch_on_an_open_connection_goes_out_in_one_burst_in_order() -> None:
+    """subscribe_many queues a whole batch at once: one data_to_send writes every frame, in
+    batch order, after what was queued before; each reply confirms its own subscription and a
+    refusal fails only its own."""
+    lane = Lane()
+    (first,) = _open_with(lane, 1)
+    single = lane.subscribe(1)  # queued before the batch
+    subs = _register(lane, range(2, 6))
+    assert lane.conn.subscribe_many(subs) is True
+    frames = lane.sent("t2")
+    assert [f["guid"] for f in frames] == [single] + [s.guid for s in subs]
+    assert [f["frequency"] for f in frames] == [1001, 1002, 1003, 1004, 1005]
+    assert {f["token"] for f in frames} == {"t2"} and lane.sent() == []
+    lane.reply(subs[2].guid, 400)
+    for sub in (subs[0], subs[1], subs[3]):
+        lane.reply(sub.guid)
+    events = lane.events()
+    assert [type(e) for e in events] == [Failed, Confirmed, Confirmed, Confirmed]
+    assert events[0].guid == subs[2].guid
+    assert [lane.state(s.guid) for s in subs] == [
+        SubscriptionState.ACTIVE,
+        SubscriptionState.ACTIVE,
+        SubscriptionState.FAILED,
+        SubscriptionState.ACTIVE,
+    ]
+    assert lane.state(first) is SubscriptionState.ACTIVE
+
+
+def test_a_batch_while_the_connection_is_down_goes_out_after_the_restore() -> None:
+    """A batch for a lane that is not open waits (nothing to send) and goes out with the next
+    connection, after the subscriptions it restores; a member released meanwhile is dropped."""
+    lane = Lane()
+    guids = _open_with(lane, 2)
+    lane.conn.connection_lost(1.0, "lost")
+    lane.events()
+    subs = _register(lane, range(2, 5))
+    assert lane.conn.subscribe_many(subs) is False
+    assert not lane.conn.has_data_to_send()
+    assert lane.registry.unsubscribe(subs[1].guid)  # its last holder left before it was sent
+    lane.conn.release(subs[1].guid)
+    lane.conn.connection_opened(2.0)
+    assert [f["guid"] for f in lane.sent()] == [*guids, subs[0].guid, subs[2].guid]
+
+
+def test_an_empty_batch_sends_nothing() -> None:
+    """subscribe_many of nothing queues nothing."""
+    lane = Lane()
+    lane.conn.connection_opened(0.0)
+    assert lane.conn.subscribe_many([]) is True
+    assert not lane.conn.has_data_to_send()
+
+
 def test_nothing_queued_survives_a_loss() -> None:
     """Frames queued but not yet written when the connection is lost are not sent later; the
     restore covers them."""

@@ -257,6 +257,25 @@ def test_restoring_to_pending_to_active() -> None:
     assert state_of(sub) is S.ACTIVE
 
 
+def test_resend_all_marks_the_whole_plan_resent_in_order() -> None:
+    """resend_all is restore_plan with each entry marked resent: PENDING, restore_count bumped,
+    original guids and order; other connections and other states are left alone."""
+    reg = make()
+    subs = [reg.subscribe(Req("Q", str(i)), 1).subscription for i in range(4)]
+    other = reg.subscribe(Req("Q", "x"), 2).subscription
+    reg.on_status(subs[1].guid, 200)
+    reg.on_status(subs[3].guid, 400)  # FAILED: not restored
+    reg.connection_lost(1)
+    reg.connection_lost(2)
+    plan = reg.resend_all(1)
+    assert [s.guid for s in plan] == ["g1", "g2", "g3"]
+    assert all(s.state is S.PENDING and s.restore_count == 1 for s in plan)
+    assert subs[3].state is S.FAILED and other.state is S.RESTORING
+    assert reg.resend_all(1) == [] and reg.restore_plan(1) == []
+    assert reg.counts() == {1: 3, 2: 1}
+    assert [s.guid for s in reg.resend_all(2)] == [other.guid]
+
+
 def test_restore_rejected_fails() -> None:
     """A re-sent subscription rejected by the server (e.g. 401) becomes FAILED."""
     reg, sub = in_state(S.RESTORING)
@@ -613,6 +632,14 @@ class RegistryMachine(RuleBasedStateMachine):
                     assert self.reg.count(to) == PER_CONN and sub.connection_id == conn
             self.reg.mark_resent(sub.guid)
             assert sub.state is S.PENDING
+
+    @rule(conn=st.sampled_from(CONNS))
+    def resend_all(self, conn: int) -> None:
+        expected = self.reg.restore_plan(conn)
+        counts = self.reg.counts()
+        assert self.reg.resend_all(conn) == expected
+        assert all(sub.state is S.PENDING for sub in expected)
+        assert self.reg.restore_plan(conn) == [] and self.reg.counts() == counts
 
     @rule(guid=guids)
     def mark_resent_anything(self, guid: str) -> None:

@@ -391,11 +391,15 @@ class AlorClient(ClientStreams):
     async def subscribe_all(self, streams: Sequence[Stream[Any]]) -> None:
         """Subscribe many streams at once and wait for every confirmation.
 
-        One hop to the I/O thread for the whole batch instead of one per stream: thousands of
-        subscriptions go out pipelined. Streams that fail are closed with their error; the
-        first failure is raised after the others are settled (check ``stream.is_open``). If
-        the batch cannot reach the I/O thread at all (the client closed meanwhile, the call
-        cancelled), every stream of it is closed with that error, which is raised.
+        One hop to the I/O thread for the whole batch, placed on the connections at once by the
+        rules of a single subscribe (shared requests, the per-connection limit, the connection
+        budget): each connection sends its part in one pipelined burst, and one
+        ``subscribe_timeout`` covers the wait for every answer (50,000 subscriptions take about
+        as long as restoring them after a drop). Streams that fail are closed with their own
+        error; the first failure is raised after the others are settled (check
+        ``stream.is_open``). If the batch cannot reach the I/O thread at all (the client closed
+        meanwhile, the call cancelled), every stream of it is closed with that error, which is
+        raised.
         """
         batch = list(streams)
         begun: list[Stream[Any]] = []

@@ -25,7 +25,7 @@ import enum
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -55,7 +55,7 @@ from ._ws import FrameListener, reconnecting, settle, ws_connect
 from .endpoints import check_url
 
 
-__all__ = ["Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
+__all__ = ["Confirmations", "Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
 
 log = logging.getLogger("alorws.lane")
 
@@ -150,6 +150,70 @@ class Fanout:
         return max((sink.received for sink in self.sinks), default=0)
 
 
+class Confirmations:
+    """The server's answers to a batch of new subscriptions on one lane, awaited as one future
+    (instead of a future, a task and a timeout per subscription).
+
+    Each guid of the batch is answered once: confirmed, or refused with its error (kept in
+    :attr:`errors`). :attr:`done` completes when every one is; the guids still in
+    :attr:`pending` then (after a timeout) got no answer.
+    """
+
+    __slots__ = ("_followers", "done", "errors", "pending")
+
+    def __init__(self, guids: Iterable[str]) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: guid -> why it was refused (a ServerRejected, the lane's end, a cancellation).
+        self.errors: dict[str, BaseException] = {}
+        #: The guids not answered yet.
+        self.pending = set(guids)
+        # Futures of streams that share a subscription of the batch from outside it.
+        self._followers: dict[str, list[asyncio.Future[None]]] | None = None
+        if not self.pending:
+            self.done.set_result(None)
+
+    def settle(self, guid: str, error: BaseException | None = None) -> None:
+        """``guid`` was answered (``error`` None: confirmed); a second answer is ignored."""
+        pending = self.pending
+        if guid not in pending:
+            return
+        pending.discard(guid)
+        if error is not None:
+            self.errors[guid] = error
+        if self._followers is not None:
+            for future in self._followers.pop(guid, ()):
+                _resolve(future, error)
+        if not pending and not self.done.done():
+            self.done.set_result(None)
+
+    def follow(self, guid: str) -> asyncio.Future[None]:
+        """A future of its own for ``guid``'s answer (a stream joining it from outside)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._followers is None:
+            self._followers = {}
+        self._followers.setdefault(guid, []).append(future)
+        return future
+
+    def cancel(self) -> None:
+        """The lane is closing: nobody gets an answer."""
+        self.done.cancel()
+        for futures in (self._followers or {}).values():
+            for future in futures:
+                future.cancel()
+        self._followers = None
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    elif isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(error)
+
+
 class Lane:
     """One reconnecting ``/ws`` connection and the subscriptions living on it.
 
@@ -203,7 +267,8 @@ class Lane:
         self._tapped_ns = 0
         self._transport: picows.WSTransport | None = None
         self._sinks: TailTable[Sink] = TailTable()
-        self._waiters: dict[str, asyncio.Future[None]] = {}  # guid -> its confirmation
+        # guid -> what waits for its confirmation: a subscribe's future, or its batch's.
+        self._waiters: dict[str, asyncio.Future[None] | Confirmations] = {}
         self._close_waiters: dict[str, asyncio.Future[None]] = {}  # guid -> its unsubscribe
         self._attempts: set[asyncio.Task[Any]] = set()  # connects in flight (see _ws)
         self._flusher: asyncio.Task[None] | None = None  # writes what the rules queue
@@ -344,20 +409,17 @@ class Lane:
         for event in events:
             match event:
                 case Confirmed(guid=guid):
-                    waiter = self._waiters.pop(guid, None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
+                    waiter = self._waiters.pop(guid, None)  # None in a restore
+                    if waiter is not None:
+                        _answer(waiter, guid, None)
                 case Failed(guid=guid, error=error):
                     sink = self._sinks.pop(guid)
                     waiter = self._waiters.pop(guid, None)
-                    placing = waiter is not None and not waiter.done()
+                    placing = waiter is not None and _answer(waiter, guid, error)
                     # A first subscribe refused for the server's limit is placed again by the
                     # pool on another connection: its stream does not end here.
                     if sink is not None and not (placing and isinstance(error, LimitError)):
                         sink.close(error)
-                    if placing:
-                        assert waiter is not None
-                        waiter.set_exception(error)
                 case Unsubscribed(guid=guid):
                     self._sinks.pop(guid)
                     closed = self._close_waiters.pop(guid, None)
@@ -477,6 +539,30 @@ class Lane:
         self.ensure_started()
         return waiter
 
+    def add_many(
+        self, subs: Sequence[Subscription[SubscriptionRequest, int]], sinks: Sequence[Sink]
+    ) -> Confirmations:
+        """:meth:`add` for a batch of new subscriptions (``sinks[i]`` takes ``subs[i]``): their
+        frames go out in one burst, and one :class:`Confirmations` is settled by the answers."""
+        waiter = Confirmations([sub.guid for sub in subs])
+        table, waiters = self._sinks, self._waiters
+        for sub, sink in zip(subs, sinks, strict=True):
+            table[sub.guid] = sink
+            waiters[sub.guid] = waiter
+        if self._conn.subscribe_many(subs):
+            self._kick()  # written by the flusher, with a token (a failure keeps them queued)
+        else:
+            self.ensure_started()  # they go out with the next restore burst
+        return waiter
+
+    def confirmation(self, guid: str) -> asyncio.Future[None] | None:
+        """What completes when the server answers the subscribe of ``guid``, or None when
+        nothing waits for that answer any more (confirmed, or being restored)."""
+        waiter = self._waiters.get(guid)
+        if isinstance(waiter, Confirmations):
+            return waiter.follow(guid)
+        return waiter
+
     def attach(self, guid: str, sink: Sink) -> None:
         """Deliver an existing subscription to one more consumer (a de-duplicated request)."""
         current = self._sinks.get(guid)
@@ -506,8 +592,8 @@ class Lane:
         self._sinks.pop(guid)
         self._conn.release(guid)
         waiter = self._waiters.pop(guid, None)
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
+        if waiter is not None:
+            _answer(waiter, guid, asyncio.CancelledError())
         if not self._conn.is_open:
             return
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -659,8 +745,8 @@ class Lane:
         for guid, sink in list(self._sinks.by_guid.items()):
             sink.close(exc)
             waiter = self._waiters.pop(guid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(exc)
+            if waiter is not None:
+                _answer(waiter, guid, exc)
         self._sinks.clear()
 
     async def aclose(self) -> None:
@@ -680,8 +766,7 @@ class Lane:
         await asyncio.gather(*tasks, return_exceptions=True)
         await settle(self._attempts, self._connect_timeout)
         for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.cancel()
+            waiter.cancel()  # a no-op on a future already done
         self._waiters.clear()
         self.state = LaneState.CLOSED
 
@@ -705,3 +790,17 @@ class Lane:
             "last_restore_seconds": self.last_restore_seconds,
             "last_error": self.last_error,
         }
+
+
+def _answer(
+    waiter: asyncio.Future[None] | Confirmations, guid: str, error: BaseException | None
+) -> bool:
+    """Hand the server's answer for ``guid`` to what waited for it (``error`` None: confirmed).
+    Returns whether something still waited (a subscribe being placed)."""
+    if isinstance(waiter, Confirmations):
+        waiting = not waiter.done.done()
+        waiter.settle(guid, error)
+        return waiting
+    waiting = not waiter.done()
+    _resolve(waiter, error)
+    return waiting

@@ -22,6 +22,13 @@ The connection budget (docs/protocol.md §7.1: ALOR allows ``max_connections`` p
   server's limit is lower) teaches the pool that lane's real capacity: the lane takes nothing
   more and the subscription is placed again, on another lane or a new one within the budget.
 
+A batch (:meth:`LanePool.subscribe_many`, behind ``AlorClient.subscribe_all``) follows the same
+rules, stream by stream in batch order, but is placed at once: each lane gets its part in one
+pipelined burst (as a restore re-sends it), one timeout covers every answer, and what the server
+refuses for its limit is placed again as a batch. It yields to the I/O loop every ``_CHUNK``
+streams, so new lanes open and placed parts go out while the rest is placed, and the readers of
+live lanes never wait long.
+
 Lanes are never closed before the client is (an empty one stays for later subscriptions), so
 the count of lanes is the count of ``/ws`` connections.
 """
@@ -32,16 +39,17 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionLimitError, ServerLimitExceeded, TransportTimeout
 from ..protocol import requests as rq
 from ..protocol.backoff import Backoff
-from ..protocol.registry import SubscriptionRegistry, SubscriptionState
+from ..protocol.registry import Subscription, SubscriptionRegistry, SubscriptionState
 from .auth import TokenManager
 from .buffer import StreamBuffer
 from .endpoints import ssl_context_for
-from .lane import Lane, LaneKind, Tap
+from .lane import Confirmations, Lane, LaneKind, Tap
 
 
 if TYPE_CHECKING:
@@ -50,6 +58,38 @@ if TYPE_CHECKING:
 __all__ = ["LanePool"]
 
 log = logging.getLogger("alorws.client")
+
+
+_ACTIVE = SubscriptionState.ACTIVE
+#: Streams a batch places before it lets the I/O loop run (about 5 ms of work).
+_CHUNK = 1000
+
+
+class _Part:
+    """The new subscriptions of a batch placed on one lane at once, and their answers."""
+
+    __slots__ = ("index", "lane", "sinks", "subs", "waiter")
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.subs: list[Subscription[rq.SubscriptionRequest, int]] = []
+        self.sinks: list[StreamBuffer[Any]] = []
+        self.index: list[int] = []  # the stream (in the batch) that placed each
+        self.waiter: Confirmations | None = None
+
+
+class _Batch:
+    """What one round of a batch subscribe placed."""
+
+    __slots__ = ("extra", "joined", "new", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[_Part] = []
+        # guid placed by this round -> its stream; and the later streams of the batch sharing it.
+        self.new: dict[str, int] = {}
+        self.extra: dict[str, list[int]] = {}
+        # Streams sharing a subscription placed before the batch, still waiting for its answer.
+        self.joined: list[tuple[int, Lane, str, asyncio.Future[None]]] = []
 
 
 class LanePool:
@@ -206,9 +246,10 @@ class LanePool:
             lane.attach(sub.guid, stream._buffer)
             if stream.silence_timeout:
                 lane.watch(sub.guid, stream.silence_timeout)
-            waiter = lane._waiters.get(sub.guid)
-            if waiter is not None and sub.state is not SubscriptionState.ACTIVE:
-                await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+            if sub.state is not SubscriptionState.ACTIVE:
+                waiter = lane.confirmation(sub.guid)
+                if waiter is not None:
+                    await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
             return sub.guid, lane.id
         kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
         while True:
@@ -233,10 +274,195 @@ class LanePool:
             return sub.guid, lane.id
 
     async def subscribe_many(
-        self, streams: list[Stream[Any]]
+        self, streams: Sequence[Stream[Any]]
     ) -> list[tuple[str, int] | BaseException]:
-        """:meth:`subscribe` each stream at once; each result or exception, in order."""
-        return await asyncio.gather(*(self.subscribe(s) for s in streams), return_exceptions=True)
+        """:meth:`subscribe` every stream as one batch; each result or exception, in order.
+
+        The rules are :meth:`subscribe`'s, applied to the batch at once: it is placed in order
+        (sharing identical live subscriptions, duplicates in the batch included; the budget
+        refuses what does not fit, before sending it), each lane sends its part in one burst,
+        and one timeout covers the wait for every answer. Subscriptions the server refuses
+        for its limit (429) are placed again, as a batch, until nothing more is refused.
+        """
+        results: list[tuple[str, int] | BaseException | None] = [None] * len(streams)
+        todo = list(range(len(streams)))
+        while todo:
+            todo = await self._subscribe_round(streams, todo, results)
+        done: list[tuple[str, int] | BaseException] = []
+        for result in results:
+            assert result is not None  # every round answers each stream or places it again
+            done.append(result)
+        return done
+
+    async def _subscribe_round(
+        self,
+        streams: Sequence[Stream[Any]],
+        todo: list[int],
+        results: list[tuple[str, int] | BaseException | None],
+    ) -> list[int]:
+        """Place, send and confirm the streams ``todo`` (indexes); fill in ``results`` and
+        return the indexes refused for the server's limit, to place again."""
+        batch = _Batch()
+        try:
+            for start in range(0, len(todo), _CHUNK):
+                if start:
+                    # Let the lanes open and write what is placed while the rest is placed: the
+                    # server starts on the first part instead of waiting for the last.
+                    await asyncio.sleep(0)
+                self._place(streams, todo[start : start + _CHUNK], results, batch)
+            futures = [part.waiter.done for part in batch.parts if part.waiter is not None]
+            futures += [waiter for _, _, _, waiter in batch.joined]
+            if futures:
+                await asyncio.wait(futures, timeout=self.subscribe_timeout)
+        except BaseException:
+            # Cancelled: stop delivering to the streams still waiting, as subscribe() does.
+            for part in batch.parts:
+                for sub, i in zip(part.subs, part.index, strict=True):
+                    for j in (i, *batch.extra.get(sub.guid, ())):
+                        part.lane.detach(sub.guid, streams[j]._buffer)
+            for i, lane, guid, _ in batch.joined:
+                lane.detach(guid, streams[i]._buffer)
+            raise
+        registry = self.registry
+        again: list[int] = []
+        cleanup: list[Coroutine[Any, Any, None]] = []
+        refused: dict[Lane, list[ServerLimitExceeded]] = {}
+        for part in batch.parts:
+            lane, answers = part.lane, part.waiter
+            assert answers is not None
+            for sub, i in zip(part.subs, part.index, strict=True):
+                guid = sub.guid
+                more = batch.extra.get(guid)
+                holders = [i] if more is None else [i, *more]
+                if guid in answers.pending:
+                    for j in holders:
+                        if answers.done.cancelled():  # the lane closed: nothing to cancel
+                            results[j] = asyncio.CancelledError()
+                            lane.detach(guid, streams[j]._buffer)
+                        else:
+                            results[j] = self._timed_out(streams[j], lane)
+                            cleanup.append(self.unsubscribe(guid, lane.id, streams[j]._buffer))
+                    continue
+                error = answers.errors.get(guid)
+                if error is None:
+                    for j in holders:
+                        results[j] = (guid, lane.id)
+                    continue
+                for j in holders:
+                    self._release_failed(guid, lane, streams[j])
+                if isinstance(error, ServerLimitExceeded):
+                    refused.setdefault(lane, []).append(error)
+                    again += holders
+                else:
+                    for j in holders:
+                        results[j] = error
+        for lane, errors in refused.items():
+            # The server's limit for this connection is lower than ours: it is full.
+            self._caps[lane.id] = registry.count(lane.id)
+            log.warning(
+                "lane %d: the server refused %d subscription(s) beyond the %d it holds (%s); "
+                "placing them on another connection",
+                lane.id,
+                len(errors),
+                self._caps[lane.id],
+                errors[0].message,
+            )
+        for i, lane, guid, waiter in batch.joined:
+            if not waiter.done():
+                results[i] = self._timed_out(streams[i], lane)
+                cleanup.append(self.unsubscribe(guid, lane.id, streams[i]._buffer))
+            elif waiter.cancelled():
+                results[i] = asyncio.CancelledError()
+                self._release_failed(guid, lane, streams[i])
+            elif (error := waiter.exception()) is not None:
+                results[i] = error
+                self._release_failed(guid, lane, streams[i])
+            else:
+                results[i] = (guid, lane.id)
+        if cleanup:
+            await asyncio.gather(*cleanup, return_exceptions=True)
+        return sorted(again)
+
+    def _place(
+        self,
+        streams: Sequence[Stream[Any]],
+        todo: list[int],
+        results: list[tuple[str, int] | BaseException | None],
+        batch: _Batch,
+    ) -> None:
+        """Place the streams ``todo`` in order, as :meth:`subscribe` would one by one, and hand
+        each lane its part (sent in one burst). Synchronous: the room counted here holds."""
+        registry = self.registry
+        new, extra = batch.new, batch.extra
+        parts: dict[int, _Part] = {}  # lane id -> the new subscriptions placed on it
+        filling: dict[LaneKind, tuple[Lane, int]] = {}  # kind -> the lane being filled, room
+        sharing: list[tuple[Lane, str, Stream[Any]]] = []  # later holders of guids in ``new``
+        for i in todo:
+            stream = streams[i]
+            request = stream.request
+            existing = registry.find(request)
+            if existing is not None and existing.is_live:
+                sub = registry.subscribe(request, existing.connection_id).subscription
+                guid = sub.guid
+                lane = self.lanes[sub.connection_id]
+                if guid in new:  # placed by this batch: it shares the batch's answer
+                    extra.setdefault(guid, []).append(i)
+                    sharing.append((lane, guid, stream))  # once the first holder's sink is in
+                    continue
+                lane.attach(guid, stream._buffer)
+                if stream.silence_timeout:
+                    lane.watch(guid, stream.silence_timeout)
+                waiter = lane.confirmation(guid) if sub.state is not _ACTIVE else None
+                if waiter is None:
+                    results[i] = (guid, lane.id)
+                else:
+                    batch.joined.append((i, lane, guid, waiter))
+                continue
+            kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
+            current = filling.get(kind)
+            if current is None or current[1] <= 0:
+                try:
+                    lane = self._pick(kind)  # ConnectionLimitError once the budget is used
+                except ConnectionLimitError as exc:
+                    results[i] = exc  # nothing was sent for it
+                    continue
+                current = (lane, self._room(lane.id))
+            lane, room = current
+            filling[kind] = (lane, room - 1)
+            sub = registry.subscribe(request, lane.id).subscription
+            part = parts.get(lane.id)
+            if part is None:
+                part = parts[lane.id] = _Part(lane)
+            part.subs.append(sub)
+            part.sinks.append(stream._buffer)
+            part.index.append(i)
+            new[sub.guid] = i
+        for part in parts.values():
+            lane = part.lane
+            part.waiter = lane.add_many(part.subs, part.sinks)
+            for sub, i in zip(part.subs, part.index, strict=True):  # once their sinks are in
+                timeout = streams[i].silence_timeout
+                if timeout:
+                    lane.watch(sub.guid, timeout)
+        for lane, guid, stream in sharing:
+            lane.attach(guid, stream._buffer)
+            if stream.silence_timeout:
+                lane.watch(guid, stream.silence_timeout)
+        batch.parts += parts.values()
+
+    def _timed_out(self, stream: Stream[Any], lane: Lane) -> TransportTimeout:
+        return TransportTimeout(
+            f"{stream.name}: no confirmation within {self.subscribe_timeout} s "
+            f"({lane.last_error or 'connection not open'}); check the network or the URL"
+        )
+
+    def _release_failed(self, guid: str, lane: Lane, stream: Stream[Any]) -> None:
+        """A subscribe that got no confirmation: stop delivering it to ``stream``, and release
+        it if the server refused it (a FAILED entry holds nothing on the server)."""
+        lane.detach(guid, stream._buffer)
+        sub = self.registry.get(guid)
+        if sub is not None and sub.state is SubscriptionState.FAILED:
+            self.registry.unsubscribe(guid)
 
     async def _confirm(self, waiter: Any, guid: str, lane: Lane, stream: Stream[Any]) -> None:
         try:
@@ -244,15 +470,9 @@ class LanePool:
                 await waiter
         except TimeoutError:
             await self.unsubscribe(guid, lane.id, stream._buffer)
-            raise TransportTimeout(
-                f"{stream.name}: no confirmation within {self.subscribe_timeout} s "
-                f"({lane.last_error or 'connection not open'}); check the network or the URL"
-            ) from None
+            raise self._timed_out(stream, lane) from None
         except BaseException:
-            lane.detach(guid, stream._buffer)
-            sub = self.registry.get(guid)
-            if sub is not None and sub.state is SubscriptionState.FAILED:
-                self.registry.unsubscribe(guid)
+            self._release_failed(guid, lane, stream)
             raise
 
     async def unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:

@@ -51,8 +51,10 @@ when :meth:`~DataConnection.has_data_to_send` is true, get a token and write eve
     The WebSocket is open. Send the restore burst (``data_to_send``) before anything else.
 ``connection_lost(now, reason)``
     No frame will be read from it any more. Nothing queued is sent; :class:`Disconnected` follows.
-``subscribe(subscription)`` / ``release(guid)`` then ``send_unsubscribe(guid)``
-    A new subscription of the registry on this lane / its last holder left.
+``subscribe(subscription)``, ``subscribe_many(subscriptions)``
+    New subscriptions of the registry on this lane (one, or a batch in one burst).
+``release(guid)`` then ``send_unsubscribe(guid)``
+    The last holder of a subscription left.
 ``receive_status(guid, http_code, message, now)``
     Every status reply read from the connection (docs/protocol.md §3.3).
 ``receive_pong(now)``
@@ -66,7 +68,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import msgspec
@@ -86,7 +88,13 @@ from .registry import (
     SubscriptionRegistry,
     SubscriptionState,
 )
-from .requests import SubscriptionRequest, encode_ping, encode_subscribe, encode_unsubscribe
+from .requests import (
+    SubscriptionRequest,
+    _frame_tail,
+    _ping_frame,
+    _subscribe_frame,
+    _unsubscribe_frame,
+)
 
 
 __all__ = [
@@ -186,18 +194,15 @@ DataEvent = (
 _NEW, _RETRY, _RESUB, _UNSUB, _PING = range(5)
 
 
-class _Out:
-    """A request waiting for :meth:`DataConnection.data_to_send` (encoded there, with the token)."""
+class _Out(msgspec.Struct, gc=False):
+    """A request waiting for :meth:`DataConnection.data_to_send` (encoded there, with the token).
 
-    __slots__ = ("avoid", "guid", "request", "why")
+    A Struct: a restore queues thousands at once, and its constructor is C code."""
 
-    def __init__(
-        self, why: int, guid: str, request: SubscriptionRequest | None, avoid: str | None = None
-    ) -> None:
-        self.why = why
-        self.guid = guid
-        self.request = request  # None: an unsubscribe or a ping
-        self.avoid = avoid  # a token refused for it (401): never send it with that one
+    why: int
+    guid: str
+    request: SubscriptionRequest | None  # None: an unsubscribe or a ping
+    avoid: str | None = None  # a token refused for it (401): never send it with that one
 
 
 class _Probe:
@@ -329,20 +334,22 @@ class DataConnection:
         out = self._out
         if not out:
             return []
+        tail = _frame_tail(token)  # checked and encoded once for the whole burst
         self._out = keep = []
         frames: list[bytes] = []
         sent_with = self._sent_with
         for item in out:
+            guid = item.guid
             if item.avoid is not None and item.avoid == token and not refreshed:
                 keep.append(item)
+            elif item.request is not None:
+                frames.append(_subscribe_frame(item.request, guid, tail))
+                sent_with[guid] = token
             elif item.why == _PING:
-                frames.append(encode_ping(item.guid, token))
-            elif item.request is None:
-                frames.append(encode_unsubscribe(item.guid, token))
-                sent_with[item.guid] = token
+                frames.append(_ping_frame(guid, tail))
             else:
-                frames.append(encode_subscribe(item.request, guid=item.guid, token=token))
-                sent_with[item.guid] = token
+                frames.append(_unsubscribe_frame(guid, tail))
+                sent_with[guid] = token
         return frames
 
     def next_tick(self) -> float | None:
@@ -375,15 +382,16 @@ class DataConnection:
         unsent = self._unsent
         # docs/protocol.md §9.5: the server forgot them with the old connection; the same guids
         # keep the consumers' identity. Original subscribe order.
-        for sub in registry.restore_plan(self.id):
-            registry.mark_resent(sub.guid)
-            unsent.pop(sub.guid, None)
-            out.append(_Out(_NEW, sub.guid, sub.request))
-        for guid, request in unsent.items():
-            pending = registry.get(guid)
-            if pending is not None and pending.state is _PENDING:
-                out.append(_Out(_NEW, guid, request))
-        unsent.clear()
+        plan = registry.resend_all(self.id)
+        out.extend([_Out(_NEW, sub.guid, sub.request) for sub in plan])
+        if unsent:
+            for sub in plan:
+                unsent.pop(sub.guid, None)
+            for guid, request in unsent.items():
+                pending = registry.get(guid)
+                if pending is not None and pending.state is _PENDING:
+                    out.append(_Out(_NEW, guid, request))
+            unsent.clear()
         self._check_seen = None
         self._probe = None
         self._seen.clear()
@@ -427,6 +435,24 @@ class DataConnection:
             self._out.append(_Out(_NEW, subscription.guid, subscription.request))
             return True
         self._unsent[subscription.guid] = subscription.request
+        return False
+
+    def subscribe_many(
+        self, subscriptions: Iterable[Subscription[SubscriptionRequest, int]]
+    ) -> bool:
+        """:meth:`subscribe` for a batch, in order: one burst of frames on an open connection.
+
+        The batch needs no window of its own: a lane holds at most 5000 subscriptions
+        (docs/protocol.md §7.1), the size of the restore burst that re-sends them all at once.
+
+        Returns:
+            True if they are queued: write ``data_to_send(token)``. False while the connection
+            is not open: they go out after the next restore.
+        """
+        if self._open:
+            self._out.extend([_Out(_NEW, sub.guid, sub.request) for sub in subscriptions])
+            return True
+        self._unsent.update({sub.guid: sub.request for sub in subscriptions})
         return False
 
     def release(self, guid: str) -> None:

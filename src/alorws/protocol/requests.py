@@ -469,31 +469,65 @@ _ENCODER: Final = msgspec.json.Encoder()
 def encode_subscribe(request: SubscriptionRequest, *, guid: str, token: str) -> bytes:
     """The full subscribe frame: ``request``'s fields plus ``guid`` and ``token``
     (docs/protocol.md §3.2)."""
-    if not isinstance(request, SubscriptionRequest):
-        raise InvalidArgumentError(
-            "request", f"expected a SubscriptionRequest, got {type(request).__name__}"
-        )
-    guid_bytes = validate_guid(guid).encode("ascii")
-    token_json = _token_json(token)
-    body = _ENCODER.encode(request)  # b'{"opcode":...}'; never empty, so "," is right
-    return b"".join((body[:-1], b',"guid":"', guid_bytes, b'","token":', token_json, b"}"))
+    _check_request(request)
+    validate_guid(guid)  # before the token, as the order of the arguments says
+    return _subscribe_frame(request, guid, _frame_tail(token))
 
 
 def encode_unsubscribe(guid: str, token: str) -> bytes:
     """``{"opcode":"unsubscribe","guid":…,"token":…}``: cancel subscription ``guid``
     (docs/protocol.md §3.8)."""
-    guid_bytes = validate_guid(guid).encode("ascii")
-    token_json = _token_json(token)
-    return b"".join(
-        (b'{"opcode":"unsubscribe","guid":"', guid_bytes, b'","token":', token_json, b"}")
-    )
+    validate_guid(guid)
+    return _unsubscribe_frame(guid, _frame_tail(token))
 
 
 def encode_ping(guid: str, token: str) -> bytes:
     """``{"opcode":"ping","guid":…,"confirm":true,"token":…}``: application keep-alive
     (docs/protocol.md §3.7)."""
+    validate_guid(guid)
+    return _ping_frame(guid, _frame_tail(token))
+
+
+# A burst of frames (a restore: thousands of subscribes) shares one token: the encoders below
+# take its tail, checked and encoded once, where encode_subscribe() does it per frame.
+
+
+def _frame_tail(token: str) -> bytes:
+    """``","token":<token as JSON>}``: how every frame signed with ``token`` ends, after its guid.
+
+    For ``_subscribe_frame()``, ``_unsubscribe_frame()`` and ``_ping_frame()``; build it once
+    per burst.
+    """
+    return b'","token":' + _token_json(token) + b"}"
+
+
+def _subscribe_frame(request: SubscriptionRequest, guid: str, tail: bytes) -> bytes:
+    """:func:`encode_subscribe` with the token's ``_frame_tail()`` built once for a burst."""
+    if type(request) not in _REQUEST_CLASSES:
+        _check_request(request)
+    body = _ENCODER.encode(request)  # b'{"opcode":...}'; never empty, so "," is right
+    return body[:-1] + b',"guid":"' + validate_guid(guid).encode("ascii") + tail
+
+
+def _unsubscribe_frame(guid: str, tail: bytes) -> bytes:
+    """:func:`encode_unsubscribe` with the token's ``_frame_tail()`` built once for a burst."""
+    return b'{"opcode":"unsubscribe","guid":"' + validate_guid(guid).encode("ascii") + tail
+
+
+def _ping_frame(guid: str, tail: bytes) -> bytes:
+    """:func:`encode_ping` with the token's ``_frame_tail()``."""
     guid_bytes = validate_guid(guid).encode("ascii")
-    token_json = _token_json(token)
-    return b"".join(
-        (b'{"opcode":"ping","guid":"', guid_bytes, b'","confirm":true,"token":', token_json, b"}")
-    )
+    return b'{"opcode":"ping","guid":"' + guid_bytes + b'","confirm":true' + tail[1:]
+
+
+#: Request classes already checked by _check_request (a set lookup is cheaper than isinstance
+#: on a msgspec Struct subclass).
+_REQUEST_CLASSES: set[type] = set()
+
+
+def _check_request(request: object) -> None:
+    if not isinstance(request, SubscriptionRequest):
+        raise InvalidArgumentError(
+            "request", f"expected a SubscriptionRequest, got {type(request).__name__}"
+        )
+    _REQUEST_CLASSES.add(type(request))

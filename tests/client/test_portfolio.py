@@ -234,3 +234,33 @@ def test_order_progress_orders_states() -> None:
     done = Order(id="1", status=OrderStatus.CANCELED, filled_qty_batch=0)
     ranked = sorted([done, partly, later, base], key=order_progress)
     assert ranked == [base, later, partly, done]
+
+
+async def test_a_restore_fetches_the_orders_snapshot_once(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """After a gap the portfolio takes its own snapshot; its streams do not fetch the same
+    one again (one GET per feed per gap, not two)."""
+    portfolio = client.portfolios[0]
+    async with Portfolio(client, portfolio) as pf:
+        http = client.http
+        real = http.orders
+        calls: list[str] = []
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[0])
+            return await real(*args, **kwargs)
+
+        http.orders = counting  # type: ignore[method-assign]
+        stream = pf._streams["orders"]
+        restored = asyncio.Event()
+        stream.on_event(lambda e: restored.set() if e.kind == "restored" else None)
+        sim.faults.drop(code=1006, kind="ws")
+        async with asyncio.timeout(10):
+            await restored.wait()
+        # The portfolio asked for its snapshot; a snapshot the stream itself fetched would be a
+        # task of the stream (started before the portfolio hears of the restore) until it ends.
+        async with asyncio.timeout(10):
+            while not calls or stream._tasks:  # noqa: ASYNC110 - no event for either
+                await asyncio.sleep(0.01)
+        assert calls == [portfolio]

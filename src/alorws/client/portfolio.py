@@ -256,7 +256,9 @@ class Portfolio:
         self._state = Lifecycle.STARTING
         try:
             for feed in self._feeds:
-                self._streams[feed] = _OPEN[feed](self.client, self.portfolio, self.exchange)
+                stream = _OPEN[feed](self.client, self.portfolio, self.exchange)
+                stream.backfill = False  # the portfolio's own snapshot after a gap covers it
+                self._streams[feed] = stream
             # Subscribe first (UI pattern, docs/protocol.md §9.5): whatever changes after the
             # snapshot was taken then arrives on the streams.
             await asyncio.gather(*(s.subscribe() for s in self._streams.values()))

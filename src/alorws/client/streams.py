@@ -319,6 +319,7 @@ class Stream(StreamBase[M]):
         "_lane",
         "_ready",
         "_tasks",
+        "backfill",
         "backfilled",
         "silence_timeout",
     )
@@ -362,6 +363,10 @@ class Stream(StreamBase[M]):
         # when an account stream is restored).
         self._ready: collections.deque[M] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
+        #: After a restore, fetch the HTTP snapshot of an orders, stop orders or own trades
+        #: stream and deliver what it holds that the stream never had. Off for a consumer
+        #: that takes its own snapshot (``Portfolio``): one GET per gap, not two.
+        self.backfill = True
         self.backfilled = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -503,7 +508,7 @@ class Stream(StreamBase[M]):
             # A restore and a re-subscription both replay the server's snapshot: not new.
             if item.kind in ("restored", "resubscribed") and self._filter is not None:
                 self._filter.restored()
-                if issubclass(self.model, _BACKFILLED):
+                if self.backfill and issubclass(self.model, _BACKFILLED):
                     self._start_backfill()
             self._notify(item)
             return None

@@ -5,7 +5,10 @@
   cancelled (or times out) during the WebSocket handshake: the socket then stays open until the
   garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
   stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
-  disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+  disconnected at once. The listener of an attempt given up on is detached first: its owner's
+  callbacks (often shared by every attempt, as a lane's are) never hear of that connection, so
+  its late connect or disconnect cannot pass for the owner's live connection. Owners keep the
+  attempts in a set and :func:`settle` them on close.
 * :class:`FrameListener` is the one picows listener: it hands every complete text or binary
   message to a callback and reports pongs, the peer's close and the disconnect to others.
 * :func:`reconnecting` is the one reconnect loop: ``async for conn in reconnecting(...)`` yields
@@ -44,6 +47,14 @@ _CLOSE = picows.WSMsgType.CLOSE
 _PONG = picows.WSMsgType.PONG
 
 
+def _ignore_frame(payload: bytes) -> None:
+    pass
+
+
+def _ignore() -> None:
+    pass
+
+
 class FrameListener(picows.WSListener):
     """picows callbacks for one connection: whole messages to ``on_frame``, nothing else.
 
@@ -72,6 +83,15 @@ class FrameListener(picows.WSListener):
         self._on_pong = on_pong
         self._on_connected = on_connected
         self.parts: list[bytes] | None = None
+
+    def detach(self) -> None:
+        """Stop calling the owner's callbacks: the connection no longer concerns it (its
+        connect attempt was given up on). Frames and events are dropped from now on."""
+        self.on_frame = _ignore_frame
+        self._on_disconnected = _ignore
+        self._on_close = None
+        self._on_pong = None
+        self._on_connected = None
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         if self._on_connected is not None:
@@ -165,12 +185,26 @@ async def ws_connect(
     """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport.
 
     Raises :class:`~alorws.errors.ConfigurationError` (nothing opened, nothing resolved) for a
-    URL :func:`~alorws.client.endpoints.check_url` refuses.
+    URL :func:`~alorws.client.endpoints.check_url` refuses. If the caller stops waiting (a
+    timeout, a cancellation), the attempt's :class:`FrameListener` is detached before this
+    returns: none of its callbacks runs again, and a late success is disconnected unheard.
     """
     url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
+    # picows makes the listener once the upgrade response is read, which may be after the
+    # caller gave up: the listener made then is detached before it hears anything.
+    listeners: list[Any] = []
+    given_up = False
+
+    def make_listener() -> Any:
+        listener = listener_factory()
+        listeners.append(listener)
+        if given_up and isinstance(listener, FrameListener):
+            listener.detach()
+        return listener
+
     attempt = asyncio.ensure_future(
         picows.ws_connect(
-            listener_factory,
+            make_listener,
             url,
             ssl_context=ssl_context,
             websocket_handshake_timeout=step_timeout,
@@ -184,6 +218,11 @@ async def ws_connect(
         async with asyncio.timeout(2 * step_timeout):
             transport, _ = await asyncio.shield(attempt)
     except BaseException:
+        # Given up on: whatever this attempt does later is none of the owner's business.
+        given_up = True
+        for listener in listeners:
+            if isinstance(listener, FrameListener):
+                listener.detach()
         attempt.add_done_callback(_disconnect_late_success)
         raise
     return transport

@@ -654,22 +654,28 @@ class Lane:
         self.state = LaneState.CONNECTING
         self._disconnected.clear()
         self._close_info = None
-        return await ws_connect(
-            lambda: FrameListener(
-                self._on_frame,
-                self._on_disconnected,
-                on_close=self._on_close,
-                on_pong=self._on_pong,
-                on_connected=self._on_connected,
-            ),
-            self.url,
-            ssl_context=self._ssl,
-            step_timeout=self._connect_timeout,
-            attempts=self._attempts,
-            enable_auto_pong=True,
-            max_frame_size=64 * 1024 * 1024,
-            logger_name=f"alorws.lane{self.id}",
-        )
+        try:
+            return await ws_connect(
+                lambda: FrameListener(
+                    self._on_frame,
+                    self._on_disconnected,
+                    on_close=self._on_close,
+                    on_pong=self._on_pong,
+                    on_connected=self._on_connected,
+                ),
+                self.url,
+                ssl_context=self._ssl,
+                step_timeout=self._connect_timeout,
+                attempts=self._attempts,
+                enable_auto_pong=True,
+                max_frame_size=64 * 1024 * 1024,
+                logger_name=f"alorws.lane{self.id}",
+            )
+        except BaseException:
+            # ws_connect detached a given-up attempt's listener, but it may have been told of
+            # the transport just before: that one is not this lane's connection.
+            self._transport = None
+            raise
 
     def _connect_failed(self, exc: Exception) -> Retry:
         self.connect_failures += 1

@@ -31,7 +31,14 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import AlorError, AuthError, ConnectionClosed, FrameError, LimitError, scrub
+from ..errors import (
+    AlorError,
+    AuthError,
+    ConnectionClosed,
+    FrameError,
+    ServerLimitExceeded,
+    scrub,
+)
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.data_connection import (
@@ -416,9 +423,11 @@ class Lane:
                     sink = self._sinks.pop(guid)
                     waiter = self._waiters.pop(guid, None)
                     placing = waiter is not None and _answer(waiter, guid, error)
-                    # A first subscribe refused for the server's limit is placed again by the
-                    # pool on another connection: its stream does not end here.
-                    if sink is not None and not (placing and isinstance(error, LimitError)):
+                    # A subscribe refused for the server's limit is placed again by the pool,
+                    # for every stream waiting for it, with the same buffers: they go on.
+                    if sink is not None and not (
+                        placing and isinstance(error, ServerLimitExceeded)
+                    ):
                         sink.close(error)
                 case Unsubscribed(guid=guid):
                     self._sinks.pop(guid)

@@ -237,22 +237,30 @@ class LanePool:
 
     async def subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
         """Subscribe ``stream`` (sharing an identical live subscription) and wait for the
-        confirmation; returns ``(guid, lane id)``."""
+        confirmation; returns ``(guid, lane id)``.
+
+        A subscription the server refuses for its limit (429) is placed again, for every
+        stream waiting for it: the first to see the refusal places it anew and the others
+        share that one.
+        """
         request = stream.request
-        existing = self.registry.find(request)
-        if existing is not None and existing.is_live:
-            sub = self.registry.subscribe(request, existing.connection_id).subscription
-            lane = self.lanes[sub.connection_id]
-            lane.attach(sub.guid, stream._buffer)
-            if stream.silence_timeout:
-                lane.watch(sub.guid, stream.silence_timeout)
-            if sub.state is not SubscriptionState.ACTIVE:
-                waiter = lane.confirmation(sub.guid)
-                if waiter is not None:
-                    await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
-            return sub.guid, lane.id
-        kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
         while True:
+            existing = self.registry.find(request)
+            if existing is not None and existing.is_live:
+                sub = self.registry.subscribe(request, existing.connection_id).subscription
+                lane = self.lanes[sub.connection_id]
+                lane.attach(sub.guid, stream._buffer)
+                if stream.silence_timeout:
+                    lane.watch(sub.guid, stream.silence_timeout)
+                if sub.state is not SubscriptionState.ACTIVE:
+                    waiter = lane.confirmation(sub.guid)
+                    if waiter is not None:
+                        try:
+                            await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+                        except ServerLimitExceeded:
+                            continue  # whoever placed it learnt the lane's limit
+                return sub.guid, lane.id
+            kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
             lane = self._pick(kind)  # raises ConnectionLimitError once the budget is used
             sub = self.registry.subscribe(request, lane.id).subscription
             waiter = await lane.add(sub, stream._buffer)
@@ -261,17 +269,25 @@ class LanePool:
             try:
                 await self._confirm(waiter, sub.guid, lane, stream)
             except ServerLimitExceeded as exc:
-                # The server's limit for this connection is lower than ours: it is full.
-                self._caps[lane.id] = self.registry.count(lane.id)
-                log.warning(
-                    "lane %d: the server refused subscription %d on it (%s); placing it on "
-                    "another connection",
-                    lane.id,
-                    self.registry.count(lane.id) + 1,
-                    exc.message,
-                )
+                self._full(lane, [exc])
                 continue
             return sub.guid, lane.id
+
+    def _full(self, lane: Lane, refused: list[ServerLimitExceeded]) -> None:
+        """The server refused ``refused`` for its limit on ``lane``: it holds what it has and
+        takes nothing more. The lowest count learnt stays (a later refusal after unsubscribes
+        may count fewer; a count never raises it again)."""
+        count = self.registry.count(lane.id)
+        cap = self._caps.get(lane.id)
+        self._caps[lane.id] = count if cap is None else min(cap, count)
+        log.warning(
+            "lane %d: the server refused %d subscription(s) beyond the %d it holds (%s); "
+            "placing them on another connection",
+            lane.id,
+            len(refused),
+            count,
+            refused[0].message,
+        )
 
     async def subscribe_many(
         self, streams: Sequence[Stream[Any]]
@@ -323,7 +339,6 @@ class LanePool:
             for i, lane, guid, _ in batch.joined:
                 lane.detach(guid, streams[i]._buffer)
             raise
-        registry = self.registry
         again: list[int] = []
         cleanup: list[Coroutine[Any, Any, None]] = []
         refused: dict[Lane, list[ServerLimitExceeded]] = {}
@@ -357,16 +372,7 @@ class LanePool:
                     for j in holders:
                         results[j] = error
         for lane, errors in refused.items():
-            # The server's limit for this connection is lower than ours: it is full.
-            self._caps[lane.id] = registry.count(lane.id)
-            log.warning(
-                "lane %d: the server refused %d subscription(s) beyond the %d it holds (%s); "
-                "placing them on another connection",
-                lane.id,
-                len(errors),
-                self._caps[lane.id],
-                errors[0].message,
-            )
+            self._full(lane, errors)  # the server's limit for this connection is below ours
         for i, lane, guid, waiter in batch.joined:
             if not waiter.done():
                 results[i] = self._timed_out(streams[i], lane)
@@ -375,8 +381,11 @@ class LanePool:
                 results[i] = asyncio.CancelledError()
                 self._release_failed(guid, lane, streams[i])
             elif (error := waiter.exception()) is not None:
-                results[i] = error
                 self._release_failed(guid, lane, streams[i])
+                if isinstance(error, ServerLimitExceeded):
+                    again.append(i)  # placed again, like the holder that placed it
+                else:
+                    results[i] = error
             else:
                 results[i] = (guid, lane.id)
         if cleanup:

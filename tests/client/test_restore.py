@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from alorws.client import AlorClient
-from alorws.errors import AuthError
+from alorws.errors import AuthError, TransportError, TransportTimeout
 from alorws.protocol import Order, OwnTrade, Position
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
@@ -390,3 +390,38 @@ async def test_a_refused_refresh_token_at_a_restore_ends_the_streams(
                 while True:
                     await stream.get()
         assert not stream.is_open
+
+
+async def test_a_subscribe_without_a_token_times_out_and_leaves_nothing(sim: Simulator) -> None:
+    """No token can be had when a new subscription is to be sent on an open lane: the subscribe
+    waits like an unanswered one, then times out and is released (no sink, no waiter, no live
+    registry entry, nothing sent); once tokens come back the same request subscribes anew."""
+    async with AlorClient(
+        sim.demo_refresh_token,
+        base_url=sim.url,
+        backoff=FAST,
+        subscribe_timeout=0.5,
+        io_thread=False,
+    ) as c:
+        first = await c.quotes("SBER")
+        tokens = c._tokens
+        assert tokens is not None
+        real = tokens.token
+
+        async def unreachable() -> str:
+            raise TransportError("the auth server is unreachable")
+
+        tokens.token = unreachable  # type: ignore[method-assign]
+        stream = c.quotes("GAZP")
+        with pytest.raises(TransportTimeout):
+            async with asyncio.timeout(15):
+                await stream.subscribe()
+        lane = c._pool.lanes[first._lane]
+        assert not stream.is_open
+        assert c._registry.find(stream.request) is None
+        assert set(lane._sinks.by_guid) == {first.guid} and not lane._waiters
+        assert sim.stats()["subscriptions"] == 1
+        tokens.token = real  # type: ignore[method-assign]
+        again = await asyncio.wait_for(c.quotes("GAZP"), 10)
+        assert again.is_open and again._lane == first._lane
+        await asyncio.wait_for(again.get(), 10)

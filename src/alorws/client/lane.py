@@ -527,25 +527,20 @@ class Lane:
         """Subscriptions the registry places on this lane (the server's 5000 limit counts them)."""
         return self._registry.count(self.id)
 
-    async def add(
-        self, sub: Subscription[SubscriptionRequest, int], sink: Sink
-    ) -> asyncio.Future[None]:
+    def add(self, sub: Subscription[SubscriptionRequest, int], sink: Sink) -> asyncio.Future[None]:
         """Start delivering a new subscription to ``sink`` and send it (or queue it until open).
 
         Returns a future that completes when the server confirms it (or fails with the
-        server's rejection).
+        server's rejection). Nothing raises here: without a token the subscribe stays queued
+        and the caller's timeout releases it.
         """
         self._sinks[sub.guid] = sink
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[sub.guid] = waiter
-        if self._conn.is_open:
-            token = await self._token()
-            if self._conn.subscribe(sub):
-                self._write_out(token)
-                return waiter
+        if self._conn.subscribe(sub):
+            self._kick()  # written by the flusher, with a token (a failure keeps it queued)
         else:
-            self._conn.subscribe(sub)  # goes out with the next restore
-        self.ensure_started()
+            self.ensure_started()  # it goes out with the next restore
         return waiter
 
     def add_many(
@@ -603,17 +598,16 @@ class Lane:
         waiter = self._waiters.pop(guid, None)
         if waiter is not None:
             _answer(waiter, guid, asyncio.CancelledError())
-        if not self._conn.is_open:
+        if not self._conn.send_unsubscribe(guid):
             return
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close_waiters[guid] = closed
-        token = await self._token()
-        if self._conn.send_unsubscribe(guid):
-            self._write_out(token)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await asyncio.shield(closed)
-        self._close_waiters.pop(guid, None)
+        self._kick()  # written by the flusher (without a token it stays queued)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await asyncio.shield(closed)
+        if self._close_waiters.get(guid) is closed:
+            del self._close_waiters[guid]
 
     def watch(self, guid: str, timeout: float) -> None:
         """Subscribe ``guid`` again when it receives nothing for ``timeout`` seconds while the

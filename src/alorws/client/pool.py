@@ -263,7 +263,7 @@ class LanePool:
             kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
             lane = self._pick(kind)  # raises ConnectionLimitError once the budget is used
             sub = self.registry.subscribe(request, lane.id).subscription
-            waiter = await lane.add(sub, stream._buffer)
+            waiter = lane.add(sub, stream._buffer)
             if stream.silence_timeout:
                 lane.watch(sub.guid, stream.silence_timeout)
             try:

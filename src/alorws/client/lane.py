@@ -287,6 +287,9 @@ class Lane:
         self._drop_reason: str | None = None  # why we closed it ourselves, if we did
         self._lost: ConnectionClosed | None = None  # how the last attempt ended
         self._fatal: AuthError | None = None  # the refresh token was refused: stop, fail all
+        #: Called (by the pool) once the connect loop has ended for good, not by aclose():
+        #: the lane's streams have ended and it connects no more.
+        self.on_end: Callable[[Lane], None] | None = None
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
@@ -689,21 +692,34 @@ class Lane:
         return Retry.LATER
 
     async def _run(self) -> None:
-        attempts = reconnecting(
-            lambda: self._connect(), ReconnectPolicy(self._backoff), self._connect_failed
-        )
-        async with contextlib.aclosing(attempts):
-            async for transport in attempts:
-                await self._serve(transport)
-                if self._closing or self._fatal is not None:
-                    break
-                self.state = LaneState.BACKOFF
-        if self._fatal is not None and not self._closing:
-            log.error("lane %d: %s; its streams end with that error", self.id, self._fatal)
-            self._fail_all(self._fatal)
-        elif not self._closing and self._lost is not None:
-            self._fail_all(self._lost)  # the backoff ran out
-        self.state = LaneState.CLOSED
+        ended = False
+        try:
+            attempts = reconnecting(
+                lambda: self._connect(), ReconnectPolicy(self._backoff), self._connect_failed
+            )
+            async with contextlib.aclosing(attempts):
+                async for transport in attempts:
+                    await self._serve(transport)
+                    if self._closing or self._fatal is not None:
+                        break
+                    self.state = LaneState.BACKOFF
+            ended = not self._closing
+            if self._fatal is not None and ended:
+                log.error("lane %d: %s; its streams end with that error", self.id, self._fatal)
+                self._fail_all(self._fatal)
+            elif ended:  # the backoff ran out
+                self._fail_all(self._lost or ConnectionClosed(None, "connection lost"))
+        except Exception as exc:  # a bug: end the streams with it rather than leave them waiting
+            log.exception("lane %d: the connection loop failed", self.id)
+            ended = not self._closing
+            if ended:
+                self._fail_all(exc)
+        finally:
+            self.state = LaneState.CLOSED
+        if ended and self.on_end is not None:
+            # The loop never runs again: the pool retires the lane (no new subscription may
+            # land on it) and forgets its subscriptions, whose streams ended above.
+            self.on_end(self)
 
     async def _serve(self, transport: picows.WSTransport) -> None:
         """One connection: restore, run the timer until it is gone, then record the loss."""

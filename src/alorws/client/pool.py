@@ -30,7 +30,9 @@ streams, so new lanes open and placed parts go out while the rest is placed, and
 live lanes never wait long.
 
 Lanes are never closed before the client is (an empty one stays for later subscriptions), so
-the count of lanes is the count of ``/ws`` connections.
+the count of lanes is the count of ``/ws`` connections; but a lane whose connect loop ended
+for good (the backoff ran out, or the refresh token was refused: its streams ended with that
+error) is retired, with its subscriptions, and the next subscription opens a new one.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class LanePool:
         # Lane -> how many subscriptions it held when the server refused one more for its
         # limit (429): the lane's real capacity, lower than ours.
         self._caps: dict[int, int] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # aclose() of retired lanes
 
     # -- the budget ---------------------------------------------------------------------------
 
@@ -222,8 +225,36 @@ class LanePool:
         )
         for tap in self.taps:
             lane.add_tap(tap)
+        lane.on_end = self._retire
         self.lanes[lane_id] = lane
         return lane
+
+    def _retire(self, lane: Lane) -> None:
+        """``lane``'s connect loop ended for good (the backoff ran out, or the refresh token
+        was refused) and its streams ended with the error: take it out of the pool, so no new
+        subscription lands on a lane that never connects again (or shares one of its
+        subscriptions), and forget its subscriptions; its connection leaves the budget."""
+        with self._budget:
+            if self.lanes.get(lane.id) is not lane:
+                return
+            del self.lanes[lane.id]
+        self._caps.pop(lane.id, None)
+        registry = self.registry
+        registry.connection_lost(lane.id)  # PENDING ones wait as RESTORING; CLOSING ones close
+        for sub in registry.subscriptions():
+            if sub.connection_id == lane.id:
+                while registry.get(sub.guid) is not None:
+                    registry.unsubscribe(sub.guid)  # RESTORING: closes with the last holder
+        task = asyncio.get_running_loop().create_task(
+            lane.aclose(), name=f"alorws-lane-{lane.id}-retire"
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.warning(
+            "lane %d retired: %s; new subscriptions open another connection",
+            lane.id,
+            lane.last_error,
+        )
 
     async def _token(self) -> str:
         assert self.tokens is not None
@@ -520,7 +551,9 @@ class LanePool:
     async def aclose(self) -> None:
         """Close every lane."""
         lanes = list(self.lanes.values())
-        await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+        await asyncio.gather(
+            *(lane.aclose() for lane in lanes), *self._retiring, return_exceptions=True
+        )
 
     def stats(self) -> list[dict[str, Any]]:
         """Each lane's stats (any thread)."""

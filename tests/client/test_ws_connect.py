@@ -13,10 +13,12 @@ from typing import Any
 import picows
 import pytest
 
-from alorws.client._ws import FrameListener, reconnecting, settle, ws_connect
+from alorws.client._ws import FrameListener, reconnecting, send_or_drop, settle, ws_connect
+from alorws.client.lane import Lane, LaneKind, LaneState
 from alorws.errors import ConnectError, TokenRejected
 from alorws.protocol.backoff import NO_DELAY
 from alorws.protocol.reconnect import ReconnectPolicy, Retry
+from alorws.protocol.registry import SubscriptionRegistry
 
 
 async def test_cancel_during_the_handshake_closes_the_socket() -> None:
@@ -172,3 +174,34 @@ async def test_an_attempt_given_up_on_never_reaches_its_owner() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class DeadTransport:
+    """A transport whose socket died under it: every send raises."""
+
+    def __init__(self) -> None:
+        self.disconnected = 0
+
+    def send(self, kind: Any, frame: bytes) -> None:
+        raise ConnectionResetError("the socket is gone")
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.disconnected += 1
+
+
+async def test_a_failed_write_drops_the_connection() -> None:
+    """A lane whose write fails disconnects its transport (as the order client does): the rules
+    assume a failed write is followed by the connection's loss, which restores what the rest of
+    the burst did not write."""
+    dead = DeadTransport()
+    assert not send_or_drop(dead, b"{}")  # type: ignore[arg-type]
+    assert dead.disconnected == 1
+    lane = Lane(1, LaneKind.MARKET, "ws://127.0.0.1:1/ws", SubscriptionRegistry(), token, token)
+    lane._transport = dead = DeadTransport()  # type: ignore[assignment]
+    lane.state = LaneState.OPEN
+    assert not lane._send(b"{}")
+    assert dead.disconnected == 1
+
+
+async def token() -> str:
+    return "unused"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -32,13 +33,22 @@ from typing import Any, TypeVar
 
 import picows
 
-from ..protocol.reconnect import STABLE_SECONDS, ReconnectPolicy, Retry
+from ..protocol.reconnect import ReconnectPolicy, Retry
 from .endpoints import check_url
 
 
-__all__ = ["STABLE_SECONDS", "FrameListener", "reconnecting", "settle", "ws_connect"]
+__all__ = [
+    "FrameListener",
+    "close_transport",
+    "reconnecting",
+    "send_or_drop",
+    "settle",
+    "ws_connect",
+]
 
 T = TypeVar("T")
+
+log = logging.getLogger("alorws.client")
 
 _TEXT = picows.WSMsgType.TEXT
 _BINARY = picows.WSMsgType.BINARY
@@ -136,6 +146,31 @@ class FrameListener(picows.WSListener):
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self._on_disconnected()
+
+
+def send_or_drop(transport: picows.WSTransport, frame: bytes) -> bool:
+    """Write ``frame`` as a text message; if the transport refuses (it died under us),
+    disconnect it and return False. The owner's disconnect callback then runs, so its rules
+    learn that the connection is lost, as they assume after a failed write."""
+    try:
+        transport.send(_TEXT, frame)
+    except Exception as exc:
+        log.debug("send failed: %r; disconnecting", exc)
+        with contextlib.suppress(Exception):
+            transport.disconnect(graceful=False)
+        return False
+    return True
+
+
+async def close_transport(transport: picows.WSTransport, wait: float = 2.0) -> None:
+    """Close a connection politely (a close frame with code 1000, then the disconnect) and wait
+    up to ``wait`` seconds for it to be gone."""
+    with contextlib.suppress(Exception):
+        transport.send_close(picows.WSCloseCode.OK)
+    transport.disconnect()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(wait):
+            await transport.wait_disconnected()
 
 
 async def reconnecting(

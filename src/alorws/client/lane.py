@@ -58,7 +58,14 @@ from ..protocol.reconnect import ReconnectPolicy, Retry
 from ..protocol.registry import Subscription, SubscriptionRegistry
 from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
-from ._ws import FrameListener, reconnecting, settle, ws_connect
+from ._ws import (
+    FrameListener,
+    close_transport,
+    reconnecting,
+    send_or_drop,
+    settle,
+    ws_connect,
+)
 from .endpoints import check_url
 
 
@@ -66,7 +73,6 @@ __all__ = ["Confirmations", "Lane", "LaneEvent", "LaneKind", "LaneState", "Sink"
 
 log = logging.getLogger("alorws.lane")
 
-_TEXT = picows.WSMsgType.TEXT
 
 
 class LaneKind(enum.StrEnum):
@@ -632,12 +638,9 @@ class Lane:
         transport = self._transport
         if transport is None or self.state is not LaneState.OPEN:
             return False
-        try:
-            transport.send(_TEXT, frame)
-        except Exception as exc:  # a transport that died under us: the run loop notices
-            log.debug("lane %d: send failed: %r", self.id, exc)
-            return False
-        return True
+        # A transport that died under us is disconnected: the run loop sees the loss, and
+        # the rules restore what the burst did not write.
+        return send_or_drop(transport, frame)
 
     def _on_connected(self, transport: picows.WSTransport) -> None:
         self._transport = transport
@@ -779,12 +782,7 @@ class Lane:
         self._closing = True
         transport = self._transport
         if transport is not None:
-            with contextlib.suppress(Exception):
-                transport.send_close(picows.WSCloseCode.OK)
-            transport.disconnect()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await transport.wait_disconnected()
+            await close_transport(transport)
         tasks = [t for t in (self._task, self._flusher) if t is not None]
         for task in tasks:
             task.cancel()

@@ -114,7 +114,14 @@ from ..protocol.commands import (
 )
 from ..protocol.reconnect import ReconnectPolicy, Retry
 from ._badframes import BadFrameLog
-from ._ws import FrameListener, reconnecting, settle, ws_connect
+from ._ws import (
+    FrameListener,
+    close_transport,
+    reconnecting,
+    send_or_drop,
+    settle,
+    ws_connect,
+)
 from .auth import RotatingTokenSource
 from .endpoints import check_url
 from .order_methods import OrderAck, OrderMethods
@@ -124,7 +131,6 @@ __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 
 log = logging.getLogger("alorws.orders")
 
-_TEXT = picows.WSMsgType.TEXT
 
 
 class _Conn:
@@ -354,14 +360,7 @@ class OrderClient(OrderMethods):
         transport = conn.transport
         if transport is None or conn.closed.is_set():
             return False
-        try:
-            transport.send(_TEXT, frame)
-        except Exception as exc:  # a transport that died under us: drop it, the loop reconnects
-            log.debug("cws: send failed: %r", exc)
-            with contextlib.suppress(Exception):
-                transport.disconnect(graceful=False)
-            return False
-        return True
+        return send_or_drop(transport, frame)  # a dead transport is dropped: the loop reconnects
 
     # -- replies ------------------------------------------------------------------------------
 
@@ -616,13 +615,7 @@ class OrderClient(OrderMethods):
         self._unlisten()
         conn = self._conn
         if conn is not None and conn.transport is not None:
-            transport = conn.transport
-            with contextlib.suppress(Exception):
-                transport.send_close(picows.WSCloseCode.OK)
-            transport.disconnect()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await transport.wait_disconnected()
+            await close_transport(conn.transport)
         tasks = [t for t in (self._task, conn.reauth if conn else None) if t is not None]
         for task in tasks:
             task.cancel()

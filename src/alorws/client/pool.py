@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,8 @@ class LanePool:
         self.max_subscriptions_per_connection = max_subscriptions_per_connection
         self.subscribe_timeout = subscribe_timeout
         self._cafile = cafile
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_built = False
         self._backoff = backoff
         self._ping = (ping_interval, ping_timeout)
         self.lanes: dict[int, Lane] = {}
@@ -170,9 +173,10 @@ class LanePool:
         for lane in lanes:
             if self._room(lane.id) > 0:
                 return lane
+        context = self._ssl_context()  # outside the lock: loading the CA store takes a while
         with self._budget:
             self._check_budget(kind, lanes)
-            lane = self._open(kind)
+            lane = self._open(kind, context)
         lane.ensure_started()
         return lane
 
@@ -207,7 +211,14 @@ class LanePool:
             "unsubscribe something or raise the budget. Nothing was sent."
         )
 
-    def _open(self, kind: LaneKind) -> Lane:
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context every lane shares (None for ``ws://``), built on first use."""
+        if not self._ssl_built:
+            self._ssl = ssl_context_for(self.url, cafile=self._cafile)
+            self._ssl_built = True
+        return self._ssl
+
+    def _open(self, kind: LaneKind, context: ssl.SSLContext | None) -> Lane:
         """A new lane of ``kind``, with the taps (lock held)."""
         lane_id = self._next_lane
         self._next_lane += 1
@@ -218,7 +229,7 @@ class LanePool:
             self.registry,
             self._token,
             self._refresh,
-            ssl_context=ssl_context_for(self.url, cafile=self._cafile),
+            ssl_context=context,
             backoff=self._backoff,
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],

@@ -35,7 +35,6 @@ from ..errors import (
     AlorError,
     AuthError,
     ConnectionClosed,
-    FrameError,
     ServerLimitExceeded,
     scrub,
 )
@@ -72,7 +71,6 @@ from .endpoints import check_url
 __all__ = ["Confirmations", "Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
 
 log = logging.getLogger("alorws.lane")
-
 
 
 class LaneKind(enum.StrEnum):
@@ -379,9 +377,7 @@ class Lane:
             msg = route(payload)
         except Exception as exc:  # route() raises FrameError; anything else is the frame's too
             self.bad_frames += 1
-            if not isinstance(exc, FrameError):
-                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
-            self._bad_log.report(exc)
+            self._bad_log.frame(exc, payload)
             return
         if type(msg) is DataMessage:
             sink = self._sinks.get(msg.guid)

@@ -85,7 +85,6 @@ from ..errors import (
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
-    FrameError,
     InvalidArgumentError,
     InvalidState,
     TokenRejected,
@@ -130,7 +129,6 @@ from .order_methods import OrderAck, OrderMethods
 __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 
 log = logging.getLogger("alorws.orders")
-
 
 
 class _Conn:
@@ -369,9 +367,7 @@ class OrderClient(OrderMethods):
             reply = decode_status(payload)  # /cws sends only status replies (docs/protocol.md §6.1)
         except Exception as exc:  # FrameError, or anything else: the frame's fault either way
             self._bad_frames += 1
-            if not isinstance(exc, FrameError):
-                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
-            self._bad_log.report(exc)
+            self._bad_log.frame(exc, payload)
             return
         guid = reply.request_guid
         waiter = conn.auth_waiters.get(guid)

@@ -390,16 +390,10 @@ class Lane:
             self._on_status(msg)
 
     def _on_status(self, reply: StatusReply) -> None:
-        conn = self._conn
-        conn.receive_status(reply.request_guid, reply.http_code, reply.message, time.monotonic())
-        # _after(), inlined: every reply of a restore burst comes through here.
-        events = conn.events_received()
-        if events:
-            self._dispatch(events)
-        if conn.has_data_to_send():
-            self._kick()
-        if conn.timer_moved:
-            self._wake.set()
+        self._conn.receive_status(
+            reply.request_guid, reply.http_code, reply.message, time.monotonic()
+        )
+        self._after()
 
     def _on_pong(self) -> None:
         self._conn.receive_pong(time.monotonic())

@@ -13,6 +13,7 @@ import pytest
 from alorws.client import AlorClient, LaneKind
 from alorws.errors import ConnectionLimitError, ServerRejected, SubscriptionLimitError
 from alorws.protocol import Quote
+from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
 from .._sim import DAY
@@ -187,3 +188,41 @@ async def test_a_server_limit_below_ours_moves_subscriptions_to_another_connecti
         await streams[0].aclose()  # a slot freed on the first lane is used again
         again = await c.quotes(symbols[7])
         assert again.stats()["lane"] == lanes[0]
+
+
+async def test_every_holder_of_a_subscription_refused_for_the_server_limit_is_placed_again() -> (
+    None
+):
+    """A second stream joins a subscribe still waiting for its answer; the server refuses it
+    with 429: both streams end on the subscription placed again on another connection, not
+    just the one that placed it, and both get data."""
+    async with (
+        Simulator(
+            port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1, max_subscriptions=3
+        ) as sim,
+        AlorClient(
+            sim.demo_refresh_token,
+            base_url=sim.url,
+            backoff=FAST,
+            max_connections=3,
+            reserve_connections=1,
+            io_thread=False,
+        ) as c,
+    ):
+        symbols = sorted(sim.market.instruments)
+        full = [await c.quotes(sym) for sym in symbols[:3]]  # the server's limit on lane 1
+        sim.faults.delay(0.3)  # the 4th subscribe waits for its answer while the 2nd joins
+        first = c.quotes(symbols[3])
+        placing = asyncio.create_task(first.subscribe())
+        await asyncio.sleep(0)  # one loop iteration: the subscribe is placed and sent
+        sub = c._registry.find(first.request)
+        assert sub is not None and sub.state is SubscriptionState.PENDING
+        second = await asyncio.wait_for(c.quotes(symbols[3]), 10)
+        await asyncio.wait_for(placing, 10)
+        sim.faults.delay(0)
+        assert first.guid == second.guid and first.is_open and second.is_open
+        assert first._lane == second._lane != full[0]._lane
+        assert c.stats()["subscriptions"] == 4 and sim.stats()["subscriptions"] == 4
+        async with asyncio.timeout(10):
+            for stream in (first, second):
+                assert isinstance(await anext(aiter(stream)), Quote)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from alorws.client import AlorClient
-from alorws.errors import AuthError
+from alorws.errors import AuthError, ConnectionClosed, TransportError, TransportTimeout
 from alorws.protocol import Order, OwnTrade, Position
+from alorws.protocol.backoff import Backoff
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
@@ -390,3 +391,73 @@ async def test_a_refused_refresh_token_at_a_restore_ends_the_streams(
                 while True:
                     await stream.get()
         assert not stream.is_open
+
+
+async def test_a_subscribe_without_a_token_times_out_and_leaves_nothing(sim: Simulator) -> None:
+    """No token can be had when a new subscription is to be sent on an open lane: the subscribe
+    waits like an unanswered one, then times out and is released (no sink, no waiter, no live
+    registry entry, nothing sent); once tokens come back the same request subscribes anew."""
+    async with AlorClient(
+        sim.demo_refresh_token,
+        base_url=sim.url,
+        backoff=FAST,
+        subscribe_timeout=0.5,
+        io_thread=False,
+    ) as c:
+        first = await c.quotes("SBER")
+        tokens = c._tokens
+        assert tokens is not None
+        real = tokens.token
+
+        async def unreachable() -> str:
+            raise TransportError("the auth server is unreachable")
+
+        tokens.token = unreachable  # type: ignore[method-assign]
+        stream = c.quotes("GAZP")
+        with pytest.raises(TransportTimeout):
+            async with asyncio.timeout(15):
+                await stream.subscribe()
+        lane = c._pool.lanes[first._lane]
+        assert not stream.is_open
+        assert c._registry.find(stream.request) is None
+        assert set(lane._sinks.by_guid) == {first.guid} and not lane._waiters
+        assert sim.stats()["subscriptions"] == 1
+        tokens.token = real  # type: ignore[method-assign]
+        again = await asyncio.wait_for(c.quotes("GAZP"), 10)
+        assert again.is_open and again._lane == first._lane
+        await asyncio.wait_for(again.get(), 10)
+
+
+async def test_a_lane_that_gave_up_is_retired_and_new_subscriptions_get_data(
+    sim: Simulator,
+) -> None:
+    """The server refuses every reconnect until the lane's backoff runs out: its stream ends
+    with the loss; the lane is retired with its subscriptions, so the same request subscribed
+    again (it used to share the dead lane's entry and return at once, with no data ever) and a
+    new one (it used to be placed on the dead lane and time out) get a new connection and data."""
+    async with AlorClient(
+        sim.demo_refresh_token,
+        base_url=sim.url,
+        backoff=Backoff(base=0.01, cap=0.05, max_attempts=2),
+        io_thread=False,
+    ) as c:
+        quotes = await c.quotes("SBER")
+        await asyncio.wait_for(quotes.get(), 10)
+        sim.faults.refuse(60)
+        sim.faults.drop(1006)
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(15):
+                while True:
+                    await quotes.get()
+        assert not quotes.is_open and quotes._lane not in c._pool.lanes
+        assert c._registry.find(quotes.request) is None
+        sim.faults.refuse(0)
+        again = await asyncio.wait_for(c.quotes("SBER"), 10)
+        other = await asyncio.wait_for(c.quotes("GAZP"), 10)
+        assert again._lane == other._lane != quotes._lane
+        for stream in (again, other):
+            await asyncio.wait_for(stream.get(), 10)
+        assert list(c._pool.lanes) == [again._lane]
+        assert c.stats()["subscriptions"] == 2
+        await quotes.aclose()  # its lane is gone: nothing to unsubscribe
+        assert c.stats()["subscriptions"] == 2

@@ -279,3 +279,34 @@ async def test_a_batch_without_answers_times_out_once_and_leaves_nothing(
                 await asyncio.wait_for(stream.get(), 5)
         assert c.stats()["subscriptions"] == 1
         quiet_sim.faults.delay(0)
+
+
+async def test_a_batch_member_sharing_a_single_subscribe_refused_with_429_is_placed_again() -> None:
+    """A batch joins a single subscribe still waiting for its answer; the server refuses it with
+    429: the batch member is placed again with it (sharing the single one's new subscription),
+    as the members of the batch's own refused subscriptions are."""
+    async with (
+        _sim(max_subscriptions=3) as sim,
+        AlorClient(
+            sim.demo_refresh_token,
+            base_url=sim.url,
+            backoff=FAST,
+            max_connections=3,
+            reserve_connections=1,
+            io_thread=False,
+        ) as c,
+    ):
+        streams = _quotes(c, sim, 5)
+        await _subscribe_all(c, streams[:3])  # the server's limit on the first connection
+        sim.faults.delay(0.3)  # the single subscribe waits for its answer while the batch joins
+        single = _quotes(c, sim, 4)[3]  # the request of streams[3]
+        placing = asyncio.create_task(single.subscribe())
+        await _pending(c, single.request)
+        later = [streams[3], streams[4]]
+        await _subscribe_all(c, later)
+        await asyncio.wait_for(placing, 10)
+        sim.faults.delay(0)
+        assert all(s.is_open for s in [single, *later])
+        assert later[0].guid == single.guid and later[0]._lane == single._lane
+        assert single._lane != streams[0]._lane
+        assert c.stats()["subscriptions"] == 5 and sim.stats()["subscriptions"] == 5

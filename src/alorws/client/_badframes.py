@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Final
 
-from ..errors import scrub
+from ..errors import FrameError, scrub
 
 
 __all__ = ["BadFrameLog"]
@@ -39,6 +39,18 @@ class BadFrameLog:
         self._kinds: dict[str, list[float]] = {}
         #: Bad frames reported so far (the owner keeps its own public counter too).
         self.reported = 0
+
+    def frame(self, exc: BaseException, raw: bytes | str | None) -> FrameError:
+        """One frame that failed to decode with ``exc``: count and log it (see :meth:`report`)
+        and return it as a :class:`~alorws.errors.FrameError` (``exc`` itself if it is one;
+        anything else is the frame's fault too, wrapped with ``raw`` for its excerpt)."""
+        error = (
+            exc
+            if isinstance(exc, FrameError)
+            else FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", raw)
+        )
+        self.report(error)
+        return error
 
     def report(self, error: BaseException | str, kind: str | None = None) -> None:
         """One bad frame: log ``error`` now if it is the first of its ``kind`` (default: the

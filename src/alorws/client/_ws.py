@@ -5,7 +5,10 @@
   cancelled (or times out) during the WebSocket handshake: the socket then stays open until the
   garbage collector warns about it. Here the attempt runs in a task of its own; a caller that
   stops waiting leaves it to finish (bounded by the handshake timeout), and a late success is
-  disconnected at once. Owners keep the attempts in a set and :func:`settle` them on close.
+  disconnected at once. The listener of an attempt given up on is detached first: its owner's
+  callbacks (often shared by every attempt, as a lane's are) never hear of that connection, so
+  its late connect or disconnect cannot pass for the owner's live connection. Owners keep the
+  attempts in a set and :func:`settle` them on close.
 * :class:`FrameListener` is the one picows listener: it hands every complete text or binary
   message to a callback and reports pongs, the peer's close and the disconnect to others.
 * :func:`reconnecting` is the one reconnect loop: ``async for conn in reconnecting(...)`` yields
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -29,19 +33,36 @@ from typing import Any, TypeVar
 
 import picows
 
-from ..protocol.reconnect import STABLE_SECONDS, ReconnectPolicy, Retry
+from ..protocol.reconnect import ReconnectPolicy, Retry
 from .endpoints import check_url
 
 
-__all__ = ["STABLE_SECONDS", "FrameListener", "reconnecting", "settle", "ws_connect"]
+__all__ = [
+    "FrameListener",
+    "close_transport",
+    "reconnecting",
+    "send_or_drop",
+    "settle",
+    "ws_connect",
+]
 
 T = TypeVar("T")
+
+log = logging.getLogger("alorws.client")
 
 _TEXT = picows.WSMsgType.TEXT
 _BINARY = picows.WSMsgType.BINARY
 _CONT = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PONG = picows.WSMsgType.PONG
+
+
+def _ignore_frame(payload: bytes) -> None:
+    pass
+
+
+def _ignore() -> None:
+    pass
 
 
 class FrameListener(picows.WSListener):
@@ -72,6 +93,15 @@ class FrameListener(picows.WSListener):
         self._on_pong = on_pong
         self._on_connected = on_connected
         self.parts: list[bytes] | None = None
+
+    def detach(self) -> None:
+        """Stop calling the owner's callbacks: the connection no longer concerns it (its
+        connect attempt was given up on). Frames and events are dropped from now on."""
+        self.on_frame = _ignore_frame
+        self._on_disconnected = _ignore
+        self._on_close = None
+        self._on_pong = None
+        self._on_connected = None
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         if self._on_connected is not None:
@@ -116,6 +146,31 @@ class FrameListener(picows.WSListener):
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self._on_disconnected()
+
+
+def send_or_drop(transport: picows.WSTransport, frame: bytes) -> bool:
+    """Write ``frame`` as a text message; if the transport refuses (it died under us),
+    disconnect it and return False. The owner's disconnect callback then runs, so its rules
+    learn that the connection is lost, as they assume after a failed write."""
+    try:
+        transport.send(_TEXT, frame)
+    except Exception as exc:
+        log.debug("send failed: %r; disconnecting", exc)
+        with contextlib.suppress(Exception):
+            transport.disconnect(graceful=False)
+        return False
+    return True
+
+
+async def close_transport(transport: picows.WSTransport, wait: float = 2.0) -> None:
+    """Close a connection politely (a close frame with code 1000, then the disconnect) and wait
+    up to ``wait`` seconds for it to be gone."""
+    with contextlib.suppress(Exception):
+        transport.send_close(picows.WSCloseCode.OK)
+    transport.disconnect()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(wait):
+            await transport.wait_disconnected()
 
 
 async def reconnecting(
@@ -165,12 +220,26 @@ async def ws_connect(
     """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport.
 
     Raises :class:`~alorws.errors.ConfigurationError` (nothing opened, nothing resolved) for a
-    URL :func:`~alorws.client.endpoints.check_url` refuses.
+    URL :func:`~alorws.client.endpoints.check_url` refuses. If the caller stops waiting (a
+    timeout, a cancellation), the attempt's :class:`FrameListener` is detached before this
+    returns: none of its callbacks runs again, and a late success is disconnected unheard.
     """
     url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
+    # picows makes the listener once the upgrade response is read, which may be after the
+    # caller gave up: the listener made then is detached before it hears anything.
+    listeners: list[Any] = []
+    given_up = False
+
+    def make_listener() -> Any:
+        listener = listener_factory()
+        listeners.append(listener)
+        if given_up and isinstance(listener, FrameListener):
+            listener.detach()
+        return listener
+
     attempt = asyncio.ensure_future(
         picows.ws_connect(
-            listener_factory,
+            make_listener,
             url,
             ssl_context=ssl_context,
             websocket_handshake_timeout=step_timeout,
@@ -184,6 +253,11 @@ async def ws_connect(
         async with asyncio.timeout(2 * step_timeout):
             transport, _ = await asyncio.shield(attempt)
     except BaseException:
+        # Given up on: whatever this attempt does later is none of the owner's business.
+        given_up = True
+        for listener in listeners:
+            if isinstance(listener, FrameListener):
+                listener.detach()
         attempt.add_done_callback(_disconnect_late_success)
         raise
     return transport

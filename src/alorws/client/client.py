@@ -166,9 +166,6 @@ class AlorClient(ClientStreams):
         self.endpoints: Endpoints = resolve_endpoints(env, base_url, oauth_url)
         self._cafile = cafile
         self.format = Format(format)
-        self.max_connections = max_connections
-        self.max_subscriptions_per_connection = max_subscriptions_per_connection
-        self.reserve_connections = reserve_connections
         self._backoff = backoff or Backoff()
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
@@ -204,6 +201,21 @@ class AlorClient(ClientStreams):
             f"<AlorClient {self.endpoints.http} {self._state.value} "
             f"refresh_token={redact(self._refresh_token)}>"
         )
+
+    @property
+    def max_connections(self) -> int:
+        """Connections allowed for the account, ``/cws`` included (the lane pool's budget)."""
+        return self._pool.max_connections
+
+    @property
+    def reserve_connections(self) -> int:
+        """Connections market data may not take (kept for account events and ``/cws``)."""
+        return self._pool.reserve_connections
+
+    @property
+    def max_subscriptions_per_connection(self) -> int:
+        """Subscriptions one ``/ws`` connection takes at most."""
+        return self._pool.max_subscriptions_per_connection
 
     # -- lifecycle ----------------------------------------------------------------------------
 

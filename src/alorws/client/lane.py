@@ -31,7 +31,13 @@ from typing import Any, Protocol
 import msgspec
 import picows
 
-from ..errors import AlorError, AuthError, ConnectionClosed, FrameError, LimitError, scrub
+from ..errors import (
+    AlorError,
+    AuthError,
+    ConnectionClosed,
+    ServerLimitExceeded,
+    scrub,
+)
 from ..protocol.backoff import Backoff
 from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
 from ..protocol.data_connection import (
@@ -51,15 +57,20 @@ from ..protocol.reconnect import ReconnectPolicy, Retry
 from ..protocol.registry import Subscription, SubscriptionRegistry
 from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
-from ._ws import FrameListener, reconnecting, settle, ws_connect
+from ._ws import (
+    FrameListener,
+    close_transport,
+    reconnecting,
+    send_or_drop,
+    settle,
+    ws_connect,
+)
 from .endpoints import check_url
 
 
 __all__ = ["Confirmations", "Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
 
 log = logging.getLogger("alorws.lane")
-
-_TEXT = picows.WSMsgType.TEXT
 
 
 class LaneKind(enum.StrEnum):
@@ -280,6 +291,9 @@ class Lane:
         self._drop_reason: str | None = None  # why we closed it ourselves, if we did
         self._lost: ConnectionClosed | None = None  # how the last attempt ended
         self._fatal: AuthError | None = None  # the refresh token was refused: stop, fail all
+        #: Called (by the pool) once the connect loop has ended for good, not by aclose():
+        #: the lane's streams have ended and it connects no more.
+        self.on_end: Callable[[Lane], None] | None = None
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
@@ -363,9 +377,7 @@ class Lane:
             msg = route(payload)
         except Exception as exc:  # route() raises FrameError; anything else is the frame's too
             self.bad_frames += 1
-            if not isinstance(exc, FrameError):
-                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
-            self._bad_log.report(exc)
+            self._bad_log.frame(exc, payload)
             return
         if type(msg) is DataMessage:
             sink = self._sinks.get(msg.guid)
@@ -378,16 +390,10 @@ class Lane:
             self._on_status(msg)
 
     def _on_status(self, reply: StatusReply) -> None:
-        conn = self._conn
-        conn.receive_status(reply.request_guid, reply.http_code, reply.message, time.monotonic())
-        # _after(), inlined: every reply of a restore burst comes through here.
-        events = conn.events_received()
-        if events:
-            self._dispatch(events)
-        if conn.has_data_to_send():
-            self._kick()
-        if conn.timer_moved:
-            self._wake.set()
+        self._conn.receive_status(
+            reply.request_guid, reply.http_code, reply.message, time.monotonic()
+        )
+        self._after()
 
     def _on_pong(self) -> None:
         self._conn.receive_pong(time.monotonic())
@@ -416,9 +422,11 @@ class Lane:
                     sink = self._sinks.pop(guid)
                     waiter = self._waiters.pop(guid, None)
                     placing = waiter is not None and _answer(waiter, guid, error)
-                    # A first subscribe refused for the server's limit is placed again by the
-                    # pool on another connection: its stream does not end here.
-                    if sink is not None and not (placing and isinstance(error, LimitError)):
+                    # A subscribe refused for the server's limit is placed again by the pool,
+                    # for every stream waiting for it, with the same buffers: they go on.
+                    if sink is not None and not (
+                        placing and isinstance(error, ServerLimitExceeded)
+                    ):
                         sink.close(error)
                 case Unsubscribed(guid=guid):
                     self._sinks.pop(guid)
@@ -518,25 +526,20 @@ class Lane:
         """Subscriptions the registry places on this lane (the server's 5000 limit counts them)."""
         return self._registry.count(self.id)
 
-    async def add(
-        self, sub: Subscription[SubscriptionRequest, int], sink: Sink
-    ) -> asyncio.Future[None]:
+    def add(self, sub: Subscription[SubscriptionRequest, int], sink: Sink) -> asyncio.Future[None]:
         """Start delivering a new subscription to ``sink`` and send it (or queue it until open).
 
         Returns a future that completes when the server confirms it (or fails with the
-        server's rejection).
+        server's rejection). Nothing raises here: without a token the subscribe stays queued
+        and the caller's timeout releases it.
         """
         self._sinks[sub.guid] = sink
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[sub.guid] = waiter
-        if self._conn.is_open:
-            token = await self._token()
-            if self._conn.subscribe(sub):
-                self._write_out(token)
-                return waiter
+        if self._conn.subscribe(sub):
+            self._kick()  # written by the flusher, with a token (a failure keeps it queued)
         else:
-            self._conn.subscribe(sub)  # goes out with the next restore
-        self.ensure_started()
+            self.ensure_started()  # it goes out with the next restore
         return waiter
 
     def add_many(
@@ -594,17 +597,16 @@ class Lane:
         waiter = self._waiters.pop(guid, None)
         if waiter is not None:
             _answer(waiter, guid, asyncio.CancelledError())
-        if not self._conn.is_open:
+        if not self._conn.send_unsubscribe(guid):
             return
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._close_waiters[guid] = closed
-        token = await self._token()
-        if self._conn.send_unsubscribe(guid):
-            self._write_out(token)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await asyncio.shield(closed)
-        self._close_waiters.pop(guid, None)
+        self._kick()  # written by the flusher (without a token it stays queued)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await asyncio.shield(closed)
+        if self._close_waiters.get(guid) is closed:
+            del self._close_waiters[guid]
 
     def watch(self, guid: str, timeout: float) -> None:
         """Subscribe ``guid`` again when it receives nothing for ``timeout`` seconds while the
@@ -626,12 +628,9 @@ class Lane:
         transport = self._transport
         if transport is None or self.state is not LaneState.OPEN:
             return False
-        try:
-            transport.send(_TEXT, frame)
-        except Exception as exc:  # a transport that died under us: the run loop notices
-            log.debug("lane %d: send failed: %r", self.id, exc)
-            return False
-        return True
+        # A transport that died under us is disconnected: the run loop sees the loss, and
+        # the rules restore what the burst did not write.
+        return send_or_drop(transport, frame)
 
     def _on_connected(self, transport: picows.WSTransport) -> None:
         self._transport = transport
@@ -654,22 +653,28 @@ class Lane:
         self.state = LaneState.CONNECTING
         self._disconnected.clear()
         self._close_info = None
-        return await ws_connect(
-            lambda: FrameListener(
-                self._on_frame,
-                self._on_disconnected,
-                on_close=self._on_close,
-                on_pong=self._on_pong,
-                on_connected=self._on_connected,
-            ),
-            self.url,
-            ssl_context=self._ssl,
-            step_timeout=self._connect_timeout,
-            attempts=self._attempts,
-            enable_auto_pong=True,
-            max_frame_size=64 * 1024 * 1024,
-            logger_name=f"alorws.lane{self.id}",
-        )
+        try:
+            return await ws_connect(
+                lambda: FrameListener(
+                    self._on_frame,
+                    self._on_disconnected,
+                    on_close=self._on_close,
+                    on_pong=self._on_pong,
+                    on_connected=self._on_connected,
+                ),
+                self.url,
+                ssl_context=self._ssl,
+                step_timeout=self._connect_timeout,
+                attempts=self._attempts,
+                enable_auto_pong=True,
+                max_frame_size=64 * 1024 * 1024,
+                logger_name=f"alorws.lane{self.id}",
+            )
+        except BaseException:
+            # ws_connect detached a given-up attempt's listener, but it may have been told of
+            # the transport just before: that one is not this lane's connection.
+            self._transport = None
+            raise
 
     def _connect_failed(self, exc: Exception) -> Retry:
         self.connect_failures += 1
@@ -680,21 +685,34 @@ class Lane:
         return Retry.LATER
 
     async def _run(self) -> None:
-        attempts = reconnecting(
-            lambda: self._connect(), ReconnectPolicy(self._backoff), self._connect_failed
-        )
-        async with contextlib.aclosing(attempts):
-            async for transport in attempts:
-                await self._serve(transport)
-                if self._closing or self._fatal is not None:
-                    break
-                self.state = LaneState.BACKOFF
-        if self._fatal is not None and not self._closing:
-            log.error("lane %d: %s; its streams end with that error", self.id, self._fatal)
-            self._fail_all(self._fatal)
-        elif not self._closing and self._lost is not None:
-            self._fail_all(self._lost)  # the backoff ran out
-        self.state = LaneState.CLOSED
+        ended = False
+        try:
+            attempts = reconnecting(
+                lambda: self._connect(), ReconnectPolicy(self._backoff), self._connect_failed
+            )
+            async with contextlib.aclosing(attempts):
+                async for transport in attempts:
+                    await self._serve(transport)
+                    if self._closing or self._fatal is not None:
+                        break
+                    self.state = LaneState.BACKOFF
+            ended = not self._closing
+            if self._fatal is not None and ended:
+                log.error("lane %d: %s; its streams end with that error", self.id, self._fatal)
+                self._fail_all(self._fatal)
+            elif ended:  # the backoff ran out
+                self._fail_all(self._lost or ConnectionClosed(None, "connection lost"))
+        except Exception as exc:  # a bug: end the streams with it rather than leave them waiting
+            log.exception("lane %d: the connection loop failed", self.id)
+            ended = not self._closing
+            if ended:
+                self._fail_all(exc)
+        finally:
+            self.state = LaneState.CLOSED
+        if ended and self.on_end is not None:
+            # The loop never runs again: the pool retires the lane (no new subscription may
+            # land on it) and forgets its subscriptions, whose streams ended above.
+            self.on_end(self)
 
     async def _serve(self, transport: picows.WSTransport) -> None:
         """One connection: restore, run the timer until it is gone, then record the loss."""
@@ -754,12 +772,7 @@ class Lane:
         self._closing = True
         transport = self._transport
         if transport is not None:
-            with contextlib.suppress(Exception):
-                transport.send_close(picows.WSCloseCode.OK)
-            transport.disconnect()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await transport.wait_disconnected()
+            await close_transport(transport)
         tasks = [t for t in (self._task, self._flusher) if t is not None]
         for task in tasks:
             task.cancel()

@@ -85,7 +85,6 @@ from ..errors import (
     ConfigurationError,
     ConnectError,
     ConnectionClosed,
-    FrameError,
     InvalidArgumentError,
     InvalidState,
     TokenRejected,
@@ -114,7 +113,14 @@ from ..protocol.commands import (
 )
 from ..protocol.reconnect import ReconnectPolicy, Retry
 from ._badframes import BadFrameLog
-from ._ws import FrameListener, reconnecting, settle, ws_connect
+from ._ws import (
+    FrameListener,
+    close_transport,
+    reconnecting,
+    send_or_drop,
+    settle,
+    ws_connect,
+)
 from .auth import RotatingTokenSource
 from .endpoints import check_url
 from .order_methods import OrderAck, OrderMethods
@@ -123,8 +129,6 @@ from .order_methods import OrderAck, OrderMethods
 __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
 
 log = logging.getLogger("alorws.orders")
-
-_TEXT = picows.WSMsgType.TEXT
 
 
 class _Conn:
@@ -354,14 +358,7 @@ class OrderClient(OrderMethods):
         transport = conn.transport
         if transport is None or conn.closed.is_set():
             return False
-        try:
-            transport.send(_TEXT, frame)
-        except Exception as exc:  # a transport that died under us: drop it, the loop reconnects
-            log.debug("cws: send failed: %r", exc)
-            with contextlib.suppress(Exception):
-                transport.disconnect(graceful=False)
-            return False
-        return True
+        return send_or_drop(transport, frame)  # a dead transport is dropped: the loop reconnects
 
     # -- replies ------------------------------------------------------------------------------
 
@@ -370,9 +367,7 @@ class OrderClient(OrderMethods):
             reply = decode_status(payload)  # /cws sends only status replies (docs/protocol.md §6.1)
         except Exception as exc:  # FrameError, or anything else: the frame's fault either way
             self._bad_frames += 1
-            if not isinstance(exc, FrameError):
-                exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", payload)
-            self._bad_log.report(exc)
+            self._bad_log.frame(exc, payload)
             return
         guid = reply.request_guid
         waiter = conn.auth_waiters.get(guid)
@@ -616,13 +611,7 @@ class OrderClient(OrderMethods):
         self._unlisten()
         conn = self._conn
         if conn is not None and conn.transport is not None:
-            transport = conn.transport
-            with contextlib.suppress(Exception):
-                transport.send_close(picows.WSCloseCode.OK)
-            transport.disconnect()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await transport.wait_disconnected()
+            await close_transport(conn.transport)
         tasks = [t for t in (self._task, conn.reauth if conn else None) if t is not None]
         for task in tasks:
             task.cancel()

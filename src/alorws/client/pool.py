@@ -30,7 +30,9 @@ streams, so new lanes open and placed parts go out while the rest is placed, and
 live lanes never wait long.
 
 Lanes are never closed before the client is (an empty one stays for later subscriptions), so
-the count of lanes is the count of ``/ws`` connections.
+the count of lanes is the count of ``/ws`` connections; but a lane whose connect loop ended
+for good (the backoff ran out, or the refresh token was refused: its streams ended with that
+error) is retired, with its subscriptions, and the next subscription opens a new one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -130,6 +133,8 @@ class LanePool:
         self.max_subscriptions_per_connection = max_subscriptions_per_connection
         self.subscribe_timeout = subscribe_timeout
         self._cafile = cafile
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_built = False
         self._backoff = backoff
         self._ping = (ping_interval, ping_timeout)
         self.lanes: dict[int, Lane] = {}
@@ -142,6 +147,7 @@ class LanePool:
         # Lane -> how many subscriptions it held when the server refused one more for its
         # limit (429): the lane's real capacity, lower than ours.
         self._caps: dict[int, int] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # aclose() of retired lanes
 
     # -- the budget ---------------------------------------------------------------------------
 
@@ -167,9 +173,10 @@ class LanePool:
         for lane in lanes:
             if self._room(lane.id) > 0:
                 return lane
+        context = self._ssl_context()  # outside the lock: loading the CA store takes a while
         with self._budget:
             self._check_budget(kind, lanes)
-            lane = self._open(kind)
+            lane = self._open(kind, context)
         lane.ensure_started()
         return lane
 
@@ -204,7 +211,14 @@ class LanePool:
             "unsubscribe something or raise the budget. Nothing was sent."
         )
 
-    def _open(self, kind: LaneKind) -> Lane:
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context every lane shares (None for ``ws://``), built on first use."""
+        if not self._ssl_built:
+            self._ssl = ssl_context_for(self.url, cafile=self._cafile)
+            self._ssl_built = True
+        return self._ssl
+
+    def _open(self, kind: LaneKind, context: ssl.SSLContext | None) -> Lane:
         """A new lane of ``kind``, with the taps (lock held)."""
         lane_id = self._next_lane
         self._next_lane += 1
@@ -215,15 +229,43 @@ class LanePool:
             self.registry,
             self._token,
             self._refresh,
-            ssl_context=ssl_context_for(self.url, cafile=self._cafile),
+            ssl_context=context,
             backoff=self._backoff,
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
         )
         for tap in self.taps:
             lane.add_tap(tap)
+        lane.on_end = self._retire
         self.lanes[lane_id] = lane
         return lane
+
+    def _retire(self, lane: Lane) -> None:
+        """``lane``'s connect loop ended for good (the backoff ran out, or the refresh token
+        was refused) and its streams ended with the error: take it out of the pool, so no new
+        subscription lands on a lane that never connects again (or shares one of its
+        subscriptions), and forget its subscriptions; its connection leaves the budget."""
+        with self._budget:
+            if self.lanes.get(lane.id) is not lane:
+                return
+            del self.lanes[lane.id]
+        self._caps.pop(lane.id, None)
+        registry = self.registry
+        registry.connection_lost(lane.id)  # PENDING ones wait as RESTORING; CLOSING ones close
+        for sub in registry.subscriptions():
+            if sub.connection_id == lane.id:
+                while registry.get(sub.guid) is not None:
+                    registry.unsubscribe(sub.guid)  # RESTORING: closes with the last holder
+        task = asyncio.get_running_loop().create_task(
+            lane.aclose(), name=f"alorws-lane-{lane.id}-retire"
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.warning(
+            "lane %d retired: %s; new subscriptions open another connection",
+            lane.id,
+            lane.last_error,
+        )
 
     async def _token(self) -> str:
         assert self.tokens is not None
@@ -237,41 +279,57 @@ class LanePool:
 
     async def subscribe(self, stream: Stream[Any]) -> tuple[str, int]:
         """Subscribe ``stream`` (sharing an identical live subscription) and wait for the
-        confirmation; returns ``(guid, lane id)``."""
+        confirmation; returns ``(guid, lane id)``.
+
+        A subscription the server refuses for its limit (429) is placed again, for every
+        stream waiting for it: the first to see the refusal places it anew and the others
+        share that one.
+        """
         request = stream.request
-        existing = self.registry.find(request)
-        if existing is not None and existing.is_live:
-            sub = self.registry.subscribe(request, existing.connection_id).subscription
-            lane = self.lanes[sub.connection_id]
-            lane.attach(sub.guid, stream._buffer)
-            if stream.silence_timeout:
-                lane.watch(sub.guid, stream.silence_timeout)
-            if sub.state is not SubscriptionState.ACTIVE:
-                waiter = lane.confirmation(sub.guid)
-                if waiter is not None:
-                    await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
-            return sub.guid, lane.id
-        kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
         while True:
+            existing = self.registry.find(request)
+            if existing is not None and existing.is_live:
+                sub = self.registry.subscribe(request, existing.connection_id).subscription
+                lane = self.lanes[sub.connection_id]
+                lane.attach(sub.guid, stream._buffer)
+                if stream.silence_timeout:
+                    lane.watch(sub.guid, stream.silence_timeout)
+                if sub.state is not SubscriptionState.ACTIVE:
+                    waiter = lane.confirmation(sub.guid)
+                    if waiter is not None:
+                        try:
+                            await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+                        except ServerLimitExceeded:
+                            continue  # whoever placed it learnt the lane's limit
+                return sub.guid, lane.id
+            kind = LaneKind.ACCOUNT if stream.account else LaneKind.MARKET
             lane = self._pick(kind)  # raises ConnectionLimitError once the budget is used
             sub = self.registry.subscribe(request, lane.id).subscription
-            waiter = await lane.add(sub, stream._buffer)
+            waiter = lane.add(sub, stream._buffer)
             if stream.silence_timeout:
                 lane.watch(sub.guid, stream.silence_timeout)
             try:
                 await self._confirm(waiter, sub.guid, lane, stream)
             except ServerLimitExceeded as exc:
-                # The server's limit for this connection is lower than ours: it is full.
-                self._caps[lane.id] = self.registry.count(lane.id)
-                log.warning(
-                    "lane %d: the server refused subscription %d on it (%s); placing it on "
-                    "another connection",
-                    lane.id,
-                    self.registry.count(lane.id) + 1,
-                    exc.message,
-                )
+                self._full(lane, [exc])
                 continue
             return sub.guid, lane.id
+
+    def _full(self, lane: Lane, refused: list[ServerLimitExceeded]) -> None:
+        """The server refused ``refused`` for its limit on ``lane``: it holds what it has and
+        takes nothing more. The lowest count learnt stays (a later refusal after unsubscribes
+        may count fewer; a count never raises it again)."""
+        count = self.registry.count(lane.id)
+        cap = self._caps.get(lane.id)
+        self._caps[lane.id] = count if cap is None else min(cap, count)
+        log.warning(
+            "lane %d: the server refused %d subscription(s) beyond the %d it holds (%s); "
+            "placing them on another connection",
+            lane.id,
+            len(refused),
+            count,
+            refused[0].message,
+        )
 
     async def subscribe_many(
         self, streams: Sequence[Stream[Any]]
@@ -323,7 +381,6 @@ class LanePool:
             for i, lane, guid, _ in batch.joined:
                 lane.detach(guid, streams[i]._buffer)
             raise
-        registry = self.registry
         again: list[int] = []
         cleanup: list[Coroutine[Any, Any, None]] = []
         refused: dict[Lane, list[ServerLimitExceeded]] = {}
@@ -357,16 +414,7 @@ class LanePool:
                     for j in holders:
                         results[j] = error
         for lane, errors in refused.items():
-            # The server's limit for this connection is lower than ours: it is full.
-            self._caps[lane.id] = registry.count(lane.id)
-            log.warning(
-                "lane %d: the server refused %d subscription(s) beyond the %d it holds (%s); "
-                "placing them on another connection",
-                lane.id,
-                len(errors),
-                self._caps[lane.id],
-                errors[0].message,
-            )
+            self._full(lane, errors)  # the server's limit for this connection is below ours
         for i, lane, guid, waiter in batch.joined:
             if not waiter.done():
                 results[i] = self._timed_out(streams[i], lane)
@@ -375,8 +423,11 @@ class LanePool:
                 results[i] = asyncio.CancelledError()
                 self._release_failed(guid, lane, streams[i])
             elif (error := waiter.exception()) is not None:
-                results[i] = error
                 self._release_failed(guid, lane, streams[i])
+                if isinstance(error, ServerLimitExceeded):
+                    again.append(i)  # placed again, like the holder that placed it
+                else:
+                    results[i] = error
             else:
                 results[i] = (guid, lane.id)
         if cleanup:
@@ -511,7 +562,9 @@ class LanePool:
     async def aclose(self) -> None:
         """Close every lane."""
         lanes = list(self.lanes.values())
-        await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+        await asyncio.gather(
+            *(lane.aclose() for lane in lanes), *self._retiring, return_exceptions=True
+        )
 
     def stats(self) -> list[dict[str, Any]]:
         """Each lane's stats (any thread)."""

@@ -70,7 +70,7 @@ from ..client.sources import (
 )
 from ..client.streams import ClientStreams, Stream
 from ..client.whole import filter_for
-from ..errors import ConfigurationError, FrameError, InvalidState, scrub
+from ..errors import ConfigurationError, InvalidState, scrub
 from ..lifecycle import Lifecycle
 from ..protocol.codec import STREAM_MODELS, DataMessage, model_for, route
 from ..protocol.enums import SubscriptionOpcode
@@ -374,10 +374,7 @@ class Replay(ClientStreams):
                         buffer.push(frame)
                 else:  # one bad recorded frame is skipped, counted and logged
                     self.bad_frames += 1
-                    if not isinstance(exc, FrameError):
-                        raw = frame if isinstance(frame, bytes | str) else None
-                        exc = FrameError(f"unreadable frame: {type(exc).__name__}: {exc}", raw)
-                    self._bad_log.report(exc)
+                    self._bad_log.frame(exc, frame if isinstance(frame, bytes | str) else None)
                     continue
                 msg = None
             if isinstance(msg, DataMessage):

@@ -27,8 +27,14 @@ How the next subscription is fed is set by ``POST /feed/config`` (JSON), read ba
 The last frame of every stream carries ``"volume": LAST_VOLUME`` (a sentinel for consumers that
 conflate: a volume no quote of this feed has, and one the ``Quote`` model accepts).
 
-    python bench/_feed.py                          # self-check: feed ceiling, ~2 s
-    python bench/_feed.py --serve [--port 0] [--cpu 1]   # serve; prints "url: http://..."
+TLS: with ``--cert``/``--key`` (PEM) it serves ``https``/``wss``. ``FeedProcess(tls=True)``
+generates a self-signed certificate for ``127.0.0.1`` and ``localhost`` at run time (the
+simulator's ``make_self_signed_cert``: the ``cryptography`` package if installed, else the
+``openssl`` command) and gives the clients its ``cafile`` and ``client_ssl()``.
+
+    python bench/_feed.py [--tls]                  # self-check: feed ceiling, ~2 s
+    python bench/_feed.py --serve [--port 0] [--cpu 1] [--cert C --key K]
+                                                   # serve; prints "url: http(s)://..."
 
 The benches import the client-side helpers below (``FeedProcess``, ``pin``, ``percentile``).
 """
@@ -43,8 +49,10 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import deque
@@ -154,6 +162,9 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 _BLAST_CHUNK = 256
+# Paced: sleep until this close to the next frame, then turn the loop until it is due (a sleep
+# overshoots by 15-25 µs on a VM even with a timer slack of 1 µs).
+_SLEEP_NS = 30_000
 
 
 class Feed:
@@ -387,6 +398,7 @@ class FeedProtocol(asyncio.Protocol):
             "t_generated_ns": None,
             "t_flushed_ns": None,
             "peak_unread": 0,
+            "writes": 0,  # paced: batches generated (frames / writes: how bursty the feed was)
             "closed": False,
         }
         self.stream = stats
@@ -451,11 +463,20 @@ class FeedProtocol(asyncio.Protocol):
                 self.pending_frames += k
                 sent = due
                 stats["generated"] = sent
+                stats["writes"] += 1
                 self._flush()
                 unread = self._unread()
                 if unread > peak:
                     peak = unread
                     stats["peak_unread"] = peak
+            # Sleep until shortly before the next frame is due instead of spinning all along,
+            # so a paced run does not take a whole core of a shared machine (a sleep ends tens
+            # of µs late: the last stretch spins). The loop still turns between frames (the
+            # client's requests, flow control); its own timers would not do: they round to
+            # whole milliseconds.
+            wait = start + sent * interval - clock()
+            if wait > _SLEEP_NS:
+                time.sleep((wait - _SLEEP_NS) / 1e9)  # noqa: ASYNC251 - sub-ms, on purpose
             await asyncio.sleep(0)
         stats["t_generated_ns"] = clock()
         while self.pending or self._unread():  # noqa: ASYNC110 - transport has no drain event
@@ -477,12 +498,19 @@ class FeedProtocol(asyncio.Protocol):
             transport.write(batch)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, cert: str | None = None, key: str | None = None) -> None:
     feed = Feed()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FeedProtocol(feed), host, port, backlog=128)
+    context = None
+    if cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    server = await loop.create_server(
+        lambda: FeedProtocol(feed), host, port, backlog=128, ssl=context
+    )
     bound = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"url: http://{host}:{bound}\n")
+    scheme = "https" if context is not None else "http"
+    sys.stdout.write(f"url: {scheme}://{host}:{bound}\n")
     sys.stdout.flush()
     async with server:
         await server.serve_forever()
@@ -504,17 +532,31 @@ def pin(cpu: int | None) -> str:
 
 
 class FeedProcess:
-    """Starts ``bench/_feed.py --serve`` in a subprocess; ``url``, ``config()``, ``stats()``."""
+    """Starts ``bench/_feed.py --serve`` in a subprocess; ``url``, ``config()``, ``stats()``.
 
-    def __init__(self, cpu: int | None = None) -> None:
+    With ``tls=True`` it serves ``https``/``wss`` with a self-signed certificate made for this
+    run; clients trust it through :attr:`cafile` (a PEM file) or :meth:`client_ssl`.
+    """
+
+    def __init__(self, cpu: int | None = None, *, tls: bool = False) -> None:
         self.cpu = cpu
+        self.tls = tls
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.cafile: str | None = None
+        self._certs: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> FeedProcess:
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--port", "0"]
         if self.cpu is not None:
             cmd += ["--cpu", str(self.cpu)]
+        if self.tls:
+            from alorws.sim.app import make_self_signed_cert
+
+            self._certs = tempfile.TemporaryDirectory(prefix="alorws-feed-")
+            cert, key = make_self_signed_cert(self._certs.name)
+            self.cafile = cert
+            cmd += ["--cert", cert, "--key", key]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -532,17 +574,26 @@ class FeedProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self._certs is not None:
+            self._certs.cleanup()
+            self._certs = None
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + "/ws"
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """A verifying TLS context that trusts this feed's certificate (None without TLS)."""
+        if self.cafile is None:
+            return None
+        return ssl.create_default_context(cafile=self.cafile)
 
     def _http(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.url + path, data=data, method="GET" if data is None else "POST"
         )
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.client_ssl()) as r:
             result: dict[str, Any] = json.loads(r.read())
             return result
 
@@ -581,10 +632,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 # -- self-check -----------------------------------------------------------------------------
 
 
-async def _self_check(n: int, cpu: int | None) -> None:
+async def _self_check(n: int, cpu: int | None, tls: bool = False) -> None:
     import picows
 
-    with FeedProcess(cpu=None if cpu is None else cpu + 1) as feed:
+    with FeedProcess(cpu=None if cpu is None else cpu + 1, tls=tls) as feed:
         feed.config(mode="blast", n=n)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[int] = loop.create_future()
@@ -597,16 +648,28 @@ async def _self_check(n: int, cpu: int | None) -> None:
                 if self.count == n + 1 and not done.done():  # + the status reply
                     done.set_result(time.perf_counter_ns())
 
-        transport, _ = await picows.ws_connect(Counter, feed.ws_url)
+        transport, _ = await picows.ws_connect(Counter, feed.ws_url, ssl_context=feed.client_ssl())
         transport.send(picows.WSMsgType.TEXT, subscribe_frame("self-check"))
         end = await asyncio.wait_for(done, 60)
         stats = feed.stats()
         transport.disconnect()
         secs = (end - stats["t_first_ns"]) / 1e9
         print(
-            f"feed self-check: {n:,} quote frames of {stats['frame_bytes']} bytes into a picows "
-            f"reader that only counts them: {n / secs:,.0f} frames/s (the benches' ceiling)"
+            f"feed self-check{' (TLS)' if tls else ''}: {n:,} quote frames of "
+            f"{stats['frame_bytes']} bytes into a picows reader that only counts them: "
+            f"{n / secs:,.0f} frames/s (the benches' ceiling)"
         )
+
+
+def _fine_timer_slack() -> None:
+    """Let this process's sleeps end within ~1 µs of their deadline (Linux; the default slack
+    of 50 µs is the gap between two frames at 20,000/s)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in ns
 
 
 def main() -> None:
@@ -616,14 +679,18 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     p.add_argument("--frames", type=int, default=300_000, help="self-check frames")
+    p.add_argument("--cert", default=None, help="serve TLS with this PEM certificate")
+    p.add_argument("--key", default=None, help="the certificate's PEM private key")
+    p.add_argument("--tls", action="store_true", help="self-check over TLS")
     args = p.parse_args()
     if args.serve:
         pin(args.cpu)
+        _fine_timer_slack()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.host, args.port))
+            asyncio.run(serve(args.host, args.port, args.cert, args.key))
         return
     pin(0)
-    asyncio.run(_self_check(args.frames, 0))
+    asyncio.run(_self_check(args.frames, 0, args.tls))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ to every stack, one stack at a time, in the same run:
   buffers, no thread: the ceiling of the client's design), and **picows, no decode** (the
   feed's and transport's ceiling, showing the feed is not the bottleneck).
 
-Three scenarios:
+Four scenarios:
 
 1. throughput: ``--frames`` frames blasted as fast as the socket takes them; messages/s = frames /
    (feed's first write -> consumer has the last frame), ``--repeat`` round-robin rounds; ratios are
@@ -37,11 +37,30 @@ Three scenarios:
    the same round, median over the rounds; and in the quiet slices (each stack's lower quartile
    of its per-slice p99s: this VM's pauses of milliseconds land in a few slices and would
    otherwise decide p99). The goal asks both to hold. ``io_thread=False`` (network in the
-   consumer's loop) is shown to separate the thread handoff from the rest.
+   consumer's loop) is shown to separate the thread handoff from the rest;
+4. cpu: the same paced feed at a steady ``--cpu-rate`` (20,000 frames/s) for ``--cpu-seconds``
+   per stack and round, ``--cpu-rounds`` round-robin rounds (order rotated), every stack above
+   plus alorws with ``io_thread=False``. At a steady rate nearly every frame arrives in a socket
+   read of its own, so this shows what a stack pays per wake-up where a blast shows what it pays
+   per message. Reported: CPU time of this process (every thread, ``time.process_time``) from
+   the consumer's first message to its last, per frame sent, and the share of one core; "CPU vs
+   bare loop" is paired, per round against the picows + msgspec reader's run of the same round,
+   median over the rounds; and for alorws the consumer's wake-ups per message pushed.
+
+``--coalesce-us 200,1000`` adds an alorws queue stack per value, with
+``AlorClient(coalesce_us=...)``, to the latency and cpu scenarios.
+
+TLS: ``--tls`` runs the selected scenarios over plain ws, then again over wss; ``--tls-only`` runs
+only the latter. The feed serves TLS with a self-signed certificate generated for ``127.0.0.1``
+at run time (the simulator's ``make_self_signed_cert``: the ``cryptography`` package when
+installed, else the ``openssl`` command), and every stack verifies it with that CA (alorws:
+``AlorClient(cafile=...)``; the others an ``ssl.SSLContext`` loaded from it). ALOR serves wss
+only. The goals are printed per transport, then the ratios of both side by side.
 
     python bench/throughput.py [--frames 100000] [--repeat 5] [--latency-seconds 10]
-                               [--only throughput,burst,latency] [--latency-alorpy] [--no-pin]
-                               [--loop uvloop|asyncio] [--strict]
+                               [--only throughput,burst,latency,cpu] [--latency-alorpy]
+                               [--cpu-seconds 3] [--cpu-rounds 3] [--coalesce-us 200,1000]
+                               [--tls | --tls-only] [--no-pin] [--loop uvloop|asyncio] [--strict]
 
 Every event loop of the bench (the base's, the consumer's, the client's I/O loop) runs on uvloop
 where it is installed (the dev extras install it; docs/client.md recommends it for latency), or
@@ -49,8 +68,9 @@ on asyncio's own with ``--loop asyncio``. The AlorPy baseline reads in its own t
 websockets' sync client and uses no event loop.
 
 Goals: lossless typed quotes >= 7x the AlorPy pattern, latest >= 15x, peak unread of
-the burst < 1,000, added p99 latency <= 150 us. ``--strict`` exits 1 when one is missed (the
-machine is noisy: the default run only reports).
+the burst < 1,000, added p99 latency <= 150 us, CPU at the steady rate with the I/O thread <= 1.2x
+the bare picows + msgspec loop. ``--strict`` exits 1 when one is missed (the machine is noisy:
+the default run only reports).
 """
 
 from __future__ import annotations
@@ -61,7 +81,9 @@ import gc
 import importlib.util
 import json
 import logging
+import os
 import resource
+import ssl
 import statistics
 import sys
 import time
@@ -112,12 +134,22 @@ Consume = Callable[[Any], None]
 
 
 async def alorws_stack(
-    feed: FeedProcess, n: int, policy: str, consume: Consume | None = None, io_thread: bool = True
+    feed: FeedProcess,
+    n: int,
+    policy: str,
+    consume: Consume | None = None,
+    io_thread: bool = True,
+    **options: Any,
 ) -> Run:
     """AlorClient, one quotes stream; the consumer in this loop, the network in the I/O thread
-    (or in this loop too, with ``io_thread=False``)."""
+    (or in this loop too, with ``io_thread=False``). ``options`` go to ``AlorClient``."""
     async with AlorClient(
-        "bench", base_url=feed.url, backoff=FAST_BACKOFF, io_thread=io_thread
+        "bench",
+        base_url=feed.url,
+        cafile=feed.cafile,
+        backoff=FAST_BACKOFF,
+        io_thread=io_thread,
+        **options,
     ) as client:
         async with client.quotes(SYMBOL, policy=policy, max_buffer=n + 16) as stream:
             acc = 0.0
@@ -148,13 +180,8 @@ async def alorws_stack(
                 end = time.perf_counter_ns()
             sstats = stream.stats()
             received = client.stats()["messages"] - 1  # minus the status reply
-    return Run(
-        n,
-        end,
-        delivered=delivered,
-        received=received,
-        extra={"max_depth": sstats["max_depth"], "conflated": sstats["conflated"]},
-    )
+    extra = {k: sstats[k] for k in ("max_depth", "conflated", "pushed", "wakeups", "parks")}
+    return Run(n, end, delivered=delivered, received=received, extra=extra)
 
 
 class _Event:
@@ -235,9 +262,15 @@ class _DictQuote:
         self.volume = data["volume"]
 
 
+def _aiohttp_ssl(feed: FeedProcess) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl=``: the feed's CA over TLS, the default (verify) otherwise."""
+    return feed.client_ssl() or True
+
+
 async def _token(feed: FeedProcess) -> str:
     async with aiohttp.ClientSession() as session:
-        async with session.post(feed.url + "/refresh", params={"token": "bench"}) as r:
+        url = feed.url + "/refresh"
+        async with session.post(url, params={"token": "bench"}, ssl=_aiohttp_ssl(feed)) as r:
             return str((await r.json())["AccessToken"])
 
 
@@ -280,8 +313,11 @@ async def alorpy_stack(feed: FeedProcess, n: int, consume: Consume | None = None
     token = await _token(feed)
     app, state = _alorpy_app(n, consume)
 
+    # websockets refuses ssl= for a ws:// URI: pass it only over TLS.
+    tls: dict[str, Any] = {"ssl": feed.client_ssl()} if feed.tls else {}
+
     def thread() -> None:
-        with sync_connect(feed.ws_url, max_size=None) as ws:
+        with sync_connect(feed.ws_url, max_size=None, **tls) as ws:
             ws.send(_alorpy_subscribe(app, token))
             app.read_sync(ws, n, lambda: state[0])
 
@@ -297,7 +333,9 @@ async def alorpy_aiohttp_stack(feed: FeedProcess, n: int, consume: Consume | Non
     token = await _token(feed)
     app, state = _alorpy_app(n, consume, done.set_result)
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(feed.ws_url, max_msg_size=0, autoping=True) as ws:
+        async with session.ws_connect(
+            feed.ws_url, max_msg_size=0, autoping=True, ssl=_aiohttp_ssl(feed)
+        ) as ws:
             await ws.send_str(_alorpy_subscribe(app, token))
             task = loop.create_task(app.read_aiohttp(ws))
             await done
@@ -333,8 +371,11 @@ class _PicowsReader(picows.WSListener):  # type: ignore[misc]
                 self.acc += q.last_price
             else:
                 self.consume(q)
-        elif frame.get_payload_as_memoryview()[2:6] != b"data":
-            return  # the status reply
+        else:
+            if frame.get_payload_as_memoryview()[2:6] != b"data":
+                return  # the status reply
+            if self.consume is not None:
+                self.consume(None)  # counted only (the CPU window)
         self.count += 1
         if self.count == self.n and not self.done.done():
             self.done.set_result(time.perf_counter_ns())
@@ -346,7 +387,10 @@ async def picows_stack(
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     transport, _ = await picows.ws_connect(
-        lambda: _PicowsReader(n, done, decode, consume), feed.ws_url, max_frame_size=1 << 24
+        lambda: _PicowsReader(n, done, decode, consume),
+        feed.ws_url,
+        ssl_context=feed.client_ssl(),
+        max_frame_size=1 << 24,
     )
     try:
         transport.send(_TEXT, subscribe_frame("picows-1"))
@@ -545,6 +589,8 @@ async def scenario_latency(
             lambda out: lambda f, n: alorws_stack(f, n, "queue", sampler(out), io_thread=False),
         ),
     ]
+    for name, make in _coalesce_stacks(args):
+        stacks.append((name, lambda out, make=make: make(sampler(out))))  # type: ignore[misc]
     if args.latency_alorpy:
         stacks.append(
             (
@@ -620,19 +666,142 @@ async def scenario_latency(
     return added_p99[mine], quiet[mine][1] - quiet[base_name][1], max(base_p99) - min(base_p99)
 
 
-async def run(args: argparse.Namespace) -> bool:
-    with FeedProcess(cpu=None if args.no_pin else 1) as feed:
+class _CpuWindow:
+    """A consumer that counts: CPU time of this process (every thread) and wall time from the
+    first message taken to the last (the feed's sentinel, or the ``n``-th), so connecting,
+    subscribing and shutting down stay out of the window."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.cpu0 = self.cpu1 = 0.0
+        self.t0 = self.t1 = 0
+
+    def __call__(self, q: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.t0 = time.perf_counter_ns()
+            self.cpu0 = time.process_time()
+        elif self.count == self.n or (q is not None and q.volume == LAST_VOLUME):
+            self.cpu1 = time.process_time()
+            self.t1 = time.perf_counter_ns()
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU µs per frame the feed sent in the window (taken or conflated)."""
+        return (self.cpu1 - self.cpu0) / max(self.n - 1, 1) * 1e6
+
+    @property
+    def core(self) -> float:
+        """Share of one core busy in the window."""
+        return (self.cpu1 - self.cpu0) / max(self.t1 - self.t0, 1) * 1e9
+
+
+def _coalesce_stacks(
+    args: argparse.Namespace,
+) -> list[tuple[str, Callable[[Consume], Stack]]]:
+    """``--coalesce-us``: the alorws queue stack with ``AlorClient(coalesce_us=...)``."""
+    out: list[tuple[str, Callable[[Consume], Stack]]] = []
+    for us in args.coalesce:
+
+        def make(consume: Consume, us: int = us) -> Stack:
+            return lambda f, n: alorws_stack(f, n, "queue", consume, coalesce_us=us)
+
+        out.append((f"alorws queue, coalesce_us={us}", make))
+    return out
+
+
+CPU_BASE = "picows + msgspec in the reader (base)"
+CPU_MINE = "alorws queue (I/O thread)"
+
+
+async def scenario_cpu(feed: FeedProcess, args: argparse.Namespace) -> dict[str, float]:
+    # Steady rate: every frame arrives in a socket read of its own, so this is what a stack
+    # pays per wake-up, where a blast shows what it pays per message.
+    rounds = max(1, args.cpu_rounds)
+    n = int(args.cpu_rate * args.cpu_seconds)
+    cfg = {"mode": "paced", "rate": args.cpu_rate}
+    stacks: list[tuple[str, Callable[[Consume], Stack]]] = [
+        (CPU_BASE, lambda c: lambda f, n: picows_stack(f, n, True, c)),
+        (CPU_MINE, lambda c: lambda f, n: alorws_stack(f, n, "queue", c)),
+        (
+            "alorws queue, io_thread=False",
+            lambda c: lambda f, n: alorws_stack(f, n, "queue", c, io_thread=False),
+        ),
+        ("alorws latest (I/O thread)", lambda c: lambda f, n: alorws_stack(f, n, "latest", c)),
+        *_coalesce_stacks(args),
+        (ALORPY, lambda c: lambda f, n: alorpy_stack(f, n, c)),
+        (ALORPY_AIOHTTP, lambda c: lambda f, n: alorpy_aiohttp_stack(f, n, c)),
+        ("picows, no decode", lambda c: lambda f, n: picows_stack(f, n, False, c)),
+    ]
+    windows: dict[str, list[_CpuWindow]] = {name: [] for name, _ in stacks}
+    wakes: dict[str, list[float]] = {name: [] for name, _ in stacks}
+    for r in range(rounds):
+        # Rotate the order each round, as the latency scenario does.
+        for name, make in stacks[r % len(stacks) :] + stacks[: r % len(stacks)]:
+            window = _CpuWindow(n)
+            run = await measure(feed, make(window), n, **cfg)
+            windows[name].append(window)
+            if "wakeups" in run.extra:
+                wakes[name].append(run.extra["wakeups"] / max(run.extra["pushed"], 1))
+    print(
+        f"\n4. CPU at a steady rate: {args.cpu_rate:,.0f} frames/s, {args.cpu_seconds:g} s per "
+        f"stack and round, {rounds} rounds (round robin, order rotated); CPU time of this "
+        "process\n(every thread) from the first message taken to the last, per frame sent, "
+        "and the share of one core. vs bare loop: paired, per round against\nthe base's run "
+        "of the same round, median over the rounds (range in brackets)."
+    )
+    head = (
+        f"{'stack':<40} {'CPU µs/msg':>11} {'% core':>7} {'vs bare loop':>13} "
+        f"{'(range)':>13} {'msgs/s':>8}  notes"
+    )
+    print(head)
+    print("-" * (len(head) + 20))
+    ratios: dict[str, float] = {}
+    base = windows[CPU_BASE]
+    for name, _ in stacks:
+        ws = windows[name]
+        cpu = statistics.median(w.cpu_us for w in ws)
+        core = statistics.median(w.core for w in ws)
+        rate = statistics.median((w.n - 1) / max(w.t1 - w.t0, 1) * 1e9 for w in ws)
+        paired = [mine.cpu_us / theirs.cpu_us for mine, theirs in zip(ws, base, strict=True)]
+        ratios[name] = statistics.median(paired)
+        span = f"({min(paired):.2f}-{max(paired):.2f})"
+        note = f"wake-ups {statistics.median(wakes[name]):.2f}/msg" if wakes[name] else ""
+        print(
+            f"{name:<40} {cpu:>11.2f} {core:>7.0%} {ratios[name]:>12.2f}x {span:>13} "
+            f"{rate:>8,.0f}  {note}"
+        )
+    print(
+        "wake-ups/msg: times the consumer was woken per message pushed (1.00: every frame "
+        "wakes it; with the I/O thread\neach is a pipe write and a switch between threads)."
+    )
+    return ratios
+
+
+async def run_transport(args: argparse.Namespace, tls: bool) -> dict[str, Any]:
+    """Every selected scenario on one feed (plain ws, or wss with ``tls``)."""
+    out: dict[str, Any] = {}
+    with FeedProcess(cpu=None if args.no_pin else 1, tls=tls) as feed:
         where = "not pinned" if args.no_pin else f"bench {args.pinned}, feed on the other CPU"
         print(
-            f"Python {sys.version.split()[0]} ({args.loop} loops); "
+            f"\n=== {'TLS (wss, self-signed CA generated for this run)' if tls else 'plain ws'}"
+            f" ===\nPython {sys.version.split()[0]} ({args.loop} loops); "
             "feed: bench/_feed.py, a raw asyncio server in its "
-            f"own process ({feed.url}; {where}); one Simple quote stream per run"
+            f"own process ({feed.url}; {where}); one Simple quote stream per run; "
+            f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
         todo = set(args.only.split(","))
-        ratios = await scenario_throughput(feed, args) if "throughput" in todo else {}
-        peak = await scenario_burst(feed, args) if "burst" in todo else None
-        latency = await scenario_latency(feed, args) if "latency" in todo else None
+        out["ratios"] = await scenario_throughput(feed, args) if "throughput" in todo else {}
+        out["peak"] = await scenario_burst(feed, args) if "burst" in todo else None
+        out["latency"] = await scenario_latency(feed, args) if "latency" in todo else None
+        out["cpu"] = await scenario_cpu(feed, args) if "cpu" in todo else {}
+    return out
+
+
+def goals_of(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     goals: list[tuple[str, bool, str]] = []
+    ratios = result["ratios"]
     if ratios:
         lossless, lossless_strict = ratios["alorws queue (lossless, typed)"]
         latest, latest_strict = ratios["alorws latest (lazy decode)"]
@@ -650,20 +819,49 @@ async def run(args: argparse.Namespace) -> bool:
                 f"{latest:.1f}x ({latest_strict:.1f}x the aiohttp variant)",
             )
         )
-    if peak is not None:
-        med, worst, floor = peak
+    if result["peak"] is not None:
+        med, worst, floor = result["peak"]
         value = f"{med:,.0f} (max {worst:,}; bare reader's max {floor:,})"
         goals.append(("burst peak unread < 1,000 (median of runs)", med < 1000, value))
-    if latency is not None:
-        added, quiet_added, noise = latency
+    if result["latency"] is not None:
+        added, quiet_added, noise = result["latency"]
         value = f"{added:+.0f} µs per-round median (base ±{noise:,.0f}), "
         value += f"{quiet_added:+.0f} in the quiet slices"
         ok = added <= 150 and quiet_added <= 150  # both estimates
         goals.append(("added p99 latency <= 150 µs (I/O thread)", ok, value))
-    print("\nGoals, ratios against the AlorPy pattern of this run:")
-    for what, ok, value in goals:
-        print(f"  {'ok' if ok else 'MISSED':<7} {what:<44} {value}")
-    return all(ok for _, ok, _ in goals)
+    if result["cpu"]:
+        ratio = result["cpu"][CPU_MINE]
+        value = f"{ratio:.2f}x the bare picows + msgspec loop"
+        goals.append(("CPU at a steady rate, I/O thread <= 1.2x", ratio <= 1.2, value))
+    return goals
+
+
+async def run(args: argparse.Namespace) -> bool:
+    transports = ([] if args.tls_only else [False]) + ([True] if args.tls or args.tls_only else [])
+    results = {tls: await run_transport(args, tls) for tls in transports}
+    ok = True
+    for tls, result in results.items():
+        goals = goals_of(result)
+        print(
+            f"\nGoals{' over TLS' if tls else ''}, ratios against the AlorPy pattern of this run:"
+        )
+        for what, met, value in goals:
+            print(f"  {'ok' if met else 'MISSED':<7} {what:<44} {value}")
+        ok = ok and all(met for _, met, _ in goals)
+    if len(results) == 2:
+        plain, tls = results[False], results[True]
+        print(
+            "\nPlain ws and TLS side by side (each against the baseline over the same transport):"
+        )
+        if plain["ratios"]:
+            print(f"  {'throughput, x the AlorPy pattern':<44} {'plain':>8} {'TLS':>8}")
+            for name, (ratio, _) in plain["ratios"].items():
+                print(f"  {name:<44} {ratio:>7.1f}x {tls['ratios'][name][0]:>7.1f}x")
+        if plain["cpu"]:
+            print(f"  {'CPU at a steady rate, x the bare loop':<44} {'plain':>8} {'TLS':>8}")
+            for name, ratio in plain["cpu"].items():
+                print(f"  {name:<44} {ratio:>7.2f}x {tls['cpu'][name]:>7.2f}x")
+    return ok
 
 
 def main() -> int:
@@ -679,6 +877,17 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=10.0, help="per stack")
     ap.add_argument("--latency-rounds", type=int, default=20, help="interleaved slices")
     ap.add_argument("--latency-alorpy", action="store_true", help="also the AlorPy pattern")
+    ap.add_argument("--cpu-rate", type=float, default=20_000.0, help="steady frames/s")
+    ap.add_argument("--cpu-seconds", type=float, default=3.0, help="per stack and round")
+    ap.add_argument("--cpu-rounds", type=int, default=3)
+    ap.add_argument(
+        "--coalesce-us",
+        default="",
+        help="comma-separated AlorClient(coalesce_us=...) values: extra alorws stacks in the "
+        "latency and cpu scenarios",
+    )
+    ap.add_argument("--tls", action="store_true", help="run over plain ws, then over TLS")
+    ap.add_argument("--tls-only", action="store_true", help="run over TLS only")
     ap.add_argument("--no-pin", action="store_true", help="do not pin bench and feed to CPUs")
     ap.add_argument(
         "--loop",
@@ -687,10 +896,13 @@ def main() -> int:
         help="every event loop of the bench (default: uvloop where it is installed)",
     )
     ap.add_argument(
-        "--only", default="throughput,burst,latency", help="comma-separated scenarios to run"
+        "--only",
+        default="throughput,burst,latency,cpu",
+        help="comma-separated scenarios to run (throughput, burst, latency, cpu)",
     )
     ap.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = ap.parse_args()
+    args.coalesce = [int(x) for x in args.coalesce_us.split(",") if x.strip()]
     args.pinned = "not pinned" if args.no_pin else pin(0)
     if args.loop is None:
         args.loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"

@@ -60,9 +60,10 @@ Thread safety and cost (CPython with the GIL)
     calls that do not release the GIL, so each is atomic, and with one producer (appending on
     the right) and one consumer (popping on the left) a deque needs nothing else. The producer
     then reads ``_waiter``; only when the consumer is parked (``_waiter`` is set) does it take
-    the lock, claim the waiter and make one ``loop.call_soon_threadsafe`` call. While the
-    consumer is busy, or already woken, pushes cost one append and a few attribute reads
-    and make **no** cross-thread call (see ``wakeups`` against ``pushed`` in :meth:`stats`).
+    the lock, claim the waiter and wake it (from another thread: through the consumer loop's
+    waker, see "Cross-thread wake-ups"). While the consumer is busy, or already woken, pushes
+    cost one append and a few attribute reads and make **no** cross-thread call (see
+    ``wakeups`` against ``pushed`` in :meth:`stats`).
     ``bench/handoff.py`` measures it: about 160 ns of producer CPU per item, some 25 times less
     than one ``loop.call_soon_threadsafe`` per item (each of which writes to the loop's
     self-pipe), and 3 million items/s end to end from a thread into a ``get_batch`` consumer.
@@ -109,12 +110,39 @@ Batched wake-ups
     still wake at once, and so does a push made in the consumer's own thread (the client with
     ``io_thread=False``): resolving the consumer's future only schedules it, and it runs after
     the iteration's callbacks anyway, so the batcher would add a loop iteration for nothing.
+
+Coalescing
+    ``WakeBatcher(coalesce_us=C)`` also spaces the rounds of wake-ups: at most one per ``C``
+    microseconds. A wake-up owed ``C`` or more after the previous round goes out as without
+    coalescing (a message after a quiet spell is not delayed). One owed sooner waits: the
+    producer's thread *sleeps* the rest of the interval (the kernel queues whatever arrives
+    meanwhile), its loop then turns twice to read what came, and one round wakes every
+    consumer owed for all of it. At a steady rate both threads then wake once per ``C``
+    instead of once per socket read; each item waits about ``C`` at most (the sleep aims a
+    little early; on a busy VM it now and then ends hundreds of µs late). The sleep stops the
+    producer's whole loop, so that loop must run nothing but producers, as the client's I/O
+    thread does (``AlorClient(coalesce_us=...)``; the client coalesces only with its I/O
+    thread).
+
+Cross-thread wake-ups
+    A consumer loop woken from another thread gets a pipe of its own on its first such wake-up
+    (registered with ``add_reader``; closed when the loop is collected). The producer writes
+    one byte with the GIL released and only if none is on its way; the loop reads it and
+    resolves every future queued meanwhile in the same turn. ``call_soon_threadsafe`` (still
+    used where a loop cannot watch a pipe: Windows) writes with the GIL held on uvloop, so the
+    woken thread first waits for the GIL, and takes one more loop turn (two reads on asyncio);
+    a cross-thread round trip costs about a third less CPU through the pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import sys
 import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from enum import Enum, StrEnum
@@ -130,7 +158,14 @@ from ..errors import (
 
 
 # BufferEmpty lives in alorws.errors; re-exported here, where get_nowait raises it.
-__all__ = ["BufferEmpty", "Policy", "StreamBuffer", "WakeBatcher"]
+__all__ = [
+    "MAX_COALESCE_US",
+    "BufferEmpty",
+    "Policy",
+    "StreamBuffer",
+    "WakeBatcher",
+    "check_coalesce_us",
+]
 
 T = TypeVar("T")
 
@@ -164,20 +199,60 @@ _EMPTY: Final = _Empty.EMPTY
 _NONE: Final[tuple[()]] = ()
 
 
+#: The most ``coalesce_us`` may be: the I/O thread sleeps that long at a time while a consumer
+#: waits, and everything else in its loop (other connections, pings) waits as long.
+MAX_COALESCE_US: Final = 10_000
+
+# time.sleep() ends late by the timer slack (50 µs by default on Linux) plus the wake-up itself
+# (70-95 µs at the median on a 2-vCPU VM): a nap aims this much early, so that the wake-up it
+# puts off stays within coalesce_us.
+_NAP_EARLY = 100e-6
+
+
+def check_coalesce_us(value: object) -> float:
+    """``value`` as a coalescing delay in µs (see "Coalescing"), or
+    :class:`~alorws.errors.ConfigurationError` saying what is allowed."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_COALESCE_US  # NaN fails this too
+    ):
+        raise ConfigurationError(
+            f"coalesce_us must be a number of microseconds from 0 (wake a waiting consumer at "
+            f"once, the default) to {MAX_COALESCE_US:,}, got {value!r}"
+        )
+    return float(value)
+
+
 class WakeBatcher:
     """Coalesces the wake-ups owed by pushes made in one event loop (see "Batched wake-ups").
 
-    ``loop`` may be set later; until it is, buffers wake their consumers directly.
+    Args:
+        loop: the producers' loop. It may be set later; until it is, buffers wake their
+            consumers directly.
+        coalesce_us: 0 (the default) wakes once per iteration of the loop, right after it.
+            More: at most one round of wake-ups per ``coalesce_us`` microseconds (see
+            "Coalescing"). The loop's thread then sleeps between rounds, so it must run
+            nothing but producers (the client's I/O thread).
+
+    Raises:
+        ConfigurationError: ``coalesce_us`` not a number from 0 to :data:`MAX_COALESCE_US`.
     """
 
-    __slots__ = ("_due", "loop")
+    __slots__ = ("_due", "_last", "_napped", "coalesce", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, *, coalesce_us: float = 0
+    ) -> None:
         self.loop = loop
         self._due: list[StreamBuffer[Any]] = []
+        self.coalesce = check_coalesce_us(coalesce_us) / 1e6  # seconds
+        self._last = -math.inf  # when the last round of wake-ups went out (time.monotonic)
+        self._napped = False
 
     def add(self, buffer: StreamBuffer[Any]) -> None:
-        """Wake ``buffer``'s consumer once this loop iteration's callbacks are done."""
+        """Wake ``buffer``'s consumer once this loop iteration's callbacks are done (or,
+        coalescing, at most ``coalesce_us`` later)."""
         if not self._due:
             loop = self.loop
             try:
@@ -191,6 +266,21 @@ class WakeBatcher:
         self._due.append(buffer)
 
     def _flush(self) -> None:
+        if self.coalesce:
+            wait = self._last + self.coalesce - time.monotonic()
+            if wait > 0 and not self._napped:
+                # Too soon after the last round: sleep the rest of the interval (the kernel
+                # queues what arrives meanwhile), then give the loop two turns to read it
+                # (asyncio runs callbacks scheduled now before its next poll's, uvloop after),
+                # then wake once for all of it.
+                self._napped = True
+                if wait > _NAP_EARLY:
+                    time.sleep(wait - _NAP_EARLY)
+                assert self.loop is not None
+                self.loop.call_soon(self.loop.call_soon, self._flush)
+                return
+            self._napped = False
+            self._last = time.monotonic()
         due, self._due = self._due, []
         for buffer in due:
             buffer._wake_due = False
@@ -213,6 +303,84 @@ def _resolve(fut: asyncio.Future[None]) -> None:
     """Wake a parked consumer (runs in the consumer's loop)."""
     if not fut.done():
         fut.set_result(None)
+
+
+class _LoopWaker:
+    """Wakes the parked consumers of one event loop from other threads.
+
+    A pipe per consumer loop, read by that loop: the producer writes with the GIL released
+    (uvloop's ``call_soon_threadsafe`` writes while holding it, so the thread it wakes runs only
+    to wait for the GIL), at most one byte per round of wake-ups, and the loop resolves the
+    futures in the turn it reads the byte (``call_soon_threadsafe`` takes one more on uvloop and
+    two reads on asyncio). A cross-thread round trip costs about a third less CPU than through
+    ``call_soon_threadsafe`` (``bench/README.md``).
+    """
+
+    __slots__ = ("_armed", "_pending", "_r", "_w")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        r, w = os.pipe()
+        try:
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            loop.add_reader(r, self._on_read)
+        except BaseException:
+            _close_fds(r, w)
+            raise
+        weakref.finalize(loop, _close_fds, r, w)  # the pipe lives as long as the loop
+        self._r, self._w = r, w
+        self._pending: deque[asyncio.Future[None]] = deque()
+        self._armed = False  # a byte is on its way: later wakes only queue their future
+
+    def wake(self, fut: asyncio.Future[None]) -> None:
+        """Resolve ``fut`` in its loop (any thread)."""
+        # Queue first, then look at the flag (the reader clears the flag, then drains): either
+        # the reader's drain sees this future, or this sees the flag cleared and writes.
+        self._pending.append(fut)
+        if not self._armed:
+            self._armed = True
+            try:
+                os.write(self._w, b"\0")
+            except OSError:  # full (a byte is waiting anyway)
+                pass
+
+    def _on_read(self) -> None:
+        try:
+            os.read(self._r, 4096)
+        except OSError:
+            pass
+        self._armed = False
+        pending = self._pending
+        while pending:
+            _resolve(pending.popleft())
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+#: Each consumer loop's waker, or None where there is none: Windows (select() there takes
+#: sockets only; the proactor loop has no add_reader at all).
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _install_and_resolve(fut: asyncio.Future[None]) -> None:
+    """The first cross-thread wake-up of a loop: set up its waker (in that loop), then wake."""
+    loop = fut.get_loop()
+    if loop not in _wakers:
+        try:
+            if sys.platform == "win32":
+                raise NotImplementedError("no pipes in select() on Windows")
+            _wakers[loop] = _LoopWaker(loop)
+        except (NotImplementedError, OSError):  # keep call_soon_threadsafe
+            _wakers[loop] = None
+    _resolve(fut)
 
 
 class StreamBuffer(Generic[T]):
@@ -441,8 +609,15 @@ class StreamBuffer(Generic[T]):
         if threading.get_ident() == self._loop_tid:
             _resolve(fut)
             return
+        loop = fut.get_loop()
+        waker = _wakers.get(loop)
+        if waker is not None:
+            waker.wake(fut)
+            return
+        # The loop's first wake-up from another thread sets up its waker.
+        callback = _resolve if loop in _wakers else _install_and_resolve
         try:
-            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+            loop.call_soon_threadsafe(callback, fut)
         except RuntimeError:  # the consumer's loop is closed: nobody is left to wake
             pass
 

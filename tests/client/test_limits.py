@@ -4,9 +4,8 @@ account's connection budget, ``/cws`` included."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -16,34 +15,25 @@ from alorws.protocol import Quote
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
-from .._sim import DAY
+from ._budget import quiet_simulator, quote_streams, small_budget_client, subscribe_all
 from .conftest import FAST
+
+
+_subscribe_all = functools.partial(subscribe_all, within=120)
 
 
 @pytest.fixture
 async def quiet_sim() -> AsyncIterator[Simulator]:
     """A simulator with a near-still market, so thousands of subscriptions stay cheap."""
-    async with Simulator(port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1) as s:
+    async with quiet_simulator() as s:
         yield s
-
-
-def _requests(client: AlorClient, sim: Simulator, n: int) -> list[Any]:
-    """`n` distinct quote subscriptions (instrument x frequency), as unsubscribed streams."""
-    symbols = sorted(sim.market.instruments)
-    pairs = itertools.islice(((s, f) for f in itertools.count(60_000) for s in symbols), n)
-    return [client.quotes(sym, frequency=freq) for sym, freq in pairs]
-
-
-async def _subscribe_all(client: AlorClient, streams: list[Any]) -> None:
-    async with asyncio.timeout(120):
-        await client.subscribe_all(streams)
 
 
 @pytest.mark.timeout(180)
 async def test_12000_subscriptions_shard_over_3_connections(quiet_sim: Simulator) -> None:
     """12,000 market subscriptions spread automatically over 3 connections of 5000."""
     async with AlorClient(quiet_sim.demo_refresh_token, base_url=quiet_sim.url, backoff=FAST) as c:
-        streams = _requests(c, quiet_sim, 12_000)
+        streams = quote_streams(c, quiet_sim, 12_000)
         await _subscribe_all(c, streams)
         lanes = c.stats()["lanes"]
         assert [lane["kind"] for lane in lanes] == [LaneKind.MARKET] * 3
@@ -63,7 +53,7 @@ async def test_the_50001st_subscription_raises_without_sending(quiet_sim: Simula
         subscribe_timeout=240,
         ping_interval=3600,  # no pings: every request the simulator counts is a subscription
     ) as c:
-        streams = _requests(c, quiet_sim, 50_001)
+        streams = quote_streams(c, quiet_sim, 50_001)
         await _subscribe_all(c, streams[:50_000])
         assert c.stats()["connections"] == 10
         frames_before = [lane["messages"] for lane in c.stats()["lanes"]]
@@ -165,16 +155,8 @@ async def test_a_server_limit_below_ours_moves_subscriptions_to_another_connecti
     quotes are refused with 429 on the first connection, then placed on a second one instead
     of failing; the first lane takes nothing more; the budget still ends it."""
     async with (
-        Simulator(
-            port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1, max_subscriptions=3
-        ) as sim,
-        AlorClient(
-            sim.demo_refresh_token,
-            base_url=sim.url,
-            backoff=FAST,
-            max_connections=3,
-            reserve_connections=1,
-        ) as c,
+        quiet_simulator(max_subscriptions=3) as sim,
+        small_budget_client(sim) as c,
     ):
         symbols = sorted(sim.market.instruments)
         streams = [await c.quotes(sym) for sym in symbols[:6]]
@@ -197,17 +179,8 @@ async def test_every_holder_of_a_subscription_refused_for_the_server_limit_is_pl
     with 429: both streams end on the subscription placed again on another connection, not
     just the one that placed it, and both get data."""
     async with (
-        Simulator(
-            port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1, max_subscriptions=3
-        ) as sim,
-        AlorClient(
-            sim.demo_refresh_token,
-            base_url=sim.url,
-            backoff=FAST,
-            max_connections=3,
-            reserve_connections=1,
-            io_thread=False,
-        ) as c,
+        quiet_simulator(max_subscriptions=3) as sim,
+        small_budget_client(sim, io_thread=False) as c,
     ):
         symbols = sorted(sim.market.instruments)
         full = [await c.quotes(sym) for sym in symbols[:3]]  # the server's limit on lane 1

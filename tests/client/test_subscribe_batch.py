@@ -8,7 +8,6 @@ subscribe. The simulator counts the requests it handled, which shows what was se
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,31 +24,14 @@ from alorws.protocol import Quote
 from alorws.protocol.registry import SubscriptionState
 from alorws.sim.app import Simulator
 
-from .._sim import DAY
+from ._budget import quiet_simulator, quote_streams, small_budget_client, subscribe_all
 from .conftest import FAST
-
-
-def _sim(**limits: Any) -> Simulator:
-    """A near-still market (cheap subscriptions), with the server's limits given."""
-    return Simulator(port=0, day_order_lifetime=DAY, seed=5, rate=0.2, history_days=1, **limits)
 
 
 @pytest.fixture
 async def quiet_sim() -> AsyncIterator[Simulator]:
-    async with _sim() as s:
+    async with quiet_simulator() as s:
         yield s
-
-
-def _quotes(client: AlorClient, sim: Simulator, n: int) -> list[Any]:
-    """``n`` distinct quote streams (instrument x frequency), not subscribed yet."""
-    symbols = sorted(sim.market.instruments)
-    pairs = itertools.islice(((s, f) for f in itertools.count(60_000) for s in symbols), n)
-    return [client.quotes(sym, frequency=freq) for sym, freq in pairs]
-
-
-async def _subscribe_all(client: AlorClient, streams: list[Any]) -> None:
-    async with asyncio.timeout(60):
-        await client.subscribe_all(streams)
 
 
 async def _settled(client: AlorClient, streams: list[Any]) -> None:
@@ -64,11 +46,11 @@ async def test_good_and_bad_symbols_in_one_batch_settle_one_by_one(quiet_sim: Si
     """A batch with two unknown tickers: every good stream opens and gets data, each bad one
     closes with its own rejection, and the first failure (in batch order) is raised."""
     async with AlorClient(quiet_sim.demo_refresh_token, base_url=quiet_sim.url, backoff=FAST) as c:
-        good = _quotes(c, quiet_sim, 6)
+        good = quote_streams(c, quiet_sim, 6)
         bad = [c.quotes("NOSUCHTICKER"), c.order_book("NOSUCHEITHER")]
         batch = [good[0], bad[0], *good[1:4], bad[1], *good[4:]]
         with pytest.raises(ServerRejected) as info:
-            await _subscribe_all(c, batch)
+            await subscribe_all(c, batch)
         assert info.value.request_guid is not None
         assert all(s.is_open for s in good)
         assert not any(s.is_open for s in bad)
@@ -89,14 +71,14 @@ async def test_a_batch_uses_no_task_per_subscription(quiet_sim: Simulator) -> No
     async with AlorClient(
         quiet_sim.demo_refresh_token, base_url=quiet_sim.url, backoff=FAST, io_thread=False
     ) as c:
-        streams = _quotes(c, quiet_sim, 2000)
+        streams = quote_streams(c, quiet_sim, 2000)
         most = 0
 
         def count() -> None:
             nonlocal most
             most = max(most, len(asyncio.all_tasks()))
 
-        batch = asyncio.create_task(_subscribe_all(c, streams))
+        batch = asyncio.create_task(subscribe_all(c, streams))
         while not batch.done():
             count()
             await asyncio.sleep(0)
@@ -117,10 +99,10 @@ async def test_a_batch_crossing_the_connection_limit_opens_new_connections(
         reserve_connections=0,
         max_subscriptions_per_connection=3,
     ) as c:
-        streams = _quotes(c, quiet_sim, 10)
+        streams = quote_streams(c, quiet_sim, 10)
         for stream in streams[:2]:
             await stream
-        await _subscribe_all(c, streams[2:])
+        await subscribe_all(c, streams[2:])
         lanes = [s._lane for s in streams]
         first, second, third = lanes[0], lanes[3], lanes[6]
         assert lanes == [first] * 3 + [second] * 3 + [third] * 3 + [lanes[9]]
@@ -146,16 +128,16 @@ async def test_a_batch_beyond_the_budget_sends_nothing_for_what_does_not_fit(
         ping_interval=3600,  # no pings: every request the simulator counts is ours
     ) as c:
         requests_before = quiet_sim.stats()["requests"]
-        streams = _quotes(c, quiet_sim, 11)
+        streams = quote_streams(c, quiet_sim, 11)
         with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
-            await _subscribe_all(c, streams[:8])
+            await subscribe_all(c, streams[:8])
         assert [s.is_open for s in streams[:8]] == [True] * 6 + [False] * 2
         for stream in streams[6:8]:
             with pytest.raises(ConnectionLimitError):
                 await asyncio.wait_for(stream.get(), 5)
         assert c.stats()["subscriptions"] == 6 and c.stats()["connections"] == 2
         with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
-            await _subscribe_all(c, streams[8:])
+            await subscribe_all(c, streams[8:])
         assert not any(s.is_open for s in streams[8:])
         await _settled(c, streams[:6])  # 2 unsubscribes, each answered
         assert quiet_sim.stats()["requests"] == requests_before + 6 + 2
@@ -177,7 +159,7 @@ async def test_a_batch_shares_live_and_duplicate_subscriptions(quiet_sim: Simula
             c.quotes("GAZP"),
             c.order_book("SBER"),
         )
-        await _subscribe_all(c, [again, gazp, book, gazp_too])
+        await subscribe_all(c, [again, gazp, book, gazp_too])
         assert again.guid == live.guid and gazp.guid == gazp_too.guid
         assert len({live.guid, gazp.guid, book.guid}) == 3
         assert c.stats()["subscriptions"] == 3
@@ -211,7 +193,7 @@ async def test_a_batch_and_a_single_subscribe_share_a_pending_subscription(
     ) as c:
         quiet_sim.faults.delay(0.3)  # both are pending while the other joins
         batch = [c.quotes("SBER"), c.quotes("GAZP")]
-        waiting = asyncio.create_task(_subscribe_all(c, batch))
+        waiting = asyncio.create_task(subscribe_all(c, batch))
         await _pending(c, batch[0].request)
         joiner = await asyncio.wait_for(c.quotes("SBER"), 10)
         await waiting
@@ -221,7 +203,7 @@ async def test_a_batch_and_a_single_subscribe_share_a_pending_subscription(
         single = asyncio.create_task(first.subscribe())
         await _pending(c, first.request)
         later = [c.quotes("LKOH"), c.quotes("YDEX")]
-        await _subscribe_all(c, later)
+        await subscribe_all(c, later)
         await single
         assert later[0].guid == first.guid and all(s.is_open for s in [first, *later])
         assert c.stats()["subscriptions"] == 4
@@ -233,24 +215,18 @@ async def test_a_server_limit_below_ours_moves_batch_members_to_another_connecti
     lands on one connection, the server refuses 2 with 429, and they are placed again on a
     second connection; a later batch fills that one and finds the budget used for the rest."""
     async with (
-        _sim(max_subscriptions=3) as sim,
-        AlorClient(
-            sim.demo_refresh_token,
-            base_url=sim.url,
-            backoff=FAST,
-            max_connections=3,
-            reserve_connections=1,  # market data may use 2 connections
-        ) as c,
+        quiet_simulator(max_subscriptions=3) as sim,
+        small_budget_client(sim) as c,
     ):
-        streams = _quotes(c, sim, 7)
-        await _subscribe_all(c, streams[:5])
+        streams = quote_streams(c, sim, 7)
+        await subscribe_all(c, streams[:5])
         lanes = [s._lane for s in streams[:5]]
         assert lanes == [lanes[0]] * 3 + [lanes[3]] * 2 and lanes[0] != lanes[3]
         assert all(s.is_open for s in streams[:5])
         async with asyncio.timeout(10):  # a stream placed again keeps its buffer and gets data
             assert isinstance(await anext(aiter(streams[4])), Quote)
         with pytest.raises(ConnectionLimitError, match="Nothing was sent"):
-            await _subscribe_all(c, streams[5:])
+            await subscribe_all(c, streams[5:])
         assert streams[5].is_open and streams[5]._lane == lanes[3]
         assert not streams[6].is_open
         assert sim.stats()["subscriptions"] == 6 and sim.stats()["connections"] == 2
@@ -270,9 +246,9 @@ async def test_a_batch_without_answers_times_out_once_and_leaves_nothing(
     ) as c:
         await c.quotes("SBER")  # the connection is open
         quiet_sim.faults.delay(1.0)
-        streams = _quotes(c, quiet_sim, 4)[1:]
+        streams = quote_streams(c, quiet_sim, 4)[1:]
         with pytest.raises(TransportTimeout, match="no confirmation within 0.3 s"):
-            await _subscribe_all(c, streams)
+            await subscribe_all(c, streams)
         assert not any(s.is_open for s in streams)
         for stream in streams:
             with pytest.raises((TransportTimeout, StreamClosed)):
@@ -286,24 +262,17 @@ async def test_a_batch_member_sharing_a_single_subscribe_refused_with_429_is_pla
     429: the batch member is placed again with it (sharing the single one's new subscription),
     as the members of the batch's own refused subscriptions are."""
     async with (
-        _sim(max_subscriptions=3) as sim,
-        AlorClient(
-            sim.demo_refresh_token,
-            base_url=sim.url,
-            backoff=FAST,
-            max_connections=3,
-            reserve_connections=1,
-            io_thread=False,
-        ) as c,
+        quiet_simulator(max_subscriptions=3) as sim,
+        small_budget_client(sim, io_thread=False) as c,
     ):
-        streams = _quotes(c, sim, 5)
-        await _subscribe_all(c, streams[:3])  # the server's limit on the first connection
+        streams = quote_streams(c, sim, 5)
+        await subscribe_all(c, streams[:3])  # the server's limit on the first connection
         sim.faults.delay(0.3)  # the single subscribe waits for its answer while the batch joins
-        single = _quotes(c, sim, 4)[3]  # the request of streams[3]
+        single = quote_streams(c, sim, 4)[3]  # the request of streams[3]
         placing = asyncio.create_task(single.subscribe())
         await _pending(c, single.request)
         later = [streams[3], streams[4]]
-        await _subscribe_all(c, later)
+        await subscribe_all(c, later)
         await asyncio.wait_for(placing, 10)
         sim.faults.delay(0)
         assert all(s.is_open for s in [single, *later])

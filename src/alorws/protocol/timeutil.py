@@ -3,16 +3,31 @@
 Models keep times exactly as sent (docs/protocol.md §3.5): Unix seconds (``Bar.time``,
 ``last_price_timestamp``), Unix milliseconds (``ms_timestamp``, ``Trade.timestamp``) or ISO-8601
 strings with up to 7 fraction digits (``Order.trans_time``; Slim sometimes omits the ``Z``). These
-helpers turn any of them into aware UTC ``datetime`` objects and back.
+helpers turn any of them into aware UTC ``datetime`` objects and back, and into Moscow time
+(:data:`MSK`), the time ALOR's users and the exchange's schedule speak in.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 
-__all__ = ["from_ms", "from_seconds", "parse_iso", "to_ms", "to_seconds"]
+__all__ = [
+    "MSK",
+    "MSK_NAME",
+    "from_ms",
+    "from_seconds",
+    "parse_iso",
+    "to_ms",
+    "to_msk",
+    "to_seconds",
+]
+
+#: Moscow time: UTC+3 all year since 2014, so a fixed offset needs no tz database.
+MSK = timezone(timedelta(hours=3), "MSK")
+#: The IANA name for pandas and other tz-database users.
+MSK_NAME = "Europe/Moscow"
 
 _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -28,6 +43,13 @@ def from_ms(ms: int) -> datetime:
 def from_seconds(seconds: float) -> datetime:
     """Unix seconds -> aware UTC datetime."""
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def to_msk(dt: datetime) -> datetime:
+    """Aware datetime -> the same instant in Moscow time (naive datetimes are taken as UTC)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(MSK)
 
 
 def to_ms(dt: datetime) -> int:

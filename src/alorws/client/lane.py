@@ -1,8 +1,9 @@
 """A lane: one ``/ws`` connection that reconnects forever and restores its subscriptions.
 
 Everything here runs in the I/O loop (:mod:`alorws.client.runtime`). The reader is a picows
-listener whose only work per frame is: find the subscription, push the whole frame into its
-buffer. A data frame in the server's compact shape (``{"data":{…},"guid":"…"}``,
+listener that hands over the messages of each socket read at once; the lane's only work per
+frame is: find the subscription, push the whole frame into its buffer (consecutive frames of one
+subscription in one push). A data frame in the server's compact shape (``{"data":{…},"guid":"…"}``,
 docs/protocol.md §3.4) is matched by its tail alone, one slice and one dict lookup, without parsing;
 anything else is routed by :func:`alorws.protocol.route`. Consumers decode later, in their own loop,
 envelope and payload in one pass (:func:`alorws.protocol.codec.frame_decoder_for`), so a frame
@@ -58,7 +59,7 @@ from ..protocol.registry import Subscription, SubscriptionRegistry
 from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
 from ._ws import (
-    FrameListener,
+    BatchListener,
     close_transport,
     reconnecting,
     send_or_drop,
@@ -98,6 +99,8 @@ class Sink(Protocol):
     """Where a subscription's data frames go (a buffer, or a fan-out to several)."""
 
     def push(self, item: bytes) -> None: ...
+
+    def push_many(self, items: list[bytes]) -> None: ...
 
     def push_event(self, event: object) -> None: ...
 
@@ -144,6 +147,11 @@ class Fanout:
         """Push to every consumer."""
         for sink in self.sinks:
             sink.push(item)
+
+    def push_many(self, items: list[bytes]) -> None:
+        """Push several items, in order, to every consumer."""
+        for sink in self.sinks:
+            sink.push_many(items)
 
     def push_event(self, event: object) -> None:
         """Push an event to every consumer."""
@@ -232,7 +240,7 @@ class Lane:
     are in :class:`~alorws.protocol.data_connection.DataConnection`; this is their asyncio
     shell, and it stays one class (about 40 methods: the picows callbacks, the handles the pool
     uses, the drivers of the rules, the reconnect loop and the taps) because the reader's path
-    per frame (:meth:`_on_frame`) reads the transport, the sinks and the taps directly:
+    per frame (:meth:`_on_frames`) reads the transport, the sinks and the taps directly:
     splitting them into objects of their own would add an attribute hop or a call per frame.
     """
 
@@ -325,27 +333,48 @@ class Lane:
 
     # -- reader hot path ------------------------------------------------------------------
 
-    def _on_frame(self, payload: bytes) -> None:
-        self.messages += 1
-        self.bytes += len(payload)
+    def _on_frames(self, payloads: list[bytes]) -> None:
+        """The messages of one socket read (:class:`BatchListener`), in the order they came."""
+        self.messages += len(payloads)
+        self.bytes += sum(map(len, payloads))
         tapped = self._tapped
         if tapped is not None:
-            if not tapped:  # the first frame of this loop iteration: hand them over after it
+            if not tapped:  # the first frames of this loop iteration: hand them over after it
                 self._tapped_ns = time.time_ns()
                 asyncio.get_running_loop().call_soon(self._flush_taps)
-            tapped.append(payload)
+            tapped.extend(payloads)
         # The fast path, TailTable.match() inlined: a compact data frame ending in
         # ``,"guid":"<a guid of ours>"}``; slices and a dict lookup (bytes.startswith/rfind
-        # parse their arguments: 3x slower). No match (another shape, an unknown guid) falls
-        # through to route(), which decides.
-        if payload[:9] == DATA_HEAD:
-            table = self._sinks
-            for n in table.tail_lens:
-                sink = table.by_tail.get(payload[-n:])
+        # parse their arguments: 3x slower). Consecutive frames of one subscription go to its
+        # sink in one push_many. Anything else (another shape, an unknown guid) goes to
+        # route(), after what came before it, which decides.
+        by_tail = self._sinks.by_tail
+        tail_lens = self._sinks.tail_lens
+        run: list[bytes] = []
+        run_sink: Sink | None = None
+        for payload in payloads:
+            if payload[:9] == DATA_HEAD:
+                for n in tail_lens:
+                    sink = by_tail.get(payload[-n:])
+                    if sink is not None:
+                        if sink is run_sink:
+                            run.append(payload)
+                        else:
+                            if run_sink is not None:
+                                run_sink.push_many(run)
+                            run_sink = sink
+                            run = [payload]
+                        break
+                else:
+                    sink = None
                 if sink is not None:
-                    sink.push(payload)
-                    return
-        self._route(payload)
+                    continue
+            if run_sink is not None:
+                run_sink.push_many(run)
+                run_sink = None
+            self._route(payload)
+        if run_sink is not None:
+            run_sink.push_many(run)
 
     def _flush_taps(self) -> None:
         frames = self._tapped
@@ -655,8 +684,8 @@ class Lane:
         self._close_info = None
         try:
             return await ws_connect(
-                lambda: FrameListener(
-                    self._on_frame,
+                lambda: BatchListener(
+                    self._on_frames,
                     self._on_disconnected,
                     on_close=self._on_close,
                     on_pong=self._on_pong,

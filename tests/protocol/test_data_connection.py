@@ -203,6 +203,92 @@ def test_an_empty_batch_sends_nothing() -> None:
     assert not lane.conn.has_data_to_send()
 
 
+# -- the window of subscribes in flight -----------------------------------------------------------
+
+
+def test_subscribes_beyond_the_window_go_out_in_order_as_replies_come() -> None:
+    """At most ``max_in_flight`` subscribes wait for replies; each reply lets the next one out,
+    in subscribe order, and only then does has_data_to_send say so."""
+    lane = Lane(max_in_flight=2)
+    lane.conn.connection_opened(0.0)
+    guids = [lane.subscribe(i) for i in range(5)]
+    assert [f["guid"] for f in lane.sent()] == guids[:2]
+    assert not lane.conn.has_data_to_send() and lane.sent() == []
+    lane.reply(guids[1])
+    assert lane.conn.has_data_to_send()
+    assert [f["guid"] for f in lane.sent()] == [guids[2]]
+    lane.reply(guids[0], 400)  # a refusal frees its place too
+    lane.reply(guids[2])
+    assert [f["guid"] for f in lane.sent()] == guids[3:]
+    for guid in guids[3:]:
+        lane.reply(guid)
+    assert [lane.state(g) for g in guids] == [
+        SubscriptionState.FAILED,
+        *[SubscriptionState.ACTIVE] * 4,
+    ]
+
+
+def test_a_restore_goes_through_the_window_and_a_loss_forgets_what_it_held() -> None:
+    """A restore burst larger than the window goes out as replies come; a loss in the middle
+    drops what was held, and the next restore sends everything not confirmed, once each."""
+    lane = Lane(max_in_flight=2)
+    guids = _open_with(lane, 2)
+    more = [lane.subscribe(i) for i in range(2, 6)]
+    assert [f["guid"] for f in lane.sent()] == more[:2]
+    lane.conn.connection_lost(1.0, "lost")
+    assert not lane.conn.has_data_to_send()
+    lane.conn.connection_opened(2.0)
+    assert [f["guid"] for f in lane.sent()] == guids
+    lane.reply(guids[0])
+    lane.reply(guids[1])
+    assert [f["guid"] for f in lane.sent()] == more[:2]
+    lane.reply(more[0])
+    lane.reply(more[1])
+    assert [f["guid"] for f in lane.sent()] == more[2:]
+
+
+def test_a_subscription_released_while_held_is_never_sent() -> None:
+    """The last holder leaving a subscribe the window still holds: it never goes out, and its
+    unsubscribe does not wait behind the window (the reply completes the registry's entry)."""
+    lane = Lane(max_in_flight=1)
+    lane.conn.connection_opened(0.0)
+    first, held, after = (lane.subscribe(i) for i in range(3))
+    assert [f["guid"] for f in lane.sent()] == [first]
+    assert lane.registry.unsubscribe(held)
+    lane.conn.release(held)
+    assert lane.conn.send_unsubscribe(held)
+    frames = lane.sent()
+    assert [(f["opcode"], f["guid"]) for f in frames] == [("unsubscribe", held)]
+    lane.reply(held)
+    assert lane.state(held) in (None, SubscriptionState.CLOSED)
+    lane.reply(first)
+    assert [f["guid"] for f in lane.sent()] == [after]
+
+
+def test_a_401_resend_and_a_ping_never_wait_for_the_window() -> None:
+    """A re-send after a 401 goes out with the next token even with the window full, and so
+    does a probe of a quiet connection."""
+    lane = Lane(max_in_flight=1, ping_interval=5.0)
+    lane.conn.connection_opened(0.0)
+    first, second = lane.subscribe(0), lane.subscribe(1)
+    assert [f["guid"] for f in lane.sent()] == [first]
+    lane.reply(first, 401)
+    assert lane.conn.token_refused("t1")
+    frames = lane.sent("t2", refreshed=True)
+    assert [f["guid"] for f in frames] == [first]  # the re-send; the other still waits
+    lane.tick(0.0)
+    lane.tick(6.0)
+    assert any(isinstance(e, SendPing) for e in lane.events())
+    assert [f["opcode"] for f in lane.sent("t2")] == ["ping"]
+    lane.reply(first)
+    assert [f["guid"] for f in lane.sent("t2")] == [second]
+
+
+def test_the_window_must_hold_one() -> None:
+    with pytest.raises(InvalidArgumentError, match="max_in_flight"):
+        DataConnection(LANE, _registry(), max_in_flight=0)
+
+
 def test_nothing_queued_survives_a_loss() -> None:
     """Frames queued but not yet written when the connection is lost are not sent later; the
     restore covers them."""
@@ -694,9 +780,13 @@ def test_a_shared_subscription_keeps_the_shortest_timeout() -> None:
 class LaneMachine(RuleBasedStateMachine):
     """Random interleavings; what goes out is always consistent with the registry."""
 
+    #: Subscribes in flight at most (None: the default, never reached here).
+    window: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
-        self.lane = Lane(auth_retries=1)
+        options: dict[str, Any] = {} if self.window is None else {"max_in_flight": self.window}
+        self.lane = Lane(auth_retries=1, **options)
         self.in_flight: dict[str, str] = {}  # guid -> the token its last frame carried
         self.now = 0.0
         self.n = 0
@@ -758,8 +848,9 @@ class LaneMachine(RuleBasedStateMachine):
             ]
             self.lane.conn.connection_opened(self.now)
             frames = self.lane.sent(self.token)
-            # The restore burst: every live subscription not confirmed, each once, in order.
-            assert [f["guid"] for f in frames] == expected
+            # The restore burst: every live subscription not confirmed, each once, in order
+            # (as much of it as the window lets out; replies let out the rest).
+            assert [f["guid"] for f in frames] == expected[: self.window]
             for frame in frames:
                 self.in_flight[frame["guid"]] = self.token
             self.lane.events()
@@ -779,7 +870,23 @@ class LaneMachine(RuleBasedStateMachine):
             sub = self.lane.registry.get(guid)
             assert sub is not None and sub.state is SubscriptionState.FAILED
 
+    @invariant()
+    def the_window_holds(self) -> None:
+        if self.window is not None:
+            assert len(self.in_flight) <= self.window
+
+
+class WindowedLaneMachine(LaneMachine):
+    window = 2
+
 
 def test_lane_state_machine() -> None:
     """Subscribes, replies (200/401/400), losses and restores in any order keep the rules."""
     run_state_machine_as_test(LaneMachine, settings=settings(max_examples=150, deadline=None))
+
+
+def test_lane_state_machine_with_a_small_window() -> None:
+    """The same with at most two subscribes in flight: nothing is lost or sent twice."""
+    run_state_machine_as_test(
+        WindowedLaneMachine, settings=settings(max_examples=150, deadline=None)
+    )

@@ -418,7 +418,7 @@ class AlorClient(ClientStreams):
 
         One hop to the I/O thread for the whole batch, placed on the connections at once by the
         rules of a single subscribe (shared requests, the per-connection limit, the connection
-        budget): each connection sends its part in one pipelined burst, and one
+        budget): each connection pipelines its part, and one
         ``subscribe_timeout`` covers the wait for every answer (50,000 subscriptions take about
         as long as restoring them after a drop). Streams that fail are closed with their own
         error; the first failure is raised after the others are settled (check

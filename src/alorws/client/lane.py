@@ -575,7 +575,8 @@ class Lane:
         self, subs: Sequence[Subscription[SubscriptionRequest, int]], sinks: Sequence[Sink]
     ) -> Confirmations:
         """:meth:`add` for a batch of new subscriptions (``sinks[i]`` takes ``subs[i]``): their
-        frames go out in one burst, and one :class:`Confirmations` is settled by the answers."""
+        frames go out pipelined (the connection's window of subscribes in flight), and one
+        :class:`Confirmations` is settled by the answers."""
         waiter = Confirmations([sub.guid for sub in subs])
         table, waiters = self._sinks, self._waiters
         for sub, sink in zip(subs, sinks, strict=True):

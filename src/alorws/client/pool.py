@@ -23,8 +23,8 @@ The connection budget (docs/protocol.md §7.1: ALOR allows ``max_connections`` p
   more and the subscription is placed again, on another lane or a new one within the budget.
 
 A batch (:meth:`LanePool.subscribe_many`, behind ``AlorClient.subscribe_all``) follows the same
-rules, stream by stream in batch order, but is placed at once: each lane gets its part in one
-pipelined burst (as a restore re-sends it), one timeout covers every answer, and what the server
+rules, stream by stream in batch order, but is placed at once: each lane pipelines its part (as a
+restore re-sends it), one timeout covers every answer, and what the server
 refuses for its limit is placed again as a batch. It yields to the I/O loop every ``_CHUNK``
 streams, so new lanes open and placed parts go out while the rest is placed, and the readers of
 live lanes never wait long.
@@ -338,7 +338,7 @@ class LanePool:
 
         The rules are :meth:`subscribe`'s, applied to the batch at once: it is placed in order
         (sharing identical live subscriptions, duplicates in the batch included; the budget
-        refuses what does not fit, before sending it), each lane sends its part in one burst,
+        refuses what does not fit, before sending it), each lane pipelines its part,
         and one timeout covers the wait for every answer. Subscriptions the server refuses
         for its limit (429) are placed again, as a batch, until nothing more is refused.
         """

@@ -11,8 +11,14 @@ The rules
 ---------
 * **Restore** (docs/protocol.md §9.5). When a connection opens, every subscription of the lane
   that the registry holds ``RESTORING`` is re-sent with its original guid, in subscribe order,
-  followed by the subscriptions requested while the lane was down, all in one pipelined burst
-  (no waiting for replies). From the second connection on a :class:`Restored` event follows.
+  followed by the subscriptions requested while the lane was down, pipelined. From the second
+  connection on a :class:`Restored` event follows.
+* **Subscribes in flight** are at most ``max_in_flight`` (subscribes written and not answered
+  yet; a 401 re-send keeps the place of the subscribe it repeats and never waits); the rest
+  wait in order and go out as replies come. The window
+  keeps each reply burst (a status and the first data message per subscription) within what
+  one read takes, so the reader's buffers stay small after a bulk subscribe or a restore,
+  while a window far above one round trip's worth of replies keeps the pipe full.
 * **401 budget** (docs/protocol.md §2.6). A subscribe refused with 401 while ``PENDING`` was not
   executed: it is re-sent with the same guid on the same connection, at most ``auth_retries``
   times per subscription, and never with the token that was refused (the caller refreshes, see
@@ -68,6 +74,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -99,6 +106,7 @@ from .requests import (
 
 __all__ = [
     "AUTH_RETRIES",
+    "MAX_IN_FLIGHT",
     "Close",
     "Confirmed",
     "DataConnection",
@@ -117,6 +125,10 @@ log = logging.getLogger("alorws.lane")
 #: 401 replies to one subscribe answered by re-sending it, before the rejection reaches its
 #: holders.
 AUTH_RETRIES: Final = 2
+#: Subscribes in flight per connection by default. Their replies (a status and a first quote
+#: each, about 0.16 MB) fit a few reads, so the reader's buffer stays small; 250 per round trip
+#: of 40 ms restores a full connection of 5000 in under a second.
+MAX_IN_FLIGHT: Final = 250
 
 _ACTIVE = SubscriptionState.ACTIVE
 _PENDING = SubscriptionState.PENDING
@@ -241,6 +253,7 @@ class DataConnection:
         ping_timeout: seconds a probe may wait for an answer.
         step_timeout: seconds each step of a re-subscription may wait for its reply.
         auth_retries: 401 replies to one subscribe answered by re-sending it.
+        max_in_flight: subscribes written and not answered yet, at most.
     """
 
     def __init__(
@@ -252,13 +265,19 @@ class DataConnection:
         ping_timeout: float = 5.0,
         step_timeout: float = 10.0,
         auth_retries: int = AUTH_RETRIES,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise InvalidArgumentError(
+                "max_in_flight", f"must be at least 1, got {max_in_flight!r}"
+            )
         self.id = connection_id
         self._registry = registry
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._step_timeout = step_timeout
         self._auth_retries_max = auth_retries
+        self._window = max_in_flight
 
         self._open = False
         self._events: list[DataEvent] = []
@@ -268,6 +287,11 @@ class DataConnection:
         self._auth_retries: dict[str, int] = {}
         # The token each subscribe/unsubscribe in flight carried (a 401 refuses that one).
         self._sent_with: dict[str, str] = {}
+        # Subscribes written and not answered yet (the window of ``max_in_flight``), those
+        # waiting for room in it (in order), and those of them released meanwhile.
+        self._awaiting: set[str] = set()
+        self._held: deque[_Out] = deque()
+        self._cancelled: set[str] = set()
         self._down_since: float | None = None
         # Ping probing: the frame count at the last look (None: take one at the next tick) and
         # when to look again; the probe in flight; when the last WebSocket pong came.
@@ -314,7 +338,7 @@ class DataConnection:
 
     def has_data_to_send(self) -> bool:
         """Whether :meth:`data_to_send` has frames: get a token and call it."""
-        return bool(self._out)
+        return bool(self._out) or (bool(self._held) and len(self._awaiting) < self._window)
 
     def token_refused(self, token: str) -> bool:
         """Whether ``token`` was refused (401) for a request waiting to be sent.
@@ -332,17 +356,45 @@ class DataConnection:
         returned; a write that fails needs nothing more (``connection_lost`` follows).
         """
         out = self._out
-        if not out:
+        held = self._held
+        room = self._window - len(self._awaiting)
+        if out and room > 0:
+            # A 401 re-send was in flight before anything held: its place is kept for it.
+            room -= sum(1 for item in out if item.why == _RETRY)
+        if not out and not (held and room > 0):
             return []
         tail = _frame_tail(token)  # checked and encoded once for the whole burst
         self._out = keep = []
         frames: list[bytes] = []
         sent_with = self._sent_with
+        awaiting = self._awaiting
+        # First the subscribes the window held back, in order; then the new ones behind them.
+        while held and room > 0:
+            item = held.popleft()
+            if item.guid in self._cancelled:  # released while held: never sent, nothing to undo
+                self._cancelled.discard(item.guid)
+                continue
+            room -= 1
+            awaiting.add(item.guid)
+            frames.append(_subscribe_frame(item.request, item.guid, tail))  # type: ignore[arg-type]
+            sent_with[item.guid] = token
+        if not held:
+            self._cancelled.clear()
         for item in out:
             guid = item.guid
             if item.avoid is not None and item.avoid == token and not refreshed:
                 keep.append(item)
-            elif item.request is not None:
+            elif item.why == _NEW:
+                if room > 0 and not held:
+                    room -= 1
+                    awaiting.add(guid)
+                    frames.append(_subscribe_frame(item.request, guid, tail))  # type: ignore[arg-type]
+                    sent_with[guid] = token
+                else:
+                    held.append(item)
+            elif item.request is not None:  # a 401 re-send (in flight again) or a re-subscribe
+                if item.why == _RETRY:
+                    awaiting.add(guid)
                 frames.append(_subscribe_frame(item.request, guid, tail))
                 sent_with[guid] = token
             elif item.why == _PING:
@@ -411,6 +463,9 @@ class DataConnection:
         self._open = False
         self._out = []
         self._sent_with.clear()
+        self._awaiting.clear()
+        self._held.clear()  # the restore re-sends them (the registry holds them RESTORING)
+        self._cancelled.clear()
         self._probe = None
         self._ping_guid = None
         self._check_seen = None
@@ -442,8 +497,7 @@ class DataConnection:
     ) -> bool:
         """:meth:`subscribe` for a batch, in order: one burst of frames on an open connection.
 
-        The batch needs no window of its own: a lane holds at most 5000 subscriptions
-        (docs/protocol.md §7.1), the size of the restore burst that re-sends them all at once.
+        They go out through the window of subscribes in flight, like a restore.
 
         Returns:
             True if they are queued: write ``data_to_send(token)``. False while the connection
@@ -467,6 +521,8 @@ class DataConnection:
         self._auth_retries.pop(guid, None)
         if self._out:
             self._out = [item for item in self._out if item.guid != guid]
+        if self._held:
+            self._cancelled.add(guid)
 
     def send_unsubscribe(self, guid: str) -> bool:
         """Queue ``unsubscribe`` for ``guid`` (docs/protocol.md §3.8).
@@ -510,6 +566,7 @@ class DataConnection:
         Then: act on ``events_received()``, write ``data_to_send`` if any (a re-send), and tick
         by ``next_tick()`` (an answered ping moves it).
         """
+        self._awaiting.discard(guid)
         if guid == self._ping_guid:
             if self._probe is not None:
                 # docs/protocol.md §3.7: the reply to our ping, matched by requestGuid.

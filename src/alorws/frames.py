@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["Bars", "Rows", "time_fields"]
 
 M = TypeVar("M", bound=msgspec.Struct)
-TimeUnit = Literal["s", "ms", "iso"]
+TimeUnit = Literal["s", "ms", "ns", "iso"]
 Kind = Literal["time", "float", "decimal", "int", "bool", "str", "object"]
 
 #: The time fields of models by field name, and their unit; applied to every model.
@@ -141,7 +141,7 @@ def _plain(value: Any) -> Any:
 
 def _epoch_ns(values: Sequence[Any], unit: TimeUnit) -> list[int | None]:
     """Times as Unix nanoseconds (None stays None)."""
-    scale = 1_000_000_000 if unit == "s" else 1_000_000
+    scale = {"s": 1_000_000_000, "ms": 1_000_000, "ns": 1}.get(unit, 1)
     if unit == "iso":
         out: list[int | None] = []
         for v in values:

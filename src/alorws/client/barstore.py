@@ -305,9 +305,13 @@ def _read(file: Path) -> tuple[list[Bar], Coverage]:
     pa = _arrow()
     pq = require("pyarrow.parquet", "the candle cache (BarStore)")
     try:
-        table = pq.read_table(file)
+        # One open, read whole: a writer's rename then cannot mix two versions (reading by
+        # path lets pyarrow open the file again between the footer and the pages).
+        data = file.read_bytes()
     except FileNotFoundError:
         return [], []
+    try:
+        table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigurationError(
             f"the candle cache file {file} cannot be read ({exc}); delete it to start over"

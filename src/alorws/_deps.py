@@ -22,6 +22,7 @@ EXTRAS: Final = {
     "nats": ("nats-py", "gateway"),
     "prometheus_client": ("prometheus-client", "metrics"),
     "pandas": ("pandas", "pandas"),
+    "numpy": ("pandas", "pandas"),  # pandas brings it
     "polars": ("polars", "polars"),
 }
 

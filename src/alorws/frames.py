@@ -217,8 +217,14 @@ def _to_pandas(
     for name, kind, optional, unit, values in specs:
         if kind == "time":
             assert unit is not None
-            ns = pandas.array(_epoch_ns(values, unit), dtype="Int64")
-            data[name] = pandas.to_datetime(ns, unit="ns", utc=True).tz_convert(tz)
+            # int64 nanoseconds viewed as datetime64[ns]: exact, and INT64_MIN is NaT.
+            numpy: Any = require("numpy", "DataFrames (to_pandas)")
+            nat = numpy.iinfo(numpy.int64).min
+            ns = numpy.array(
+                [nat if v is None else v for v in _epoch_ns(values, unit)], dtype=numpy.int64
+            )
+            index = pandas.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
+            data[name] = pandas.Series(index.tz_convert(tz))
         elif kind == "float":
             data[name] = pandas.Series(
                 [float("nan") if v is None else v for v in values], dtype="float64"

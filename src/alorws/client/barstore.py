@@ -190,7 +190,7 @@ class BarStore:
             settle = ANONYMOUS_SETTLE if getattr(http, "_tokens", None) is None else DEFAULT_SETTLE
         frozen_hi = int(self._clock() - settle) - span  # candles opening at or before it closed
         file = self.path / server_dir(getattr(http, "base_url", "")) / key.relpath()
-        stored, covered = await asyncio.to_thread(_read, file)
+        stored, covered = await asyncio.to_thread(_read, file, need_lo, need_hi)
         fetched: dict[int, Bar] = {}
         new_ranges: Coverage = []
         for lo, hi in _missing(covered, need_lo, need_hi):
@@ -213,7 +213,7 @@ class BarStore:
         if new_ranges:
             keep = [b for b in fetched.values() if any(a <= b.time <= z for a, z in new_ranges)]
             await asyncio.to_thread(_add, file, keep, new_ranges)
-        merged = {b.time: b for b in stored if need_lo <= b.time <= need_hi}
+        merged = {b.time: b for b in stored}
         merged.update(fetched)
         return Bars(merged[t] for t in sorted(merged))
 
@@ -300,8 +300,9 @@ def server_dir(base_url: str) -> str:
 # -- files (run in a worker thread) -------------------------------------------------------------
 
 
-def _read(file: Path) -> tuple[list[Bar], Coverage]:
-    """The candles and coverage of ``file`` (nothing if it does not exist)."""
+def _read(file: Path, lo: int | None = None, hi: int | None = None) -> tuple[list[Bar], Coverage]:
+    """The candles (opening in ``[lo, hi]`` when given) and the coverage of ``file``
+    (nothing if it does not exist)."""
     pa = _arrow()
     pq = require("pyarrow.parquet", "the candle cache (BarStore)")
     try:
@@ -323,6 +324,10 @@ def _read(file: Path) -> tuple[list[Bar], Coverage]:
         raise ConfigurationError(
             f"the candle cache file {file} has no readable coverage; delete it to start over"
         ) from None
+    if lo is not None and hi is not None:
+        pc = require("pyarrow.compute", "the candle cache (BarStore)")
+        opens = table.column("time")
+        table = table.filter(pc.and_(pc.greater_equal(opens, lo), pc.less_equal(opens, hi)))
     columns = [table.column(n).to_pylist() for n in ("time", "open", "high", "low", "close")]
     volume = table.column("volume").to_pylist()
     bars = [

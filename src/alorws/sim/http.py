@@ -172,10 +172,11 @@ class HttpApi:
         self._execute = execute
         self._clock = clock
         self._rate = RateLimit(http_rate, clock)
-        #: HTTP requests received, by route (``"/md/v2/history"``, ``"GET /md/v2/time"`` is
-        #: ``"/md/v2/time"``; an unknown path under its own path), those answered 429
-        #: included; ``/ws``, ``/cws`` and ``/sim/*`` are not counted. Tests read it to prove
-        #: a client sent nothing (also in ``GET /sim/stats`` as ``http_requests``).
+        #: HTTP requests received, by route template (``"/md/v2/history"``,
+        #: ``"/md/v2/Securities/{exchange}/{symbol}"``; paths no route serves under
+        #: ``"(no route)"``), those answered 429 included; ``/ws``, ``/cws`` and ``/sim/*`` are
+        #: not counted. Tests read it to prove a client sent nothing (also in
+        #: ``GET /sim/stats`` as ``http_requests``).
         self.requests: Counter[str] = Counter()
         self._seen_http: RecentReplies[tuple[int, dict[str, Any]]] = RecentReplies(clock)
         self._http_serial = 0
@@ -212,7 +213,7 @@ class HttpApi:
         Anonymous callers share one budget per address.
         """
         route = request.match_info.route.resource
-        self.requests[route.canonical if route is not None else request.path] += 1
+        self.requests[route.canonical if route is not None else "(no route)"] += 1
         claims = bearer(self.tokens, request)
         key = claims.login if claims else f"anonymous:{request.remote}"
         retry = self._rate.hit(key)

@@ -22,17 +22,18 @@ a time (below)               ``datetime64[ns, Europe/Moscow]``           ``Datet
 anything else (book levels)  ``object`` holding the values               ``Object``
 ===========================  ==========================================  =======================
 
-Prices are ``float`` in every model: ALOR sends JSON numbers (docs/protocol.md §3.5), which
-decode to the nearest double, so ``float64`` loses nothing the model had. A model field typed
+Prices are ``float`` in every model: ALOR sends them as JSON numbers, which decode to the
+nearest double, so ``float64`` loses nothing the model had. A model field typed
 ``Decimal`` is kept exact as an ``object`` column of ``Decimal`` values (pandas has no decimal
 dtype), never rounded through ``float``.
 
 Times become timezone-aware timestamps, in Moscow time (:data:`~alorws.protocol.timeutil.MSK_NAME`)
-by default or in the ``tz`` asked for: ``Bar.time``, ``Quote.last_price_timestamp`` and
-``ClusterSnapshot.timestamp`` (Unix seconds), ``Quote.ob_ms_timestamp``,
-``OrderBook.ms_timestamp`` and ``Trade.timestamp`` (Unix milliseconds), and the ISO-8601 strings
-of orders, stop orders, own trades and risks (``trans_time``, ``update_time``, ``end_time``,
-``date``, ``calculation_time``; ``Trade.time``). Other fields keep their values.
+by default or in the ``tz`` asked for: ``Bar.time`` and ``Quote.last_price_timestamp`` (Unix
+seconds), ``Quote.ob_ms_timestamp``, ``OrderBook.ms_timestamp`` and ``Trade.timestamp`` (Unix
+milliseconds), and the ISO-8601 strings of orders, stop orders, own trades and risks
+(``trans_time``, ``update_time``, ``end_time``, ``date``, ``calculation_time``; ``Trade.time``).
+Other fields keep their values (the unit of ``ClusterSnapshot.timestamp`` is not known,
+docs/protocol.md §4.13: it stays an int).
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ _TIMES: Final[dict[str, dict[str, TimeUnit]]] = {
     "Quote": {"last_price_timestamp": "s", "ob_ms_timestamp": "ms"},
     "OrderBook": {"ms_timestamp": "ms"},
     "Trade": {"time": "iso", "timestamp": "ms"},
-    "ClusterSnapshot": {"timestamp": "s"},
     "Order": {"trans_time": "iso", "update_time": "iso", "end_time": "iso"},
     "StopOrder": {"trans_time": "iso", "update_time": "iso", "end_time": "iso"},
     "OwnTrade": {"date": "iso"},

@@ -2,10 +2,11 @@
 
 The top level holds what an application uses: the clients (:class:`AlorClient`,
 :class:`HttpClient`, :class:`OrderClient`, :class:`BusClient`, :class:`Replay`, the local state
-:class:`Portfolio` and :class:`OrderBookView`, :class:`Recorder`), what they take and return
-(the stream types and :class:`DataStream`, the subscription requests ``stream(request)``
-takes, the models, the enums, :class:`Backoff`, :class:`Policy`, :class:`OrderAck`,
-:class:`LaneEvent`), and every exception of :mod:`alorws.errors`.
+:class:`Portfolio` and :class:`OrderBookView`, :class:`Recorder`, the candle cache
+:class:`BarStore`), what they take and return (the stream types and :class:`DataStream`,
+:class:`Bars` (a list of candles with ``to_pandas()``), the subscription requests
+``stream(request)`` takes, the models, the enums, :class:`Backoff`, :class:`Policy`,
+:class:`OrderAck`, :class:`LaneEvent`), and every exception of :mod:`alorws.errors`.
 
 The wire machinery (frame encoders and decoders, the router, ``/cws`` command structs, the
 registry, JWT helpers) is in :mod:`alorws.protocol`; the client's building blocks (lanes,
@@ -40,6 +41,7 @@ from .errors import (
     InvalidTokenError as InvalidTokenError,
     LimitError as LimitError,
     LocalProtocolError as LocalProtocolError,
+    MissingDependency as MissingDependency,
     OrderRejected as OrderRejected,
     OrderStatusUnknown as OrderStatusUnknown,
     ProtocolError as ProtocolError,
@@ -130,9 +132,12 @@ if TYPE_CHECKING:
         StreamSource as StreamSource,
         TokenManager as TokenManager,
     )
+    from .client.barstore import BarStore as BarStore
+    from .frames import Bars as Bars
     from .record import Recorder as Recorder, Replay as Replay
 
-#: Names loaded on first use, and their modules: the asyncio client, the NATS bus, Arrow.
+#: Names loaded on first use, and their modules: the asyncio client, the NATS bus, Arrow, the
+#: candle cache and DataFrame helpers.
 _LAZY = {
     "AlorClient": "alorws.client",
     "DataStream": "alorws.client",
@@ -148,6 +153,8 @@ _LAZY = {
     "TokenManager": "alorws.client",
     "BusClient": "alorws.bus",
     "BusStream": "alorws.bus",
+    "BarStore": "alorws.client.barstore",
+    "Bars": "alorws.frames",
     "Recorder": "alorws.record",
     "Replay": "alorws.record",
 }
@@ -175,6 +182,8 @@ __all__ = [
     "AuthError",
     "Backoff",
     "Bar",
+    "BarStore",
+    "Bars",
     "BarsRequest",
     "BookLevel",
     "BufferEmpty",
@@ -209,6 +218,7 @@ __all__ = [
     "LaneEvent",
     "LimitError",
     "LocalProtocolError",
+    "MissingDependency",
     "Order",
     "OrderAck",
     "OrderBook",

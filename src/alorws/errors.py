@@ -29,6 +29,7 @@ The tree::
     │   └── StreamClosed                the stream ended (unsubscribed, client closed, or failed)
     ├── RecorderError                   the recorder's writer stopped: frames were not written
     ├── ConfigurationError              (also ValueError) the client was set up wrongly
+    │   └── MissingDependency           (also ImportError) a feature's extra is not installed
     ├── OrderStatusUnknown              an order command got no reply; its outcome is unknown
     └── InvalidState                    (also AssertionError) an object was used in the wrong state
 
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidTokenError",
     "LimitError",
     "LocalProtocolError",
+    "MissingDependency",
     "OrderRejected",
     "OrderStatusUnknown",
     "ProtocolError",
@@ -341,6 +343,21 @@ class RecorderError(AlorError):
 
 class ConfigurationError(AlorError, ValueError):
     """The client was configured wrongly (bad URL, plain HTTP to a remote host, bad limit)."""
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """A feature needs a package that is not installed; the message names the extra to install
+    (``recording needs pyarrow: pip install 'alorws[record]'``).
+
+    Also an ``ImportError``, so ``except ImportError`` around an optional import still works.
+    ``package`` is the missing distribution, ``extra`` the alorws extra that brings it.
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        self.feature = feature
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{feature} needs {package}: pip install 'alorws[{extra}]'")
 
 
 # -- outcomes and misuse ----------------------------------------------------------------------

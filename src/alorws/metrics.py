@@ -45,14 +45,19 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import (
+from ._deps import require
+
+
+require("prometheus_client", "the Prometheus exporter")
+
+from prometheus_client import CollectorRegistry, start_http_server  # noqa: E402
+from prometheus_client.core import (  # noqa: E402
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector  # noqa: E402
 
 
 __all__ = [

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import polars as pl
 import pytest
 
 from alorws import cli
 from alorws.errors import ConfigurationError
 from alorws.protocol.requests import OrdersRequest, QuotesRequest
+from alorws.protocol.timeutil import MSK_NAME
 from alorws.record import Replay
 
 from .conftest import Recording, collect, streams
@@ -202,3 +204,39 @@ async def test_the_pump_waits_for_a_full_buffer_without_polling(
         got = [trade async for trade in trades]
     assert timed == []
     assert got == expected and len(got) > 4
+
+
+# -- DataFrames of a recording ------------------------------------------------------------------
+
+
+def test_recorded_quotes_to_pandas_in_moscow_time(recording: Recording) -> None:
+    """One row per recorded data message, the same models the live stream got, in order;
+    ``recv_time`` and the model's times tz-aware in Moscow time (or UTC when asked)."""
+    replay = Replay(recording.root)  # not opened: read here
+    times, rows = replay.messages("quotes", code="SBER")
+    live = recording.live["quotes", "SBER"]
+    assert rows and list(rows) == live[: len(rows)] and len(times) == len(rows)
+    df = replay.to_pandas("quotes", code="SBER")
+    assert len(df) == len(rows) and list(df.columns[:3]) == ["recv_time", "symbol", "exchange"]
+    assert str(df["recv_time"].dtype) == f"datetime64[ns, {MSK_NAME}]"
+    assert str(df["last_price_timestamp"].dtype) == f"datetime64[ns, {MSK_NAME}]"
+    assert str(df["last_price"].dtype) == "float64" and str(df["volume"].dtype) == "Int64"
+    assert df["recv_time"].is_monotonic_increasing
+    assert df["recv_time"].iloc[0].value == times[0]  # nanoseconds kept
+    assert df["last_price"].tolist() == [q.last_price for q in rows]
+    utc = replay.to_pandas("quotes", tz="UTC", code="SBER")
+    assert str(utc["recv_time"].dtype) == "datetime64[ns, UTC]"
+    assert (utc["recv_time"] == df["recv_time"]).all()
+
+
+async def test_recorded_bars_to_polars_and_by_request(recording: Recording) -> None:
+    async with Replay(recording.root) as replay:
+        request = replay.find("bars", code="GAZP")
+        df = replay.to_polars(request)
+        by_kind = replay.to_polars("bars", code="GAZP")
+        with pytest.raises(ConfigurationError, match="no recorded subscription matches"):
+            replay.to_pandas("quotes", code="LKOH")
+    assert df.equals(by_kind) and df.height > 0
+    assert df.columns == ["recv_time", "time", "open", "high", "low", "close", "volume"]
+    assert df.schema["time"] == pl.Datetime("ns", MSK_NAME)
+    assert df.schema["close"] == pl.Float64 and df.schema["volume"] == pl.Int64

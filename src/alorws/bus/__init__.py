@@ -3,7 +3,12 @@
 See ``docs/scale-out.md``.
 """
 
-from .client import BusClient as BusClient, BusStream as BusStream, BusTrading as BusTrading
+from .._deps import require
+
+
+require("nats", "the NATS bus client")
+
+from .client import BusClient as BusClient, BusStream as BusStream, BusTrading as BusTrading  # noqa: E402
 
 
 __all__ = ["BusClient", "BusStream", "BusTrading"]

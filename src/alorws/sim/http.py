@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -172,6 +172,12 @@ class HttpApi:
         self._execute = execute
         self._clock = clock
         self._rate = RateLimit(http_rate, clock)
+        #: HTTP requests received, by route template (``"/md/v2/history"``,
+        #: ``"/md/v2/Securities/{exchange}/{symbol}"``; paths no route serves under
+        #: ``"(no route)"``), those answered 429 included; ``/ws``, ``/cws`` and ``/sim/*`` are
+        #: not counted. Tests read it to prove a client sent nothing (also in
+        #: ``GET /sim/stats`` as ``http_requests``).
+        self.requests: Counter[str] = Counter()
         self._seen_http: RecentReplies[tuple[int, dict[str, Any]]] = RecentReplies(clock)
         self._http_serial = 0
 
@@ -206,6 +212,8 @@ class HttpApi:
 
         Anonymous callers share one budget per address.
         """
+        route = request.match_info.route.resource
+        self.requests[route.canonical if route is not None else "(no route)"] += 1
         claims = bearer(self.tokens, request)
         key = claims.login if claims else f"anonymous:{request.remote}"
         retry = self._rate.hit(key)

@@ -208,9 +208,11 @@ class SimServer:
         ``errors`` counts failures inside the simulator (each also logged): a handler or a
         ``/ws``/``/cws`` frame answered 500, a failed market step, a failed round of a
         background fault. Bad input is answered with a 4xx and never counted. ``faults`` is the
-        state of the faults (:meth:`Faults.stats`).
+        state of the faults (:meth:`Faults.stats`). ``http_requests`` counts the HTTP requests
+        received by route (:attr:`HttpApi.requests`).
         """
         out = self.hub.stats()
+        out["http_requests"] = dict(self.http.requests)
         out["errors"] = self.errors + self.hub.errors + self.faults.errors
         out["faults"] = self.faults.stats()
         return out

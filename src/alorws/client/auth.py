@@ -202,7 +202,7 @@ def _read_token_file(path: Path, *, must_exist: bool) -> str | None:
         ) from None
     except OSError as exc:
         raise ConfigurationError(f"cannot read the token file {shown}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as file:
+    try:
         info = os.fstat(fd)  # of the file opened, not of a path that may have changed since
         if not stat.S_ISREG(info.st_mode):
             raise ConfigurationError(f"the token file {shown} is not a regular file")
@@ -212,7 +212,12 @@ def _read_token_file(path: Path, *, must_exist: bool) -> str | None:
                 f"the token file {shown} is readable or writable by group or others (mode "
                 f"{stat.S_IMODE(info.st_mode):03o}): run chmod 600 {shown}"
             )
-        data = file.read(64 * 1024)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the token file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:

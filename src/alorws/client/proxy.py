@@ -82,6 +82,11 @@ class Proxy:
             auth += ":" + quote(self.password, safe="")
         return self.address.replace("://", f"://{auth}@", 1)
 
+    @property
+    def named(self) -> str:
+        """How messages name it: ``str(self)``, and the variable it came from, if any."""
+        return str(self) if self.source == "proxy=" else f"{self} (from {self.source})"
+
     def __str__(self) -> str:
         if self.username is None:
             return self.address
@@ -252,7 +257,7 @@ def aiohttp_connector(proxy: Proxy | None, **options: Any) -> aiohttp.BaseConnec
         from aiohttp_socks import ProxyConnector
     except ImportError:
         raise ConfigurationError(
-            f"the SOCKS5 proxy {proxy} ({proxy.source}) needs the aiohttp-socks package for "
+            f"the SOCKS5 proxy {proxy.named} needs the aiohttp-socks package for "
             "HTTP requests and /refresh: pip install aiohttp-socks (or use an http:// proxy)"
         ) from None
     connector: aiohttp.BaseConnector = ProxyConnector.from_url(proxy.url, rdns=True, **options)
@@ -281,7 +286,7 @@ def aiohttp_proxy_failure(
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return proxy_refusal(proxy, target, exc.status, exc.message or None)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return f"cannot connect to the proxy {proxy} ({proxy.source}): {exc.strerror}", False
+        return f"cannot connect to the proxy {proxy.named}: {exc.strerror}", False
     name = type(exc).__module__.partition(".")[0]
     if name in ("python_socks", "aiohttp_socks"):
         return proxy_failure(exc, proxy, target)
@@ -294,17 +299,17 @@ def proxy_failure(exc: BaseException, proxy: Proxy, target: str) -> tuple[str, b
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
     if isinstance(exc, ProxyTimeoutError):
-        return f"the proxy {proxy} ({proxy.source}) did not answer in time", False
+        return f"the proxy {proxy.named} did not answer in time", False
     if isinstance(exc, ProxyConnectionError):
-        return f"cannot connect to the proxy {proxy} ({proxy.source}): {exc}", False
+        return f"cannot connect to the proxy {proxy.named}: {exc}", False
     if isinstance(exc, ProxyError):
         text = str(exc)
         match = re.search(r"status (\d{3})", text)
         if match:
             return proxy_refusal(proxy, target, int(match.group(1)), None)
-        return f"the proxy {proxy} ({proxy.source}) refused {target}: {text}", False
+        return f"the proxy {proxy.named} refused {target}: {text}", False
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-        return f"cannot connect to the proxy {proxy} ({proxy.source}): {exc}", False
+        return f"cannot connect to the proxy {proxy.named}: {exc}", False
     return None
 
 
@@ -332,6 +337,6 @@ def proxy_refusal(proxy: Proxy, target: str, status: int, reason: str | None) ->
             if proxy.username is None
             else "; check the proxy's user and password"
         )
-    text = f"proxy {proxy} ({proxy.source}) refused CONNECT to {target}: {status} {reason}"
+    text = f"proxy {proxy.named} refused CONNECT to {target}: {status} {reason}"
     # 407 and 403 are the proxy's decision about us: asking again gives the same answer.
     return f"{text.rstrip()}{hint}", status in (403, 407)

@@ -47,6 +47,7 @@ from .proxy import (
     ProxyOption,
     aiohttp_connector,
     aiohttp_proxy_failure,
+    check_http_support,
     proxy_for,
     proxy_refusal,
     request_options,
@@ -179,7 +180,7 @@ class HttpTransport:
         proxy: ProxyOption = None,
     ) -> None:
         self.base_url = resolve_endpoints(None, base_url=base_url).http
-        self._proxy = proxy_for(self.base_url, proxy)
+        self._proxy = check_http_support(proxy_for(self.base_url, proxy))
         self._proxy_options = request_options(self._proxy)
         self._ssl: SSLContext | bool
         if ssl is not None:

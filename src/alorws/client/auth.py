@@ -67,6 +67,7 @@ from .proxy import (
     ProxyOption,
     aiohttp_connector,
     aiohttp_proxy_failure,
+    check_http_support,
     proxy_for,
     proxy_refusal,
     request_options,
@@ -341,7 +342,7 @@ class TokenManager:
             body["allowedPortfolios"] = list(allowed_portfolios)
         self._oauth = _check_oauth_url(oauth_url)
         self._url = f"{self._oauth}/refresh"
-        self._proxy = proxy_for(self._url, proxy)
+        self._proxy = check_http_support(proxy_for(self._url, proxy))
         self._proxy_options = request_options(self._proxy)
         # docs/protocol.md §2.2: the body form keeps the refresh token out of URLs (and so out of
         # every log).

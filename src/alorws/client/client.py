@@ -49,7 +49,7 @@ from .http import HttpClient
 from .lane import Lane, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
 from .pool import LanePool
-from .proxy import Proxy, ProxyOption, proxy_for
+from .proxy import Proxy, ProxyOption, check_http_support, proxy_for
 from .runtime import IORuntime
 from .sources import (
     STREAM_KINDS,
@@ -193,6 +193,7 @@ class AlorClient(ClientStreams):
                 self.endpoints.refresh_url,
             )
         }
+        check_http_support(self._proxies[self.endpoints.http])
         self._refresh_token = resolve_refresh_token(refresh_token)
         self._cafile = cafile
         self.format = Format(format)

@@ -27,6 +27,7 @@ import ipaddress
 import os
 import re
 import socket
+from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -253,15 +254,25 @@ def aiohttp_connector(proxy: Proxy | None, **options: Any) -> aiohttp.BaseConnec
     a SOCKS5 one needs ``aiohttp-socks``."""
     if proxy is None or proxy.scheme == "http":
         return aiohttp.TCPConnector(**options)
-    try:
-        from aiohttp_socks import ProxyConnector
-    except ImportError:
-        raise ConfigurationError(
-            f"the SOCKS5 proxy {proxy.named} needs the aiohttp-socks package for "
-            "HTTP requests and /refresh: pip install aiohttp-socks (or use an http:// proxy)"
-        ) from None
+    check_http_support(proxy)
+    from aiohttp_socks import ProxyConnector
+
     connector: aiohttp.BaseConnector = ProxyConnector.from_url(proxy.url, rdns=True, **options)
     return connector
+
+
+def check_http_support(proxy: Proxy | None) -> Proxy | None:
+    """Return ``proxy`` if HTTP requests can go through it; a SOCKS5 proxy without the
+    ``aiohttp-socks`` package raises :class:`~alorws.errors.ConfigurationError`."""
+    if proxy is not None and proxy.scheme != "http":
+        try:
+            import aiohttp_socks  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                f"the SOCKS5 proxy {proxy.named} needs the aiohttp-socks package for HTTP "
+                "requests and /refresh: pip install 'alorws[socks]' (or use an http:// proxy)"
+            ) from None
+    return proxy
 
 
 def request_options(proxy: Proxy | None) -> dict[str, Any]:
@@ -271,8 +282,8 @@ def request_options(proxy: Proxy | None) -> dict[str, Any]:
         return {}
     options: dict[str, Any] = {"proxy": proxy.address}
     if proxy.username is not None:
-        auth = aiohttp.BasicAuth(proxy.username, proxy.password or "")
-        options["proxy_headers"] = {"Proxy-Authorization": auth.encode()}
+        pair = f"{proxy.username}:{proxy.password or ''}".encode()
+        options["proxy_headers"] = {"Proxy-Authorization": f"Basic {b64encode(pair).decode()}"}
     return options
 
 

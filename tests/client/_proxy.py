@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable
 
+
 #: Runs pproxy's command line on a plain asyncio loop: pproxy installs uvloop when it can and
 #: then calls ``asyncio.get_event_loop()``, which uvloop refuses outside a running loop.
 _RUN = """

@@ -246,15 +246,18 @@ async def test_an_unreachable_proxy_is_named_in_the_error(tls_sim: Simulator) ->
 # -- from the environment ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+@pytest.mark.parametrize(
+    ("variable", "scheme"),
+    [("HTTPS_PROXY", "http"), ("https_proxy", "http"), ("ALL_PROXY", "socks5")],
+)
 async def test_the_environment_proxy_is_used_for_a_remote_host(
-    variable: str, remote_sim: Simulator, monkeypatch: pytest.MonkeyPatch
+    variable: str, scheme: str, remote_sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTPS_PROXY (or https_proxy, ALL_PROXY) carries every connection to a host that is not
-    loopback; the host is never resolved here (only the proxy sees the name)."""
+    loopback; the host is never resolved here (only the proxy sees the name, SOCKS5 too)."""
     port = remote_sim.url.rpartition(":")[2]
     async with run_proxy(tunnel_to=address(remote_sim)) as proxy:
-        monkeypatch.setenv(variable, proxy.url())
+        monkeypatch.setenv(variable, proxy.url(scheme))
         client = AlorClient(
             remote_sim.demo_refresh_token,
             base_url=f"https://{REMOTE}:{port}",
@@ -263,7 +266,7 @@ async def test_the_environment_proxy_is_used_for_a_remote_host(
         )
         # Decided before anything connects: nothing may try the name directly.
         decided = set(client._proxies.values())
-        assert decided == {Proxy("http", "127.0.0.1", proxy.port, source=f"${variable}")}
+        assert decided == {Proxy(scheme, "127.0.0.1", proxy.port, source=f"${variable}")}
         async with client:
             await exercise(client, proxy, f"{REMOTE}:{port}")
 
@@ -305,12 +308,14 @@ async def test_loopback_is_never_sent_to_an_environment_proxy(
         await client.trading.place_limit(
             client.portfolios[0], "SBER", "buy", 1, price=round(quote.last_price * 0.98, 2)
         )
-    # The proxy process is still up and logs every connection it gets: a plain one now shows.
-    assert proxy.lines == []
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    # The proxy logs the connections it gets in order: once a probe's shows, any the client
+    # had made would show before it.
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(f"CONNECT {address(tls_sim)} HTTP/1.1\r\n\r\n".encode())
-    await proxy.wait_for(lambda: proxy.tunnels(address(tls_sim)) == 1, "the probe's tunnel")
+    await proxy.wait_for(lambda: proxy.tunnels(address(tls_sim)) >= 1, "the probe's tunnel")
+    assert len(proxy.lines) == 1, proxy.lines
     writer.close()
+    await writer.wait_closed()
     for url in ("https://localhost:1", "https://[::1]:1", "https://127.5.6.7:1"):
         assert proxy_for(url) is None
 

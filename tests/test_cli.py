@@ -252,9 +252,9 @@ def test_missing_token_is_one_clear_line(
     assert code == 1
     error, hint = err.splitlines()
     # The three places a token is looked for, each with how to put it there.
-    assert error.startswith("alorws: error: no ALOR refresh token found")
-    assert f"export {cli.TOKEN_ENV}=" in error
-    assert f"{tmp_path / 'alorws' / 'refresh_token'}' (absent)" in error and "chmod 600" in error
+    assert error.startswith("alorws: error: no refresh token found")
+    assert f"set {cli.TOKEN_ENV}=" in error
+    assert f"{tmp_path / 'alorws' / 'refresh_token'}': absent" in error and "chmod 600" in error
     assert "keyring set alorws refresh_token" in error
     assert hint == "hint: pass --token-file PATH, or use --sim for the simulator"
     assert out == ""

@@ -180,12 +180,12 @@ def resolve_refresh_token(
     if token is not None:
         return token
     raise ConfigurationError(
-        f"no ALOR refresh token found; looked, in this order, at (1) the environment variable "
-        f"{TOKEN_ENV} (not set): export {TOKEN_ENV}=<token>; (2) the file {str(path)!r} (absent):"
-        f" write the token there and chmod 600 it ({TOKEN_FILE_ENV} names another file); (3) the "
-        f"OS keyring, service {KEYRING_SERVICE!r}, user {keyring_user!r} ({why_not}): keyring set "
-        f"{KEYRING_SERVICE} {keyring_user}. Or pass refresh_token=. The token comes from the ALOR "
-        "developer portal"
+        f"no refresh token found; looked, in this order, at (1) the environment variable "
+        f"{TOKEN_ENV}: not set (set {TOKEN_ENV}=<token> in the environment); (2) the file "
+        f"{str(path)!r}: absent (write the token there and chmod 600 it; {TOKEN_FILE_ENV} names "
+        f"another file); (3) the OS keyring, service {KEYRING_SERVICE!r}, user {keyring_user!r}: "
+        f"{why_not} (store it with: keyring set {KEYRING_SERVICE} {keyring_user}). Or pass "
+        "refresh_token=; the token comes from the ALOR developer portal"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -215,6 +216,42 @@ async def test_proxy_credentials(
             await proxy.wait_for(lambda refused=refused: proxy.refusals() > refused, "refused")
     logged = caplog.text + "".join(capsys.readouterr())
     assert password not in logged and "wr0ng-pw" not in logged
+
+
+async def test_a_socks5_refusal_is_a_connect_error(tls_sim: Simulator) -> None:
+    """A SOCKS5 proxy turning away wrong credentials: HTTP, /refresh and /ws each raise a
+    ConnectError naming the proxy (password hidden), after their retries."""
+    once = Backoff(base=0.01, cap=0.01, max_attempts=1)
+    ws = resolve_endpoints(None, base_url=tls_sim.url).ws
+    async with run_proxy(auth="alice:right-pw") as proxy:
+        url = proxy.url("socks5", auth="alice:wr0ng-pw")
+        shown = f"socks5://alice:***@{proxy.address}"
+        async with HttpClient(tls_sim.url, cafile=tls_sim.cert_path, proxy=url, retry=once) as http:
+            with pytest.raises(ConnectError, match=re.escape(shown)) as info:
+                await http.server_time()
+            assert "wr0ng-pw" not in str(info.value)
+        tokens = TokenManager(
+            tls_sim.demo_refresh_token,
+            tls_sim.url,
+            ssl=ssl_context_for(tls_sim.url, cafile=tls_sim.cert_path),
+            proxy=url,
+            retry=once,
+        )
+        with pytest.raises(ConnectError, match=re.escape(shown)) as info:
+            async with tokens:
+                pass
+        assert "wr0ng-pw" not in str(info.value)
+        with pytest.raises(ConnectError, match=re.escape(shown)) as info:
+            await ws_connect(
+                lambda: FrameListener(lambda frame: None, lambda: None),
+                ws,
+                ssl_context=ssl_context_for(ws, cafile=tls_sim.cert_path),
+                step_timeout=5.0,
+                attempts=set(),
+                proxy=parse_proxy(url),
+            )
+        assert "wr0ng-pw" not in str(info.value)
+        await proxy.wait_for(lambda: proxy.refusals() >= 3, "three refusals")
 
 
 async def test_an_unreachable_proxy_is_named_in_the_error(tls_sim: Simulator) -> None:

@@ -44,6 +44,7 @@ from ..protocol.requests import _enum
 from .auth import TokenSource
 from .endpoints import resolve_endpoints, ssl_context_for
 from .proxy import (
+    PROXY_ERRORS,
     ProxyOption,
     aiohttp_connector,
     aiohttp_proxy_failure,
@@ -57,6 +58,13 @@ from .proxy import (
 __all__ = ["DEFAULT_HTTP_RETRY", "Auth", "HttpTransport"]
 
 log = logging.getLogger("alorws.http")
+
+#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
+_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    aiohttp.ClientError,
+    OSError,
+    *PROXY_ERRORS,
+)
 
 M = TypeVar("M", bound=Model)
 
@@ -327,7 +335,7 @@ class HttpTransport:
                 f"TLS failed talking to {self.base_url}: {exc}; check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except _NETWORK_ERRORS as exc:
             failure = aiohttp_proxy_failure(exc, self._proxy, _authority(url))
             if failure is not None:
                 message, final = failure

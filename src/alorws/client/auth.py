@@ -64,6 +64,7 @@ from ..protocol.jwt import (
 )
 from .endpoints import _check_oauth_url
 from .proxy import (
+    PROXY_ERRORS,
     ProxyOption,
     aiohttp_connector,
     aiohttp_proxy_failure,
@@ -88,6 +89,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("alorws.auth")
+
+#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
+_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    aiohttp.ClientError,
+    OSError,
+    *PROXY_ERRORS,
+)
 
 #: Retries of one refresh: 8 jittered delays (≤ 0.2, 0.4, … capped at 10 s), then give up.
 DEFAULT_RETRY: Final = Backoff(base=0.2, cap=10.0, max_attempts=8)
@@ -709,7 +717,7 @@ class TokenManager:
                 f"TLS failed talking to {self._url}: {exc}. Check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except _NETWORK_ERRORS as exc:
             failure = aiohttp_proxy_failure(exc, self._proxy, self._authority())
             if failure is None:
                 raise _Retryable(f"{type(exc).__name__}: {exc}") from None

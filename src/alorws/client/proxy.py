@@ -14,7 +14,7 @@ Every class that connects (:class:`~alorws.client.AlorClient`, ``HttpClient``, `
 
 HTTP proxies are used with ``CONNECT`` for TLS targets (``https``, ``wss``); plain ``http``
 requests are sent to them in absolute form. SOCKS5 proxies need the ``aiohttp-socks`` package
-for HTTP requests and ``/refresh`` (``pip install aiohttp-socks``); the WebSocket connections
+for HTTP requests and ``/refresh`` (``pip install 'alorws[socks]'``); the WebSocket connections
 support them as installed.
 
 A proxy's password never appears in a ``repr``, a log line or an error: :class:`Proxy` shows it
@@ -40,7 +40,7 @@ from ..errors import ConfigurationError, ConnectError
 from .endpoints import is_loopback_host
 
 
-__all__ = ["NO_PROXY", "Proxy", "ProxyOption", "proxy_for"]
+__all__ = ["NO_PROXY", "Proxy", "ProxyOption", "parse_proxy", "proxy_for"]
 
 #: ``proxy=NO_PROXY`` (``False``): connect directly, whatever the environment says.
 NO_PROXY: Final = False
@@ -248,6 +248,27 @@ def _hidden(text: str) -> str:
 # -- the transports' side ---------------------------------------------------------------------
 
 
+def _error_types() -> tuple[type[Exception], ...]:
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+
+    types: tuple[type[Exception], ...] = (ProxyConnectionError, ProxyError, ProxyTimeoutError)
+    try:  # aiohttp-socks raises classes of its own, not python-socks'
+        import aiohttp_socks
+    except ImportError:
+        return types
+    return (
+        *types,
+        aiohttp_socks.ProxyConnectionError,
+        aiohttp_socks.ProxyError,
+        aiohttp_socks.ProxyTimeoutError,
+    )
+
+
+#: What the SOCKS libraries raise (besides ``OSError``) when a proxy fails: the transports
+#: catch these too and turn them into the library's errors (:func:`proxy_failure`).
+PROXY_ERRORS: Final = _error_types()
+
+
 def aiohttp_connector(proxy: Proxy | None, **options: Any) -> aiohttp.BaseConnector:
     """The connector of an aiohttp session that connects through ``proxy`` (``options`` are
     ``TCPConnector``'s). An HTTP proxy is given per request instead (:func:`request_options`);
@@ -305,22 +326,20 @@ def aiohttp_proxy_failure(
 
 
 def proxy_failure(exc: BaseException, proxy: Proxy, target: str) -> tuple[str, bool] | None:
-    """Like :func:`aiohttp_proxy_failure`, for the errors of python-socks and of connecting to
-    the proxy (the WebSocket side, picows)."""
-    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
-
-    if isinstance(exc, ProxyTimeoutError):
+    """Like :func:`aiohttp_proxy_failure`, for the errors of python-socks and aiohttp-socks
+    and of connecting to the proxy (the WebSocket side, picows)."""
+    library = type(exc).__module__.partition(".")[0] in ("python_socks", "aiohttp_socks")
+    kind = type(exc).__name__ if library else ""
+    if kind == "ProxyTimeoutError":
         return f"the proxy {proxy.named} did not answer in time", False
-    if isinstance(exc, ProxyConnectionError):
+    if kind == "ProxyConnectionError" or isinstance(exc, ConnectionRefusedError | socket.gaierror):
         return f"cannot connect to the proxy {proxy.named}: {exc}", False
-    if isinstance(exc, ProxyError):
+    if kind == "ProxyError":
         text = str(exc)
         match = re.search(r"status (\d{3})", text)
         if match:
             return proxy_refusal(proxy, target, int(match.group(1)), None)
-        return f"the proxy {proxy.named} refused {target}: {text}", False
-    if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-        return f"cannot connect to the proxy {proxy.named}: {exc}", False
+        return f"the proxy {proxy.named} refused to connect to {target}: {text}", False
     return None
 
 

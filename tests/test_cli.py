@@ -243,16 +243,20 @@ def test_record_then_replay(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 
 
 def test_missing_token_is_one_clear_line(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv(cli.TOKEN_ENV, raising=False)
+    monkeypatch.delenv("ALORWS_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no token file there
     code, out, err = run(capsys, "quotes", "SBER", "--env", "dev", "--duration", "1")
     assert code == 1
-    assert err.splitlines() == [
-        "alorws: error: no refresh token",
-        f"hint: pass --token-file PATH or set {cli.TOKEN_ENV} (from ALOR's developer portal); "
-        "or use --sim to try the local simulator",
-    ]
+    error, hint = err.splitlines()
+    # The three places a token is looked for, each with how to put it there.
+    assert error.startswith("alorws: error: no refresh token found")
+    assert f"set {cli.TOKEN_ENV}=" in error
+    assert f"{tmp_path / 'alorws' / 'refresh_token'}': absent" in error and "chmod 600" in error
+    assert "keyring set alorws refresh_token" in error
+    assert hint == "hint: pass --token-file PATH, or use --sim for the simulator"
     assert out == ""
 
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
 import sys
 import time
 import traceback
@@ -176,14 +175,13 @@ def _read_token(target: Target) -> str:
         if not token:
             raise CliError(f"the token file {str(target.token_file)!r} is empty")
         return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise CliError(
-            "no refresh token",
-            f"pass --token-file PATH or set {TOKEN_ENV} (from ALOR's developer portal); "
-            "or use --sim to try the local simulator",
-        )
-    return token
+    from .client.auth import resolve_refresh_token
+    from .errors import ConfigurationError
+
+    try:  # ALOR_REFRESH_TOKEN, the token file, the OS keyring (docs/client.md, "Tokens")
+        return resolve_refresh_token()
+    except ConfigurationError as exc:
+        raise CliError(str(exc), "pass --token-file PATH, or use --sim for the simulator") from None
 
 
 @dataclass

@@ -43,11 +43,28 @@ from ..protocol.enums import Format
 from ..protocol.requests import _enum
 from .auth import TokenSource
 from .endpoints import resolve_endpoints, ssl_context_for
+from .proxy import (
+    PROXY_ERRORS,
+    ProxyOption,
+    aiohttp_connector,
+    aiohttp_proxy_failure,
+    check_http_support,
+    proxy_for,
+    proxy_refusal,
+    request_options,
+)
 
 
 __all__ = ["DEFAULT_HTTP_RETRY", "Auth", "HttpTransport"]
 
 log = logging.getLogger("alorws.http")
+
+#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
+_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    aiohttp.ClientError,
+    OSError,
+    *PROXY_ERRORS,
+)
 
 M = TypeVar("M", bound=Model)
 
@@ -115,6 +132,12 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
+def _authority(url: URL) -> str:
+    """``host:port`` of a request's URL (what a proxy is asked to connect to)."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
 def _server_message(body: bytes, token: str | None) -> str:
     """The server's error text (JSON ``message`` if there is one, else the body's text), with
     any token it echoes redacted, shortened to a few hundred characters."""
@@ -162,8 +185,11 @@ class HttpTransport:
         max_retry_after: float = 30.0,
         max_rps: float | None = None,
         connections: int = 16,
+        proxy: ProxyOption = None,
     ) -> None:
         self.base_url = resolve_endpoints(None, base_url=base_url).http
+        self._proxy = check_http_support(proxy_for(self.base_url, proxy))
+        self._proxy_options = request_options(self._proxy)
         self._ssl: SSLContext | bool
         if ssl is not None:
             self._ssl = ssl
@@ -198,7 +224,11 @@ class HttpTransport:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._session is not None else "idle"
         auth = "bearer" if self._tokens is not None else "anonymous"
-        return f"<{type(self).__name__} {self.base_url} {state} {auth} format={self.format.value}>"
+        via = f" proxy={self._proxy}" if self._proxy is not None else ""
+        return (
+            f"<{type(self).__name__} {self.base_url} {state} {auth} format={self.format.value}"
+            f"{via}>"
+        )
 
     @property
     def stats(self) -> dict[str, int]:
@@ -241,8 +271,8 @@ class HttpTransport:
         elif self._loop is not loop:
             raise InvalidState("the HttpClient is bound to the event loop it was first used in")
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._connections, ssl=self._ssl, keepalive_timeout=30.0
+            connector = aiohttp_connector(
+                self._proxy, limit=self._connections, ssl=self._ssl, keepalive_timeout=30.0
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -288,7 +318,13 @@ class HttpTransport:
                 # Redirects are not followed: one could lead a loopback request to a remote
                 # host in clear text, with the bearer token (a 3xx is answered as a refusal).
                 async with session.request(
-                    method, url, params=params, data=body, headers=headers, allow_redirects=False
+                    method,
+                    url,
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    **self._proxy_options,
                 ) as response:
                     payload = await response.read()
                     return response.status, response.headers.get("Retry-After"), payload
@@ -299,9 +335,15 @@ class HttpTransport:
                 f"TLS failed talking to {self.base_url}: {exc}; check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise _Failure(f"cannot connect: {exc}", sent=False) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except _NETWORK_ERRORS as exc:
+            failure = aiohttp_proxy_failure(exc, self._proxy, _authority(url))
+            if failure is not None:
+                message, final = failure
+                if final:
+                    raise ConnectError(message) from None
+                raise _Failure(message, sent=False) from None
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise _Failure(f"cannot connect: {exc}", sent=False) from None
             raise _Failure(f"{type(exc).__name__}: {exc}") from None
 
     async def _request(
@@ -358,6 +400,8 @@ class HttpTransport:
             )
             if 200 <= status < 300:
                 return payload
+            if status == 407 and self._proxy is not None:  # a plain-http target's proxy
+                raise ConnectError(proxy_refusal(self._proxy, _authority(url), 407, None)[0])
             message = _server_message(payload, token)
             if status == 401:
                 if tokens is not None and not refreshed:

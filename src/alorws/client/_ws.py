@@ -20,6 +20,10 @@ Every connect first passes the URL through :func:`~alorws.client.endpoints.check
 ``ws://`` only to loopback hosts), before any name is resolved, and HTTP redirects of the
 handshake are not followed: a redirect could lead a loopback connection to a remote host in
 clear text, and ALOR's sockets do not redirect.
+
+Through a proxy (:mod:`alorws.client.proxy`), picows opens the tunnel (HTTP ``CONNECT`` or
+SOCKS5) and then does TLS and the upgrade inside it; a refusal by the proxy becomes a
+:class:`~alorws.errors.ConnectError` that names the proxy without its password.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import picows
 
 from ..protocol.reconnect import ReconnectPolicy, Retry
 from .endpoints import check_url
+from .proxy import Proxy, proxy_error
 
 
 __all__ = [
@@ -288,6 +294,7 @@ async def ws_connect(
     ssl_context: ssl.SSLContext | None,
     step_timeout: float,
     attempts: set[asyncio.Task[Any]],
+    proxy: Proxy | None = None,
     **options: Any,
 ) -> picows.WSTransport:
     """Connect (TCP + handshake, each bounded by ``step_timeout``) and return the transport.
@@ -296,6 +303,8 @@ async def ws_connect(
     URL :func:`~alorws.client.endpoints.check_url` refuses. If the caller stops waiting (a
     timeout, a cancellation), the attempt's :class:`FrameListener` is detached before this
     returns: none of its callbacks runs again, and a late success is disconnected unheard.
+    ``proxy``: the proxy to tunnel through (None: a direct connection); a failure of the proxy
+    raises :class:`~alorws.errors.ConnectError` naming it (password hidden).
     """
     url = check_url(url, "WebSocket URL", schemes=("wss", "ws"))
     # picows makes the listener once the upgrade response is read, which may be after the
@@ -317,6 +326,7 @@ async def ws_connect(
             ssl_context=ssl_context,
             websocket_handshake_timeout=step_timeout,
             max_redirects=0,
+            proxy=None if proxy is None else proxy.url,
             **options,
         )
     )
@@ -325,15 +335,26 @@ async def ws_connect(
     try:
         async with asyncio.timeout(2 * step_timeout):
             transport, _ = await asyncio.shield(attempt)
-    except BaseException:
+    except BaseException as exc:
         # Given up on: whatever this attempt does later is none of the owner's business.
         given_up = True
         for listener in listeners:
             if isinstance(listener, FrameListener):
                 listener.detach()
         attempt.add_done_callback(_disconnect_late_success)
+        failure = proxy_error(exc, proxy, _authority(url))
+        if failure is not None:
+            raise failure from None
         raise
     return transport
+
+
+def _authority(url: str) -> str:
+    """``host:port`` of a ws/wss URL (what a proxy is asked to connect to)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
 
 
 def _disconnect_late_success(attempt: asyncio.Future[Any]) -> None:

@@ -16,6 +16,10 @@ expired, docs/protocol.md §2.2) is final and raises :class:`~alorws.errors.Auth
 
 The refresh token travels in the JSON body, never in the URL, so it cannot leak into logs or
 exception messages; neither token is ever logged (``repr`` uses :func:`~alorws.errors.redact`).
+
+Where the refresh token comes from when the caller does not pass one is
+:func:`resolve_refresh_token`: the ``ALOR_REFRESH_TOKEN`` environment variable, then a token
+file readable only by its owner, then the OS keyring.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ import contextlib
 import inspect
 import logging
 import math
+import os
+import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -55,16 +63,39 @@ from ..protocol.jwt import (
     should_refresh,
 )
 from .endpoints import _check_oauth_url
+from .proxy import (
+    PROXY_ERRORS,
+    ProxyOption,
+    aiohttp_connector,
+    aiohttp_proxy_failure,
+    check_http_support,
+    proxy_for,
+    proxy_refusal,
+    request_options,
+)
 
 
 __all__ = [
     "DEFAULT_RETRY",
+    "KEYRING_SERVICE",
+    "KEYRING_USER",
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "RotatingTokenSource",
     "TokenManager",
     "TokenSource",
+    "default_token_file",
+    "resolve_refresh_token",
 ]
 
 log = logging.getLogger("alorws.auth")
+
+#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
+_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    aiohttp.ClientError,
+    OSError,
+    *PROXY_ERRORS,
+)
 
 #: Retries of one refresh: 8 jittered delays (≤ 0.2, 0.4, … capped at 10 s), then give up.
 DEFAULT_RETRY: Final = Backoff(base=0.2, cap=10.0, max_attempts=8)
@@ -83,6 +114,150 @@ _MAX_SLEEP: Final = 60.0
 _STILL_VALID: Final = 1.0
 #: HTTP statuses worth retrying: the server is overloaded or failing, not refusing us.
 _RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+#: The environment variable :func:`resolve_refresh_token` reads first.
+TOKEN_ENV: Final = "ALOR_REFRESH_TOKEN"
+#: An environment variable naming another token file than :func:`default_token_file`'s.
+TOKEN_FILE_ENV: Final = "ALORWS_TOKEN_FILE"
+#: The OS keyring entry :func:`resolve_refresh_token` reads last: service and user name.
+KEYRING_SERVICE: Final = "alorws"
+KEYRING_USER: Final = "refresh_token"
+
+
+def default_token_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the refresh token file is looked for: ``$ALORWS_TOKEN_FILE`` if set, else
+    ``$XDG_CONFIG_HOME/alorws/refresh_token`` (``~/.config/alorws/refresh_token`` when
+    ``XDG_CONFIG_HOME`` is unset or not absolute). ``environ`` defaults to ``os.environ``."""
+    env = os.environ if environ is None else environ
+    named = env.get(TOKEN_FILE_ENV, "").strip()
+    if named:
+        return Path(named).expanduser()
+    base = env.get("XDG_CONFIG_HOME", "").strip()
+    # The XDG spec says a relative XDG_CONFIG_HOME is invalid and must be ignored.
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return root / "alorws" / "refresh_token"
+
+
+def resolve_refresh_token(
+    refresh_token: str | None = None,
+    *,
+    token_file: str | os.PathLike[str] | None = None,
+    keyring_user: str = KEYRING_USER,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The ALOR refresh token to use; the one place that looks for it.
+
+    ``refresh_token`` given: it is used (stripped). ``token_file`` given: that file only.
+    Otherwise, in this order:
+
+    1. the environment variable ``ALOR_REFRESH_TOKEN``;
+    2. the token file :func:`default_token_file` (``~/.config/alorws/refresh_token``, or
+       ``$ALORWS_TOKEN_FILE``); on POSIX it must be readable by its owner only (``chmod 600``);
+    3. the OS keyring (with the ``keyring`` package, ``pip install 'alorws[keyring]'``): service
+       ``"alorws"``, user ``keyring_user`` (``"refresh_token"``; another name per account).
+
+    The token is never logged, and no error message contains it.
+
+    Raises:
+        ConfigurationError: no source has a token (the message names all three and how to set
+            each); a token file that is empty, unreadable, or readable by group or others; a
+            file named by ``token_file`` or ``$ALORWS_TOKEN_FILE`` that does not exist.
+    """
+    if refresh_token is not None:
+        if not isinstance(refresh_token, str) or not refresh_token.strip():
+            raise ConfigurationError(
+                "refresh_token is empty: pass the refresh token from the ALOR developer portal, "
+                "or None to read it from ALOR_REFRESH_TOKEN, the token file or the keyring"
+            )
+        return refresh_token.strip()
+    if token_file is not None:
+        token = _read_token_file(Path(token_file), must_exist=True)
+        assert token is not None
+        return token
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV, "").strip()
+    if token:
+        log.debug("refresh token taken from $%s", TOKEN_ENV)
+        return token
+    path = default_token_file(env)
+    token = _read_token_file(path, must_exist=bool(env.get(TOKEN_FILE_ENV, "").strip()))
+    if token is not None:
+        return token
+    token, why_not = _from_keyring(keyring_user)
+    if token is not None:
+        return token
+    raise ConfigurationError(
+        f"no refresh token found; looked, in this order, at (1) the environment variable "
+        f"{TOKEN_ENV}: not set (set {TOKEN_ENV}=<token> in the environment); (2) the file "
+        f"{str(path)!r}: absent (write the token there and chmod 600 it; {TOKEN_FILE_ENV} names "
+        f"another file); (3) the OS keyring, service {KEYRING_SERVICE!r}, user {keyring_user!r}: "
+        f"{why_not} (store it with: keyring set {KEYRING_SERVICE} {keyring_user}). Or pass "
+        "refresh_token=; the token comes from the ALOR developer portal"
+    )
+
+
+def _read_token_file(path: Path, *, must_exist: bool) -> str | None:
+    """The token in ``path``; None if there is no such file and it need not exist."""
+    shown = repr(str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if not must_exist:
+            return None
+        raise ConfigurationError(
+            f"the token file {shown} does not exist: write the refresh token there "
+            f"(then chmod 600 {shown}), or point {TOKEN_FILE_ENV} / --token-file at the right file"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the token file {shown}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)  # of the file opened, not of a path that may have changed since
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError(f"the token file {shown} is not a regular file")
+        # Like ssh with its keys: a secret other users can read is refused, not used.
+        if os.name == "posix" and info.st_mode & 0o077:
+            raise ConfigurationError(
+                f"the token file {shown} is readable or writable by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):03o}): run chmod 600 {shown}"
+            )
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the token file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the token file {shown} is not UTF-8 text") from None
+    if not token:
+        raise ConfigurationError(
+            f"the token file {shown} is empty: write the refresh token from the ALOR developer "
+            "portal into it"
+        )
+    log.debug("refresh token taken from the file %s", shown)
+    return token
+
+
+def _from_keyring(user: str) -> tuple[str | None, str]:
+    """The token stored in the OS keyring, or None and why not."""
+    try:
+        import keyring
+        import keyring.errors
+    except ImportError:
+        return None, "the keyring package is not installed: pip install 'alorws[keyring]'"
+    try:
+        value = keyring.get_password(KEYRING_SERVICE, user)
+    except Exception as exc:  # no backend, a locked store, a D-Bus failure: all "not there"
+        if isinstance(exc, keyring.errors.NoKeyringError):
+            return None, "no keyring backend on this machine"
+        detail = scrub(str(exc)).splitlines()[0][:120] if str(exc) else ""
+        return None, f"the keyring failed: {type(exc).__name__}{': ' if detail else ''}{detail}"
+    if value is None or not value.strip():
+        return None, "no such entry"
+    log.debug("refresh token taken from the keyring (service %r, user %r)", KEYRING_SERVICE, user)
+    return value.strip(), ""
 
 
 class _Retryable(Exception):
@@ -129,7 +304,7 @@ class TokenManager:
 
     Args:
         refresh_token: the long-lived refresh token from the ALOR developer portal
-            (docs/protocol.md §2.1).
+            (docs/protocol.md §2.1); ``None``: found by :func:`resolve_refresh_token`.
         oauth_url: the auth server's base URL (``Endpoints.oauth``); ``/refresh`` is appended.
             Plain ``http`` only for loopback hosts.
         ssl: the TLS context for ``https`` (see :func:`~alorws.client.endpoints.ssl_context_for`);
@@ -141,11 +316,14 @@ class TokenManager:
         retry: delays between the attempts of one refresh; it gives up when they run out.
         http_timeout: seconds allowed for one refresh request.
         clock: the wall clock, Unix seconds (injectable for tests).
+        proxy: ``None``: from the environment (``HTTPS_PROXY`` …, never for loopback);
+            ``False``: none; ``"http://[user:password@]host:port"`` or ``"socks5://…"``: that
+            proxy (see :mod:`alorws.client.proxy`).
     """
 
     def __init__(
         self,
-        refresh_token: str,
+        refresh_token: str | None,
         oauth_url: str,
         *,
         ssl: SSLContext | None = None,
@@ -154,16 +332,14 @@ class TokenManager:
         retry: Backoff = DEFAULT_RETRY,
         http_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        proxy: ProxyOption = None,
     ) -> None:
-        if not isinstance(refresh_token, str) or not refresh_token.strip():
-            raise ConfigurationError(
-                "refresh_token is empty: pass the refresh token from the ALOR developer portal"
-            )
+        refresh_token = resolve_refresh_token(refresh_token)
         if margin is not None and not (margin >= 0 and math.isfinite(margin)):
             raise ConfigurationError(f"margin must be a finite number >= 0, got {margin}")
         if not (http_timeout > 0 and math.isfinite(http_timeout)):
             raise ConfigurationError(f"http_timeout must be > 0 seconds, got {http_timeout}")
-        body: dict[str, Any] = {"token": refresh_token.strip()}
+        body: dict[str, Any] = {"token": refresh_token}
         if allowed_portfolios is not None:
             if isinstance(allowed_portfolios, str) or not all(
                 isinstance(p, str) and p for p in allowed_portfolios
@@ -174,6 +350,8 @@ class TokenManager:
             body["allowedPortfolios"] = list(allowed_portfolios)
         self._oauth = _check_oauth_url(oauth_url)
         self._url = f"{self._oauth}/refresh"
+        self._proxy = check_http_support(proxy_for(self._url, proxy))
+        self._proxy_options = request_options(self._proxy)
         # docs/protocol.md §2.2: the body form keeps the refresh token out of URLs (and so out of
         # every log).
         self._body = msgspec.json.encode(body)
@@ -251,7 +429,8 @@ class TokenManager:
         else:
             state = "stopped" if self._task.done() else "running"
         expiry = f" expires_in={left:.0f}s" if left is not None else ""
-        return f"<TokenManager {self._url} {state} token={redact(self._token)}{expiry}>"
+        via = f" proxy={self._proxy}" if self._proxy is not None else ""
+        return f"<TokenManager {self._url} {state} token={redact(self._token)}{expiry}{via}>"
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -508,6 +687,7 @@ class TokenManager:
         if self._session is None:
             # Created lazily: a session belongs to the running loop.
             self._session = aiohttp.ClientSession(
+                connector=aiohttp_connector(self._proxy),
                 timeout=aiohttp.ClientTimeout(total=self._http_timeout),
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
             )
@@ -521,7 +701,11 @@ class TokenManager:
             async with asyncio.timeout(self._http_timeout):
                 # No redirects: one could carry the refresh token to another host in clear text.
                 async with session.post(
-                    self._url, data=self._body, ssl=self._ssl, allow_redirects=False
+                    self._url,
+                    data=self._body,
+                    ssl=self._ssl,
+                    allow_redirects=False,
+                    **self._proxy_options,
                 ) as response:
                     status = response.status
                     payload = await response.read()
@@ -533,8 +717,16 @@ class TokenManager:
                 f"TLS failed talking to {self._url}: {exc}. Check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        except _NETWORK_ERRORS as exc:
+            failure = aiohttp_proxy_failure(exc, self._proxy, self._authority())
+            if failure is None:
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            message, final = failure
+            if final:  # the proxy refuses us (407): asking again gets the same answer
+                raise ConnectError(message) from None
+            raise _Retryable(message) from None
+        if status == 407 and self._proxy is not None:  # a plain-http /refresh's proxy
+            raise ConnectError(proxy_refusal(self._proxy, self._authority(), 407, None)[0])
         if status in (401, 403):
             raise AuthError(
                 f"the refresh token was refused by {self._url} (HTTP {status}): it is invalid "
@@ -546,6 +738,12 @@ class TokenManager:
         if status != 200:
             raise AuthError(f"unexpected HTTP {status} from {self._url}; check oauth_url (env)")
         return self._parse(payload)
+
+    def _authority(self) -> str:
+        parts = urlsplit(self._url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
     def _parse(self, payload: bytes) -> tuple[str, JwtClaims]:
         try:

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, Unpack
+from typing import Any, Literal, TypeVar, Unpack
 
 import msgspec
 
@@ -42,13 +42,14 @@ from ..protocol.backoff import Backoff
 from ..protocol.codec import model_for
 from ..protocol.enums import Format
 from ..protocol.registry import SubscriptionRegistry
-from .auth import TokenManager
+from .auth import TokenManager, resolve_refresh_token
 from .buffer import WakeBatcher, check_coalesce_us
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
 from .http import HttpClient
 from .lane import Lane, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
 from .pool import LanePool
+from .proxy import Proxy, ProxyOption, check_http_support, proxy_for
 from .runtime import IORuntime
 from .sources import (
     STREAM_KINDS,
@@ -84,7 +85,10 @@ class AlorClient(ClientStreams):
     ``new -> starting -> open -> closing -> closed``.
 
     Args:
-        refresh_token: the long-lived token from the ALOR developer portal (never logged).
+        refresh_token: the long-lived token from the ALOR developer portal (never logged);
+            ``None`` (the default) takes it from ``ALOR_REFRESH_TOKEN``, the token file
+            ``~/.config/alorws/refresh_token`` or the OS keyring
+            (:func:`~alorws.client.auth.resolve_refresh_token`; docs/client.md, "Tokens").
         env: ``"prod"`` or ``"dev"`` (ALOR's test environment); ignored with ``base_url``.
         base_url: one base serving HTTP, ``/ws``, ``/cws`` and ``/refresh`` (the simulator:
             ``"http://127.0.0.1:8765"``). Plain http is accepted only for loopback hosts.
@@ -124,11 +128,17 @@ class AlorClient(ClientStreams):
             ~+600 µs at p50 and ~+1 ms at p99; 200 took it to 24-31 µs for ~+100 and ~+250
             (docs/client.md, "CPU at a steady rate"). A message after a quiet spell longer than
             ``coalesce_us`` is not delayed. No effect with ``io_thread=False``.
+        proxy: how HTTP, ``/ws``, ``/cws`` and ``/refresh`` connect: ``None`` (the default)
+            through the proxy the environment names (``HTTPS_PROXY``, ``HTTP_PROXY``,
+            ``ALL_PROXY``, minus ``NO_PROXY``; loopback hosts always directly); ``False``
+            directly; ``"http://[user:password@]host:port"`` or ``"socks5://…"`` through that
+            proxy, loopback hosts included (:mod:`alorws.client.proxy`; docs/client.md,
+            "Proxies"). Its password is never shown.
     """
 
     def __init__(
         self,
-        refresh_token: str,
+        refresh_token: str | None = None,
         *,
         env: str = "prod",
         base_url: str | None = None,
@@ -147,9 +157,8 @@ class AlorClient(ClientStreams):
         silence_timeout: Mapping[str, float] | None = None,
         reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
         coalesce_us: float = 0,
+        proxy: ProxyOption = None,
     ) -> None:
-        if not refresh_token:
-            raise ConfigurationError("refresh_token is empty: pass the token from the ALOR portal")
         if not 1 <= max_connections:
             raise ConfigurationError("max_connections must be at least 1")
         if not 0 <= reserve_connections < max_connections:
@@ -173,8 +182,19 @@ class AlorClient(ClientStreams):
                 f"reauth_after_idle must be a finite number > 0 or None, got {reauth_after_idle!r}"
             )
         self._reauth_after_idle = reauth_after_idle
-        self._refresh_token = refresh_token
         self.endpoints: Endpoints = resolve_endpoints(env, base_url, oauth_url)
+        # Decided now, per endpoint, so that a bad proxy URL (or environment) fails here.
+        self._proxies: dict[str, Proxy | None] = {
+            url: proxy_for(url, proxy)
+            for url in (
+                self.endpoints.http,
+                self.endpoints.ws,
+                self.endpoints.cws,
+                self.endpoints.refresh_url,
+            )
+        }
+        check_http_support(self._proxies[self.endpoints.http])
+        self._refresh_token = resolve_refresh_token(refresh_token)
         self._cafile = cafile
         self.format = Format(format)
         self._backoff = backoff or Backoff()
@@ -198,6 +218,7 @@ class AlorClient(ClientStreams):
             backoff=self._backoff,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            proxy=self._proxies[self.endpoints.ws],
         )
         self._lanes: dict[int, Lane] = self._pool.lanes  # the same dict: read-only here
         self._tokens: TokenManager | None = None
@@ -210,10 +231,16 @@ class AlorClient(ClientStreams):
         self._trading: OrderClient | None = None
 
     def __repr__(self) -> str:
+        proxy = self._proxies[self.endpoints.http]
+        via = f" proxy={proxy}" if proxy is not None else ""
         return (
             f"<AlorClient {self.endpoints.http} {self._state.value} "
-            f"refresh_token={redact(self._refresh_token)}>"
+            f"refresh_token={redact(self._refresh_token)}{via}>"
         )
+
+    def _proxy(self, url: str) -> Proxy | Literal[False]:
+        """What ``proxy=`` passes on for ``url``: the proxy decided for it, or False (none)."""
+        return self._proxies[url] or False
 
     @property
     def max_connections(self) -> int:
@@ -262,6 +289,7 @@ class AlorClient(ClientStreams):
             self._refresh_token,
             self.endpoints.oauth,
             ssl=ssl_context_for(self.endpoints.oauth, cafile=self._cafile),
+            proxy=self._proxy(self.endpoints.refresh_url),
         )
         await self._tokens.start()
         self._pool.tokens = self._tokens
@@ -326,6 +354,7 @@ class AlorClient(ClientStreams):
                 backoff=self._backoff,
                 price_step=self._price_step,
                 reauth_after_idle=self._reauth_after_idle,
+                proxy=self._proxy(self.endpoints.cws),
             )
         return self._trading
 
@@ -340,6 +369,7 @@ class AlorClient(ClientStreams):
                 tokens,
                 format=self.format,
                 ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
+                proxy=self._proxy(self.endpoints.http),
             )
         return self._http
 

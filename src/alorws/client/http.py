@@ -945,6 +945,9 @@ class HttpClient(ReferenceDataApi, MarketSnapshotsApi, HistoryApi, PortfolioView
         max_rps: optional client-side pacing, requests started per second (ALOR is said to
             allow 100 per user, docs/protocol.md §7.2); ``None``: no pacing, rely on 429 handling.
         connections: the session's connection-pool size.
+        proxy: ``None``: from the environment (``HTTPS_PROXY`` …, never for loopback);
+            ``False``: none; ``"http://[user:password@]host:port"`` or ``"socks5://…"``: that
+            proxy (see :mod:`alorws.client.proxy`).
 
     Its methods come from one class per part of the API (:class:`ReferenceDataApi`,
     :class:`MarketSnapshotsApi`, :class:`HistoryApi`, :class:`PortfolioViewsApi`,

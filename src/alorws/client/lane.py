@@ -67,6 +67,7 @@ from ._ws import (
     ws_connect,
 )
 from .endpoints import check_url
+from .proxy import Proxy
 
 
 __all__ = ["Confirmations", "Lane", "LaneEvent", "LaneKind", "LaneState", "Sink", "Tap"]
@@ -258,6 +259,7 @@ class Lane:
         ping_interval: float = 5.0,
         ping_timeout: float = 5.0,
         connect_timeout: float = 10.0,
+        proxy: Proxy | None = None,
     ) -> None:
         self.id = lane_id
         self.kind = kind
@@ -267,6 +269,7 @@ class Lane:
         self._token = token  # async () -> current access token
         self._refresh = refresh_token  # async () -> force a refresh, returns the new token
         self._ssl = ssl_context
+        self._proxy = proxy
         self._backoff = backoff or Backoff()
         self._connect_timeout = connect_timeout
         # Every rule of the connection lives here; the lane only does the I/O.
@@ -696,6 +699,7 @@ class Lane:
                 ssl_context=self._ssl,
                 step_timeout=self._connect_timeout,
                 attempts=self._attempts,
+                proxy=self._proxy,
                 enable_auto_pong=True,
                 max_frame_size=64 * 1024 * 1024,
                 logger_name=f"alorws.lane{self.id}",

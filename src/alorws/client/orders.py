@@ -124,6 +124,7 @@ from ._ws import (
 from .auth import RotatingTokenSource
 from .endpoints import check_url
 from .order_methods import OrderAck, OrderMethods
+from .proxy import ProxyOption, proxy_for
 
 
 __all__ = ["DEFAULT_REAUTH_AFTER_IDLE", "OrderAck", "OrderClient"]
@@ -187,6 +188,9 @@ class OrderClient(OrderMethods):
             seconds is preceded by ``authorize`` with a token issued now (docs/protocol.md §9.6, see
             the module docstring); ``None`` turns it off. Default 600 s, comfortably below the ~30
             minutes reported.
+        proxy: ``None``: from the environment (``HTTPS_PROXY`` …, never for loopback);
+            ``False``: none; ``"http://[user:password@]host:port"`` or ``"socks5://…"``: that
+            proxy (see :mod:`alorws.client.proxy`).
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class OrderClient(OrderMethods):
         ping_interval: float | None = 5.0,
         ping_timeout: float = 5.0,
         reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
+        proxy: ProxyOption = None,
     ) -> None:
         for name, value in (
             ("reply_timeout", reply_timeout),
@@ -215,6 +220,7 @@ class OrderClient(OrderMethods):
                 raise ConfigurationError(f"{name} must be a finite number > 0, got {value!r}")
         # Checked before anything else: the authorize frame carries the JWT.
         self.url = check_url(url, "OrderClient url", schemes=("wss", "ws"))
+        self._proxy = proxy_for(self.url, proxy)
         self._tokens = tokens
         self._ssl = ssl_context
         self._backoff = backoff or Backoff()
@@ -411,6 +417,7 @@ class OrderClient(OrderMethods):
             ssl_context=self._ssl,
             step_timeout=self._connect_timeout,
             attempts=self._attempts,
+            proxy=self._proxy,
             enable_auto_pong=True,
             enable_auto_ping=interval is not None,
             auto_ping_idle_timeout=interval or 10.0,

@@ -53,6 +53,7 @@ from .auth import TokenManager
 from .buffer import StreamBuffer
 from .endpoints import ssl_context_for
 from .lane import Confirmations, Lane, LaneKind, Tap
+from .proxy import Proxy
 
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class LanePool:
         subscribe_timeout: how long a subscription waits for the server's confirmation.
         cafile: a CA bundle every lane's TLS trusts (``AlorClient(cafile=...)``).
         backoff, ping_interval, ping_timeout: passed to every lane.
+        proxy: the proxy every lane connects through (None: direct).
     """
 
     def __init__(
@@ -123,8 +125,10 @@ class LanePool:
         backoff: Backoff,
         ping_interval: float,
         ping_timeout: float,
+        proxy: Proxy | None = None,
     ) -> None:
         self.url = url
+        self._proxy = proxy
         self.registry = registry
         #: Where lanes get tokens: set once the client has its token manager.
         self.tokens: TokenManager | None = None
@@ -233,6 +237,7 @@ class LanePool:
             backoff=self._backoff,
             ping_interval=self._ping[0],
             ping_timeout=self._ping[1],
+            proxy=self._proxy,
         )
         for tap in self.taps:
             lane.add_tap(tap)

@@ -366,6 +366,8 @@ def _cert_with_cryptography(cert_path: str, key_path: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=30))
+        # A CA as well, like `openssl req -x509` makes it: the client trusts it as its own root.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
                 [

@@ -56,6 +56,7 @@ TOP_LEVEL = [
     "LaneEvent",
     "LimitError",
     "LocalProtocolError",
+    "MarketClosed",
     "Order",
     "OrderAck",
     "OrderBook",
@@ -107,6 +108,7 @@ TOP_LEVEL = [
     "TradingStatus",
     "TransportError",
     "TransportTimeout",
+    "UnknownInstrument",
     "__version__",
 ]
 

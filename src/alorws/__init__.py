@@ -40,6 +40,7 @@ from .errors import (
     InvalidTokenError as InvalidTokenError,
     LimitError as LimitError,
     LocalProtocolError as LocalProtocolError,
+    MarketClosed as MarketClosed,
     OrderRejected as OrderRejected,
     OrderStatusUnknown as OrderStatusUnknown,
     ProtocolError as ProtocolError,
@@ -53,6 +54,7 @@ from .errors import (
     TokenRejected as TokenRejected,
     TransportError as TransportError,
     TransportTimeout as TransportTimeout,
+    UnknownInstrument as UnknownInstrument,
 )
 from .protocol.account import (
     CurrencyBuyingPower as CurrencyBuyingPower,
@@ -209,6 +211,7 @@ __all__ = [
     "LaneEvent",
     "LimitError",
     "LocalProtocolError",
+    "MarketClosed",
     "Order",
     "OrderAck",
     "OrderBook",
@@ -260,5 +263,6 @@ __all__ = [
     "TradingStatus",
     "TransportError",
     "TransportTimeout",
+    "UnknownInstrument",
     "__version__",
 ]

@@ -16,14 +16,18 @@ share nothing but the process::
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..protocol.instruments import choose_portfolio
+from ..protocol.schedule import SCHEDULES, Schedule, SessionState, market_of
 from .instruments import InstrumentCatalogue
+from .session import Clock, HoldMode, SessionTrading, SystemClock
 
 
 if TYPE_CHECKING:
     from .http import HttpClient
+    from .orders import OrderClient
 
 
 __all__ = ["TraderMethods"]
@@ -41,6 +45,44 @@ class TraderMethods:
     def portfolios(self) -> tuple[str, ...]:
         """The token's portfolios (the client's)."""
         raise NotImplementedError
+
+    @property
+    def trading(self) -> OrderClient:
+        """Orders over ``/cws`` (the client's)."""
+        raise NotImplementedError
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The trading-day tables by market (``"stock"``, ``"futures"``, ``"currency"``): the
+        built-in MOEX ones (:data:`~alorws.protocol.schedule.SCHEDULES`) until replaced, e.g.
+        ``client.schedules["futures"] = SCHEDULES["futures"].with_holidays([...])``."""
+        found: dict[str, Schedule] | None = self.__dict__.get("_schedules")
+        if found is None:
+            found = dict(SCHEDULES)
+            self.__dict__["_schedules"] = found
+        return found
+
+    def session(self, market: str, at: datetime | None = None) -> SessionState:
+        """What ``market`` (``"TQBR"``, ``"FORTS"``, ``"RFUD"``, ``"CETS"``, ``"stock"``, …)
+        has open at ``at`` (default: now) and when its next window opens, from
+        :attr:`schedules`."""
+        schedule = self.schedules[market_of(market, self.schedules)]
+        return schedule.state(at if at is not None else SystemClock().now())
+
+    def session_trading(
+        self, mode: HoldMode | str = HoldMode.REFUSE, *, clock: Clock | None = None
+    ) -> SessionTrading:
+        """Order methods that refuse (``mode="refuse"``: :class:`~alorws.errors.MarketClosed`)
+        or hold (``mode="hold"``) orders while the instrument's market is closed; see
+        :mod:`alorws.client.session`. ``client.trading`` itself is unchanged."""
+        return SessionTrading(
+            self.trading,
+            self.instruments,
+            self.schedules,
+            mode=mode,
+            clock=clock,
+            streams=getattr(self, "instrument", None),
+        )
 
     @property
     def instruments(self) -> InstrumentCatalogue:

@@ -31,8 +31,6 @@ async def test_lookup_by_ticker_exchange_isin_and_futures_codes(client: AlorClie
     si = await cat.get("SiZ6")
     assert await cat.get("Si-12.26") is si
     assert (si.type, si.step_price, si.price_step) == (InstrumentType.FUTURE, 1, 1)
-    rts = await cat.get("RTS-12.26")
-    assert rts.symbol == "RIZ6" and rts.to_money(110_000) == Decimal("172700.0")
     ofz = await cat.get("MOEX:SU26238RMFS4")
     assert ofz.type is InstrumentType.BOND and ofz.face_value == 1000
     assert ofz.accrued_interest is not None and ofz.accrued_interest > 0
@@ -42,7 +40,6 @@ async def test_lookup_by_ticker_exchange_isin_and_futures_codes(client: AlorClie
     assert {i.symbol for i in cat.cached()} == {
         "SBER",
         "SiZ6",
-        "RIZ6",
         "SU26238RMFS4",
         "USD000UTSTOM",
     }
@@ -73,7 +70,7 @@ async def test_portfolio_for_picks_the_market(sim: Simulator, client: AlorClient
     assert await client.portfolio_for("SU26238RMFS4") == stock
     assert await client.portfolio_for("USD000UTSTOM") == fx
     assert await client.portfolio_for("SiZ6") == forts
-    assert await client.portfolio_for("RTS-12.26") == forts
+    assert await client.portfolio_for("Si-12.26") == forts
     # ... and the simulator accepts an order there (it refuses a portfolio of another market).
     ack = await client.trading.place_market(await client.portfolio_for("SiZ6"), "SiZ6", "buy", 1)
     assert ack.order_number

@@ -466,37 +466,6 @@ def _catalogue() -> list[tuple[InstrumentInfo, _Spec]]:
             _Spec(si_price, 200, 8, 12_000, 0.008, si_band, open_interest=1_850_000),
         )
     )
-    # The RTS index future: points, a step of 10 worth 0.2 USD, paid in RUB (0.2 × 78.5).
-    ri_price, ri_band, ri_margin = 110_000.0, 0.1, 24_150.0
-    items.append(
-        (
-            InstrumentInfo(
-                symbol="RIZ6",
-                exchange="MOEX",
-                board="RFUD",
-                primary_board="RFUD",
-                market="FORTS",
-                type="FUT",
-                short_name="RTS-12.26",
-                description="Фьючерсный контракт RTS-12.26",
-                lot_size=1,
-                price_step=10.0,
-                step_price=15.7,
-                face_value=1.0,
-                currency="RUB",
-                isin=None,
-                cfi_code="FFXCSX",
-                is_bond=False,
-                price_min=_on_grid(ri_price * (1 - ri_band), 10.0, 0),
-                price_max=_on_grid(ri_price * (1 + ri_band), 10.0, 0),
-                margin_buy=ri_margin,
-                margin_sell=ri_margin,
-                decimals=0,
-                cancellation="2026-12-17T00:00:00.0000000",
-            ),
-            _Spec(ri_price, 60, 4, 4_000, 0.012, ri_band, open_interest=420_000),
-        )
-    )
     usd_price, usd_band = 78.5, 0.1
     items.append(
         (

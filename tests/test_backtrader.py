@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
+import backtrader as bt
 import pytest
 
-from alorws.integrations.backtrader import BarAssembler, recorded_bars
+from alorws.integrations.backtrader import AlorStore, BarAssembler, recorded_bars
 from alorws.protocol.market import Bar
 from alorws.sim.app import Simulator
 
@@ -89,3 +91,91 @@ async def test_live_with_a_drop_then_backtest_of_the_recording(tmp_path: Path) -
     assert [b.time for b in recorded if b.time >= live.start_at] == [
         t for t in times if t >= live.start_at
     ]
+
+
+class _Script(bt.Strategy):  # type: ignore[misc]
+    """On the first live candle: a limit buy, a stop buy and a stop-limit sell far from the
+    market; on the second: cancel them and buy at the market (``on_market`` is told)."""
+
+    params = (("on_market", None),)
+
+    def __init__(self) -> None:
+        self.live = False
+        self.step = 0
+        self.events: dict[str, list[str]] = {}
+        self.placed: list[Any] = []
+        self.position_after: float | None = None
+        self.cash_value: tuple[float, float] | None = None
+
+    def notify_data(self, data: Any, status: int, *args: Any, **kwargs: Any) -> None:
+        if data._getstatusname(status) == "LIVE":
+            self.live = True
+
+    def notify_order(self, order: Any) -> None:
+        self.events.setdefault(order.info.name, []).append(order.getstatusname())
+
+    def next(self) -> None:
+        if not self.live:
+            return
+        self.step += 1
+        price = self.data.close[0]
+        if self.step == 1:
+            self.placed = [
+                self.buy(exectype=bt.Order.Limit, price=price * 0.9, size=1, name="limit"),
+                self.buy(exectype=bt.Order.Stop, price=price * 1.1, size=1, name="stop"),
+                self.sell(
+                    exectype=bt.Order.StopLimit, price=price * 0.9, plimit=price * 0.89,
+                    size=1, name="stoplimit",
+                ),
+            ]  # fmt: skip
+        elif self.step == 2:
+            for order in self.placed:
+                self.cancel(order)
+            self.buy(size=2, name="market")
+            self.p.on_market()
+        elif self.step >= 4 and self.position_after is None and self.position.size:
+            self.position_after = self.position.size
+            self.cash_value = (self.broker.getcash(), self.broker.getvalue())
+
+
+@pytest.mark.timeout(90)
+async def test_broker_order_kinds_statuses_and_a_drop_in_flight(tmp_path: Path) -> None:
+    """Limit, stop and stop-limit orders are accepted then cancelled (from the orders streams);
+    a market order whose reply is held back while every connection drops is executed once and
+    completes; the position, cash and value follow."""
+    async with Simulator(port=0, seed=12, rate=50.0, history_days=0) as sim:
+        loop = asyncio.get_running_loop()
+
+        def on_market() -> None:
+            # The command runs at once; its reply is held 1 s, and the connections drop first:
+            # the client re-sends the same guid, the simulator answers with the first reply.
+            def cut() -> None:
+                sim.faults.drop()
+                sim.faults.delay(0)
+
+            loop.call_soon_threadsafe(sim.faults.delay, 1.0)
+            loop.call_soon_threadsafe(loop.call_later, 0.3, cut)
+
+        def run() -> Any:
+            store = AlorStore(sim.demo_refresh_token, base_url=sim.url)
+            cerebro = bt.Cerebro(stdstats=False)
+            cerebro.addstore(store)
+            cerebro.adddata(store.getdata("SBER", tf=1, history=5, live_bars=7, qcheck=0.2))
+            cerebro.setbroker(store.getbroker())
+            cerebro.addstrategy(_Script, on_market=on_market)
+            return cerebro.run()[0]
+
+        script = await asyncio.to_thread(run)
+        stock = sim.demo.portfolios[0]
+        orders = sim.engine.ledger.orders(stock)
+        stops = sim.engine.ledger.stop_orders(stock)
+
+    assert script.events["limit"] == ["Submitted", "Accepted", "Canceled"]
+    assert script.events["stop"] == ["Submitted", "Accepted", "Canceled"]
+    assert script.events["stoplimit"] == ["Submitted", "Accepted", "Canceled"]
+    assert script.events["market"] == ["Submitted", "Accepted", "Completed"]
+    # Once each on the exchange: the limit and the market order; the two stop orders.
+    assert sorted(str(o.type) for o in orders) == ["limit", "market"]
+    assert len(stops) == 2
+    assert script.position_after == 2
+    assert script.cash_value is not None and min(script.cash_value) > 0

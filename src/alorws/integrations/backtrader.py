@@ -641,9 +641,8 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
     # -- placing --------------------------------------------------------------------------------
 
     def _submit(self, order: bt.Order, kwargs: dict[str, Any]) -> bt.Order:
-        if order.exectype not in (None, bt.Order.Market, bt.Order.Limit, bt.Order.Stop) and (
-            order.exectype != bt.Order.StopLimit
-        ):
+        kinds = (None, bt.Order.Market, bt.Order.Limit, bt.Order.Stop, bt.Order.StopLimit)
+        if order.exectype not in kinds:
             raise InvalidArgumentError(
                 "exectype", "ALOR takes Market, Limit, Stop and StopLimit orders only"
             )
@@ -736,11 +735,8 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         kind = event[0]
         if kind == "place-ok":
             _, ref, ack = event
-            order = self._orders[ref]
+            self._accept(self._orders[ref])
             self._bind(ref, ack.order_number)
-            if order.status == bt.Order.Submitted:
-                order.accept(self)
-                self.notify(order)
         elif kind == "place-failed":
             _, ref, exc = event
             order = self._orders[ref]
@@ -766,6 +762,12 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         elif kind == "position":
             self._on_position(event[1])
 
+    def _accept(self, order: bt.Order) -> None:
+        """Submitted -> Accepted, once, before any fill is applied."""
+        if order.status == bt.Order.Submitted:
+            order.accept(self)
+            self.notify(order)
+
     def _bind(self, ref: int, number: str | None) -> None:
         if not number or number in self._numbers:
             return
@@ -787,10 +789,9 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         if ref is None:
             return
         order = self._orders[ref]
+        if model.status is not OrderStatus.REJECTED:
+            self._accept(order)
         self._bind(ref, model.id)
-        if order.status == bt.Order.Submitted and model.status is not None:
-            order.accept(self)
-            self.notify(order)
         action = _FINAL_BAD.get(model.status) if model.status is not None else None
         if action is not None and order.alive():
             getattr(order, action)()
@@ -808,6 +809,7 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         order = self._orders[ref]
         if not order.alive():
             return
+        self._accept(order)
         lots = int(trade.qty_batch or 0)
         size = lots if order.isbuy() else -lots
         price = float(trade.price or 0.0)

@@ -280,9 +280,10 @@ def _w(name: str, phase: Phase, start: str, end: str) -> Window:
 
 _A, _T, _C, _X = Phase.OPENING_AUCTION, Phase.TRADING, Phase.CLOSING_AUCTION, Phase.CLEARING
 
-#: MOEX non-trading days (all markets) of 2025 and 2026, as MOEX announced them: New Year and
-#: Christmas, and the state holidays that fall on weekdays. Extend with
-#: :meth:`Schedule.with_holidays` when MOEX publishes the next year's calendar.
+#: MOEX non-trading days (all markets) of 2025 and 2026 as known when this table was written:
+#: New Year and Christmas, and the state holidays (or the weekdays they move to). MOEX publishes
+#: each year's calendar itself and trades on some official days off: check it, and extend or
+#: replace this set with :meth:`Schedule.with_holidays` or a :class:`Schedule` of your own.
 DEFAULT_HOLIDAYS: Final = frozenset(
     date.fromisoformat(d)
     for d in (

@@ -58,6 +58,7 @@ TOP_LEVEL = [
     "LaneEvent",
     "LimitError",
     "LocalProtocolError",
+    "MarketClosed",
     "MissingDependency",
     "Order",
     "OrderAck",
@@ -110,6 +111,7 @@ TOP_LEVEL = [
     "TradingStatus",
     "TransportError",
     "TransportTimeout",
+    "UnknownInstrument",
     "__version__",
 ]
 

@@ -41,6 +41,7 @@ from .errors import (
     InvalidTokenError as InvalidTokenError,
     LimitError as LimitError,
     LocalProtocolError as LocalProtocolError,
+    MarketClosed as MarketClosed,
     MissingDependency as MissingDependency,
     OrderRejected as OrderRejected,
     OrderStatusUnknown as OrderStatusUnknown,
@@ -55,6 +56,7 @@ from .errors import (
     TokenRejected as TokenRejected,
     TransportError as TransportError,
     TransportTimeout as TransportTimeout,
+    UnknownInstrument as UnknownInstrument,
 )
 from .protocol.account import (
     CurrencyBuyingPower as CurrencyBuyingPower,
@@ -218,6 +220,7 @@ __all__ = [
     "LaneEvent",
     "LimitError",
     "LocalProtocolError",
+    "MarketClosed",
     "MissingDependency",
     "Order",
     "OrderAck",
@@ -270,5 +273,6 @@ __all__ = [
     "TradingStatus",
     "TransportError",
     "TransportTimeout",
+    "UnknownInstrument",
     "__version__",
 ]

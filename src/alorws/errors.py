@@ -31,6 +31,8 @@ The tree::
     ├── ConfigurationError              (also ValueError) the client was set up wrongly
     │   └── MissingDependency           (also ImportError) a feature's extra is not installed
     ├── OrderStatusUnknown              an order command got no reply; its outcome is unknown
+    ├── UnknownInstrument               (also LookupError) no instrument matches what was looked up
+    ├── MarketClosed                    an order was refused client-side: its market is closed now
     └── InvalidState                    (also AssertionError) an object was used in the wrong state
 
 Each message says what was wrong and what to do about it. No message ever contains an access or
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidTokenError",
     "LimitError",
     "LocalProtocolError",
+    "MarketClosed",
     "MissingDependency",
     "OrderRejected",
     "OrderStatusUnknown",
@@ -77,6 +80,7 @@ __all__ = [
     "TokenRejected",
     "TransportError",
     "TransportTimeout",
+    "UnknownInstrument",
     "redact",
     "rejection_for",
     "scrub",
@@ -377,6 +381,32 @@ class OrderStatusUnknown(AlorError):
             f"no reply to order command {guid!r}{extra}; its outcome is unknown, "
             "check the orders stream or resend with the same guid"
         )
+
+
+class UnknownInstrument(AlorError, LookupError):
+    """No instrument matches ``query`` (a ticker, ``EXCHANGE:TICKER``, an ISIN or a futures
+    code); the message says how the lookup was made and how to list what exists."""
+
+    def __init__(self, query: str, detail: str = "") -> None:
+        self.query = query
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"unknown instrument {query!r}{extra}; search what exists with "
+            "`await client.http.securities(query=...)`"
+        )
+
+
+class MarketClosed(AlorError):
+    """An order was refused client-side because its market is closed now (opt-in, see
+    :mod:`alorws.client.session`); ``window`` names the closed window, ``opens_at`` (an aware
+    datetime in Moscow time, or None) says when trading resumes."""
+
+    def __init__(self, market: str, window: str, opens_at: object | None = None) -> None:
+        self.market = market
+        self.window = window
+        self.opens_at = opens_at
+        when = f"; it opens at {opens_at}" if opens_at is not None else ""
+        super().__init__(f"{market} is closed now ({window}){when}: the order was not sent")
 
 
 class InvalidState(AlorError, AssertionError):

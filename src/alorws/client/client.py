@@ -62,6 +62,7 @@ from .sources import (
     takes_options,
 )
 from .streams import ClientStreams, Stream, default_policy
+from .trader import TraderMethods
 from .whole import filter_for
 
 
@@ -72,7 +73,7 @@ log = logging.getLogger("alorws.client")
 T = TypeVar("T")
 
 
-class AlorClient(ClientStreams):
+class AlorClient(TraderMethods, ClientStreams):
     """A connection to one ALOR account: typed streams, limits, reconnect-and-restore.
 
     The stream methods (``quotes``, ``order_book``, ``bars``, ``all_trades``, ``instrument``,

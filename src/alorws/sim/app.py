@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidArgumentError
+from ..protocol.schedule import SCHEDULES, Schedule
 from .accounts import random_refresh_token
 from .auth import TokenService
 from .engine import Account, TradingEngine
@@ -51,6 +53,7 @@ from .faults import (
     check_share,
 )
 from .market import SyntheticMarket, TradePrinted
+from .schedule import SessionGate
 from .server import SimServer
 from .subscriptions import Limits
 
@@ -104,6 +107,12 @@ class Simulator:
         history_days: days of synthetic history before now.
         ground_truth_path: also append the ground-truth log to this JSONL file.
         day_order_lifetime: seconds a day order lives; None: until the end of its UTC day.
+        schedule: follow the MOEX trading day (``True``: the built-in tables; or a mapping of
+            market to :class:`~alorws.protocol.schedule.Schedule`): orders for a closed market
+            are refused with 400 naming the window (see :mod:`alorws.sim.schedule`). Default:
+            open around the clock.
+        schedule_clock: what time it is for the schedule (a callable returning an aware
+            datetime); default the wall clock. Tests pass a manual clock.
     """
 
     def __init__(
@@ -127,6 +136,8 @@ class Simulator:
         ground_truth_path: str | None = None,
         close_timeout: float = 2.0,
         day_order_lifetime: float | None = None,
+        schedule: bool | Mapping[str, Schedule] = False,
+        schedule_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -168,6 +179,11 @@ class Simulator:
             close_timeout=close_timeout,
         )
         self.faults: Faults = self.server.faults
+        if schedule is not False:
+            tables = SCHEDULES if schedule is True else schedule
+            self.server.session_gate = SessionGate(
+                self.market, tables, schedule_clock or (lambda: datetime.now(UTC))
+            )
         self.demo = self.engine.add_account("demo", refresh_token=demo_refresh_token or None)
         self.cert_path: str | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None

@@ -27,6 +27,7 @@ from .auth import Claims, TokenService
 from .connection import Connection
 from .faults import AdminApi, Faults
 from .http import HttpApi
+from .schedule import SessionGate
 from .subscriptions import Hub, Limits, read_envelope, status_frame
 from .web import MAX_REQUEST, RecentReplies, bearer, build_in_steps, error_response
 
@@ -174,6 +175,8 @@ class SimServer:
         self._closers: set[asyncio.Task[Any]] = set()
         self._seen_cws: RecentReplies[bytes] = RecentReplies(clock)
         self._market_task: asyncio.Task[None] | None = None
+        #: Refuses orders while their market is closed (``Simulator(schedule=...)``); None: never.
+        self.session_gate: SessionGate | None = None
         # Failures inside the simulator (bugs, never bad input): a handler, a /ws or /cws
         # message, the market loop. Each is logged.
         self.errors = 0
@@ -482,6 +485,9 @@ class SimServer:
         portfolio = command.user.portfolio
         if portfolio not in claims.portfolios:
             return status_frame(guid, 403, f"Access to portfolio '{portfolio}' is denied")
+        gate = self.session_gate
+        if gate is not None and (closed := gate.refusal(command)) is not None:
+            return status_frame(guid, 400, closed)
         result = self.engine.execute(portfolio, command, int(time.time() * 1000))
         number = None if result.order_number is None else str(result.order_number)
         reply = status_frame(guid, result.http_code, result.message, number)

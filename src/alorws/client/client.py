@@ -45,6 +45,7 @@ from ..protocol.registry import SubscriptionRegistry
 from .auth import TokenManager
 from .buffer import WakeBatcher, check_coalesce_us
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
+from .hooks import ConnectionEvent, ConnectionHooks, Hook, run_hooks
 from .http import HttpClient
 from .lane import Lane, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
@@ -71,7 +72,7 @@ log = logging.getLogger("alorws.client")
 T = TypeVar("T")
 
 
-class AlorClient(ClientStreams):
+class AlorClient(ClientStreams, ConnectionHooks):
     """A connection to one ALOR account: typed streams, limits, reconnect-and-restore.
 
     The stream methods (``quotes``, ``order_book``, ``bars``, ``all_trades``, ``instrument``,
@@ -82,6 +83,10 @@ class AlorClient(ClientStreams):
 
     Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`, ``stats()["state"]``):
     ``new -> starting -> open -> closing -> closed``.
+
+    ``on_connect``, ``on_disconnect`` and ``on_restore`` register connection hooks, called in
+    the loop the client was started in with a :class:`~alorws.client.hooks.ConnectionEvent`
+    (see :mod:`alorws.client.hooks`).
 
     Args:
         refresh_token: the long-lived token from the ALOR developer portal (never logged).
@@ -208,6 +213,9 @@ class AlorClient(ClientStreams):
         self._steps: dict[tuple[str, str], float | None] = {}
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
+        self._init_hooks()
+        self._hook_loop: asyncio.AbstractEventLoop | None = None  # where hooks run
+        self._pool.on_connection = self._emit_connection
 
     def __repr__(self) -> str:
         return (
@@ -244,6 +252,7 @@ class AlorClient(ClientStreams):
         if self._state is not Lifecycle.NEW:
             raise InvalidState(f"cannot start a client that is {self._state.value}")
         self._state = Lifecycle.STARTING
+        self._hook_loop = asyncio.get_running_loop()
         await self._runtime.start()
         self._batcher.loop = self._runtime.loop
         try:
@@ -327,6 +336,7 @@ class AlorClient(ClientStreams):
                 price_step=self._price_step,
                 reauth_after_idle=self._reauth_after_idle,
             )
+            self._trading.on_connection = self._emit_connection
         return self._trading
 
     @property
@@ -342,6 +352,13 @@ class AlorClient(ClientStreams):
                 ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
             )
         return self._http
+
+    def _deliver(self, hooks: list[Hook], event: ConnectionEvent) -> None:
+        # From the I/O thread (lanes) or this loop (/cws): the hooks run in this loop.
+        loop = self._hook_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(run_hooks, hooks, event)
 
     async def _price_step(self, symbol: str, exchange: str) -> float | None:
         """An instrument's price step from reference data (cached), None if unknown."""

@@ -43,6 +43,8 @@ from .conftest import FAST
 
 #: Bounds every wait of these tests (generous: the machine is shared).
 WAIT = 20.0
+#: Reconnect at once, find dead connections within seconds.
+QUICK: dict[str, Any] = {"backoff": FAST, "ping_interval": 1.0, "ping_timeout": 1.0}
 
 
 @pytest.fixture
@@ -57,13 +59,7 @@ def sim() -> Iterator[SimulatorThread]:
 @pytest.fixture
 def client(sim: SimulatorThread) -> Iterator[Client]:
     """An open blocking client of the demo account."""
-    with Client(
-        sim.demo_refresh_token,
-        base_url=sim.url,
-        backoff=FAST,
-        ping_interval=1.0,
-        ping_timeout=1.0,
-    ) as c:
+    with Client(sim.demo_refresh_token, base_url=sim.url, **QUICK) as c:
         yield c
 
 

@@ -71,6 +71,7 @@ from .buffer import Policy
 from .client import AlorClient
 from .hooks import ConnectionEvent, ConnectionHooks, Hook, run_hooks
 from .lane import LaneEvent
+from .runtime import loop_thread
 from .sources import StreamMethods, StreamOptions, takes_options
 from .streams import Stream
 
@@ -105,24 +106,7 @@ class _Loop:
         return loop
 
     def start(self) -> None:
-        ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            ready.set_result(loop)
-            try:
-                loop.run_forever()
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name=self._name, daemon=True)
-        self._thread.start()
+        ready, self._thread = loop_thread(self._name)
         self._loop = ready.result()
 
     def in_loop(self) -> bool:
@@ -176,8 +160,16 @@ class _Loop:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+
+        async def finish() -> None:  # what is left (a call cut short) ends cancelled
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            asyncio.get_running_loop().stop()
+
         with contextlib.suppress(RuntimeError):  # already stopped
-            loop.call_soon_threadsafe(loop.stop)
+            asyncio.run_coroutine_threadsafe(finish(), loop)
         if thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
         for fut in pending:  # submitted but never run: release their callers
@@ -304,6 +296,19 @@ class BlockingIterator(Iterator[T]):
         self.close()
 
 
+class _Underneath(Generic[T]):
+    """A read-only attribute of the async stream underneath a :class:`BlockingStream`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, obj: BlockingStream[Any] | None, owner: type | None = None) -> T:
+        if obj is None:
+            raise AttributeError(self._name)
+        value: T = getattr(obj._stream, self._name)
+        return value
+
+
 class BlockingStream(Generic[M]):
     """One subscription, read without ``await`` (``client.quotes("SBER")``): subscribed when
     made (the server's rejection is raised right there), iterable, a context manager that
@@ -338,35 +343,18 @@ class BlockingStream(Generic[M]):
         """The async stream underneath (its counters, events and guid)."""
         return self._stream
 
-    @property
-    def name(self) -> str:
-        """A short name for logs and stats (``"quotes SBER"``)."""
-        return self._stream.name
-
-    @property
-    def model(self) -> type[M]:
-        """The model each message decodes into."""
-        return self._stream.model
-
-    @property
-    def request(self) -> rq.SubscriptionRequest:
-        """What is subscribed."""
-        return self._stream.request
-
-    @property
-    def policy(self) -> Policy:
-        """``latest`` (only the newest waits) or ``queue`` (lossless)."""
-        return self._stream.policy
-
-    @property
-    def is_open(self) -> bool:
-        """True until the stream is closed or ends."""
-        return self._stream.is_open
-
-    @property
-    def events(self) -> list[LaneEvent]:
-        """The last connection events (``disconnected``, ``restored``, …), oldest first."""
-        return self._stream.events
+    #: A short name for logs and stats (``"quotes SBER"``).
+    name: _Underneath[str] = _Underneath()
+    #: The model each message decodes into.
+    model: _Underneath[type[Any]] = _Underneath()
+    #: What is subscribed.
+    request: _Underneath[rq.SubscriptionRequest] = _Underneath()
+    #: ``latest`` (only the newest waits) or ``queue`` (lossless).
+    policy: _Underneath[Policy] = _Underneath()
+    #: True until the stream is closed or ends.
+    is_open: _Underneath[bool] = _Underneath()
+    #: The last connection events (``disconnected``, ``restored``, …), oldest first.
+    events: _Underneath[list[LaneEvent]] = _Underneath()
 
     def stats(self) -> dict[str, Any]:
         """Buffer counters, bad payloads, duplicates filtered, connection events."""
@@ -385,7 +373,10 @@ class BlockingStream(Generic[M]):
         was taken, what ended the stream if it failed, and
         :class:`~alorws.errors.BufferOverflowError` once where a ``queue`` stream lost
         messages."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:  # the common case, kept short: a plain lock, no deadline
+            with self._take:
+                return self._next(None, None)
+        deadline = time.monotonic() + timeout
         with self._taking(deadline, timeout):
             return self._next(deadline, timeout)
 

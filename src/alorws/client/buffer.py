@@ -736,24 +736,12 @@ class StreamBuffer(Generic[T]):
             self._loop = loop
         self._loop_tid = threading.get_ident()
         fut = loop.create_future()
-        with self._lock:
-            if self._waiter is not None:
-                raise InvalidState(
-                    f"another task is already waiting on buffer {self.name!r}; "
-                    "one consumer at a time"
-                )
-            self._waiter = fut  # publish first, then look (see the module docstring)
-            if self._dq or self._ev or self._closed:
-                self._waiter = None
-                return
-            self._parks += 1
+        if not self._publish(fut):
+            return
         try:
             await fut
         finally:
-            if self._waiter is fut:  # cancelled or timed out: withdraw
-                with self._lock:
-                    if self._waiter is fut:
-                        self._waiter = None
+            self._withdraw(fut)  # cancelled or timed out
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block the calling thread until an entry waits or the buffer is closed (True), or
@@ -761,26 +749,37 @@ class StreamBuffer(Generic[T]):
         consumers"). One waiter at a time, as for ``get``."""
         lock = _thread.allocate_lock()
         lock.acquire()
+        if not self._publish(lock):
+            return True
+        try:
+            if lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                return True
+        finally:
+            self._withdraw(lock)  # timed out or interrupted
+        return bool(self._dq or self._ev or self._closed)
+
+    def _publish(self, waiter: asyncio.Future[None] | _thread.LockType) -> bool:
+        """Park ``waiter`` as the consumer's, unless an entry (or the end) is already there to
+        take (False). Publish first, then look (see the module docstring)."""
         with self._lock:
             if self._waiter is not None:
                 raise InvalidState(
                     f"another consumer is already waiting on buffer {self.name!r}; "
                     "one consumer at a time"
                 )
-            self._waiter = lock  # publish first, then look (see the module docstring)
+            self._waiter = waiter
             if self._dq or self._ev or self._closed:
                 self._waiter = None
-                return True
+                return False
             self._parks += 1
-        try:
-            if lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-                return True
-        finally:
-            if self._waiter is lock:  # timed out or interrupted: withdraw
-                with self._lock:
-                    if self._waiter is lock:
-                        self._waiter = None
-        return bool(self._dq or self._ev or self._closed)
+        return True
+
+    def _withdraw(self, waiter: asyncio.Future[None] | _thread.LockType) -> None:
+        """Take ``waiter`` back if nobody claimed it to wake it."""
+        if self._waiter is waiter:
+            with self._lock:
+                if self._waiter is waiter:
+                    self._waiter = None
 
     def get_nowait(self) -> T:
         """The next entry; :class:`BufferEmpty` if none is waiting (errors as for ``get``)."""

@@ -35,24 +35,10 @@ class SimulatorThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
-        self._simulator: Simulator | None = None
-
-    @property
-    def simulator(self) -> Simulator:
-        """The running simulator (touch its state only through :meth:`call`)."""
-        if self._simulator is None:
-            raise RuntimeError("the simulator thread is not started")
-        return self._simulator
-
-    @property
-    def url(self) -> str:
-        """Its base URL (``http://127.0.0.1:<port>``)."""
-        return self.simulator.url
-
-    @property
-    def demo_refresh_token(self) -> str:
-        """The demo account's refresh token."""
-        return self.simulator.demo_refresh_token
+        #: The running simulator (touch its state only through :meth:`call`); set by start.
+        self.simulator: Simulator | None = None
+        #: Its base URL (``http://127.0.0.1:<port>``) and the demo account's refresh token.
+        self.url = self.demo_refresh_token = ""
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start the thread and wait until the simulator listens."""
@@ -63,7 +49,8 @@ class SimulatorThread:
             self._stopped = asyncio.Event()
             try:
                 async with Simulator(**self._options) as sim:
-                    self._simulator = sim
+                    self.simulator, self.url = sim, sim.url
+                    self.demo_refresh_token = sim.demo_refresh_token
                     ready.set_result(None)
                     await self._stopped.wait()
             except BaseException as exc:

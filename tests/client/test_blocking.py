@@ -434,11 +434,11 @@ def test_client_hooks_fire_on_connect_drop_and_restore(
     portfolio = client.portfolios[0]
     client.orders(portfolio)
     client.trading.place_market(portfolio, "SBER", "buy", 1)
-    hooks.wait(lambda items: len(items) == 3)  # market, account, orders
+    hooks.wait(lambda items: len(items) >= 3)  # market, account, orders
     assert drop(sim, "ws") == 2 and drop(sim, "cws") == 1
-    items = hooks.wait(lambda items: sum(e.kind == "restore" for e in items) == 3)
+    items = hooks.wait(lambda items: sum(e.kind == "restore" for e in items) >= 3)
     assert hooks.threads == {"alorws-client-hooks"}
-    by = {(e.kind, e.connection): e for e in items}
+    by = {(e.kind, e.connection): e for e in reversed(items)}  # the first of each
     assert set(by) == {
         (kind, conn)
         for kind in ("connect", "disconnect", "restore")

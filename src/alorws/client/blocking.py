@@ -85,6 +85,8 @@ T = TypeVar("T")
 
 #: How long close() waits for a callback thread to finish the callback it is in.
 _JOIN_TIMEOUT = 10.0
+#: Guards the start of streams' callback threads.
+_ON_LOCK = threading.Lock()
 
 
 class _Loop:
@@ -466,12 +468,13 @@ class BlockingStream(Generic[M]):
             raise InvalidArgumentError(
                 "callback", f"expected a callable, got {type(callback).__name__}"
             )
-        self._callbacks.append(callback)
-        if self._worker is None:
-            self._worker = threading.Thread(
-                target=self._run_callbacks, name=f"alorws-on {self.name}", daemon=True
-            )
-            self._worker.start()
+        with _ON_LOCK:  # one worker, however many threads add callbacks at once
+            self._callbacks.append(callback)
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run_callbacks, name=f"alorws-on {self.name}", daemon=True
+                )
+                self._worker.start()
         return self
 
     def on_event(self, callback: Callable[[LaneEvent], object]) -> Self:
@@ -682,6 +685,8 @@ class Client(_BlockingStreams, ConnectionHooks):
         # Every other public name of AlorClient, blocking (see Blocking).
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in _NOT_FORWARDED:
+            raise AttributeError(f"Client has no {name!r}: {_NOT_FORWARDED[name]}")
         attr = getattr(self._async, name)
         return _blocking(attr, self._loop) if callable(attr) else attr
 
@@ -702,6 +707,13 @@ class Client(_BlockingStreams, ConnectionHooks):
 
     def _deliver(self, hooks: list[Hook], event: ConnectionEvent) -> None:
         self._hook_thread.put(hooks, event)
+
+
+#: AlorClient's names that make no sense on the facade, and what to use instead.
+_NOT_FORWARDED = {
+    "aclose": "use close()",
+    "subscribe_all": "each stream method subscribes its stream",
+}
 
 
 async def _value(value: T) -> T:

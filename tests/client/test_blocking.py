@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,18 @@ class Recorder:
             return list(self.items)
 
 
+class Interrupted(Exception):
+    """What this test's SIGINT handler raises (a KeyboardInterrupt would stop pytest)."""
+
+
+def _parked(buffer: StreamBuffer[Any]) -> bool:
+    """Whether a consumer waits on ``buffer`` now (looked at until it does, bounded)."""
+    deadline = time.monotonic() + WAIT
+    while buffer._waiter is None and time.monotonic() < deadline:
+        time.sleep(0)  # a yield of the GIL, not a wait for time to pass
+    return buffer._waiter is not None
+
+
 # -- the buffer's blocking wait ---------------------------------------------------------------
 
 
@@ -125,9 +138,7 @@ def test_a_blocked_thread_is_woken_by_a_push_from_another_thread() -> None:
     t = threading.Thread(target=waiter)
     t.start()
     waiting.wait(WAIT)
-    deadline = time.monotonic() + WAIT
-    while buf._waiter is None and time.monotonic() < deadline:  # parked: look, no sleep
-        time.sleep(0)
+    assert _parked(buf)
     with pytest.raises(InvalidState, match="one consumer at a time"):
         buf.wait(0)
     buf.close()
@@ -246,6 +257,37 @@ def test_timeouts_and_use_after_close_say_what(sim: SimulatorThread) -> None:
     ):
         with pytest.raises(InvalidState, match="closed"):
             call()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_an_interrupt_stops_a_blocked_get_and_the_stream_goes_on(client: Client) -> None:
+    """Ctrl-C (a notebook's interrupt) ends a get blocked in the main thread: the waiter is
+    withdrawn and the stream can be read again."""
+    assert threading.current_thread() is threading.main_thread()
+    bars = client.bars("SBER", "D")  # candles from now: nothing comes for a while
+    buffer = bars.stream._buffer
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:
+        if _parked(buffer):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        sender = threading.Thread(target=interrupt)
+        sender.start()
+        with pytest.raises(Interrupted):
+            bars.get(timeout=WAIT)
+        sender.join(WAIT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert buffer._waiter is None and bars.is_open
+    with pytest.raises(StreamTimeout):
+        bars.get(timeout=0.01)
 
 
 # -- orders -------------------------------------------------------------------------------------

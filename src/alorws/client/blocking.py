@@ -571,7 +571,9 @@ class Client(_BlockingStreams, ConnectionHooks):
 
     def __init__(self, refresh_token: str | None = None, **options: Any) -> None:
         # AlorClient checks every argument here, in the caller's thread; it needs no loop yet.
-        self._async = AlorClient(refresh_token, **options)  # type: ignore[arg-type]
+        # The token goes on as given: where a missing one comes from is AlorClient's business.
+        token: Any = refresh_token
+        self._async = AlorClient(token, **options)
         self._loop = _Loop("alorws-client")
         self._init_hooks()
         self._hook_thread = _HookThread()

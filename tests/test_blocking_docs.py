@@ -55,6 +55,7 @@ def test_the_notebook_runs_in_a_jupyter_kernel(
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))  # no user kernelspec
     monkeypatch.delenv("ALOR_REFRESH_TOKEN", raising=False)
     nb = nbformat.read(ROOT / "examples" / "blocking.ipynb", as_version=4)
     assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")

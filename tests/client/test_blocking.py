@@ -158,15 +158,23 @@ def _quote_and_history(c: Client) -> tuple[Quote, list[Bar]]:
 
 
 def test_in_a_plain_thread(sim: SimulatorThread) -> None:
-    """Made, used and closed in a thread without an event loop: a quote and an hour of bars."""
+    """Made, used and closed in a thread without an event loop: a quote and an hour of bars,
+    the same bars through iter_history as a plain iterator, AlorClient's other names."""
 
-    def script() -> tuple[Quote, list[Bar]]:
+    def script() -> tuple[Quote, list[Bar], list[Bar], dict[str, Any] | None]:
         with Client(sim.demo_refresh_token, base_url=sim.url) as c:
-            return _quote_and_history(c)
+            quote, bars = _quote_and_history(c)
+            with c.http.iter_history("SBER", 60, bars[0].time, bars[-1].time) as pages:
+                walked = list(pages)
+            stream = c.quotes("SBER")
+            assert stream.stream.guid is not None
+            return quote, bars, walked, c.describe(stream.stream.guid)
 
-    quote, bars = in_thread(script)
+    quote, bars, walked, described = in_thread(script)
     assert isinstance(quote, Quote) and quote.symbol == "SBER" and quote.last_price > 0
-    assert bars and all(isinstance(b, Bar) for b in bars)
+    assert bars and all(isinstance(b, Bar) for b in bars) and walked == bars
+    assert described is not None and described["opcode"] == "QuotesSubscribe"
+    assert Client.__doc__ and "AlorClient" in Client.__doc__
 
 
 def test_inside_a_running_event_loop(sim: SimulatorThread) -> None:

@@ -76,6 +76,7 @@ __all__ = [
     "ServerRejected",
     "StreamClosed",
     "StreamError",
+    "StreamTimeout",
     "SubscriptionLimitError",
     "TokenRejected",
     "TransportError",
@@ -335,6 +336,11 @@ class BufferEmpty(StreamError):
 
 class StreamClosed(StreamError):
     """The stream has ended: it was unsubscribed, the client closed, or the server refused it."""
+
+
+class StreamTimeout(StreamError, TimeoutError):
+    """A blocking wait on a stream (``alorws.Client``'s ``get(timeout=...)``) ran out before a
+    message came; the stream goes on, so wait again or give up."""
 
 
 class RecorderError(AlorError):

@@ -8,7 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from alorws.bus import BusClient, BusStream
-from alorws.client import AlorClient, DataStream, OrderAck, Stream, StreamSource
+from alorws.client import (
+    AlorClient,
+    BlockingStream,
+    Client,
+    DataStream,
+    OrderAck,
+    Stream,
+    StreamSource,
+)
 from alorws.protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
 from alorws.protocol.market import Bar, InstrumentPatch, OrderBook, Quote, Trade
 from alorws.protocol.requests import QuotesRequest
@@ -79,3 +87,18 @@ async def trading(bus: BusClient) -> None:
     await bus.trading.place_limit("P", "SBER", "buy", 1)  # type: ignore[call-arg]
     await bus.trading.modify_limit("1", "P", "SBER", "buy", 1, 300.0, nope=1)  # type: ignore[call-arg]
     del ack
+
+
+def blocking(client: Client) -> None:
+    """Client's typed methods return a BlockingStream of their model; taking gives the model."""
+    quotes: BlockingStream[Quote] = client.quotes("SBER", board="TQBR")
+    one: Quote = quotes.get(timeout=1.0)
+    orders: BlockingStream[Order] = client.orders("P", skip_history=True)
+    newest: Order = orders.latest()
+    batch: list[Order] = orders.get_batch(10, timeout=1.0)
+    for quote in quotes:
+        price: float | None = quote.last_price
+    any_stream: BlockingStream[Any] = client.stream(QuotesRequest(code="SBER"))
+    wrong: BlockingStream[Order] = client.quotes("SBER")  # type: ignore[assignment]
+    client.quotes("SBER", depth=5)  # type: ignore[call-arg]
+    del one, newest, batch, price, any_stream, wrong

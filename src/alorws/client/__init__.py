@@ -6,9 +6,11 @@ Importing this package loads asyncio and the network stack; :mod:`alorws.protoco
 """
 
 from .auth import TokenManager as TokenManager, resolve_refresh_token as resolve_refresh_token
+from .blocking import BlockingStream as BlockingStream, Client as Client
 from .buffer import BufferEmpty as BufferEmpty, Policy as Policy, StreamBuffer as StreamBuffer
 from .client import AlorClient as AlorClient
 from .endpoints import Endpoints as Endpoints, resolve_endpoints as resolve_endpoints
+from .hooks import ConnectionEvent as ConnectionEvent
 from .http import HttpClient as HttpClient
 from .lane import LaneEvent as LaneEvent, LaneKind as LaneKind, LaneState as LaneState
 from .orders import OrderAck as OrderAck, OrderClient as OrderClient
@@ -21,7 +23,10 @@ from .streams import Stream as Stream
 
 __all__ = [
     "AlorClient",
+    "BlockingStream",
     "BufferEmpty",
+    "Client",
+    "ConnectionEvent",
     "DataStream",
     "Endpoints",
     "HttpClient",

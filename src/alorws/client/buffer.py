@@ -124,6 +124,13 @@ Coalescing
     thread does (``AlorClient(coalesce_us=...)``; the client coalesces only with its I/O
     thread).
 
+Blocking consumers
+    A thread without an event loop (``alorws.Client``'s streams) takes entries with
+    ``get_nowait()`` and, when there is none, blocks in ``wait(timeout)``. Its waiter is a
+    held lock instead of a future, published and withdrawn the same way; the producer's wake-up
+    releases the lock, so the blocked thread wakes straight from the producer's thread (or the
+    batcher's round), without a hop through any event loop.
+
 Cross-thread wake-ups
     A consumer loop woken from another thread gets a pipe of its own on its first such wake-up
     (registered with ``add_reader``; closed when the loop is collected). The producer writes
@@ -136,6 +143,7 @@ Cross-thread wake-ups
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import math
 import os
@@ -295,6 +303,9 @@ class WakeBatcher:
 _LOCKS: Final = tuple(threading.RLock() for _ in range(64))
 
 
+_LockType: Final = _thread.LockType
+
+
 def _lock_for(buffer: object) -> threading.RLock:
     return _LOCKS[(id(buffer) >> 4) % len(_LOCKS)]
 
@@ -449,7 +460,8 @@ class StreamBuffer(Generic[T]):
         self._ev: Any = _NONE
         self._bound = 1 if self._latest else maxsize
         self._lock = _lock_for(self)
-        self._waiter: asyncio.Future[None] | None = None
+        # The parked consumer: a future in its loop, or a held lock a blocked thread waits on.
+        self._waiter: asyncio.Future[None] | _thread.LockType | None = None
         self._loop = loop
         self._loop_tid = 0
         self._closed = False
@@ -606,6 +618,10 @@ class StreamBuffer(Generic[T]):
                 return
             self._waiter = None
             self._wakeups += 1
+        if type(fut) is _LockType:  # a thread blocked in wait(): release its lock
+            fut.release()
+            return
+        assert isinstance(fut, asyncio.Future)
         if threading.get_ident() == self._loop_tid:
             _resolve(fut)
             return
@@ -720,24 +736,50 @@ class StreamBuffer(Generic[T]):
             self._loop = loop
         self._loop_tid = threading.get_ident()
         fut = loop.create_future()
-        with self._lock:
-            if self._waiter is not None:
-                raise InvalidState(
-                    f"another task is already waiting on buffer {self.name!r}; "
-                    "one consumer at a time"
-                )
-            self._waiter = fut  # publish first, then look (see the module docstring)
-            if self._dq or self._ev or self._closed:
-                self._waiter = None
-                return
-            self._parks += 1
+        if not self._publish(fut):
+            return
         try:
             await fut
         finally:
-            if self._waiter is fut:  # cancelled or timed out: withdraw
-                with self._lock:
-                    if self._waiter is fut:
-                        self._waiter = None
+            self._withdraw(fut)  # cancelled or timed out
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until an entry waits or the buffer is closed (True), or
+        ``timeout`` seconds pass (False); for a consumer without an event loop (see "Blocking
+        consumers"). One waiter at a time, as for ``get``."""
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        if not self._publish(lock):
+            return True
+        try:
+            if lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                return True
+        finally:
+            self._withdraw(lock)  # timed out or interrupted
+        return bool(self._dq or self._ev or self._closed)
+
+    def _publish(self, waiter: asyncio.Future[None] | _thread.LockType) -> bool:
+        """Park ``waiter`` as the consumer's, unless an entry (or the end) is already there to
+        take (False). Publish first, then look (see the module docstring)."""
+        with self._lock:
+            if self._waiter is not None:
+                raise InvalidState(
+                    f"another consumer is already waiting on buffer {self.name!r}; "
+                    "one consumer at a time"
+                )
+            self._waiter = waiter
+            if self._dq or self._ev or self._closed:
+                self._waiter = None
+                return False
+            self._parks += 1
+        return True
+
+    def _withdraw(self, waiter: asyncio.Future[None] | _thread.LockType) -> None:
+        """Take ``waiter`` back if nobody claimed it to wake it."""
+        if self._waiter is waiter:
+            with self._lock:
+                if self._waiter is waiter:
+                    self._waiter = None
 
     def get_nowait(self) -> T:
         """The next entry; :class:`BufferEmpty` if none is waiting (errors as for ``get``)."""

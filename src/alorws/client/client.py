@@ -45,6 +45,7 @@ from ..protocol.registry import SubscriptionRegistry
 from .auth import TokenManager, resolve_refresh_token
 from .buffer import WakeBatcher, check_coalesce_us
 from .endpoints import Endpoints, resolve_endpoints, ssl_context_for
+from .hooks import ConnectionEvent, ConnectionHooks, Hook, run_hooks
 from .http import HttpClient
 from .lane import Lane, Tap
 from .orders import DEFAULT_REAUTH_AFTER_IDLE, OrderClient
@@ -73,7 +74,7 @@ log = logging.getLogger("alorws.client")
 T = TypeVar("T")
 
 
-class AlorClient(TraderMethods, ClientStreams):
+class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
     """A connection to one ALOR account: typed streams, limits, reconnect-and-restore.
 
     The stream methods (``quotes``, ``order_book``, ``bars``, ``all_trades``, ``instrument``,
@@ -84,6 +85,10 @@ class AlorClient(TraderMethods, ClientStreams):
 
     Its lifecycle (:class:`~alorws.lifecycle.Lifecycle`, ``stats()["state"]``):
     ``new -> starting -> open -> closing -> closed``.
+
+    ``on_connect``, ``on_disconnect`` and ``on_restore`` register connection hooks, called in
+    the loop the client was started in with a :class:`~alorws.client.hooks.ConnectionEvent`
+    (see :mod:`alorws.client.hooks`).
 
     Args:
         refresh_token: the long-lived token from the ALOR developer portal (never logged);
@@ -230,6 +235,9 @@ class AlorClient(TraderMethods, ClientStreams):
         self._steps: dict[tuple[str, str], float | None] = {}
         self._http: HttpClient | None = None
         self._trading: OrderClient | None = None
+        self._init_hooks()
+        self._hook_loop: asyncio.AbstractEventLoop | None = None  # where hooks run
+        self._pool.on_connection = self._emit_connection
 
     def __repr__(self) -> str:
         proxy = self._proxies[self.endpoints.http]
@@ -272,6 +280,7 @@ class AlorClient(TraderMethods, ClientStreams):
         if self._state is not Lifecycle.NEW:
             raise InvalidState(f"cannot start a client that is {self._state.value}")
         self._state = Lifecycle.STARTING
+        self._hook_loop = asyncio.get_running_loop()
         await self._runtime.start()
         self._batcher.loop = self._runtime.loop
         try:
@@ -357,6 +366,7 @@ class AlorClient(TraderMethods, ClientStreams):
                 reauth_after_idle=self._reauth_after_idle,
                 proxy=self._proxy(self.endpoints.cws),
             )
+            self._trading.on_connection = self._emit_connection
         return self._trading
 
     @property
@@ -373,6 +383,13 @@ class AlorClient(TraderMethods, ClientStreams):
                 proxy=self._proxy(self.endpoints.http),
             )
         return self._http
+
+    def _deliver(self, hooks: list[Hook], event: ConnectionEvent) -> None:
+        # From the I/O thread (lanes) or this loop (/cws): the hooks run in this loop.
+        loop = self._hook_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(run_hooks, hooks, event)
 
     async def _price_step(self, symbol: str, exchange: str) -> float | None:
         """An instrument's price step from reference data (cached), None if unknown."""

@@ -67,6 +67,7 @@ from ._ws import (
     ws_connect,
 )
 from .endpoints import check_url
+from .hooks import ConnectionEvent
 from .proxy import Proxy
 
 
@@ -305,6 +306,9 @@ class Lane:
         #: Called (by the pool) once the connect loop has ended for good, not by aclose():
         #: the lane's streams have ended and it connects no more.
         self.on_end: Callable[[Lane], None] | None = None
+        #: Told (in the I/O loop) when a connection opens, is lost, and restores: the client's
+        #: connection hooks.
+        self.on_connection: Callable[[ConnectionEvent], None] | None = None
         # Counters (read by stats(); plain ints: the reader is the only writer).
         self.messages = 0
         self.bytes = 0
@@ -471,8 +475,10 @@ class Lane:
                             closed.set_result(None)  # the server forgot it with the socket
                     self._close_waiters.clear()
                     self._broadcast(LaneEvent("disconnected", self.id, reason=reason))
+                    self._tell("disconnect", reason=reason)
                 case Restored(downtime=downtime):
                     self._broadcast(LaneEvent("restored", self.id, downtime=downtime))
+                    self._tell("restore", downtime=downtime, restored=self.count())
                 case Silent(guid=guid, silent_for=silent_for):
                     sink = self._sinks.get(guid)
                     if sink is not None:
@@ -495,6 +501,11 @@ class Lane:
                             transport.send_ping()
                 case Close(reason=reason):
                     self.drop(reason)
+
+    def _tell(self, kind: str, **info: Any) -> None:
+        """Report a connection event to the client's hooks (they run elsewhere)."""
+        if self.on_connection is not None:
+            self.on_connection(ConnectionEvent(kind, self.kind.value, self.id, **info))
 
     def _write_out(self, token: str, refreshed: bool = False) -> None:
         for frame in self._conn.data_to_send(token, refreshed=refreshed):
@@ -755,6 +766,7 @@ class Lane:
         conn = self._conn
         started = time.monotonic()
         conn.connection_opened(started)
+        self._tell("connect")
         try:
             await self._flush()  # the restore burst, pipelined (docs/protocol.md §9.5)
         except AuthError as exc:

@@ -123,6 +123,7 @@ from ._ws import (
 )
 from .auth import RotatingTokenSource
 from .endpoints import check_url
+from .hooks import ConnectionEvent
 from .order_methods import OrderAck, OrderMethods
 from .proxy import ProxyOption, proxy_for
 
@@ -244,6 +245,10 @@ class OrderClient(OrderMethods):
         self._bad_frames = 0
         self._bad_log = BadFrameLog(log, "cws")
         self.last_error: str | None = None
+        #: Told when the connection opens, is lost, and is back after a loss (the client's
+        #: connection hooks); None: nobody.
+        self.on_connection: Callable[[ConnectionEvent], None] | None = None
+        self._lost_at: float | None = None  # when the open connection was lost
 
     def __repr__(self) -> str:
         cmd = self._cmd
@@ -498,9 +503,17 @@ class OrderClient(OrderMethods):
             raise
         cmd.opened(token, plan, time.monotonic())
         log.info("cws: connected and authorized (%s)", self.url)
+        self._tell("connect")
+        if self._lost_at is not None:
+            downtime, self._lost_at = time.monotonic() - self._lost_at, None
+            self._tell("restore", downtime=downtime, restored=cmd.pending())
         cmd.token_rotated(self._tokens.current)  # it may have rotated while we authorized
         self._act()
         return conn
+
+    def _tell(self, kind: str, **info: Any) -> None:
+        if self.on_connection is not None:
+            self.on_connection(ConnectionEvent(kind, "orders", 0, **info))
 
     def _open_failed(self, exc: Exception) -> Retry:
         retry = self._cmd.open_failed(exc)
@@ -529,6 +542,8 @@ class OrderClient(OrderMethods):
                     self.last_error = f"closed (code={code}, reason={scrub(reason)!r})"
                     if not self._closed:
                         log.info("cws: %s; reconnecting", self.last_error)
+                        self._lost_at = time.monotonic()
+                        self._tell("disconnect", reason=self.last_error)
                     self._connection_lost(conn)
                     if self._closed:
                         break

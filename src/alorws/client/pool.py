@@ -42,7 +42,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionLimitError, ServerLimitExceeded, TransportTimeout
@@ -52,6 +52,7 @@ from ..protocol.registry import Subscription, SubscriptionRegistry, Subscription
 from .auth import TokenManager
 from .buffer import StreamBuffer
 from .endpoints import ssl_context_for
+from .hooks import ConnectionEvent
 from .lane import Confirmations, Lane, LaneKind, Tap
 from .proxy import Proxy
 
@@ -152,6 +153,8 @@ class LanePool:
         # limit (429): the lane's real capacity, lower than ours.
         self._caps: dict[int, int] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # aclose() of retired lanes
+        #: Given to every lane: told of connects, losses and restores (the client's hooks).
+        self.on_connection: Callable[[ConnectionEvent], None] | None = None
 
     # -- the budget ---------------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class LanePool:
         for tap in self.taps:
             lane.add_tap(tap)
         lane.on_end = self._retire
+        lane.on_connection = self.on_connection
         self.lanes[lane_id] = lane
         return lane
 

@@ -29,6 +29,29 @@ __all__ = ["IORuntime"]
 T = TypeVar("T")
 
 
+def loop_thread(
+    name: str,
+) -> tuple[concurrent.futures.Future[asyncio.AbstractEventLoop], threading.Thread]:
+    """Start a daemon thread ``name`` that runs a new event loop until it is stopped, then shuts
+    its async generators down and closes it; the future gets the loop once it runs."""
+    ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ready.set_result(loop)
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return ready, thread
+
+
 class IORuntime:
     """Runs the client's network coroutines on a dedicated event loop thread.
 
@@ -75,21 +98,7 @@ class IORuntime:
             self._loop = asyncio.get_running_loop()
             self._state = Lifecycle.OPEN
             return
-        ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            ready.set_result(loop)
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-        self._thread.start()
+        ready, self._thread = loop_thread(self._name)
         self._loop = await asyncio.wrap_future(ready)
         self._state = Lifecycle.OPEN
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, Self, Type
 
 import msgspec
 
-from ..errors import FrameError, InvalidState, StreamClosed
+from ..errors import BufferEmpty, FrameError, InvalidState, StreamClosed
 from ..lifecycle import StreamState
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
@@ -316,6 +317,7 @@ class Stream(StreamBase[M]):
         "_filter",
         "_frame_decoder",
         "_guid",
+        "_home",
         "_lane",
         "_ready",
         "_tasks",
@@ -362,7 +364,10 @@ class Stream(StreamBase[M]):
         # A restore's HTTP snapshot: the items to deliver, and the task fetching it (created
         # when an account stream is restored).
         self._ready: collections.deque[M] | None = None
-        self._tasks: set[asyncio.Task[None]] | None = None
+        self._tasks: set[asyncio.Task[None] | concurrent.futures.Future[None]] | None = None
+        # The loop a restore's HTTP snapshot is fetched in when the consumer is a thread
+        # without one (alorws.Client); None: the consumer's running loop.
+        self._home: asyncio.AbstractEventLoop | None = None
         #: After a restore, fetch the HTTP snapshot of an orders, stop orders or own trades
         #: stream and deliver what it holds that the stream never had. Off for a consumer
         #: that takes its own snapshot (``Portfolio``): one GET per gap, not two.
@@ -432,6 +437,21 @@ class Stream(StreamBase[M]):
             if ready:
                 return ready.popleft()
             item = await self._buffer.get()
+            obj = self._handle(item)
+            if obj is not None:
+                return obj
+
+    def _poll(self) -> M | None:
+        """The next message if one is waiting, else None, without waiting (a blocking
+        consumer's take; it raises as :meth:`get` does)."""
+        while True:
+            ready = self._ready
+            if ready:
+                return ready.popleft()
+            try:
+                item = self._buffer.get_nowait()
+            except BufferEmpty:
+                return None
             obj = self._handle(item)
             if obj is not None:
                 return obj
@@ -522,7 +542,11 @@ class Stream(StreamBase[M]):
         return obj
 
     def _start_backfill(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._backfill())
+        task: asyncio.Task[None] | concurrent.futures.Future[None]
+        if self._home is None:
+            task = asyncio.get_running_loop().create_task(self._backfill())
+        else:  # a blocking consumer's thread: the client's own loop fetches it
+            task = asyncio.run_coroutine_threadsafe(self._backfill(), self._home)
         if self._tasks is None:
             self._tasks = set()
         self._tasks.add(task)

@@ -452,7 +452,7 @@ async def _probe(url: str) -> None:
             reason = f"no answer within {PROBE_TIMEOUT:g} s"
             continue
         except OSError as exc:
-            reason = (exc.strerror or type(exc).__name__).lower()
+            reason = (os.strerror(exc.errno) if exc.errno else type(exc).__name__).lower()
             continue
         writer.close()
         with contextlib.suppress(OSError):
@@ -1495,7 +1495,7 @@ def order(
     if quantity <= 0:
         raise CliError(
             f"quantity must be a whole number of lots above 0, got {quantity}",
-            "e.g. `alorws order buy SBER 1 --limit 300`",
+            "e.g. `alorws order buy SBER 1 --limit 300`; to sell, `alorws order sell`",
         )
     chosen_types = [n for n, v in (("--market", market), ("--limit", limit), ("--stop", stop))
                     if v not in (None, False)]  # fmt: skip
@@ -1689,10 +1689,9 @@ def _out_format(path: Path) -> str:
         raise CliError(
             f"cannot tell the file format of {str(path)!r}",
             "end --out with .csv or .parquet",
-            code=2,
         )
     if path.is_dir():
-        raise CliError(f"{str(path)!r} is a directory", "give --out a file name", code=2)
+        raise CliError(f"{str(path)!r} is a directory", "give --out a file name")
     return kind
 
 
@@ -1820,11 +1819,13 @@ def history(
             )
             title = f"{inst.label} {tf}: {len(rows)} candles"
             console.print(_bars_table(title, shown, tf, caption))
-        # A gap at the start longer than a long weekend: the server has no older candles.
-        if rows[0].time - start > max(3 * span, 4 * 86_400):
+        # A gap at the start beyond a few candles and a tenth of the range, or longer than a
+        # long weekend: the server has nothing older (or the market was closed): say so.
+        gap = rows[0].time - start
+        if gap > 3 * span and (gap > 4 * 86_400 or gap * 10 > max(1, end - start)):
             console.print(
-                f"note: asked for {asked}; the server has candles from "
-                f"{_fmt_msk(rows[0].time)} only"
+                f"note: asked from {_fmt_msk(start)}; the first candle the server has is at "
+                f"{_fmt_msk(rows[0].time)}"
             )
 
     _run(body())
@@ -2495,15 +2496,16 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     negative = _negative_argument(args)
-    if negative is not None:
-        what = "quantity" if args[0] == "order" else "argument"
-        sys.stderr.write(
-            f"alorws: error: {what} {negative} is negative: it must be above 0\n"
-            f"hint: e.g. `alorws order buy SBER 1 --limit 300`; sell with `order sell`\n"
-            if args[0] == "order"
-            else f"alorws: error: {negative}: a negative number is not a valid {what} here\n"
-        )
-        return 2
+    if negative is not None:  # click would say "No such option: -1"
+        if args[0] == "order":
+            return _report(
+                CliError(
+                    f"quantity must be a whole number of lots above 0, got {negative}",
+                    "e.g. `alorws order buy SBER 1 --limit 300`; to sell, `alorws order sell`",
+                ),
+                debug,
+            )
+        return _report(CliError(f"{negative}: a negative number is not valid here"), debug)
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="alorws", standalone_mode=False)

@@ -755,7 +755,8 @@ async def _run_live(
     collector = session.collector if session is not None else None
 
     def view() -> RenderableType:
-        return Group(health.header(), render())
+        body = render()  # first: rendering may note fresh data (the book counts updates)
+        return Group(health.header(), body)
 
     try:
         if console.is_terminal:

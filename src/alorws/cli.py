@@ -493,7 +493,11 @@ def _note(text: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _connect(target: Target, console: Console | None = None) -> AsyncIterator[Session]:
+async def _connect(
+    target: Target, console: Console | None = None, probe: bool = True
+) -> AsyncIterator[Session]:
+    """Open a client for ``target`` (and the in-process simulator, if that is the target);
+    ``probe``: first check that the hosts answer, failing in seconds when they do not."""
     from .client import AlorClient
     from .client.endpoints import resolve_endpoints
     from .protocol.backoff import Backoff
@@ -523,7 +527,7 @@ async def _connect(target: Target, console: Console | None = None) -> AsyncItera
             if console is not None:
                 _note(f"target: {target.describe()}")
         endpoints = resolve_endpoints(target.env.value, base_url)
-        if sim is None:
+        if sim is None and probe:
             for url in dict.fromkeys((endpoints.oauth, endpoints.http)):
                 await _probe(url)
         client = AlorClient(
@@ -2409,7 +2413,7 @@ def check(
 
     target = _target(sim, env, url, token_file, verbose, log_file, debug)
     options = CheckOptions(seconds=seconds, step_timeout=step_timeout, symbol=symbol, future=future)
-    where = target.describe()
+    where = target.url or target.describe()
     secrets: list[str] = []
     code = [0]
 
@@ -2431,7 +2435,8 @@ def check(
                 if not target.sim:
                     secrets.append(_read_token(target))  # blanked out of all the output
                 async with asyncio.timeout(step_timeout):
-                    session = await stack.enter_async_context(_connect(target))
+                    # No probe: --step-timeout bounds the wait, and the message names /refresh.
+                    session = await stack.enter_async_context(_connect(target, probe=False))
             except CliError as exc:
                 code[0] = unreachable(str(exc), exc.hint)
                 return

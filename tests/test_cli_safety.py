@@ -102,6 +102,13 @@ def test_every_command_takes_dash_h_and_double_dash_help(
         assert f"alorws {command}" in out and "-h, --help" in out
 
 
+def test_the_top_level_takes_dash_h_too(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "-h")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+
+
 def test_sim_help_lists_its_flags_and_admin_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "sim", "-h")
     assert code == 0
@@ -293,6 +300,20 @@ def test_orders_lists_and_cancel_all_asks_then_cancels(real: ThreadSim) -> None:
     assert code == 0, err
     assert f"{count} order(s) cancelled" in out
     assert working(real) == 0
+
+
+def test_a_refused_token_is_one_message(
+    capsys: pytest.CaptureFixture[str], server: ThreadSim, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("not-the-right-token\n")
+    for command in (["quotes", "SBER", "--duration", "3"], ["history", "SBER"]):
+        code, out, err = run(capsys, *command, "--url", server.url, "--token-file", str(token))
+        assert code == 1 and out == ""
+        line, hint = once(err)
+        assert line.startswith("alorws: error: AuthError: the refresh token was refused")
+        assert "check the refresh token" in hint and "network" not in hint
+        assert "not-the-right-token" not in err
 
 
 def test_a_refused_cancel_is_one_line_without_a_guid(

@@ -1352,8 +1352,10 @@ def orders_(
         async with _connect(target, console) as session:
             chosen = session.portfolio(portfolio)
             found = await _working(session, chosen, exchange, show_all)
+        what = "Orders" if show_all else "Working orders"
         table = Table(
-            title=f"{'Orders' if show_all else 'Working orders'} of {chosen}: {len(found)}"
+            title=f"{what} of {chosen}: {len(found)}",
+            caption=f"on {target.describe()}; times MSK",
         )
         for col in ("Id", "Kind", "Symbol", "Side", "Qty", "Filled", "Price", "Stop", "Status",
                     "Placed (MSK)"):  # fmt: skip
@@ -1636,7 +1638,9 @@ def cancel(
             trading = session.client.trading
             if order_id is not None:
                 ack = await trading.cancel(order_id, chosen, kind=kind.value, exchange=exchange)
-                console.print(f"order {order_id} cancelled (portfolio {chosen})")
+                console.print(
+                    f"order {order_id} cancelled (portfolio {chosen}) on {target.describe()}"
+                )
                 if ack.message:
                     console.print(f"server: {clean(ack.message)}")
                 return
@@ -1653,7 +1657,9 @@ def cancel(
                 kind_ = o.type.value if o.type is not None else "limit"
                 await trading.cancel(o.id, chosen, kind=kind_, exchange=exchange)
                 console.print(f"order {o.id} cancelled ({kind_} {o.symbol or ''})")
-            console.print(f"{len(working)} order(s) cancelled (portfolio {chosen})")
+            console.print(
+                f"{len(working)} order(s) cancelled (portfolio {chosen}) on {target.describe()}"
+            )
 
     _run(body())
 
@@ -1812,7 +1818,8 @@ def history(
             size = out.stat().st_size
             console.print(
                 f"{len(rows)} candles of {inst.label} {tf} ({_fmt_msk(rows[0].time)} .. "
-                f"{_fmt_msk(rows[-1].time)}) written to {out} ({kind}, {size:,} bytes)"
+                f"{_fmt_msk(rows[-1].time)}) from {target.describe()} written to {out} ({kind}, "
+                f"{size:,} bytes)"
             )
         else:
             shown = rows[-last:]
@@ -1822,7 +1829,7 @@ def history(
                 if len(shown) < len(rows)
                 else None
             )
-            title = f"{inst.label} {tf}: {len(rows)} candles"
+            title = f"{inst.label} {tf}: {len(rows)} candles from {target.describe()}"
             console.print(_bars_table(title, shown, tf, caption))
         # A gap at the start beyond a few candles and a tenth of the range, or longer than a
         # long weekend: the server has nothing older (or the market was closed): say so.

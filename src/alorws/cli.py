@@ -51,7 +51,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .sim.command import ADMIN_HELP, sim as _sim_command, usage_error
+from .sim.command import ADMIN_HELP, sim_command, usage_error
 
 
 if TYPE_CHECKING:
@@ -104,7 +104,13 @@ def _root(
     local simulator (`alorws sim`). Every command takes -h."""
 
 
-app.command("sim", epilog=ADMIN_HELP)(_sim_command)
+def _serve_sim(options: Any) -> int:
+    from .sim.app import run_from_command_line
+
+    return run_from_command_line(options)
+
+
+app.command("sim", epilog=ADMIN_HELP)(sim_command(_serve_sim))
 
 
 # -- errors ------------------------------------------------------------------------------------

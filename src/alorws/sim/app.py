@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from .command import run_standalone
 
-    return run_standalone(sys.argv[1:] if argv is None else list(argv))
+    return run_standalone(sys.argv[1:] if argv is None else list(argv), run_from_command_line)
 
 
 def run_from_command_line(args: Any) -> int:

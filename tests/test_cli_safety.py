@@ -446,6 +446,10 @@ def test_every_bad_input_prints_one_message(capsys: pytest.CaptureFixture[str]) 
         (["history", "SBER", "--sim", "--tf", "0"], 1, "bad timeframe"),
         (["quotes", "MOEX:", "--sim"], 1, "bad instrument"),
         (["cancel", "--sim"], 2, "give an ORDER_ID or --all"),
+        (["order", "buy", "SBER", "1", "--stop", "300", "--tif", "day", "--sim"], 2,
+         "--tif does not apply"),
+        (["order", "buy", "SBER", "1", "--limit", "300", "--condition", "more", "--sim"], 2,
+         "--condition needs --stop"),
         (["order", "buy", "SBER", "1", "--market", "--limit", "3", "--sim"], 2,
          "--market excludes"),
     ]:  # fmt: skip

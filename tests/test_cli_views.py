@@ -146,6 +146,10 @@ def test_symbols_keep_their_case_and_take_an_exchange(
     assert "SiZ6" in table and "SIZ6" not in out
     assert "LKOH" in table  # as the server spells it
     assert "unknown instrument" not in out
+    code = cli.main(["book", "SBER", "--board", "TQBR", "--depth", "2", "--url", server.url,
+                     "--duration", "1"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and "SBER book: spread" in out, err
     code = cli.main(["quotes", "SBER", "--exchange", "SPBX", "--url", server.url,
                      "--duration", "1"])  # fmt: skip
     out, err = capsys.readouterr()

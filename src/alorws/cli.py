@@ -1523,6 +1523,8 @@ def order(
         raise CliError("--market excludes --limit and --stop", "pick one kind of order", code=2)
     if condition is not None and stop is None:
         raise CliError("--condition needs --stop", code=2)
+    if tif is not None and stop is not None and limit is None:
+        raise CliError("--tif does not apply to a stop (market) order", code=2)
     _price("--limit", limit)
     _price("--stop", stop)
     target = _target(sim, env, url, token_file, verbose, log_file, debug)
@@ -1551,8 +1553,6 @@ def order(
                 time_in_force=time_in_force, **common,
             )  # fmt: skip
         if stop is not None:
-            if time_in_force is not None:
-                raise CliError("--tif does not apply to a stop (market) order", code=2)
             return await methods.place_stop(
                 chosen, inst.symbol, side.value, quantity, stop, trigger, **common
             )

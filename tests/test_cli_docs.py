@@ -61,7 +61,7 @@ def test_the_examples_run(
                 args = [order_id if a == "ORDER_ID" else a for a in args]
             assert "ORDER_ID" not in args, f"{command}: no order placed before it"
             if args[0] in LIVE and "--duration" not in args:
-                args += ["--duration", "1"]
+                args += ["--duration", "0.5"]
             code = cli.main(args)
             out, err = capsys.readouterr()
             assert code == 0, f"{command}\n{err}"

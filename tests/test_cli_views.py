@@ -3,20 +3,20 @@ pipe, while the connection drops and comes back, with unknown and mixed-case sym
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-import threading
+import urllib.request
 from collections.abc import Iterator
 
 import pexpect
 import pytest
 
 from alorws import cli
-from alorws.sim.app import Simulator
 
-from ._clisim import ThreadSim, thread_sim
+from ._clisim import ProcessSim, ThreadSim, process_sim, thread_sim
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +25,37 @@ def server() -> Iterator[ThreadSim]:
         yield sim
 
 
+@pytest.fixture(scope="module")
+def admin_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessSim]:
+    """An `alorws sim --admin` process that `--sim` finds (its reconnect delays are short)."""
+    state = tmp_path_factory.mktemp("views") / "sim.json"
+    with process_sim(state, "--admin") as running:
+        yield running
+
+
+def restart(running: ProcessSim, seconds: float) -> None:
+    """POST /sim/restart: drop every connection and refuse new ones for ``seconds``."""
+    body = json.dumps({"seconds": seconds, "code": 1006}).encode()
+    request = urllib.request.Request(f"{running.url}/sim/restart", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
 #: What may stand between two words on a terminal: spaces and colour/cursor escapes.
 GAP = r"(?:\x1b\[[0-9;?]*[A-Za-z]|\s)+"
 
 
-def outage(server: ThreadSim, seconds: float) -> None:
-    """Drop every connection and refuse new ones for ``seconds``."""
-
-    def act(sim: Simulator) -> None:
-        sim.faults.refuse(seconds)
-        sim.faults.drop(1006)
-
-    server.call(act)
-
-
-def spawn(server: ThreadSim, *args: str) -> pexpect.spawn:
-    env = {**os.environ, cli.TOKEN_ENV: server.token, "COLUMNS": "150", "LINES": "40"}
+def spawn(server: ThreadSim | ProcessSim, *args: str) -> pexpect.spawn:
+    env = {**os.environ, "COLUMNS": "150", "LINES": "40"}
+    if isinstance(server, ProcessSim):
+        env["ALORWS_SIM_STATE"] = str(server.state)
+        target = ["--sim"]
+    else:
+        env[cli.TOKEN_ENV] = server.token
+        target = ["--url", server.url]
     return pexpect.spawn(
         sys.executable,
-        ["-m", "alorws", *args, "--url", server.url],
+        ["-m", "alorws", *args, *target],
         env=env,
         encoding="utf-8",
         timeout=20,
@@ -52,17 +64,18 @@ def spawn(server: ThreadSim, *args: str) -> pexpect.spawn:
 
 
 def test_quotes_in_a_terminal_show_reconnecting_with_attempts_then_live(
-    server: ThreadSim,
+    admin_sim: ProcessSim,
 ) -> None:
     """The header says live; an outage turns it into 'reconnecting... (attempt N)' (rows
     marked stale) and back; NOSUCH marks its own row while SBER and SiZ6 (case kept) stream."""
-    child = spawn(server, "quotes", "SBER", "NOSUCH", "SiZ6")
+    child = spawn(admin_sim, "quotes", "SBER", "NOSUCH", "SiZ6")
+    where = rf"simulator at {re.escape(admin_sim.url)} \(alorws sim, pid \d+\)"
     try:
-        child.expect("target: server at ")
-        child.expect(rf"server at http://127\.0\.0\.1:\d+{GAP}live")
+        child.expect(f"target: {where}")
+        child.expect(rf"{where}{GAP}live")
         child.expect("unknown instrument")
         child.expect(rf"SiZ6{GAP}│{GAP}[\d,]+\.\d\d")
-        outage(server, 2.0)
+        restart(admin_sim, 1.5)
         child.expect(r"reconnecting\.\.\. \(attempt (\d+)\)")
         child.expect("stale")
         child.expect(r"reconnecting\.\.\. \(attempt ([2-9]|\d\d)\)")
@@ -100,12 +113,12 @@ def test_every_live_view_has_the_target_and_connection_line(
     assert child.exitstatus == 0
 
 
-def test_a_pipe_gets_a_line_per_change_of_the_connection(server: ThreadSim) -> None:
+def test_a_pipe_gets_a_line_per_change_of_the_connection(admin_sim: ProcessSim) -> None:
     """Not on a terminal: 'connection lost: reconnecting... (attempt N)' and 'connection
     restored' lines, and every line printed while down carries the state."""
-    env = {**os.environ, cli.TOKEN_ENV: server.token}
+    env = {**os.environ, "ALORWS_SIM_STATE": str(admin_sim.state)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "alorws", "book", "SBER", "--url", server.url, "--duration", "6"],
+        [sys.executable, "-m", "alorws", "book", "SBER", "--sim", "--duration", "6"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -116,7 +129,7 @@ def test_a_pipe_gets_a_line_per_change_of_the_connection(server: ThreadSim) -> N
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the first once-a-second line: the view is up
         assert "SBER bid" in first, first
-        threading.Thread(target=outage, args=(server, 2.0)).start()
+        restart(admin_sim, 1.5)
         lines = proc.stdout.read().splitlines()
         assert proc.wait(30) == 0
     finally:

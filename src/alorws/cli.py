@@ -1012,10 +1012,13 @@ def book(
     async def consume(stream: Any, used: Instrument) -> None:
         await view.follow(stream)
 
-    def render() -> Table:
+    def fresh() -> None:
         if view.updates != seen[0]:  # the view counts updates: a new one is fresh data
             seen[0] = view.updates
             health.touch()
+
+    def render() -> Table:
+        fresh()
         state = " (stale)" if view.stale or not health.state()[1] else ""
         refused = rows.refused.get(inst.label)
         title = f"{inst.label} book: spread {_num(view.spread)}, mid {_num(view.mid, 3)}{state}"
@@ -1035,6 +1038,7 @@ def book(
         return table
 
     def line() -> str:
+        fresh()
         return (
             f"{inst.label} bid {_num(view.best_bid)} ask {_num(view.best_ask)} "
             f"spread {_num(view.spread)} updates {view.updates}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,20 @@ class DemoRun:
     process: subprocess.Popen[bytes]
     out: Path
     seconds: float
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_sim_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Simulators started by tests (`alorws sim`) write their state file into a temporary
+    directory, and `--sim` looks there: never the user's own (see alorws.sim.statefile)."""
+    path = tmp_path_factory.mktemp("sim-state") / "sim.json"
+    old = os.environ.get("ALORWS_SIM_STATE")
+    os.environ["ALORWS_SIM_STATE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ALORWS_SIM_STATE", None)
+    else:
+        os.environ["ALORWS_SIM_STATE"] = old
 
 
 @pytest.fixture(scope="session", autouse=True)

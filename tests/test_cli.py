@@ -161,7 +161,7 @@ def test_order_and_cancel_against_one_server(
     url, portfolio = token_env["url"], token_env["portfolio"]
     code, out, err = run(
         capsys, "order", "buy", "SBER", "1", "--limit", "300.5", "--url", url,
-        "--portfolio", portfolio,
+        "--portfolio", portfolio, "--yes",
     )  # fmt: skip
     assert code == 0, err
     assert "accepted: limit buy 1 SBER @ 300.5" in out
@@ -182,7 +182,7 @@ def test_order_and_cancel_against_one_server(
 
 
 def test_market_order_with_sim_uses_the_demo_portfolio(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "order", "sell", "SBER", "1", "--sim")
+    code, out, err = run(capsys, "order", "sell", "SBER", "1", "--market", "--sim")
     assert code == 0, err
     assert "accepted: market sell 1 SBER (portfolio D" in out
 
@@ -190,7 +190,9 @@ def test_market_order_with_sim_uses_the_demo_portfolio(capsys: pytest.CaptureFix
 def test_portfolio_is_required_without_sim(
     capsys: pytest.CaptureFixture[str], token_env: dict[str, str]
 ) -> None:
-    code, _, err = run(capsys, "order", "buy", "SBER", "1", "--url", token_env["url"])
+    code, _, err = run(
+        capsys, "order", "buy", "SBER", "1", "--limit", "300", "--url", token_env["url"]
+    )
     assert code == 1
     assert "--portfolio is required" in err and "D0" in err
 

@@ -17,9 +17,9 @@ printed by ``alorws sim``) when not given, and a warning is logged and written t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +56,7 @@ from .faults import (
 from .market import SyntheticMarket, TradePrinted
 from .schedule import SessionGate
 from .server import SimServer
+from .statefile import default_state_path, read_state, remove_state, write_state
 from .subscriptions import Limits
 
 
@@ -410,89 +412,12 @@ def _cert_with_cryptography(cert_path: str, key_path: str) -> None:
 # -- command line -----------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alorws sim",
-        description="A local ALOR-compatible server: synthetic market, limits, faults.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--rate", type=float, default=20.0, help="market events per second")
-    p.add_argument(
-        "--account",
-        action="append",
-        default=[],
-        metavar="LOGIN[:REFRESH_TOKEN[:AGREEMENTS]]",
-        help="add an account (repeatable)",
-    )
-    p.add_argument("--max-connections", type=int, default=10)
-    p.add_argument("--max-subscriptions", type=int, default=5000)
-    p.add_argument("--max-unread", type=int, default=5000)
-    p.add_argument("--token-lifetime", type=float, default=1800.0, help="JWT lifetime, seconds")
-    p.add_argument("--http-rate", type=int, default=100, help="HTTP requests/s per account")
-    p.add_argument(
-        "--send-buffer", type=int, default=None, help="kernel send buffer per connection, bytes"
-    )
-    p.add_argument("--admin", action="store_true", help="serve the /sim/* fault endpoints")
-    p.add_argument(
-        "--admin-token",
-        default=None,
-        metavar="TOKEN",
-        help="require it on /sim/* (Authorization: Bearer TOKEN or X-Sim-Admin: TOKEN); "
-        "generated and printed when --admin listens beyond loopback without one",
-    )
-    p.add_argument(
-        "--refresh-token",
-        default=None,
-        metavar="TOKEN",
-        help="the demo account's refresh token (default: random)",
-    )
-    p.add_argument("--tls", action="store_true", help="https/wss with a self-signed cert")
-    p.add_argument("--drop-every", type=float, default=0.0, help="drop a connection every ~N s")
-    p.add_argument(
-        "--drop-codes", default="1000,1006,1011,1012", help="close codes for --drop-every"
-    )
-    p.add_argument("--reply-delay", type=float, default=0.0, help="delay every reply, seconds")
-    p.add_argument(
-        "--cws-idle",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="a /cws connection idle this long goes stale: its next command resets it until "
-        "it authorizes with a newer token (ALOR: about 1800)",
-    )
-    p.add_argument(
-        "--daily-restart",
-        default=None,
-        metavar="HH:MM-HH:MM",
-        help="every day in this window (Moscow time, e.g. 09:00-10:00) refuse new connections "
-        "and HTTP with 503 and drop the open ones",
-    )
-    p.add_argument(
-        "--restart-accept",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="share (0..1) of attempts let through a restart window, dropped shortly after",
-    )
-    p.add_argument(
-        "--restart-linger",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="longest life of a connection let through a restart window",
-    )
-    p.add_argument("--ground-truth", default=None, metavar="PATH", help="append JSONL here")
-    return p
-
-
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def _daily_window(args: argparse.Namespace) -> tuple[str, str] | None:
+def _daily_window(args: Any) -> tuple[str, str] | None:
     """The --daily-restart window, checked (with its companions), or None."""
     check_share("--restart-accept", args.restart_accept)
     check_seconds("--restart-linger", args.restart_linger)
@@ -504,7 +429,7 @@ def _daily_window(args: argparse.Namespace) -> tuple[str, str] | None:
     return start, end
 
 
-def _drop_codes(args: argparse.Namespace) -> list[int] | None:
+def _drop_codes(args: Any) -> list[int] | None:
     """Check the fault flags before anything starts; the --drop-every codes, if on."""
     if args.reply_delay > 0:
         check_seconds("--reply-delay", args.reply_delay)
@@ -522,7 +447,7 @@ def _drop_codes(args: argparse.Namespace) -> list[int] | None:
     return check_codes(codes)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: Any) -> None:
     drop_codes = _drop_codes(args)
     daily = _daily_window(args)
     sim = Simulator(
@@ -579,13 +504,52 @@ async def _serve(args: argparse.Namespace) -> None:
             _out(f"admin: {sim.url}/sim/")
             if sim.admin_token is not None and args.admin_token is None:
                 _out(f"admin_token: {sim.admin_token}")  # generated: the only way to learn it
-        await stop.wait()
+        state = _write_state(args, sim)
+        try:
+            await stop.wait()
+        finally:
+            if state is not None:
+                remove_state(state, os.getpid())
     _out("stopped")
 
 
+def _write_state(args: Any, sim: Simulator) -> Path | None:
+    """Tell ``alorws … --sim`` where this simulator is (see :mod:`alorws.sim.statefile`)."""
+    if getattr(args, "no_state_file", False):
+        return None
+    path = getattr(args, "state_file", None) or default_state_path()
+    other = read_state(path)
+    if other is not None and other.get("pid") != os.getpid():
+        _out(f"state: not written: {path} belongs to the simulator at {other['url']}")
+        return None
+    state = {
+        "url": sim.url,
+        "refresh_token": sim.demo_refresh_token,
+        "portfolios": list(sim.demo.portfolios),
+        "pid": os.getpid(),
+        "cert": sim.cert_path,
+    }
+    try:
+        write_state(state, path)
+    except OSError as exc:
+        _out(f"state: not written: {exc.strerror or exc}")
+        return None
+    _out(f"state: {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``alorws sim``: serve until Ctrl-C; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """``alorws sim`` (``python -m alorws.sim``): serve until Ctrl-C; returns the exit status.
+
+    A usage error (an unknown flag) prints one line and the usage and raises ``SystemExit(2)``.
+    """
+    from .command import run_standalone
+
+    return run_standalone(sys.argv[1:] if argv is None else list(argv), run_from_command_line)
+
+
+def run_from_command_line(args: Any) -> int:
+    """Serve with the checked options of ``alorws sim``; returns the exit status."""
     if not logging.getLogger().handlers:
         # The simulator's warnings and failures go to stderr (unless the caller set logging up).
         logging.basicConfig(level=logging.WARNING, format="alorws sim: %(levelname)s: %(message)s")
@@ -594,9 +558,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
         return 130
     except OSError as exc:  # e.g. the port is taken
-        sys.stderr.write(f"alorws sim: {exc}\n")
+        sys.stderr.write(f"alorws sim: error: {_os_message(exc, args)}\n")
         return 1
     except InvalidArgumentError as exc:  # a flag out of range
-        sys.stderr.write(f"alorws sim: {exc}\n")
+        sys.stderr.write(f"alorws sim: error: {exc}\n")
         return 2
     return 0
+
+
+def _os_message(exc: OSError, args: Any) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {args.port} on {args.host} is in use (another alorws sim?); "
+            "pass --port N, or --port 0 for a free one"
+        )
+    return " ".join(str(exc).split())

@@ -235,10 +235,13 @@ def _reset_logging() -> None:
     root.propagate = True
 
 
-def _setup_logging(verbose: int, log_file: Path | None, debug: bool) -> None:
+def _setup_logging(
+    verbose: int, log_file: Path | None, debug: bool, *, service: bool = False
+) -> None:
     """alorws' loggers only (asyncio's and aiohttp's stay as they are): on stderr with -v
     (INFO) or -vv/--debug (DEBUG); into ``log_file`` at INFO (DEBUG with -vv). Without either,
-    nothing of the log is printed: the command reports its own errors, once."""
+    a command prints nothing of the log (it reports its own errors, once), and a service (the
+    gateway) its warnings on stderr: they are how its operator learns of an outage."""
     _reset_logging()
     root = logging.getLogger("alorws")
     level = logging.DEBUG if verbose >= 2 or debug else logging.INFO
@@ -254,7 +257,7 @@ def _setup_logging(verbose: int, log_file: Path | None, debug: bool) -> None:
                 "pass --log-file with a writable path",
             ) from None
     if not handlers:
-        handlers.append(logging.NullHandler())
+        handlers.append(logging.StreamHandler(sys.stderr) if service else logging.NullHandler())
         level = logging.WARNING
     for handler in handlers:
         handler.setFormatter(_Scrubbed(_LOG_FORMAT))
@@ -393,8 +396,10 @@ def _target(
     log_file: Path | None = None,
     debug: bool = False,
     metrics_port: int | None = None,
+    *,
+    service: bool = False,
 ) -> Target:
-    _setup_logging(verbose, log_file, debug)
+    _setup_logging(verbose, log_file, debug, service=service)
     if sim and (env is not None or url is not None):
         given = " and ".join(o for o, v in (("--env", env), ("--url", url)) if v is not None)
         raise CliError(
@@ -2205,7 +2210,7 @@ def gateway(
         raise typer.BadParameter("give exactly one of --nats URL or --embedded-nats")
     if reserve_connections >= max_connections:
         raise typer.BadParameter("--reserve-connections must be below --max-connections")
-    target = _target(sim, env, url, token_file, verbose, log_file, debug)
+    target = _target(sim, env, url, token_file, verbose, log_file, debug, service=True)
     console = _console()
 
     async def body() -> None:

@@ -163,7 +163,7 @@ async def test_blocked_consumer_is_not_disconnected() -> None:
 
 # -- random kills while orders fill: nothing lost, nothing repeated ----------------------------
 
-KILL_SECONDS = float(os.environ.get("ALORWS_KILL_SECONDS", "30"))
+KILL_SECONDS = float(os.environ.get("ALORWS_KILL_SECONDS", "15"))
 
 
 async def _trade_continuously(sim: Simulator, stop: asyncio.Event) -> int:

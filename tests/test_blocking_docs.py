@@ -30,13 +30,14 @@ def _snippet(heading: str) -> str:
     return found[1]
 
 
-def test_the_readme_blocking_snippet_runs() -> None:
-    """The "without asyncio" snippet runs unchanged but for the server's address: a quote, an
-    hour of bars, an order placed and cancelled."""
+def test_the_readme_blocking_snippet_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "without asyncio" snippet runs unchanged but for the server's address, its token
+    from the environment: a quote, an hour of bars, an order placed and cancelled."""
     code = _snippet("Quick start: without asyncio")
     assert README_URL in code and len(code.strip().splitlines()) <= 8
     with SimulatorThread(port=0, seed=1, rate=50.0, day_order_lifetime=DAY) as sim:
-        namespace = {"refresh_token": sim.demo_refresh_token}
+        monkeypatch.setenv("ALOR_REFRESH_TOKEN", sim.demo_refresh_token)
+        namespace: dict[str, object] = {}
         exec(compile(code.replace(README_URL, sim.url), "README.md", "exec"), namespace)
     assert isinstance(namespace["quote"], Quote) and namespace["quote"].symbol == "SBER"
     bars = namespace["bars"]

@@ -27,6 +27,14 @@ from typing import Final
 import msgspec
 
 from ..errors import InvalidArgumentError
+from .commands import (
+    Command,
+    DeleteLimit,
+    DeleteMarket,
+    DeleteStop,
+    DeleteStopLimit,
+    InstrumentRef,
+)
 from .enums import TradingStatus
 from .timeutil import MSK
 
@@ -38,6 +46,7 @@ __all__ = [
     "Schedule",
     "SessionState",
     "Window",
+    "gated_instrument",
     "market_of",
 ]
 
@@ -374,3 +383,15 @@ def market_of(name: str, schedules: Sequence[str] | Mapping[str, Schedule] = SCH
             return key
     known = sorted(set(schedules) | {k.upper() for k in _ALIASES})
     raise InvalidArgumentError("market", f"{name!r} is not a market or board; use one of {known}")
+
+
+_CANCELS: Final = (DeleteMarket, DeleteLimit, DeleteStop, DeleteStopLimit)
+
+
+def gated_instrument(command: Command) -> InstrumentRef | None:
+    """The instrument whose market must be open for ``command`` to run, or None when the
+    trading day does not gate it: cancels always go through, as on the exchange."""
+    ref = getattr(command, "instrument", None)
+    if isinstance(command, _CANCELS) or not isinstance(ref, InstrumentRef):
+        return None
+    return ref

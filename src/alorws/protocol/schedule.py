@@ -303,6 +303,12 @@ DEFAULT_HOLIDAYS: Final = frozenset(
     )
 )  # fmt: skip
 
+#: The weekend sessions, the same on the stock and the futures market.
+_WEEKEND_SESSIONS: Final = (
+    _w("weekend opening auction", _A, "09:50", "10:00"),
+    _w("weekend session", _T, "10:00", "19:00"),
+)
+
 #: The built-in tables by market: ``stock`` (TQBR and the other stock and bond boards),
 #: ``futures`` (FORTS: RFUD, ROPD) and ``currency`` (CETS).
 SCHEDULES: Final[Mapping[str, Schedule]] = {
@@ -317,10 +323,7 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening opening auction", _A, "19:00", "19:05"),
             _w("evening session", _T, "19:05", "23:50"),
         ),
-        weekends=(
-            _w("weekend opening auction", _A, "09:50", "10:00"),
-            _w("weekend session", _T, "10:00", "19:00"),
-        ),
+        weekends=_WEEKEND_SESSIONS,
         holidays=DEFAULT_HOLIDAYS,
     ),
     "futures": Schedule(
@@ -333,10 +336,7 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening clearing", _X, "18:45", "19:05"),
             _w("evening session", _T, "19:05", "23:50"),
         ),
-        weekends=(
-            _w("weekend opening auction", _A, "09:50", "10:00"),
-            _w("weekend session", _T, "10:00", "19:00"),
-        ),
+        weekends=_WEEKEND_SESSIONS,
         holidays=DEFAULT_HOLIDAYS,
     ),
     "currency": Schedule(

@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -70,6 +70,9 @@ EXIT_NETWORK = 3
 EXIT_NOT_CONFIRMED = 4
 #: Seconds a one-shot check that the server's host answers may take (DNS and TCP connect).
 PROBE_TIMEOUT = 5.0
+
+_S = TypeVar("_S")
+_M = TypeVar("_M")
 
 app = typer.Typer(
     name="alorws",
@@ -496,6 +499,19 @@ class Session:
         raise CliError("--portfolio is required", f"your portfolios: {known}")
 
 
+def _serve_metrics(start: Callable[[_S, int], _M], source: _S, port: int) -> _M:
+    """``start(source, port)``: the Prometheus endpoint of ``--metrics-port``, with a port
+    already in use said as such."""
+    try:
+        return start(source, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"--metrics-port {port} is in use", "pick another port, or 0 for a free one"
+            ) from None
+        raise
+
+
 def _note(text: str) -> None:
     """A line about the run itself (the target, ...) on a terminal's stderr: stdout holds only
     results, and a script reading stderr sees just the errors (results and errors name the
@@ -555,15 +571,7 @@ async def _connect(
         if target.metrics_port is not None:
             from .metrics import start_metrics
 
-            try:
-                server = start_metrics(client, target.metrics_port)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise CliError(
-                        f"--metrics-port {target.metrics_port} is in use",
-                        "pick another port, or 0 for a free one",
-                    ) from None
-                raise
+            server = _serve_metrics(start_metrics, client, target.metrics_port)
             stack.callback(server.close)
             session.metrics, session.collector = server, server.collector
             if console is not None:
@@ -2272,15 +2280,7 @@ def gateway(
             if metrics_port is not None:
                 from .metrics import start_gateway_metrics
 
-                try:
-                    metrics = start_gateway_metrics(gw, metrics_port)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise CliError(
-                            f"--metrics-port {metrics_port} is in use",
-                            "pick another port, or 0 for a free one",
-                        ) from None
-                    raise
+                metrics = _serve_metrics(start_gateway_metrics, gw, metrics_port)
                 stack.callback(metrics.close)
                 collector = metrics.collector
                 console.print(f"metrics: {metrics.url}")

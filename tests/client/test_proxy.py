@@ -22,6 +22,7 @@ from alorws.client.endpoints import resolve_endpoints, ssl_context_for
 from alorws.client.proxy import NO_PROXY, Proxy, parse_proxy, proxy_for
 from alorws.errors import ConfigurationError, ConnectError
 from alorws.protocol.backoff import Backoff
+from alorws.protocol.enums import Format
 from alorws.sim import app as sim_app
 from alorws.sim.app import Simulator
 
@@ -177,6 +178,26 @@ async def test_drop_and_restore_through_the_proxy(tls_sim: Simulator, proxy: Pro
                 )
             assert q.is_open and quotes.kinds().count("restored") == 2
             await quotes.stop()
+
+
+async def test_a_new_http_client_is_made_as_client_http(
+    tls_sim: Simulator, proxy: ProxyProcess
+) -> None:
+    """``client.http_client`` (what ``alorws check`` uses) has the client's tokens, TLS settings
+    and proxy, with its own format and timeout."""
+    target = address(tls_sim)
+    async with via_proxy(tls_sim, proxy.url(), backoff=FAST) as client:
+        await proxy.wait_for(lambda: proxy.tunnels(target) >= 1, "/refresh tunnelled")
+        seen = proxy.tunnels(target)
+        http = client.http_client(HttpClient, format="Slim", timeout=5.0)
+        try:
+            assert http.format is Format.SLIM and http.base_url == client.http.base_url
+            assert await http.server_time() > 0
+            summary = await http.summary(client.portfolios[0])  # the client's tokens
+            assert summary.buying_power is not None
+        finally:
+            await http.aclose()
+        await proxy.wait_for(lambda: proxy.tunnels(target) > seen, "HTTP tunnelled")
 
 
 async def test_proxy_credentials(

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import logging
 import os
 import re
@@ -863,6 +864,29 @@ class Rows:
             )
 
 
+async def _live_rows(
+    target: Target,
+    console: Console,
+    rows: Rows,
+    open_stream: Callable[[Session, Instrument], Any],
+    consume: Callable[[Any, Instrument], Awaitable[None]],
+    render: Callable[[], RenderableType],
+    line: Callable[[], str] | None,
+    duration: float | None,
+    health: Health,
+) -> None:
+    """A market-data view: connect, follow each row's stream (:func:`_follow`: a refusal marks
+    its row only), run live (:func:`_run_live`), then fail if no row got a stream."""
+    async with _connect(target, console) as session:
+        health.session = session
+        workers = [
+            _follow(rows, inst, functools.partial(open_stream, session), consume)
+            for inst in rows.instruments
+        ]
+        await _run_live(session, console, workers, render, line, duration, health)
+    rows.check_any()
+
+
 async def _follow(
     rows: Rows,
     inst: Instrument,
@@ -982,18 +1006,10 @@ def quotes(
                 parts.append(f"{names.get(key, key)} {price}")
         return "  ".join(parts)
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            workers = [
-                _follow(rows, inst, lambda i: session.client.quotes(i.symbol, **i.options()),
-                        consume)
-                for inst in rows.instruments
-            ]  # fmt: skip
-            await _run_live(session, console, workers, render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.quotes(i.symbol, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 @app.command()
@@ -1059,18 +1075,10 @@ def book(
             f"spread {_num(view.spread)} updates {view.updates}"
         )
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            worker = _follow(
-                rows, inst,
-                lambda i: session.client.order_book(i.symbol, depth=depth, **i.options()),
-                consume,
-            )  # fmt: skip
-            await _run_live(session, console, [worker], render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.order_book(i.symbol, depth=depth, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 @app.command()
@@ -1123,16 +1131,10 @@ def trades(
             table.add_row(time_, Text(side, style=style), price, qty)
         return table
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            worker = _follow(
-                rows, inst, lambda i: session.client.all_trades(i.symbol, **i.options()), consume
-            )
-            await _run_live(session, console, [worker], render, None, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.all_trades(i.symbol, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, None, duration, health))
 
 
 _SPANS = {"D": 86_400, "W": 7 * 86_400, "M": 31 * 86_400, "Y": 366 * 86_400}
@@ -1237,19 +1239,11 @@ def bars(
             f"L {_num(b.low)} C {_num(b.close)} V {b.volume:,}"
         )
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            since = int(time.time()) - span * last
-            worker = _follow(
-                rows, inst,
-                lambda i: session.client.bars(i.symbol, _tf(tf), from_=since, **i.options()),
-                consume,
-            )  # fmt: skip
-            await _run_live(session, console, [worker], render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        since = int(time.time()) - span * last
+        return session.client.bars(i.symbol, _tf(tf), from_=since, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 # -- account -------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ def simulator(cpu: int | None) -> Iterator[tuple[str, str]]:
     """``python -m alorws.sim`` in a subprocess; yields (url, refresh token)."""
     cmd = [sys.executable, "-m", "alorws.sim", "--port", "0", "--rate", "1"]
     cmd += ["--max-subscriptions", str(PER_CONNECTION), "--http-rate", "10000"]
+    cmd += ["--no-state-file"]  # never replace the state file of a user's own simulator
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         if cpu is not None and hasattr(os, "sched_setaffinity"):

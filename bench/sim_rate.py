@@ -115,6 +115,7 @@ def start_simulator(args: argparse.Namespace) -> tuple[subprocess.Popen[str], st
         "--max-unread",
         str(args.max_unread),
         "--admin",
+        "--no-state-file",  # never replace the state file of a user's own simulator
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
     assert proc.stdout is not None

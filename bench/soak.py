@@ -262,6 +262,7 @@ class SimProcess:
             "--token-lifetime",
             str(self.token_lifetime),
             "--admin",
+            "--no-state-file",  # never replace the state file of a user's own simulator
         ]
         if self.cpu is not None and hasattr(os, "sched_setaffinity"):
             cmd = ["taskset", "-c", str(self.cpu % (os.cpu_count() or 1)), *cmd]

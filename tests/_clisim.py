@@ -16,9 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from alorws import cli
 from alorws.sim.app import Simulator
 
 from ._sim import DAY
+
+
+#: What an in-process ``alorws`` run gives: the exit status, stdout and stderr.
+Run = tuple[int, str, str]
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
+    """Run ``alorws ARGS`` in this process (:func:`alorws.cli.main`) and capture its output."""
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @dataclass

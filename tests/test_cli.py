@@ -6,55 +6,24 @@ Commands run in-process through :func:`alorws.cli.main` (what the console script
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from alorws import cli
-from alorws.sim.app import Simulator
 
-from ._sim import DAY
-
-
-Run = tuple[int, str, str]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from ._clisim import run, thread_sim
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[dict[str, str]]:
     """A simulator in a thread of its own, for commands that share one server (--url)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    info: dict[str, str] = {}
-    stop: list[asyncio.Event] = []
-
-    async def serve() -> None:
-        stop.append(asyncio.Event())
-        async with Simulator(
-            port=0, day_order_lifetime=DAY, seed=3, rate=50.0, history_days=2
-        ) as sim:
-            info.update(url=sim.url, token=sim.demo_refresh_token, portfolio=sim.demo.portfolios[0])
-            ready.set()
-            await stop[0].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield info
-    loop.call_soon_threadsafe(stop[0].set)
-    thread.join(10)
-    loop.close()
+    with thread_sim() as sim:
+        yield {"url": sim.url, "token": sim.token, "portfolio": sim.portfolio}
 
 
 @pytest.fixture

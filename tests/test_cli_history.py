@@ -14,16 +14,7 @@ import pytest
 from alorws import cli
 from alorws.protocol.timeutil import MSK
 
-from ._clisim import ThreadSim, thread_sim
-
-
-Run = tuple[int, str, str]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from ._clisim import ThreadSim, run, thread_sim
 
 
 @pytest.fixture(scope="module")

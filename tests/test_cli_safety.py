@@ -23,21 +23,14 @@ import pytest
 from alorws import cli
 from alorws.sim.app import Simulator
 
-from ._clisim import ThreadSim, process_sim, thread_sim
+from ._clisim import Run, ThreadSim, process_sim, run, thread_sim
 
 
-Run = tuple[int, str, str]
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-|'v2\w+-\d+'|[A-Za-z0-9]{6}-\d+'")
 COMMANDS = (
     "sim", "demo", "quotes", "book", "trades", "bars", "portfolio", "orders", "order", "cancel",
     "history", "record", "replay", "status", "gateway", "check",
 )  # fmt: skip
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def once(err: str) -> list[str]:

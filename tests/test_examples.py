@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ._clisim import thread_sim
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -46,11 +48,33 @@ def test_example_runs(script: str, args: list[str], expected: str) -> None:
     assert expected in result.stdout, result.stdout[-2000:]
 
 
-def test_a_url_needs_the_token_in_the_environment() -> None:
-    """With --url and no ALOR_REFRESH_TOKEN an example stops before connecting."""
-    result = _run("stream_quotes.py", "--url", "http://127.0.0.1:9", "--seconds", "1")
+def test_a_url_needs_the_token_in_the_environment(tmp_path: Path) -> None:
+    """With --url and no token (no ALOR_REFRESH_TOKEN, no token file, no keyring entry) an
+    example stops before connecting, naming where it looked as the client does."""
+    isolated = {
+        "ALORWS_TOKEN_FILE": "",
+        "XDG_CONFIG_HOME": str(tmp_path),  # no token file there
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",  # not this machine's keyring
+    }
+    result = _run("stream_quotes.py", "--url", "http://127.0.0.1:9", "--seconds", "1", env=isolated)
     assert result.returncode != 0
     assert "ALOR_REFRESH_TOKEN" in result.stderr
+    assert str(tmp_path / "alorws" / "refresh_token") in result.stderr
+    assert "keyring" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_url_finds_the_token_in_the_token_file(tmp_path: Path) -> None:
+    """With --url and no ALOR_REFRESH_TOKEN the token file is used, as by the client and CLI."""
+    token_file = tmp_path / "alorws" / "refresh_token"
+    token_file.parent.mkdir()
+    with thread_sim() as sim:
+        token_file.write_text(sim.token + "\n", encoding="utf-8")
+        token_file.chmod(0o600)
+        isolated = {"ALORWS_TOKEN_FILE": "", "XDG_CONFIG_HOME": str(tmp_path)}
+        result = _run("stream_quotes.py", "SBER", "--url", sim.url, "--seconds", "2", env=isolated)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "quotes received: SBER=" in result.stdout, result.stdout[-2000:]
 
 
 def test_every_example_has_a_docstring_and_help() -> None:

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
@@ -70,6 +71,9 @@ EXIT_NETWORK = 3
 EXIT_NOT_CONFIRMED = 4
 #: Seconds a one-shot check that the server's host answers may take (DNS and TCP connect).
 PROBE_TIMEOUT = 5.0
+
+_S = TypeVar("_S")
+_M = TypeVar("_M")
 
 app = typer.Typer(
     name="alorws",
@@ -496,6 +500,19 @@ class Session:
         raise CliError("--portfolio is required", f"your portfolios: {known}")
 
 
+def _serve_metrics(start: Callable[[_S, int], _M], source: _S, port: int) -> _M:
+    """``start(source, port)``: the Prometheus endpoint of ``--metrics-port``, with a port
+    already in use said as such."""
+    try:
+        return start(source, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"--metrics-port {port} is in use", "pick another port, or 0 for a free one"
+            ) from None
+        raise
+
+
 def _note(text: str) -> None:
     """A line about the run itself (the target, ...) on a terminal's stderr: stdout holds only
     results, and a script reading stderr sees just the errors (results and errors name the
@@ -555,15 +572,7 @@ async def _connect(
         if target.metrics_port is not None:
             from .metrics import start_metrics
 
-            try:
-                server = start_metrics(client, target.metrics_port)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise CliError(
-                        f"--metrics-port {target.metrics_port} is in use",
-                        "pick another port, or 0 for a free one",
-                    ) from None
-                raise
+            server = _serve_metrics(start_metrics, client, target.metrics_port)
             stack.callback(server.close)
             session.metrics, session.collector = server, server.collector
             if console is not None:
@@ -855,6 +864,29 @@ class Rows:
             )
 
 
+async def _live_rows(
+    target: Target,
+    console: Console,
+    rows: Rows,
+    open_stream: Callable[[Session, Instrument], Any],
+    consume: Callable[[Any, Instrument], Awaitable[None]],
+    render: Callable[[], RenderableType],
+    line: Callable[[], str] | None,
+    duration: float | None,
+    health: Health,
+) -> None:
+    """A market-data view: connect, follow each row's stream (:func:`_follow`: a refusal marks
+    its row only), run live (:func:`_run_live`), then fail if no row got a stream."""
+    async with _connect(target, console) as session:
+        health.session = session
+        workers = [
+            _follow(rows, inst, functools.partial(open_stream, session), consume)
+            for inst in rows.instruments
+        ]
+        await _run_live(session, console, workers, render, line, duration, health)
+    rows.check_any()
+
+
 async def _follow(
     rows: Rows,
     inst: Instrument,
@@ -974,18 +1006,10 @@ def quotes(
                 parts.append(f"{names.get(key, key)} {price}")
         return "  ".join(parts)
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            workers = [
-                _follow(rows, inst, lambda i: session.client.quotes(i.symbol, **i.options()),
-                        consume)
-                for inst in rows.instruments
-            ]  # fmt: skip
-            await _run_live(session, console, workers, render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.quotes(i.symbol, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 @app.command()
@@ -1051,18 +1075,10 @@ def book(
             f"spread {_num(view.spread)} updates {view.updates}"
         )
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            worker = _follow(
-                rows, inst,
-                lambda i: session.client.order_book(i.symbol, depth=depth, **i.options()),
-                consume,
-            )  # fmt: skip
-            await _run_live(session, console, [worker], render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.order_book(i.symbol, depth=depth, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 @app.command()
@@ -1115,16 +1131,10 @@ def trades(
             table.add_row(time_, Text(side, style=style), price, qty)
         return table
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            worker = _follow(
-                rows, inst, lambda i: session.client.all_trades(i.symbol, **i.options()), consume
-            )
-            await _run_live(session, console, [worker], render, None, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        return session.client.all_trades(i.symbol, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, None, duration, health))
 
 
 _SPANS = {"D": 86_400, "W": 7 * 86_400, "M": 31 * 86_400, "Y": 366 * 86_400}
@@ -1229,19 +1239,11 @@ def bars(
             f"L {_num(b.low)} C {_num(b.close)} V {b.volume:,}"
         )
 
-    async def body() -> None:
-        async with _connect(target, console) as session:
-            health.session = session
-            since = int(time.time()) - span * last
-            worker = _follow(
-                rows, inst,
-                lambda i: session.client.bars(i.symbol, _tf(tf), from_=since, **i.options()),
-                consume,
-            )  # fmt: skip
-            await _run_live(session, console, [worker], render, line, duration, health)
-        rows.check_any()
+    def open_stream(session: Session, i: Instrument) -> Any:
+        since = int(time.time()) - span * last
+        return session.client.bars(i.symbol, _tf(tf), from_=since, **i.options())
 
-    _run(body())
+    _run(_live_rows(target, console, rows, open_stream, consume, render, line, duration, health))
 
 
 # -- account -------------------------------------------------------------------------------------
@@ -2272,15 +2274,7 @@ def gateway(
             if metrics_port is not None:
                 from .metrics import start_gateway_metrics
 
-                try:
-                    metrics = start_gateway_metrics(gw, metrics_port)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise CliError(
-                            f"--metrics-port {metrics_port} is in use",
-                            "pick another port, or 0 for a free one",
-                        ) from None
-                    raise
+                metrics = _serve_metrics(start_gateway_metrics, gw, metrics_port)
                 stack.callback(metrics.close)
                 collector = metrics.collector
                 console.print(f"metrics: {metrics.url}")

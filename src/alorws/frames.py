@@ -200,21 +200,33 @@ class Bars(Rows[Bar]):
         super().__init__(items, model=Bar)
 
 
-def _to_pandas(
-    rows: Sequence[Any],
-    model: type[msgspec.Struct],
-    tz: str,
-    lead: dict[str, tuple[Sequence[Any], TimeUnit | None]] | None = None,
-) -> pd.DataFrame:
-    """``rows`` of ``model`` as a pandas DataFrame; ``lead`` adds columns before the fields."""
-    pandas: Any = require("pandas", "DataFrames (to_pandas)")
-    data: dict[str, Any] = {}
+#: Extra columns put before a model's fields: name -> (values, time unit or None).
+_Lead = dict[str, tuple[Sequence[Any], TimeUnit | None]]
+
+
+def _specs(
+    rows: Sequence[Any], model: type[msgspec.Struct], lead: _Lead | None
+) -> list[tuple[str, Kind, bool, TimeUnit | None, Sequence[Any]]]:
+    """``(name, kind, optional, time unit, values)`` of each column: ``lead``'s, then the
+    fields of ``model`` read from ``rows`` (what both DataFrame builders convert)."""
     specs: list[tuple[str, Kind, bool, TimeUnit | None, Sequence[Any]]] = []
     for name, (values, unit) in (lead or {}).items():
         specs.append((name, "time" if unit else "object", False, unit, values))
     for name, kind, optional, unit in _columns(model):
         specs.append((name, kind, optional, unit, [getattr(r, name) for r in rows]))
-    for name, kind, optional, unit, values in specs:
+    return specs
+
+
+def _to_pandas(
+    rows: Sequence[Any],
+    model: type[msgspec.Struct],
+    tz: str,
+    lead: _Lead | None = None,
+) -> pd.DataFrame:
+    """``rows`` of ``model`` as a pandas DataFrame; ``lead`` adds columns before the fields."""
+    pandas: Any = require("pandas", "DataFrames (to_pandas)")
+    data: dict[str, Any] = {}
+    for name, kind, optional, unit, values in _specs(rows, model, lead):
         if kind == "time":
             assert unit is not None
             # int64 nanoseconds viewed as datetime64[ns]: exact, and INT64_MIN is NaT.
@@ -254,17 +266,12 @@ def _to_polars(
     rows: Sequence[Any],
     model: type[msgspec.Struct],
     tz: str,
-    lead: dict[str, tuple[Sequence[Any], TimeUnit | None]] | None = None,
+    lead: _Lead | None = None,
 ) -> pl.DataFrame:
     """``rows`` of ``model`` as a polars DataFrame; ``lead`` adds columns before the fields."""
     polars: Any = require("polars", "DataFrames (to_polars)")
     columns: list[Any] = []
-    specs: list[tuple[str, Kind, TimeUnit | None, Sequence[Any]]] = []
-    for name, (values, unit) in (lead or {}).items():
-        specs.append((name, "time" if unit else "object", unit, values))
-    for name, kind, _optional, unit in _columns(model):
-        specs.append((name, kind, unit, [getattr(r, name) for r in rows]))
-    for name, kind, unit, values in specs:
+    for name, kind, _optional, unit, values in _specs(rows, model, lead):
         if kind == "time":
             assert unit is not None
             ns = polars.Series(name, _epoch_ns(values, unit), dtype=polars.Int64)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from alorws.client.endpoints import resolve_endpoints, ssl_context_for
 from alorws.client.proxy import NO_PROXY, Proxy, parse_proxy, proxy_for
 from alorws.errors import ConfigurationError, ConnectError
 from alorws.protocol.backoff import Backoff
+from alorws.protocol.enums import Format
 from alorws.sim import app as sim_app
 from alorws.sim.app import Simulator
 
@@ -71,6 +73,30 @@ async def proxy() -> AsyncIterator[ProxyProcess]:
 def address(sim: Simulator) -> str:
     """``127.0.0.1:port`` of the simulator: what the proxy is asked to connect to."""
     return sim.url.removeprefix("https://")
+
+
+def via_proxy(sim: Simulator, proxy_url: str, **options: Any) -> AlorClient:
+    """A client of the TLS simulator ``sim`` that connects through ``proxy_url``."""
+    return AlorClient(
+        sim.demo_refresh_token,
+        base_url=sim.url,
+        cafile=sim.cert_path,
+        proxy=proxy_url,
+        **options,
+    )
+
+
+async def ws_via_proxy(sim: Simulator, proxy_url: str) -> None:
+    """Open a raw /ws connection to ``sim`` through ``proxy_url`` (the WebSocket side alone)."""
+    ws = resolve_endpoints(None, base_url=sim.url).ws
+    await ws_connect(
+        lambda: FrameListener(lambda frame: None, lambda: None),
+        ws,
+        ssl_context=ssl_context_for(ws, cafile=sim.cert_path),
+        step_timeout=5.0,
+        attempts=set(),
+        proxy=parse_proxy(proxy_url),
+    )
 
 
 def _cert_for(directory: str) -> tuple[str, str]:
@@ -129,26 +155,14 @@ async def test_everything_goes_through_an_explicit_proxy(
 ) -> None:
     """/refresh, an HTTP call, a /ws stream and a /cws order, each through its own tunnel, to
     a loopback simulator (an explicit proxy is used for loopback too)."""
-    async with AlorClient(
-        tls_sim.demo_refresh_token,
-        base_url=tls_sim.url,
-        cafile=tls_sim.cert_path,
-        proxy=proxy.url(scheme),
-        backoff=FAST,
-    ) as client:
+    async with via_proxy(tls_sim, proxy.url(scheme), backoff=FAST) as client:
         await exercise(client, proxy, address(tls_sim))
     assert all(line.startswith(f"{scheme} ") for line in proxy.lines), proxy.lines
 
 
 async def test_drop_and_restore_through_the_proxy(tls_sim: Simulator, proxy: ProxyProcess) -> None:
     """A dropped /ws connection comes back through a new tunnel and the stream resumes."""
-    async with AlorClient(
-        tls_sim.demo_refresh_token,
-        base_url=tls_sim.url,
-        cafile=tls_sim.cert_path,
-        proxy=proxy.url(),
-        backoff=FAST,
-    ) as client:
+    async with via_proxy(tls_sim, proxy.url(), backoff=FAST) as client:
         async with client.quotes("SBER") as q:
             quotes = Collector(q)
             await quotes.next_item()
@@ -166,6 +180,26 @@ async def test_drop_and_restore_through_the_proxy(tls_sim: Simulator, proxy: Pro
             await quotes.stop()
 
 
+async def test_a_new_http_client_is_made_as_client_http(
+    tls_sim: Simulator, proxy: ProxyProcess
+) -> None:
+    """``client.http_client`` (what ``alorws check`` uses) has the client's tokens, TLS settings
+    and proxy, with its own format and timeout."""
+    target = address(tls_sim)
+    async with via_proxy(tls_sim, proxy.url(), backoff=FAST) as client:
+        await proxy.wait_for(lambda: proxy.tunnels(target) >= 1, "/refresh tunnelled")
+        seen = proxy.tunnels(target)
+        http = client.http_client(HttpClient, format="Slim", timeout=5.0)
+        try:
+            assert http.format is Format.SLIM and http.base_url == client.http.base_url
+            assert await http.server_time() > 0
+            summary = await http.summary(client.portfolios[0])  # the client's tokens
+            assert summary.buying_power is not None
+        finally:
+            await http.aclose()
+        await proxy.wait_for(lambda: proxy.tunnels(target) > seen, "HTTP tunnelled")
+
+
 async def test_proxy_credentials(
     tls_sim: Simulator, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,13 +208,7 @@ async def test_proxy_credentials(
     caplog.set_level(logging.DEBUG)
     password = "pr0xy-s3cret"
     async with run_proxy(auth=f"alice:{password}") as proxy:
-        async with AlorClient(
-            tls_sim.demo_refresh_token,
-            base_url=tls_sim.url,
-            cafile=tls_sim.cert_path,
-            proxy=proxy.url(),
-            backoff=FAST,
-        ) as client:
+        async with via_proxy(tls_sim, proxy.url(), backoff=FAST) as client:
             await exercise(client, proxy, address(tls_sim))
             shown = repr(client) + repr(client.http) + repr(client._tokens)
             assert f"alice:***@{proxy.address}" in shown and password not in shown
@@ -188,12 +216,7 @@ async def test_proxy_credentials(
 
         for auth, wrong in ((None, None), ("alice:wr0ng-pw", "wr0ng-pw")):
             url = proxy.url(auth=auth)
-            client = AlorClient(
-                tls_sim.demo_refresh_token,
-                base_url=tls_sim.url,
-                cafile=tls_sim.cert_path,
-                proxy=url,
-            )
+            client = via_proxy(tls_sim, url)
             with pytest.raises(ConnectError) as info:
                 await client.start()  # /refresh: refused at once, not retried
             message = str(info.value)
@@ -202,16 +225,8 @@ async def test_proxy_credentials(
             refused = proxy.refusals()
 
             # The same from the WebSocket side.
-            ws = resolve_endpoints(None, base_url=tls_sim.url).ws
             with pytest.raises(ConnectError, match="407 Proxy Authentication Required") as info:
-                await ws_connect(
-                    lambda: FrameListener(lambda frame: None, lambda: None),
-                    ws,
-                    ssl_context=ssl_context_for(ws, cafile=tls_sim.cert_path),
-                    step_timeout=5.0,
-                    attempts=set(),
-                    proxy=parse_proxy(url),
-                )
+                await ws_via_proxy(tls_sim, url)
             assert wrong is None or wrong not in str(info.value)
             await proxy.wait_for(lambda refused=refused: proxy.refusals() > refused, "refused")
     logged = caplog.text + "".join(capsys.readouterr())
@@ -222,7 +237,6 @@ async def test_a_socks5_refusal_is_a_connect_error(tls_sim: Simulator) -> None:
     """A SOCKS5 proxy turning away wrong credentials: HTTP, /refresh and /ws each raise a
     ConnectError naming the proxy (password hidden), after their retries."""
     once = Backoff(base=0.01, cap=0.01, max_attempts=1)
-    ws = resolve_endpoints(None, base_url=tls_sim.url).ws
     async with run_proxy(auth="alice:right-pw") as proxy:
         url = proxy.url("socks5", auth="alice:wr0ng-pw")
         shown = f"socks5://alice:***@{proxy.address}"
@@ -242,14 +256,7 @@ async def test_a_socks5_refusal_is_a_connect_error(tls_sim: Simulator) -> None:
                 pass
         assert "wr0ng-pw" not in str(info.value)
         with pytest.raises(ConnectError, match=re.escape(shown)) as info:
-            await ws_connect(
-                lambda: FrameListener(lambda frame: None, lambda: None),
-                ws,
-                ssl_context=ssl_context_for(ws, cafile=tls_sim.cert_path),
-                step_timeout=5.0,
-                attempts=set(),
-                proxy=parse_proxy(url),
-            )
+            await ws_via_proxy(tls_sim, url)
         assert "wr0ng-pw" not in str(info.value)
         await proxy.wait_for(lambda: proxy.refusals() >= 3, "three refusals")
 
@@ -259,16 +266,8 @@ async def test_an_unreachable_proxy_is_named_in_the_error(tls_sim: Simulator) ->
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://bob:hunter2@127.0.0.1:{port}"
-    ws = resolve_endpoints(None, base_url=tls_sim.url).ws
     with pytest.raises(ConnectError, match=r"cannot connect to the proxy http://bob:\*\*\*@127"):
-        await ws_connect(
-            lambda: FrameListener(lambda frame: None, lambda: None),
-            ws,
-            ssl_context=ssl_context_for(ws, cafile=tls_sim.cert_path),
-            step_timeout=5.0,
-            attempts=set(),
-            proxy=parse_proxy(url),
-        )
+        await ws_via_proxy(tls_sim, url)
     async with HttpClient(
         tls_sim.url,
         cafile=tls_sim.cert_path,

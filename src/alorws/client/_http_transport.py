@@ -44,27 +44,18 @@ from ..protocol.requests import _enum
 from .auth import TokenSource
 from .endpoints import resolve_endpoints, ssl_context_for
 from .proxy import (
-    PROXY_ERRORS,
+    AIOHTTP_NETWORK_ERRORS,
     ProxyOption,
     aiohttp_connector,
+    aiohttp_proxy,
     aiohttp_proxy_failure,
-    check_http_support,
-    proxy_for,
     proxy_refusal,
-    request_options,
 )
 
 
 __all__ = ["DEFAULT_HTTP_RETRY", "Auth", "HttpTransport"]
 
 log = logging.getLogger("alorws.http")
-
-#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
-_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    aiohttp.ClientError,
-    OSError,
-    *PROXY_ERRORS,
-)
 
 M = TypeVar("M", bound=Model)
 
@@ -188,8 +179,7 @@ class HttpTransport:
         proxy: ProxyOption = None,
     ) -> None:
         self.base_url = resolve_endpoints(None, base_url=base_url).http
-        self._proxy = check_http_support(proxy_for(self.base_url, proxy))
-        self._proxy_options = request_options(self._proxy)
+        self._proxy, self._proxy_options = aiohttp_proxy(self.base_url, proxy)
         self._ssl: SSLContext | bool
         if ssl is not None:
             self._ssl = ssl
@@ -335,7 +325,7 @@ class HttpTransport:
                 f"TLS failed talking to {self.base_url}: {exc}; check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except _NETWORK_ERRORS as exc:
+        except AIOHTTP_NETWORK_ERRORS as exc:
             failure = aiohttp_proxy_failure(exc, self._proxy, _authority(url))
             if failure is not None:
                 message, final = failure

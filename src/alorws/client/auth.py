@@ -64,14 +64,12 @@ from ..protocol.jwt import (
 )
 from .endpoints import _check_oauth_url
 from .proxy import (
-    PROXY_ERRORS,
+    AIOHTTP_NETWORK_ERRORS,
     ProxyOption,
     aiohttp_connector,
+    aiohttp_proxy,
     aiohttp_proxy_failure,
-    check_http_support,
-    proxy_for,
     proxy_refusal,
-    request_options,
 )
 
 
@@ -89,13 +87,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("alorws.auth")
-
-#: What a failed exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's errors.
-_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
-    aiohttp.ClientError,
-    OSError,
-    *PROXY_ERRORS,
-)
 
 #: Retries of one refresh: 8 jittered delays (≤ 0.2, 0.4, … capped at 10 s), then give up.
 DEFAULT_RETRY: Final = Backoff(base=0.2, cap=10.0, max_attempts=8)
@@ -350,8 +341,7 @@ class TokenManager:
             body["allowedPortfolios"] = list(allowed_portfolios)
         self._oauth = _check_oauth_url(oauth_url)
         self._url = f"{self._oauth}/refresh"
-        self._proxy = check_http_support(proxy_for(self._url, proxy))
-        self._proxy_options = request_options(self._proxy)
+        self._proxy, self._proxy_options = aiohttp_proxy(self._url, proxy)
         # docs/protocol.md §2.2: the body form keeps the refresh token out of URLs (and so out of
         # every log).
         self._body = msgspec.json.encode(body)
@@ -717,7 +707,7 @@ class TokenManager:
                 f"TLS failed talking to {self._url}: {exc}. Check the certificate "
                 "(pass cafile= for a private CA)"
             ) from None
-        except _NETWORK_ERRORS as exc:
+        except AIOHTTP_NETWORK_ERRORS as exc:
             failure = aiohttp_proxy_failure(exc, self._proxy, self._authority())
             if failure is None:
                 raise _Retryable(f"{type(exc).__name__}: {exc}") from None

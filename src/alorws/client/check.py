@@ -56,7 +56,6 @@ from ..protocol.codec import DataMessage, decode_frame, frame_decoder_for, frame
 from ..protocol.enums import Format
 from ..protocol.http_models import HistoryPage, Security
 from ..protocol.market import Bar, OrderBook, Quote, Trade
-from .endpoints import ssl_context_for
 from .http import HttpClient
 
 
@@ -495,14 +494,9 @@ class _Tour:
         self.report = CheckReport(
             target=client.endpoints.http, seconds=options.seconds, secrets=self.secrets
         )
-        # The client's own token source and TLS settings: the requests `client.http` makes.
-        self.http = _RawHttp(
-            client.endpoints.http,
-            client._require_loop_tokens(),
-            format=Format.SIMPLE,
-            ssl=ssl_context_for(client.endpoints.http, cafile=client._cafile),
-            timeout=options.step_timeout,
-        )
+        # The client's own token source, TLS settings and proxy: the requests `client.http`
+        # makes.
+        self.http = client.http_client(_RawHttp, format=Format.SIMPLE, timeout=options.step_timeout)
         # The tap runs in the I/O thread and only appends; deque appends are thread-safe.
         self.frames: collections.deque[tuple[int, list[bytes]]] = collections.deque()
         self.routes: dict[tuple[int, str], _Watched] = {}

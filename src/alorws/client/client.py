@@ -72,6 +72,7 @@ __all__ = ["AlorClient"]
 log = logging.getLogger("alorws.client")
 
 T = TypeVar("T")
+H = TypeVar("H", bound=HttpClient)
 
 
 class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
@@ -374,15 +375,24 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         """The HTTP API: reference data, history (paged), snapshots, portfolio views
         (docs/protocol.md §8)."""
         if self._http is None:
-            tokens = self._require_loop_tokens()
-            self._http = HttpClient(
-                self.endpoints.http,
-                tokens,
-                format=self.format,
-                ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
-                proxy=self._proxy(self.endpoints.http),
-            )
+            self._http = self.http_client(HttpClient)
         return self._http
+
+    def http_client(
+        self, cls: type[H], *, format: Format | str | None = None, timeout: float = 15.0
+    ) -> H:
+        """A new HTTP API client of class ``cls`` (:class:`HttpClient` or a subclass) made as
+        :attr:`http` is: this client's tokens, TLS settings and proxy; ``format`` (default:
+        the client's) and ``timeout`` (seconds per request) as given. The caller closes it
+        (``await http.aclose()``). Only while the client is open."""
+        return cls(
+            self.endpoints.http,
+            self._require_loop_tokens(),
+            format=self.format if format is None else format,
+            ssl=ssl_context_for(self.endpoints.http, cafile=self._cafile),
+            timeout=timeout,
+            proxy=self._proxy(self.endpoints.http),
+        )
 
     def _deliver(self, hooks: list[Hook], event: ConnectionEvent) -> None:
         # From the I/O thread (lanes) or this loop (/cws): the hooks run in this loop.

@@ -268,6 +268,14 @@ def _error_types() -> tuple[type[Exception], ...]:
 #: catch these too and turn them into the library's errors (:func:`proxy_failure`).
 PROXY_ERRORS: Final = _error_types()
 
+#: What a failed aiohttp exchange raises: aiohttp's errors, socket errors, a SOCKS proxy's
+#: errors (the HTTP client and the token refresh catch the same set).
+AIOHTTP_NETWORK_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    aiohttp.ClientError,
+    OSError,
+    *PROXY_ERRORS,
+)
+
 
 def aiohttp_connector(proxy: Proxy | None, **options: Any) -> aiohttp.BaseConnector:
     """The connector of an aiohttp session that connects through ``proxy`` (``options`` are
@@ -294,6 +302,14 @@ def check_http_support(proxy: Proxy | None) -> Proxy | None:
                 "requests and /refresh: pip install 'alorws[socks]' (or use an http:// proxy)"
             ) from None
     return proxy
+
+
+def aiohttp_proxy(url: str, proxy: ProxyOption) -> tuple[Proxy | None, dict[str, Any]]:
+    """The proxy of aiohttp requests to ``url`` (:func:`proxy_for`, checked by
+    :func:`check_http_support`) and the keyword arguments of each request
+    (:func:`request_options`)."""
+    chosen = check_http_support(proxy_for(url, proxy))
+    return chosen, request_options(chosen)
 
 
 def request_options(proxy: Proxy | None) -> dict[str, Any]:

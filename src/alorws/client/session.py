@@ -36,16 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from ..errors import InvalidArgumentError, MarketClosed
-from ..protocol.commands import (
-    Command,
-    DeleteLimit,
-    DeleteMarket,
-    DeleteStop,
-    DeleteStopLimit,
-    InstrumentRef,
-)
+from ..protocol.commands import Command
 from ..protocol.instruments import Instrument
-from ..protocol.schedule import Schedule, SessionState, market_of
+from ..protocol.schedule import Schedule, SessionState, gated_instrument, market_of
 from ..protocol.timeutil import MSK
 from .order_methods import OrderAck, OrderMethods
 
@@ -57,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Clock", "HoldMode", "ManualClock", "SessionTrading", "SystemClock", "schedule_for"]
 
-_DELETES = (DeleteMarket, DeleteLimit, DeleteStop, DeleteStopLimit)
 #: A held order re-checks at least this often (seconds of real time), so a clock that jumps
 #: (a laptop waking up) does not leave it asleep past its window.
 _RECHECK = 30.0
@@ -249,8 +241,8 @@ class SessionTrading(OrderMethods):
 
     async def send(self, command: Command) -> OrderAck:
         """Send ``command`` when its market accepts orders (see the module docstring)."""
-        ref = getattr(command, "instrument", None)
-        if isinstance(command, _DELETES) or not isinstance(ref, InstrumentRef):
+        ref = gated_instrument(command)
+        if ref is None:
             return await self._trading.send(command)
         inst = await self._instruments.get(f"{ref.exchange}:{ref.symbol}")
         while True:

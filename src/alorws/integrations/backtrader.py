@@ -579,31 +579,19 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         """Queue a copy of ``order`` for the strategy."""
         self.notifs.put(order.clone())
 
-    def buy(
-        self,
-        owner: Any,
-        data: Any,
-        size: float,
-        price: float | None = None,
-        plimit: float | None = None,
-        exectype: int | None = None,
-        valid: Any = None,
-        tradeid: int = 0,
-        oco: Any = None,
-        trailamount: Any = None,
-        trailpercent: Any = None,
-        **kwargs: Any,
-    ) -> bt.Order:
-        """Place a buy order (market, limit, stop or stop-limit; ``size`` in lots)."""
-        order = bt.order.BuyOrder(
-            owner=owner, data=data, size=size, price=price, pricelimit=plimit,
-            exectype=exectype, valid=valid, tradeid=tradeid, oco=oco,
-            trailamount=trailamount, trailpercent=trailpercent,
-        )  # fmt: skip
-        return self._submit(order, kwargs)
+    def buy(self, owner: Any, data: Any, size: float, *args: Any, **kwargs: Any) -> bt.Order:
+        """Place a buy order (market, limit, stop or stop-limit; ``size`` in lots); the other
+        arguments are backtrader's, as :meth:`_new_order` lists them."""
+        return self._new_order(bt.order.BuyOrder, owner, data, size, *args, **kwargs)
 
-    def sell(
+    def sell(self, owner: Any, data: Any, size: float, *args: Any, **kwargs: Any) -> bt.Order:
+        """Place a sell order (market, limit, stop or stop-limit; ``size`` in lots); the other
+        arguments are backtrader's, as :meth:`_new_order` lists them."""
+        return self._new_order(bt.order.SellOrder, owner, data, size, *args, **kwargs)
+
+    def _new_order(
         self,
+        side: type[bt.Order],
         owner: Any,
         data: Any,
         size: float,
@@ -617,8 +605,9 @@ class AlorBroker(bt.broker.BrokerBase):  # type: ignore[misc]
         trailpercent: Any = None,
         **kwargs: Any,
     ) -> bt.Order:
-        """Place a sell order (market, limit, stop or stop-limit; ``size`` in lots)."""
-        order = bt.order.SellOrder(
+        """A ``side`` order (``BuyOrder`` or ``SellOrder``) with the arguments and order of
+        backtrader's ``BrokerBase.buy``/``sell``, submitted."""
+        order = side(
             owner=owner, data=data, size=size, price=price, pricelimit=plimit,
             exectype=exectype, valid=valid, tradeid=tradeid, oco=oco,
             trailamount=trailamount, trailpercent=trailpercent,

@@ -27,6 +27,14 @@ from typing import Final
 import msgspec
 
 from ..errors import InvalidArgumentError
+from .commands import (
+    Command,
+    DeleteLimit,
+    DeleteMarket,
+    DeleteStop,
+    DeleteStopLimit,
+    InstrumentRef,
+)
 from .enums import TradingStatus
 from .timeutil import MSK
 
@@ -38,6 +46,7 @@ __all__ = [
     "Schedule",
     "SessionState",
     "Window",
+    "gated_instrument",
     "market_of",
 ]
 
@@ -294,6 +303,12 @@ DEFAULT_HOLIDAYS: Final = frozenset(
     )
 )  # fmt: skip
 
+#: The weekend sessions, the same on the stock and the futures market.
+_WEEKEND_SESSIONS: Final = (
+    _w("weekend opening auction", _A, "09:50", "10:00"),
+    _w("weekend session", _T, "10:00", "19:00"),
+)
+
 #: The built-in tables by market: ``stock`` (TQBR and the other stock and bond boards),
 #: ``futures`` (FORTS: RFUD, ROPD) and ``currency`` (CETS).
 SCHEDULES: Final[Mapping[str, Schedule]] = {
@@ -308,10 +323,7 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening opening auction", _A, "19:00", "19:05"),
             _w("evening session", _T, "19:05", "23:50"),
         ),
-        weekends=(
-            _w("weekend opening auction", _A, "09:50", "10:00"),
-            _w("weekend session", _T, "10:00", "19:00"),
-        ),
+        weekends=_WEEKEND_SESSIONS,
         holidays=DEFAULT_HOLIDAYS,
     ),
     "futures": Schedule(
@@ -324,10 +336,7 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening clearing", _X, "18:45", "19:05"),
             _w("evening session", _T, "19:05", "23:50"),
         ),
-        weekends=(
-            _w("weekend opening auction", _A, "09:50", "10:00"),
-            _w("weekend session", _T, "10:00", "19:00"),
-        ),
+        weekends=_WEEKEND_SESSIONS,
         holidays=DEFAULT_HOLIDAYS,
     ),
     "currency": Schedule(
@@ -374,3 +383,15 @@ def market_of(name: str, schedules: Sequence[str] | Mapping[str, Schedule] = SCH
             return key
     known = sorted(set(schedules) | {k.upper() for k in _ALIASES})
     raise InvalidArgumentError("market", f"{name!r} is not a market or board; use one of {known}")
+
+
+_CANCELS: Final = (DeleteMarket, DeleteLimit, DeleteStop, DeleteStopLimit)
+
+
+def gated_instrument(command: Command) -> InstrumentRef | None:
+    """The instrument whose market must be open for ``command`` to run, or None when the
+    trading day does not gate it: cancels always go through, as on the exchange."""
+    ref = getattr(command, "instrument", None)
+    if isinstance(command, _CANCELS) or not isinstance(ref, InstrumentRef):
+        return None
+    return ref

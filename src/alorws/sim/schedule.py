@@ -16,21 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from ..protocol.commands import (
-    Command,
-    DeleteLimit,
-    DeleteMarket,
-    DeleteStop,
-    DeleteStopLimit,
-    InstrumentRef,
-)
-from ..protocol.schedule import Schedule, market_of
+from ..protocol.commands import Command
+from ..protocol.schedule import Schedule, gated_instrument, market_of
 from .market import SyntheticMarket
 
 
 __all__ = ["SessionGate"]
-
-_DELETES = (DeleteMarket, DeleteLimit, DeleteStop, DeleteStopLimit)
 
 
 class SessionGate:
@@ -49,8 +40,8 @@ class SessionGate:
 
     def refusal(self, command: Command) -> str | None:
         """The 400 message for ``command`` now, or None when it may run."""
-        ref = getattr(command, "instrument", None)
-        if isinstance(command, _DELETES) or not isinstance(ref, InstrumentRef):
+        ref = gated_instrument(command)
+        if ref is None:
             return None
         info = self.market.find(ref.symbol, str(ref.exchange))
         if info is None:

@@ -18,6 +18,7 @@ from alorws.errors import ConnectError, InvalidState, StreamClosed
 from alorws.protocol import NO_DELAY, Quote, QuotesRequest
 from alorws.sim.app import Simulator
 
+from ._collect import until
 from .conftest import FAST
 
 
@@ -170,3 +171,58 @@ async def test_portfolio_retries_a_snapshot_with_its_backoff_then_stays_stale() 
         await pf._runners[Feed.ORDERS]
     assert calls == 3  # the first attempt and max_attempts retries
     assert pf.stale and pf.stats()["syncing"] == ["orders"]
+
+
+def _holders(client: AlorClient, request: QuotesRequest) -> int:
+    """How many subscribe calls hold the client's subscription of ``request`` (0: none)."""
+    sub = client._registry.find(request)  # the registry's count: no public view of it
+    return 0 if sub is None else sub.refcount
+
+
+async def test_a_cancelled_subscribe_leaves_a_shared_one_alone_and_holds_nothing(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """Two streams of one request wait for the same confirmation; the first caller gives up
+    (its task is cancelled): the second is still confirmed and gets data, and once it closes
+    too nothing is left subscribed, in the client or on the server."""
+    sim.faults.delay(0.5)  # the server answers late: both subscribes are still waiting
+    first, second = client.quotes("SBER"), client.quotes("SBER")
+    request = first.request
+    assert isinstance(request, QuotesRequest)
+    placing = asyncio.create_task(first.subscribe())
+    await until(lambda: _holders(client, request) == 1, "the first subscribe placed")
+    joining = asyncio.create_task(second.subscribe())
+    await until(lambda: _holders(client, request) == 2, "the second subscribe joined it")
+    placing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+    await until(lambda: _holders(client, request) == 1, "the first hold released")
+    sim.faults.delay(0)
+    async with asyncio.timeout(10):
+        await joining  # confirmed, not cancelled with the first
+        assert (await second.get()).symbol == "SBER"
+    await second.aclose()
+    await first.aclose()
+    await until(lambda: client.stats()["subscriptions"] == 0, "nothing left in the client")
+    await until(lambda: sim.stats()["subscriptions"] == 0, "nothing left on the server")
+
+
+async def test_a_lone_subscribe_cancelled_before_its_answer_is_unsubscribed(
+    client: AlorClient, sim: Simulator
+) -> None:
+    """A subscribe whose caller gives up before the answer releases its hold at once, and the
+    server's subscription (answered later) is cancelled: nothing stays counted or streaming."""
+    sim.faults.delay(0.5)
+    stream = client.quotes("GAZP")
+    request = stream.request
+    assert isinstance(request, QuotesRequest)
+    task = asyncio.create_task(stream.subscribe())
+    await until(lambda: _holders(client, request) == 1, "the subscribe placed")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(lambda: _holders(client, request) == 0, "its hold released")
+    sim.faults.delay(0)
+    await until(lambda: client.stats()["subscriptions"] == 0, "nothing left in the client")
+    await until(lambda: sim.stats()["subscriptions"] == 0, "nothing left on the server")
+    await stream.aclose()

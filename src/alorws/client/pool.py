@@ -152,7 +152,8 @@ class LanePool:
         # Lane -> how many subscriptions it held when the server refused one more for its
         # limit (429): the lane's real capacity, lower than ours.
         self._caps: dict[int, int] = {}
-        self._retiring: set[asyncio.Task[None]] = set()  # aclose() of retired lanes
+        # aclose() of retired lanes, unsubscribes of cancelled subscribes: awaited on close.
+        self._retiring: set[asyncio.Task[None]] = set()
         #: Given to every lane: told of connects, losses and restores (the client's hooks).
         self.on_connection: Callable[[ConnectionEvent], None] | None = None
 
@@ -307,7 +308,7 @@ class LanePool:
                     waiter = lane.confirmation(sub.guid)
                     if waiter is not None:
                         try:
-                            await self._confirm(asyncio.shield(waiter), sub.guid, lane, stream)
+                            await self._confirm(waiter, sub.guid, lane, stream)
                         except ServerLimitExceeded:
                             continue  # whoever placed it learnt the lane's limit
                 return sub.guid, lane.id
@@ -527,13 +528,36 @@ class LanePool:
     async def _confirm(self, waiter: Any, guid: str, lane: Lane, stream: Stream[Any]) -> None:
         try:
             async with asyncio.timeout(self.subscribe_timeout):
-                await waiter
+                # Shielded: the holders of one subscription share its confirmation, and one
+                # that gives up must not cancel the others' wait.
+                await asyncio.shield(waiter)
         except TimeoutError:
             await self.unsubscribe(guid, lane.id, stream._buffer)
             raise self._timed_out(stream, lane) from None
+        except asyncio.CancelledError:
+            if waiter.done():  # the lane ended it (closed or removed): nothing more is ours
+                self._release_failed(guid, lane, stream)
+            else:  # this caller gave up: its hold goes, and the subscription with the last
+                self._give_up(guid, lane, stream)
+            raise
         except BaseException:
             self._release_failed(guid, lane, stream)
             raise
+
+    def _give_up(self, guid: str, lane: Lane, stream: Stream[Any]) -> None:
+        """A subscribe cancelled by its caller before the answer: release its hold now (a
+        cancelled task cannot wait for an unsubscribe), the server's subscription in the
+        background if it was the last."""
+        lane.detach(guid, stream._buffer)
+        sub = self.registry.get(guid)
+        if sub is None or sub.state in (SubscriptionState.CLOSED, SubscriptionState.CLOSING):
+            return
+        if self.registry.unsubscribe(guid):
+            task = asyncio.get_running_loop().create_task(
+                lane.remove(guid), name=f"alorws-lane-{lane.id}-unsubscribe"
+            )
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def unsubscribe(self, guid: str, lane_id: int, buffer: StreamBuffer[Any]) -> None:
         """Stop delivering to ``buffer``; the last holder of ``guid`` unsubscribes it."""

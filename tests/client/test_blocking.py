@@ -245,13 +245,12 @@ def test_timeouts_and_use_after_close_say_what(sim: SimulatorThread) -> None:
         c.quotes("SBER")
     c.start()
     try:
-        # A stream of candles from now only: nothing comes in 50 ms.
-        bars = c.bars("SBER", "D")
-        with pytest.raises(StreamTimeout, match=r"bars SBER D: no message within 0\.05 s"):
-            bars.get(timeout=0.05)
-        assert bars.is_open
-        quotes = c.quotes("SBER")
+        # At most one quote a minute: the first comes at once, then nothing for a while.
+        quotes = c.quotes("SBER", frequency=60_000)
         assert quotes.get(timeout=WAIT).symbol == "SBER"
+        with pytest.raises(StreamTimeout, match=r"quotes SBER.*: no message within 0\.05 s"):
+            quotes.get(timeout=0.05)
+        assert quotes.is_open
     finally:
         c.close()
     c.close()  # idempotent
@@ -272,8 +271,9 @@ def test_an_interrupt_stops_a_blocked_get_and_the_stream_goes_on(client: Client)
     """Ctrl-C (a notebook's interrupt) ends a get blocked in the main thread: the waiter is
     withdrawn and the stream can be read again."""
     assert threading.current_thread() is threading.main_thread()
-    bars = client.bars("SBER", "D")  # candles from now: nothing comes for a while
-    buffer = bars.stream._buffer
+    quotes = client.quotes("SBER", frequency=60_000)  # one quote at once, then none for a while
+    assert quotes.get(timeout=WAIT).symbol == "SBER"
+    buffer = quotes.stream._buffer
     main = threading.main_thread().ident
     assert main is not None
 
@@ -289,13 +289,13 @@ def test_an_interrupt_stops_a_blocked_get_and_the_stream_goes_on(client: Client)
         sender = threading.Thread(target=interrupt)
         sender.start()
         with pytest.raises(Interrupted):
-            bars.get(timeout=WAIT)
+            quotes.get(timeout=WAIT)
         sender.join(WAIT)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert buffer._waiter is None and bars.is_open
-    with pytest.raises(StreamTimeout):
-        bars.get(timeout=0.01)
+    assert buffer._waiter is None and quotes.is_open
+    with pytest.raises(StreamTimeout):  # not InvalidState: the interrupted waiter is gone
+        quotes.get(timeout=0.01)
 
 
 # -- orders -------------------------------------------------------------------------------------

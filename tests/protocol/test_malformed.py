@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from alorws.errors import AlorError, FrameError, RemoteProtocolError
 from alorws.protocol.codec import (
@@ -19,6 +19,8 @@ from alorws.protocol.codec import (
 )
 from alorws.protocol.enums import Format
 from alorws.protocol.market import Quote
+
+from .._hostile import fuzz_settings
 
 
 BAD_FRAMES = {
@@ -120,7 +122,7 @@ def test_big_integers_are_not_truncated() -> None:
     assert q.volume == 123456789012345678901
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(150)
 @given(st.binary(max_size=200))
 def test_route_fuzz_bytes(frame: bytes) -> None:
     """Arbitrary bytes either route or raise FrameError."""
@@ -142,7 +144,7 @@ ENVELOPE_KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(150)
 @given(st.dictionaries(ENVELOPE_KEYS, JSON, max_size=6))
 def test_route_fuzz_envelopes(obj: dict[str, object]) -> None:
     """Any JSON object with envelope keys either routes or raises FrameError."""
@@ -173,7 +175,7 @@ FRAMES = (
 )
 
 
-@settings(max_examples=500, deadline=None)
+@fuzz_settings(200)
 @given(FRAMES)
 def test_frame_guid_agrees_with_route(frame: bytes) -> None:
     """The fast path never raises, and whenever it names a guid, a valid frame is a data
@@ -191,7 +193,7 @@ def test_frame_guid_agrees_with_route(frame: bytes) -> None:
 
 
 @pytest.mark.parametrize("model", [Quote])
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(80)
 @given(payload=st.dictionaries(st.text(max_size=6), JSON, max_size=6) | JSON)
 def test_decode_frame_fuzz(model: type, payload: object) -> None:
     """Any frame decodes into the model or raises FrameError, nothing else."""
@@ -207,7 +209,7 @@ MODELS = sorted(set(STREAM_MODELS.values()), key=lambda m: m.__name__)
 
 @pytest.mark.parametrize("fmt", list(Format))
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
-@settings(max_examples=60, deadline=None)
+@fuzz_settings(30)
 @given(payload=st.dictionaries(st.text(max_size=6), JSON, max_size=6) | JSON)
 def test_decode_fuzz(model: type, fmt: Format, payload: object) -> None:
     """Any JSON payload decodes into the model or raises FrameError, nothing else."""

@@ -285,9 +285,20 @@ async def test_a_stalled_connection_is_detected_and_restored(sim: Simulator) -> 
 
 
 async def test_http_snapshot_fills_what_a_capped_replay_leaves_out(
-    client: AlorClient, sim: Simulator
+    client: AlorClient, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Orders placed while disconnected, beyond the replay cap, still reach the consumer once."""
+    """Orders placed while disconnected, beyond the replay cap, still reach the consumer once,
+    even when the snapshot's first two fetches fail (it is fetched again)."""
+    http = client.http
+    fetch, failures = http.orders, [0]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures[0] < 2:
+            failures[0] += 1
+            raise TransportError("injected: the snapshot's fetch failed")
+        return await fetch(*args, **kwargs)
+
+    monkeypatch.setattr(http, "orders", flaky)
     sim.engine.history_cap = 5
     portfolio = client.portfolios[0]
     ws = await RawWS.connect(sim.cws_url)
@@ -318,6 +329,7 @@ async def test_http_snapshot_fills_what_a_capped_replay_leaves_out(
                 lambda: len({x.order_no for x in trades.items}) >= 12, "every fill", limit=15
             )
             assert o.stats()["backfilled"] >= 7
+            assert failures[0] == 2
             seen = [(x.id, x.status.value) for x in orders.items]
             assert len(seen) == len(set(seen))
             trade_ids = [x.id for x in trades.items]

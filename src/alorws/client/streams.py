@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from .http import HttpClient
 
 __all__ = [
+    "BACKFILL_RETRY_DELAYS",
     "EVENTS_KEPT",
     "STATE_MODELS",
     "STREAM_KINDS",
@@ -81,6 +82,9 @@ STATE_MODELS: tuple[type[Model], ...] = (Quote, OrderBook, Summary, Risk, Spectr
 #: How many connection events a stream keeps in ``events`` (the newest); older ones are only
 #: counted (``event_counts``).
 EVENTS_KEPT = 100
+#: Seconds before each new try of an account stream's HTTP snapshot after a restore, when the
+#: previous one failed (about half a minute in all, while the stream is open).
+BACKFILL_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
 
 
 def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
@@ -553,23 +557,41 @@ class Stream(StreamBase[M]):
         task.add_done_callback(self._tasks.discard)
 
     async def _backfill(self) -> None:
-        """Fetch the HTTP snapshot of this account stream and queue it in-band."""
+        """Fetch the HTTP snapshot of this account stream and queue it in-band; a failed fetch
+        is tried again (:data:`BACKFILL_RETRY_DELAYS`) while the stream is open."""
         portfolio = getattr(self.request, "portfolio", None)
         if not isinstance(portfolio, str):
             return
         exchange = getattr(self.request, "exchange", "MOEX")
-        http = self._client.http
-        try:
-            if issubclass(self.model, Order):
-                items: list[Any] = await http.orders(portfolio, exchange)
-            elif issubclass(self.model, StopOrder):
-                items = await http.stop_orders(portfolio, exchange)
-            else:
-                items = await http.trades(portfolio, exchange)
-        except Exception as exc:  # the stream goes on; the gap may stay open: say so
-            log.warning("%s: HTTP snapshot after the restore failed: %s", self.name, exc)
+        for attempt, delay in enumerate((0.0, *BACKFILL_RETRY_DELAYS), start=1):
+            if delay:
+                await asyncio.sleep(delay)
+            if not self.is_open:
+                return
+            try:
+                http = self._client.http
+                if issubclass(self.model, Order):
+                    items: list[Any] = await http.orders(portfolio, exchange)
+                elif issubclass(self.model, StopOrder):
+                    items = await http.stop_orders(portfolio, exchange)
+                else:
+                    items = await http.trades(portfolio, exchange)
+            except Exception as exc:  # the stream goes on; the gap stays open until a fetch works
+                log.warning(
+                    "%s: HTTP snapshot after the restore failed (attempt %d of %d): %s",
+                    self.name,
+                    attempt,
+                    len(BACKFILL_RETRY_DELAYS) + 1,
+                    exc,
+                )
+                continue
+            self._buffer.push_event(_Backfill(items))
             return
-        self._buffer.push_event(_Backfill(items))
+        log.error(
+            "%s: no HTTP snapshot after the restore: what changed while disconnected beyond "
+            "the server's replay may be missing from this stream",
+            self.name,
+        )
 
     def _take_backfill(self, items: list[Any]) -> None:
         # Only ids never seen: a snapshot copy of a known order may be older than what the

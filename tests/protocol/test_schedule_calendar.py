@@ -68,15 +68,19 @@ def test_xmos_holidays_close_the_markets() -> None:
 
 
 def test_built_in_years_win_over_xmos() -> None:
-    """For the years the built-in table lists, it wins: XMOS's rules miss MOEX's bridge days
-    of 2025 (May 2, June 13) and would close Feb 24 and Mar 10, 2025."""
+    """For the years the built-in table lists, it wins: XMOS's rules close official days off
+    that MOEX traded on (2025-02-24, 2025-03-10, 2026-03-09, 2026-05-11) and know nothing of
+    a state holiday on a weekend cancelling the weekend session (2026-05-09)."""
     pytest.importorskip("exchange_calendars")
+    xmos = schedule._xmos()
+    assert xmos is not None
     stock = moex_schedules()["stock"]
     assert {d for d in stock.holidays if d.year in (2025, 2026)} == DEFAULT_HOLIDAYS
-    assert not stock.is_open(noon("2025-05-02"))
-    assert not stock.is_open(noon("2025-06-13"))
-    assert stock.is_open(noon("2025-02-24"))
-    assert stock.is_open(noon("2025-03-10"))
+    for traded in ("2025-02-24", "2025-03-10", "2026-03-09", "2026-05-11"):
+        assert date.fromisoformat(traded) in xmos[0]
+        assert stock.is_open(noon(traded)), traded
+    assert stock.state(noon("2026-05-09")).window.name == "holiday"
+    assert stock.state(noon("2026-05-16")).window.name == "weekend session"
 
 
 def test_the_user_wins_over_every_source() -> None:

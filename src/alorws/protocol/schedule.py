@@ -322,17 +322,20 @@ def _w(name: str, phase: Phase, start: str, end: str) -> Window:
 
 _A, _T, _C, _X = Phase.OPENING_AUCTION, Phase.TRADING, Phase.CLOSING_AUCTION, Phase.CLEARING
 
-#: MOEX non-trading days (all markets) of 2025 and 2026 as known when this table was written:
-#: New Year and Christmas, and the state holidays (or the weekdays they move to). MOEX publishes
-#: each year's calendar itself and trades on some official days off: check it, and extend or
-#: replace this set with :meth:`Schedule.with_holidays` or a :class:`Schedule` of your own.
+#: MOEX's days without any trading of 2025 and 2026, as MOEX announced them: New Year,
+#: Christmas and the state holidays. MOEX trades on the official days off they move to (2025:
+#: January 3, 6 and 8, May 2 and 8, June 13, November 3; 2026: January 5, 6, 8 and 9, March 9,
+#: May 11). In 2026 it also runs a weekend-format session (09:50-19:00, stock and futures) on
+#: February 23, May 1, June 12 and November 4, listed here as holidays (closed), and cancels some
+#: weekend sessions; extend or replace this set with :meth:`Schedule.with_holidays`,
+#: :meth:`Schedule.without_holidays` or a :class:`Schedule` of your own.
 DEFAULT_HOLIDAYS: Final = frozenset(
     date.fromisoformat(d)
     for d in (
-        "2025-01-01", "2025-01-02", "2025-01-07", "2025-05-01", "2025-05-02", "2025-05-08",
-        "2025-05-09", "2025-06-12", "2025-06-13", "2025-11-03", "2025-11-04", "2025-12-31",
-        "2026-01-01", "2026-01-02", "2026-01-07", "2026-02-23", "2026-03-09", "2026-05-01",
-        "2026-05-11", "2026-06-12", "2026-11-04", "2026-12-31",
+        "2025-01-01", "2025-01-02", "2025-01-07", "2025-05-01", "2025-05-09", "2025-06-12",
+        "2025-11-04", "2025-12-31",
+        "2026-01-01", "2026-01-02", "2026-01-07", "2026-02-23", "2026-03-08", "2026-05-01",
+        "2026-05-09", "2026-06-12", "2026-11-04", "2026-12-31",
     )
 )  # fmt: skip
 

@@ -12,6 +12,12 @@ and holidays are announced each year, so each is a plain value to replace or ext
 
     forts = SCHEDULES["futures"].with_holidays([date(2026, 12, 31)])
 
+Their holidays come from :func:`moex_holidays`: the built-in :data:`DEFAULT_HOLIDAYS` for the
+years it lists and, when the optional ``exchange_calendars`` package is installed (the
+``alorws[calendar]`` extra), its Moscow Exchange calendar ``XMOS`` for the other years.
+:attr:`Schedule.holiday_source` says which. The package is imported on the first use of a table,
+never by ``import alorws``.
+
 :meth:`Schedule.state` says what is open at a moment and when the next window opens;
 :meth:`SessionState.corrected` overrides the table with an instrument's live ``tradingStatus``
 (docs/protocol.md §4.5) when one is known: the exchange's word wins over the table.
@@ -20,9 +26,12 @@ and holidays are announced each year, so each is a plain value to replace or ext
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -42,13 +51,18 @@ from .timeutil import MSK
 __all__ = [
     "DEFAULT_HOLIDAYS",
     "SCHEDULES",
+    "HolidayTable",
     "Phase",
     "Schedule",
     "SessionState",
     "Window",
     "gated_instrument",
     "market_of",
+    "moex_holidays",
+    "moex_schedules",
 ]
+
+log = logging.getLogger("alorws.schedule")
 
 
 class Phase(enum.StrEnum):
@@ -159,12 +173,18 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
         weekdays: the windows of Monday to Friday, in order, not overlapping.
         weekends: the windows of Saturday and Sunday (weekend sessions); empty: closed.
         holidays: dates (Moscow) without any trading.
+        holiday_source: where ``holidays`` came from: ``"built-in"``
+            (:data:`DEFAULT_HOLIDAYS`), ``"exchange_calendars 4.13.2 XMOS 2010-2024, 2027;
+            built-in 2025-2026"`` (see :func:`moex_holidays`), ``"given"`` for a schedule built
+            with its own; ``" + given"`` is appended once :meth:`with_holidays` or
+            :meth:`without_holidays` changed them.
     """
 
     market: str
     weekdays: tuple[Window, ...]
     weekends: tuple[Window, ...] = ()
     holidays: frozenset[date] = frozenset()
+    holiday_source: str = "given"
 
     def __post_init__(self) -> None:
         for label, windows in (("weekdays", self.weekdays), ("weekends", self.weekends)):
@@ -179,8 +199,21 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
                 last = end
 
     def with_holidays(self, days: Iterable[date]) -> Schedule:
-        """The same schedule with ``days`` added to its holidays."""
-        return msgspec.structs.replace(self, holidays=self.holidays | frozenset(days))
+        """The same schedule with ``days`` added to its holidays (whatever their source)."""
+        return msgspec.structs.replace(
+            self, holidays=self.holidays | frozenset(days), holiday_source=self._given()
+        )
+
+    def without_holidays(self, days: Iterable[date]) -> Schedule:
+        """The same schedule trading on ``days`` after all: for a day its source lists as a
+        holiday that the exchange announced as a trading day."""
+        return msgspec.structs.replace(
+            self, holidays=self.holidays - frozenset(days), holiday_source=self._given()
+        )
+
+    def _given(self) -> str:
+        source = self.holiday_source
+        return source if source.endswith("given") else f"{source} + given"
 
     def windows_on(self, day: date) -> tuple[Window, ...]:
         """The listed windows of ``day`` (none on a holiday)."""
@@ -289,17 +322,20 @@ def _w(name: str, phase: Phase, start: str, end: str) -> Window:
 
 _A, _T, _C, _X = Phase.OPENING_AUCTION, Phase.TRADING, Phase.CLOSING_AUCTION, Phase.CLEARING
 
-#: MOEX non-trading days (all markets) of 2025 and 2026 as known when this table was written:
-#: New Year and Christmas, and the state holidays (or the weekdays they move to). MOEX publishes
-#: each year's calendar itself and trades on some official days off: check it, and extend or
-#: replace this set with :meth:`Schedule.with_holidays` or a :class:`Schedule` of your own.
+#: MOEX's days without any trading of 2025 and 2026, as MOEX announced them: New Year,
+#: Christmas and the state holidays. MOEX trades on the official days off they move to (2025:
+#: January 3, 6 and 8, May 2 and 8, June 13, November 3; 2026: January 5, 6, 8 and 9, March 9,
+#: May 11). In 2026 it also runs a weekend-format session (09:50-19:00, stock and futures) on
+#: February 23, May 1, June 12 and November 4, listed here as holidays (closed), and cancels some
+#: weekend sessions; extend or replace this set with :meth:`Schedule.with_holidays`,
+#: :meth:`Schedule.without_holidays` or a :class:`Schedule` of your own.
 DEFAULT_HOLIDAYS: Final = frozenset(
     date.fromisoformat(d)
     for d in (
-        "2025-01-01", "2025-01-02", "2025-01-07", "2025-05-01", "2025-05-02", "2025-05-08",
-        "2025-05-09", "2025-06-12", "2025-06-13", "2025-11-03", "2025-11-04", "2025-12-31",
-        "2026-01-01", "2026-01-02", "2026-01-07", "2026-02-23", "2026-03-09", "2026-05-01",
-        "2026-05-11", "2026-06-12", "2026-11-04", "2026-12-31",
+        "2025-01-01", "2025-01-02", "2025-01-07", "2025-05-01", "2025-05-09", "2025-06-12",
+        "2025-11-04", "2025-12-31",
+        "2026-01-01", "2026-01-02", "2026-01-07", "2026-02-23", "2026-03-08", "2026-05-01",
+        "2026-05-09", "2026-06-12", "2026-11-04", "2026-12-31",
     )
 )  # fmt: skip
 
@@ -309,9 +345,8 @@ _WEEKEND_SESSIONS: Final = (
     _w("weekend session", _T, "10:00", "19:00"),
 )
 
-#: The built-in tables by market: ``stock`` (TQBR and the other stock and bond boards),
-#: ``futures`` (FORTS: RFUD, ROPD) and ``currency`` (CETS).
-SCHEDULES: Final[Mapping[str, Schedule]] = {
+#: The windows by market, without holidays (:func:`moex_schedules` adds them).
+_TABLES: Final[Mapping[str, Schedule]] = {
     "stock": Schedule(
         market="stock",
         weekdays=(
@@ -324,7 +359,6 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening session", _T, "19:05", "23:50"),
         ),
         weekends=_WEEKEND_SESSIONS,
-        holidays=DEFAULT_HOLIDAYS,
     ),
     "futures": Schedule(
         market="futures",
@@ -337,7 +371,6 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("evening session", _T, "19:05", "23:50"),
         ),
         weekends=_WEEKEND_SESSIONS,
-        holidays=DEFAULT_HOLIDAYS,
     ),
     "currency": Schedule(
         market="currency",
@@ -346,9 +379,131 @@ SCHEDULES: Final[Mapping[str, Schedule]] = {
             _w("main session", _T, "07:00", "19:00"),
             _w("evening session", _T, "19:00", "23:50"),
         ),
-        holidays=DEFAULT_HOLIDAYS,
     ),
 }
+
+#: The oldest year taken from XMOS: older holidays matter to no recording of this API.
+_XMOS_FIRST_YEAR: Final = 2010
+
+
+class HolidayTable(msgspec.Struct, frozen=True):
+    """MOEX non-trading days and where they came from (:attr:`Schedule.holiday_source`)."""
+
+    days: frozenset[date]
+    source: str
+
+
+def _load_xmos() -> tuple[frozenset[date], range, str] | None:
+    """The weekdays without a session in exchange_calendars' XMOS, from 2010 to the end of
+    next year, the years and the package version; None without the package."""
+    # The package's deprecation warnings on newer pandas are its own, not the caller's (and
+    # under -W error they would turn a working calendar into the fallback).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import exchange_calendars
+        except ImportError:
+            return None
+        try:
+            return _xmos_closed(exchange_calendars)
+        except Exception:
+            # An old release on a newer pandas fails inside the package: the tables still work.
+            log.warning(
+                "exchange_calendars is installed but its XMOS calendar did not load; using the "
+                "built-in MOEX holidays",
+                exc_info=True,
+            )
+            return None
+
+
+def _xmos_closed(exchange_calendars: Any) -> tuple[frozenset[date], range, str]:
+    from importlib.metadata import version
+
+    years = range(_XMOS_FIRST_YEAR, date.today().year + 2)
+    first, last = date(years[0], 1, 1), date(years[-1], 12, 31)
+    calendar = exchange_calendars.get_calendar("XMOS", start=first, end=last)
+    sessions = {d for d in calendar.sessions.date if isinstance(d, date)}
+    days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+    closed = frozenset(d for d in days if d.weekday() < 5 and d not in sessions)
+    return closed, years, version("exchange_calendars")
+
+
+#: XMOS is built once per process (about a second).
+_xmos = functools.cache(_load_xmos)
+
+
+def _spans(years: Iterable[int]) -> str:
+    """``2010-2024, 2027`` for a set of years."""
+    out: list[str] = []
+    for year in sorted(years):
+        if out and out[-1].split("-")[-1] == str(year - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{year}"
+        else:
+            out.append(str(year))
+    return ", ".join(out)
+
+
+def moex_holidays(*, maintained: bool = True) -> HolidayTable:
+    """MOEX non-trading days: :data:`DEFAULT_HOLIDAYS` for the years it lists (MOEX's own
+    announcements, which XMOS's rules do not follow in every year) and, with ``maintained`` and
+    the ``exchange_calendars`` package installed, the weekdays its ``XMOS`` calendar has no
+    session on for every other year from 2010 to the end of next year. Without the package,
+    :data:`DEFAULT_HOLIDAYS` alone (``source`` ``"built-in"``)."""
+    builtin_years = {d.year for d in DEFAULT_HOLIDAYS}
+    xmos = _xmos() if maintained else None
+    if xmos is None:
+        return HolidayTable(DEFAULT_HOLIDAYS, "built-in")
+    closed, years, version = xmos
+    own = frozenset(d for d in closed if d.year not in builtin_years)
+    source = (
+        f"exchange_calendars {version} XMOS {_spans(set(years) - builtin_years)}; "
+        f"built-in {_spans(builtin_years)}"
+    )
+    return HolidayTable(DEFAULT_HOLIDAYS | own, source)
+
+
+def moex_schedules(*, maintained: bool = True) -> dict[str, Schedule]:
+    """The three MOEX tables with the holidays of :func:`moex_holidays` (the same days on every
+    market: MOEX closes its stock, derivatives and currency markets together)."""
+    table = moex_holidays(maintained=maintained)
+    return {
+        key: msgspec.structs.replace(s, holidays=table.days, holiday_source=table.source)
+        for key, s in _TABLES.items()
+    }
+
+
+class _MoexSchedules(Mapping[str, Schedule]):
+    """:func:`moex_schedules`, built on the first lookup of a table (not at import)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, Schedule] | None = None
+
+    def _load(self) -> dict[str, Schedule]:
+        if self._tables is None:
+            self._tables = moex_schedules()
+        return self._tables
+
+    def __getitem__(self, key: str) -> Schedule:
+        return self._load()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in _TABLES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_TABLES)
+
+    def __len__(self) -> int:
+        return len(_TABLES)
+
+    def __repr__(self) -> str:
+        return f"SCHEDULES({list(_TABLES)})"
+
+
+#: The built-in tables by market: ``stock`` (TQBR and the other stock and bond boards),
+#: ``futures`` (FORTS: RFUD, ROPD) and ``currency`` (CETS), with :func:`moex_holidays`. A
+#: read-only mapping that loads the holidays on its first lookup.
+SCHEDULES: Final[Mapping[str, Schedule]] = _MoexSchedules()
+
 
 _ALIASES: Final = {
     "stock": "stock",

@@ -184,7 +184,12 @@ async def test_market_data_methods_in_every_format(sim: Simulator, http: HttpCli
         book = await http.order_book("SBER", depth=5, format=fmt)
         assert isinstance(book, OrderBook) and len(book.bids) == len(book.asks) == 5
         assert book.bids[0].price < book.asks[0].price
+        future = await http.actual_futures_quote("Si", format=fmt)
+        assert isinstance(future, Quote) and future.symbol == "SiZ6"
     assert await http.available_boards("SBER") == ["TQBR"]
+    with pytest.raises(ServerRejected) as no_future:
+        await http.actual_futures_quote("NOPE")
+    assert no_future.value.http_code == 404
     assert [q.symbol for q in await http.quotes("MOEX:SBER,MOEX:GAZP")] == ["SBER", "GAZP"]
     with pytest.raises(ServerRejected) as missing:
         await http.security("NOPE")
@@ -272,6 +277,10 @@ async def test_portfolio_views_and_http_orders(sim: Simulator, http: HttpClient)
         assert "SBER" in {p.symbol for p in positions}
         no_money = await http.positions(portfolio, without_currency=True, format=fmt)
         assert "RUB" not in {p.symbol for p in no_money}
+        sber = await http.position("SBER", portfolio, format=fmt)
+        assert isinstance(sber, Position) and sber.symbol == "SBER"
+        listed = next(p for p in positions if p.symbol == "SBER")
+        assert (sber.portfolio, sber.qty_units) == (listed.portfolio, listed.qty_units)
         assert isinstance(await http.summary(portfolio, format=fmt), Summary)
         assert (await http.risk(portfolio, format=fmt)).portfolio == portfolio
         spectra = await http.forts_risk(forts, format=fmt)
@@ -283,6 +292,9 @@ async def test_portfolio_views_and_http_orders(sim: Simulator, http: HttpClient)
     assert (await http.order(moved.order_number, portfolio)).status == "canceled"
     assert (await http.stop_order(stop.order_number, portfolio)).status == "canceled"
     assert all(isinstance(m, Model) for m in await http.orders(portfolio))
+    with pytest.raises(ServerRejected) as no_position:
+        await http.position("LKOH", portfolio)
+    assert no_position.value.http_code == 404
 
 
 async def test_same_req_id_places_once(sim: Simulator, http: HttpClient) -> None:

@@ -351,6 +351,23 @@ class ReferenceDataApi(HttpTransport):
         params = _params(instrumentGroup=None if board is None else _text("board", board))
         return await self._get_one(path, Security, self._fmt(format), params, "required")
 
+    async def actual_futures_quote(
+        self,
+        base: str,
+        exchange: Exchange | str = Exchange.MOEX,
+        *,
+        format: Format | str | None = None,
+    ) -> Quote:
+        """The quote of the nearest future of a base code (``"Si"`` -> the ``SiZ6`` quote;
+        ``GET …/Securities/{exchange}/{base}/actualFuturesQuote``, docs/protocol.md §8.3).
+
+        Raises ``ServerRejected`` with ``http_code == 404`` when no future is active for it.
+        """
+        path = (
+            f"/md/v2/Securities/{_exchange(exchange)}/{_segment('base', base)}/actualFuturesQuote"
+        )
+        return await self._get_one(path, Quote, self._fmt(format), {}, "required")
+
     async def available_boards(
         self, symbol: str, exchange: Exchange | str = Exchange.MOEX
     ) -> list[str]:
@@ -737,6 +754,19 @@ class PortfolioViewsApi(HttpTransport):
             else _bool("without_currency", without_currency)
         )
         return await self._get_many(path, Position, self._fmt(format), params, "required")
+
+    async def position(
+        self,
+        symbol: str,
+        portfolio: str,
+        exchange: Exchange | str = Exchange.MOEX,
+        *,
+        format: Format | str | None = None,
+    ) -> Position:
+        """The position in one instrument (docs/protocol.md §4.6 shape); ``ServerRejected``
+        404 if the portfolio holds none."""
+        path = self._client_path(portfolio, exchange, f"positions/{_segment('symbol', symbol)}")
+        return await self._get_one(path, Position, self._fmt(format), {}, "required")
 
     async def orders(
         self,

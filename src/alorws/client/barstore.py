@@ -46,10 +46,10 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
@@ -59,13 +59,44 @@ from ..errors import ConfigurationError
 from ..frames import Bars
 from ..protocol.enums import Exchange, Format
 from ..protocol.market import Bar
+from ..protocol.requests import _text, _tf
+from ._args import candle_span, exchange_code, segment
 
 
-if TYPE_CHECKING:
-    from .http import HistoryApi
+class HistorySource(Protocol):
+    """What the cache needs of an HTTP client (:class:`~alorws.client.http.HttpClient`): the
+    checked parameters of a history request and the candles of a range, paged."""
+
+    def _history_params(
+        self,
+        symbol: str,
+        tf: int | str,
+        from_: int | datetime,
+        to: int | datetime,
+        exchange: Exchange | str,
+        board: str | None,
+        count_back: int | None,
+        split_adjust: bool | None,
+        untraded: bool | None,
+    ) -> tuple[dict[str, str], int, int]: ...
+
+    def iter_history(
+        self,
+        symbol: str,
+        tf: int | str,
+        from_: int | datetime,
+        to: int | datetime,
+        *,
+        exchange: Exchange | str = ...,
+        board: str | None = ...,
+        count_back: int | None = ...,
+        split_adjust: bool | None = ...,
+        untraded: bool | None = ...,
+        format: Format | str | None = ...,
+    ) -> AsyncIterator[Bar]: ...
 
 
-__all__ = ["BarStore", "Coverage", "server_dir"]
+__all__ = ["BarStore", "Coverage", "HistorySource", "server_dir"]
 
 #: Inclusive ``(lo, hi)`` ranges of candle open times, Unix seconds, sorted and disjoint.
 Coverage = list[tuple[int, int]]
@@ -162,7 +193,7 @@ class BarStore:
 
     async def history(
         self,
-        http: HistoryApi,
+        http: HistorySource,
         symbol: str,
         tf: int | str,
         from_: int | datetime,
@@ -176,13 +207,11 @@ class BarStore:
     ) -> Bars:
         """The candles ``http.history`` returns for these arguments, from the cache where it
         covers them and from ``http`` for the rest (kept when closed)."""
-        from .http import _span
-
         params, start, end = http._history_params(
             symbol, tf, from_, to, exchange, board, None, split_adjust, untraded
         )
         key = self._key(params, split_adjust, untraded)
-        span = _span(params["tf"])
+        span = candle_span(params["tf"])
         # iter_history's range: the candle containing `from_` opens after `start - span`.
         need_lo, need_hi = max(0, start - span + 1), end
         settle = self.settle
@@ -265,10 +294,11 @@ class BarStore:
     def _params(
         symbol: str, tf: int | str, exchange: Exchange | str, board: str | None
     ) -> dict[str, str]:
-        from ..protocol.requests import _text, _tf
-        from .http import _exchange, _segment
-
-        out = {"symbol": _segment("symbol", symbol), "exchange": _exchange(exchange), "tf": _tf(tf)}
+        out = {
+            "symbol": segment("symbol", symbol),
+            "exchange": exchange_code(exchange),
+            "tf": _tf(tf),
+        }
         if board is not None:
             out["instrumentGroup"] = _text("board", board)
         return out
@@ -277,9 +307,7 @@ class BarStore:
     def _key(params: dict[str, str], split_adjust: bool | None, untraded: bool | None) -> _Key:
         board = params.get("instrumentGroup")
         if board is not None:
-            from .http import _segment
-
-            board = _segment("board", board)
+            board = segment("board", board)
         return _Key(
             params["exchange"],
             params["symbol"],

@@ -38,7 +38,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import quote
 
 import msgspec
 
@@ -69,6 +68,7 @@ from ..protocol.http_models import AllTradesPage, HistoryPage, HttpOrderAck, Sec
 from ..protocol.market import Bar, OrderBook, Quote, Trade
 from ..protocol.requests import _enum, _int, _text, _tf
 from ..protocol.timeutil import to_seconds
+from ._args import candle_span as _span, exchange_code as _exchange, segment as _segment
 from ._http_transport import (
     DEFAULT_HTTP_RETRY,
     MAX_MESSAGE,
@@ -111,27 +111,12 @@ _UPDATE: Final[dict[str, type[Command]]] = {
 _NOT_IN_BODY: Final = ("opcode", "guid", "checkDuplicates", "orderId")
 _SECTORS: Final = ("FORTS", "FOND", "CURR")  # docs/protocol.md §8.3: Securities `sector`
 _MARKETS: Final = ("FORTS", "FOND", "CURR", "SPBX")  # Securities/{exchange} `market`
-#: Characters never allowed in a path argument (ticker, board, portfolio, order id).
-_BAD_PATH_CHARS: Final = frozenset(" /\\?#%,:;\t\r\n")
 _REQ_ID_MAX: Final = 100
 
 Kind = Literal["market", "limit", "stop", "stopLimit"]
 
 
 # -- argument checks (no I/O) --------------------------------------------------------------------
-
-
-def _segment(field: str, value: object) -> str:
-    """A non-empty path argument without separators or spaces, URL-quoted."""
-    text = _text(field, value)
-    bad = sorted(_BAD_PATH_CHARS.intersection(text))
-    if bad or not text.isprintable():
-        raise InvalidArgumentError(field, f"{text!r} has characters not allowed here: {bad}")
-    return quote(text, safe="")
-
-
-def _exchange(value: object, field: str = "exchange") -> str:
-    return _enum(field, Exchange, value).value
 
 
 def _choice(field: str, value: object, allowed: Sequence[str]) -> str:
@@ -1001,16 +986,6 @@ def _fresh(bars: Sequence[Bar], last: int | None, end: int) -> list[Bar]:
 
 def _time(bar: Bar) -> int:
     return bar.time
-
-
-#: Longest candle of each letter timeframe, seconds (docs/protocol.md §4.3; months and years at
-#: their longest).
-_LETTER_SPANS: Final = {"D": 86_400, "W": 604_800, "M": 31 * 86_400, "Y": 366 * 86_400}
-
-
-def _span(tf: str) -> int:
-    """The longest a candle of wire timeframe ``tf`` can last, in seconds."""
-    return _LETTER_SPANS.get(tf) or int(tf)
 
 
 def _ack(reply: OrderReply | str, req_id: str | None, *, replayed: bool) -> HttpOrderAck:

@@ -1,0 +1,135 @@
+"""alorws.Client misused: bad timeouts and batch sizes, coroutine functions where plain ones run,
+calls after close, a callback that blocks for a long time, a close while threads wait; against
+a simulator serving from its own thread over 127.0.0.1."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from alorws import Client, InvalidState, StreamClosed, StreamTimeout
+from alorws.errors import InvalidArgumentError
+from alorws.sim.background import SimulatorThread
+
+from .._sim import DAY
+from .conftest import FAST
+
+
+#: Bounds every wait of these tests (generous: the machine is shared).
+WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(port=0, day_order_lifetime=DAY, seed=11, rate=50.0) as s:
+        yield s
+
+
+@pytest.fixture
+def client(sim: SimulatorThread) -> Iterator[Client]:
+    with Client(sim.demo_refresh_token, base_url=sim.url, backoff=FAST) as c:
+        yield c
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan"), "1", True, b"1", [1]])
+def test_bad_timeouts_raise_invalid_argument(client: Client, timeout: Any) -> None:
+    """A timeout that is not a number of seconds >= 0 is refused up front, by every taking
+    method, with the argument named; the stream goes on."""
+    quotes = client.quotes("SBER")
+    for take in (quotes.get, quotes.latest, quotes.get_batch):
+        with pytest.raises(InvalidArgumentError, match="timeout"):
+            take(timeout=timeout)
+    assert quotes.get(timeout=WAIT).symbol == "SBER"
+
+
+def test_infinite_timeout_waits_like_none(client: Client) -> None:
+    assert client.quotes("SBER").get(timeout=float("inf")).symbol == "SBER"
+
+
+def test_zero_timeout_is_a_poll(client: Client) -> None:
+    quotes = client.quotes("SBER")
+    quotes.get(timeout=WAIT)
+    try:
+        quotes.get(timeout=0)
+    except StreamTimeout:
+        pass  # nothing waiting: the one allowed outcome besides a message
+
+
+@pytest.mark.parametrize("max_items", [0, -1, "3", 1.5, None])
+def test_bad_batch_size(client: Client, max_items: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="max_items"):
+        client.quotes("SBER").get_batch(max_items, timeout=WAIT)
+
+
+def test_coroutine_callback_and_hook_are_refused(client: Client) -> None:
+    """A coroutine function would never be awaited in the callback or hook thread."""
+
+    async def handler(_: object) -> None:  # pragma: no cover - never called
+        pass
+
+    with pytest.raises(InvalidArgumentError, match="coroutine"):
+        client.quotes("SBER").on(handler)
+    for register in (client.on_connect, client.on_disconnect, client.on_restore):
+        with pytest.raises(InvalidArgumentError, match="coroutine"):
+            register(handler)
+
+
+def test_names_after_close_speak_of_client(sim: SimulatorThread) -> None:
+    """After close(), AlorClient's own names raise InvalidState in Client's words, not
+    ``async with AlorClient``."""
+    client = Client(sim.demo_refresh_token, base_url=sim.url, backoff=FAST)
+    with pytest.raises(InvalidState, match="Client is new"):
+        _ = client.portfolios
+    client.start()
+    assert client.portfolios
+    client.close()
+    for read in (lambda: client.portfolios, lambda: client.instruments):
+        with pytest.raises(InvalidState) as err:
+            read()
+        assert "AlorClient" not in str(err.value) and "closed" in str(err.value)
+
+
+def test_blocked_callback_stalls_only_its_stream(client: Client) -> None:
+    """A callback stuck for as long as the test likes holds its own stream only: another
+    stream keeps delivering (the reader is not stalled), and closing the client releases
+    every waiter."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(_: object) -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    client.quotes("SBER").on(stuck)
+    assert entered.wait(WAIT)
+    other = client.quotes("GAZP")
+    got = [other.get(timeout=WAIT) for _ in range(3)]
+    assert {q.symbol for q in got} == {"GAZP"}
+    release.set()
+
+
+def test_close_wakes_threads_blocked_in_get(sim: SimulatorThread) -> None:
+    """Threads blocked in get() on a quiet stream wake with StreamClosed when another thread
+    closes the client; none hangs."""
+    client = Client(sim.demo_refresh_token, base_url=sim.url, backoff=FAST).start()
+    stream = client.orders(client.portfolios[0])  # no orders are placed: it stays quiet
+    started = threading.Barrier(4)
+
+    def wait() -> BaseException | None:
+        started.wait(WAIT)
+        try:
+            stream.get()
+        except BaseException as exc:
+            return exc
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(wait) for _ in range(3)]
+        started.wait(WAIT)
+        client.close()
+        outcomes = [f.result(WAIT) for f in futures]
+    assert all(isinstance(o, StreamClosed) for o in outcomes), outcomes

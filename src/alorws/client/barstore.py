@@ -311,12 +311,18 @@ def _read(file: Path, lo: int | None = None, hi: int | None = None) -> tuple[lis
         data = file.read_bytes()
     except FileNotFoundError:
         return [], []
+    except OSError as exc:  # a directory in its place, a file where a folder should be, …
+        raise ConfigurationError(
+            f"the candle cache file {file} cannot be read ({exc.strerror}); check the cache "
+            "directory (BarStore(path) / cache=) is a writable folder"
+        ) from None
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigurationError(
             f"the candle cache file {file} cannot be read ({exc}); delete it to start over"
         ) from None
+    _check_layout(table, file)
     meta = table.schema.metadata or {}
     try:
         covered = [(int(a), int(b)) for a, b in msgspec.json.decode(meta.get(_META, b"[]"))]
@@ -337,6 +343,31 @@ def _read(file: Path, lo: int | None = None, hi: int | None = None) -> tuple[lis
     return bars, _merge(covered)
 
 
+#: The columns of a cache file and their Arrow types.
+_COLUMNS: Final = (
+    ("time", "int64"),
+    ("open", "double"),
+    ("high", "double"),
+    ("low", "double"),
+    ("close", "double"),
+    ("volume", "int64"),
+)
+
+
+def _check_layout(table: Any, file: Path) -> None:
+    """Refuse a Parquet file that is not a candle cache file (other columns or types, or
+    missing values), rather than fail on a column later or return candles of wrong types."""
+    for name, kind in _COLUMNS:
+        index = table.schema.get_field_index(name)
+        column = None if index < 0 else table.column(index)
+        if column is None or str(column.type) != kind or column.null_count:
+            found = "missing" if column is None else f"{column.type}, {column.null_count} null"
+            raise ConfigurationError(
+                f"the candle cache file {file} is not a BarStore file (column {name!r}: "
+                f"{found}; expected {kind} without nulls); delete it to start over"
+            )
+
+
 @contextlib.contextmanager
 def _locked(file: Path) -> Iterator[None]:
     """An exclusive lock shared by every writer of ``file`` (a no-op without ``fcntl``)."""
@@ -355,6 +386,16 @@ def _locked(file: Path) -> Iterator[None]:
 
 def _add(file: Path, bars: list[Bar], ranges: Coverage) -> None:
     """Merge ``bars`` (the server's whole answer for ``ranges``) into ``file``, atomically."""
+    try:
+        _write(file, bars, ranges)
+    except OSError as exc:  # the cache path is a file, read-only, full, …
+        raise ConfigurationError(
+            f"cannot write the candle cache file {file}: {exc.strerror or exc}; make the cache "
+            "directory (BarStore(path) / cache=) a writable folder"
+        ) from None
+
+
+def _write(file: Path, bars: list[Bar], ranges: Coverage) -> None:
     pa = _arrow()
     pq = require("pyarrow.parquet", "the candle cache (BarStore)")
     file.parent.mkdir(parents=True, exist_ok=True)

@@ -266,3 +266,10 @@ def test_overlapping_and_inverted_windows_are_refused() -> None:
     ):
         with pytest.raises(InvalidArgumentError, match="starts before"):
             Schedule(market="x", weekdays=windows)
+
+
+@pytest.mark.parametrize("path", [3, "", " ", None])
+def test_a_cache_that_is_not_a_path(path: Any) -> None:
+    """An int was a TypeError from pathlib; '' silently cached in the working directory."""
+    with pytest.raises(ConfigurationError, match="directory path"):
+        BarStore(path)

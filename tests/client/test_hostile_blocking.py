@@ -133,3 +133,53 @@ def test_close_wakes_threads_blocked_in_get(sim: SimulatorThread) -> None:
         client.close()
         outcomes = [f.result(WAIT) for f in futures]
     assert all(isinstance(o, StreamClosed) for o in outcomes), outcomes
+
+
+def test_an_unknown_policy_is_named(client: Client) -> None:
+    """A misspelt policy was a bare ValueError from the enum."""
+    with pytest.raises(InvalidArgumentError, match="policy: 'lastest' is not one of latest"):
+        client.quotes("SBER", policy="lastest")  # type: ignore[arg-type]
+
+
+def test_callback_may_subscribe_and_close_the_client(sim: SimulatorThread) -> None:
+    """From inside a callback (its own thread) the client can be used, and closed, without a
+    deadlock; the callback thread then ends."""
+    client = Client(sim.demo_refresh_token, base_url=sim.url, backoff=FAST).start()
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def once(_: object) -> None:
+        if outcome:
+            return
+        outcome.append(client.quotes("GAZP").get(timeout=WAIT).symbol)
+        client.close()
+        outcome.append(threading.current_thread().name)
+        done.set()
+
+    stream = client.quotes("SBER").on(once)
+    assert done.wait(WAIT)
+    assert outcome == ["GAZP", "alorws-on quotes SBER"]
+    worker = stream._worker
+    assert worker is not None
+    worker.join(WAIT)
+    assert not worker.is_alive() and not stream.is_open
+    with pytest.raises(InvalidState):
+        client.quotes("SBER")
+
+
+def test_iteration_ends_when_another_thread_closes_the_stream(client: Client) -> None:
+    stream = client.quotes("SBER")
+    first = threading.Event()
+    seen: list[str] = []
+
+    def iterate() -> None:
+        for quote in stream:
+            seen.append(quote.symbol)
+            first.set()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ended = pool.submit(iterate)
+        assert first.wait(WAIT)
+        stream.close()
+        ended.result(WAIT)  # returns (StopIteration), never hangs or raises
+    assert seen and set(seen) == {"SBER"}

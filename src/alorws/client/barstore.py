@@ -150,6 +150,11 @@ class BarStore:
     ) -> None:
         if settle is not None and not settle >= 0:
             raise ConfigurationError(f"settle must be >= 0 seconds, got {settle!r}")
+        if not isinstance(path, str | os.PathLike) or not str(os.fspath(path)).strip():
+            raise ConfigurationError(
+                f"the candle cache must be a directory path such as '~/.cache/alorws', got "
+                f"{path!r}"
+            )
         _arrow()  # fail here, naming the extra, rather than after the first download
         self.path = Path(path).expanduser()
         self.settle = settle

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, Self, Type
 
 import msgspec
 
-from ..errors import BufferEmpty, FrameError, InvalidState, StreamClosed
+from ..errors import BufferEmpty, FrameError, InvalidArgumentError, InvalidState, StreamClosed
 from ..lifecycle import StreamState
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
@@ -86,7 +86,12 @@ EVENTS_KEPT = 100
 def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
     """``policy`` if given, else the default for ``model``'s stream (see STATE_MODELS)."""
     if policy is not None:
-        return Policy(policy)
+        try:
+            return Policy(policy)
+        except ValueError:
+            raise InvalidArgumentError(
+                "policy", f"{policy!r} is not one of {', '.join(p.value for p in Policy)}"
+            ) from None
     return Policy.LATEST if issubclass(model, STATE_MODELS) else Policy.QUEUE
 
 

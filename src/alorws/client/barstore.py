@@ -152,8 +152,7 @@ class BarStore:
             raise ConfigurationError(f"settle must be >= 0 seconds, got {settle!r}")
         if not isinstance(path, str | os.PathLike) or not str(os.fspath(path)).strip():
             raise ConfigurationError(
-                f"the candle cache must be a directory path such as '~/.cache/alorws', got "
-                f"{path!r}"
+                f"the candle cache must be a directory path such as '~/.cache/alorws', got {path!r}"
             )
         _arrow()  # fail here, naming the extra, rather than after the first download
         self.path = Path(path).expanduser()

@@ -25,7 +25,7 @@ WAIT = 20.0
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorThread]:
-    with SimulatorThread(port=0, day_order_lifetime=DAY, seed=11, rate=50.0) as s:
+    with SimulatorThread(port=0, day_order_lifetime=DAY, seed=11, rate=50.0, admin=True) as s:
         yield s
 
 
@@ -183,3 +183,43 @@ def test_iteration_ends_when_another_thread_closes_the_stream(client: Client) ->
         stream.close()
         ended.result(WAIT)  # returns (StopIteration), never hangs or raises
     assert seen and set(seen) == {"SBER"}
+
+
+def test_system_exit_in_a_callback_or_hook_ends_nothing(
+    sim: SimulatorThread, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sys.exit() in a callback or hook ended its thread silently: the stream's later
+    messages and every later hook were never delivered. It is logged like any failure."""
+    calls: list[str] = []
+    more = threading.Event()
+
+    def leave(quote: Any) -> None:
+        calls.append(quote.symbol)
+        if len(calls) == 1:
+            raise SystemExit(3)
+        if len(calls) >= 3:
+            more.set()
+
+    client.quotes("SBER").on(leave)
+    assert more.wait(WAIT)
+
+    kinds: list[str] = []
+    lost = threading.Semaphore(0)
+
+    def first_hook(event: Any) -> None:
+        raise SystemExit
+
+    def later_hook(event: Any) -> None:
+        kinds.append(event.kind)
+        lost.release()
+
+    back = threading.Semaphore(0)
+    client.on_disconnect(first_hook)
+    client.on_disconnect(later_hook)
+    client.on_connect(lambda _: back.release())
+    for _ in range(2):
+        assert sim.call(sim.simulator.faults.drop, 1006, None, "ws") >= 1
+        assert lost.acquire(timeout=WAIT)
+        assert back.acquire(timeout=WAIT)  # reconnected: the next drop has a connection
+    assert kinds.count("disconnect") == 2
+    assert "callback" in caplog.text and "disconnect hook" in caplog.text

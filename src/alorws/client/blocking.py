@@ -80,6 +80,7 @@ from .streams import Stream
 __all__ = ["Blocking", "BlockingIterator", "BlockingStream", "Client"]
 
 log = logging.getLogger("alorws.blocking")
+_hooks_log = logging.getLogger("alorws.hooks")
 
 M = TypeVar("M", bound=Model)
 T = TypeVar("T")
@@ -206,7 +207,12 @@ class _HookThread:
             item = self._queue.get()
             if item is None:
                 return
-            run_hooks(*item)
+            hooks, event = item
+            for hook in hooks:  # one by one: a hook's SystemExit must not skip the others
+                try:
+                    run_hooks([hook], event)
+                except BaseException:  # nor end this thread silently
+                    _hooks_log.exception("%s hook %r failed", event.kind, hook)
 
     def stop(self) -> None:
         with self._lock:
@@ -522,7 +528,7 @@ class BlockingStream(Generic[M]):
             for callback in list(self._callbacks):
                 try:
                     callback(obj)
-                except Exception:
+                except BaseException:  # SystemExit too: it would end this thread silently
                     log.exception("%s: callback %r failed", self.name, callback)
 
     # -- closing ------------------------------------------------------------------------------

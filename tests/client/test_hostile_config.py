@@ -16,6 +16,8 @@ import keyring
 import keyring.backend
 import pytest
 
+from alorws import Client
+from alorws.client import AlorClient
 from alorws.client.auth import KEYRING_SERVICE, KEYRING_USER, resolve_refresh_token
 from alorws.client.proxy import parse_proxy, proxy_for
 from alorws.errors import ConfigurationError
@@ -231,3 +233,30 @@ def test_no_proxy_spellings(no_proxy: str, direct: bool) -> None:
     env = {"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": no_proxy}
     chosen = proxy_for("https://api.alor.ru", None, env)
     assert (chosen is None) is direct
+
+
+# -- the client's own options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"format": "XML"}, "format 'XML' is not one of Simple, Slim, Heavy"),
+        ({"backoff": "fast"}, "backoff must be an alorws Backoff"),
+        ({"backoff": 1.5}, "backoff must be"),
+        ({"ping_interval": 0}, "ping_interval"),
+        ({"ping_timeout": float("nan")}, "ping_timeout"),
+        ({"subscribe_timeout": "15"}, "subscribe_timeout"),
+        ({"subscribe_timeout": float("inf")}, "subscribe_timeout"),
+        ({"max_buffer": 0}, "max_buffer"),
+        ({"max_buffer": 1.5}, "max_buffer"),
+    ],
+)
+def test_bad_client_options_fail_in_the_constructor(options: dict[str, Any], words: str) -> None:
+    """A bad format was the enum's bare ValueError; a backoff that is not a Backoff, a
+    timeout of 0 or NaN, a buffer of 0 were accepted and failed later, in the I/O thread or at
+    the first subscribe."""
+    with pytest.raises(ConfigurationError, match=words):
+        AlorClient(TOKEN, base_url="http://127.0.0.1:1", proxy=False, **options)
+    with pytest.raises(ConfigurationError, match=words):
+        Client(TOKEN, base_url="http://127.0.0.1:1", proxy=False, **options)

@@ -203,7 +203,33 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         check_http_support(self._proxies[self.endpoints.http])
         self._refresh_token = resolve_refresh_token(refresh_token)
         self._cafile = cafile
-        self.format = Format(format)
+        try:
+            self.format = Format(format)
+        except ValueError:
+            raise ConfigurationError(
+                f"format {format!r} is not one of {', '.join(f.value for f in Format)}"
+            ) from None
+        if backoff is not None and not isinstance(backoff, Backoff):
+            # Anything else would fail in the I/O thread at the first reconnect.
+            raise ConfigurationError(
+                f"backoff must be an alorws Backoff (e.g. Backoff(base=0.5, cap=30)) or None, "
+                f"got {type(backoff).__name__}"
+            )
+        for name, seconds in (
+            ("ping_interval", ping_interval),
+            ("ping_timeout", ping_timeout),
+            ("subscribe_timeout", subscribe_timeout),
+        ):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not (seconds > 0 and math.isfinite(seconds))
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds > 0, got {seconds!r}"
+                )
+        if type(max_buffer) is not int or max_buffer < 1:
+            raise ConfigurationError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         self._backoff = backoff or Backoff()
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)

@@ -223,3 +223,10 @@ def test_system_exit_in_a_callback_or_hook_ends_nothing(
         assert back.acquire(timeout=WAIT)  # reconnected: the next drop has a connection
     assert kinds.count("disconnect") == 2
     assert "callback" in caplog.text and "disconnect hook" in caplog.text
+
+
+@pytest.mark.parametrize("max_buffer", [0, -1, "5", 2.5])
+def test_a_bad_stream_buffer_bound(client: Client, max_buffer: Any) -> None:
+    """0 was silently the client's default; a str failed inside the buffer."""
+    with pytest.raises(InvalidArgumentError, match="max_buffer"):
+        client.all_trades("SBER", max_buffer=max_buffer)

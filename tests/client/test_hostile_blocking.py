@@ -230,3 +230,17 @@ def test_a_bad_stream_buffer_bound(client: Client, max_buffer: Any) -> None:
     """0 was silently the client's default; a str failed inside the buffer."""
     with pytest.raises(InvalidArgumentError, match="max_buffer"):
         client.all_trades("SBER", max_buffer=max_buffer)
+
+
+def test_a_bad_on_event_callback_is_refused_at_once(client: Client) -> None:
+    """None or a coroutine function was accepted and failed (logged) at every event."""
+
+    async def handler(_: object) -> None:  # pragma: no cover - never called
+        pass
+
+    stream = client.quotes("SBER")
+    for bad in (None, 3, handler):
+        with pytest.raises(InvalidArgumentError, match="callback"):
+            stream.on_event(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="callback"):
+            stream.stream.on_event(bad)  # type: ignore[arg-type]

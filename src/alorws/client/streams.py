@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator
@@ -253,6 +254,13 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         """Call ``callback(event)`` (in the consumer's loop) on every connection event
         (``disconnected``, ``restored``; on a direct client also ``silent``,
         ``resubscribed``)."""
+        # Checked here: a bad one would only fail, and be logged, at each event.
+        if not callable(callback) or inspect.iscoroutinefunction(callback):
+            raise InvalidArgumentError(
+                "callback",
+                f"expected a plain function of the event, got {callback!r}"
+                + (" (a coroutine function would never be awaited)" if callable(callback) else ""),
+            )
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)

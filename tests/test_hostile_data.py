@@ -273,3 +273,11 @@ def test_a_cache_that_is_not_a_path(path: Any) -> None:
     """An int was a TypeError from pathlib; '' silently cached in the working directory."""
     with pytest.raises(ConfigurationError, match="directory path"):
         BarStore(path)
+
+
+@pytest.mark.parametrize("server", ["https://..", "https://.", "http://127.0.0.1:99999"])
+def test_a_server_that_cannot_name_a_folder(tmp_path: Path, server: str) -> None:
+    """'https://..' put the server's folder above the cache directory; a bad port was
+    urllib's bare ValueError."""
+    with pytest.raises(ConfigurationError, match="server"):
+        BarStore(tmp_path).file("SBER", 60, server=server)

@@ -296,9 +296,14 @@ class BarStore:
 
 def server_dir(base_url: str) -> str:
     """The cache folder of a server: its host, plus ``_<port>`` when the URL names a port."""
-    parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
-    host = (parts.hostname or "unknown").lower()
-    return host if parts.port is None else f"{host}_{parts.port}"
+    try:
+        parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+        host, port = (parts.hostname or "unknown").lower(), parts.port
+    except ValueError:
+        raise ConfigurationError(f"server {base_url!r} is not a URL") from None
+    if not host.strip(".") or "/" in host or "\\" in host:  # '..' would leave the cache
+        raise ConfigurationError(f"server {base_url!r} has no host name a folder can carry")
+    return host if port is None else f"{host}_{port}"
 
 
 # -- files (run in a worker thread) -------------------------------------------------------------

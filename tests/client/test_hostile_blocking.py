@@ -5,6 +5,7 @@ a simulator serving from its own thread over 127.0.0.1."""
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from alorws import Client, InvalidState, StreamClosed, StreamTimeout
-from alorws.errors import InvalidArgumentError
+from alorws.errors import ConfigurationError, InvalidArgumentError
 from alorws.sim.background import SimulatorThread
 
 from .._sim import DAY
@@ -244,3 +245,13 @@ def test_a_bad_on_event_callback_is_refused_at_once(client: Client) -> None:
             stream.on_event(bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError, match="callback"):
             stream.stream.on_event(bad)  # type: ignore[arg-type]
+
+
+def test_a_schedule_replaced_by_something_else(client: Client) -> None:
+    """client.schedules is the user's to replace entries of: a value that is not a Schedule
+    was an AttributeError deep in session()."""
+    client.schedules["futures"] = "09:00-23:50"
+    with pytest.raises(ConfigurationError, match=r"schedules\['futures'\] is a str"):
+        client.session("FORTS")
+    with pytest.raises(InvalidArgumentError, match="aware datetime"):
+        client.session("TQBR", datetime.datetime(2026, 12, 7, 12))

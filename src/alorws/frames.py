@@ -41,14 +41,17 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import re
 import types
 import typing
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import msgspec
 
 from ._deps import require
+from .errors import InvalidArgumentError
 from .protocol.market import Bar
 from .protocol.timeutil import MSK_NAME, parse_iso
 
@@ -168,6 +171,8 @@ class Rows(list[M]):
     model: type[msgspec.Struct]
 
     def __init__(self, items: Iterable[M] = (), *, model: type[msgspec.Struct]) -> None:
+        if not (isinstance(model, type) and issubclass(model, msgspec.Struct)):
+            raise InvalidArgumentError("model", f"must be a model class, got {model!r}")
         super().__init__(items)
         self.model = model
 
@@ -212,9 +217,35 @@ def _specs(
     specs: list[tuple[str, Kind, bool, TimeUnit | None, Sequence[Any]]] = []
     for name, (values, unit) in (lead or {}).items():
         specs.append((name, "time" if unit else "object", False, unit, values))
+    for row in rows:
+        if not isinstance(row, model):  # one wrong item would fail deep in a column
+            raise InvalidArgumentError(
+                "rows", f"holds a {type(row).__name__} among rows of {model.__name__}"
+            )
     for name, kind, optional, unit in _columns(model):
         specs.append((name, kind, optional, unit, [getattr(r, name) for r in rows]))
     return specs
+
+
+#: A fixed UTC offset, which pandas and polars both take as a time zone.
+_OFFSET: Final = re.compile(r"[+-]\d{2}:\d{2}")
+
+
+def _zone(tz: object) -> str:
+    """``tz`` if both DataFrame libraries take it: an IANA name, ``UTC``, or ``+03:00``."""
+    if isinstance(tz, str) and (tz.upper() == "UTC" or _OFFSET.fullmatch(tz)):
+        return tz
+    if isinstance(tz, str) and tz.strip():
+        try:
+            zoneinfo.ZoneInfo(tz)
+            return tz
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    raise InvalidArgumentError(
+        "tz",
+        f"{tz!r} is not a time zone; use an IANA name such as 'Europe/Moscow' or 'UTC', or an "
+        "offset such as '+03:00'",
+    )
 
 
 def _to_pandas(
@@ -224,6 +255,7 @@ def _to_pandas(
     lead: _Lead | None = None,
 ) -> pd.DataFrame:
     """``rows`` of ``model`` as a pandas DataFrame; ``lead`` adds columns before the fields."""
+    tz = _zone(tz)
     pandas: Any = require("pandas", "DataFrames (to_pandas)")
     data: dict[str, Any] = {}
     for name, kind, optional, unit, values in _specs(rows, model, lead):
@@ -269,6 +301,7 @@ def _to_polars(
     lead: _Lead | None = None,
 ) -> pl.DataFrame:
     """``rows`` of ``model`` as a polars DataFrame; ``lead`` adds columns before the fields."""
+    tz = _zone(tz)
     polars: Any = require("polars", "DataFrames (to_polars)")
     columns: list[Any] = []
     for name, kind, _optional, unit, values in _specs(rows, model, lead):

@@ -27,6 +27,8 @@ def segment(field: str, value: object) -> str:
     bad = sorted(_BAD_PATH_CHARS.intersection(text))
     if bad or not text.isprintable():
         raise InvalidArgumentError(field, f"{text!r} has characters not allowed here: {bad}")
+    if text in (".", ".."):  # a dot segment would move the URL (and a cache path) up a level
+        raise InvalidArgumentError(field, f"{text!r} is not a name")
     return quote(text, safe="")
 
 

@@ -153,15 +153,22 @@ def resolve_refresh_token(
     Raises:
         ConfigurationError: no source has a token (the message names all three and how to set
             each); a token file that is empty, unreadable, or readable by group or others; a
-            file named by ``token_file`` or ``$ALORWS_TOKEN_FILE`` that does not exist.
+            file named by ``token_file`` or ``$ALORWS_TOKEN_FILE`` that does not exist; a token
+            with whitespace or a control character inside it (a second line, say).
     """
     if refresh_token is not None:
-        if not isinstance(refresh_token, str) or not refresh_token.strip():
+        if not isinstance(refresh_token, str):
+            raise ConfigurationError(
+                f"refresh_token must be a str, got {type(refresh_token).__name__}: pass the "
+                "refresh token from the ALOR developer portal, or None to read it from "
+                "ALOR_REFRESH_TOKEN, the token file or the keyring"
+            )
+        if not refresh_token.strip():
             raise ConfigurationError(
                 "refresh_token is empty: pass the refresh token from the ALOR developer portal, "
                 "or None to read it from ALOR_REFRESH_TOKEN, the token file or the keyring"
             )
-        return refresh_token.strip()
+        return _checked(refresh_token.strip(), "the refresh_token argument")
     if token_file is not None:
         token = _read_token_file(Path(token_file), must_exist=True)
         assert token is not None
@@ -170,7 +177,7 @@ def resolve_refresh_token(
     token = env.get(TOKEN_ENV, "").strip()
     if token:
         log.debug("refresh token taken from $%s", TOKEN_ENV)
-        return token
+        return _checked(token, f"the environment variable {TOKEN_ENV}")
     path = default_token_file(env)
     token = _read_token_file(path, must_exist=bool(env.get(TOKEN_FILE_ENV, "").strip()))
     if token is not None:
@@ -188,11 +195,26 @@ def resolve_refresh_token(
     )
 
 
+def _checked(token: str, source: str) -> str:
+    """``token`` (stripped already) if it can be one: a refresh token is one word; inner
+    whitespace or control characters mean a second line or a paste gone wrong. The message
+    names the source, never the token."""
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigurationError(
+            f"the refresh token from {source} contains whitespace, a line break or a control "
+            "character inside it; a refresh token is one line without spaces: keep only the "
+            "token from the ALOR developer portal"
+        )
+    return token
+
+
 def _read_token_file(path: Path, *, must_exist: bool) -> str | None:
     """The token in ``path``; None if there is no such file and it need not exist."""
     shown = repr(str(path))
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO (or a device) named as the token file must not wait for
+        # a writer; fstat refuses anything that is not a regular file right after.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         if not must_exist:
             return None
@@ -228,7 +250,7 @@ def _read_token_file(path: Path, *, must_exist: bool) -> str | None:
             "portal into it"
         )
     log.debug("refresh token taken from the file %s", shown)
-    return token
+    return _checked(token, f"the token file {shown}")
 
 
 def _from_keyring(user: str) -> tuple[str | None, str]:
@@ -245,10 +267,12 @@ def _from_keyring(user: str) -> tuple[str | None, str]:
             return None, "no keyring backend on this machine"
         detail = scrub(str(exc)).splitlines()[0][:120] if str(exc) else ""
         return None, f"the keyring failed: {type(exc).__name__}{': ' if detail else ''}{detail}"
+    if value is not None and not isinstance(value, str):
+        return None, f"the keyring backend returned a {type(value).__name__}, not a str"
     if value is None or not value.strip():
         return None, "no such entry"
     log.debug("refresh token taken from the keyring (service %r, user %r)", KEYRING_SERVICE, user)
-    return value.strip(), ""
+    return _checked(value.strip(), f"the keyring (service {KEYRING_SERVICE!r}, user {user!r})"), ""
 
 
 class _Retryable(Exception):

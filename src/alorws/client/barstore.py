@@ -181,6 +181,10 @@ class BarStore:
     ) -> None:
         if settle is not None and not settle >= 0:
             raise ConfigurationError(f"settle must be >= 0 seconds, got {settle!r}")
+        if not isinstance(path, str | os.PathLike) or not str(os.fspath(path)).strip():
+            raise ConfigurationError(
+                f"the candle cache must be a directory path such as '~/.cache/alorws', got {path!r}"
+            )
         _arrow()  # fail here, naming the extra, rather than after the first download
         self.path = Path(path).expanduser()
         self.settle = settle
@@ -320,9 +324,14 @@ class BarStore:
 
 def server_dir(base_url: str) -> str:
     """The cache folder of a server: its host, plus ``_<port>`` when the URL names a port."""
-    parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
-    host = (parts.hostname or "unknown").lower()
-    return host if parts.port is None else f"{host}_{parts.port}"
+    try:
+        parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+        host, port = (parts.hostname or "unknown").lower(), parts.port
+    except ValueError:
+        raise ConfigurationError(f"server {base_url!r} is not a URL") from None
+    if not host.strip(".") or "/" in host or "\\" in host:  # '..' would leave the cache
+        raise ConfigurationError(f"server {base_url!r} has no host name a folder can carry")
+    return host if port is None else f"{host}_{port}"
 
 
 # -- files (run in a worker thread) -------------------------------------------------------------
@@ -339,12 +348,18 @@ def _read(file: Path, lo: int | None = None, hi: int | None = None) -> tuple[lis
         data = file.read_bytes()
     except FileNotFoundError:
         return [], []
+    except OSError as exc:  # a directory in its place, a file where a folder should be, …
+        raise ConfigurationError(
+            f"the candle cache file {file} cannot be read ({exc.strerror}); check the cache "
+            "directory (BarStore(path) / cache=) is a writable folder"
+        ) from None
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigurationError(
             f"the candle cache file {file} cannot be read ({exc}); delete it to start over"
         ) from None
+    _check_layout(table, file)
     meta = table.schema.metadata or {}
     try:
         covered = [(int(a), int(b)) for a, b in msgspec.json.decode(meta.get(_META, b"[]"))]
@@ -365,6 +380,31 @@ def _read(file: Path, lo: int | None = None, hi: int | None = None) -> tuple[lis
     return bars, _merge(covered)
 
 
+#: The columns of a cache file and their Arrow types.
+_COLUMNS: Final = (
+    ("time", "int64"),
+    ("open", "double"),
+    ("high", "double"),
+    ("low", "double"),
+    ("close", "double"),
+    ("volume", "int64"),
+)
+
+
+def _check_layout(table: Any, file: Path) -> None:
+    """Refuse a Parquet file that is not a candle cache file (other columns or types, or
+    missing values), rather than fail on a column later or return candles of wrong types."""
+    for name, kind in _COLUMNS:
+        index = table.schema.get_field_index(name)
+        column = None if index < 0 else table.column(index)
+        if column is None or str(column.type) != kind or column.null_count:
+            found = "missing" if column is None else f"{column.type}, {column.null_count} null"
+            raise ConfigurationError(
+                f"the candle cache file {file} is not a BarStore file (column {name!r}: "
+                f"{found}; expected {kind} without nulls); delete it to start over"
+            )
+
+
 @contextlib.contextmanager
 def _locked(file: Path) -> Iterator[None]:
     """An exclusive lock shared by every writer of ``file`` (a no-op without ``fcntl``)."""
@@ -383,6 +423,16 @@ def _locked(file: Path) -> Iterator[None]:
 
 def _add(file: Path, bars: list[Bar], ranges: Coverage) -> None:
     """Merge ``bars`` (the server's whole answer for ``ranges``) into ``file``, atomically."""
+    try:
+        _write(file, bars, ranges)
+    except OSError as exc:  # the cache path is a file, read-only, full, …
+        raise ConfigurationError(
+            f"cannot write the candle cache file {file}: {exc.strerror or exc}; make the cache "
+            "directory (BarStore(path) / cache=) a writable folder"
+        ) from None
+
+
+def _write(file: Path, bars: list[Bar], ranges: Coverage) -> None:
     pa = _arrow()
     pq = require("pyarrow.parquet", "the candle cache (BarStore)")
     file.parent.mkdir(parents=True, exist_ok=True)

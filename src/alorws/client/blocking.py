@@ -47,6 +47,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import queue
 import threading
 import time
@@ -79,6 +80,7 @@ from .streams import Stream
 __all__ = ["Blocking", "BlockingIterator", "BlockingStream", "Client"]
 
 log = logging.getLogger("alorws.blocking")
+_hooks_log = logging.getLogger("alorws.hooks")
 
 M = TypeVar("M", bound=Model)
 T = TypeVar("T")
@@ -205,7 +207,12 @@ class _HookThread:
             item = self._queue.get()
             if item is None:
                 return
-            run_hooks(*item)
+            hooks, event = item
+            for hook in hooks:  # one by one: a hook's SystemExit must not skip the others
+                try:
+                    run_hooks([hook], event)
+                except BaseException:  # nor end this thread silently
+                    _hooks_log.exception("%s hook %r failed", event.kind, hook)
 
     def stop(self) -> None:
         with self._lock:
@@ -298,6 +305,20 @@ class BlockingIterator(Iterator[T]):
         self.close()
 
 
+def _deadline(timeout: object) -> float | None:
+    """The monotonic deadline of a ``timeout`` in seconds (None or infinity: no deadline).
+    A timeout that is not a number >= 0 raises here, before anything is taken."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InvalidArgumentError(
+            "timeout", f"must be None or a number of seconds >= 0, got {timeout!r}"
+        )
+    if timeout == math.inf:
+        return None
+    return time.monotonic() + float(timeout)
+
+
 class _Underneath(Generic[T]):
     """A read-only attribute of the async stream underneath a :class:`BlockingStream`."""
 
@@ -378,14 +399,16 @@ class BlockingStream(Generic[M]):
         if timeout is None:  # the common case, kept short: a plain lock, no deadline
             with self._take:
                 return self._next(None, None)
-        deadline = time.monotonic() + timeout
+        deadline = _deadline(timeout)
         with self._taking(deadline, timeout):
             return self._next(deadline, timeout)
 
     def get_batch(self, max_items: int = 1000, timeout: float | None = None) -> list[M]:
         """Wait for one message (as :meth:`get`), then take what else waits, ``max_items`` in
         all at most."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if type(max_items) is not int or max_items < 1:
+            raise InvalidArgumentError("max_items", f"must be an int >= 1, got {max_items!r}")
+        deadline = _deadline(timeout)
         with self._taking(deadline, timeout):
             out = [self._next(deadline, timeout)]
             poll = self._stream._poll
@@ -405,7 +428,7 @@ class BlockingStream(Generic[M]):
         returns the newest (for a ``queue`` stream the ones skipped are not delivered again),
         or else the last one taken before. Before the first message it waits for it as
         :meth:`get` does (``timeout``)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         with self._taking(deadline, timeout):
             poll = self._stream._poll
             newest = self._last
@@ -468,6 +491,12 @@ class BlockingStream(Generic[M]):
             raise InvalidArgumentError(
                 "callback", f"expected a callable, got {type(callback).__name__}"
             )
+        if inspect.iscoroutinefunction(callback):  # the callback thread has no loop to run it
+            raise InvalidArgumentError(
+                "callback",
+                f"{callback!r} is a coroutine function; callbacks run in a thread without an "
+                "event loop: pass a plain function",
+            )
         with _ON_LOCK:  # one worker, however many threads add callbacks at once
             self._callbacks.append(callback)
             if self._worker is None:
@@ -499,7 +528,7 @@ class BlockingStream(Generic[M]):
             for callback in list(self._callbacks):
                 try:
                     callback(obj)
-                except Exception:
+                except BaseException:  # SystemExit too: it would end this thread silently
                     log.exception("%s: callback %r failed", self.name, callback)
 
     # -- closing ------------------------------------------------------------------------------
@@ -677,7 +706,10 @@ class Client(_BlockingStreams, ConnectionHooks):
     @property
     def portfolios(self) -> tuple[str, ...]:
         """Portfolio ids from the access token's ``portfolios`` claim."""
-        return self._async.portfolios
+        try:
+            return self._async.portfolios
+        except InvalidState:
+            raise self._not_open() from None
 
     def stats(self) -> dict[str, Any]:
         """``AlorClient.stats()`` (safe to call any time)."""
@@ -689,7 +721,12 @@ class Client(_BlockingStreams, ConnectionHooks):
             raise AttributeError(name)
         if name in _NOT_FORWARDED:
             raise AttributeError(f"Client has no {name!r}: {_NOT_FORWARDED[name]}")
-        attr = getattr(self._async, name)
+        try:
+            attr = getattr(self._async, name)
+        except InvalidState:  # AlorClient's words name `async with`: say what fits here
+            if self._state == "open":
+                raise
+            raise self._not_open() from None
         return _blocking(attr, self._loop) if callable(attr) else attr
 
     def __dir__(self) -> list[str]:
@@ -698,14 +735,28 @@ class Client(_BlockingStreams, ConnectionHooks):
 
     def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
         if self._state != "open":
-            raise InvalidState(
-                f"the Client is {self._state}: use `with Client(...) as client:`"
-                if self._state == "new"
-                else f"the Client is {self._state}; create a new one"
-            )
+            raise self._not_open()
         return self._loop.run(fn)
 
+    def _not_open(self) -> InvalidState:
+        """The error of a call on a Client that is not open, in the facade's own words."""
+        return InvalidState(
+            f"the Client is {self._state}: use `with Client(...) as client:`"
+            if self._state == "new"
+            else f"the Client is {self._state}; create a new one"
+        )
+
     # -- hooks ----------------------------------------------------------------------------------
+
+    def _add_hook(self, kind: str, hook: Hook) -> Callable[[], None]:
+        # The hook thread has no event loop: a coroutine function would never run.
+        if inspect.iscoroutinefunction(hook):
+            raise InvalidArgumentError(
+                "hook",
+                f"{hook!r} is a coroutine function; Client runs hooks in a thread without an "
+                "event loop: pass a plain function (coroutine hooks are for AlorClient)",
+            )
+        return super()._add_hook(kind, hook)
 
     def _deliver(self, hooks: list[Hook], event: ConnectionEvent) -> None:
         self._hook_thread.put(hooks, event)

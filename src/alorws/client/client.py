@@ -203,7 +203,33 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         check_http_support(self._proxies[self.endpoints.http])
         self._refresh_token = resolve_refresh_token(refresh_token)
         self._cafile = cafile
-        self.format = Format(format)
+        try:
+            self.format = Format(format)
+        except ValueError:
+            raise ConfigurationError(
+                f"format {format!r} is not one of {', '.join(f.value for f in Format)}"
+            ) from None
+        if backoff is not None and not isinstance(backoff, Backoff):
+            # Anything else would fail in the I/O thread at the first reconnect.
+            raise ConfigurationError(
+                f"backoff must be an alorws Backoff (e.g. Backoff(base=0.5, cap=30)) or None, "
+                f"got {type(backoff).__name__}"
+            )
+        for name, seconds in (
+            ("ping_interval", ping_interval),
+            ("ping_timeout", ping_timeout),
+            ("subscribe_timeout", subscribe_timeout),
+        ):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not (seconds > 0 and math.isfinite(seconds))
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds > 0, got {seconds!r}"
+                )
+        if type(max_buffer) is not int or max_buffer < 1:
+            raise ConfigurationError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         self._backoff = backoff or Backoff()
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
@@ -445,13 +471,17 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             silence_timeout = self._silence.get(stream_kind(request))
         else:
             silence_timeout = _check_silence("silence_timeout", silence_timeout, call=True) or None
+        max_buffer = options.get("max_buffer")
+        if max_buffer is not None and (type(max_buffer) is not int or max_buffer < 1):
+            # 0 was taken as "the default" and a str failed inside the buffer
+            raise InvalidArgumentError("max_buffer", f"must be an int >= 1, got {max_buffer!r}")
         return Stream(
             self,
             wire,
             model,
             policy=default_policy(model, options.get("policy")),
             account=is_account(request),
-            max_buffer=options.get("max_buffer") or self._max_buffer,
+            max_buffer=max_buffer or self._max_buffer,
             filter=filter_for(model, skip_history=skip_history),
             name=stream_name(request),
             batcher=self._batcher,

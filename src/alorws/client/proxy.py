@@ -122,7 +122,17 @@ def parse_proxy(value: str, source: str = "proxy=") -> Proxy:
         host, port = parts.hostname, parts.port
         username, password = parts.username, parts.password
     except ValueError as exc:
-        raise ConfigurationError(f"{source}: bad proxy URL {_hidden(text)!r}: {exc}") from None
+        # urlsplit's own words may quote a piece of the password (a '/' in it ends the
+        # authority early, and what follows the last ':' is read as the port): never shown.
+        what = (
+            "its port is not a number from 1 to 65535"
+            if "port" in str(exc).lower()
+            else "it cannot be parsed"
+        )
+        raise ConfigurationError(
+            f"{source}: bad proxy URL {_hidden(text)!r}: {what} (percent-encode a '/', '?', "
+            "'#', '@' or ':' in the user name or password, e.g. '/' as %2F)"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme == "socks5h":
         scheme = "socks5"  # the proxy resolves names either way: python-socks does so
@@ -133,6 +143,16 @@ def parse_proxy(value: str, source: str = "proxy=") -> Proxy:
         )
     if not host:
         raise ConfigurationError(f"{source}: the proxy URL {_hidden(text)!r} has no host")
+    if not host.isprintable() or any(c.isspace() for c in host):
+        raise ConfigurationError(
+            f"{source}: the proxy URL {_hidden(text)!r} has spaces or control characters in "
+            "its host"
+        )
+    if port == 0:
+        raise ConfigurationError(
+            f"{source}: the proxy URL {_hidden(text)!r} has port 0; give the port the proxy "
+            "listens on (1 to 65535)"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigurationError(
             f"{source}: the proxy URL {_hidden(text)!r} must be scheme://host:port only"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from ..errors import InvalidArgumentError, MarketClosed
+from ..errors import ConfigurationError, InvalidArgumentError, MarketClosed
 from ..protocol.commands import Command
 from ..protocol.instruments import Instrument
 from ..protocol.schedule import Schedule, SessionState, gated_instrument, market_of
@@ -154,7 +154,20 @@ class HoldMode(enum.StrEnum):
 def schedule_for(inst: Instrument, schedules: Mapping[str, Schedule]) -> Schedule:
     """The schedule of ``inst``'s market (by its market, else its board)."""
     name = inst.market or inst.board or ""
-    return schedules[market_of(name, schedules)]
+    return market_schedule(name, schedules)
+
+
+def market_schedule(name: str, schedules: Mapping[str, Schedule]) -> Schedule:
+    """The schedule of market or board ``name`` in ``schedules`` (``client.schedules``, which
+    the user may replace entries of: one that is not a :class:`Schedule` is named here)."""
+    market = market_of(name, schedules)
+    schedule = schedules[market]
+    if not isinstance(schedule, Schedule):
+        raise ConfigurationError(
+            f"client.schedules[{market!r}] is a {type(schedule).__name__}, not a Schedule; "
+            "assign a Schedule (e.g. SCHEDULES[market].with_holidays([...]))"
+        )
+    return schedule
 
 
 class SessionTrading(OrderMethods):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, Self, Type
 
 import msgspec
 
-from ..errors import BufferEmpty, FrameError, InvalidState, StreamClosed
+from ..errors import BufferEmpty, FrameError, InvalidArgumentError, InvalidState, StreamClosed
 from ..lifecycle import StreamState
 from ..protocol._model import Model
 from ..protocol.account import Order, OwnTrade, Position, Risk, SpectraRisk, StopOrder, Summary
@@ -90,7 +91,12 @@ BACKFILL_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
 def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
     """``policy`` if given, else the default for ``model``'s stream (see STATE_MODELS)."""
     if policy is not None:
-        return Policy(policy)
+        try:
+            return Policy(policy)
+        except ValueError:
+            raise InvalidArgumentError(
+                "policy", f"{policy!r} is not one of {', '.join(p.value for p in Policy)}"
+            ) from None
     return Policy.LATEST if issubclass(model, STATE_MODELS) else Policy.QUEUE
 
 
@@ -252,6 +258,13 @@ class StreamBase(Generic[M], AsyncIterator[M]):
         """Call ``callback(event)`` (in the consumer's loop) on every connection event
         (``disconnected``, ``restored``; on a direct client also ``silent``,
         ``resubscribed``)."""
+        # Checked here: a bad one would only fail, and be logged, at each event.
+        if not callable(callback) or inspect.iscoroutinefunction(callback):
+            raise InvalidArgumentError(
+                "callback",
+                f"expected a plain function of the event, got {callback!r}"
+                + (" (a coroutine function would never be awaited)" if callable(callback) else ""),
+            )
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..protocol.instruments import choose_portfolio
-from ..protocol.schedule import SCHEDULES, Schedule, SessionState, market_of
+from ..protocol.schedule import SCHEDULES, Schedule, SessionState
 from .instruments import InstrumentCatalogue
-from .session import Clock, HoldMode, SessionTrading, SystemClock
+from .session import Clock, HoldMode, SessionTrading, SystemClock, market_schedule
 
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class TraderMethods:
         """What ``market`` (``"TQBR"``, ``"FORTS"``, ``"RFUD"``, ``"CETS"``, ``"stock"``, …)
         has open at ``at`` (default: now) and when its next window opens, from
         :attr:`schedules`."""
-        schedule = self.schedules[market_of(market, self.schedules)]
+        schedule = market_schedule(market, self.schedules)
         return schedule.state(at if at is not None else SystemClock().now())
 
     def session_trading(

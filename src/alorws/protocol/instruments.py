@@ -23,6 +23,7 @@ is exact.
 from __future__ import annotations
 
 import enum
+import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
@@ -69,6 +70,8 @@ _MODES: Final = {
     Rounding.NEAREST: ROUND_HALF_EVEN,
 }
 _HUNDRED: Final = Decimal(100)
+#: The most digits after the point a price may have (``roundTo`` beyond it is ignored).
+_MAX_DECIMALS: Final = 18
 
 Number = int | float | Decimal | str
 
@@ -164,13 +167,19 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
             else step
         )
         lot = security.lot_size
-        if lot is None or lot <= 0 or lot != int(lot):
+        if lot is None or not math.isfinite(lot) or lot <= 0 or lot != int(lot):
             raise InvalidArgumentError(
                 f"{security.symbol}.lot_size", f"must be a positive integer, got {lot!r}"
             )
-        face = to_decimal("face_value", security.face_value) if security.face_value else Decimal(1)
-        if security.round_to is not None and security.round_to >= 0:
-            decimals = int(security.round_to)
+        face = (
+            _positive(f"{security.symbol}.face_value", security.face_value)
+            if security.face_value
+            else Decimal(1)
+        )
+        round_to = security.round_to
+        # roundTo is display precision only: a value no price can have falls back to the step.
+        if round_to is not None and 0 <= round_to <= _MAX_DECIMALS and round_to == int(round_to):
+            decimals = int(round_to)
         else:
             exponent = step.normalize().as_tuple().exponent
             decimals = max(0, -exponent) if isinstance(exponent, int) else 0
@@ -210,8 +219,13 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
         not pay more rounds down, a seller up."""
         mode = _MODES[_rounding(rounding)]
         value = to_decimal("price", price)
-        ticks = (value / self.price_step).to_integral_value(rounding=mode)
-        return (ticks * self.price_step).quantize(Decimal(1).scaleb(-self.decimals))
+        try:
+            ticks = (value / self.price_step).to_integral_value(rounding=mode)
+            return (ticks * self.price_step).quantize(Decimal(1).scaleb(-self.decimals))
+        except InvalidOperation:  # more digits than Decimal's context holds
+            raise InvalidArgumentError(
+                "price", f"{price!r} has too many digits for {self.ticker}'s price grid"
+            ) from None
 
     def on_grid(self, price: Number) -> bool:
         """Whether ``price`` is exactly a multiple of :attr:`price_step`."""
@@ -283,7 +297,10 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
         one = self.to_money(price, 1)
         if one <= 0:
             raise InvalidArgumentError("price", f"a lot must cost more than 0, got {one}")
-        return int((to_decimal("money", money) / one).to_integral_value(rounding=ROUND_FLOOR))
+        amount = to_decimal("money", money)
+        if amount < 0:
+            raise InvalidArgumentError("money", f"must be >= 0, got {money!r}")
+        return int((amount / one).to_integral_value(rounding=ROUND_FLOOR))
 
 
 def _rounding(value: Rounding | str) -> Rounding:

@@ -77,6 +77,7 @@ class Phase(enum.StrEnum):
 
 
 _ACCEPTING: Final = frozenset({Phase.OPENING_AUCTION, Phase.TRADING, Phase.CLOSING_AUCTION})
+_PHASES: Final = frozenset(Phase)
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -87,6 +88,20 @@ class Window(msgspec.Struct, frozen=True):
     phase: Phase
     start: time
     end: time
+
+    def __post_init__(self) -> None:
+        # A hand-made table fails here, naming the window, not deep in a comparison later.
+        if self.phase not in _PHASES:
+            raise InvalidArgumentError(
+                f"window {self.name!r}",
+                f"phase {self.phase!r} is not one of {', '.join(p.value for p in Phase)}",
+            )
+        for label, value in (("start", self.start), ("end", self.end)):
+            if not isinstance(value, time) or value.tzinfo is not None:
+                raise InvalidArgumentError(
+                    f"window {self.name!r}",
+                    f"{label} must be a datetime.time without tzinfo (Moscow time), got {value!r}",
+                )
 
     @property
     def accepts_orders(self) -> bool:
@@ -190,6 +205,10 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
         for label, windows in (("weekdays", self.weekdays), ("weekends", self.weekends)):
             last = time(0)
             for w in windows:
+                if not isinstance(w, Window):
+                    raise InvalidArgumentError(
+                        f"{self.market}.{label}", f"must hold Window values, got {w!r}"
+                    )
                 end = w.end if w.end != time(0) else time.max
                 if not (last <= w.start < end):
                     raise InvalidArgumentError(
@@ -197,6 +216,11 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
                         f"window {w} starts before the previous one ends or ends before it starts",
                     )
                 last = end
+        for day in self.holidays:
+            if not isinstance(day, date) or isinstance(day, datetime):  # never equal a date
+                raise InvalidArgumentError(
+                    f"{self.market}.holidays", f"must be datetime.date values, got {day!r}"
+                )
 
     def with_holidays(self, days: Iterable[date]) -> Schedule:
         """The same schedule with ``days`` added to its holidays (whatever their source)."""
@@ -245,8 +269,8 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
 
     def state(self, at: datetime) -> SessionState:
         """What is open at ``at`` (an aware datetime) and when the next window opens."""
-        if at.tzinfo is None:
-            raise InvalidArgumentError("at", "must be an aware datetime (e.g. in MSK)")
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise InvalidArgumentError("at", f"must be an aware datetime (e.g. in MSK), got {at!r}")
         now = at.astimezone(MSK)
         day = now.date()
         windows = self._day(day)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, strategies as st
 
-from alorws.errors import FrameError
+from alorws.errors import FrameError, InvalidArgumentError
 from alorws.protocol.account import Order
 from alorws.protocol.codec import DataMessage, decoder_for, frame_decoder_for, route
 from alorws.protocol.enums import Exchange, Format
@@ -205,6 +205,25 @@ def test_an_unreadable_recorded_request_hides_only_its_frames(tmp_path: Path) ->
             return opcodes, [m for m in got if m is not None]
 
     assert asyncio.run(run()) == (["QuotesSubscribe"], [1])
+
+
+def test_bad_stream_options_are_named(tmp_path: Path) -> None:
+    """A replay's stream takes the live client's options, checked the same way: a misspelt
+    policy or a max_buffer of 0 (once silently the default) raises InvalidArgumentError."""
+    guid = GUIDS["quotes"]
+    record(tmp_path, [_confirm(guid), good("quotes", guid, 1)])
+
+    async def run() -> None:
+        async with Replay(tmp_path) as source:
+            with pytest.raises(InvalidArgumentError, match="policy"):
+                source.quotes("SBER", policy="lastest")
+            for bad in (0, "5", -1):
+                with pytest.raises(InvalidArgumentError, match="max_buffer"):
+                    source.quotes("SBER", max_buffer=bad)
+            got = [marker_of("quotes", q) async for q in source.quotes("SBER", max_buffer=4)]
+            assert [m for m in got if m is not None] == [1]
+
+    asyncio.run(run())
 
 
 def teardown_module() -> None:

@@ -42,7 +42,7 @@ from ..client.sources import (
     stream_name,
     takes_options,
 )
-from ..client.streams import StreamBase, decode_inline, default_policy
+from ..client.streams import StreamBase, buffer_bound, decode_inline, default_policy
 from ..client.whole import StreamFilter, filter_for
 from ..errors import (
     AlorError,
@@ -937,7 +937,7 @@ class BusClient(BusStreams):
             request,
             model,
             policy=default_policy(model, options.get("policy")),
-            max_buffer=options.get("max_buffer") or self._max_buffer,
+            max_buffer=buffer_bound(options.get("max_buffer"), self._max_buffer),
             filter=filter_for(model, skip_history=skip_history),
             skip_history=skip_history,
             statuses=frozenset(statuses) if isinstance(statuses, tuple) else None,

@@ -62,7 +62,7 @@ from .sources import (
     stream_name,
     takes_options,
 )
-from .streams import ClientStreams, Stream, default_policy
+from .streams import ClientStreams, Stream, buffer_bound, default_policy
 from .trader import TraderMethods
 from .whole import filter_for
 
@@ -471,17 +471,14 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             silence_timeout = self._silence.get(stream_kind(request))
         else:
             silence_timeout = _check_silence("silence_timeout", silence_timeout, call=True) or None
-        max_buffer = options.get("max_buffer")
-        if max_buffer is not None and (type(max_buffer) is not int or max_buffer < 1):
-            # 0 was taken as "the default" and a str failed inside the buffer
-            raise InvalidArgumentError("max_buffer", f"must be an int >= 1, got {max_buffer!r}")
+        max_buffer = buffer_bound(options.get("max_buffer"), self._max_buffer)
         return Stream(
             self,
             wire,
             model,
             policy=default_policy(model, options.get("policy")),
             account=is_account(request),
-            max_buffer=max_buffer or self._max_buffer,
+            max_buffer=max_buffer,
             filter=filter_for(model, skip_history=skip_history),
             name=stream_name(request),
             batcher=self._batcher,

@@ -66,6 +66,7 @@ __all__ = [
     "Stream",
     "StreamBase",
     "bad_frame_error",
+    "buffer_bound",
     "decode_inline",
     "default_policy",
 ]
@@ -98,6 +99,16 @@ def default_policy(model: type[Model], policy: Policy | str | None) -> Policy:
                 "policy", f"{policy!r} is not one of {', '.join(p.value for p in Policy)}"
             ) from None
     return Policy.LATEST if issubclass(model, STATE_MODELS) else Policy.QUEUE
+
+
+def buffer_bound(max_buffer: object, default: int) -> int:
+    """A stream's ``max_buffer`` option: ``default`` when not given (None), else an int >= 1
+    (0 is not "the default": it is refused, as is anything but an int)."""
+    if max_buffer is None:
+        return default
+    if type(max_buffer) is not int or max_buffer < 1:
+        raise InvalidArgumentError("max_buffer", f"must be an int >= 1, got {max_buffer!r}")
+    return max_buffer
 
 
 def decode_inline(

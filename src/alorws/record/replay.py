@@ -68,7 +68,7 @@ from ..client.sources import (
     stream_name,
     takes_options,
 )
-from ..client.streams import ClientStreams, Stream
+from ..client.streams import ClientStreams, Stream, buffer_bound, default_policy
 from ..client.whole import filter_for
 from ..errors import ConfigurationError, FrameError, InvalidState, scrub
 from ..frames import Rows, _to_pandas, _to_polars
@@ -274,9 +274,9 @@ class Replay(ClientStreams):
             cast(Any, self),
             request,
             model,
-            policy=Policy(options.get("policy") or Policy.QUEUE),
+            policy=default_policy(model, options.get("policy") or Policy.QUEUE),
             account=is_account(request),
-            max_buffer=options.get("max_buffer") or self.max_buffer,
+            max_buffer=buffer_bound(options.get("max_buffer"), self.max_buffer),
             filter=filter_for(model, skip_history=skip_history),
             name=f"replay {stream_name(request)}",
         )

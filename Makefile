@@ -26,8 +26,12 @@ format: setup
 	$(BIN)/ruff check --fix src tests bench examples
 	$(BIN)/ruff format src tests bench examples
 
+# Two workers: most of the suite waits on loopback sockets and subprocesses, so two processes
+# finish it in about 4 minutes instead of 6.5 on two cores; PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 # A read-only tour of ALOR's test environment that checks every message decodes; needs
 # ALOR_REFRESH_TOKEN (never printed). Exit 0: all decoded, 1: some did not, 2: no connection.

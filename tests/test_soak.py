@@ -1,9 +1,9 @@
 """The soak (``bench/soak.py``): a run under chaos loses, repeats and leaks nothing, and its
 comparisons with the simulator's ground truth do catch a loss, a repeat and a double execution.
 
-The run itself is marked ``soak`` (about half a minute; ``pytest -m "not soak"`` skips it). Its seed
+The run itself is marked ``soak`` (about a minute; ``pytest -m "not soak"`` skips it). Its seed
 is random unless ``ALORWS_SOAK_SEED`` is set; a failure names it, and
-``python bench/soak.py --seconds 30 --seed N`` replays the same fault sequence.
+``python bench/soak.py --seconds 45 --seed N`` replays the same fault sequence.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ._sim import DAY
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = ROOT / "bench" / "soak.py"
-SECONDS = 30
+SECONDS = 45
 
 
 def _soak_module() -> ModuleType:

@@ -1344,6 +1344,9 @@ class Soak:
         """Hostile frames, injected only while nothing else is going on, so each one reaches
         its connections; then wait until the client has counted them all."""
         if not await self.quiet_moment():
+            # Not injected: counted as skipped, not as a fault of the run (a run whose every
+            # injection fell into restart windows injected nothing).
+            self.faults["inject"] -= 1
             if not self.stop_chaos.is_set():
                 self.inject_skipped += 1
             return
@@ -1362,7 +1365,7 @@ class Soak:
                 frames.append((name, frame, "aimed"))
             else:
                 self.aimed_skipped.append(f"{name} ({stream.name})")
-        expected = self.counted_bad()
+        before = expected = self.counted_bad()
         for name, frame, category in rng.sample(frames, rng.randint(2, 6)):
             reply = await self.admin.post("/sim/inject", {"frame": frame})
             n = int(reply.get("injected", 0))
@@ -1370,6 +1373,10 @@ class Soak:
             self.injected[category] += n
             self.injected[name] += n
             expected += n
+        if expected == before:  # no connection took any: a skip too (see above)
+            self.faults["inject"] -= 1
+            self.inject_skipped += 1
+            return
         if not await self.until(lambda: self.counted_bad() >= expected, 5.0):
             self.inject_waits_missed += 1
 

@@ -236,6 +236,7 @@ def test_bad_token_is_reported_without_traceback_or_token(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("not-a-real-refresh-token\n")
+    token_file.chmod(0o600)  # a token file must be its owner's alone
     code, _, err = run(capsys, "status", "--url", server["url"], "--token-file", str(token_file))
     assert code == 1
     assert err.startswith("alorws: error: ") and "hint:" in err
@@ -252,7 +253,24 @@ def test_bad_token_is_reported_without_traceback_or_token(
 def test_token_file_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "status", "--token-file", "/nonexistent/token")
     assert code == 1
-    assert "cannot read the token file" in err
+    assert "the token file '/nonexistent/token' does not exist" in err
+
+
+def test_token_file_readable_by_others_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--token-file gets the checks of the default token file: a secret that group or others
+    can read is refused (with the chmod that fixes it), before any connection is tried."""
+    token_file = tmp_path / "token"
+    token_file.write_text("a-world-readable-refresh-token\n")
+    token_file.chmod(0o644)
+    code, out, err = run(
+        capsys, "status", "--url", "ws://127.0.0.1:9", "--token-file", str(token_file)
+    )
+    assert code == 1 and out == ""
+    assert "readable or writable by group or others (mode 644)" in err
+    assert f"chmod 600 {str(token_file)!r}" in err and "hint:" in err
+    assert "a-world-readable-refresh-token" not in err
 
 
 def test_token_is_never_an_argument(capsys: pytest.CaptureFixture[str]) -> None:

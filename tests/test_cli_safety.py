@@ -300,6 +300,7 @@ def test_a_refused_token_is_one_message(
 ) -> None:
     token = tmp_path / "token"
     token.write_text("not-the-right-token\n")
+    token.chmod(0o600)  # a token file must be its owner's alone
     for command in (["quotes", "SBER", "--duration", "3"], ["history", "SBER"]):
         code, out, err = run(capsys, *command, "--url", server.url, "--token-file", str(token))
         assert code == 1 and out == ""

@@ -129,6 +129,7 @@ async def test_core_works_without_the_extras_and_features_name_theirs(
 
     token = tmp_path / "token"
     token.write_text(sim.demo_refresh_token)
+    token.chmod(0o600)  # a token file must be its owner's alone
     cli = BLOCKER + "import sys\nfrom alorws.cli import main\nsys.argv[0] = 'alorws'\nmain()\n"
     args = ["quotes", "SBER", "--url", sim.url, "--token-file", str(token), "--duration", "1.5"]
     out = await run(sys.executable, "-c", cli, *args)
@@ -157,6 +158,7 @@ async def test_pip_install_without_extras_runs_alorws_quotes(
     assert not names & extras
     token = tmp_path / "token"
     token.write_text(sim.demo_refresh_token)
+    token.chmod(0o600)  # a token file must be its owner's alone
     args = ["quotes", "SBER", "--url", sim.url, "--token-file", str(token), "--duration", "1.5"]
     out = await run(str(home / "bin" / "alorws"), *args, limit=60)
     assert "SBER" in out and "312." in out

@@ -371,24 +371,20 @@ class Target:
 
 
 def _read_token(target: Target) -> str:
-    if target.token_file is not None:
-        try:
-            token = target.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CliError(
-                f"cannot read the token file {str(target.token_file)!r}: {exc.strerror}",
-                "pass --token-file with the file holding your refresh token",
-            ) from None
-        if not token:
-            raise CliError(f"the token file {str(target.token_file)!r} is empty")
-        return token
     from .client.auth import resolve_refresh_token
     from .errors import ConfigurationError
 
-    try:  # ALOR_REFRESH_TOKEN, the token file, the OS keyring (docs/client.md, "Tokens")
-        return resolve_refresh_token()
+    # An explicit --token-file goes through the same checks as the default file (a regular
+    # file, readable by its owner only, one line): a world-readable secret is refused.
+    try:  # else ALOR_REFRESH_TOKEN, the token file, the OS keyring (docs/client.md, "Tokens")
+        return resolve_refresh_token(token_file=target.token_file)
     except ConfigurationError as exc:
-        raise CliError(str(exc), "pass --token-file PATH, or use --sim for the simulator") from None
+        hint = (
+            "pass --token-file with the file holding your refresh token (chmod 600)"
+            if target.token_file is not None
+            else "pass --token-file PATH, or use --sim for the simulator"
+        )
+        raise CliError(str(exc), hint) from None
 
 
 def _target(

@@ -190,6 +190,7 @@ async def test_sigkill_of_the_leader_loses_and_repeats_nothing(
     portfolio = sim.demo.portfolios[0]
     token_file = tmp_path / "token"
     token_file.write_text(sim.demo_refresh_token, encoding="utf-8")
+    token_file.chmod(0o600)  # a token file must be its owner's alone
     log_path = tmp_path / "leader.log"
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
@@ -347,6 +348,7 @@ async def test_an_order_in_flight_at_a_killed_leader_is_sent_again_on_the_announ
     portfolio = sim.demo.portfolios[0]
     token_file = tmp_path / "token"
     token_file.write_text(sim.demo_refresh_token, encoding="utf-8")
+    token_file.chmod(0o600)  # a token file must be its owner's alone
     nc = await nats.connect(nats_server.url)
     announced: asyncio.Queue[str] = asyncio.Queue()
 

@@ -153,6 +153,7 @@ async def test_nats_outage_is_one_gap_per_stream_and_loses_nothing(
     token = sim.demo_refresh_token
     token_file = tmp_path / "token"
     token_file.write_text(token, encoding="utf-8")
+    token_file.chmod(0o600)  # a token file must be its owner's alone
     err_path = tmp_path / "gateway.stderr"
     server = NatsServer()
     await server.start()

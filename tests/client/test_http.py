@@ -196,6 +196,15 @@ async def test_market_data_methods_in_every_format(sim: Simulator, http: HttpCli
     assert missing.value.http_code == 404
 
 
+async def test_history_from_the_epoch_is_empty_not_an_error(http: HttpClient) -> None:
+    """A range long before any candle, starting at 0: an empty answer in every format (the
+    page's ``prev`` is 0 there, never a negative time the decoder would refuse)."""
+    for fmt in FORMATS:
+        assert await http.history("SBER", 60, 0, 3_600, format=fmt) == []
+        page = await http.history_page("SBER", 60, 0, 3_600, format=fmt)
+        assert page.bars == [] and page.prev == 0
+
+
 async def test_history_in_every_format_matches_the_market(sim: Simulator, http: HttpClient) -> None:
     """Two days of minute candles: exactly the market's candles, in order, in every format."""
     now = int(time.time())

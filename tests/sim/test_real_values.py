@@ -239,6 +239,9 @@ async def test_history_paging_numbers_are_never_null(
     empty = await get(http, "/md/v2/history", token, **query, **old)
     assert empty["history"] == []
     assert empty["prev"] < old["from"] and empty["next"] > old["to"]
+    # From the epoch: nothing lies before it, and a time is never negative.
+    epoch = await get(http, "/md/v2/history", token, **query, **{"from": 0, "to": 3600})
+    assert epoch["history"] == [] and epoch["prev"] == 0 and epoch["next"] > 3600
 
 
 async def test_instrument_margins_only_on_futures(ws: RawWS, token: str) -> None:

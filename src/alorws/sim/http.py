@@ -390,9 +390,12 @@ class HttpApi:
             symbol, tf, bars[0].time if bars else start, bars[-1].time if bars else end
         )
         # The nearest candles outside the page. Where there is none, the period just outside
-        # the asked range: ALOR always sends numbers, and a client paging on stops there.
+        # the asked range: ALOR always sends numbers, and a client paging on stops there. No
+        # period lies before the epoch: a range from 0 gets 0, never a negative time.
         nxt = after if after is not None else bucket_end(bucket_start(end, tf), tf)
-        prev = before if before is not None else bucket_start(bucket_start(start, tf) - 1, tf)
+        prev = (
+            before if before is not None else max(0, bucket_start(bucket_start(start, tf) - 1, tf))
+        )
         parts: list[bytes] = []
         for i in range(0, len(bars), _ENCODE_CHUNK):
             if i:

@@ -60,9 +60,23 @@ from .statefile import default_state_path, read_state, remove_state, write_state
 from .subscriptions import Limits
 
 
-__all__ = ["Simulator", "exposure_warning", "is_loopback", "main", "make_self_signed_cert"]
+__all__ = [
+    "SCHEDULE_TASK",
+    "Simulator",
+    "exposure_warning",
+    "is_loopback",
+    "main",
+    "make_self_signed_cert",
+]
 
 log = logging.getLogger("alorws.sim")
+
+#: The name of the task that follows the trading schedule (``Simulator(schedule=...)``).
+SCHEDULE_TASK = "alorws-sim-schedule"
+#: How often a given ``schedule_clock`` is looked at (seconds of real time).
+_CLOCK_POLL = 0.25
+#: The longest sleep between looks at the wall clock.
+_MAX_SCHEDULE_SLEEP = 60.0
 
 
 def is_loopback(host: str) -> bool:
@@ -111,10 +125,13 @@ class Simulator:
         day_order_lifetime: seconds a day order lives; None: until the end of its UTC day.
         schedule: follow the MOEX trading day (``True``: the built-in tables; or a mapping of
             market to :class:`~alorws.protocol.schedule.Schedule`): orders for a closed market
-            are refused with 400 naming the window (see :mod:`alorws.sim.schedule`). Default:
-            open around the clock.
+            are refused with 400 naming the window, and every instrument's ``tradingStatus``
+            follows its market's window (see :mod:`alorws.sim.schedule` and
+            :meth:`apply_schedule`). Default: open around the clock, status normal trading.
         schedule_clock: what time it is for the schedule (a callable returning an aware
-            datetime); default the wall clock. Tests pass a manual clock.
+            datetime); default the wall clock. Tests pass a manual clock: the simulator then
+            looks at it every quarter of a second (or call :meth:`apply_schedule` after moving
+            it); on the wall clock it sleeps until the next window boundary.
     """
 
     def __init__(
@@ -151,8 +168,10 @@ class Simulator:
         #: The token ``/sim/*`` requires, or None (admin off, or on loopback without one).
         self.admin_token = admin_token
         now_ms = int(time.time() * 1000)
+        # With a schedule the status is the table's: no random breaks on top of it.
+        breaks: dict[str, Any] = {} if schedule is False else {"break_interval_s": None}
         self.market = SyntheticMarket(
-            seed=seed, start_ms=now_ms, history_days=history_days, events_per_second=rate
+            seed=seed, start_ms=now_ms, history_days=history_days, events_per_second=rate, **breaks
         )
         self.engine = TradingEngine(
             self.market,
@@ -181,11 +200,15 @@ class Simulator:
             close_timeout=close_timeout,
         )
         self.faults: Faults = self.server.faults
+        #: Seconds between looks at a given ``schedule_clock``; None: the wall clock, slept on.
+        self.schedule_poll: float | None = None if schedule_clock is None else _CLOCK_POLL
+        self._schedule_task: asyncio.Task[None] | None = None
         if schedule is not False:
             tables = SCHEDULES if schedule is True else schedule
             self.server.session_gate = SessionGate(
                 self.market, tables, schedule_clock or (lambda: datetime.now(UTC))
             )
+            self.server.session_gate.apply()  # nobody listens yet: the events go nowhere
         self.demo = self.engine.add_account("demo", refresh_token=demo_refresh_token or None)
         self.cert_path: str | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -227,9 +250,18 @@ class Simulator:
                 self.port = int(address[1])
                 break
         self.server.start()
+        if self.server.session_gate is not None:
+            self._schedule_task = asyncio.get_running_loop().create_task(
+                self._follow_schedule(), name=SCHEDULE_TASK
+            )
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
+        task, self._schedule_task = self._schedule_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.faults.aclose()
         await self.server.stop()
         runner, self._runner = self._runner, None
@@ -307,9 +339,49 @@ class Simulator:
         """Change the trading status of ``symbol`` now and publish the partial update
         (docs/protocol.md §4.5).
 
-        ``status`` is an exchange code (2 is a break, 17 normal trading).
+        ``status`` is an exchange code (2 is a break, 17 normal trading). With ``schedule`` on,
+        the status set here lasts until the next boundary of the instrument's market's
+        windows, where the schedule sets it again.
         """
         self.server.hub.publish_market(self.market.set_status(symbol, status))
+
+    def apply_schedule(self) -> list[str]:
+        """With ``schedule`` on, set each instrument's status to its market's window now where a
+        window boundary was crossed since the last look, publishing one partial update per
+        instrument whose status changed; returns their tickers. The simulator does this by
+        itself (see ``schedule_clock``); a test calls it right after moving a manual clock.
+        Without ``schedule``: nothing, ``[]``."""
+        gate = self.server.session_gate
+        if gate is None:
+            return []
+        events = gate.apply()
+        if events:
+            self.server.hub.publish_market(events)
+        return [e.symbol for e in events]
+
+    async def _follow_schedule(self) -> None:
+        """Apply the schedule at every window boundary (see ``schedule_clock``)."""
+        gate = self.server.session_gate
+        assert gate is not None
+        while True:
+            try:
+                self.apply_schedule()
+                if self.schedule_poll is not None:
+                    delay = self.schedule_poll
+                else:
+                    now = gate.clock()
+                    boundary = gate.next_boundary(now)
+                    left = _MAX_SCHEDULE_SLEEP
+                    if boundary is not None:
+                        left = max(0.0, (boundary - now).total_seconds()) + 0.01
+                    # Wake just past the boundary; look again now and then in case the wall
+                    # clock jumps (a laptop waking up).
+                    delay = min(_MAX_SCHEDULE_SLEEP, left)
+            except Exception:  # a bad table must not end the statuses for good
+                self.server.errors += 1
+                log.exception("applying the trading schedule failed")
+                delay = _MAX_SCHEDULE_SLEEP
+            await asyncio.sleep(delay)
 
     def stats(self) -> dict[str, Any]:
         """Connections and subscriptions per account, and counters."""

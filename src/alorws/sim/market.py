@@ -11,7 +11,9 @@ What it models, per instrument:
   (orders added, cancelled, improving the spread) and anonymous **trades** that eat the best
   levels. The mid price random-walks out of these, gently pulled back to its start price;
 * **trading status** changes: now and then a short break (status 2), then normal trading (17)
-  again, published as partial :class:`InstrumentPatch` updates (docs/protocol.md §4.5);
+  again (``break_interval_s``; the simulator's trading day turns them off and sets the status
+  itself), published as partial :class:`InstrumentPatch` updates (docs/protocol.md §4.5); no
+  trades print while the status is not normal trading;
 * **history**: ``history_days`` of one-minute candles generated backwards from the start price,
   so the first live trade continues the chart; candles of every timeframe (docs/protocol.md §4.3)
   are aggregated from that history plus the live trades;
@@ -85,9 +87,19 @@ MAX_TIME_S: Final = 253_370_764_800
 BOOK_LEVELS: Final = 50  # docs/protocol.md §4.1: depth 1..50
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY: Final = 86_400
+#: ``tradingStatusInfo`` by code. The texts of 17 and 2 are ALOR's (docs/protocol.md §4.5); the
+#: others are the simulator's own wording (ALOR's is not known): read the code, not the text.
 _STATUS_INFO: Final[dict[int, str]] = {
     TradingStatus.NORMAL_TRADING: "нормальный период торгов",
     TradingStatus.BREAK: "перерыв в торгах",
+    TradingStatus.CLOSED: "нет торгов",
+    TradingStatus.CLOSING_AUCTION: "аукцион закрытия",
+    TradingStatus.CLOSING_PERIOD: "период закрытия",
+    TradingStatus.LARGE_BLOCK_AUCTION: "аукцион крупных пакетов",
+    TradingStatus.DISCRETE_AUCTION: "дискретный аукцион",
+    TradingStatus.OPENING_PERIOD: "период открытия",
+    TradingStatus.OPENING_AUCTION: "аукцион открытия",
+    TradingStatus.CLOSING_AUCTION_PRICE: "торги по цене аукциона закрытия",
 }
 #: Initial margin of each client risk class relative to the standard one: clients of a lower
 #: risk level put up more (the ratios of ALOR's Heavy Securities example).
@@ -1063,7 +1075,8 @@ class SyntheticMarket:
         """Set the trading status of ``symbol`` now and return its partial update
         (docs/protocol.md §4.5).
 
-        For tests and demos; the market also pauses on its own (``break_interval_s``).
+        For tests, demos and the simulator's trading day; the market also pauses on its own
+        (``break_interval_s``).
         """
         s = self._sym(symbol)
         s.status = int(status)

@@ -1,20 +1,28 @@
-"""The lossless consumer's bulk path: ``StreamBuffer.get_batch`` (``QUEUE``) takes what waits
-in one go unless an overflow marker may be among it. The result is the item-by-item one: same
-entries, same order, each overflow reported once where it happened."""
+"""The lossless consumer's bulk paths: ``StreamBuffer.get_batch`` (``QUEUE``) takes what waits
+in one go unless an overflow marker may be among it, and ``Stream.get_batch`` decodes a batch of
+frames in one pass unless an item is an event, a payload alone or a bad frame. Either way the
+result is the item-by-item one: same entries, same order, each bad frame reported once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from alorws.client import Policy, StreamBuffer
+from alorws.client import LaneEvent, Policy, Stream, StreamBuffer
+from alorws.client.streams import decode_inline
 from alorws.errors import BufferOverflowError, StreamClosed
+from alorws.lifecycle import StreamState
+from alorws.protocol import Quote, QuotesRequest
+
+from .._fixtures import cases
 
 
 class Gap:
@@ -204,3 +212,114 @@ async def test_overflows_racing_bulk_takes_lose_and_repeat_nothing(
     assert s["overflows"] == errors
     assert s["delivered"] == len(out) - errors
     assert s["depth"] == 0
+
+
+# -- Stream: one-pass decode ----------------------------------------------------------------
+
+_SIMPLE = next(c for c in cases("ws/quotes") if c["format"] == "Simple")
+
+
+def _frame(i: int) -> bytes:
+    """A whole quote data frame (Simple) whose symbol carries ``i``."""
+    frame = json.loads(json.dumps(_SIMPLE["frame"]))
+    frame["data"]["symbol"] = f"S{i}"
+    return json.dumps(frame).encode()
+
+
+def _payload(i: int) -> msgspec.Raw:
+    """A quote payload alone, as a replay pushes it."""
+    return msgspec.Raw(json.dumps(json.loads(_frame(i))["data"]).encode())
+
+
+def _open_stream() -> Stream[Quote]:
+    stream = Stream(
+        None,  # type: ignore[arg-type]  # never subscribed here
+        QuotesRequest(code="SBER"),
+        Quote,
+        policy=Policy.QUEUE,
+        account=False,
+        max_buffer=10_000,
+        name="quotes SBER",
+    )
+    stream._state = StreamState.OPEN  # fed by hand below
+    return stream
+
+
+def _symbols(quotes: list[Quote]) -> list[str]:
+    return [q.symbol for q in quotes]
+
+
+_EVENT = LaneEvent("disconnected", 1, "socket closed")
+_BAD = b'{"data":{"symbol":1},"guid":"x"}'  # a data frame whose payload does not fit
+
+#: Batches of 40 frames (more than the one-pass decode needs) with something else at ``at``.
+_ODD = {
+    "event": _EVENT,
+    "bad frame": _BAD,
+    "junk": b"\xff not json",
+    "payload alone": _payload(999),
+    # A payload alone that looks like a whole frame: as a payload it lacks "symbol" (bad),
+    # decoded as a frame it would pass for a quote.
+    "frame as payload": msgspec.Raw(_frame(998)),
+}
+
+
+@pytest.mark.parametrize("odd", list(_ODD))
+@pytest.mark.parametrize("at", [0, 17, 39])
+async def test_a_batch_with_an_odd_item_decodes_as_item_by_item(odd: str, at: int) -> None:
+    """Whatever the batch holds, Stream.get_batch gives what decoding item by item gives: the
+    same quotes in order, the event passed on once, each bad frame counted once."""
+    items: list[Any] = [_frame(i) for i in range(40)]
+    items.insert(at, _ODD[odd])
+    stream, twin = _open_stream(), _open_stream()
+    stream._buffer.push_many(items)
+    async with asyncio.timeout(10):
+        got = await stream.get_batch(1000)
+    want = decode_inline(items, twin._frame_decoder.decode, twin._handle, frames=True)
+    assert _symbols(got) == _symbols(want)
+    assert (stream.bad_payloads, stream.event_counts) == (twin.bad_payloads, twin.event_counts)
+    expected = [f"S{i}" for i in range(40)]
+    if odd == "payload alone":
+        expected.insert(at, "S999")
+    assert _symbols(got) == expected
+    bad = odd in ("bad frame", "junk", "frame as payload")
+    assert stream.bad_payloads == int(bad)
+    assert stream.event_counts == ({"disconnected": 1} if odd == "event" else {})
+    assert stream._buffer.depth == 0
+
+
+async def test_batches_of_frames_decode_whole_and_in_order() -> None:
+    """Good frames only, in batches big and small: all of them, in order, none reported."""
+    stream = _open_stream()
+    stream._buffer.push_many([_frame(i) for i in range(1000)])
+    got: list[Quote] = []
+    async with asyncio.timeout(10):
+        for size in (1, 31, 32, 500, 1000):
+            got += await stream.get_batch(size)
+    assert _symbols(got) == [f"S{i}" for i in range(1000)]
+    assert stream.bad_payloads == 0
+
+
+async def test_bad_frames_and_events_across_batches_are_reported_once() -> None:
+    """A long mixed stream read in batches of several sizes: each bad frame counted once, each
+    event seen once, every good frame delivered once, in order."""
+    items: list[Any] = []
+    for i in range(300):
+        items.append(_frame(i))
+        if i % 50 == 7:
+            items.append(_BAD)
+        if i % 70 == 3:
+            items.append(_EVENT)
+    stream = _open_stream()
+    stream._buffer.push_many(items)
+    stream._buffer.close()
+    got: list[Quote] = []
+    async with asyncio.timeout(10):
+        for size in (40, 33, 100, 1000, 1000):
+            try:
+                got += await stream.get_batch(size)
+            except StreamClosed:
+                break
+    assert _symbols(got) == [f"S{i}" for i in range(300)]
+    assert stream.bad_payloads == items.count(_BAD) == 6
+    assert stream.event_counts == {"disconnected": items.count(_EVENT)}

@@ -75,7 +75,8 @@ Thread safety and cost (CPython with the GIL)
     reads the depth first, then the count. A marker among the first ``depth`` entries was
     appended before the depth was read, so counted before, and it is not taken yet: a count of
     0 proves there is none among them, and they stay first, as the producer appends on the
-    right. While a marker is about, the batch goes item by item and stops before it.
+    right. While a marker is about (or fewer than 16 entries are to be taken: setting the C loop
+    up costs more than it saves), the batch goes item by item, stopping before a marker.
 
     ``LATEST`` keeps its pending item in a list of at most one element. Taking it must be an
     exchange (read it *and* leave nothing behind): with a plain attribute, read then cleared,

@@ -68,6 +68,16 @@ Thread safety and cost (CPython with the GIL)
     than one ``loop.call_soon_threadsafe`` per item (each of which writes to the loop's
     self-pipe), and 3 million items/s end to end from a thread into a ``get_batch`` consumer.
 
+    ``get_batch`` on a ``QUEUE`` takes what waits in bulk, in one C-level loop of ``popleft``,
+    instead of a Python loop that looks at every entry for an overflow marker. It may because
+    the markers in the deque are counted: the producer counts one (under the lock) *before* it
+    appends it, and the consumer uncounts it (under the lock) once it took it. The consumer
+    reads the depth first, then the count. A marker among the first ``depth`` entries was
+    appended before the depth was read, so counted before, and it is not taken yet: a count of
+    0 proves there is none among them, and they stay first, as the producer appends on the
+    right. While a marker is about (or fewer than 16 entries are to be taken: setting the C loop
+    up costs more than it saves), the batch goes item by item, stopping before a marker.
+
     ``LATEST`` keeps its pending item in a list of at most one element. Taking it must be an
     exchange (read it *and* leave nothing behind): with a plain attribute, read then cleared,
     an item stored between the two steps would be lost. ``list.pop()`` is that exchange in one
@@ -154,6 +164,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from enum import Enum, StrEnum
+from itertools import repeat, starmap
 from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 from ..errors import (
@@ -202,6 +213,9 @@ class _Empty(Enum):
 
 
 _EMPTY: Final = _Empty.EMPTY
+#: From this many entries on, ``get_batch`` takes them in one C-level loop (fewer: one by one,
+#: which costs less than setting that loop up).
+_BULK_TAKE: Final = 16
 #: A container not created yet: empty, so ``len()`` and the truth test work on it, and without
 #: ``append``, so the first push fails over to :meth:`StreamBuffer._put_slow`.
 _NONE: Final[tuple[()]] = ()
@@ -424,6 +438,7 @@ class StreamBuffer(Generic[T]):
         "_lock",
         "_loop",
         "_loop_tid",
+        "_markers",
         "_max_depth",
         "_overflows",
         "_parks",
@@ -473,6 +488,9 @@ class StreamBuffer(Generic[T]):
         # Producer-side counters (written only by the producer; wakeups under the lock).
         self._pushed = 0
         self._dropped = 0
+        # QUEUE: overflow markers in the deque, counted up (before the append) and down (as
+        # the consumer takes one) under the lock; 0 lets get_batch take entries in bulk.
+        self._markers = 0
         self._events = 0
         self._ignored = 0
         self._wakeups = 0
@@ -595,6 +613,7 @@ class StreamBuffer(Generic[T]):
             if type(last) is _Overflow and not last.taken:
                 last.dropped += 1
             else:
+                self._markers += 1  # counted before it is there (see get_batch)
                 dq.append(_Overflow())
             self._dropped += 1
         if self._waiter is not None:
@@ -715,6 +734,7 @@ class StreamBuffer(Generic[T]):
         with self._lock:
             marker.taken = True
             dropped = marker.dropped
+            self._markers -= 1
         self._overflows += 1
         return BufferOverflowError(dropped, self.maxsize, self.name)
 
@@ -825,13 +845,28 @@ class StreamBuffer(Generic[T]):
                 n += 1
         else:
             dq = self._dq  # exists: get() took an entry from it
-            while n < max_items and dq:
-                x = dq.popleft()
-                if type(x) is _Overflow:
-                    dq.appendleft(x)  # the consumer owns the left end: put it back for next call
+            while n < max_items:
+                # Depth first, then the marker count: a marker among the first ``depth``
+                # entries was counted before it was appended, so before the depth was read,
+                # and only this consumer uncounts it, once it took it. A count of 0 thus
+                # proves those entries hold none; they stay first (the producer appends on the
+                # right), so taking them in one C-level loop needs no per-item check.
+                k = len(dq)
+                if k > max_items - n:
+                    k = max_items - n
+                if k < _BULK_TAKE or self._markers:
+                    # Item by item: few (setting the C-level loop up costs more), or a marker
+                    # may be among them (stop before it).
+                    while n < max_items and dq:
+                        x = dq.popleft()
+                        if type(x) is _Overflow:
+                            dq.appendleft(x)  # the consumer owns the left end: the next call
+                            break
+                        out.append(x)
+                        n += 1
                     break
-                out.append(x)
-                n += 1
+                out.extend(starmap(dq.popleft, repeat((), k)))
+                n += k
         self._delivered += n - 1
         if self._drain is not None:
             self._wake_drain()

@@ -135,6 +135,25 @@ def decode_inline(
     return out
 
 
+#: The fewest items a batch of frames is decoded in one pass (:func:`_decode_frames`) from:
+#: below, setting the pass up costs more than it saves (~0.4 µs against ~20 ns an item).
+_BULK_DECODE = 32
+
+
+def _decode_frames(items: list[Any], decode: Callable[[bytes], Any]) -> list[Any] | None:
+    """The ``.data`` of every item decoded as a whole frame, in one pass (one type check of
+    all in C, then a comprehension over ``map(decode)``: no per-item check and ``try``); None
+    if an item is not a frame (``bytes``; not an event, not a payload alone) or does not
+    decode. Nothing is reported or delivered from here: on None the caller goes item by item
+    (:func:`decode_inline`), which handles events in place and reports each bad frame once."""
+    if list(map(type, items)).count(bytes) != len(items):
+        return None
+    try:
+        return [frame.data for frame in map(decode, items)]
+    except Exception:  # any failure (RecursionError too): the partial list is dropped
+        return None
+
+
 def bad_frame_error(
     exc: BaseException, item: Any, model: type[Model], fmt: Format, *, frame: bool
 ) -> FrameError:
@@ -497,7 +516,11 @@ class Stream(StreamBase[M]):
                 return out
             items = await self._buffer.get_batch(max_items)
             if self._filter is None:  # the hot path (market data)
-                out = decode_inline(items, self._frame_decoder.decode, self._handle, frames=True)
+                decode = self._frame_decoder.decode
+                bulk = _decode_frames(items, decode) if len(items) >= _BULK_DECODE else None
+                if bulk is None:  # a small batch, an event or a bad frame: item by item
+                    bulk = decode_inline(items, decode, self._handle, frames=True)
+                out = bulk
             else:
                 out = [obj for item in items if (obj := self._handle(item)) is not None]
             if out:

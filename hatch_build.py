@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import shutil
-import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -37,20 +35,27 @@ class SpeedupsBuildHook(BuildHookInterface):
         root = Path(self.root)
         self._tmp = tempfile.mkdtemp(prefix="alorws-build-")
         try:
-            so = _build(root, Path(self._tmp))
+            self._build(version, build_data, root, Path(self._tmp))
         except BaseException as exc:  # a compiler's SystemExit too: never fail the install
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self._warn(exc)
-            return
-        name = so.name
+
+    def _build(self, version: str, build_data: dict[str, Any], root: Path, tmp: Path) -> None:
+        if version == "editable":
+            # A module left by an earlier build must not outlive a failed rebuild of a new .pyx.
+            for old in (root / PYX.parent).glob("_speedups.*"):
+                if old.suffix in (".so", ".pyd"):
+                    old.unlink()
+        so, picows_version = _compile(root, tmp)
         if version == "editable":
             # The editable install imports from src/: the module goes next to its .pyx.
-            shutil.copy2(so, root / PYX.parent / name)
+            shutil.copy2(so, root / PYX.parent / so.name)
         else:
             build_data["pure_python"] = False
             build_data["infer_tag"] = True
-            build_data["force_include"][str(so)] = f"alorws/client/{name}"
+            build_data["force_include"][str(so)] = f"alorws/client/{so.name}"
+        self.app.display_info(f"alorws: built {MODULE} against picows {picows_version}")
 
     def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
         tmp = getattr(self, "_tmp", None)
@@ -64,12 +69,12 @@ class SpeedupsBuildHook(BuildHookInterface):
             "installing the pure-Python reader"
         )
         self.app.display_warning(message)
-        if os.environ.get("ALORWS_BUILD_VERBOSE"):
-            traceback.print_exc()
+        traceback.print_exc()  # shown by pip install -v
 
 
-def _build(root: Path, tmp: Path) -> Path:
-    """Cythonize and compile the module in ``tmp``; the path of the built extension."""
+def _compile(root: Path, tmp: Path) -> tuple[Path, str]:
+    """Cythonize and compile the module in ``tmp``: the built extension and the picows version
+    it was built against."""
     from Cython.Build import cythonize
     from setuptools import Distribution, Extension
     from setuptools.command.build_ext import build_ext
@@ -104,5 +109,4 @@ def _build(root: Path, tmp: Path) -> Path:
     built = Path(cmd.get_ext_fullpath(MODULE))
     if not built.is_file():
         raise RuntimeError(f"the compiler produced no {built.name}")
-    print(f"alorws: built {MODULE} against picows {picows_version}", file=sys.stderr)
-    return built
+    return built, picows_version

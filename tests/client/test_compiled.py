@@ -22,6 +22,9 @@ FORCED_PURE = os.environ.get("ALORWS_PURE_PYTHON", "") not in ("", "0")
 def test_the_compiled_reader_is_built_and_in_use() -> None:
     """The development install builds it (hatch_build.py): a build that silently failed (no
     compiler, a Cython error) fails here instead of passing as the pure-Python reader."""
+    assert _ws.COMPILED, (
+        "the compiled reader is not in use: `pip install -v -e .` shows why it was not built"
+    )
     from alorws.client import _speedups
 
     assert _speedups.PICOWS_VERSION == picows.__version__
@@ -32,7 +35,7 @@ def test_the_compiled_reader_is_built_and_in_use() -> None:
     assert type(listener.listener) is BatchListener
 
 
-@pytest.mark.skipif(FORCED_PURE, reason="ALORWS_PURE_PYTHON is set")
+@pytest.mark.skipif(not _ws.COMPILED, reason="the compiled reader is not in use")
 def test_the_compiled_listener_cannot_be_overridden_in_python() -> None:
     """It is final: picows' C call of ``on_ws_frame`` runs the compiled method without
     looking for a Python override (and none can exist)."""

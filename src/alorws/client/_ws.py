@@ -269,8 +269,8 @@ COMPILED: bool = _speedups is not None
 
 def _compiled_batch_listener(*args: Any, **kwargs: Any) -> picows.WSListener:
     """A :class:`BatchListener` of these arguments, in the compiled reader's wrapper."""
-    speedups: Any = _speedups
-    return speedups.BatchReader(BatchListener(*args, **kwargs))  # type: ignore[no-any-return]
+    reader: picows.WSListener = _speedups.BatchReader(BatchListener(*args, **kwargs))
+    return reader
 
 
 #: Makes the listener of a lane (the arguments of :class:`BatchListener`): the

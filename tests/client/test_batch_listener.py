@@ -17,6 +17,7 @@ from typing import Any
 
 import picows
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from alorws.client import _ws
 from alorws.client._ws import BatchListener
@@ -208,3 +209,45 @@ def test_pongs_and_binary_messages(reader: Reader) -> None:
         ],
     )
     assert calls == [[b"\x00" * 200], "pong", [b"\x01"]]
+
+
+_T = picows.WSMsgType
+_FRAMES = st.lists(
+    st.builds(
+        Frame,
+        payload=st.sampled_from([b"", b"ab", _msg(1), _msg(2), b"\x03\xe8"]),
+        fin=st.booleans(),
+        last_in_buffer=st.booleans(),
+        msg_type=st.sampled_from([_T.TEXT, _T.BINARY, _T.CONTINUATION, _T.PONG, _T.PING, _T.CLOSE]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=_FRAMES, detach_at=st.integers(min_value=0, max_value=40))
+def test_both_readers_hand_over_the_same(frames: list[Frame], detach_at: int) -> None:
+    """Any sequence of frames (fragments, control frames, short and long messages, reads of
+    any length), a detach anywhere, then the disconnect: the compiled reader makes the same
+    calls as the pure-Python listener, given the same picows frames."""
+    if not _ws.COMPILED:
+        pytest.skip("the compiled reader is not in use (not built, or ALORWS_PURE_PYTHON=1)")
+    from alorws.client import _speedups
+
+    seen = []
+    for compiled in (False, True):
+        loop = asyncio.new_event_loop()
+        try:
+            transport = picows.WSTransport(True, _Underlying(), logging.getLogger("test"), loop)
+            reader = Reader(compiled, transport)
+            listener, calls = reader.listener()
+            for i, f in enumerate(frames):
+                if i == detach_at:
+                    listener.detach()
+                real = _speedups._test_frame(f.msg_type, f.payload, f.fin, f.last_in_buffer)
+                listener.on_ws_frame(transport, real)
+            listener.on_ws_disconnected(transport)
+        finally:
+            loop.close()
+        seen.append(calls)
+    assert seen[0] == seen[1]

@@ -46,3 +46,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+	rm -f src/alorws/client/_speedups.c src/alorws/client/_speedups.*.so

@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint format bench live clean
 
-$(STAMP): pyproject.toml
+# The compiled reader is built by the install (hatch_build.py): a changed .pyx reinstalls.
+$(STAMP): pyproject.toml hatch_build.py src/alorws/client/_speedups.pyx
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -45,3 +46,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+	rm -f src/alorws/client/_speedups.c src/alorws/client/_speedups.*.so

@@ -46,6 +46,7 @@ def _streams(client: AlorClient) -> dict[str, Stream[Any]]:
     }
 
 
+@pytest.mark.usefixtures("reader")  # both readers
 async def test_deeply_nested_frames_are_skipped_and_counted(
     client: AlorClient, sim: Simulator
 ) -> None:
@@ -75,6 +76,7 @@ async def test_deeply_nested_frames_are_skipped_and_counted(
             await stream.aclose()
 
 
+@pytest.mark.usefixtures("reader")  # both readers
 async def test_a_flood_of_bad_frames_logs_once_per_kind(
     client: AlorClient, sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -98,6 +100,7 @@ async def test_a_flood_of_bad_frames_logs_once_per_kind(
     assert any("ValidationError" in line for line in lines)
 
 
+@pytest.mark.usefixtures("reader")  # both readers
 async def test_an_echoed_token_never_reaches_the_log(
     client: AlorClient, sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,6 +16,10 @@ from alorws.protocol.market import Quote
 from alorws.sim.app import Simulator
 
 
+# Every test runs with both readers: the pure-Python one and the compiled one.
+pytestmark = pytest.mark.usefixtures("reader")
+
+
 def _lane_stats(client: AlorClient, guid: str | None) -> dict[str, int]:
     stream = next(s for s in client.stats()["streams"] if s["guid"] == guid)
     lane = next(x for x in client.stats()["lanes"] if x["id"] == stream["lane"])

@@ -11,7 +11,10 @@
   attempts in a set and :func:`settle` them on close.
 * :class:`FrameListener` is the one picows listener: it hands every complete text or binary
   message to a callback and reports pongs, the peer's close and the disconnect to others;
-  :class:`BatchListener` hands over the messages of each socket read in one call.
+  :class:`BatchListener` hands over the messages of each socket read in one call. Its hot path
+  and the lane's matching of frames to subscriptions (:func:`dispatch_frames`) run in C when
+  the compiled reader :mod:`alorws.client._speedups` was built at install time
+  (:data:`COMPILED`), in Python otherwise, with the same behaviour.
 * :func:`reconnecting` is the one reconnect loop: ``async for conn in reconnecting(...)`` yields
   each opened connection and, once the loop body is done with it, waits what the pure
   :class:`~alorws.protocol.reconnect.ReconnectPolicy` says before the next attempt.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -39,15 +43,19 @@ from urllib.parse import urlsplit
 
 import picows
 
+from ..protocol.codec import TailTable
 from ..protocol.reconnect import ReconnectPolicy, Retry
 from .endpoints import check_url
 from .proxy import Proxy, proxy_error
 
 
 __all__ = [
+    "BATCH_LISTENER",
+    "COMPILED",
     "BatchListener",
     "FrameListener",
     "close_transport",
+    "dispatch_frames",
     "reconnecting",
     "send_or_drop",
     "settle",
@@ -173,6 +181,9 @@ class BatchListener(FrameListener):
     instead of two Python calls per message. Any other frame (a short or fragmented message, a
     pong, a close) and the disconnect first hand over what is collected, so the owner sees
     every message in the order it arrived. ``on_frames`` must not raise.
+
+    When :data:`COMPILED`, lanes wrap it in the compiled reader (:data:`BATCH_LISTENER`),
+    which does the hot path below in C and hands it everything else.
     """
 
     def __init__(
@@ -225,6 +236,56 @@ class BatchListener(FrameListener):
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.flush()
         super().on_ws_disconnected(transport)
+
+
+def _load_speedups() -> Any:
+    """The compiled module, or None: not built, built against another picows (its C structs
+    may differ), or ``ALORWS_PURE_PYTHON=1`` in the environment."""
+    if os.environ.get("ALORWS_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    installed = getattr(picows, "__version__", "")
+    if _speedups.PICOWS_VERSION != installed:
+        log.warning(
+            "the compiled reader was built against picows %s, not the installed %s: "
+            "using the pure-Python reader (reinstall alorws to rebuild it)",
+            _speedups.PICOWS_VERSION or "(unknown)",
+            installed or "(unknown)",
+        )
+        return None
+    return _speedups
+
+
+_speedups = _load_speedups()
+
+#: True when the reader's per-frame work runs in C (:mod:`alorws.client._speedups`): the
+#: compiled module was built at install time and matches the installed picows. False with the
+#: pure-Python reader (no C compiler at install time, or ``ALORWS_PURE_PYTHON=1``).
+COMPILED: bool = _speedups is not None
+
+
+def _compiled_batch_listener(*args: Any, **kwargs: Any) -> picows.WSListener:
+    """A :class:`BatchListener` of these arguments, in the compiled reader's wrapper."""
+    reader: picows.WSListener = _speedups.BatchReader(BatchListener(*args, **kwargs))
+    return reader
+
+
+#: Makes the listener of a lane (the arguments of :class:`BatchListener`): the
+#: :class:`BatchListener` itself, or, when :data:`COMPILED`, it wrapped in the compiled
+#: reader (``alorws.client._speedups.BatchReader``), which runs its hot path in C and hands
+#: every other frame and event to it.
+BATCH_LISTENER: Callable[..., picows.WSListener] = (
+    BatchListener if _speedups is None else _compiled_batch_listener
+)
+
+#: ``dispatch_frames(table, frames, route)``: :meth:`TailTable.dispatch
+#: <alorws.protocol.codec.TailTable.dispatch>`, in C when :data:`COMPILED`.
+dispatch_frames: Callable[[TailTable[Any], list[bytes], Callable[[bytes], None]], None] = (
+    TailTable.dispatch if _speedups is None else _speedups.dispatch
+)
 
 
 def send_or_drop(transport: picows.WSTransport, frame: bytes) -> bool:
@@ -315,8 +376,8 @@ async def ws_connect(
     def make_listener() -> Any:
         listener = listener_factory()
         listeners.append(listener)
-        if given_up and isinstance(listener, FrameListener):
-            listener.detach()
+        if given_up:
+            _detach(listener)
         return listener
 
     attempt = asyncio.ensure_future(
@@ -339,14 +400,20 @@ async def ws_connect(
         # Given up on: whatever this attempt does later is none of the owner's business.
         given_up = True
         for listener in listeners:
-            if isinstance(listener, FrameListener):
-                listener.detach()
+            _detach(listener)
         attempt.add_done_callback(_disconnect_late_success)
         failure = proxy_error(exc, proxy, _authority(url))
         if failure is not None:
             raise failure from None
         raise
     return transport
+
+
+def _detach(listener: Any) -> None:
+    """Detach a :class:`FrameListener` (or the compiled reader wrapping one)."""
+    detach = getattr(listener, "detach", None)
+    if detach is not None:
+        detach()
 
 
 def _authority(url: str) -> str:

@@ -40,7 +40,7 @@ from ..errors import (
     scrub,
 )
 from ..protocol.backoff import Backoff
-from ..protocol.codec import DATA_HEAD, DataMessage, StatusReply, TailTable, route
+from ..protocol.codec import DataMessage, StatusReply, TailTable, route
 from ..protocol.data_connection import (
     Close,
     Confirmed,
@@ -59,8 +59,9 @@ from ..protocol.registry import Subscription, SubscriptionRegistry
 from ..protocol.requests import SubscriptionRequest
 from ._badframes import BadFrameLog
 from ._ws import (
-    BatchListener,
+    BATCH_LISTENER,
     close_transport,
+    dispatch_frames,
     reconnecting,
     send_or_drop,
     settle,
@@ -350,38 +351,9 @@ class Lane:
                 self._tapped_ns = time.time_ns()
                 asyncio.get_running_loop().call_soon(self._flush_taps)
             tapped.extend(payloads)
-        # The fast path, TailTable.match() inlined: a compact data frame ending in
-        # ``,"guid":"<a guid of ours>"}``; slices and a dict lookup (bytes.startswith/rfind
-        # parse their arguments: 3x slower). Consecutive frames of one subscription go to its
-        # sink in one push_many. Anything else (another shape, an unknown guid) goes to
-        # route(), after what came before it, which decides.
-        by_tail = self._sinks.by_tail
-        tail_lens = self._sinks.tail_lens
-        run: list[bytes] = []
-        run_sink: Sink | None = None
-        for payload in payloads:
-            if payload[:9] == DATA_HEAD:
-                for n in tail_lens:
-                    sink = by_tail.get(payload[-n:])
-                    if sink is not None:
-                        if sink is run_sink:
-                            run.append(payload)
-                        else:
-                            if run_sink is not None:
-                                run_sink.push_many(run)
-                            run_sink = sink
-                            run = [payload]
-                        break
-                else:
-                    sink = None
-                if sink is not None:
-                    continue
-            if run_sink is not None:
-                run_sink.push_many(run)
-                run_sink = None
-            self._route(payload)
-        if run_sink is not None:
-            run_sink.push_many(run)
+        # Frames of our subscriptions to their sinks (consecutive ones in one push_many), the
+        # rest to _route() in order: TailTable.dispatch, compiled when the reader is.
+        dispatch_frames(self._sinks, payloads, self._route)
 
     def _flush_taps(self) -> None:
         frames = self._tapped
@@ -699,7 +671,7 @@ class Lane:
         self._close_info = None
         try:
             return await ws_connect(
-                lambda: BatchListener(
+                lambda: BATCH_LISTENER(
                     self._on_frames,
                     self._on_disconnected,
                     on_close=self._on_close,

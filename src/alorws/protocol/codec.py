@@ -22,7 +22,9 @@ decoded in one pass, envelope and payload together, by a :func:`frame_decoder_fo
 
 from __future__ import annotations
 
-from typing import Any, Final, Generic, TypeVar, cast
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -249,6 +251,14 @@ def frame_payload(frame: bytes) -> bytes:
 
 V = TypeVar("V")
 
+_HEAD: Final = itemgetter(slice(None, 9))  # the first 9 bytes, as a C-level callable
+
+
+class Pusher(Protocol):
+    """What :meth:`TailTable.dispatch` hands a subscription's frames to (a stream's buffer)."""
+
+    def push_many(self, items: list[bytes]) -> None: ...
+
 
 class TailTable(Generic[V]):
     """Subscription guid -> value, also found straight from a compact data frame's tail.
@@ -303,6 +313,69 @@ class TailTable(Generic[V]):
                 if value is not None:
                     return value
         return None
+
+    def dispatch(
+        self: TailTable[Pusher], frames: list[bytes], route: Callable[[bytes], None]
+    ) -> None:
+        """Hand a socket read's ``frames`` over, in order: the frames of the table's guids
+        (:meth:`match`) to their value's ``push_many``, consecutive frames of one guid in one
+        call; any other frame to ``route`` (which may change the table: the frames after it
+        are matched against the table as it is then).
+
+        The reader's fast path (:func:`alorws.client._ws.dispatch_frames`, in C when the
+        compiled reader is built). Neither ``push_many`` nor ``route`` may raise.
+        """
+        by_tail = self.by_tail
+        tail_lens = self.tail_lens
+        count = len(frames)
+        if len(tail_lens) == 1 and count:
+            # One guid length (uuid guids): every tail is looked up at once, in C-level loops.
+            # Taken only if every frame matches: route() is then never called, and push_many
+            # only stores, so these are the lookups the loop below would make.
+            found = list(map(by_tail.get, map(itemgetter(slice(-tail_lens[0], None)), frames)))
+            if None not in found and list(map(_HEAD, frames)).count(DATA_HEAD) == count:
+                pushers = cast("list[Pusher]", found)
+                current = pushers[0]
+                if pushers.count(current) == count:  # one subscription (no __eq__: identity)
+                    current.push_many(frames[:])
+                    return
+                start = 0
+                for i, pusher in enumerate(pushers):
+                    if pusher is not current:
+                        current.push_many(frames[start:i])
+                        current = pusher
+                        start = i
+                current.push_many(frames[start:])
+                return
+        # Frame by frame, match() inlined: slices and a dict lookup (bytes.startswith/endswith
+        # parse their arguments: slower).
+        run: list[bytes] = []
+        run_sink: Pusher | None = None
+        for payload in frames:
+            if payload[:9] == DATA_HEAD:
+                for n in tail_lens:
+                    sink = by_tail.get(payload[-n:])
+                    if sink is not None:
+                        if sink is run_sink:
+                            run.append(payload)
+                        else:
+                            if run_sink is not None:
+                                run_sink.push_many(run)
+                            run_sink = sink
+                            run = [payload]
+                        break
+                else:
+                    sink = None
+                if sink is not None:
+                    continue
+            if run_sink is not None:
+                run_sink.push_many(run)
+                run_sink = None
+            route(payload)
+            by_tail = self.by_tail  # route() may have changed the table (a new guid length)
+            tail_lens = self.tail_lens
+        if run_sink is not None:
+            run_sink.push_many(run)
 
 
 _FRAME_DECODERS: dict[tuple[type[Model], Format], msgspec.json.Decoder[Any]] = {}

@@ -42,6 +42,7 @@ async def test_market_data_is_sharded_within_the_budget_and_keeps_off_the_reserv
     ) as sim:
         token_file = tmp_path / "token"
         token_file.write_text(sim.demo_refresh_token, encoding="utf-8")
+        token_file.chmod(0o600)  # a token file must be its owner's alone
         gw = await GatewayProcess.start(
             nats_server.url, sim.url, token_file, "--max-connections", "4",
             "--max-subscriptions-per-connection", "3", "--reserve-connections", "2",

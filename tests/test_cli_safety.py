@@ -114,9 +114,11 @@ def test_sim_help_lists_its_flags_and_admin_endpoints(capsys: pytest.CaptureFixt
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from alorws import __version__
+    from alorws.client import COMPILED_READER
 
     code, out, _ = run(capsys, "--version")
-    assert code == 0 and out.strip() == f"alorws {__version__}"
+    reader = "compiled reader" if COMPILED_READER else "pure-Python reader"
+    assert code == 0 and out.strip() == f"alorws {__version__} ({reader})"
 
 
 def test_usage_error_is_one_message_and_the_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,7 +146,14 @@ WIRE = {
         "validate_guid",
     ],
     "alorws.errors": ["redact", "rejection_for", "scrub"],
-    "alorws.client": ["Endpoints", "LaneKind", "LaneState", "StreamBuffer", "resolve_endpoints"],
+    "alorws.client": [
+        "COMPILED_READER",
+        "Endpoints",
+        "LaneKind",
+        "LaneState",
+        "StreamBuffer",
+        "resolve_endpoints",
+    ],
 }
 
 PROTOCOL_MODULES = [

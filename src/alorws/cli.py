@@ -90,8 +90,10 @@ app = typer.Typer(
 def _version(value: bool) -> None:
     if value:
         from . import __version__
+        from .client import COMPILED_READER
 
-        print(f"alorws {__version__}")
+        reader = "compiled reader" if COMPILED_READER else "pure-Python reader"
+        print(f"alorws {__version__} ({reader})")
         raise typer.Exit(0)
 
 

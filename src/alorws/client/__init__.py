@@ -1,10 +1,13 @@
 """The asyncio client: token manager, lanes, buffers, reconnect-and-restore, typed streams,
 orders over ``/cws``, the HTTP API and local state; where the refresh token comes from
 (:func:`resolve_refresh_token`) and which proxy connections go through (:class:`Proxy`).
+:data:`COMPILED_READER` says whether the reader's per-frame work runs compiled (see
+docs/client.md, "Threads and loops").
 
 Importing this package loads asyncio and the network stack; :mod:`alorws.protocol` does not.
 """
 
+from ._ws import COMPILED as COMPILED_READER
 from .auth import TokenManager as TokenManager, resolve_refresh_token as resolve_refresh_token
 from .blocking import BlockingStream as BlockingStream, Client as Client
 from .buffer import BufferEmpty as BufferEmpty, Policy as Policy, StreamBuffer as StreamBuffer
@@ -22,6 +25,7 @@ from .streams import Stream as Stream
 
 
 __all__ = [
+    "COMPILED_READER",
     "AlorClient",
     "BlockingStream",
     "BufferEmpty",

@@ -3,7 +3,7 @@ comparisons with the simulator's ground truth do catch a loss, a repeat and a do
 
 The run itself is marked ``soak`` (about a minute; ``pytest -m "not soak"`` skips it). Its seed
 is random unless ``ALORWS_SOAK_SEED`` is set; a failure names it, and
-``python bench/soak.py --seconds 45 --seed N`` replays the same fault sequence.
+``python bench/soak.py --seconds 60 --seed N`` replays the same fault sequence.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from ._sim import DAY
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = ROOT / "bench" / "soak.py"
-SECONDS = 45
+# Long enough for five faults even on a loaded machine, where each hostile-frame injection may
+# first wait for the client to settle (at 45 s, a run under a parallel test suite drew four).
+SECONDS = 60
 
 
 def _soak_module() -> ModuleType:
@@ -47,7 +49,7 @@ def _soak_module() -> ModuleType:
 @pytest.mark.soak
 @pytest.mark.timeout(SECONDS + 120)
 def test_soak_loses_repeats_and_leaks_nothing(tmp_path: Path) -> None:
-    """45 s of chaos against the simulator in its own process: PASS, and the invariants it
+    """60 s of chaos against the simulator in its own process: PASS, and the invariants it
     prints hold: nothing lost, repeated or executed twice, every subscription restored under its
     guid, every hostile frame counted, no token in the log, RSS and descriptors flat."""
     seed = int(os.environ.get("ALORWS_SOAK_SEED") or random.randrange(1, 1_000_000))
@@ -78,7 +80,8 @@ def test_soak_loses_repeats_and_leaks_nothing(tmp_path: Path) -> None:
     assert abs(r["fds_after_close"] - s["start"]["fds"]) <= 4
     # The run did what it is for: faults happened, the client came back from them, orders
     # filled, hostile frames went in.
-    assert sum(r["faults"].values()) >= 5, r["faults"]
+    skipped = r["bad_detail"]["injections_skipped_unsettled"]
+    assert sum(r["faults"].values()) >= 5, how + f"{r['faults']}, injections skipped: {skipped}"
     assert r["reconnects"] > 0 and r["restores_seen"] > 0
     assert r["command_results"].get("ack", 0) > 0 and r["trades_at_sim"] > 0
     assert r["events_compared"] > 0

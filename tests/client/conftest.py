@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,6 +18,18 @@ from .._sim import DAY
 
 #: Reconnect quickly in tests (full jitter below 50 ms), never give up.
 FAST = Backoff(base=0.01, cap=0.05)
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    """Switch threads after every few bytecodes, so that a producer thread's steps land between
+    the consumer's (races between them interleave within a short test)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -33,18 +32,6 @@ class Gap:
 
     def __repr__(self) -> str:
         return f"Gap({self.n})"
-
-
-@pytest.fixture
-def frequent_switches() -> Iterator[None]:
-    """Switch threads after every few bytecodes, so that the producer's steps land between the
-    consumer's (between its look at the depth, at the marker count and its take)."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 # -- StreamBuffer: bulk take and overflow markers ---------------------------------------------

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 import threading
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,18 +47,6 @@ def _detached_stream() -> Stream[Quote]:
         account=False,
         max_buffer=10,
     )
-
-
-@pytest.fixture
-def frequent_switches() -> Iterator[None]:
-    """Switch threads after every few bytecodes, so that races between the consumer's and the
-    producer's steps actually interleave within a short test."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 # -- memory ---------------------------------------------------------------------------------

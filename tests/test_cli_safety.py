@@ -106,7 +106,7 @@ def test_sim_help_lists_its_flags_and_admin_endpoints(capsys: pytest.CaptureFixt
     code, out, _ = run(capsys, "sim", "-h")
     assert code == 0
     for flag in ("--max-connections", "--drop-every", "--admin-token", "--daily-restart",
-                 "--state-file", "--tls", "--account"):  # fmt: skip
+                 "--state-file", "--tls", "--account", "--schedule"):  # fmt: skip
         assert flag in out
     for endpoint in ("/sim/drop", "/sim/refuse", "/sim/inject", "/sim/stats", "/sim/silence"):
         assert endpoint in out

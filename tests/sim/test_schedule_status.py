@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from alorws.protocol.timeutil import MSK
 from alorws.sim.app import SCHEDULE_TASK, Simulator
 from alorws.sim.schedule import PHASE_STATUS
 
+from .._clisim import process_sim
 from .._sim import DAY
 from .conftest import new_guid, request
 from .wsclient import RawWS
@@ -278,3 +280,30 @@ def test_every_phase_has_a_status() -> None:
         Phase.BREAK: 2,
         Phase.CLOSED: 18,
     }
+
+
+async def test_the_sim_command_follows_the_schedule(tmp_path: Path) -> None:
+    """``alorws sim --schedule``: every instrument's status is its market's window of the wall
+    clock (read before and after, in case a boundary passes meanwhile); without the flag, 17."""
+    from alorws.client import AlorClient
+
+    async def statuses(*flags: str) -> dict[str, int]:
+        with process_sim(tmp_path / f"state{len(flags)}.json", *flags) as sim:
+            token = sim.lines["refresh_token"]
+            async with AlorClient(token, base_url=sim.url, io_thread=False) as client:
+                got = {}
+                for symbol in SYMBOLS:
+                    security = await client.http.security(symbol)
+                    assert security.trading_status is not None
+                    got[symbol] = int(security.trading_status)
+                return got
+
+    def expected() -> dict[str, int]:
+        now = datetime.now(MSK)
+        markets = {"SBER": "stock", "SiZ6": "futures", "USD000UTSTOM": "currency"}
+        return {s: PHASE_STATUS[SCHEDULES[m].state(now).window.phase] for s, m in markets.items()}
+
+    before = expected()
+    got = await statuses("--schedule")
+    assert got in (before, expected())
+    assert await statuses() == dict.fromkeys(SYMBOLS, 17)

@@ -538,6 +538,7 @@ async def _serve(args: Any) -> None:
         http_rate=args.http_rate,
         send_buffer=args.send_buffer,
         ground_truth_path=args.ground_truth,
+        schedule=args.schedule,
     )
     extra = []
     for spec in args.account:

@@ -145,6 +145,14 @@ def sim_command(run: Runner) -> Callable[..., None]:
                 help="Longest life of a connection let through a restart window.",
             ),
         ] = 1.0,
+        schedule: Annotated[
+            bool,
+            typer.Option(
+                "--schedule",
+                help="Follow the MOEX trading day: orders refused while their market is closed, "
+                "tradingStatus following each market's window.",
+            ),
+        ] = False,
         ground_truth: Annotated[
             str | None,
             typer.Option("--ground-truth", metavar="PATH", help="Append the ground truth (JSONL)."),

@@ -103,7 +103,7 @@ _SKEW_TOLERANCE: Final = 5.0
 _MAX_SLEEP: Final = 60.0
 #: On-demand refresh failed but the old token has this many seconds left: hand it out.
 _STILL_VALID: Final = 1.0
-#: Within ``connect_timeout``, no pause is taken that leaves less than this (seconds) for the
+#: Within ``start_timeout``, no pause is taken that leaves less than this (seconds) for the
 #: attempt after it: a last attempt cut to a few milliseconds could only time out.
 _MIN_ATTEMPT: Final = 0.1
 #: HTTP statuses worth retrying: the server is overloaded or failing, not refusing us.
@@ -333,7 +333,7 @@ class TokenManager:
             :func:`~alorws.protocol.jwt.refresh_margin` (10% of the lifetime, at least 30 s).
         retry: delays between the attempts of one refresh; it gives up when they run out.
         http_timeout: seconds allowed for one refresh request.
-        connect_timeout: the most seconds :meth:`start` spends getting the first token, all
+        start_timeout: the most seconds :meth:`start` spends getting the first token, all
             attempts and the pauses between them included: each attempt gets
             ``min(http_timeout, time left)``, and when the time runs out the start fails with
             :class:`~alorws.errors.TransportTimeout` (the last attempt timed out) or
@@ -355,7 +355,7 @@ class TokenManager:
         margin: float | None = None,
         retry: Backoff = DEFAULT_RETRY,
         http_timeout: float = 10.0,
-        connect_timeout: float | None = None,
+        start_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         proxy: ProxyOption = None,
     ) -> None:
@@ -364,14 +364,14 @@ class TokenManager:
             raise ConfigurationError(f"margin must be a finite number >= 0, got {margin}")
         if not (http_timeout > 0 and math.isfinite(http_timeout)):
             raise ConfigurationError(f"http_timeout must be > 0 seconds, got {http_timeout}")
-        if connect_timeout is not None and (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, int | float)
-            or not (connect_timeout > 0 and math.isfinite(connect_timeout))
+        if start_timeout is not None and (
+            isinstance(start_timeout, bool)
+            or not isinstance(start_timeout, int | float)
+            or not (start_timeout > 0 and math.isfinite(start_timeout))
         ):
             raise ConfigurationError(
-                f"connect_timeout must be a finite number of seconds > 0 (or None), got "
-                f"{connect_timeout!r}"
+                f"start_timeout must be a finite number of seconds > 0 (or None), got "
+                f"{start_timeout!r}"
             )
         body: dict[str, Any] = {"token": refresh_token}
         if allowed_portfolios is not None:
@@ -392,7 +392,7 @@ class TokenManager:
         self._margin = margin
         self._retry = retry
         self._http_timeout = http_timeout
-        self._connect_timeout = connect_timeout
+        self._start_timeout = start_timeout
         self._clock = clock
 
         self._token: str | None = None
@@ -549,7 +549,7 @@ class TokenManager:
         return await self._refresh(force=force, budget=None)
 
     async def _refresh(self, *, force: bool, budget: float | None) -> str:
-        """:meth:`refresh`; ``budget``: the most seconds it may take (``connect_timeout``)."""
+        """:meth:`refresh`; ``budget``: the most seconds it may take (``start_timeout``)."""
         self._check_usable()
         task = self._inflight
         if task is None:
@@ -567,8 +567,8 @@ class TokenManager:
             if not task.done():
                 raise TransportTimeout(
                     f"could not refresh the access token at {self._url}: a refresh already "
-                    f"under way did not finish within connect_timeout={budget:g} s. Raise "
-                    "connect_timeout if the auth server is slow to answer, or check the "
+                    f"under way did not finish within start_timeout={budget:g} s. Raise "
+                    "start_timeout if the auth server is slow to answer, or check the "
                     "network and oauth_url (env)"
                 )
         try:
@@ -583,13 +583,13 @@ class TokenManager:
     async def start(self) -> None:
         """Fetch the first token (raising if that fails) and start the proactive refresh.
 
-        Getting that token takes at most ``connect_timeout`` seconds when it is set. Calling it
+        Getting that token takes at most ``start_timeout`` seconds when it is set. Calling it
         again while running does nothing.
         """
         self._check_usable()
         if self._task is not None:
             return
-        await self._token_within(self._connect_timeout)
+        await self._token_within(self._start_timeout)
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(
                 self._refresh_loop(), name="alorws-token-keeper"
@@ -721,7 +721,7 @@ class TokenManager:
                 spent = deadline is not None and now + (delay or 0.0) + _MIN_ATTEMPT > deadline
                 if spent or delay is None:
                     advice = (
-                        f"; connect_timeout={budget:g} s ran out. Raise connect_timeout if the "
+                        f"; start_timeout={budget:g} s ran out. Raise start_timeout if the "
                         "auth server is slow to answer, or check the network and oauth_url (env)"
                         if spent
                         else ". Check the network and oauth_url (env)"

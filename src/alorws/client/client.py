@@ -114,7 +114,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         io_thread: run the network in a dedicated thread (default), so a consumer that blocks
             its loop cannot stall the readers.
         subscribe_timeout: how long ``await stream`` waits for the server's confirmation.
-        connect_timeout: the most seconds :meth:`start` (``async with``) spends getting the
+        start_timeout: the most seconds :meth:`start` (``async with``) spends getting the
             first access token, every attempt and pause included (default 30): an auth server
             that accepts the connection and never answers fails the start with
             :class:`~alorws.errors.TransportTimeout` in that time, not after all the retries.
@@ -166,7 +166,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         ping_timeout: float = 5.0,
         io_thread: bool = True,
         subscribe_timeout: float = 15.0,
-        connect_timeout: float = 30.0,
+        start_timeout: float = 30.0,
         max_buffer: int = 100_000,
         silence_timeout: Mapping[str, float] | None = None,
         reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
@@ -226,7 +226,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
             ("subscribe_timeout", subscribe_timeout),
-            ("connect_timeout", connect_timeout),
+            ("start_timeout", start_timeout),
         ):
             if (
                 isinstance(seconds, bool)
@@ -239,7 +239,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         if type(max_buffer) is not int or max_buffer < 1:
             raise ConfigurationError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         self._backoff = backoff or Backoff()
-        self._connect_timeout = float(connect_timeout)
+        self._start_timeout = float(start_timeout)
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
         # Wake-ups of parked consumers, coalesced per iteration of the I/O loop (bound at start),
@@ -314,12 +314,12 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
     async def start(self) -> None:
         """Start the I/O thread and get the first access token (fails fast on a bad token).
 
-        Getting the token takes at most ``connect_timeout`` seconds.
+        Getting the token takes at most ``start_timeout`` seconds.
 
         Raises:
             AuthError: the refresh token was refused.
-            TransportTimeout: ``connect_timeout`` ran out with the last attempt unanswered.
-            ConnectError: the auth server could not be reached (in ``connect_timeout``, or
+            TransportTimeout: ``start_timeout`` ran out with the last attempt unanswered.
+            ConnectError: the auth server could not be reached (in ``start_timeout``, or
                 after all the retries).
         """
         if self._state is not Lifecycle.NEW:
@@ -345,7 +345,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             self.endpoints.oauth,
             ssl=ssl_context_for(self.endpoints.oauth, cafile=self._cafile),
             proxy=self._proxy(self.endpoints.refresh_url),
-            connect_timeout=self._connect_timeout,
+            start_timeout=self._start_timeout,
         )
         await self._tokens.start()
         self._pool.tokens = self._tokens

@@ -103,6 +103,9 @@ _SKEW_TOLERANCE: Final = 5.0
 _MAX_SLEEP: Final = 60.0
 #: On-demand refresh failed but the old token has this many seconds left: hand it out.
 _STILL_VALID: Final = 1.0
+#: Within ``start_timeout``, no pause is taken that leaves less than this (seconds) for the
+#: attempt after it: a last attempt cut to a few milliseconds could only time out.
+_MIN_ATTEMPT: Final = 0.1
 #: HTTP statuses worth retrying: the server is overloaded or failing, not refusing us.
 _RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -330,6 +333,12 @@ class TokenManager:
             :func:`~alorws.protocol.jwt.refresh_margin` (10% of the lifetime, at least 30 s).
         retry: delays between the attempts of one refresh; it gives up when they run out.
         http_timeout: seconds allowed for one refresh request.
+        start_timeout: the most seconds :meth:`start` spends getting the first token, all
+            attempts and the pauses between them included: each attempt gets
+            ``min(http_timeout, time left)``, and when the time runs out the start fails with
+            :class:`~alorws.errors.TransportTimeout` (the last attempt timed out) or
+            :class:`~alorws.errors.ConnectError`. ``None`` (the default): only ``retry`` and
+            ``http_timeout`` bound it. Later refreshes are not affected.
         clock: the wall clock, Unix seconds (injectable for tests).
         proxy: ``None``: from the environment (``HTTPS_PROXY`` …, never for loopback);
             ``False``: none; ``"http://[user:password@]host:port"`` or ``"socks5://…"``: that
@@ -346,6 +355,7 @@ class TokenManager:
         margin: float | None = None,
         retry: Backoff = DEFAULT_RETRY,
         http_timeout: float = 10.0,
+        start_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         proxy: ProxyOption = None,
     ) -> None:
@@ -354,6 +364,15 @@ class TokenManager:
             raise ConfigurationError(f"margin must be a finite number >= 0, got {margin}")
         if not (http_timeout > 0 and math.isfinite(http_timeout)):
             raise ConfigurationError(f"http_timeout must be > 0 seconds, got {http_timeout}")
+        if start_timeout is not None and (
+            isinstance(start_timeout, bool)
+            or not isinstance(start_timeout, int | float)
+            or not (start_timeout > 0 and math.isfinite(start_timeout))
+        ):
+            raise ConfigurationError(
+                f"start_timeout must be a finite number of seconds > 0 (or None), got "
+                f"{start_timeout!r}"
+            )
         body: dict[str, Any] = {"token": refresh_token}
         if allowed_portfolios is not None:
             if isinstance(allowed_portfolios, str) or not all(
@@ -373,6 +392,7 @@ class TokenManager:
         self._margin = margin
         self._retry = retry
         self._http_timeout = http_timeout
+        self._start_timeout = start_timeout
         self._clock = clock
 
         self._token: str | None = None
@@ -500,12 +520,16 @@ class TokenManager:
             ConnectError, TransportTimeout: the auth server could not be reached, after retries.
             InvalidState: the manager is closed.
         """
+        return await self._token_within(None)
+
+    async def _token_within(self, budget: float | None) -> str:
+        """:meth:`token`, its refresh (if one is needed) bounded by ``budget`` seconds."""
         self._check_usable()
         token = self._token
         if token is not None and not self._due():
             return token
         try:
-            return await self.refresh()
+            return await self._refresh(force=False, budget=budget)
         except TransportError:
             token, left = self._token, self.expires_in
             if token is not None and left is not None and left > _STILL_VALID:
@@ -522,6 +546,10 @@ class TokenManager:
         Raises:
             The same as :meth:`token`, without its fallback to a still-valid token.
         """
+        return await self._refresh(force=force, budget=None)
+
+    async def _refresh(self, *, force: bool, budget: float | None) -> str:
+        """:meth:`refresh`; ``budget``: the most seconds it may take (``start_timeout``)."""
         self._check_usable()
         task = self._inflight
         if task is None:
@@ -529,9 +557,20 @@ class TokenManager:
             if not force and token is not None and not self._due():
                 return token
             task = self._inflight = asyncio.get_running_loop().create_task(
-                self._refresh_with_retries(), name="alorws-token-refresh"
+                self._refresh_with_retries(budget), name="alorws-token-refresh"
             )
             task.add_done_callback(self._refresh_done)
+        elif budget is not None:
+            # A refresh started without our budget is under way: wait for it, but no longer
+            # than the budget (asyncio.wait neither cancels it nor raises its timeout).
+            await asyncio.wait({task}, timeout=budget)
+            if not task.done():
+                raise TransportTimeout(
+                    f"could not refresh the access token at {self._url}: a refresh already "
+                    f"under way did not finish within start_timeout={budget:g} s. Raise "
+                    "start_timeout if the auth server is slow to answer, or check the "
+                    "network and oauth_url (env)"
+                )
         try:
             # Shielded: a cancelled caller must not cancel the refresh the others wait for.
             return await asyncio.shield(task)
@@ -544,12 +583,13 @@ class TokenManager:
     async def start(self) -> None:
         """Fetch the first token (raising if that fails) and start the proactive refresh.
 
-        Calling it again while running does nothing.
+        Getting that token takes at most ``start_timeout`` seconds when it is set. Calling it
+        again while running does nothing.
         """
         self._check_usable()
         if self._task is not None:
             return
-        await self.token()
+        await self._token_within(self._start_timeout)
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(
                 self._refresh_loop(), name="alorws-token-keeper"
@@ -661,22 +701,35 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # mark it retrieved even if every waiter was cancelled
 
-    async def _refresh_with_retries(self) -> str:
+    async def _refresh_with_retries(self, budget: float | None = None) -> str:
+        """One refresh, retried per ``retry``; ``budget``: the most seconds it takes in all."""
         delays = self._retry.delays()
         started = time.monotonic()
+        deadline = None if budget is None else started + budget
         attempts = 0
         while True:
             attempts += 1
+            allowed = self._http_timeout
+            if deadline is not None:
+                allowed = max(min(allowed, deadline - time.monotonic()), 0.0)
             try:
-                token, claims = await self._request_once()
+                token, claims = await self._request_once(allowed)
             except _Retryable as exc:
                 delay = next(delays, None)
-                if delay is None:
-                    elapsed = time.monotonic() - started
+                now = time.monotonic()
+                # Out of budget: a pause (if any is left) would leave too little for an attempt.
+                spent = deadline is not None and now + (delay or 0.0) + _MIN_ATTEMPT > deadline
+                if spent or delay is None:
+                    advice = (
+                        f"; start_timeout={budget:g} s ran out. Raise start_timeout if the "
+                        "auth server is slow to answer, or check the network and oauth_url (env)"
+                        if spent
+                        else ". Check the network and oauth_url (env)"
+                    )
                     final: TransportError = (TransportTimeout if exc.timeout else ConnectError)(
                         f"could not refresh the access token at {self._url}: {attempts} "
-                        f"attempt(s) failed in {elapsed:.1f} s, the last with: {exc.detail}. "
-                        "Check the network and oauth_url (env)"
+                        f"attempt(s) failed in {now - started:.1f} s, the last with: "
+                        f"{exc.detail}{advice}"
                     )
                     self._record_failure(final)
                     raise final from None
@@ -707,12 +760,13 @@ class TokenManager:
             )
         return self._session
 
-    async def _request_once(self) -> tuple[str, JwtClaims]:
-        """One ``POST {oauth}/refresh`` (docs/protocol.md §2.2). Raises _Retryable or AuthError."""
+    async def _request_once(self, allowed: float) -> tuple[str, JwtClaims]:
+        """One ``POST {oauth}/refresh`` (docs/protocol.md §2.2) allowed ``allowed`` seconds.
+        Raises _Retryable or AuthError."""
         session = self._get_session()
         self._requests += 1
         try:
-            async with asyncio.timeout(self._http_timeout):
+            async with asyncio.timeout(allowed):
                 # No redirects: one could carry the refresh token to another host in clear text.
                 async with session.post(
                     self._url,
@@ -724,7 +778,7 @@ class TokenManager:
                     status = response.status
                     payload = await response.read()
         except TimeoutError:
-            raise _Retryable(f"no answer within {self._http_timeout} s", timeout=True) from None
+            raise _Retryable(f"no answer within {allowed:.3g} s", timeout=True) from None
         except aiohttp.ClientSSLError as exc:
             # A certificate problem does not fix itself: retrying only delays the message.
             raise ConnectError(

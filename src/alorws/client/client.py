@@ -114,6 +114,12 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         io_thread: run the network in a dedicated thread (default), so a consumer that blocks
             its loop cannot stall the readers.
         subscribe_timeout: how long ``await stream`` waits for the server's confirmation.
+        start_timeout: the most seconds :meth:`start` (``async with``) spends getting the
+            first access token, every attempt and pause included (default 30): an auth server
+            that accepts the connection and never answers fails the start with
+            :class:`~alorws.errors.TransportTimeout` in that time, not after all the retries.
+            One unreachable fails it sooner, with :class:`~alorws.errors.ConnectError`. Later
+            token refreshes are not bounded by it (docs/client.md, "Starting").
         max_buffer: default bound of lossless (``queue``) stream buffers.
         silence_timeout: seconds without data after which a subscription of a kind is
             subscribed again (docs/protocol.md §9.6), by kind: ``{"quotes": 60, "order_book": 60}``;
@@ -160,6 +166,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         ping_timeout: float = 5.0,
         io_thread: bool = True,
         subscribe_timeout: float = 15.0,
+        start_timeout: float = 30.0,
         max_buffer: int = 100_000,
         silence_timeout: Mapping[str, float] | None = None,
         reauth_after_idle: float | None = DEFAULT_REAUTH_AFTER_IDLE,
@@ -219,6 +226,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
             ("subscribe_timeout", subscribe_timeout),
+            ("start_timeout", start_timeout),
         ):
             if (
                 isinstance(seconds, bool)
@@ -231,6 +239,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         if type(max_buffer) is not int or max_buffer < 1:
             raise ConfigurationError(f"max_buffer must be an int >= 1, got {max_buffer!r}")
         self._backoff = backoff or Backoff()
+        self._start_timeout = float(start_timeout)
         self._max_buffer = max_buffer
         self._runtime = IORuntime(threaded=io_thread)
         # Wake-ups of parked consumers, coalesced per iteration of the I/O loop (bound at start),
@@ -303,7 +312,16 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         await self.aclose()
 
     async def start(self) -> None:
-        """Start the I/O thread and get the first access token (fails fast on a bad token)."""
+        """Start the I/O thread and get the first access token (fails fast on a bad token).
+
+        Getting the token takes at most ``start_timeout`` seconds.
+
+        Raises:
+            AuthError: the refresh token was refused.
+            TransportTimeout: ``start_timeout`` ran out with the last attempt unanswered.
+            ConnectError: the auth server could not be reached (in ``start_timeout``, or
+                after all the retries).
+        """
         if self._state is not Lifecycle.NEW:
             raise InvalidState(f"cannot start a client that is {self._state.value}")
         self._state = Lifecycle.STARTING
@@ -327,6 +345,7 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
             self.endpoints.oauth,
             ssl=ssl_context_for(self.endpoints.oauth, cafile=self._cafile),
             proxy=self._proxy(self.endpoints.refresh_url),
+            start_timeout=self._start_timeout,
         )
         await self._tokens.start()
         self._pool.tokens = self._tokens

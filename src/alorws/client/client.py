@@ -117,9 +117,10 @@ class AlorClient(TraderMethods, ClientStreams, ConnectionHooks):
         start_timeout: the most seconds :meth:`start` (``async with``) spends getting the
             first access token, every attempt and pause included (default 30): an auth server
             that accepts the connection and never answers fails the start with
-            :class:`~alorws.errors.TransportTimeout` in that time, not after all the retries.
-            One unreachable fails it sooner, with :class:`~alorws.errors.ConnectError`. Later
-            token refreshes are not bounded by it (docs/client.md, "Starting").
+            :class:`~alorws.errors.TransportTimeout` in that time, not after all the retries;
+            one that refuses connections fails it with :class:`~alorws.errors.ConnectError`,
+            usually sooner. Later token refreshes are not bounded by it (docs/client.md,
+            "Starting").
         max_buffer: default bound of lossless (``queue``) stream buffers.
         silence_timeout: seconds without data after which a subscription of a kind is
             subscribed again (docs/protocol.md §9.6), by kind: ``{"quotes": 60, "order_book": 60}``;

@@ -576,7 +576,7 @@ def envelope_frames(rng: random.Random) -> list[tuple[str, str]]:
     junk = "".join(
         chr(rng.choice((rng.randrange(1, 32), rng.randrange(33, 0x2FF)))) for _ in range(40)
     )
-    deep = rng.randint(3000, 8000)
+    deep = rng.randint(12_000, 20_000)  # past the C recursion limit of 3.11-3.13 (3.13: ~10,000)
     return [
         ("junk", junk),
         ("empty", ""),
@@ -600,7 +600,7 @@ def envelope_frames(rng: random.Random) -> list[tuple[str, str]]:
 def aimed_frames(guid: str, rng: random.Random) -> list[tuple[str, str]]:
     """Frames in the compact data shape for subscription ``guid`` whose payload is bad: its
     stream counts them in ``bad_payloads`` (other connections: unrouted or bad)."""
-    deep = rng.randint(3000, 8000)
+    deep = rng.randint(12_000, 20_000)  # past the C recursion limit of 3.11-3.13 (3.13: ~10,000)
     tail = ',"guid":"' + guid + '"}'
     return [
         ("aimed: deep", '{"data":{"x":' + "[" * deep + "]" * deep + "}" + tail),

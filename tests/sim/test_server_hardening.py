@@ -26,7 +26,7 @@ from .wsclient import PipeWS, RawWS
 
 
 COMMANDS = "/commandapi/warptrans/TRADE/v2/client/orders"
-DEEP = "[" * 5000 + "]" * 5000
+DEEP = "[" * 20_000 + "]" * 20_000  # past the C recursion limit of 3.11-3.13 (3.13: ~10,000)
 DEEP_OBJECT = '{"a":' * 5000 + "1" + "}" * 5000
 
 
@@ -223,6 +223,32 @@ async def test_bad_http_bodies_are_4xx(
     assert sim.faults.refuse_until == 0.0 and sim.faults.reply_delay == 0.0
     good = await http.get("/md/v2/time", headers=bearer(sim.access_token()))
     assert good.status == 200
+    assert sim.stats()["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/sim/drop", '{"cod": 4999}', "cod"),
+        ("/sim/stall", '{"seconds": 1, "acount": "D1"}', "acount"),
+        ("/sim/refuse", '{"second": 30}', "second"),
+        ("/sim/inject", '{"frame": "x", "acc": "D1"}', "acc"),
+        ("/sim/random-drops", '{"every": 1, "code": [1006]}', "code"),
+        ("/sim/silence", '{"seconds": 1, "symbols": ["SBER"]}', "symbols"),
+        ("/sim/expire-tokens", '{"now": true}', "now"),
+        ("/sim/unsilence", '{"all": true}', "all"),
+    ],
+)
+async def test_admin_fields_the_endpoint_does_not_take_are_400(
+    sim: Simulator, http: aiohttp.ClientSession, path: str, body: str, field: str
+) -> None:
+    """A misspelt admin argument is refused with a 400 naming it and what the endpoint takes,
+    and nothing happens: it is never dropped for its default."""
+    resp = await http.post(path, data=body, headers={"Content-Type": "application/json"})
+    text = await resp.text()
+    assert resp.status == 400, (resp.status, text)
+    assert repr(field) in text and path in text, text
+    assert sim.faults.dropped == 0 and sim.faults.refuse_until == 0.0
     assert sim.stats()["errors"] == 0
 
 

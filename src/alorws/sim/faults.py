@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from ..errors import InvalidArgumentError
-from .web import error_response, json_response, read_json
+from .web import MAX_REQUEST, error_response, json_response, read_json
 
 
 if TYPE_CHECKING:
@@ -714,6 +714,19 @@ class Faults:
 _MAX_INJECT: Final = 1 << 20  # /sim/inject may carry a larger frame (it is sent, not parsed)
 
 
+async def _params(request: web.Request, *known: str, limit: int = MAX_REQUEST) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` without one); 400 naming any field the endpoint
+    does not take: a misspelt argument is refused, never ignored for its default."""
+    body = await read_json(request, limit) or {}
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        takes = ", ".join(known) if known else "no fields"
+        raise web.HTTPBadRequest(
+            text=f"unknown field(s) {', '.join(map(repr, unknown))}: {request.path} takes {takes}"
+        )
+    return body
+
+
 class AdminApi:
     """The ``/sim/*`` endpoints: :class:`Faults` over HTTP, plus the ground truth and stats.
 
@@ -783,31 +796,32 @@ class AdminApi:
         )
 
     async def _drop(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request) or {}
+        body = await _params(request, "code", "account")
         n = self.faults.drop(body.get("code", 1006), account=body.get("account"))
         return json_response({"dropped": n})
 
     async def _stall(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds", "account")
         n = self.faults.stall(body.get("seconds", 1.0), account=body.get("account"))
         return json_response({"stalled": n})
 
     async def _refuse(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds")
         self.faults.refuse(body.get("seconds", 1.0))
         return json_response({"ok": True})
 
     async def _delay(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds")
         self.faults.delay(body.get("seconds", 0.0))
         return json_response({"ok": True})
 
     async def _expire(self, request: web.Request) -> web.StreamResponse:
+        await _params(request)
         self.faults.expire_tokens()
         return json_response({"ok": True})
 
     async def _inject(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request, _MAX_INJECT) or {}
+        body = await _params(request, "frame", "account", limit=_MAX_INJECT)
         frame = body.get("frame")
         if not isinstance(frame, str):
             return error_response(400, "frame: must be a string")
@@ -815,19 +829,19 @@ class AdminApi:
         return json_response({"injected": n})
 
     async def _restart(self, request: web.Request) -> web.StreamResponse:
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds", "code")
         n = self.faults.restart(body.get("seconds", 2.0), code=body.get("code", 1006))
         return json_response({"dropped": n})
 
     async def _idle_cws(self, request: web.Request) -> web.StreamResponse:
         """``{"seconds": s}`` makes idle /cws connections stale after s; null turns it off."""
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds")
         self.faults.idle_cws(body.get("seconds"))
         return json_response({"ok": True})
 
     async def _restart_window(self, request: web.Request) -> web.StreamResponse:
         """``{"seconds", "accept", "linger", "code"}``: a restart window from now."""
-        body = await read_json(request) or {}
+        body = await _params(request, "seconds", "accept", "linger", "code")
         n = self.faults.restart_window(
             body.get("seconds", 2.0),
             accept=body.get("accept", 0.0),
@@ -838,7 +852,7 @@ class AdminApi:
 
     async def _daily_restart(self, request: web.Request) -> web.StreamResponse:
         """``{"start": "09:00", "end": "10:00", ...}`` (Moscow time); ``start`` null stops."""
-        body = await read_json(request) or {}
+        body = await _params(request, "start", "end", "accept", "linger", "code")
         faults = self.faults
         if body.get("start") is None:
             faults.stop_daily_restart()
@@ -854,7 +868,9 @@ class AdminApi:
 
     async def _silence(self, request: web.Request) -> web.StreamResponse:
         """``{"seconds", "guid", "opcode", "symbol", "account", "connection"}``."""
-        body = await read_json(request) or {}
+        body = await _params(
+            request, "seconds", "guid", "opcode", "symbol", "account", "connection"
+        )
         n = self.faults.silence(
             body.get("seconds"),
             guid=body.get("guid"),
@@ -866,11 +882,12 @@ class AdminApi:
         return json_response({"silenced": n})
 
     async def _unsilence(self, request: web.Request) -> web.StreamResponse:
+        await _params(request)
         return json_response({"restored": self.faults.unsilence()})
 
     async def _random_drops(self, request: web.Request) -> web.StreamResponse:
         """``{"every": s, "codes": [...], "account": login}`` starts; ``every`` null stops."""
-        body = await read_json(request) or {}
+        body = await _params(request, "every", "codes", "account")
         every = body.get("every")
         faults = self.faults
         if every is None:

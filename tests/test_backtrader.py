@@ -173,7 +173,12 @@ async def test_broker_order_kinds_statuses_and_a_drop_in_flight(tmp_path: Path) 
     assert script.events["limit"] == ["Submitted", "Accepted", "Canceled"]
     assert script.events["stop"] == ["Submitted", "Accepted", "Canceled"]
     assert script.events["stoplimit"] == ["Submitted", "Accepted", "Canceled"]
-    assert script.events["market"] == ["Submitted", "Accepted", "Completed"]
+    # Its 2 lots fill in one trade, or in two when the best ask holds one lot: backtrader then
+    # notifies Partial after the first. Completed once either way.
+    assert script.events["market"] in (
+        ["Submitted", "Accepted", "Completed"],
+        ["Submitted", "Accepted", "Partial", "Completed"],
+    )
     # Once each on the exchange: the limit and the market order; the two stop orders.
     assert sorted(str(o.type) for o in orders) == ["limit", "market"]
     assert len(stops) == 2

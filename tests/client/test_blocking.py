@@ -164,7 +164,9 @@ def test_in_a_plain_thread(sim: SimulatorThread) -> None:
     def script() -> tuple[Quote, list[Bar], list[Bar], dict[str, Any] | None]:
         with Client(sim.demo_refresh_token, base_url=sim.url) as c:
             quote, bars = _quote_and_history(c)
-            with c.http.iter_history("SBER", 60, bars[0].time, bars[-1].time) as pages:
+            # The last minute may still be forming (the simulator trades into it between the
+            # two calls): walk the ones before it.
+            with c.http.iter_history("SBER", 60, bars[0].time, bars[-2].time) as pages:
                 walked = list(pages)
             stream = c.quotes("SBER")
             assert stream.stream.guid is not None
@@ -172,7 +174,7 @@ def test_in_a_plain_thread(sim: SimulatorThread) -> None:
 
     quote, bars, walked, described = in_thread(script)
     assert isinstance(quote, Quote) and quote.symbol == "SBER" and quote.last_price > 0
-    assert bars and all(isinstance(b, Bar) for b in bars) and walked == bars
+    assert len(bars) > 1 and all(isinstance(b, Bar) for b in bars) and walked == bars[:-1]
     assert described is not None and described["opcode"] == "QuotesSubscribe"
     assert Client.__doc__ and "AlorClient" in Client.__doc__
 
